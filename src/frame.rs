@@ -1,0 +1,321 @@
+//! RGB8 frames and crops: an owned image, a borrowed view with a row stride, rectangles, and
+//! decoding of image files (JPEG, PNG) through the `image` crate.
+//!
+//! Everything downstream (preprocess, later capture and detect) speaks [`RgbView`]: interleaved
+//! `R,G,B` bytes, `stride` bytes per row, so a crop of a larger frame needs no copy.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// An owned, tightly packed RGB8 image (`stride == width * 3`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    width: u32,
+    height: u32,
+    data: Vec<u8>,
+}
+
+impl fmt::Debug for RgbImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RgbImage({}x{})", self.width, self.height)
+    }
+}
+
+impl RgbImage {
+    /// Wraps packed RGB8 pixels. Fails if `data` is not exactly `width * height * 3` bytes or a
+    /// side is zero.
+    pub fn from_raw(width: u32, height: u32, data: Vec<u8>) -> Result<Self, FrameError> {
+        let expected = width as usize * height as usize * 3;
+        if width == 0 || height == 0 || data.len() != expected {
+            return Err(FrameError::BadBuffer {
+                width,
+                height,
+                stride: width as usize * 3,
+                len: data.len(),
+            });
+        }
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// The packed pixels, row after row.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// A borrowed view of the whole image.
+    pub fn view(&self) -> RgbView<'_> {
+        RgbView {
+            data: &self.data,
+            width: self.width,
+            height: self.height,
+            stride: self.width as usize * 3,
+        }
+    }
+
+    /// The whole image as a rectangle.
+    pub fn bounds(&self) -> Rect {
+        Rect::new(0, 0, self.width, self.height)
+    }
+}
+
+/// A borrowed RGB8 image: `height` rows of `width` pixels, each row starting `stride` bytes after
+/// the previous one (`stride >= width * 3`).
+#[derive(Clone, Copy)]
+pub struct RgbView<'a> {
+    data: &'a [u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+}
+
+impl fmt::Debug for RgbView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RgbView({}x{}, stride {})",
+            self.width, self.height, self.stride
+        )
+    }
+}
+
+impl<'a> RgbView<'a> {
+    /// Checks that `data` holds `height` rows of `stride` bytes (the last row may stop after its
+    /// last pixel) and that a row fits in the stride.
+    pub fn new(data: &'a [u8], width: u32, height: u32, stride: usize) -> Result<Self, FrameError> {
+        let row = width as usize * 3;
+        let needed = if height == 0 {
+            0
+        } else {
+            stride * (height as usize - 1) + row
+        };
+        if width == 0 || height == 0 || stride < row || data.len() < needed {
+            return Err(FrameError::BadBuffer {
+                width,
+                height,
+                stride,
+                len: data.len(),
+            });
+        }
+        Ok(Self {
+            data,
+            width,
+            height,
+            stride,
+        })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Pixels of row `y` (exactly `width * 3` bytes).
+    #[inline]
+    pub fn row(&self, y: u32) -> &'a [u8] {
+        let start = y as usize * self.stride;
+        &self.data[start..start + self.width as usize * 3]
+    }
+
+    /// The sub-view covering `rect`, which must lie inside this view.
+    pub fn crop(&self, rect: Rect) -> Result<RgbView<'a>, FrameError> {
+        if rect.is_empty() || !rect.fits_in(self.width, self.height) {
+            return Err(FrameError::RectOutside {
+                rect,
+                width: self.width,
+                height: self.height,
+            });
+        }
+        let start = rect.y as usize * self.stride + rect.x as usize * 3;
+        Ok(RgbView {
+            data: &self.data[start..],
+            width: rect.width,
+            height: rect.height,
+            stride: self.stride,
+        })
+    }
+}
+
+/// An axis-aligned rectangle in pixels: top-left corner and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Rect {
+    pub const fn new(x: u32, y: u32, width: u32, height: u32) -> Self {
+        Self {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.width == 0 || self.height == 0
+    }
+
+    /// Whether the rectangle lies inside a `width` × `height` image.
+    pub fn fits_in(&self, width: u32, height: u32) -> bool {
+        u64::from(self.x) + u64::from(self.width) <= u64::from(width)
+            && u64::from(self.y) + u64::from(self.height) <= u64::from(height)
+    }
+}
+
+impl fmt::Display for Rect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}+{}+{}", self.width, self.height, self.x, self.y)
+    }
+}
+
+/// What can go wrong with frames and image files.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(
+        "pixel buffer of {len} bytes cannot hold a {width}x{height} RGB8 image with stride {stride}"
+    )]
+    BadBuffer {
+        width: u32,
+        height: u32,
+        stride: usize,
+        len: usize,
+    },
+    #[error("rectangle {rect} is empty or lies outside the {width}x{height} frame")]
+    RectOutside { rect: Rect, width: u32, height: u32 },
+    #[error("{}: cannot read image: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a decodable JPEG or PNG image: {reason}", path.display())]
+    Decode { path: PathBuf, reason: String },
+}
+
+/// Decodes a JPEG or PNG file (format sniffed from the bytes, not the name) into RGB8.
+///
+/// A JPEG whose data stops before its end-of-image marker is refused: decoders fill the missing
+/// rows with grey, which would silently produce an embedding of half a person.
+pub fn load_image(path: &Path) -> Result<RgbImage, FrameError> {
+    let bytes = std::fs::read(path).map_err(|source| FrameError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    decode_image(&bytes).map_err(|reason| FrameError::Decode {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// Decodes JPEG or PNG bytes into RGB8; the error is a one-line reason.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
+    let format = image::guess_format(bytes)
+        .map_err(|_| "unrecognised file signature (expected JPEG or PNG)".to_string())?;
+    match format {
+        image::ImageFormat::Jpeg => {
+            if !jpeg_is_complete(bytes) {
+                return Err("JPEG data is truncated (no end-of-image marker)".into());
+            }
+        }
+        image::ImageFormat::Png => {}
+        other => return Err(format!("{other:?} images are not supported (JPEG or PNG)")),
+    }
+    let decoded = image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| e.to_string().replace('\n', " "))?;
+    let rgb = decoded.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    RgbImage::from_raw(width, height, rgb.into_raw()).map_err(|e| e.to_string())
+}
+
+/// A complete JPEG ends with the EOI marker `FF D9`, possibly followed by padding zeros or
+/// trailing bytes some cameras append; we look for it in the last few bytes.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(64)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(width: u32, height: u32) -> RgbImage {
+        let mut data = Vec::new();
+        for y in 0..height {
+            for x in 0..width {
+                data.extend_from_slice(&[x as u8, y as u8, (x + y) as u8]);
+            }
+        }
+        RgbImage::from_raw(width, height, data).unwrap()
+    }
+
+    #[test]
+    fn crop_sees_the_right_pixels() {
+        let img = gradient(10, 8);
+        let view = img.view().crop(Rect::new(3, 2, 4, 5)).unwrap();
+        assert_eq!((view.width(), view.height()), (4, 5));
+        assert_eq!(view.row(0)[..3], [3, 2, 5]);
+        assert_eq!(view.row(4)[9..12], [6, 6, 12]);
+    }
+
+    #[test]
+    fn crop_outside_is_refused() {
+        let img = gradient(10, 8);
+        assert!(img.view().crop(Rect::new(7, 0, 4, 2)).is_err());
+        assert!(img.view().crop(Rect::new(0, 0, 0, 2)).is_err());
+        assert!(img.view().crop(Rect::new(u32::MAX, 0, 2, 2)).is_err());
+    }
+
+    #[test]
+    fn view_checks_its_buffer() {
+        let data = vec![0u8; 10 * 3 * 4];
+        assert!(RgbView::new(&data, 10, 4, 30).is_ok());
+        assert!(RgbView::new(&data, 10, 5, 30).is_err());
+        assert!(RgbView::new(&data, 11, 4, 30).is_err());
+        assert!(RgbImage::from_raw(2, 2, vec![0; 11]).is_err());
+    }
+
+    #[test]
+    fn png_round_trip_and_truncated_jpeg() {
+        let img = gradient(7, 5);
+        let mut png = Vec::new();
+        image::RgbImage::from_raw(7, 5, img.as_bytes().to_vec())
+            .unwrap()
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(decode_image(&png).unwrap(), img);
+
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_raw(7, 5, img.as_bytes().to_vec())
+            .unwrap()
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        assert!(decode_image(&jpeg).is_ok());
+        let err = decode_image(&jpeg[..jpeg.len() / 2]).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        assert!(decode_image(b"not an image at all").is_err());
+    }
+}

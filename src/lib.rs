@@ -1,0 +1,18 @@
+//! reidcam: edge smart-camera firmware that re-identifies people.
+//!
+//! The data path, one module per stage (see `ARCHITECTURE.md`):
+//! `frame` (RGB8 images, decoding) → `preprocess` (Pillow-exact resize + normalise) →
+//! `embed` (tract; the only module that imports it) → embeddings.
+//! `manifest` describes a model's input and output; `bench` measures the inference path.
+
+pub mod bench;
+pub mod embed;
+pub mod frame;
+pub mod manifest;
+pub mod npy;
+pub mod preprocess;
+
+pub use embed::{EmbedConfig, EmbedError, Embedder, Embedding, Embeddings, ManifestChoice};
+pub use frame::{FrameError, Rect, RgbImage, RgbView};
+pub use manifest::ModelManifest;
+pub use preprocess::Preprocessor;

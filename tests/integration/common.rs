@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use reidcam::RgbImage;
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` (or `$REIDCAM_SHARED`). Missing: the test fails under CI (`CI` set), and is
+/// skipped with a message otherwise.
+pub fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("REIDCAM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("..").join("shared"));
+    if dir.join("models").is_dir() && dir.join("data").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "shared data not found at {} (set REIDCAM_SHARED); CI needs it",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: shared data not found at {} (set REIDCAM_SHARED to run this test)",
+        dir.display()
+    );
+    None
+}
+
+/// The synthetic test pattern of `tools/make_fixtures.py:pattern`: a gradient plus hashed
+/// noise, wrapping at 256.
+pub fn pattern(width: u32, height: u32) -> RgbImage {
+    let mut data = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            for c in 0..3u32 {
+                let mut h = x.wrapping_mul(0x9E37_79B1)
+                    ^ y.wrapping_mul(0x85EB_CA77)
+                    ^ c.wrapping_mul(0xC2B2_AE3D);
+                h ^= h >> 15;
+                h = h.wrapping_mul(0x2C1B_3C6D);
+                h ^= h >> 12;
+                let g = (x * 7 + y * 3 + c * 85) & 255;
+                data.push(((g + (h >> 25)) & 255) as u8);
+            }
+        }
+    }
+    RgbImage::from_raw(width, height, data).unwrap()
+}
+
+/// Runs the `reidcam` binary; returns (exit success, stdout, stderr).
+pub fn reidcam(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reidcam"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("reidcam runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads a fixture's `case.json`.
+pub fn case(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("case.json")).expect("case.json");
+    serde_json::from_str(&text).expect("case.json is JSON")
+}

@@ -1,0 +1,225 @@
+//! Bad input: each case is a one-line error naming the file and the problem, a non-zero exit,
+//! and no panic.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{reidcam, repo};
+
+fn models() -> PathBuf {
+    repo().join("tests/fixtures/models")
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reidcam-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn good_crop(dir: &Path) -> PathBuf {
+    let path = dir.join("crop.png");
+    let img = crate::common::pattern(40, 100);
+    image::RgbImage::from_raw(40, 100, img.as_bytes().to_vec())
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    path
+}
+
+/// Runs `reidcam embed` expecting failure; returns the single stderr line.
+fn embed_fails(args: &[&str]) -> String {
+    let mut full = vec!["embed"];
+    full.extend_from_slice(args);
+    let (ok, stdout, stderr) = reidcam(&full);
+    assert!(!ok, "expected failure for {args:?}, got stdout {stdout}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("reidcam: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| !l.contains(" WARN ")).count(),
+        1,
+        "stderr has more than the error line: {stderr}"
+    );
+    lines[0].to_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn file_that_is_not_onnx() {
+    let dir = scratch("not-onnx");
+    let model = dir.join("notes.onnx");
+    std::fs::write(&model, "these are my notes, not a model\n").unwrap();
+    let crop = good_crop(&dir);
+    let line = embed_fails(&["--model", s(&model), s(&crop)]);
+    assert!(
+        line.contains("notes.onnx: not a loadable ONNX model"),
+        "{line}"
+    );
+}
+
+#[test]
+fn missing_model_file() {
+    let dir = scratch("missing-model");
+    let crop = good_crop(&dir);
+    let line = embed_fails(&["--model", s(&dir.join("nope.onnx")), s(&crop)]);
+    assert!(line.contains("nope.onnx: cannot read model"), "{line}");
+}
+
+#[test]
+fn onnx_whose_input_is_not_an_image() {
+    let dir = scratch("not-image");
+    let crop = good_crop(&dir);
+    let line = embed_fails(&["--model", s(&models().join("vector_input.onnx")), s(&crop)]);
+    assert!(
+        line.contains("vector_input.onnx: input \"v\" has shape [1,10] (rank 2)"),
+        "{line}"
+    );
+    assert!(line.contains("expected one NCHW f32 image input"), "{line}");
+
+    let line = embed_fails(&["--model", s(&models().join("gray_input.onnx")), s(&crop)]);
+    assert!(
+        line.contains("gray_input.onnx: input \"x\" has shape [1,1,16,8] with 1 channels"),
+        "{line}"
+    );
+}
+
+fn tiny_manifest(dir: &Path, edit: (&str, &str)) -> PathBuf {
+    let text = r#"[model]
+name = "tiny_reid"
+
+[input]
+name = "x"
+height = 16
+width = 8
+
+[output]
+name = "emb"
+dim = 6
+"#
+    .replace(edit.0, edit.1);
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn manifest_that_contradicts_the_model() {
+    let dir = scratch("contradiction");
+    let crop = good_crop(&dir);
+    let model = models().join("tiny_reid.onnx");
+    for (edit, expected) in [
+        (
+            ("height = 16", "height = 32"),
+            "input.height is 32 in the manifest but 16 in the model",
+        ),
+        (
+            ("dim = 6", "dim = 512"),
+            "output.dim is 512 in the manifest but 6 in the model",
+        ),
+        (
+            ("name = \"x\"", "name = \"images\""),
+            "input.name is \"images\" in the manifest but absent (inputs: [\"x\"])",
+        ),
+        (
+            ("name = \"emb\"", "name = \"features\""),
+            "output.name is \"features\" in the manifest but absent",
+        ),
+    ] {
+        let manifest = tiny_manifest(&dir, edit);
+        let line = embed_fails(&["--model", s(&model), "--manifest", s(&manifest), s(&crop)]);
+        assert!(
+            line.contains("tiny_reid.onnx: manifest")
+                && line.contains("tiny.toml contradicts the model"),
+            "{line}"
+        );
+        assert!(line.contains(expected), "{line}");
+    }
+}
+
+#[test]
+fn manifest_with_unknown_field() {
+    let dir = scratch("manifest-typo");
+    let crop = good_crop(&dir);
+    let manifest = tiny_manifest(&dir, ("dim = 6", "dim = 6\nnormalise = true"));
+    let line = embed_fails(&[
+        "--model",
+        s(&models().join("tiny_reid.onnx")),
+        "--manifest",
+        s(&manifest),
+        s(&crop),
+    ]);
+    assert!(
+        line.contains("tiny.toml: not a valid model manifest: unknown field `normalise`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn unreadable_truncated_and_non_images() {
+    let dir = scratch("bad-images");
+    let model = models().join("tiny_reid.onnx");
+    let line = embed_fails(&["--model", s(&model), s(&dir.join("gone.jpg"))]);
+    assert!(line.contains("gone.jpg: cannot read image"), "{line}");
+
+    let mut jpeg = Vec::new();
+    let img = crate::common::pattern(64, 128);
+    image::RgbImage::from_raw(64, 128, img.as_bytes().to_vec())
+        .unwrap()
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let truncated = dir.join("truncated.jpg");
+    std::fs::write(&truncated, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
+    let line = embed_fails(&["--model", s(&model), s(&truncated)]);
+    assert!(
+        line.contains("truncated.jpg: not a decodable JPEG or PNG image: JPEG data is truncated"),
+        "{line}"
+    );
+
+    let text = dir.join("readme.png");
+    std::fs::write(&text, "hello").unwrap();
+    let line = embed_fails(&["--model", s(&model), s(&text)]);
+    assert!(
+        line.contains("readme.png: not a decodable JPEG or PNG image"),
+        "{line}"
+    );
+
+    let mut png = Vec::new();
+    image::RgbImage::from_raw(64, 128, img.as_bytes().to_vec())
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let cut = dir.join("cut.png");
+    std::fs::write(&cut, &png[..png.len() / 2]).unwrap();
+    let line = embed_fails(&["--model", s(&model), s(&cut)]);
+    assert!(
+        line.contains("cut.png: not a decodable JPEG or PNG image"),
+        "{line}"
+    );
+}
+
+#[test]
+fn batch_larger_than_a_fixed_batch_model() {
+    let dir = scratch("fixed-batch");
+    let crop = good_crop(&dir);
+    let line = embed_fails(&[
+        "--model",
+        s(&models().join("fixed_batch.onnx")),
+        "--batch",
+        "4",
+        s(&crop),
+    ]);
+    assert!(
+        line.contains("batch size is fixed at 1; configured batch is 4"),
+        "{line}"
+    );
+}

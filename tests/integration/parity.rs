@@ -1,0 +1,120 @@
+//! Embeddings agree with the reference pipeline (Pillow + onnxruntime).
+
+use std::path::Path;
+
+use reidcam::embed::cosine;
+use reidcam::frame::load_image;
+use reidcam::manifest::ModelManifest;
+use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor, npy};
+
+use crate::common::{case, pattern, repo, shared};
+
+/// Our own tiny model, a synthetic crop: runs everywhere, no shared data.
+#[test]
+fn tiny_model_matches_onnxruntime() {
+    let dir = repo().join("tests/fixtures/models");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tiny_reid.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<f32> = expected["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let crop = pattern(40, 100);
+    for batch in [1, 3] {
+        let mut embedder = Embedder::load(
+            &dir.join("tiny_reid.onnx"),
+            ManifestChoice::Inspect,
+            &EmbedConfig { batch, threads: 1 },
+        )
+        .unwrap();
+        assert_eq!(embedder.manifest().input.height, 16);
+        assert_eq!(embedder.dim(), 6);
+        let mut pre = Preprocessor::new(&embedder.manifest().input);
+        for slot in 0..batch {
+            pre.run(crop.view(), crop.bounds(), embedder.input_slot(slot))
+                .unwrap();
+        }
+        let got = embedder.run(batch).unwrap();
+        assert_eq!(got.len(), batch);
+        for row in got.rows() {
+            let c = cosine(row, &want);
+            assert!(c >= 0.99999, "batch {batch}: cosine {c}");
+            let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "not normalised: {norm}");
+        }
+    }
+}
+
+/// Acceptance: whole pipeline (decode + resize + normalise + tract) vs onnxruntime + Pillow, on
+/// ≥ 100 real cuhk03-val crops, mean cosine ≥ 0.995 and min ≥ 0.99.
+#[test]
+fn reference_models_match_the_pillow_onnxruntime_pipeline() {
+    let Some(shared) = shared() else { return };
+    let root = repo().join("tests/fixtures/parity");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        check_pipeline_case(&dir, &shared);
+        checked += 1;
+    }
+    assert!(checked >= 2, "parity fixtures missing");
+}
+
+fn check_pipeline_case(dir: &Path, shared: &Path) {
+    let c = case(dir);
+    let model = shared.join(c["model"].as_str().unwrap());
+    let manifest = ModelManifest::from_path(&repo().join(c["manifest"].as_str().unwrap())).unwrap();
+    let crops: Vec<_> = c["crops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| shared.join(p.as_str().unwrap()))
+        .collect();
+    let file = std::fs::File::open(dir.join("expected.npy")).unwrap();
+    let (rows, dim, expected) = npy::read_f32_2d(file).unwrap();
+    assert_eq!(rows, crops.len());
+    assert!(rows >= 100, "acceptance needs at least 100 crops");
+
+    let mut embedder = Embedder::load(
+        &model,
+        ManifestChoice::Given(manifest),
+        &EmbedConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(embedder.dim(), dim);
+    let mut pre = Preprocessor::new(&embedder.manifest().input);
+    let mut cosines = Vec::with_capacity(rows);
+    for (i, path) in crops.iter().enumerate() {
+        let img = load_image(path).unwrap();
+        pre.run(img.view(), img.bounds(), embedder.input_slot(0))
+            .unwrap();
+        let got = embedder.run(1).unwrap();
+        cosines.push(cosine(got.row(0), &expected[i * dim..(i + 1) * dim]));
+    }
+    let mean = cosines.iter().sum::<f32>() / rows as f32;
+    let (worst_ix, worst) = cosines
+        .iter()
+        .copied()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    let (min_mean, min_min) = (
+        c["tolerance"]["mean_cosine"].as_f64().unwrap() as f32,
+        c["tolerance"]["min_cosine"].as_f64().unwrap() as f32,
+    );
+    eprintln!(
+        "parity {}: {rows} crops, mean cosine {mean:.6}, min {worst:.6} ({})",
+        dir.file_name().unwrap().to_string_lossy(),
+        crops[worst_ix].display()
+    );
+    assert!(
+        mean >= min_mean && worst >= min_min,
+        "{}: mean {mean}, min {worst} at {}",
+        dir.display(),
+        crops[worst_ix].display()
+    );
+}

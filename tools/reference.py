@@ -1,0 +1,93 @@
+"""Reference pipeline: Pillow decode + BILINEAR resize + normalise, onnxruntime inference.
+
+This is the pipeline the models were evaluated with (see ../shared/README.md, "Reference
+accuracy"); reidcam's Rust path is checked against it. Used by reference_embed.py,
+make_fixtures.py and parity.py.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def shared_dir() -> Path:
+    """../shared (or $REIDCAM_SHARED), resolved from the repository root."""
+    root = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("REIDCAM_SHARED", root.parent / "shared")).resolve()
+
+
+@dataclass
+class InputSpec:
+    name: str | None = None
+    height: int = 256
+    width: int = 128
+    channel_order: str = "rgb"
+    pixel_divisor: float = 255.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_manifest(cls, path: Path | None) -> "InputSpec":
+        if path is None:
+            return cls()
+        with open(path, "rb") as f:
+            m = tomllib.load(f)["input"]
+        return cls(
+            name=m["name"],
+            height=m["height"],
+            width=m["width"],
+            channel_order=m.get("channel_order", "rgb"),
+            pixel_divisor=m.get("pixel_divisor", 255.0),
+            mean=tuple(m.get("mean", IMAGENET_MEAN)),
+            std=tuple(m.get("std", IMAGENET_STD)),
+        )
+
+
+def preprocess(path: Path, spec: InputSpec) -> np.ndarray:
+    """One crop → [3, H, W] float32, exactly as the reference pipeline does it."""
+    img = Image.open(path).convert("RGB").resize((spec.width, spec.height), Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32) / np.float32(spec.pixel_divisor)
+    if spec.channel_order == "bgr":
+        x = x[:, :, ::-1]
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def session(model: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: torchreid exports carry unused initializers
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def run_tensors(sess, tensors: np.ndarray, input_name: str | None = None) -> np.ndarray:
+    """[N, 3, H, W] → L2-normalised [N, D], one crop at a time (some models have batch 1)."""
+    name = input_name or sess.get_inputs()[0].name
+    out = [sess.run(None, {name: t[None]})[0].reshape(-1) for t in tensors]
+    emb = np.stack(out).astype(np.float32)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.where(norms > 0, norms, 1)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def parity_crops(step: int = 8) -> list[Path]:
+    """Every `step`-th crop of cuhk03-val (query then gallery, sorted): 118 crops for step 8."""
+    val = shared_dir() / "data" / "cuhk03-val"
+    files = sorted((val / "query").glob("*.jpg")) + sorted((val / "bounding_box_test").glob("*.jpg"))
+    return files[::step]
