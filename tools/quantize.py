@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Static int8 quantisation of a float ReID ONNX model, in a form tract 0.23.9 runs.
+
+    tools/.venv/bin/python tools/quantize.py --model M.onnx [--manifest M.toml] --out M_int8.onnx \
+        [--calib-dir ../shared/data/cuhk03-train/bounding_box_train] [--calib-count 256]
+
+What tract can run (see ARCHITECTURE.md, "int8"): onnxruntime's QOperator format restricted to
+Conv and MatMul (QLinearConv / QLinearMatMul with QuantizeLinear/DequantizeLinear around them),
+at opset 13 so per-channel weight scales are legal. onnxruntime's default QDQ export and its
+com.microsoft QLinear* contrib ops (QLinearAdd, QLinearGlobalAveragePool, ...) are not usable by
+tract 0.23.9. Activations uint8 (asymmetric), weights int8 per output channel, MinMax calibration
+on real crops through the reference preprocessing. A manifest sidecar is written next to the
+output (`M_int8.toml`).
+"""
+import argparse
+import random
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import version_converter
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                      QuantType, quantize_static)
+
+import reference
+
+
+def unshare_initializers(model: onnx.ModelProto) -> int:
+    """Give every node its own copy of each initializer it shares with another node.
+
+    OSNet's aggregation gate is one module applied to all T streams, so its fc weights and biases
+    feed several Conv nodes. onnxruntime's QOperator quantiser turns a bias into int32 with scale
+    input_scale × weight_scale once, under the bias's name, and every sharing node then reuses it
+    although each has its own input scale: the embedding collapses (cosine ≈ 0.5 to float).
+    Returns the number of copies made.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{node.name or copies}"
+                model.graph.initializer.append(copy)
+                node.input[k] = copy.name
+                copies += 1
+            else:
+                seen.add(name)
+    return copies
+
+
+class Crops(CalibrationDataReader):
+    def __init__(self, files: list[Path], spec: reference.InputSpec, input_name: str):
+        self.files, self.spec, self.name = iter(files), spec, input_name
+
+    def get_next(self):
+        path = next(self.files, None)
+        if path is None:
+            return None
+        return {self.name: reference.preprocess(path, self.spec)[None]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--manifest", type=Path, help="default: models/reference/<stem>.toml, then <model>.toml")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--calib-dir", type=Path,
+                    default=reference.shared_dir() / "data" / "cuhk03-train" / "bounding_box_train")
+    ap.add_argument("--calib-count", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    root = Path(__file__).resolve().parent.parent
+    manifest = args.manifest
+    for candidate in (root / "models" / "reference" / f"{args.model.stem}.toml", args.model.with_suffix(".toml")):
+        if manifest is None and candidate.exists():
+            manifest = candidate
+    spec = reference.InputSpec.from_manifest(manifest)
+
+    model = onnx.load(args.model)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        model = version_converter.convert_version(model, 13)
+    copies = unshare_initializers(model)
+    input_name = spec.name or model.graph.input[0].name
+    staged = args.out.with_suffix(".opset13.onnx")
+    onnx.save(model, staged)
+
+    files = sorted(args.calib_dir.glob("*.jpg")) + sorted(args.calib_dir.glob("*.png"))
+    if not files:
+        print(f"quantize: no calibration crops in {args.calib_dir}", file=sys.stderr)
+        return 2
+    random.Random(args.seed).shuffle(files)
+    calib = files[: args.calib_count]
+
+    quantize_static(
+        str(staged), str(args.out), Crops(calib, spec, input_name),
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=["Conv", "MatMul"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    staged.unlink()
+
+    if manifest:
+        with open(manifest, "rb") as f:
+            text = open(manifest).read()
+        name = tomllib.loads(text)["model"]["name"]
+        text = text.replace(f'name = "{name}"', f'name = "{name}_int8"', 1)
+        header = (f"# int8 (QOperator Conv/MatMul, per-channel) of {args.model.name} by tools/quantize.py,\n"
+                  f"# calibrated on {len(calib)} crops of {args.calib_dir.name} (seed {args.seed}).\n")
+        args.out.with_suffix(".toml").write_text(header + text)
+    q = onnx.load(args.out)
+    ops = sorted({n.op_type for n in q.graph.node})
+    print(f"unshared {copies} initializer uses; wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, float {args.model.stat().st_size / 1024:.0f} KiB); "
+          f"ops: {', '.join(ops)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
