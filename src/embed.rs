@@ -566,6 +566,12 @@ impl<'a> Embeddings<'a> {
         self.data.chunks_exact(self.dim)
     }
 
+    /// The rows as an `len() × dim()` matrix view.
+    pub fn as_array(&self) -> ndarray::ArrayView2<'a, f32> {
+        ndarray::ArrayView2::from_shape((self.len(), self.dim), self.data)
+            .expect("rows are dim long")
+    }
+
     /// All rows, flat (`len() × dim()`).
     pub fn as_flat(&self) -> &'a [f32] {
         self.data
@@ -656,6 +662,23 @@ mod tests {
         assert!((a.cosine(&a) - 1.0).abs() < 1e-6);
         assert_eq!(cosine(&[1.0, 0.0], &[0.0, 2.0]), 0.0);
         assert!((cosine(&[1.0, 1.0], &[2.0, 2.0]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn embeddings_view_as_matrix() {
+        let data = [1.0, 0.0, 0.0, 0.6, 0.8, 0.0];
+        let e = Embeddings {
+            data: &data,
+            dim: 3,
+        };
+        assert_eq!((e.len(), e.dim()), (2, 3));
+        let m = e.as_array();
+        assert_eq!(m.shape(), [2, 3]);
+        assert_eq!(m[[1, 1]], 0.8);
+        assert_eq!(m.row(1).to_vec(), e.row(1));
+        // Gram matrix = pairwise cosines of unit rows.
+        let gram = m.dot(&m.t());
+        assert!((gram[[0, 1]] - 0.6).abs() < 1e-6 && (gram[[1, 1]] - 1.0).abs() < 1e-6);
     }
 
     #[test]

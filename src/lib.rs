@@ -3,10 +3,12 @@
 //! The data path, one module per stage (see `ARCHITECTURE.md`):
 //! `frame` (RGB8 images, decoding) → `preprocess` (Pillow-exact resize + normalise) →
 //! `embed` (tract; the only module that imports it) → embeddings.
-//! `manifest` describes a model's input and output; `bench` measures the inference path.
+//! `manifest` describes a model's input and output; `bench` measures the inference path;
+//! `eval` runs the Market-1501 protocol and threshold calibration on the same path.
 
 pub mod bench;
 pub mod embed;
+pub mod eval;
 pub mod frame;
 pub mod manifest;
 pub mod npy;

@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+mod cli;
+
 use reidcam::bench::{self, BenchOptions};
 use reidcam::frame::load_image;
 use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor, npy};
@@ -34,6 +36,42 @@ enum Command {
     Bench(BenchArgs),
     /// Print the manifest in force for a model (its sidecar, or what inspection found).
     Inspect(ModelArgs),
+    /// Evaluate a model on a Market-1501-layout directory through reidcam's own path:
+    /// CMC rank-1/5/10, mAP (torchreid and official), mINP.
+    Eval(EvalArgs),
+    /// Calibrate the match threshold on a Market-1501-layout directory: similarity distributions
+    /// of cross-camera pairs, the threshold for target false-match rates, a plot and a config snippet.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Dataset directory with query/ and bounding_box_test/.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Dataset directory with query/ and bounding_box_test/.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Target false-match rates (fractions); the config snippet uses the smallest.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.001])]
+    fmr: Vec<f64>,
+    /// Where to write the plot (SVG).
+    #[arg(long, default_value = "calibrate.svg", value_name = "FILE.svg")]
+    plot: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -117,6 +155,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Inspect(args) => inspect(args),
+        Command::Eval(args) => eval_cmd(args),
+        Command::Calibrate(args) => calibrate_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -280,5 +320,236 @@ fn bench_cmd(args: BenchArgs) -> anyhow::Result<()> {
 fn inspect(args: ModelArgs) -> anyhow::Result<()> {
     let embedder = args.load()?;
     print!("{}", embedder.manifest().to_toml());
+    Ok(())
+}
+
+/// A dataset embedded through reidcam's path, with its similarity matrix and labels.
+struct EmbeddedDataset {
+    model_name: String,
+    set: reidcam::eval::MarketSet,
+    similarity: ndarray::Array2<f32>,
+    query_pids: Vec<i32>,
+    query_cameras: Vec<u32>,
+    gallery_pids: Vec<i32>,
+    gallery_cameras: Vec<u32>,
+    unreadable: Vec<(PathBuf, String)>,
+    crops: usize,
+    seconds: f64,
+}
+
+impl EmbeddedDataset {
+    fn print_model_line(&self, model: &ModelArgs) {
+        println!("model      {} ({})", self.model_name, model.model.display());
+    }
+
+    fn labels(&self) -> reidcam::eval::Labels<'_> {
+        reidcam::eval::Labels {
+            query_pids: &self.query_pids,
+            query_cameras: &self.query_cameras,
+            gallery_pids: &self.gallery_pids,
+            gallery_cameras: &self.gallery_cameras,
+        }
+    }
+}
+
+fn embed_dataset(model: &ModelArgs, data: &Path) -> anyhow::Result<EmbeddedDataset> {
+    let set = reidcam::eval::MarketSet::open(data)?;
+    let mut embedder = model.load()?;
+    let crops: Vec<&reidcam::eval::Crop> = set.query.iter().chain(&set.gallery).collect();
+    let paths: Vec<&Path> = crops.iter().map(|c| c.path.as_path()).collect();
+    let bar = cli::progress_bar(paths.len() as u64, "embedding");
+    let started = std::time::Instant::now();
+    let embedded = reidcam::eval::embed_paths(&mut embedder, &paths, |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    for (i, e) in &embedded.unreadable {
+        log::warn!("skipped {}: {e}", paths[*i].display());
+    }
+    let nq = set.query.len();
+    let (mut qrows, mut grows) = (Vec::new(), Vec::new());
+    let (mut query_pids, mut query_cameras, mut gallery_pids, mut gallery_cameras) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (row, &i) in embedded.kept.iter().enumerate() {
+        let crop = crops[i];
+        if i < nq {
+            qrows.push(row);
+            query_pids.push(crop.pid);
+            query_cameras.push(crop.camera);
+        } else {
+            grows.push(row);
+            gallery_pids.push(crop.pid);
+            gallery_cameras.push(crop.camera);
+        }
+    }
+    if qrows.is_empty() || grows.is_empty() {
+        bail!(
+            "{}: no readable images in query/ or bounding_box_test/",
+            data.display()
+        );
+    }
+    let q = embedded.embeddings.select(ndarray::Axis(0), &qrows);
+    let g = embedded.embeddings.select(ndarray::Axis(0), &grows);
+    let unreadable = embedded
+        .unreadable
+        .into_iter()
+        .map(|(i, e)| (paths[i].to_owned(), e))
+        .collect();
+    let crops = paths.len();
+    Ok(EmbeddedDataset {
+        model_name: embedder.manifest().model.name.clone(),
+        set,
+        similarity: q.dot(&g.t()),
+        query_pids,
+        query_cameras,
+        gallery_pids,
+        gallery_cameras,
+        unreadable,
+        crops,
+        seconds,
+    })
+}
+
+const PROTOCOL: &str = "Market-1501: for each query, gallery images of the same id and the same camera are ignored; pid -1 junk dropped, pid 0 distractors kept as negatives; cosine similarity; ties broken by gallery order (stable sort)";
+
+fn eval_cmd(args: EvalArgs) -> anyhow::Result<()> {
+    let d = embed_dataset(&args.model, &args.data)?;
+    let m = reidcam::eval::evaluate(d.similarity.view(), d.labels());
+    if m.queries == 0 {
+        bail!(
+            "{}: none of the {} queries has a valid gallery match (same id on another camera)",
+            args.data.display(),
+            m.queries_without_match
+        );
+    }
+    let per_s = d.crops as f64 / d.seconds;
+    if args.json {
+        let out = serde_json::json!({
+            "model": d.model_name,
+            "model_path": args.model.model,
+            "data": args.data,
+            "protocol": PROTOCOL,
+            "query_images": d.set.query.len(),
+            "gallery_images": d.set.gallery.len(),
+            "junk_dropped": d.set.junk_dropped,
+            "unreadable": d.unreadable.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
+            "embedding": {"crops": d.crops, "seconds": d.seconds, "crops_per_s": per_s,
+                          "batch": args.model.batch, "threads": args.model.threads},
+            "metrics": m,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    d.print_model_line(&args.model);
+    println!(
+        "data       {}: {} query, {} gallery images; {} junk dropped; {} unreadable",
+        args.data.display(),
+        d.set.query.len(),
+        d.set.gallery.len(),
+        d.set.junk_dropped,
+        d.unreadable.len()
+    );
+    println!("protocol   {PROTOCOL}");
+    println!(
+        "embedding  {} crops in {:.2} s ({per_s:.1} crops/s), batch {}, {} thread(s)",
+        d.crops, d.seconds, args.model.batch, args.model.threads
+    );
+    println!(
+        "queries without a valid gallery match: {} (not in the metrics)",
+        m.queries_without_match
+    );
+    println!(
+        "rank1={:.2} rank5={:.2} rank10={:.2} mAP={:.2} mAP_official={:.2} mINP={:.2} queries={} gallery={}",
+        m.rank1, m.rank5, m.rank10, m.map, m.map_official, m.minp, m.queries, m.gallery
+    );
+    Ok(())
+}
+
+fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
+    if args.fmr.is_empty() || args.fmr.iter().any(|f| !(*f > 0.0 && *f < 1.0)) {
+        bail!(
+            "--fmr takes rates between 0 and 1 (e.g. 0.01,0.001), got {:?}",
+            args.fmr
+        );
+    }
+    let d = embed_dataset(&args.model, &args.data)?;
+    let pairs = reidcam::eval::PairSimilarities::cross_camera(d.similarity.view(), d.labels());
+    if pairs.same.is_empty() || pairs.different.is_empty() {
+        bail!(
+            "{}: need cross-camera pairs of the same and of different people (found {} and {})",
+            args.data.display(),
+            pairs.same.len(),
+            pairs.different.len()
+        );
+    }
+    let mut points: Vec<_> = args
+        .fmr
+        .iter()
+        .map(|f| reidcam::eval::calibrate(&pairs, *f))
+        .collect();
+    points.sort_by(|a, b| b.target_fmr.total_cmp(&a.target_fmr));
+    let title = format!(
+        "{} on {}: cross-camera pair similarities",
+        d.model_name,
+        args.data.file_name().map_or_else(
+            || args.data.display().to_string(),
+            |n| n.to_string_lossy().into_owned()
+        )
+    );
+    cli::plot::similarity_distributions(&args.plot, &title, &pairs, &points)?;
+    let chosen = points.last().expect("at least one target");
+    #[derive(Serialize)]
+    struct Section {
+        matching: reidcam::manifest::MatchingSpec,
+    }
+    let snippet = toml::to_string(&Section {
+        matching: reidcam::manifest::MatchingSpec {
+            threshold: chosen.threshold,
+            calibration: format!(
+                "reidcam calibrate on {}: {} same-person / {} different-person cross-camera pairs; false-match rate {:.3}% (target {}%), true-match rate {:.1}%",
+                args.data.display(),
+                pairs.same.len(),
+                pairs.different.len(),
+                100.0 * chosen.fmr,
+                100.0 * chosen.target_fmr,
+                100.0 * chosen.tmr
+            ),
+        },
+    })?;
+    if args.json {
+        let out = serde_json::json!({
+            "model": d.model_name,
+            "data": args.data,
+            "same_pairs": pairs.same.len(),
+            "different_pairs": pairs.different.len(),
+            "operating_points": points,
+            "plot": args.plot,
+            "config_snippet": snippet,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    d.print_model_line(&args.model);
+    println!(
+        "pairs      cross-camera: {} same-person, {} different-person",
+        pairs.same.len(),
+        pairs.different.len()
+    );
+    println!("target FMR   threshold   FMR        TMR");
+    for p in &points {
+        println!(
+            "{:<12} {:<11.4} {:<10} {:.2}%",
+            format!("{}%", 100.0 * p.target_fmr),
+            p.threshold,
+            format!("{:.3}%", 100.0 * p.fmr),
+            100.0 * p.tmr
+        );
+    }
+    println!("plot       {}", args.plot.display());
+    println!(
+        "suggested [matching] section for the model's manifest ({}):\n{snippet}",
+        d.model_name
+    );
     Ok(())
 }

@@ -19,6 +19,10 @@
 //! [output]
 //! name = "output"             # required: the ONNX graph output holding the embedding
 //! dim = 512                   # required: embedding length
+//!
+//! [matching]                  # optional: from `reidcam calibrate` on labelled data
+//! threshold = 0.7265          # cosine similarity at or above which two crops are the same person
+//! calibration = "..."         # optional, free text: data, false/true-match rates
 //! ```
 //!
 //! Loading is in two phases: serde with `deny_unknown_fields` (a typo is an error, not a silently
@@ -46,6 +50,21 @@ pub struct ModelManifest {
     pub model: ModelInfo,
     pub input: InputSpec,
     pub output: OutputSpec,
+    /// Calibrated matching threshold, if the model has been calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matching: Option<MatchingSpec>,
+}
+
+/// `[matching]`: the model's calibrated same-person threshold (thresholds do not transfer between
+/// models: each embedding space has its own similarity distributions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchingSpec {
+    /// Cosine similarity at or above which two crops are taken to show the same person.
+    pub threshold: f32,
+    /// How the threshold was found (data, false-match rate, true-match rate).
+    #[serde(default)]
+    pub calibration: String,
 }
 
 /// `[model]`: identity of the model.
@@ -188,6 +207,7 @@ impl ModelManifest {
                 name: output_name.to_owned(),
                 dim,
             },
+            matching: None,
         }
     }
 
@@ -241,6 +261,17 @@ impl ModelManifest {
         }
         if self.output.dim == 0 {
             return Err(invalid("output.dim", "must be at least 1".into()));
+        }
+        if let Some(m) = &self.matching
+            && !(-1.0..=1.0).contains(&m.threshold)
+        {
+            return Err(invalid(
+                "matching.threshold",
+                format!(
+                    "is {}, expected a cosine similarity in [-1, 1]",
+                    m.threshold
+                ),
+            ));
         }
         Ok(())
     }
@@ -333,6 +364,11 @@ dim = 512
                 "input.pixel_divisor",
             ),
             ("name = \"osnet\"", "name = \" \"", "model.name"),
+            (
+                "dim = 512",
+                "dim = 512\n[matching]\nthreshold = 1.5",
+                "matching.threshold",
+            ),
         ] {
             let err = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(err.contains(&format!("field `{field}`")), "{field}: {err}");
@@ -349,6 +385,10 @@ dim = 512
     #[test]
     fn round_trips_through_toml() {
         let m = parse(GOOD).unwrap();
+        assert_eq!(parse(&m.to_toml()).unwrap(), m);
+        let text = format!("{GOOD}\n[matching]\nthreshold = 0.7\ncalibration = \"cuhk03-val\"\n");
+        let m = parse(&text).unwrap();
+        assert_eq!(m.matching.as_ref().unwrap().threshold, 0.7);
         assert_eq!(parse(&m.to_toml()).unwrap(), m);
     }
 }

@@ -5,7 +5,6 @@ through `reidcam embed`, and require mean cosine(int8, float) ≥ --min-mean.
     tools/.venv/bin/python tools/int8_check.py [--model osnet_x0_25_msmt17] [--crops N|all] [--out DIR]
 """
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="keep the int8 model here (default: a temporary dir)")
     args = ap.parse_args()
 
-    shared = reference.shared_dir()
-    if not (shared / "models").is_dir():
-        msg = f"shared data not found at {shared} (set REIDCAM_SHARED)"
-        print(f"int8: {'FAILED' if os.environ.get('CI') else 'SKIPPED'}: {msg}", file=sys.stderr)
-        return 2 if os.environ.get("CI") else 0
-    binary = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "reidcam"
+    shared = reference.require_shared("int8")
+    if shared is None:
+        return 0
+    binary = reference.reidcam_binary()
     float_model = shared / "models" / f"{args.model}.onnx"
     manifest = ROOT / "models" / "reference" / f"{args.model}.toml"
     crops = reference.parity_crops(step=1)

@@ -9,7 +9,6 @@ engines embed the very same tensors and the per-crop cosine must be ≥ --min-co
 any model falls short, 2 if shared data is missing under CI.
 """
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,12 +19,6 @@ import numpy as np
 import reference
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_MODELS = [
-    "osnet_x0_25_msmt17",
-    "osnet_x0_25_msmt17_boxmot",
-    "osnet_x0_25_market1501",
-    "person-reidentification-retail-0267",
-]
 
 
 def main() -> int:
@@ -36,17 +29,11 @@ def main() -> int:
     ap.add_argument("models", type=Path, nargs="*")
     args = ap.parse_args()
 
-    shared = reference.shared_dir()
-    if not (shared / "models").is_dir():
-        msg = f"shared data not found at {shared} (set REIDCAM_SHARED)"
-        if os.environ.get("CI"):
-            print(f"parity: FAILED: {msg}", file=sys.stderr)
-            return 2
-        print(f"parity: SKIPPED: {msg}")
+    shared = reference.require_shared("parity")
+    if shared is None:
         return 0
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    binary = args.reidcam or target / "release" / "reidcam"
-    models = args.models or [shared / "models" / f"{m}.onnx" for m in REFERENCE_MODELS]
+    binary = args.reidcam or reference.reidcam_binary()
+    models = args.models or [shared / "models" / f"{m}.onnx" for m in reference.REFERENCE_MODELS]
     crops = reference.parity_crops(step=max(1, 938 // args.crops))[: args.crops]
 
     failed = 0

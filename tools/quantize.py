@@ -18,7 +18,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import version_converter
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
@@ -112,8 +111,7 @@ def main() -> int:
     staged.unlink()
 
     if manifest:
-        with open(manifest, "rb") as f:
-            text = open(manifest).read()
+        text = manifest.read_text()
         name = tomllib.loads(text)["model"]["name"]
         text = text.replace(f'name = "{name}"', f'name = "{name}_int8"', 1)
         header = (f"# int8 (QOperator Conv/MatMul, per-channel) of {args.model.name} by tools/quantize.py,\n"

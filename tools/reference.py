@@ -7,6 +7,7 @@ make_fixtures.py and parity.py.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,35 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# The four reference ReID models of ../shared/models with the onnxruntime + Pillow accuracy that
+# ../shared/README.md reports on cuhk03-val: (rank-1, mAP).
+REFERENCE_MODELS = {
+    "osnet_x0_25_msmt17": (41.46, 40.97),
+    "osnet_x0_25_msmt17_boxmot": (53.22, 52.31),
+    "osnet_x0_25_market1501": (21.29, 21.98),
+    "person-reidentification-retail-0267": (74.28, 71.93),
+}
+
+
+def require_shared(tool: str) -> Path | None:
+    """../shared if present; otherwise exit 2 under CI, or return None (skip) with a message."""
+    shared = shared_dir()
+    if (shared / "models").is_dir():
+        return shared
+    msg = f"shared data not found at {shared} (set REIDCAM_SHARED)"
+    if os.environ.get("CI"):
+        print(f"{tool}: FAILED: {msg}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{tool}: SKIPPED: {msg}")
+    return None
+
+
+def reidcam_binary() -> Path:
+    """The release `reidcam` binary of this checkout ($CARGO_TARGET_DIR or target/)."""
+    root = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("CARGO_TARGET_DIR", root / "target")) / "release" / "reidcam"
 
 
 def shared_dir() -> Path:

@@ -1,6 +1,11 @@
 //! reidcam's integration tests: one binary, one module per area.
 
+mod alloc_count;
 mod common;
 mod errors;
+mod eval;
 mod parity;
 mod resize;
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;

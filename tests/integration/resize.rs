@@ -4,6 +4,7 @@
 use reidcam::manifest::ModelManifest;
 use reidcam::{Preprocessor, Rect};
 
+use crate::alloc_count::allocations_during;
 use crate::common::{case, pattern, repo};
 
 #[test]
@@ -53,19 +54,32 @@ fn resize_matches_pillow_byte_for_byte() {
 }
 
 #[test]
-fn preprocessing_reuses_its_buffers() {
-    // After sizing for the largest source, further crops must not grow any buffer.
+fn preprocessing_allocates_nothing_once_sized() {
+    // Sized for the frame, any crop of it (up, down, both pass orders, whole frame) must not
+    // allocate; the same crops through an unsized preprocessor must (so the counter works).
     let frame = pattern(640, 480);
     let spec = ModelManifest::torchreid_default("t", "in", 256, 128, "out", 1).input;
-    let mut pre = Preprocessor::with_max_source(&spec, 640, 480);
-    let mut slot = vec![0.0; pre.slot_len()];
-    for rect in [
+    let rects = [
         Rect::new(0, 0, 640, 480),
         Rect::new(10, 20, 60, 200),
         Rect::new(300, 0, 340, 480),
+        Rect::new(5, 5, 600, 100),
         Rect::new(1, 1, 3, 5),
-    ] {
-        pre.run(frame.view(), rect, &mut slot).unwrap();
-    }
+    ];
+    let mut slot = vec![0.0; 3 * 256 * 128];
+    let mut sized = Preprocessor::with_max_source(&spec, 640, 480);
+    let ((), n) = allocations_during(|| {
+        for _ in 0..3 {
+            for rect in rects {
+                sized.run(frame.view(), rect, &mut slot).unwrap();
+            }
+        }
+    });
+    assert_eq!(n, 0, "preprocessing allocated {n} times after sizing");
     assert!(slot.iter().all(|v| v.is_finite()));
+
+    let mut unsized_pre = Preprocessor::new(&spec);
+    let ((), n) =
+        allocations_during(|| unsized_pre.run(frame.view(), rects[0], &mut slot).unwrap());
+    assert!(n > 0, "the counting allocator saw nothing");
 }
