@@ -339,8 +339,9 @@ impl PairSimilarities {
     }
 }
 
-/// The lowest threshold whose false-match rate on `pairs.different` is ≤ `target_fmr`, and the
-/// true-match rate it keeps on `pairs.same`.
+/// The lowest threshold (rounded up to 4 decimals, so that it reads well in a config and never
+/// lets more impostors through) whose false-match rate on `pairs.different` is ≤ `target_fmr`,
+/// and the rates measured at it.
 pub fn calibrate(pairs: &PairSimilarities, target_fmr: f64) -> OperatingPoint {
     assert!(!pairs.different.is_empty(), "no different-person pairs");
     let mut impostors = pairs.different.clone();
@@ -348,9 +349,15 @@ pub fn calibrate(pairs: &PairSimilarities, target_fmr: f64) -> OperatingPoint {
     let allowed = (target_fmr * impostors.len() as f64).floor() as usize;
     // Just above the (allowed+1)-th highest impostor: at most `allowed` impostors reach it.
     let threshold = if allowed >= impostors.len() {
-        f32::NEG_INFINITY
+        -1.0
     } else {
-        next_up(impostors[allowed])
+        let exact = next_up(impostors[allowed]);
+        let rounded = ((f64::from(exact) * 1e4).ceil() / 1e4) as f32;
+        if rounded >= exact {
+            rounded
+        } else {
+            next_up(rounded)
+        }
     };
     let accepted = |v: &[f32]| v.iter().filter(|s| **s >= threshold).count() as f64;
     OperatingPoint {
@@ -447,12 +454,17 @@ mod tests {
             different: (0..100).map(|i| i as f32 / 100.0).collect(),
         };
         let p = calibrate(&pairs, 0.01);
-        // One impostor (0.99) may pass: threshold just above 0.98.
-        assert!(p.threshold > 0.98 && p.threshold <= 0.99, "{}", p.threshold);
+        // One impostor (0.99) may pass: threshold just above 0.98, rounded up to 4 decimals.
+        assert_eq!(p.threshold, 0.9801);
         assert_eq!((p.fmr, p.tmr), (0.01, 0.0));
         let p = calibrate(&pairs, 0.25);
-        assert!(p.threshold > 0.74 && p.threshold <= 0.75);
+        assert_eq!(p.threshold, 0.7401);
         assert_eq!((p.fmr, p.tmr), (0.25, 0.5));
+        // Every target is met, whatever the rounding.
+        for target in [0.001, 0.013, 0.05, 0.5, 0.999] {
+            let p = calibrate(&pairs, target);
+            assert!(p.fmr <= target, "{target}: {}", p.fmr);
+        }
         assert_eq!(next_up(1.0), 1.0 + f32::EPSILON);
         assert!(next_up(-0.5) > -0.5);
     }

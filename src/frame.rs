@@ -1,5 +1,6 @@
 //! RGB8 frames and crops: an owned image, a borrowed view with a row stride, rectangles, and
-//! decoding of image files (JPEG, PNG) through the `image` crate.
+//! decoding of image files: JPEG through `mozjpeg` (libjpeg-turbo's decoder, so pixels are
+//! bit-identical to Pillow's, which the models were evaluated with), PNG through `image`.
 //!
 //! Everything downstream (preprocess, later capture and detect) speaks [`RgbView`]: interleaved
 //! `R,G,B` bytes, `stride` bytes per row, so a crop of a larger frame needs no copy.
@@ -228,24 +229,67 @@ pub fn load_image(path: &Path) -> Result<RgbImage, FrameError> {
     })
 }
 
+/// Largest image accepted, in pixels (a 100-megapixel frame is far beyond any camera we drive;
+/// a header claiming more is corrupt or hostile, and would otherwise allocate gigabytes).
+pub const MAX_PIXELS: usize = 100_000_000;
+
 /// Decodes JPEG or PNG bytes into RGB8; the error is a one-line reason.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
     let format = image::guess_format(bytes)
         .map_err(|_| "unrecognised file signature (expected JPEG or PNG)".to_string())?;
     match format {
-        image::ImageFormat::Jpeg => {
-            if !jpeg_is_complete(bytes) {
-                return Err("JPEG data is truncated (no end-of-image marker)".into());
+        image::ImageFormat::Jpeg => decode_jpeg(bytes),
+        image::ImageFormat::Png => {
+            let decoded = image::load_from_memory_with_format(bytes, format)
+                .map_err(|e| e.to_string().replace('\n', " "))?;
+            let (width, height) = (decoded.width(), decoded.height());
+            if width as usize * height as usize > MAX_PIXELS {
+                return Err(format!(
+                    "{width}x{height} is larger than {MAX_PIXELS} pixels"
+                ));
             }
+            let rgb = decoded.into_rgb8();
+            RgbImage::from_raw(width, height, rgb.into_raw()).map_err(|e| e.to_string())
         }
-        image::ImageFormat::Png => {}
-        other => return Err(format!("{other:?} images are not supported (JPEG or PNG)")),
+        other => Err(format!("{other:?} images are not supported (JPEG or PNG)")),
     }
-    let decoded = image::load_from_memory_with_format(bytes, format)
-        .map_err(|e| e.to_string().replace('\n', " "))?;
-    let rgb = decoded.into_rgb8();
-    let (width, height) = rgb.dimensions();
-    RgbImage::from_raw(width, height, rgb.into_raw()).map_err(|e| e.to_string())
+}
+
+/// Decodes a JPEG with libjpeg-turbo's algorithms (islow IDCT, fancy upsampling), as Pillow does.
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+    if !jpeg_is_complete(bytes) {
+        return Err("JPEG data is truncated (no end-of-image marker)".into());
+    }
+    // libjpeg reports fatal errors by unwinding (mozjpeg's error manager uses resume_unwind, so no
+    // panic message is printed); catch it here and turn it into an error.
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<Result<RgbImage, String>> {
+        let mut rgb = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let (width, height) = (rgb.width(), rgb.height());
+        if width * height > MAX_PIXELS {
+            return Ok(Err(format!(
+                "{width}x{height} is larger than {MAX_PIXELS} pixels"
+            )));
+        }
+        let mut data = vec![0u8; width * height * 3];
+        let read = rgb.read_scanlines_into(&mut data)?.len();
+        rgb.finish()?;
+        if read != data.len() {
+            return Ok(Err(format!(
+                "JPEG data ends after {} of {height} rows",
+                read / (width * 3)
+            )));
+        }
+        Ok(RgbImage::from_raw(width as u32, height as u32, data).map_err(|e| e.to_string()))
+    });
+    match decoded {
+        Ok(Ok(result)) => result,
+        Ok(Err(io)) => Err(io.to_string()),
+        Err(payload) => Err(payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "libjpeg fatal error".into())),
+    }
 }
 
 /// A complete JPEG ends with the EOI marker `FF D9`, possibly followed by padding zeros or
@@ -317,5 +361,37 @@ mod tests {
         let err = decode_image(&jpeg[..jpeg.len() / 2]).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
         assert!(decode_image(b"not an image at all").is_err());
+    }
+
+    #[test]
+    fn corrupt_jpeg_is_an_error_not_a_crash() {
+        let img = gradient(16, 16);
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_raw(16, 16, img.as_bytes().to_vec())
+            .unwrap()
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        // Keep SOI and the end marker, wreck the headers in between.
+        let mut broken = jpeg.clone();
+        for b in &mut broken[4..60] {
+            *b = 0xAB;
+        }
+        let err = decode_image(&broken).unwrap_err();
+        assert!(!err.is_empty() && !err.contains('\n'), "{err}");
+        // A header claiming an absurd size is refused before allocating.
+        let sof = jpeg
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("baseline SOF0");
+        let mut huge = jpeg.clone();
+        huge[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+        let err = decode_image(&huge).unwrap_err();
+        assert!(
+            err.contains("larger than") || err.contains("libjpeg"),
+            "{err}"
+        );
     }
 }

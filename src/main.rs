@@ -505,7 +505,8 @@ fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
     }
     let snippet = toml::to_string(&Section {
         matching: reidcam::manifest::MatchingSpec {
-            threshold: chosen.threshold,
+            // calibrate() rounds up to 4 decimals; this only drops f32 → f64 noise.
+            threshold: (f64::from(chosen.threshold) * 1e4).round() / 1e4,
             calibration: format!(
                 "reidcam calibrate on {}: {} same-person / {} different-person cross-camera pairs; false-match rate {:.3}% (target {}%), true-match rate {:.1}%",
                 args.data.display(),

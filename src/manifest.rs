@@ -21,7 +21,7 @@
 //! dim = 512                   # required: embedding length
 //!
 //! [matching]                  # optional: from `reidcam calibrate` on labelled data
-//! threshold = 0.7265          # cosine similarity at or above which two crops are the same person
+//! threshold = 0.7266          # cosine similarity at or above which two crops are the same person
 //! calibration = "..."         # optional, free text: data, false/true-match rates
 //! ```
 //!
@@ -61,7 +61,7 @@ pub struct ModelManifest {
 #[serde(deny_unknown_fields)]
 pub struct MatchingSpec {
     /// Cosine similarity at or above which two crops are taken to show the same person.
-    pub threshold: f32,
+    pub threshold: f64,
     /// How the threshold was found (data, false-match rate, true-match rate).
     #[serde(default)]
     pub calibration: String,

@@ -48,7 +48,7 @@ def main() -> int:
                                    ("int8", int8_model, [])]:
             npy = Path(tmp) / f"{name}.npy"
             started = time.monotonic()
-            subprocess.run([str(binary), "embed", "--model", str(model), *extra, "--batch", "8",
+            subprocess.run([str(binary), "embed", "--model", str(model), *extra, "--batch", "1",
                             "--format", "npy", "--output", str(npy), *map(str, crops)], check=True)
             results[name] = (np.load(npy), time.monotonic() - started)
         cos = (results["float"][0] * results["int8"][0]).sum(axis=1)

@@ -107,7 +107,7 @@ fn check_pipeline_case(dir: &Path, shared: &Path) {
         c["tolerance"]["min_cosine"].as_f64().unwrap() as f32,
     );
     eprintln!(
-        "parity {}: {rows} crops, mean cosine {mean:.6}, min {worst:.6} ({})",
+        "parity {}: {rows} crops, mean cosine {mean:.7}, min {worst:.7} ({})",
         dir.file_name().unwrap().to_string_lossy(),
         crops[worst_ix].display()
     );
