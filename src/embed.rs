@@ -198,16 +198,13 @@ impl Embedder {
 
         // Which input carries the image.
         let input_ix = match &manifest {
-            Some(m) => onnx_inputs
-                .iter()
-                .position(|n| *n == m.input.name)
-                .ok_or_else(|| {
-                    mismatch(
-                        "input.name",
-                        format!("{:?}", m.input.name),
-                        format!("absent (inputs: {onnx_inputs:?})"),
-                    )
-                })?,
+            Some(m) => position_of(&onnx_inputs, &m.input.name).ok_or_else(|| {
+                mismatch(
+                    "input.name",
+                    format!("{:?}", m.input.name),
+                    format!("absent (inputs: {onnx_inputs:?})"),
+                )
+            })?,
             None => match onnx_inputs.len() {
                 1 => 0,
                 n => {
@@ -314,16 +311,13 @@ impl Embedder {
             .map(<[OutletId]>::to_vec)
             .unwrap_or_default();
         let output_ix = match &manifest {
-            Some(m) => onnx_outputs
-                .iter()
-                .position(|n| *n == m.output.name)
-                .ok_or_else(|| {
-                    mismatch(
-                        "output.name",
-                        format!("{:?}", m.output.name),
-                        format!("absent (outputs: {onnx_outputs:?})"),
-                    )
-                })?,
+            Some(m) => position_of(&onnx_outputs, &m.output.name).ok_or_else(|| {
+                mismatch(
+                    "output.name",
+                    format!("{:?}", m.output.name),
+                    format!("absent (outputs: {onnx_outputs:?})"),
+                )
+            })?,
             None => {
                 if onnx_outputs.len() > 1 {
                     log::warn!(
@@ -629,6 +623,10 @@ fn l2_normalise(v: &mut [f32]) {
     if norm > 0.0 && norm.is_finite() {
         v.iter_mut().for_each(|x| *x /= norm);
     }
+}
+
+fn position_of(names: &[String], wanted: &str) -> Option<usize> {
+    names.iter().position(|n| n == wanted)
 }
 
 /// Names of the given outlets: the ONNX tensor name (outlet label) or the node name.

@@ -313,6 +313,15 @@ mod tests {
         RgbImage::from_raw(width, height, data).unwrap()
     }
 
+    fn encode(img: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image::RgbImage::from_raw(img.width(), img.height(), img.as_bytes().to_vec())
+            .unwrap()
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
+        bytes
+    }
+
     #[test]
     fn crop_sees_the_right_pixels() {
         let img = gradient(10, 8);
@@ -342,21 +351,10 @@ mod tests {
     #[test]
     fn png_round_trip_and_truncated_jpeg() {
         let img = gradient(7, 5);
-        let mut png = Vec::new();
-        image::RgbImage::from_raw(7, 5, img.as_bytes().to_vec())
-            .unwrap()
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .unwrap();
+        let png = encode(&img, image::ImageFormat::Png);
         assert_eq!(decode_image(&png).unwrap(), img);
 
-        let mut jpeg = Vec::new();
-        image::RgbImage::from_raw(7, 5, img.as_bytes().to_vec())
-            .unwrap()
-            .write_to(
-                &mut std::io::Cursor::new(&mut jpeg),
-                image::ImageFormat::Jpeg,
-            )
-            .unwrap();
+        let jpeg = encode(&img, image::ImageFormat::Jpeg);
         assert!(decode_image(&jpeg).is_ok());
         let err = decode_image(&jpeg[..jpeg.len() / 2]).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
@@ -366,14 +364,7 @@ mod tests {
     #[test]
     fn corrupt_jpeg_is_an_error_not_a_crash() {
         let img = gradient(16, 16);
-        let mut jpeg = Vec::new();
-        image::RgbImage::from_raw(16, 16, img.as_bytes().to_vec())
-            .unwrap()
-            .write_to(
-                &mut std::io::Cursor::new(&mut jpeg),
-                image::ImageFormat::Jpeg,
-            )
-            .unwrap();
+        let jpeg = encode(&img, image::ImageFormat::Jpeg);
         // Keep SOI and the end marker, wreck the headers in between.
         let mut broken = jpeg.clone();
         for b in &mut broken[4..60] {

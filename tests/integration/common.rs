@@ -71,3 +71,13 @@ pub fn case(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("case.json")).expect("case.json");
     serde_json::from_str(&text).expect("case.json is JSON")
 }
+
+/// Encodes an image as PNG or JPEG bytes.
+pub fn encode(img: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_raw(img.width(), img.height(), img.as_bytes().to_vec())
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .unwrap();
+    bytes
+}

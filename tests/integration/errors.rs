@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{reidcam, repo};
+use crate::common::{encode, pattern, reidcam, repo};
 
 fn models() -> PathBuf {
     repo().join("tests/fixtures/models")
@@ -19,11 +19,8 @@ fn scratch(name: &str) -> PathBuf {
 
 fn good_crop(dir: &Path) -> PathBuf {
     let path = dir.join("crop.png");
-    let img = crate::common::pattern(40, 100);
-    image::RgbImage::from_raw(40, 100, img.as_bytes().to_vec())
-        .unwrap()
-        .save(&path)
-        .unwrap();
+    let png = encode(&pattern(40, 100), image::ImageFormat::Png);
+    std::fs::write(&path, png).unwrap();
     path
 }
 
@@ -168,15 +165,8 @@ fn unreadable_truncated_and_non_images() {
     let line = embed_fails(&["--model", s(&model), s(&dir.join("gone.jpg"))]);
     assert!(line.contains("gone.jpg: cannot read image"), "{line}");
 
-    let mut jpeg = Vec::new();
-    let img = crate::common::pattern(64, 128);
-    image::RgbImage::from_raw(64, 128, img.as_bytes().to_vec())
-        .unwrap()
-        .write_to(
-            &mut std::io::Cursor::new(&mut jpeg),
-            image::ImageFormat::Jpeg,
-        )
-        .unwrap();
+    let img = pattern(64, 128);
+    let jpeg = encode(&img, image::ImageFormat::Jpeg);
     let truncated = dir.join("truncated.jpg");
     std::fs::write(&truncated, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
     let line = embed_fails(&["--model", s(&model), s(&truncated)]);
@@ -193,11 +183,7 @@ fn unreadable_truncated_and_non_images() {
         "{line}"
     );
 
-    let mut png = Vec::new();
-    image::RgbImage::from_raw(64, 128, img.as_bytes().to_vec())
-        .unwrap()
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
+    let png = encode(&img, image::ImageFormat::Png);
     let cut = dir.join("cut.png");
     std::fs::write(&cut, &png[..png.len() / 2]).unwrap();
     let line = embed_fails(&["--model", s(&model), s(&cut)]);
