@@ -118,3 +118,31 @@ fn check_pipeline_case(dir: &Path, shared: &Path) {
         crops[worst_ix].display()
     );
 }
+
+/// After a run tract has released the input tensor, so refilling it does not copy (no
+/// allocation): the input buffer is made once for the embedder's life.
+#[test]
+fn input_tensor_is_reused_across_runs() {
+    let dir = repo().join("tests/fixtures/models");
+    let mut embedder = Embedder::load(
+        &dir.join("tiny_reid.onnx"),
+        ManifestChoice::Inspect,
+        &EmbedConfig {
+            batch: 2,
+            threads: 1,
+        },
+    )
+    .unwrap();
+    let crop = pattern(40, 100);
+    let mut pre = Preprocessor::with_max_source(&embedder.manifest().input, 40, 100);
+    for _ in 0..3 {
+        let ((), n) = crate::alloc_count::allocations_during(|| {
+            for slot in 0..2 {
+                pre.run(crop.view(), crop.bounds(), embedder.input_slot(slot))
+                    .unwrap();
+            }
+        });
+        assert_eq!(n, 0, "filling the input allocated {n} times");
+        embedder.run(2).unwrap();
+    }
+}
