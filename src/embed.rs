@@ -195,16 +195,20 @@ impl Embedder {
             declared,
             actual,
         };
+        // The position of the manifest's `wanted` name among the graph's `names`.
+        let named = |names: &[String], wanted: &str, field, kind: &str| {
+            names.iter().position(|n| n == wanted).ok_or_else(|| {
+                mismatch(
+                    field,
+                    format!("{wanted:?}"),
+                    format!("absent ({kind}: {names:?})"),
+                )
+            })
+        };
 
         // Which input carries the image.
         let input_ix = match &manifest {
-            Some(m) => position_of(&onnx_inputs, &m.input.name).ok_or_else(|| {
-                mismatch(
-                    "input.name",
-                    format!("{:?}", m.input.name),
-                    format!("absent (inputs: {onnx_inputs:?})"),
-                )
-            })?,
+            Some(m) => named(&onnx_inputs, &m.input.name, "input.name", "inputs")?,
             None => match onnx_inputs.len() {
                 1 => 0,
                 n => {
@@ -311,13 +315,7 @@ impl Embedder {
             .map(<[OutletId]>::to_vec)
             .unwrap_or_default();
         let output_ix = match &manifest {
-            Some(m) => position_of(&onnx_outputs, &m.output.name).ok_or_else(|| {
-                mismatch(
-                    "output.name",
-                    format!("{:?}", m.output.name),
-                    format!("absent (outputs: {onnx_outputs:?})"),
-                )
-            })?,
+            Some(m) => named(&onnx_outputs, &m.output.name, "output.name", "outputs")?,
             None => {
                 if onnx_outputs.len() > 1 {
                     log::warn!(
@@ -623,10 +621,6 @@ fn l2_normalise(v: &mut [f32]) {
     if norm > 0.0 && norm.is_finite() {
         v.iter_mut().for_each(|x| *x /= norm);
     }
-}
-
-fn position_of(names: &[String], wanted: &str) -> Option<usize> {
-    names.iter().position(|n| n == wanted)
 }
 
 /// Names of the given outlets: the ONNX tensor name (outlet label) or the node name.

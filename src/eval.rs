@@ -339,37 +339,42 @@ impl PairSimilarities {
     }
 }
 
-/// The lowest threshold (rounded up to 4 decimals, so that it reads well in a config and never
-/// lets more impostors through) whose false-match rate on `pairs.different` is ≤ `target_fmr`,
-/// and the rates measured at it.
-pub fn calibrate(pairs: &PairSimilarities, target_fmr: f64) -> OperatingPoint {
+/// For each target false-match rate: the lowest threshold (rounded up to 4 decimals, so that it
+/// reads well in a config and never lets more impostors through) whose false-match rate on
+/// `pairs.different` is ≤ the target, and the rates measured at it. Points come in target order.
+pub fn calibrate(pairs: &PairSimilarities, target_fmrs: &[f64]) -> Vec<OperatingPoint> {
     assert!(!pairs.different.is_empty(), "no different-person pairs");
     let mut impostors = pairs.different.clone();
     impostors.sort_by(|a, b| b.total_cmp(a));
-    let allowed = (target_fmr * impostors.len() as f64).floor() as usize;
-    // Just above the (allowed+1)-th highest impostor: at most `allowed` impostors reach it.
-    let threshold = if allowed >= impostors.len() {
-        -1.0
-    } else {
-        let exact = next_up(impostors[allowed]);
-        let rounded = ((f64::from(exact) * 1e4).ceil() / 1e4) as f32;
-        if rounded >= exact {
-            rounded
-        } else {
-            next_up(rounded)
-        }
-    };
-    let accepted = |v: &[f32]| v.iter().filter(|s| **s >= threshold).count() as f64;
-    OperatingPoint {
-        target_fmr,
-        threshold,
-        fmr: accepted(&impostors) / impostors.len() as f64,
-        tmr: if pairs.same.is_empty() {
-            0.0
-        } else {
-            accepted(&pairs.same) / pairs.same.len() as f64
-        },
-    }
+    let accepted = |v: &[f32], threshold: f32| v.iter().filter(|s| **s >= threshold).count() as f64;
+    target_fmrs
+        .iter()
+        .map(|&target_fmr| {
+            let allowed = (target_fmr * impostors.len() as f64).floor() as usize;
+            // Just above the (allowed+1)-th highest impostor: at most `allowed` impostors reach it.
+            let threshold = if allowed >= impostors.len() {
+                -1.0
+            } else {
+                let exact = next_up(impostors[allowed]);
+                let rounded = ((f64::from(exact) * 1e4).ceil() / 1e4) as f32;
+                if rounded >= exact {
+                    rounded
+                } else {
+                    next_up(rounded)
+                }
+            };
+            OperatingPoint {
+                target_fmr,
+                threshold,
+                fmr: accepted(&impostors, threshold) / impostors.len() as f64,
+                tmr: if pairs.same.is_empty() {
+                    0.0
+                } else {
+                    accepted(&pairs.same, threshold) / pairs.same.len() as f64
+                },
+            }
+        })
+        .collect()
 }
 
 /// The smallest f32 greater than `x` (finite inputs).
@@ -453,16 +458,17 @@ mod tests {
             same: vec![0.9, 0.8, 0.7, 0.4],
             different: (0..100).map(|i| i as f32 / 100.0).collect(),
         };
-        let p = calibrate(&pairs, 0.01);
+        let p = &calibrate(&pairs, &[0.01])[0];
         // One impostor (0.99) may pass: threshold just above 0.98, rounded up to 4 decimals.
         assert_eq!(p.threshold, 0.9801);
         assert_eq!((p.fmr, p.tmr), (0.01, 0.0));
-        let p = calibrate(&pairs, 0.25);
+        let p = &calibrate(&pairs, &[0.25])[0];
         assert_eq!(p.threshold, 0.7401);
         assert_eq!((p.fmr, p.tmr), (0.25, 0.5));
         // Every target is met, whatever the rounding.
-        for target in [0.001, 0.013, 0.05, 0.5, 0.999] {
-            let p = calibrate(&pairs, target);
+        let targets = [0.001, 0.013, 0.05, 0.5, 0.999];
+        for (p, target) in calibrate(&pairs, &targets).iter().zip(targets) {
+            assert_eq!(p.target_fmr, target);
             assert!(p.fmr <= target, "{target}: {}", p.fmr);
         }
         assert_eq!(next_up(1.0), 1.0 + f32::EPSILON);

@@ -483,11 +483,7 @@ fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
             pairs.different.len()
         );
     }
-    let mut points: Vec<_> = args
-        .fmr
-        .iter()
-        .map(|f| reidcam::eval::calibrate(&pairs, *f))
-        .collect();
+    let mut points = reidcam::eval::calibrate(&pairs, &args.fmr);
     points.sort_by(|a, b| b.target_fmr.total_cmp(&a.target_fmr));
     let title = format!(
         "{} on {}: cross-camera pair similarities",
