@@ -21,7 +21,7 @@
 //! dim = 512                   # required: embedding length
 //!
 //! [matching]                  # optional: from `reidcam calibrate` on labelled data
-//! threshold = 0.7266          # cosine similarity at or above which two crops are the same person
+//! threshold = 0.7252          # cosine similarity at or above which two crops are the same person
 //! calibration = "..."         # optional, free text: data, false/true-match rates
 //! ```
 //!
