@@ -10,6 +10,7 @@ pub mod bench;
 pub mod embed;
 pub mod eval;
 pub mod frame;
+pub mod gallery;
 pub mod manifest;
 pub mod npy;
 pub mod preprocess;

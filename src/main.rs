@@ -42,6 +42,8 @@ enum Command {
     /// Calibrate the match threshold on a Market-1501-layout directory: similarity distributions
     /// of cross-camera pairs, the threshold for target false-match rates, a plot and a config snippet.
     Calibrate(CalibrateArgs),
+    /// Manage a gallery file: list, show, enroll, remove, export and import identities.
+    Gallery(cli::gallery::GalleryArgs),
 }
 
 #[derive(Args)]
@@ -51,6 +53,13 @@ struct EvalArgs {
     /// Dataset directory with query/ and bounding_box_test/.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
+    /// Also rank identities held in a real gallery (each storage format, max and mean
+    /// aggregation), enrolled from the gallery crops of the other cameras.
+    #[arg(long)]
+    identities: bool,
+    /// Exemplars per identity for --identities.
+    #[arg(long, default_value_t = 8, value_name = "K")]
+    exemplars: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -157,6 +166,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect(args),
         Command::Eval(args) => eval_cmd(args),
         Command::Calibrate(args) => calibrate_cmd(args),
+        Command::Gallery(args) => cli::gallery::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -328,6 +338,8 @@ struct EmbeddedDataset {
     model_name: String,
     set: reidcam::eval::MarketSet,
     similarity: ndarray::Array2<f32>,
+    query: ndarray::Array2<f32>,
+    gallery: ndarray::Array2<f32>,
     query_pids: Vec<i32>,
     query_cameras: Vec<u32>,
     gallery_pids: Vec<i32>,
@@ -401,6 +413,8 @@ fn embed_dataset(model: &ModelArgs, data: &Path) -> anyhow::Result<EmbeddedDatas
         model_name: embedder.manifest().model.name.clone(),
         set,
         similarity: q.dot(&g.t()),
+        query: q,
+        gallery: g,
         query_pids,
         query_cameras,
         gallery_pids,
@@ -424,8 +438,14 @@ fn eval_cmd(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let per_s = d.crops as f64 / d.seconds;
+    let identities = if args.identities {
+        identity_table(&d, args.exemplars)?
+    } else {
+        Vec::new()
+    };
     if args.json {
         let out = serde_json::json!({
+            "identities": identities,
             "model": d.model_name,
             "model_path": args.model.model,
             "data": args.data,
@@ -463,7 +483,64 @@ fn eval_cmd(args: EvalArgs) -> anyhow::Result<()> {
         "rank1={:.2} rank5={:.2} rank10={:.2} mAP={:.2} mAP_official={:.2} mINP={:.2} queries={} gallery={}",
         m.rank1, m.rank5, m.rank10, m.map, m.map_official, m.minp, m.queries, m.gallery
     );
+    if let Some(first) = identities.first() {
+        println!(
+            "identities {} queries ranked over {} identities ({} exemplars, K = {}), gallery built from the other camera(s)",
+            first.metrics.queries, first.metrics.identities, first.metrics.exemplars, args.exemplars
+        );
+        println!("format  aggregation  rank1   rank5   heap bytes");
+        for row in &identities {
+            println!(
+                "{:<7} {:<12} {:<7.2} {:<7.2} {}",
+                row.format.name(),
+                format!("{:?}", row.aggregation).to_lowercase(),
+                row.metrics.rank1,
+                row.metrics.rank5,
+                row.metrics.heap_bytes
+            );
+        }
+    }
     Ok(())
+}
+
+#[derive(Serialize)]
+struct IdentityRow {
+    format: reidcam::gallery::StorageFormat,
+    aggregation: reidcam::gallery::Aggregation,
+    metrics: reidcam::eval::IdentityMetrics,
+}
+
+/// Identity-level rank-1/5 for every storage format and aggregation.
+fn identity_table(d: &EmbeddedDataset, exemplars: usize) -> anyhow::Result<Vec<IdentityRow>> {
+    use reidcam::gallery::{Aggregation, GalleryConfig, MatchPolicy, StorageFormat};
+    let mut rows = Vec::new();
+    for format in StorageFormat::ALL {
+        for aggregation in [Aggregation::Max, Aggregation::Mean] {
+            let config = GalleryConfig {
+                dim: d.query.ncols(),
+                exemplars,
+                format,
+                budget_bytes: 0,
+            };
+            let policy = MatchPolicy {
+                aggregation,
+                ..MatchPolicy::default()
+            };
+            let metrics = reidcam::eval::evaluate_identities(
+                d.query.view(),
+                d.gallery.view(),
+                d.labels(),
+                config,
+                policy,
+            )?;
+            rows.push(IdentityRow {
+                format,
+                aggregation,
+                metrics,
+            });
+        }
+    }
+    Ok(rows)
 }
 
 fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {

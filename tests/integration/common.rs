@@ -9,6 +9,24 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The test model fixtures (`tests/fixtures/models`).
+pub fn models() -> PathBuf {
+    repo().join("tests/fixtures/models")
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reidcam-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// `../shared` (or `$REIDCAM_SHARED`). Missing: the test fails under CI (`CI` set), and is
 /// skipped with a message otherwise.
 pub fn shared() -> Option<PathBuf> {

@@ -3,19 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{encode, pattern, reidcam, repo};
-
-fn models() -> PathBuf {
-    repo().join("tests/fixtures/models")
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reidcam-it-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::common::{encode, models, pattern, reidcam, s, scratch};
 
 fn good_crop(dir: &Path) -> PathBuf {
     let path = dir.join("crop.png");
@@ -42,10 +30,6 @@ fn embed_fails(args: &[&str]) -> String {
         "stderr has more than the error line: {stderr}"
     );
     lines[0].to_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod alloc_count;
 mod common;
 mod errors;
 mod eval;
+mod gallery;
 mod parity;
 mod resize;
 

@@ -1,0 +1,618 @@
+//! Gallery files: a versioned little-endian binary format, saved atomically with a backup of the
+//! previous good file, and validated completely on load.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "REIDCAMG"
+//!      8     2  version (1)
+//!     10     1  storage format (1 int8, 2 f16, 3 f32)
+//!     11     1  flags (0)
+//!     12     4  dimension D
+//!     16     4  exemplars per identity K of the gallery that wrote it
+//!     20     4  identity count N
+//!     24     4  next identity id
+//!     28     8  file length in bytes, checksum included
+//!     36     2  model name length L
+//!     38     L  model name (UTF-8)
+//!   then N entries:
+//!                4 id, 1 flags (bit 0: pinned), 1 label length, label (UTF-8),
+//!                8 first seen (ms since the epoch), 8 last seen, 4 times seen,
+//!                1 exemplar count E (1..=K), then E × { 4 scale (f32), D × b values }
+//!   last         4 CRC-32 (IEEE) of every byte before it
+//! ```
+//!
+//! Saving writes `<file>.tmp` (mode 0600), fsyncs it, replaces `<file>.bak` with a hard link to the
+//! current `<file>` (the previous good gallery; link to `<file>.bak.tmp`, then rename), renames the
+//! temporary file over `<file>` and fsyncs the directory. At every instant `<file>` is a complete
+//! gallery, the old one or the new one, and `<file>.bak` (once there is one) a complete older one.
+//!
+//! Loading never writes. [`open`] applies a [`Recovery`] policy when the file is damaged; the
+//! damaged file is then renamed aside (`<file>.corrupt-<ms>`), never overwritten.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::vectors::Arena;
+use super::{Gallery, GalleryConfig, GalleryError, IdentityInfo, LABEL_CAPACITY, MatchPolicy, PersonId, StorageFormat, Timestamp};
+
+pub const MAGIC: &[u8; 8] = b"REIDCAMG";
+pub const VERSION: u16 = 1;
+const FIXED_HEADER: usize = 38;
+const CHECKSUM: usize = 4;
+const MAX_MODEL_NAME: usize = 1024;
+/// File permissions: embeddings are biometric data.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Which model a gallery belongs to: embeddings of different models are not comparable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelTag {
+    pub name: String,
+    pub dim: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: cannot {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    #[error("{path}: not a reidcam gallery file (expected it to start with \"REIDCAMG\")")]
+    NotAGallery { path: PathBuf },
+    #[error("{path}: gallery file version {found} is not supported (this build reads version {VERSION})")]
+    UnsupportedVersion { path: PathBuf, found: u16 },
+    #[error("{path}: truncated: {len} bytes, the header says {expected}")]
+    Truncated { path: PathBuf, len: u64, expected: u64 },
+    #[error("{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is damaged")]
+    Checksum { path: PathBuf, stored: u32, computed: u32 },
+    #[error("{path}: damaged at byte {offset}: {what}")]
+    Corrupt { path: PathBuf, offset: usize, what: String },
+    #[error(
+        "{path}: saved for model {file_model:?} ({file_dim}-d), but the model in use is {model:?} ({dim}-d); \
+         use the matching model, or move the file away to start a new gallery"
+    )]
+    WrongModel {
+        path: PathBuf,
+        file_model: String,
+        file_dim: usize,
+        model: String,
+        dim: usize,
+    },
+    #[error("{damage}; and the backup is unusable too: {backup}")]
+    NoGoodCopy { damage: String, backup: String },
+    #[error("{path}: holds {identities} identities but the budget fits {capacity}: raise the budget to at least {needed} bytes")]
+    Capacity {
+        path: PathBuf,
+        identities: usize,
+        capacity: usize,
+        needed: usize,
+    },
+}
+
+impl FileError {
+    /// Damage a backup can repair (as opposed to a wrong model, a newer version or an I/O error,
+    /// which need the operator).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            FileError::NotAGallery { .. }
+                | FileError::Truncated { .. }
+                | FileError::Checksum { .. }
+                | FileError::Corrupt { .. }
+        )
+    }
+}
+
+/// What the fixed header of a gallery file says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileHeader {
+    pub version: u16,
+    pub format: StorageFormat,
+    pub dim: usize,
+    pub exemplars: usize,
+    pub identities: usize,
+    pub next_id: PersonId,
+    pub len: u64,
+    pub model: String,
+}
+
+/// `<file>.bak`: the previous good gallery.
+pub fn backup_path(path: &Path) -> PathBuf {
+    sibling(path, "bak")
+}
+
+/// `<file>.tmp`: the file being written.
+pub fn temp_path(path: &Path) -> PathBuf {
+    sibling(path, "tmp")
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> FileError + 'a {
+    move |source| FileError::Io {
+        path: path.to_owned(),
+        action,
+        source,
+    }
+}
+
+/// Bytes `gallery` takes on disk.
+pub fn file_len(gallery: &Gallery, model: &str) -> u64 {
+    let config = gallery.config();
+    let vector = 4 + config.dim * config.format.bytes_per_value();
+    let entries: usize = gallery
+        .identities()
+        .map(|i| 27 + i.label.map_or(0, str::len) + i.exemplars * vector)
+        .sum();
+    (FIXED_HEADER + model.len() + entries + CHECKSUM) as u64
+}
+
+/// Saves atomically, keeping the previous file as `<file>.bak`. Returns the bytes written.
+pub fn save(gallery: &Gallery, model: &str, path: &Path) -> Result<u64, FileError> {
+    if model.len() > MAX_MODEL_NAME {
+        return Err(FileError::Corrupt {
+            path: path.to_owned(),
+            offset: 36,
+            what: format!("model name is {} bytes: at most {MAX_MODEL_NAME}", model.len()),
+        });
+    }
+    let tmp = temp_path(path);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(io_error(&tmp, "create"))?;
+    // A stale temporary file keeps its old mode through `create`: set it explicitly.
+    file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+        .map_err(io_error(&tmp, "set permissions on"))?;
+    let len = file_len(gallery, model);
+    let mut out = ChecksumWriter {
+        inner: BufWriter::with_capacity(1 << 16, file),
+        hasher: crc32fast::Hasher::new(),
+    };
+    write_body(gallery, model, len, &mut out).map_err(io_error(&tmp, "write"))?;
+    let crc = out.hasher.finalize();
+    let mut inner = out.inner;
+    inner.write_all(&crc.to_le_bytes()).map_err(io_error(&tmp, "write"))?;
+    let file = inner.into_inner().map_err(|e| io_error(&tmp, "write")(e.into_error()))?;
+    file.sync_all().map_err(io_error(&tmp, "fsync"))?;
+    drop(file);
+
+    if fs::symlink_metadata(path).is_ok() {
+        keep_backup(path)?;
+    }
+    fs::rename(&tmp, path).map_err(io_error(path, "rename the new gallery over"))?;
+    sync_parent(path)?;
+    Ok(len)
+}
+
+/// Makes `<file>.bak` the current `<file>`, atomically: the current file is hard-linked (or,
+/// where the filesystem has no hard links, copied and fsynced) to `<file>.bak.tmp`, which is then
+/// renamed over `<file>.bak`. The old backup stays in place until the new one replaces it.
+fn keep_backup(path: &Path) -> Result<(), FileError> {
+    let staging = sibling(path, "bak.tmp");
+    match fs::remove_file(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(&staging, "remove a stale")(e)),
+    }
+    if fs::hard_link(path, &staging).is_err() {
+        fs::copy(path, &staging).map_err(io_error(&staging, "copy the backup to"))?;
+        fs::set_permissions(&staging, fs::Permissions::from_mode(FILE_MODE))
+            .map_err(io_error(&staging, "set permissions on"))?;
+        File::open(&staging)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error(&staging, "fsync"))?;
+    }
+    let bak = backup_path(path);
+    fs::rename(&staging, &bak).map_err(io_error(&bak, "rename the backup to"))
+}
+
+fn sync_parent(path: &Path) -> Result<(), FileError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir, "fsync directory"))
+}
+
+struct ChecksumWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for ChecksumWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_body(gallery: &Gallery, model: &str, len: u64, out: &mut impl Write) -> io::Result<()> {
+    let config = gallery.config();
+    out.write_all(MAGIC)?;
+    out.write_all(&VERSION.to_le_bytes())?;
+    out.write_all(&[config.format.code(), 0])?;
+    out.write_all(&(config.dim as u32).to_le_bytes())?;
+    out.write_all(&(config.exemplars as u32).to_le_bytes())?;
+    out.write_all(&(gallery.len() as u32).to_le_bytes())?;
+    out.write_all(&gallery.next_id().0.to_le_bytes())?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&(model.len() as u16).to_le_bytes())?;
+    out.write_all(model.as_bytes())?;
+    for (slot, info) in gallery.occupied_slots() {
+        let label = info.label.unwrap_or("");
+        out.write_all(&info.id.0.to_le_bytes())?;
+        out.write_all(&[u8::from(info.pinned), label.len() as u8])?;
+        out.write_all(label.as_bytes())?;
+        out.write_all(&info.first_seen.0.to_le_bytes())?;
+        out.write_all(&info.last_seen.0.to_le_bytes())?;
+        out.write_all(&info.times_seen.to_le_bytes())?;
+        out.write_all(&[info.exemplars as u8])?;
+        for e in 0..info.exemplars {
+            let at = gallery.arena_slot(slot, e);
+            out.write_all(&gallery.arena().header(at).scale.to_le_bytes())?;
+            gallery.arena().write_raw(at, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Bounds-checked little-endian reads; every failure names the offset.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn corrupt(&self, what: impl Into<String>) -> FileError {
+        FileError::Corrupt {
+            path: self.path.to_owned(),
+            offset: self.pos,
+            what: what.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FileError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| self.corrupt(format!("{what} runs past the end of the data")))?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], FileError> {
+        Ok(self.take(N, what)?.try_into().expect("length checked"))
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, FileError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16, FileError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, FileError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, FileError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn str(&mut self, n: usize, what: &str) -> Result<&'a str, FileError> {
+        let at = self.pos;
+        let bytes = self.take(n, what)?;
+        std::str::from_utf8(bytes).map_err(|_| FileError::Corrupt {
+            path: self.path.to_owned(),
+            offset: at,
+            what: format!("{what} is not UTF-8"),
+        })
+    }
+}
+
+/// Validates magic, version, length and checksum, and parses the header.
+fn check_envelope(path: &Path, bytes: &[u8]) -> Result<FileHeader, FileError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(FileError::NotAGallery { path: path.to_owned() });
+    }
+    let header = parse_header(path, bytes)?;
+    if (bytes.len() as u64) < header.len {
+        return Err(FileError::Truncated {
+            path: path.to_owned(),
+            len: bytes.len() as u64,
+            expected: header.len,
+        });
+    }
+    if bytes.len() as u64 != header.len {
+        return Err(FileError::Corrupt {
+            path: path.to_owned(),
+            offset: header.len as usize,
+            what: format!("{} bytes follow the end the header declares", bytes.len() as u64 - header.len),
+        });
+    }
+    let body = bytes.len() - CHECKSUM;
+    let stored = u32::from_le_bytes(bytes[body..].try_into().expect("4 bytes"));
+    let computed = crc32fast::hash(&bytes[..body]);
+    if stored != computed {
+        return Err(FileError::Checksum {
+            path: path.to_owned(),
+            stored,
+            computed,
+        });
+    }
+    Ok(header)
+}
+
+/// Parses the fixed header and model name (after the magic matched).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<FileHeader, FileError> {
+    let truncated = |expected: usize| FileError::Truncated {
+        path: path.to_owned(),
+        len: bytes.len() as u64,
+        expected: expected as u64,
+    };
+    if bytes.len() < 10 {
+        return Err(truncated(FIXED_HEADER));
+    }
+    let mut r = Reader {
+        bytes,
+        pos: MAGIC.len(),
+        path,
+    };
+    let version = r.u16("version")?;
+    if version != VERSION {
+        return Err(FileError::UnsupportedVersion {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    if bytes.len() < FIXED_HEADER {
+        return Err(truncated(FIXED_HEADER));
+    }
+    let code = r.u8("format")?;
+    let format = StorageFormat::from_code(code).ok_or_else(|| r.corrupt(format!("unknown storage format code {code}")))?;
+    let _flags = r.u8("flags")?;
+    let dim = r.u32("dimension")? as usize;
+    let exemplars = r.u32("exemplars per identity")? as usize;
+    let identities = r.u32("identity count")? as usize;
+    let next_id = PersonId(r.u32("next id")?);
+    let len = r.u64("file length")?;
+    let name_len = usize::from(r.u16("model name length")?);
+    if name_len > MAX_MODEL_NAME {
+        return Err(r.corrupt(format!("model name length {name_len} exceeds {MAX_MODEL_NAME}")));
+    }
+    if bytes.len() < FIXED_HEADER + name_len {
+        return Err(truncated(FIXED_HEADER + name_len));
+    }
+    let model = r.str(name_len, "model name")?.to_owned();
+    Ok(FileHeader {
+        version,
+        format,
+        dim,
+        exemplars,
+        identities,
+        next_id,
+        len,
+        model,
+    })
+}
+
+/// Reads and validates only the header (for tools that need the file's format and size).
+pub fn read_header(path: &Path) -> Result<FileHeader, FileError> {
+    let bytes = fs::read(path).map_err(io_error(path, "read"))?;
+    check_envelope(path, &bytes)
+}
+
+/// Loads `path` into a new gallery of `config`: every field is validated before it is used, and
+/// a file for another model is refused. Embeddings stored in another format are converted; an
+/// identity with more exemplars than `config.exemplars` keeps its first ones (logged).
+pub fn load(path: &Path, model: &ModelTag, config: GalleryConfig, policy: MatchPolicy) -> Result<Gallery, GalleryError> {
+    let bytes = fs::read(path).map_err(io_error(path, "read"))?;
+    let header = check_envelope(path, &bytes)?;
+    if header.model != model.name || header.dim != model.dim {
+        return Err(FileError::WrongModel {
+            path: path.to_owned(),
+            file_model: header.model,
+            file_dim: header.dim,
+            model: model.name.clone(),
+            dim: model.dim,
+        }
+        .into());
+    }
+    let mut gallery = Gallery::with_budget(config, policy)?;
+    if header.identities > gallery.capacity() {
+        return Err(FileError::Capacity {
+            path: path.to_owned(),
+            identities: header.identities,
+            capacity: gallery.capacity(),
+            needed: config.heap_bytes(header.identities),
+        }
+        .into());
+    }
+    read_entries(path, &bytes, &header, &mut gallery)?;
+    gallery.reserve_ids_below(header.next_id);
+    Ok(gallery)
+}
+
+fn read_entries(path: &Path, bytes: &[u8], header: &FileHeader, gallery: &mut Gallery) -> Result<(), FileError> {
+    let mut r = Reader {
+        bytes: &bytes[..bytes.len() - CHECKSUM],
+        pos: FIXED_HEADER + header.model.len(),
+        path,
+    };
+    let value_bytes = header.dim * header.format.bytes_per_value();
+    let convert = header.format != gallery.config().format;
+    // Start-up only: a one-vector arena in the file's format and a float buffer, to convert.
+    let (mut staging, mut values) = if convert {
+        (Some(Arena::new(header.format, 1, header.dim)), vec![0.0f32; header.dim])
+    } else {
+        (None, Vec::new())
+    };
+    let mut dropped = 0usize;
+    for _ in 0..header.identities {
+        let id = PersonId(r.u32("identity id")?);
+        let flags = r.u8("identity flags")?;
+        if flags & !1 != 0 {
+            return Err(r.corrupt(format!("identity {id}: unknown flags {flags:#04x}")));
+        }
+        let label_len = usize::from(r.u8("label length")?);
+        if label_len > LABEL_CAPACITY {
+            return Err(r.corrupt(format!("identity {id}: label of {label_len} bytes exceeds {LABEL_CAPACITY}")));
+        }
+        let label = r.str(label_len, "label")?;
+        let first_seen = Timestamp(r.u64("first seen")?);
+        let last_seen = Timestamp(r.u64("last seen")?);
+        let times_seen = r.u32("times seen")?;
+        let count = usize::from(r.u8("exemplar count")?);
+        if count == 0 || count > header.exemplars {
+            return Err(r.corrupt(format!(
+                "identity {id}: {count} exemplars, expected 1..={}",
+                header.exemplars
+            )));
+        }
+        let info = IdentityInfo {
+            id,
+            label: (!label.is_empty()).then_some(label),
+            first_seen,
+            last_seen,
+            times_seen,
+            pinned: flags & 1 != 0,
+            exemplars: count,
+        };
+        let slot = gallery.restore_slot(&info).map_err(|e| r.corrupt(format!("identity {id}: {e}")))?;
+        for e in 0..count {
+            let scale = f32::from_le_bytes(r.array("exemplar scale")?);
+            if !(scale.is_finite() && scale >= 0.0) {
+                return Err(r.corrupt(format!("identity {id}: exemplar {e} has scale {scale}")));
+            }
+            let raw = r.take(value_bytes, "exemplar values")?;
+            let ok = match staging.as_mut() {
+                None => gallery.push_raw_exemplar(slot, raw, scale),
+                Some(arena) => {
+                    let ok = arena.read_raw(0, raw, scale);
+                    arena.decode(0, &mut values);
+                    ok && gallery.push_exemplar(slot, &values)
+                }
+            };
+            if !ok {
+                return Err(r.corrupt(format!("identity {id}: exemplar {e} holds non-finite values")));
+            }
+        }
+        dropped += count.saturating_sub(gallery.config().exemplars);
+    }
+    if r.pos != r.bytes.len() {
+        return Err(r.corrupt(format!("{} bytes after the last identity", r.bytes.len() - r.pos)));
+    }
+    if dropped > 0 {
+        log::warn!(
+            "{}: kept the first {} exemplars per identity, dropped {dropped} (the file has up to {})",
+            path.display(),
+            gallery.config().exemplars,
+            header.exemplars
+        );
+    }
+    Ok(())
+}
+
+/// What to do when the gallery file is damaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recovery {
+    /// Refuse to start.
+    Fail,
+    /// Start from `<file>.bak` (and fail if that is damaged too).
+    Backup,
+    /// Start with an empty gallery.
+    Empty,
+}
+
+/// How [`open`] got its gallery.
+#[derive(Debug)]
+pub enum Opened {
+    /// Neither the file nor a backup existed.
+    New,
+    Loaded,
+    /// The file was damaged: loaded the backup; the damaged file was moved to `set_aside`.
+    FromBackup { damage: FileError, set_aside: Option<PathBuf> },
+    /// The file was damaged: started empty; the damaged file was moved to `set_aside`.
+    Empty { damage: FileError, set_aside: Option<PathBuf> },
+}
+
+/// Opens the gallery at `path` for a daemon: loads it, or starts new if neither it nor its backup
+/// exists, or applies `recovery` if it is damaged (a missing file whose backup exists counts as
+/// damaged). A wrong model, an unsupported version, a too-small budget and I/O errors are never
+/// "recovered": they need the operator. Nothing is deleted or overwritten.
+pub fn open(
+    path: &Path,
+    model: &ModelTag,
+    config: GalleryConfig,
+    policy: MatchPolicy,
+    recovery: Recovery,
+) -> Result<(Gallery, Opened), GalleryError> {
+    let bak = backup_path(path);
+    let damage = if path.exists() {
+        match load(path, model, config, policy) {
+            Ok(g) => return Ok((g, Opened::Loaded)),
+            Err(GalleryError::File(e)) if e.is_damage() => e,
+            Err(e) => return Err(e),
+        }
+    } else if bak.exists() {
+        FileError::Io {
+            path: path.to_owned(),
+            action: "find (its backup exists)",
+            source: io::Error::from(io::ErrorKind::NotFound),
+        }
+    } else {
+        return Ok((Gallery::with_budget(config, policy)?, Opened::New));
+    };
+    let gallery = match recovery {
+        Recovery::Fail => return Err(damage.into()),
+        Recovery::Backup => load(&bak, model, config, policy).map_err(|e| {
+            log::error!("{}: the backup is unusable too: {e}", bak.display());
+            GalleryError::File(FileError::NoGoodCopy {
+                damage: damage.to_string(),
+                backup: e.to_string(),
+            })
+        })?,
+        Recovery::Empty => Gallery::with_budget(config, policy)?,
+    };
+    let set_aside = set_aside(path)?;
+    log::warn!(
+        "{damage}; {} (damaged file kept as {})",
+        if recovery == Recovery::Backup { "started from the backup" } else { "started empty" },
+        set_aside.as_deref().map_or("-".into(), |p| p.display().to_string())
+    );
+    Ok(match recovery {
+        Recovery::Backup => (gallery, Opened::FromBackup { damage, set_aside }),
+        _ => (gallery, Opened::Empty { damage, set_aside }),
+    })
+}
+
+/// Renames a damaged file to `<file>.corrupt-<ms>` so that the next save cannot overwrite it.
+fn set_aside(path: &Path) -> Result<Option<PathBuf>, FileError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let aside = sibling(path, &format!("corrupt-{}", Timestamp::now().0));
+    fs::rename(path, &aside).map_err(io_error(path, "move the damaged gallery aside"))?;
+    Ok(Some(aside))
+}

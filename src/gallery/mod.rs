@@ -1,0 +1,778 @@
+//! The on-device gallery: the identities a camera knows, in a memory budget fixed at start-up.
+//!
+//! # Storage: one preallocated arena, not `heapless`
+//! Capacity depends on the model's dimension, `K` and the format, which are only known at run
+//! time, so compile-time `heapless` capacities do not fit the vectors. Instead
+//! [`Gallery::with_budget`] computes how many identities the budget holds and allocates, once:
+//! a table of identity slots, one arena of `capacity · K + 1` exemplar vectors (identity `s` owns
+//! arena slots `s·K .. s·K + K`; the extra slot holds a candidate exemplar during updates) and the
+//! prepared-query buffers. Nothing grows afterwards: enrolment, matching, refresh, eviction and
+//! removal only overwrite slots. Labels are `heapless::String`s inside the slot table, so a label
+//! costs no allocation either. Fixed strides also make matching a linear scan over contiguous
+//! memory.
+//!
+//! # Capacity
+//! `heap_bytes(n) = n · (IDENTITY_SLOT_BYTES + K · (D · b + 8)) + (D · b + 8) + 5 · D`, with `D` the
+//! dimension, `b` the bytes per value (int8 1, f16 2, f32 4), 8 the per-vector header (scale and
+//! inverse norm) and `5 · D` the prepared query (f32 + i8). The capacity is the largest `n` with
+//! `heap_bytes(n) ≤ budget`. See `docs/gallery.md` for the table.
+
+pub mod file;
+pub mod json;
+pub mod kernels;
+mod vectors;
+
+use std::fmt;
+
+pub use kernels::{Isa, Kernels};
+pub use vectors::StorageFormat;
+use vectors::{Arena, PreparedQuery};
+
+/// Longest label, in bytes of UTF-8.
+pub const LABEL_CAPACITY: usize = 48;
+
+/// Largest exemplar count per identity (stored as a byte in files).
+pub const MAX_EXEMPLARS: usize = 255;
+
+/// Largest embedding dimension the gallery accepts.
+pub const MAX_DIM: usize = 8192;
+
+/// Bytes one identity slot (metadata, label included) takes in the slot table.
+pub const IDENTITY_SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+
+/// A stable identity number. Never reused within a gallery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PersonId(pub u32);
+
+impl fmt::Display for PersonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// A cosine similarity in [-1, 1].
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Default)]
+pub struct Similarity(pub f32);
+
+impl fmt::Display for Similarity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.4}", self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch. The gallery never reads a clock: callers pass the time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(since.as_millis() as u64)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339, UTC, millisecond precision.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (secs, millis) = (self.0 / 1000, self.0 % 1000);
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+/// How an identity's exemplar similarities combine into its score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// The best exemplar.
+    Max,
+    /// The mean over exemplars: the default, as it ranks better on cuhk03-val (rank-1 44.35 vs
+    /// 41.46 with osnet_x0_25_msmt17, K = 8; see `docs/gallery.md`).
+    Mean,
+}
+
+impl std::str::FromStr for Aggregation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "max" => Ok(Aggregation::Max),
+            "mean" => Ok(Aggregation::Mean),
+            _ => Err(format!("unknown aggregation {s:?}: expected max or mean")),
+        }
+    }
+}
+
+/// Storage shape and budget: fixed for the life of a gallery.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GalleryConfig {
+    /// Embedding dimension (from the model).
+    pub dim: usize,
+    /// Exemplars kept per identity (K).
+    pub exemplars: usize,
+    pub format: StorageFormat,
+    /// Heap bytes the gallery may use, all of it allocated at start-up.
+    pub budget_bytes: usize,
+}
+
+/// How queries are decided.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MatchPolicy {
+    /// Minimum similarity for a match (per model: `[matching] threshold` in its manifest).
+    pub threshold: f32,
+    /// A match must beat the runner-up identity by at least this much, else it is ambiguous.
+    pub margin: f32,
+    pub aggregation: Aggregation,
+}
+
+impl Default for MatchPolicy {
+    fn default() -> Self {
+        MatchPolicy {
+            threshold: 0.7,
+            margin: 0.05,
+            aggregation: Aggregation::Mean,
+        }
+    }
+}
+
+impl GalleryConfig {
+    /// Heap bytes a gallery of `identities` takes: the capacity formula of the module docs.
+    pub fn heap_bytes(&self, identities: usize) -> usize {
+        identities * IDENTITY_SLOT_BYTES
+            + Arena::bytes(self.format, identities * self.exemplars + 1, self.dim)
+            + PreparedQuery::bytes(self.dim)
+    }
+
+    /// Bytes each identity adds (slot + K exemplars).
+    pub fn bytes_per_identity(&self) -> usize {
+        self.heap_bytes(1) - self.heap_bytes(0)
+    }
+
+    /// How many identities fit in the budget.
+    pub fn capacity(&self) -> Result<usize, GalleryError> {
+        self.validate()?;
+        let fixed = self.heap_bytes(0);
+        let capacity = self.budget_bytes.saturating_sub(fixed) / self.bytes_per_identity();
+        if capacity == 0 {
+            return Err(GalleryError::BudgetTooSmall {
+                budget: self.budget_bytes,
+                needed: self.heap_bytes(1),
+            });
+        }
+        Ok(capacity)
+    }
+
+    fn validate(&self) -> Result<(), GalleryError> {
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return Err(GalleryError::Config(format!(
+                "dimension {} is out of range: expected 1..={MAX_DIM}",
+                self.dim
+            )));
+        }
+        if self.exemplars == 0 || self.exemplars > MAX_EXEMPLARS {
+            return Err(GalleryError::Config(format!(
+                "exemplars per identity {} is out of range: expected 1..={MAX_EXEMPLARS}",
+                self.exemplars
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    #[error("gallery budget of {budget} bytes is too small: one identity needs {needed} bytes")]
+    BudgetTooSmall { budget: usize, needed: usize },
+    #[error("gallery configuration: {0}")]
+    Config(String),
+    #[error("embedding has {got} values, the gallery holds {expected}-d embeddings")]
+    Dimension { expected: usize, got: usize },
+    #[error("embedding is zero or not finite")]
+    BadEmbedding,
+    #[error("label {label:?} is {len} bytes long: at most {LABEL_CAPACITY} allowed")]
+    LabelTooLong { label: String, len: usize },
+    #[error("no identity {0} in the gallery")]
+    UnknownId(PersonId),
+    #[error("identity {0} already exists")]
+    DuplicateId(PersonId),
+    #[error("gallery is full: all {capacity} identities are pinned (remove one, or raise the budget)")]
+    FullOfPinned { capacity: usize },
+    #[error(transparent)]
+    File(#[from] file::FileError),
+    #[error(transparent)]
+    Import(#[from] json::ImportError),
+}
+
+/// One identity as the gallery reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdentityInfo<'a> {
+    pub id: PersonId,
+    pub label: Option<&'a str>,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub times_seen: u32,
+    /// Enrolled by an operator: never evicted, only removed by an operator.
+    pub pinned: bool,
+    pub exemplars: usize,
+}
+
+/// Metadata for a new identity.
+#[derive(Clone, Copy, Debug)]
+pub struct NewIdentity<'a> {
+    pub label: Option<&'a str>,
+    pub pinned: bool,
+    pub now: Timestamp,
+}
+
+/// An identity and its aggregated similarity to a query.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct Candidate {
+    pub id: PersonId,
+    pub similarity: Similarity,
+}
+
+/// What the gallery makes of a query.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    /// `best` passes the threshold and beats the runner-up by the margin.
+    Match { best: Candidate, runner_up: Option<Candidate> },
+    /// Two identities are within the margin of each other, the best above the threshold.
+    Ambiguous { best: Candidate, runner_up: Candidate },
+    /// Nobody passes the threshold (`best` is the closest, if the gallery is not empty).
+    Unknown { best: Option<Candidate> },
+}
+
+/// What [`Gallery::observe`] did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Observation {
+    /// A confident match; the identity was refreshed.
+    Known { best: Candidate, exemplar: ExemplarUpdate },
+    /// Nobody matched: a new provisional identity, possibly evicting the least recently seen one.
+    New { id: PersonId, evicted: Option<PersonId> },
+    /// Too close to call: nothing changed.
+    Ambiguous { best: Candidate, runner_up: Candidate },
+    /// Nobody matched and the gallery is full of pinned identities: not stored.
+    Unstored { best: Option<Candidate> },
+}
+
+/// What a refresh did to an identity's exemplars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExemplarUpdate {
+    /// Fewer than K exemplars: the new one was added.
+    Added,
+    /// Exemplar at this index was the most redundant of the K + 1 and was replaced.
+    Replaced(usize),
+    /// The new embedding was the most redundant: exemplars unchanged.
+    Kept,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    occupied: bool,
+    pinned: bool,
+    exemplars: u8,
+    id: PersonId,
+    times_seen: u32,
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    label: heapless::String<LABEL_CAPACITY>,
+}
+
+/// The gallery. See the module docs for the memory layout.
+pub struct Gallery {
+    config: GalleryConfig,
+    policy: MatchPolicy,
+    kernels: Kernels,
+    slots: Vec<Slot>,
+    arena: Arena,
+    query: PreparedQuery,
+    len: usize,
+    next_id: u32,
+}
+
+impl fmt::Debug for Gallery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gallery")
+            .field("config", &self.config)
+            .field("policy", &self.policy)
+            .field("capacity", &self.slots.len())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Gallery {
+    /// Allocates everything the gallery will ever use; fails if the budget holds no identity.
+    pub fn with_budget(config: GalleryConfig, policy: MatchPolicy) -> Result<Self, GalleryError> {
+        Self::with_kernels(config, policy, Kernels::detect())
+    }
+
+    /// As [`Gallery::with_budget`], with explicit kernels (benchmarks compare them).
+    pub fn with_kernels(config: GalleryConfig, policy: MatchPolicy, kernels: Kernels) -> Result<Self, GalleryError> {
+        let capacity = config.capacity()?;
+        let slots = vec![Slot::default(); capacity];
+        let arena = Arena::new(config.format, capacity * config.exemplars + 1, config.dim);
+        Ok(Gallery {
+            config,
+            policy,
+            kernels,
+            slots,
+            arena,
+            query: PreparedQuery::with_dim(config.dim),
+            len: 0,
+            next_id: 1,
+        })
+    }
+
+    pub fn config(&self) -> &GalleryConfig {
+        &self.config
+    }
+
+    pub fn policy(&self) -> &MatchPolicy {
+        &self.policy
+    }
+
+    pub fn set_policy(&mut self, policy: MatchPolicy) {
+        self.policy = policy;
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Identities the budget holds.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Heap bytes in use (all allocated at start-up).
+    pub fn heap_bytes(&self) -> usize {
+        self.config.heap_bytes(self.capacity())
+    }
+
+    /// The id the next new identity gets.
+    pub fn next_id(&self) -> PersonId {
+        PersonId(self.next_id)
+    }
+
+    /// Identities in slot order.
+    pub fn identities(&self) -> impl Iterator<Item = IdentityInfo<'_>> {
+        self.slots.iter().filter(|s| s.occupied).map(Slot::info)
+    }
+
+    pub fn get(&self, id: PersonId) -> Option<IdentityInfo<'_>> {
+        self.find(id).map(|i| self.slots[i].info())
+    }
+
+    /// Writes exemplar `index` of `id`, dequantised, into `out` (`dim` values).
+    pub fn exemplar(&self, id: PersonId, index: usize, out: &mut [f32]) -> Result<(), GalleryError> {
+        let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
+        self.check_dim(out.len())?;
+        assert!(index < usize::from(self.slots[slot].exemplars), "exemplar index out of range");
+        self.arena.decode(self.arena_slot(slot, index), out);
+        Ok(())
+    }
+
+    /// Fills `out` with the identities most similar to `query`, best first; returns how many.
+    pub fn best_matches(&mut self, query: &[f32], out: &mut [Candidate]) -> Result<usize, GalleryError> {
+        self.prepare(query)?;
+        Ok(self.rank_prepared(out))
+    }
+
+    /// Decides who `query` is, without changing the gallery.
+    pub fn decide(&mut self, query: &[f32]) -> Result<Decision, GalleryError> {
+        let mut top = [Candidate::default(); 2];
+        let n = self.best_matches(query, &mut top)?;
+        Ok(self.decision(&top[..n]))
+    }
+
+    /// The camera's policy in one call: decide, then refresh a confident match, store an unknown
+    /// person as a new provisional identity (evicting the least recently seen unpinned one when
+    /// full), and leave ambiguous queries alone.
+    pub fn observe(&mut self, query: &[f32], now: Timestamp) -> Result<Observation, GalleryError> {
+        match self.decide(query)? {
+            Decision::Match { best, .. } => {
+                let exemplar = self.refresh(best.id, query, now)?;
+                Ok(Observation::Known { best, exemplar })
+            }
+            Decision::Ambiguous { best, runner_up } => Ok(Observation::Ambiguous { best, runner_up }),
+            Decision::Unknown { best } => {
+                let new = NewIdentity {
+                    label: None,
+                    pinned: false,
+                    now,
+                };
+                match self.insert(query, new) {
+                    Ok((id, evicted)) => Ok(Observation::New { id, evicted }),
+                    Err(GalleryError::FullOfPinned { .. }) => Ok(Observation::Unstored { best }),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Adds a new identity with `embedding` as its first exemplar. When the gallery is full, the
+    /// least recently seen unpinned identity is evicted (and returned); if every identity is
+    /// pinned, nothing changes and this fails.
+    pub fn insert(&mut self, embedding: &[f32], new: NewIdentity<'_>) -> Result<(PersonId, Option<PersonId>), GalleryError> {
+        let label = make_label(new.label)?;
+        self.prepare(embedding)?;
+        let id = PersonId(self.next_id);
+        let (slot, evicted) = self.free_slot()?;
+        self.next_id += 1;
+        self.occupy(
+            slot,
+            Slot {
+                occupied: true,
+                pinned: new.pinned,
+                exemplars: 0,
+                id,
+                times_seen: 1,
+                first_seen: new.now,
+                last_seen: new.now,
+                label,
+            },
+        );
+        self.store_prepared(slot, 0);
+        self.slots[slot].exemplars = 1;
+        Ok((id, evicted))
+    }
+
+    /// Records a sighting of `id` at `now` and offers `embedding` as an exemplar
+    /// ([`Gallery::offer_exemplar`]).
+    pub fn refresh(&mut self, id: PersonId, embedding: &[f32], now: Timestamp) -> Result<ExemplarUpdate, GalleryError> {
+        let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
+        self.check_dim(embedding.len())?;
+        let update = self.offer_exemplar(id, embedding)?;
+        let s = &mut self.slots[slot];
+        s.last_seen = s.last_seen.max(now);
+        s.times_seen = s.times_seen.saturating_add(1);
+        Ok(update)
+    }
+
+    /// Offers `embedding` as an exemplar of `id`: added while the identity has fewer than K;
+    /// otherwise, of the K + 1 candidates, the most redundant one (highest similarity to its
+    /// nearest other candidate; ties broken by the higher total similarity) is dropped, which
+    /// keeps the exemplars spread over the views seen. Sighting metadata is not touched.
+    pub fn offer_exemplar(&mut self, id: PersonId, embedding: &[f32]) -> Result<ExemplarUpdate, GalleryError> {
+        let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
+        self.prepare(embedding)?;
+        let count = usize::from(self.slots[slot].exemplars);
+        if count < self.config.exemplars {
+            self.store_prepared(slot, count);
+            self.slots[slot].exemplars += 1;
+            return Ok(ExemplarUpdate::Added);
+        }
+        // The candidate goes to the spare arena slot; compare all K + 1 pairwise.
+        let spare = self.spare_slot();
+        self.arena.encode(spare, self.query.unit());
+        let k = self.config.exemplars;
+        let at = |i: usize| if i == count { spare } else { slot * k + i };
+        let redundancy = |i: usize| {
+            let (mut nearest, mut total) = (f32::MIN, 0.0f32);
+            for j in (0..=count).filter(|&j| j != i) {
+                let s = self.arena.pair_similarity(&self.kernels, at(i), at(j));
+                nearest = nearest.max(s);
+                total += s;
+            }
+            (nearest, total)
+        };
+        // The most redundant stored exemplar (the earliest on a tie)...
+        let (mut worst, mut worst_key) = (0, redundancy(0));
+        for i in 1..count {
+            let key = redundancy(i);
+            if key > worst_key {
+                (worst, worst_key) = (i, key);
+            }
+        }
+        // ...is replaced only if the new embedding is strictly less redundant than it.
+        if redundancy(count) >= worst_key {
+            return Ok(ExemplarUpdate::Kept);
+        }
+        self.arena.copy_slot(spare, at(worst));
+        Ok(ExemplarUpdate::Replaced(worst))
+    }
+
+    /// Removes an identity, pinned or not (an operator's action).
+    pub fn remove(&mut self, id: PersonId) -> Result<(), GalleryError> {
+        let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
+        self.slots[slot].occupied = false;
+        self.slots[slot].exemplars = 0;
+        self.len -= 1;
+        Ok(())
+    }
+
+    /// Puts an identity read from a file or an import back, keeping its id. `exemplars` yields
+    /// dequantised vectors; at most K are kept (the first K).
+    pub fn restore<'v>(
+        &mut self,
+        info: &IdentityInfo<'_>,
+        exemplars: impl IntoIterator<Item = &'v [f32]>,
+    ) -> Result<(), GalleryError> {
+        let slot = self.restore_slot(info)?;
+        for values in exemplars {
+            self.check_dim(values.len())?;
+            if !self.push_exemplar(slot, values) {
+                self.remove(info.id)?;
+                return Err(GalleryError::BadEmbedding);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ensures the next new identity gets at least `next`.
+    pub fn reserve_ids_below(&mut self, next: PersonId) {
+        self.next_id = self.next_id.max(next.0);
+    }
+
+    pub(crate) fn restore_slot(&mut self, info: &IdentityInfo<'_>) -> Result<usize, GalleryError> {
+        if self.find(info.id).is_some() {
+            return Err(GalleryError::DuplicateId(info.id));
+        }
+        let label = make_label(info.label)?;
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| !s.occupied)
+            .ok_or(GalleryError::FullOfPinned {
+                capacity: self.capacity(),
+            })?;
+        self.occupy(
+            slot,
+            Slot {
+                occupied: true,
+                pinned: info.pinned,
+                exemplars: 0,
+                id: info.id,
+                times_seen: info.times_seen,
+                first_seen: info.first_seen,
+                last_seen: info.last_seen,
+                label,
+            },
+        );
+        self.next_id = self.next_id.max(info.id.0.saturating_add(1));
+        Ok(slot)
+    }
+
+    /// Raw access for the file format: the arena slot of exemplar `index` of slot `slot`.
+    pub(crate) fn arena_slot(&self, slot: usize, index: usize) -> usize {
+        slot * self.config.exemplars + index
+    }
+
+    pub(crate) fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    pub(crate) fn occupied_slots(&self) -> impl Iterator<Item = (usize, IdentityInfo<'_>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.occupied)
+            .map(|(i, s)| (i, s.info()))
+    }
+
+    /// Appends an exemplar to `slot` unless it already has K. False if `values` is zero or not
+    /// finite.
+    pub(crate) fn push_exemplar(&mut self, slot: usize, values: &[f32]) -> bool {
+        let index = usize::from(self.slots[slot].exemplars);
+        if index >= self.config.exemplars {
+            return true;
+        }
+        if self.prepare(values).is_err() {
+            return false;
+        }
+        self.store_prepared(slot, index);
+        self.slots[slot].exemplars += 1;
+        true
+    }
+
+    pub(crate) fn push_raw_exemplar(&mut self, slot: usize, bytes: &[u8], scale: f32) -> bool {
+        let index = usize::from(self.slots[slot].exemplars);
+        if index >= self.config.exemplars {
+            return true;
+        }
+        let at = self.arena_slot(slot, index);
+        if !self.arena.read_raw(at, bytes, scale) {
+            return false;
+        }
+        self.slots[slot].exemplars += 1;
+        true
+    }
+
+    fn occupy(&mut self, slot: usize, value: Slot) {
+        if !self.slots[slot].occupied {
+            self.len += 1;
+        }
+        self.slots[slot] = value;
+    }
+
+    fn find(&self, id: PersonId) -> Option<usize> {
+        self.slots.iter().position(|s| s.occupied && s.id == id)
+    }
+
+    fn spare_slot(&self) -> usize {
+        self.capacity() * self.config.exemplars
+    }
+
+    fn check_dim(&self, got: usize) -> Result<(), GalleryError> {
+        if got != self.config.dim {
+            return Err(GalleryError::Dimension {
+                expected: self.config.dim,
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    fn prepare(&mut self, query: &[f32]) -> Result<(), GalleryError> {
+        self.check_dim(query.len())?;
+        if !self.query.set(query, self.config.format) {
+            return Err(GalleryError::BadEmbedding);
+        }
+        Ok(())
+    }
+
+    fn store_prepared(&mut self, slot: usize, index: usize) {
+        let at = self.arena_slot(slot, index);
+        self.arena.encode(at, self.query.unit());
+    }
+
+    /// A free slot: an empty one, else the least recently seen unpinned identity's (evicted).
+    fn free_slot(&mut self) -> Result<(usize, Option<PersonId>), GalleryError> {
+        if let Some(slot) = self.slots.iter().position(|s| !s.occupied) {
+            return Ok((slot, None));
+        }
+        let victim = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.pinned)
+            .min_by_key(|(_, s)| (s.last_seen, s.times_seen, s.id))
+            .map(|(i, _)| i)
+            .ok_or(GalleryError::FullOfPinned {
+                capacity: self.capacity(),
+            })?;
+        let evicted = self.slots[victim].id;
+        log::debug!("gallery full: evicting identity {evicted}");
+        Ok((victim, Some(evicted)))
+    }
+
+    fn rank_prepared(&self, out: &mut [Candidate]) -> usize {
+        let mut filled = 0;
+        let k = self.config.exemplars;
+        for (slot, s) in self.slots.iter().enumerate().filter(|(_, s)| s.occupied) {
+            let count = usize::from(s.exemplars);
+            let first = slot * k;
+            let score = match self.policy.aggregation {
+                Aggregation::Max => (first..first + count)
+                    .map(|e| self.arena.similarity(&self.kernels, e, &self.query))
+                    .fold(f32::MIN, f32::max),
+                Aggregation::Mean => {
+                    (first..first + count)
+                        .map(|e| self.arena.similarity(&self.kernels, e, &self.query))
+                        .sum::<f32>()
+                        / count.max(1) as f32
+                }
+            };
+            insert_top(
+                out,
+                &mut filled,
+                Candidate {
+                    id: s.id,
+                    similarity: Similarity(score),
+                },
+            );
+        }
+        filled
+    }
+
+    fn decision(&self, top: &[Candidate]) -> Decision {
+        let Some(&best) = top.first() else {
+            return Decision::Unknown { best: None };
+        };
+        let runner_up = top.get(1).copied();
+        if best.similarity.0 < self.policy.threshold {
+            return Decision::Unknown { best: Some(best) };
+        }
+        match runner_up {
+            Some(r) if best.similarity.0 - r.similarity.0 < self.policy.margin => {
+                Decision::Ambiguous { best, runner_up: r }
+            }
+            _ => Decision::Match { best, runner_up },
+        }
+    }
+}
+
+/// Keeps `out[..filled]` sorted best first (ties: lower id first) and at most `out.len()` long.
+fn insert_top(out: &mut [Candidate], filled: &mut usize, c: Candidate) {
+    let better = |a: &Candidate, b: &Candidate| {
+        a.similarity.0 > b.similarity.0 || (a.similarity.0 == b.similarity.0 && a.id < b.id)
+    };
+    let mut at = *filled;
+    while at > 0 && better(&c, &out[at - 1]) {
+        at -= 1;
+    }
+    if at >= out.len() {
+        return;
+    }
+    let end = (*filled + 1).min(out.len());
+    out.copy_within(at..end - 1, at + 1);
+    out[at] = c;
+    *filled = end;
+}
+
+fn make_label(label: Option<&str>) -> Result<heapless::String<LABEL_CAPACITY>, GalleryError> {
+    let mut out = heapless::String::new();
+    if let Some(label) = label {
+        out.push_str(label).map_err(|_| GalleryError::LabelTooLong {
+            label: label.to_owned(),
+            len: label.len(),
+        })?;
+    }
+    Ok(out)
+}
+
+impl Slot {
+    fn info(&self) -> IdentityInfo<'_> {
+        IdentityInfo {
+            id: self.id,
+            label: (!self.label.is_empty()).then_some(self.label.as_str()),
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            times_seen: self.times_seen,
+            pinned: self.pinned,
+            exemplars: usize::from(self.exemplars),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
