@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayView2;
 use serde::Serialize;
 
-use crate::gallery::{Candidate, Gallery, GalleryConfig, GalleryError, MatchPolicy, NewIdentity, Timestamp};
+use crate::gallery::{
+    Candidate, Gallery, GalleryConfig, GalleryError, MatchPolicy, NewIdentity, Timestamp,
+};
 
 /// One crop of the dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -486,7 +486,10 @@ fn eval_cmd(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(first) = identities.first() {
         println!(
             "identities {} queries ranked over {} identities ({} exemplars, K = {}), gallery built from the other camera(s)",
-            first.metrics.queries, first.metrics.identities, first.metrics.exemplars, args.exemplars
+            first.metrics.queries,
+            first.metrics.identities,
+            first.metrics.exemplars,
+            args.exemplars
         );
         println!("format  aggregation  rank1   rank5   heap bytes");
         for row in &identities {

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The float vs int8 evaluation table of docs/eval.md: `reidcam eval` on cuhk03-val for the four
 reference models and their int8 versions (made by tools/quantize.py), next to the onnxruntime
-reference numbers of ../shared/README.md.
+reference numbers of ../shared/README.md; then the identity-level table of docs/gallery.md
+(`reidcam eval --identities`: the gallery crops enrolled in a real gallery, stored as int8, f16
+and f32, scored by max or mean over exemplars).
 
     tools/.venv/bin/python tools/eval_table.py [--int8-dir DIR] [--skip-int8] [--check POINTS]
+                                               [--gallery-check POINTS]
 """
 import argparse
 import json
@@ -14,8 +17,10 @@ from pathlib import Path
 import reference
 
 ROOT = Path(__file__).resolve().parent.parent
-def run_eval(binary, model, manifest, data, batch):
+def run_eval(binary, model, manifest, data, batch, identities=False):
     cmd = [str(binary), "eval", "--model", str(model), "--data", str(data), "--json", "--batch", str(batch)]
+    if identities:
+        cmd += ["--identities"]
     if manifest:
         cmd += ["--manifest", str(manifest)]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -27,6 +32,8 @@ def main() -> int:
     ap.add_argument("--skip-int8", action="store_true")
     ap.add_argument("--check", type=float, metavar="POINTS",
                     help="fail unless float rank-1 and mAP are within POINTS of the onnxruntime reference")
+    ap.add_argument("--gallery-check", type=float, metavar="POINTS",
+                    help="fail unless identity rank-1 with int8 storage is within POINTS of f32 storage")
     args = ap.parse_args()
     shared = reference.require_shared("eval_table")
     if shared is None:
@@ -35,13 +42,15 @@ def main() -> int:
     data = shared / "data" / "cuhk03-val"
     args.int8_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
+    gallery_rows = []
     print("| model | ORT rank-1 | ORT mAP | reidcam rank-1 | mAP | Δ rank-1 | Δ mAP | mAP official | mINP "
           "| int8 rank-1 | int8 mAP | float crops/s | int8 crops/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for stem, (ref_r1, ref_map) in reference.REFERENCE_MODELS.items():
         manifest = ROOT / "models" / "reference" / f"{stem}.toml"
         batch = 1  # tract is fastest at batch 1 on these models (see docs/eval.md)
-        f = run_eval(binary, shared / "models" / f"{stem}.onnx", manifest, data, batch)
+        f = run_eval(binary, shared / "models" / f"{stem}.onnx", manifest, data, batch, identities=True)
+        gallery_rows.append((stem, f["identities"]))
         fm = f["metrics"]
         q = ("–", "–", "–")
         if not args.skip_int8:
@@ -60,7 +69,31 @@ def main() -> int:
     if args.check is not None:
         n = len(reference.REFERENCE_MODELS)
         print(f"{n - failed} passed, {failed} failed (float within ±{args.check} points of onnxruntime)")
-    return 1 if failed else 0
+    gallery_failed = gallery_table(gallery_rows, args.gallery_check)
+    return 1 if failed or gallery_failed else 0
+
+
+def gallery_table(rows, check) -> int:
+    """Identity-level rank-1 by storage format and aggregation; returns the number of failures."""
+    print()
+    print("| model | exemplars per id | identities | rank-1 max f32 | max int8 | max f16 | rank-1 mean f32 | mean int8 | mean f16 "
+          "| Δ int8−f32 (max / mean) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    failed = 0
+    for stem, table in rows:
+        r1 = {(row["format"], row["aggregation"]): row["metrics"]["rank1"] for row in table}
+        first = table[0]["metrics"]
+        k = first["exemplars"] / max(first["identities"], 1)
+        deltas = [r1[("int8", agg)] - r1[("f32", agg)] for agg in ("max", "mean")]
+        print(f"| {stem} | {k:.2f} | {first['identities']} | {r1[('f32', 'max')]:.2f} | {r1[('int8', 'max')]:.2f} "
+              f"| {r1[('f16', 'max')]:.2f} | {r1[('f32', 'mean')]:.2f} | {r1[('int8', 'mean')]:.2f} "
+              f"| {r1[('f16', 'mean')]:.2f} | {deltas[0]:+.2f} / {deltas[1]:+.2f} |", flush=True)
+        if check is not None and max(abs(d) for d in deltas) > check:
+            failed += 1
+    if check is not None:
+        n = len(rows)
+        print(f"{n - failed} passed, {failed} failed (int8 storage within ±{check} rank-1 points of f32)")
+    return failed
 
 
 if __name__ == "__main__":

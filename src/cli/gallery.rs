@@ -83,12 +83,17 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown unit {other:?} in {text:?}: expected B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: expected B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
     };
     let n: usize = digits
         .parse()
         .map_err(|_| format!("{text:?} is not a size: expected e.g. 16MiB or 1048576"))?;
-    n.checked_mul(unit_bytes).ok_or_else(|| format!("{text:?} is too large"))
+    n.checked_mul(unit_bytes)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
@@ -142,7 +147,10 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             print_summary(&args.gallery, &gallery);
             let mut ids: Vec<_> = gallery.identities().collect();
             ids.sort_by_key(|i| i.id);
-            println!("{:>6}  {:<20} {:<6} {:>9} {:>6}  {:<24} last seen", "id", "label", "pinned", "exemplars", "seen", "first seen");
+            println!(
+                "{:>6}  {:<20} {:<6} {:>9} {:>6}  {:<24} last seen",
+                "id", "label", "pinned", "exemplars", "seen", "first seen"
+            );
             for i in ids {
                 println!(
                     "{:>6}  {:<20} {:<6} {:>9} {:>6}  {:<24} {}",
@@ -165,11 +173,21 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: no identity {id}", args.gallery.display()))?;
             println!("id          {}", info.id);
             println!("label       {}", info.label.unwrap_or("-"));
-            println!("pinned      {}", if info.pinned { "yes (enrolled by an operator)" } else { "no (provisional)" });
+            println!(
+                "pinned      {}",
+                if info.pinned {
+                    "yes (enrolled by an operator)"
+                } else {
+                    "no (provisional)"
+                }
+            );
             println!("first seen  {}", info.first_seen);
             println!("last seen   {}", info.last_seen);
             println!("times seen  {}", info.times_seen);
-            println!("exemplars   {} of {} ({})", info.exemplars, config.exemplars, config.format);
+            println!(
+                "exemplars   {} of {} ({})",
+                info.exemplars, config.exemplars, config.format
+            );
             let vectors: Vec<Vec<f32>> = (0..info.exemplars)
                 .map(|e| {
                     let mut v = vec![0.0; config.dim];
@@ -184,7 +202,9 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
                     .map(|(_, w)| reidcam::embed::cosine(v, w))
                     .collect();
                 match others.iter().copied().reduce(f32::max) {
-                    Some(nearest) => println!("  exemplar {e}: nearest other exemplar {nearest:.4}"),
+                    Some(nearest) => {
+                        println!("  exemplar {e}: nearest other exemplar {nearest:.4}")
+                    }
                     None => println!("  exemplar {e}"),
                 }
             }
@@ -199,7 +219,9 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             let rows = embedded.embeddings;
             let first = rows.row(0);
             let first = first.as_slice().expect("standard layout");
-            if let Decision::Match { best, .. } | Decision::Ambiguous { best, .. } = gallery.decide(first)? {
+            if let Decision::Match { best, .. } | Decision::Ambiguous { best, .. } =
+                gallery.decide(first)?
+            {
                 log::warn!(
                     "the first image already matches identity {} (similarity {}): enrolling a new identity anyway",
                     best.id,
@@ -220,7 +242,10 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             let info = gallery.get(id).expect("just enrolled");
             println!(
                 "enrolled {id}{} from {} image(s): {} exemplar(s) kept; {} ({bytes} bytes)",
-                label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default(),
+                label
+                    .as_deref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default(),
                 images.len(),
                 info.exemplars,
                 args.gallery.display()
@@ -244,16 +269,25 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             let doc = json::export(&gallery, &tag.name);
             let text = serde_json::to_string_pretty(&doc)?;
             write_private(&output, text.as_bytes())?;
-            println!("exported {} identities to {}", doc.identities.len(), output.display());
+            println!(
+                "exported {} identities to {}",
+                doc.identities.len(),
+                output.display()
+            );
         }
         Action::Import { input } => {
-            let text = std::fs::read_to_string(&input).with_context(|| format!("{}: cannot read", input.display()))?;
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("{}: cannot read", input.display()))?;
             let doc: GalleryJson = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a reidcam gallery export", input.display()))?;
             let mut gallery = open(&args.gallery)?;
             let n = json::import(&mut gallery, &tag, &doc, &input)?;
             file::save(&gallery, &tag.name, &args.gallery)?;
-            println!("imported {n} identities into {} ({} in total)", args.gallery.display(), gallery.len());
+            println!(
+                "imported {n} identities into {} ({} in total)",
+                args.gallery.display(),
+                gallery.len()
+            );
         }
     }
     Ok(())

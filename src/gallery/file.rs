@@ -35,7 +35,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::vectors::Arena;
-use super::{Gallery, GalleryConfig, GalleryError, IdentityInfo, LABEL_CAPACITY, MatchPolicy, PersonId, StorageFormat, Timestamp};
+use super::{
+    Gallery, GalleryConfig, GalleryError, IdentityInfo, LABEL_CAPACITY, MatchPolicy, PersonId,
+    StorageFormat, Timestamp,
+};
 
 pub const MAGIC: &[u8; 8] = b"REIDCAMG";
 pub const VERSION: u16 = 1;
@@ -62,14 +65,30 @@ pub enum FileError {
     },
     #[error("{path}: not a reidcam gallery file (expected it to start with \"REIDCAMG\")")]
     NotAGallery { path: PathBuf },
-    #[error("{path}: gallery file version {found} is not supported (this build reads version {VERSION})")]
+    #[error(
+        "{path}: gallery file version {found} is not supported (this build reads version {VERSION})"
+    )]
     UnsupportedVersion { path: PathBuf, found: u16 },
     #[error("{path}: truncated: {len} bytes, the header says {expected}")]
-    Truncated { path: PathBuf, len: u64, expected: u64 },
-    #[error("{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is damaged")]
-    Checksum { path: PathBuf, stored: u32, computed: u32 },
+    Truncated {
+        path: PathBuf,
+        len: u64,
+        expected: u64,
+    },
+    #[error(
+        "{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is damaged"
+    )]
+    Checksum {
+        path: PathBuf,
+        stored: u32,
+        computed: u32,
+    },
     #[error("{path}: damaged at byte {offset}: {what}")]
-    Corrupt { path: PathBuf, offset: usize, what: String },
+    Corrupt {
+        path: PathBuf,
+        offset: usize,
+        what: String,
+    },
     #[error(
         "{path}: saved for model {file_model:?} ({file_dim}-d), but the model in use is {model:?} ({dim}-d); \
          use the matching model, or move the file away to start a new gallery"
@@ -83,7 +102,9 @@ pub enum FileError {
     },
     #[error("{damage}; and the backup is unusable too: {backup}")]
     NoGoodCopy { damage: String, backup: String },
-    #[error("{path}: holds {identities} identities but the budget fits {capacity}: raise the budget to at least {needed} bytes")]
+    #[error(
+        "{path}: holds {identities} identities but the budget fits {capacity}: raise the budget to at least {needed} bytes"
+    )]
     Capacity {
         path: PathBuf,
         identities: usize,
@@ -161,7 +182,10 @@ pub fn save(gallery: &Gallery, model: &str, path: &Path) -> Result<u64, FileErro
         return Err(FileError::Corrupt {
             path: path.to_owned(),
             offset: 36,
-            what: format!("model name is {} bytes: at most {MAX_MODEL_NAME}", model.len()),
+            what: format!(
+                "model name is {} bytes: at most {MAX_MODEL_NAME}",
+                model.len()
+            ),
         });
     }
     let tmp = temp_path(path);
@@ -183,8 +207,12 @@ pub fn save(gallery: &Gallery, model: &str, path: &Path) -> Result<u64, FileErro
     write_body(gallery, model, len, &mut out).map_err(io_error(&tmp, "write"))?;
     let crc = out.hasher.finalize();
     let mut inner = out.inner;
-    inner.write_all(&crc.to_le_bytes()).map_err(io_error(&tmp, "write"))?;
-    let file = inner.into_inner().map_err(|e| io_error(&tmp, "write")(e.into_error()))?;
+    inner
+        .write_all(&crc.to_le_bytes())
+        .map_err(io_error(&tmp, "write"))?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| io_error(&tmp, "write")(e.into_error()))?;
     file.sync_all().map_err(io_error(&tmp, "fsync"))?;
     drop(file);
 
@@ -293,7 +321,8 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FileError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| self.corrupt(format!("{what} runs past the end of the data")))?;
+        let end =
+            end.ok_or_else(|| self.corrupt(format!("{what} runs past the end of the data")))?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -333,7 +362,9 @@ impl<'a> Reader<'a> {
 /// Validates magic, version, length and checksum, and parses the header.
 fn check_envelope(path: &Path, bytes: &[u8]) -> Result<FileHeader, FileError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(FileError::NotAGallery { path: path.to_owned() });
+        return Err(FileError::NotAGallery {
+            path: path.to_owned(),
+        });
     }
     let header = parse_header(path, bytes)?;
     if (bytes.len() as u64) < header.len {
@@ -347,7 +378,10 @@ fn check_envelope(path: &Path, bytes: &[u8]) -> Result<FileHeader, FileError> {
         return Err(FileError::Corrupt {
             path: path.to_owned(),
             offset: header.len as usize,
-            what: format!("{} bytes follow the end the header declares", bytes.len() as u64 - header.len),
+            what: format!(
+                "{} bytes follow the end the header declares",
+                bytes.len() as u64 - header.len
+            ),
         });
     }
     let body = bytes.len() - CHECKSUM;
@@ -389,7 +423,8 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<FileHeader, FileError> {
         return Err(truncated(FIXED_HEADER));
     }
     let code = r.u8("format")?;
-    let format = StorageFormat::from_code(code).ok_or_else(|| r.corrupt(format!("unknown storage format code {code}")))?;
+    let format = StorageFormat::from_code(code)
+        .ok_or_else(|| r.corrupt(format!("unknown storage format code {code}")))?;
     let _flags = r.u8("flags")?;
     let dim = r.u32("dimension")? as usize;
     let exemplars = r.u32("exemplars per identity")? as usize;
@@ -398,7 +433,9 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<FileHeader, FileError> {
     let len = r.u64("file length")?;
     let name_len = usize::from(r.u16("model name length")?);
     if name_len > MAX_MODEL_NAME {
-        return Err(r.corrupt(format!("model name length {name_len} exceeds {MAX_MODEL_NAME}")));
+        return Err(r.corrupt(format!(
+            "model name length {name_len} exceeds {MAX_MODEL_NAME}"
+        )));
     }
     if bytes.len() < FIXED_HEADER + name_len {
         return Err(truncated(FIXED_HEADER + name_len));
@@ -425,7 +462,12 @@ pub fn read_header(path: &Path) -> Result<FileHeader, FileError> {
 /// Loads `path` into a new gallery of `config`: every field is validated before it is used, and
 /// a file for another model is refused. Embeddings stored in another format are converted; an
 /// identity with more exemplars than `config.exemplars` keeps its first ones (logged).
-pub fn load(path: &Path, model: &ModelTag, config: GalleryConfig, policy: MatchPolicy) -> Result<Gallery, GalleryError> {
+pub fn load(
+    path: &Path,
+    model: &ModelTag,
+    config: GalleryConfig,
+    policy: MatchPolicy,
+) -> Result<Gallery, GalleryError> {
     let bytes = fs::read(path).map_err(io_error(path, "read"))?;
     let header = check_envelope(path, &bytes)?;
     if header.model != model.name || header.dim != model.dim {
@@ -453,7 +495,12 @@ pub fn load(path: &Path, model: &ModelTag, config: GalleryConfig, policy: MatchP
     Ok(gallery)
 }
 
-fn read_entries(path: &Path, bytes: &[u8], header: &FileHeader, gallery: &mut Gallery) -> Result<(), FileError> {
+fn read_entries(
+    path: &Path,
+    bytes: &[u8],
+    header: &FileHeader,
+    gallery: &mut Gallery,
+) -> Result<(), FileError> {
     let mut r = Reader {
         bytes: &bytes[..bytes.len() - CHECKSUM],
         pos: FIXED_HEADER + header.model.len(),
@@ -463,7 +510,10 @@ fn read_entries(path: &Path, bytes: &[u8], header: &FileHeader, gallery: &mut Ga
     let convert = header.format != gallery.config().format;
     // Start-up only: a one-vector arena in the file's format and a float buffer, to convert.
     let (mut staging, mut values) = if convert {
-        (Some(Arena::new(header.format, 1, header.dim)), vec![0.0f32; header.dim])
+        (
+            Some(Arena::new(header.format, 1, header.dim)),
+            vec![0.0f32; header.dim],
+        )
     } else {
         (None, Vec::new())
     };
@@ -476,7 +526,9 @@ fn read_entries(path: &Path, bytes: &[u8], header: &FileHeader, gallery: &mut Ga
         }
         let label_len = usize::from(r.u8("label length")?);
         if label_len > LABEL_CAPACITY {
-            return Err(r.corrupt(format!("identity {id}: label of {label_len} bytes exceeds {LABEL_CAPACITY}")));
+            return Err(r.corrupt(format!(
+                "identity {id}: label of {label_len} bytes exceeds {LABEL_CAPACITY}"
+            )));
         }
         let label = r.str(label_len, "label")?;
         let first_seen = Timestamp(r.u64("first seen")?);
@@ -498,7 +550,9 @@ fn read_entries(path: &Path, bytes: &[u8], header: &FileHeader, gallery: &mut Ga
             pinned: flags & 1 != 0,
             exemplars: count,
         };
-        let slot = gallery.restore_slot(&info).map_err(|e| r.corrupt(format!("identity {id}: {e}")))?;
+        let slot = gallery
+            .restore_slot(&info)
+            .map_err(|e| r.corrupt(format!("identity {id}: {e}")))?;
         for e in 0..count {
             let scale = f32::from_le_bytes(r.array("exemplar scale")?);
             if !(scale.is_finite() && scale >= 0.0) {
@@ -514,13 +568,18 @@ fn read_entries(path: &Path, bytes: &[u8], header: &FileHeader, gallery: &mut Ga
                 }
             };
             if !ok {
-                return Err(r.corrupt(format!("identity {id}: exemplar {e} holds non-finite values")));
+                return Err(r.corrupt(format!(
+                    "identity {id}: exemplar {e} holds non-finite values"
+                )));
             }
         }
         dropped += count.saturating_sub(gallery.config().exemplars);
     }
     if r.pos != r.bytes.len() {
-        return Err(r.corrupt(format!("{} bytes after the last identity", r.bytes.len() - r.pos)));
+        return Err(r.corrupt(format!(
+            "{} bytes after the last identity",
+            r.bytes.len() - r.pos
+        )));
     }
     if dropped > 0 {
         log::warn!(
@@ -552,9 +611,15 @@ pub enum Opened {
     New,
     Loaded,
     /// The file was damaged: loaded the backup; the damaged file was moved to `set_aside`.
-    FromBackup { damage: FileError, set_aside: Option<PathBuf> },
+    FromBackup {
+        damage: FileError,
+        set_aside: Option<PathBuf>,
+    },
     /// The file was damaged: started empty; the damaged file was moved to `set_aside`.
-    Empty { damage: FileError, set_aside: Option<PathBuf> },
+    Empty {
+        damage: FileError,
+        set_aside: Option<PathBuf>,
+    },
 }
 
 /// Opens the gallery at `path` for a daemon: loads it, or starts new if neither it nor its backup
@@ -598,8 +663,14 @@ pub fn open(
     let set_aside = set_aside(path)?;
     log::warn!(
         "{damage}; {} (damaged file kept as {})",
-        if recovery == Recovery::Backup { "started from the backup" } else { "started empty" },
-        set_aside.as_deref().map_or("-".into(), |p| p.display().to_string())
+        if recovery == Recovery::Backup {
+            "started from the backup"
+        } else {
+            "started empty"
+        },
+        set_aside
+            .as_deref()
+            .map_or("-".into(), |p| p.display().to_string())
     );
     Ok(match recovery {
         Recovery::Backup => (gallery, Opened::FromBackup { damage, set_aside }),

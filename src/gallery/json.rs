@@ -55,7 +55,9 @@ pub fn export(gallery: &Gallery, model: &str) -> GalleryJson {
             let exemplars = (0..info.exemplars)
                 .map(|e| {
                     let mut v = vec![0.0; config.dim];
-                    gallery.exemplar(info.id, e, &mut v).expect("identity listed by the gallery");
+                    gallery
+                        .exemplar(info.id, e, &mut v)
+                        .expect("identity listed by the gallery");
                     v
                 })
                 .collect();
@@ -85,7 +87,12 @@ pub fn export(gallery: &Gallery, model: &str) -> GalleryJson {
 /// Adds every identity of `doc` to `gallery`, keeping ids. Checked first, as a whole: the model
 /// and dimension must match, ids must be free and unique, vectors `dim` long and finite, and the
 /// gallery must have room; on any error the gallery is unchanged.
-pub fn import(gallery: &mut Gallery, model: &ModelTag, doc: &GalleryJson, source: &Path) -> Result<usize, GalleryError> {
+pub fn import(
+    gallery: &mut Gallery,
+    model: &ModelTag,
+    doc: &GalleryJson,
+    source: &Path,
+) -> Result<usize, GalleryError> {
     let fail = |what: String| {
         GalleryError::Import(ImportError {
             path: source.to_owned(),
@@ -111,17 +118,25 @@ pub fn import(gallery: &mut Gallery, model: &ModelTag, doc: &GalleryJson, source
             return Err(fail(format!("identity {id} appears twice")));
         }
         if gallery.get(id).is_some() {
-            return Err(fail(format!("identity {id} already exists in the gallery (remove it first)")));
+            return Err(fail(format!(
+                "identity {id} already exists in the gallery (remove it first)"
+            )));
         }
         if identity.exemplars.is_empty() {
             return Err(fail(format!("identity {id} has no exemplars")));
         }
         for (e, v) in identity.exemplars.iter().enumerate() {
             if v.len() != model.dim {
-                return Err(fail(format!("identity {id}, exemplar {e}: {} values, expected {}", v.len(), model.dim)));
+                return Err(fail(format!(
+                    "identity {id}, exemplar {e}: {} values, expected {}",
+                    v.len(),
+                    model.dim
+                )));
             }
             if !v.iter().all(|x| x.is_finite()) || v.iter().all(|&x| x == 0.0) {
-                return Err(fail(format!("identity {id}, exemplar {e}: zero or not finite")));
+                return Err(fail(format!(
+                    "identity {id}, exemplar {e}: zero or not finite"
+                )));
             }
         }
         if let Some(label) = &identity.label

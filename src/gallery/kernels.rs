@@ -51,7 +51,8 @@ impl Kernels {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
             {
                 return Kernels {
                     isa: Isa::Avx2Fma,
@@ -109,7 +110,10 @@ pub mod scalar {
     }
 
     pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-        a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| i32::from(x) * i32::from(y))
+            .sum()
     }
 }
 
@@ -190,7 +194,10 @@ mod x86 {
                 i += 16;
             }
             let sum = _mm256_add_epi32(acc0, acc1);
-            let half = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            let half = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
             let pairs = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0b01_00_11_10));
             let one = _mm_add_epi32(pairs, _mm_shuffle_epi32(pairs, 0b00_00_00_01));
             let mut total = _mm_cvtsi128_si32(one);
@@ -287,7 +294,9 @@ mod tests {
         }
     }
 
-    const LENGTHS: &[usize] = &[0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 100, 256, 511, 512, 1029];
+    const LENGTHS: &[usize] = &[
+        0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 100, 256, 511, 512, 1029,
+    ];
 
     #[test]
     fn detected_i8_kernel_equals_scalar_exactly() {
@@ -297,7 +306,11 @@ mod tests {
             for _ in 0..20 {
                 let a: Vec<i8> = (0..n).map(|_| rng.i8()).collect();
                 let b: Vec<i8> = (0..n).map(|_| rng.i8()).collect();
-                assert_eq!(kernels.dot_i8(&a, &b), scalar::dot_i8(&a, &b), "n = {n}, {kernels:?}");
+                assert_eq!(
+                    kernels.dot_i8(&a, &b),
+                    scalar::dot_i8(&a, &b),
+                    "n = {n}, {kernels:?}"
+                );
             }
         }
         // The extremes: every product is (-128)·(-128) = 2¹⁴.
@@ -313,14 +326,31 @@ mod tests {
             for _ in 0..20 {
                 let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
                 let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
-                let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-                let magnitude: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x * y).abs()).sum();
+                let exact: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                    .sum();
+                let magnitude: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&x, &y)| f64::from(x * y).abs())
+                    .sum();
                 let bound = (n as f64 + 1.0) * f64::from(f32::EPSILON) * magnitude + 1e-30;
                 let simd = f64::from(kernels.dot_f32(&a, &b));
                 let reference = f64::from(scalar::dot_f32(&a, &b));
-                assert!((simd - exact).abs() <= bound, "n = {n}: {simd} vs exact {exact}");
-                assert!((reference - exact).abs() <= bound, "n = {n}: {reference} vs exact {exact}");
-                assert!((simd - reference).abs() <= 2.0 * bound, "n = {n}: {simd} vs {reference}");
+                assert!(
+                    (simd - exact).abs() <= bound,
+                    "n = {n}: {simd} vs exact {exact}"
+                );
+                assert!(
+                    (reference - exact).abs() <= bound,
+                    "n = {n}: {reference} vs exact {exact}"
+                );
+                assert!(
+                    (simd - reference).abs() <= 2.0 * bound,
+                    "n = {n}: {simd} vs {reference}"
+                );
             }
         }
     }
@@ -340,7 +370,8 @@ mod tests {
         #[cfg(target_arch = "aarch64")]
         assert_eq!(isa, Isa::Neon);
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             assert_eq!(isa, Isa::Avx2Fma);
         }
         let _ = isa;

@@ -41,7 +41,19 @@ pub const MAX_DIM: usize = 8192;
 pub const IDENTITY_SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 
 /// A stable identity number. Never reused within a gallery.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct PersonId(pub u32);
 
@@ -62,7 +74,18 @@ impl fmt::Display for Similarity {
 }
 
 /// Milliseconds since the Unix epoch. The gallery never reads a clock: callers pass the time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub u64);
 
@@ -215,7 +238,9 @@ pub enum GalleryError {
     UnknownId(PersonId),
     #[error("identity {0} already exists")]
     DuplicateId(PersonId),
-    #[error("gallery is full: all {capacity} identities are pinned (remove one, or raise the budget)")]
+    #[error(
+        "gallery is full: all {capacity} identities are pinned (remove one, or raise the budget)"
+    )]
     FullOfPinned { capacity: usize },
     #[error(transparent)]
     File(#[from] file::FileError),
@@ -255,9 +280,15 @@ pub struct Candidate {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Decision {
     /// `best` passes the threshold and beats the runner-up by the margin.
-    Match { best: Candidate, runner_up: Option<Candidate> },
+    Match {
+        best: Candidate,
+        runner_up: Option<Candidate>,
+    },
     /// Two identities are within the margin of each other, the best above the threshold.
-    Ambiguous { best: Candidate, runner_up: Candidate },
+    Ambiguous {
+        best: Candidate,
+        runner_up: Candidate,
+    },
     /// Nobody passes the threshold (`best` is the closest, if the gallery is not empty).
     Unknown { best: Option<Candidate> },
 }
@@ -266,11 +297,20 @@ pub enum Decision {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Observation {
     /// A confident match; the identity was refreshed.
-    Known { best: Candidate, exemplar: ExemplarUpdate },
+    Known {
+        best: Candidate,
+        exemplar: ExemplarUpdate,
+    },
     /// Nobody matched: a new provisional identity, possibly evicting the least recently seen one.
-    New { id: PersonId, evicted: Option<PersonId> },
+    New {
+        id: PersonId,
+        evicted: Option<PersonId>,
+    },
     /// Too close to call: nothing changed.
-    Ambiguous { best: Candidate, runner_up: Candidate },
+    Ambiguous {
+        best: Candidate,
+        runner_up: Candidate,
+    },
     /// Nobody matched and the gallery is full of pinned identities: not stored.
     Unstored { best: Option<Candidate> },
 }
@@ -328,7 +368,11 @@ impl Gallery {
     }
 
     /// As [`Gallery::with_budget`], with explicit kernels (benchmarks compare them).
-    pub fn with_kernels(config: GalleryConfig, policy: MatchPolicy, kernels: Kernels) -> Result<Self, GalleryError> {
+    pub fn with_kernels(
+        config: GalleryConfig,
+        policy: MatchPolicy,
+        kernels: Kernels,
+    ) -> Result<Self, GalleryError> {
         let capacity = config.capacity()?;
         let slots = vec![Slot::default(); capacity];
         let arena = Arena::new(config.format, capacity * config.exemplars + 1, config.dim);
@@ -393,16 +437,28 @@ impl Gallery {
     }
 
     /// Writes exemplar `index` of `id`, dequantised, into `out` (`dim` values).
-    pub fn exemplar(&self, id: PersonId, index: usize, out: &mut [f32]) -> Result<(), GalleryError> {
+    pub fn exemplar(
+        &self,
+        id: PersonId,
+        index: usize,
+        out: &mut [f32],
+    ) -> Result<(), GalleryError> {
         let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
         self.check_dim(out.len())?;
-        assert!(index < usize::from(self.slots[slot].exemplars), "exemplar index out of range");
+        assert!(
+            index < usize::from(self.slots[slot].exemplars),
+            "exemplar index out of range"
+        );
         self.arena.decode(self.arena_slot(slot, index), out);
         Ok(())
     }
 
     /// Fills `out` with the identities most similar to `query`, best first; returns how many.
-    pub fn best_matches(&mut self, query: &[f32], out: &mut [Candidate]) -> Result<usize, GalleryError> {
+    pub fn best_matches(
+        &mut self,
+        query: &[f32],
+        out: &mut [Candidate],
+    ) -> Result<usize, GalleryError> {
         self.prepare(query)?;
         Ok(self.rank_prepared(out))
     }
@@ -423,7 +479,9 @@ impl Gallery {
                 let exemplar = self.refresh(best.id, query, now)?;
                 Ok(Observation::Known { best, exemplar })
             }
-            Decision::Ambiguous { best, runner_up } => Ok(Observation::Ambiguous { best, runner_up }),
+            Decision::Ambiguous { best, runner_up } => {
+                Ok(Observation::Ambiguous { best, runner_up })
+            }
             Decision::Unknown { best } => {
                 let new = NewIdentity {
                     label: None,
@@ -442,7 +500,11 @@ impl Gallery {
     /// Adds a new identity with `embedding` as its first exemplar. When the gallery is full, the
     /// least recently seen unpinned identity is evicted (and returned); if every identity is
     /// pinned, nothing changes and this fails.
-    pub fn insert(&mut self, embedding: &[f32], new: NewIdentity<'_>) -> Result<(PersonId, Option<PersonId>), GalleryError> {
+    pub fn insert(
+        &mut self,
+        embedding: &[f32],
+        new: NewIdentity<'_>,
+    ) -> Result<(PersonId, Option<PersonId>), GalleryError> {
         let label = make_label(new.label)?;
         self.prepare(embedding)?;
         let id = PersonId(self.next_id);
@@ -468,7 +530,12 @@ impl Gallery {
 
     /// Records a sighting of `id` at `now` and offers `embedding` as an exemplar
     /// ([`Gallery::offer_exemplar`]).
-    pub fn refresh(&mut self, id: PersonId, embedding: &[f32], now: Timestamp) -> Result<ExemplarUpdate, GalleryError> {
+    pub fn refresh(
+        &mut self,
+        id: PersonId,
+        embedding: &[f32],
+        now: Timestamp,
+    ) -> Result<ExemplarUpdate, GalleryError> {
         let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
         self.check_dim(embedding.len())?;
         let update = self.offer_exemplar(id, embedding)?;
@@ -482,7 +549,11 @@ impl Gallery {
     /// otherwise, of the K + 1 candidates, the most redundant one (highest similarity to its
     /// nearest other candidate; ties broken by the higher total similarity) is dropped, which
     /// keeps the exemplars spread over the views seen. Sighting metadata is not touched.
-    pub fn offer_exemplar(&mut self, id: PersonId, embedding: &[f32]) -> Result<ExemplarUpdate, GalleryError> {
+    pub fn offer_exemplar(
+        &mut self,
+        id: PersonId,
+        embedding: &[f32],
+    ) -> Result<ExemplarUpdate, GalleryError> {
         let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
         self.prepare(embedding)?;
         let count = usize::from(self.slots[slot].exemplars);
@@ -558,13 +629,13 @@ impl Gallery {
             return Err(GalleryError::DuplicateId(info.id));
         }
         let label = make_label(info.label)?;
-        let slot = self
-            .slots
-            .iter()
-            .position(|s| !s.occupied)
-            .ok_or(GalleryError::FullOfPinned {
-                capacity: self.capacity(),
-            })?;
+        let slot =
+            self.slots
+                .iter()
+                .position(|s| !s.occupied)
+                .ok_or(GalleryError::FullOfPinned {
+                    capacity: self.capacity(),
+                })?;
         self.occupy(
             slot,
             Slot {
@@ -752,10 +823,11 @@ fn insert_top(out: &mut [Candidate], filled: &mut usize, c: Candidate) {
 fn make_label(label: Option<&str>) -> Result<heapless::String<LABEL_CAPACITY>, GalleryError> {
     let mut out = heapless::String::new();
     if let Some(label) = label {
-        out.push_str(label).map_err(|_| GalleryError::LabelTooLong {
-            label: label.to_owned(),
-            len: label.len(),
-        })?;
+        out.push_str(label)
+            .map_err(|_| GalleryError::LabelTooLong {
+                label: label.to_owned(),
+                len: label.len(),
+            })?;
     }
     Ok(out)
 }

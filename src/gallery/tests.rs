@@ -24,7 +24,11 @@ fn config(format: StorageFormat, exemplars: usize, identities: usize) -> Gallery
 }
 
 fn gallery(identities: usize) -> Gallery {
-    Gallery::with_budget(config(StorageFormat::F32, 3, identities), MatchPolicy::default()).unwrap()
+    Gallery::with_budget(
+        config(StorageFormat::F32, 3, identities),
+        MatchPolicy::default(),
+    )
+    .unwrap()
 }
 
 fn at(ms: u64) -> NewIdentity<'static> {
@@ -56,7 +60,10 @@ fn capacity_is_the_largest_count_whose_bytes_fit_the_budget() {
         budget_bytes: 100,
         ..config(StorageFormat::Int8, 4, 1)
     };
-    assert!(matches!(tiny.capacity(), Err(GalleryError::BudgetTooSmall { .. })));
+    assert!(matches!(
+        tiny.capacity(),
+        Err(GalleryError::BudgetTooSmall { .. })
+    ));
 }
 
 #[test]
@@ -69,15 +76,24 @@ fn bad_configs_and_embeddings_are_refused() {
     let mut g = gallery(2);
     assert!(matches!(
         g.insert(&[1.0; 5], at(0)),
-        Err(GalleryError::Dimension { expected: DIM, got: 5 })
+        Err(GalleryError::Dimension {
+            expected: DIM,
+            got: 5
+        })
     ));
-    assert!(matches!(g.insert(&[0.0; DIM], at(0)), Err(GalleryError::BadEmbedding)));
+    assert!(matches!(
+        g.insert(&[0.0; DIM], at(0)),
+        Err(GalleryError::BadEmbedding)
+    ));
     let long = "x".repeat(LABEL_CAPACITY + 1);
     let new = NewIdentity {
         label: Some(&long),
         ..at(0)
     };
-    assert!(matches!(g.insert(&direction(0, 0.0), new), Err(GalleryError::LabelTooLong { .. })));
+    assert!(matches!(
+        g.insert(&direction(0, 0.0), new),
+        Err(GalleryError::LabelTooLong { .. })
+    ));
     assert!(g.is_empty(), "failed inserts leave nothing behind");
     assert_eq!(g.next_id(), PersonId(1), "failed inserts use no id");
 }
@@ -90,7 +106,10 @@ fn decisions_follow_threshold_and_margin() {
         margin: 0.05,
         aggregation: Aggregation::Max,
     });
-    assert_eq!(g.decide(&direction(0, 0.0)).unwrap(), Decision::Unknown { best: None });
+    assert_eq!(
+        g.decide(&direction(0, 0.0)).unwrap(),
+        Decision::Unknown { best: None }
+    );
     let (a, _) = g.insert(&direction(0, 0.0), at(0)).unwrap();
     let (b, _) = g.insert(&direction(4, 0.0), at(0)).unwrap();
     match g.decide(&direction(0, 0.1)).unwrap() {
@@ -111,7 +130,10 @@ fn decisions_follow_threshold_and_margin() {
     let (d, _) = g.insert(&direction(10, 0.3), at(0)).unwrap();
     match g.decide(&direction(10, 0.15)).unwrap() {
         Decision::Ambiguous { best, runner_up } => {
-            assert_eq!([best.id.min(runner_up.id), best.id.max(runner_up.id)], [c, d]);
+            assert_eq!(
+                [best.id.min(runner_up.id), best.id.max(runner_up.id)],
+                [c, d]
+            );
             assert!(best.similarity.0 - runner_up.similarity.0 < 0.05);
         }
         other => panic!("expected ambiguous, got {other:?}"),
@@ -150,7 +172,10 @@ fn eviction_takes_the_least_recently_seen_unpinned_identity() {
 fn a_gallery_full_of_pinned_identities_stores_nobody_new() {
     let mut g = gallery(2);
     for axis in [0, 4] {
-        let new = NewIdentity { pinned: true, ..at(0) };
+        let new = NewIdentity {
+            pinned: true,
+            ..at(0)
+        };
         g.insert(&direction(axis, 0.0), new).unwrap();
     }
     assert!(matches!(
@@ -165,16 +190,28 @@ fn a_gallery_full_of_pinned_identities_stores_nobody_new() {
     g.remove(PersonId(1)).unwrap();
     assert!(matches!(
         g.observe(&direction(8, 0.0), Timestamp(2)).unwrap(),
-        Observation::New { id: PersonId(3), evicted: None }
+        Observation::New {
+            id: PersonId(3),
+            evicted: None
+        }
     ));
-    assert!(matches!(g.remove(PersonId(1)), Err(GalleryError::UnknownId(PersonId(1)))));
+    assert!(matches!(
+        g.remove(PersonId(1)),
+        Err(GalleryError::UnknownId(PersonId(1)))
+    ));
 }
 
 #[test]
 fn observe_refreshes_matches_and_creates_new_identities() {
     let mut g = gallery(4);
     let first = g.observe(&direction(0, 0.0), Timestamp(1)).unwrap();
-    assert_eq!(first, Observation::New { id: PersonId(1), evicted: None });
+    assert_eq!(
+        first,
+        Observation::New {
+            id: PersonId(1),
+            evicted: None
+        }
+    );
     match g.observe(&direction(0, 0.2), Timestamp(2)).unwrap() {
         Observation::Known { best, exemplar } => {
             assert_eq!(best.id, PersonId(1));
@@ -183,7 +220,10 @@ fn observe_refreshes_matches_and_creates_new_identities() {
         other => panic!("expected known, got {other:?}"),
     }
     let info = g.get(PersonId(1)).unwrap();
-    assert_eq!((info.times_seen, info.exemplars, info.last_seen), (2, 2, Timestamp(2)));
+    assert_eq!(
+        (info.times_seen, info.exemplars, info.last_seen),
+        (2, 2, Timestamp(2))
+    );
     assert_eq!(info.first_seen, Timestamp(1));
 }
 
@@ -191,13 +231,25 @@ fn observe_refreshes_matches_and_creates_new_identities() {
 fn refresh_replaces_the_most_redundant_exemplar() {
     let mut g = gallery(2);
     let (id, _) = g.insert(&direction(0, 0.0), at(0)).unwrap();
-    assert_eq!(g.refresh(id, &direction(0, 0.5), Timestamp(1)).unwrap(), ExemplarUpdate::Added);
-    assert_eq!(g.refresh(id, &direction(0, 0.52), Timestamp(2)).unwrap(), ExemplarUpdate::Added);
+    assert_eq!(
+        g.refresh(id, &direction(0, 0.5), Timestamp(1)).unwrap(),
+        ExemplarUpdate::Added
+    );
+    assert_eq!(
+        g.refresh(id, &direction(0, 0.52), Timestamp(2)).unwrap(),
+        ExemplarUpdate::Added
+    );
     // K = 3 is full: tilts 0, 0.5, 0.52. A new view at tilt 1.2 is far from all of them, so one
     // of the near-duplicate pair (0.5, 0.52) goes: index 1, the one closer to the rest overall.
-    assert_eq!(g.refresh(id, &direction(0, 1.2), Timestamp(3)).unwrap(), ExemplarUpdate::Replaced(1));
+    assert_eq!(
+        g.refresh(id, &direction(0, 1.2), Timestamp(3)).unwrap(),
+        ExemplarUpdate::Replaced(1)
+    );
     // A duplicate of a stored view adds nothing.
-    assert_eq!(g.refresh(id, &direction(0, 1.2), Timestamp(4)).unwrap(), ExemplarUpdate::Kept);
+    assert_eq!(
+        g.refresh(id, &direction(0, 1.2), Timestamp(4)).unwrap(),
+        ExemplarUpdate::Kept
+    );
     let mut v = vec![0.0; DIM];
     g.exemplar(id, 1, &mut v).unwrap();
     let expected = direction(0, 1.2);
@@ -244,12 +296,17 @@ fn best_matches_are_sorted_and_bounded_by_the_output() {
     assert_eq!(top.map(|c| c.id.0), [8, 7, 6]);
     let mut all = [Candidate::default(); 20];
     assert_eq!(g.best_matches(&query, &mut all).unwrap(), 8);
-    assert!(all[..8].windows(2).all(|w| w[0].similarity.0 >= w[1].similarity.0));
+    assert!(
+        all[..8]
+            .windows(2)
+            .all(|w| w[0].similarity.0 >= w[1].similarity.0)
+    );
 }
 
 #[test]
 fn int8_storage_agrees_with_f32_on_decisions() {
-    let mut g8 = Gallery::with_budget(config(StorageFormat::Int8, 3, 8), MatchPolicy::default()).unwrap();
+    let mut g8 =
+        Gallery::with_budget(config(StorageFormat::Int8, 3, 8), MatchPolicy::default()).unwrap();
     let mut g32 = gallery(8);
     for axis in 0..8 {
         let v = direction(axis * 2, 0.3);
@@ -269,6 +326,12 @@ fn int8_storage_agrees_with_f32_on_decisions() {
 #[test]
 fn timestamps_print_as_rfc3339_utc() {
     assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
-    assert_eq!(Timestamp(951_782_400_123).to_string(), "2000-02-29T00:00:00.123Z");
-    assert_eq!(Timestamp(1_795_305_600_000).to_string(), "2026-11-22T00:00:00.000Z");
+    assert_eq!(
+        Timestamp(951_782_400_123).to_string(),
+        "2000-02-29T00:00:00.123Z"
+    );
+    assert_eq!(
+        Timestamp(1_795_305_600_000).to_string(),
+        "2026-11-22T00:00:00.000Z"
+    );
 }

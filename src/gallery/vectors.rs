@@ -23,7 +23,8 @@ pub enum StorageFormat {
 }
 
 impl StorageFormat {
-    pub const ALL: [StorageFormat; 3] = [StorageFormat::Int8, StorageFormat::F16, StorageFormat::F32];
+    pub const ALL: [StorageFormat; 3] =
+        [StorageFormat::Int8, StorageFormat::F16, StorageFormat::F32];
 
     pub fn bytes_per_value(self) -> usize {
         match self {
@@ -313,7 +314,9 @@ impl Arena {
             Values::F16(v) => v[range]
                 .iter()
                 .try_for_each(|h| out.write_all(&h.to_bits().to_le_bytes())),
-            Values::F32(v) => v[range].iter().try_for_each(|x| out.write_all(&x.to_le_bytes())),
+            Values::F32(v) => v[range]
+                .iter()
+                .try_for_each(|x| out.write_all(&x.to_le_bytes())),
         }
     }
 
@@ -348,7 +351,11 @@ impl Arena {
             return false;
         }
         self.headers[slot] = SlotHeader {
-            scale: if self.format() == StorageFormat::Int8 { scale } else { 1.0 },
+            scale: if self.format() == StorageFormat::Int8 {
+                scale
+            } else {
+                1.0
+            },
             inv_norm: inverse_sqrt(squares),
         };
         true
@@ -373,7 +380,13 @@ mod tests {
 
     fn unit(dim: usize, seed: u32) -> Vec<f32> {
         let v: Vec<f32> = (0..dim)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed * 40_503) % 1000) as f32 - 500.0)
+            .map(|i| {
+                ((i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed * 40_503)
+                    % 1000) as f32
+                    - 500.0
+            })
             .collect();
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.into_iter().map(|x| x / n).collect()
@@ -391,7 +404,10 @@ mod tests {
             let s = arena.similarity(&kernels, 0, &query);
             assert!((s - 1.0).abs() < 1e-5, "{format}: {s}");
             arena.copy_slot(0, 1);
-            assert!((arena.pair_similarity(&kernels, 0, 1) - 1.0).abs() < 1e-5, "{format}");
+            assert!(
+                (arena.pair_similarity(&kernels, 0, 1) - 1.0).abs() < 1e-5,
+                "{format}"
+            );
         }
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use reidcam::gallery::file::{self, FileError, ModelTag, Opened, Recovery};
 use reidcam::gallery::{
-    ExemplarUpdate, Gallery, GalleryConfig, GalleryError, MatchPolicy, NewIdentity, Observation, PersonId,
-    StorageFormat, Timestamp,
+    ExemplarUpdate, Gallery, GalleryConfig, GalleryError, MatchPolicy, NewIdentity, Observation,
+    PersonId, StorageFormat, Timestamp,
 };
 
 use crate::alloc_count::{allocations_during, bytes_during};
@@ -42,7 +42,9 @@ struct Crowd {
 impl Crowd {
     fn new(people: usize, dim: usize, rng: &mut Rng) -> Self {
         Crowd {
-            bases: (0..people).map(|_| (0..dim).map(|_| rng.unit()).collect()).collect(),
+            bases: (0..people)
+                .map(|_| (0..dim).map(|_| rng.unit()).collect())
+                .collect(),
         }
     }
 
@@ -70,12 +72,20 @@ fn budget_is_respected_to_the_byte() {
                 format,
                 budget_bytes: budget,
             };
-            let (gallery, bytes) = bytes_during(|| Gallery::with_budget(config, MatchPolicy::default()).unwrap());
+            let (gallery, bytes) =
+                bytes_during(|| Gallery::with_budget(config, MatchPolicy::default()).unwrap());
             let capacity = gallery.capacity();
-            assert_eq!(bytes as usize, config.heap_bytes(capacity), "{format} {dim}-d K={exemplars}");
+            assert_eq!(
+                bytes as usize,
+                config.heap_bytes(capacity),
+                "{format} {dim}-d K={exemplars}"
+            );
             assert_eq!(gallery.heap_bytes(), bytes as usize);
             assert!(bytes as usize <= budget, "{format}: {bytes} > {budget}");
-            assert!(config.heap_bytes(capacity + 1) > budget, "{format}: one more would still fit");
+            assert!(
+                config.heap_bytes(capacity + 1) > budget,
+                "{format}: one more would still fit"
+            );
         }
     }
 }
@@ -140,9 +150,18 @@ fn no_allocation_after_start_up() {
                 }
             }
         });
-        assert_eq!(allocations, 0, "{format}: the gallery allocated after start-up");
-        assert!(new > 24 && evicted > 0, "{format}: new {new}, evicted {evicted}");
-        assert!(added > 0 && replaced > 0 && kept > 0, "{format}: added {added}, replaced {replaced}, kept {kept}");
+        assert_eq!(
+            allocations, 0,
+            "{format}: the gallery allocated after start-up"
+        );
+        assert!(
+            new > 24 && evicted > 0,
+            "{format}: new {new}, evicted {evicted}"
+        );
+        assert!(
+            added > 0 && replaced > 0 && kept > 0,
+            "{format}: added {added}, replaced {replaced}, kept {kept}"
+        );
     }
 }
 
@@ -168,14 +187,21 @@ fn small_gallery(format: StorageFormat, dim: usize) -> Gallery {
         let (id, _) = gallery.insert(&v, new).unwrap();
         for _ in 0..person {
             crowd.sample(person, 0.5, &mut rng, &mut v);
-            gallery.refresh(id, &v, Timestamp(1_700_000_100_000)).unwrap();
+            gallery
+                .refresh(id, &v, Timestamp(1_700_000_100_000))
+                .unwrap();
         }
     }
     gallery
 }
 
 fn load(path: &Path, gallery: &Gallery) -> Result<Gallery, GalleryError> {
-    file::load(path, &model_tag(gallery.config().dim), *gallery.config(), *gallery.policy())
+    file::load(
+        path,
+        &model_tag(gallery.config().dim),
+        *gallery.config(),
+        *gallery.policy(),
+    )
 }
 
 /// Everything observable about a gallery, for equality checks.
@@ -212,7 +238,11 @@ fn save_and_load_round_trip_every_format_with_mode_0600() {
         let first = std::fs::read(&path).unwrap();
         file::save(&loaded, "test-model", &path).unwrap();
         assert_eq!(std::fs::read(file::backup_path(&path)).unwrap(), first);
-        assert_eq!(std::fs::read(&path).unwrap(), first, "{format}: saving is deterministic");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            first,
+            "{format}: saving is deterministic"
+        );
         use std::os::unix::fs::PermissionsExt;
         for p in [path.clone(), file::backup_path(&path)] {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
@@ -233,11 +263,20 @@ fn save_and_load_round_trip_every_format_with_mode_0600() {
 }
 
 /// Writes `bytes` to a fresh file and tries to load it; checks the file was not touched.
-fn load_bytes(dir: &Path, name: &str, bytes: &[u8], like: &Gallery) -> Result<Gallery, GalleryError> {
+fn load_bytes(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    like: &Gallery,
+) -> Result<Gallery, GalleryError> {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     let result = load(&path, like);
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: loading changed the file");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "{name}: loading changed the file"
+    );
     result
 }
 
@@ -255,6 +294,7 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
     let path = dir.join("good.gallery");
     file::save(&gallery, "test-model", &path).unwrap();
     let good = std::fs::read(&path).unwrap();
+    assert_eq!(good.len(), 210, "the size docs/gallery.md quotes");
     assert!(load_bytes(&dir, "copy.gallery", &good, &gallery).is_ok());
 
     // Truncated at every byte offset.
@@ -276,7 +316,10 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
         let mut bad = good.clone();
         bad[offset] ^= 1 << rng.below(8);
         let err = load_bytes(&dir, "flip.gallery", &bad, &gallery).unwrap_err();
-        assert!(matches!(err, GalleryError::File(_)), "flip at {offset}: {err}");
+        assert!(
+            matches!(err, GalleryError::File(_)),
+            "flip at {offset}: {err}"
+        );
     }
     // Random multi-byte garbage.
     for _ in 0..200 {
@@ -292,20 +335,40 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
 
     let mut wrong_magic = good.clone();
     wrong_magic[..8].copy_from_slice(b"PK\x03\x04zip!");
-    let text = load_bytes(&dir, "magic.gallery", &wrong_magic, &gallery).unwrap_err().to_string();
-    assert!(text.contains("magic.gallery: not a reidcam gallery file"), "{text}");
+    let text = load_bytes(&dir, "magic.gallery", &wrong_magic, &gallery)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("magic.gallery: not a reidcam gallery file"),
+        "{text}"
+    );
 
     let mut version = good.clone();
     version[8..10].copy_from_slice(&2u16.to_le_bytes());
     let text = load_bytes(&dir, "version.gallery", &with_checksum(version), &gallery)
         .unwrap_err()
         .to_string();
-    assert!(text.contains("version.gallery: gallery file version 2 is not supported"), "{text}");
+    assert!(
+        text.contains("version.gallery: gallery file version 2 is not supported"),
+        "{text}"
+    );
 
     // Another model, another dimension.
     for (tag, expected) in [
-        (ModelTag { name: "other-model".into(), dim: 8 }, "saved for model \"test-model\" (8-d), but the model in use is \"other-model\" (8-d)"),
-        (ModelTag { name: "test-model".into(), dim: 16 }, "but the model in use is \"test-model\" (16-d)"),
+        (
+            ModelTag {
+                name: "other-model".into(),
+                dim: 8,
+            },
+            "saved for model \"test-model\" (8-d), but the model in use is \"other-model\" (8-d)",
+        ),
+        (
+            ModelTag {
+                name: "test-model".into(),
+                dim: 16,
+            },
+            "but the model in use is \"test-model\" (16-d)",
+        ),
     ] {
         let config = GalleryConfig {
             dim: tag.dim,
@@ -320,15 +383,28 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
     let mut zero_exemplars = good.clone();
     // id 4, flags 1, label 1, "alice" 5, first 8, last 8, seen 4 → exemplar count.
     zero_exemplars[first_entry + 4 + 1 + 1 + 5 + 8 + 8 + 4] = 0;
-    let text = load_bytes(&dir, "count.gallery", &with_checksum(zero_exemplars), &gallery)
-        .unwrap_err()
-        .to_string();
-    assert!(text.contains("identity 1: 0 exemplars, expected 1..=3"), "{text}");
+    let text = load_bytes(
+        &dir,
+        "count.gallery",
+        &with_checksum(zero_exemplars),
+        &gallery,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        text.contains("identity 1: 0 exemplars, expected 1..=3"),
+        "{text}"
+    );
     let mut format_code = good.clone();
     format_code[10] = 9;
-    let text = load_bytes(&dir, "format.gallery", &with_checksum(format_code), &gallery)
-        .unwrap_err()
-        .to_string();
+    let text = load_bytes(
+        &dir,
+        "format.gallery",
+        &with_checksum(format_code),
+        &gallery,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(text.contains("unknown storage format code 9"), "{text}");
 
     // A budget that cannot hold the file is an error, not a silent drop.
@@ -339,7 +415,10 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
     let text = file::load(&path, &model_tag(8), small, MatchPolicy::default())
         .unwrap_err()
         .to_string();
-    assert!(text.contains("holds 3 identities but the budget fits 2"), "{text}");
+    assert!(
+        text.contains("holds 3 identities but the budget fits 2"),
+        "{text}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), good);
 }
 
@@ -357,7 +436,16 @@ fn recovery_policies_keep_the_damaged_file() {
     file::save(&gallery, "test-model", &path).unwrap();
     let older = std::fs::read(&path).unwrap();
     let mut grown = load(&path, &gallery).unwrap();
-    grown.insert(&[1.0; 8], NewIdentity { label: None, pinned: false, now: Timestamp(9) }).unwrap();
+    grown
+        .insert(
+            &[1.0; 8],
+            NewIdentity {
+                label: None,
+                pinned: false,
+                now: Timestamp(9),
+            },
+        )
+        .unwrap();
     file::save(&grown, "test-model", &path).unwrap();
     let newer = std::fs::read(&path).unwrap();
     let damaged: Vec<u8> = newer[..newer.len() - 10].to_vec();
@@ -372,7 +460,11 @@ fn recovery_policies_keep_the_damaged_file() {
             Err(e) => {
                 assert_eq!(recovery, Recovery::Fail);
                 assert!(e.to_string().contains("cam.gallery: truncated"), "{e}");
-                assert_eq!(std::fs::read(&path).unwrap(), damaged, "Fail leaves the file in place");
+                assert_eq!(
+                    std::fs::read(&path).unwrap(),
+                    damaged,
+                    "Fail leaves the file in place"
+                );
             }
             Ok((g, Opened::FromBackup { set_aside, .. })) => {
                 assert_eq!(recovery, Recovery::Backup);
@@ -390,7 +482,11 @@ fn recovery_policies_keep_the_damaged_file() {
             }
             Ok((_, other)) => panic!("{recovery:?}: unexpected {other:?}"),
         }
-        assert_eq!(std::fs::read(file::backup_path(&path)).unwrap(), older, "backup untouched");
+        assert_eq!(
+            std::fs::read(file::backup_path(&path)).unwrap(),
+            older,
+            "backup untouched"
+        );
     }
 
     // A file for another model is never "recovered", whatever the policy.
@@ -399,7 +495,10 @@ fn recovery_policies_keep_the_damaged_file() {
         dim: 8,
     };
     let err = file::open(&path, &other, config, policy, Recovery::Empty).unwrap_err();
-    assert!(err.to_string().contains("saved for model \"test-model\""), "{err}");
+    assert!(
+        err.to_string().contains("saved for model \"test-model\""),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), newer);
 
     // Both copies damaged, policy Backup: an error naming both problems; nothing moved.
@@ -446,7 +545,9 @@ fn generation_gallery(generation: u32) -> Gallery {
                 v.clone()
             })
             .collect();
-        gallery.restore(&info, vectors.iter().map(Vec::as_slice)).unwrap();
+        gallery
+            .restore(&info, vectors.iter().map(Vec::as_slice))
+            .unwrap();
     }
     gallery
 }
@@ -454,8 +555,16 @@ fn generation_gallery(generation: u32) -> Gallery {
 /// The generation of a loaded gallery, after checking it is exactly that generation's.
 fn check_generation(gallery: &Gallery) -> u32 {
     let generation = gallery.identities().next().expect("never empty").times_seen;
-    assert_eq!(gallery.len() as u32, 200 + generation % 13, "identity count of generation {generation}");
-    assert!(gallery.identities().all(|i| i.times_seen == generation && i.exemplars == 4));
+    assert_eq!(
+        gallery.len() as u32,
+        200 + generation % 13,
+        "identity count of generation {generation}"
+    );
+    assert!(
+        gallery
+            .identities()
+            .all(|i| i.times_seen == generation && i.exemplars == 4)
+    );
     assert_eq!(snapshot(gallery), snapshot(&generation_gallery(generation)));
     generation
 }
@@ -486,7 +595,12 @@ fn saves_survive_sigkill_at_random_points() {
     let (mut last, mut killed_mid_write, mut advanced) = (1u32, 0usize, 0usize);
     for round in 0..CRASH_ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["gallery::helper_save_loop", "--exact", "--ignored", "--test-threads=1"])
+            .args([
+                "gallery::helper_save_loop",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
             .env(SAVE_LOOP_ENV, &path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -495,24 +609,37 @@ fn saves_survive_sigkill_at_random_points() {
         std::thread::sleep(Duration::from_micros(2_000 + rng.below(40_000)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
-        assert!(!status.success(), "round {round}: the helper ended by itself: {status}");
+        assert!(
+            !status.success(),
+            "round {round}: the helper ended by itself: {status}"
+        );
         killed_mid_write += usize::from(file::temp_path(&path).exists());
         let loaded = load(&path, &template).unwrap_or_else(|e| panic!("round {round}: {e}"));
         let generation = check_generation(&loaded);
-        assert!(generation >= last, "round {round}: went back from {last} to {generation}");
+        assert!(
+            generation >= last,
+            "round {round}: went back from {last} to {generation}"
+        );
         advanced += usize::from(generation > last);
         last = generation;
         if generation > 1 {
-            let backup = load(&file::backup_path(&path), &template).unwrap_or_else(|e| panic!("round {round}: backup: {e}"));
+            let backup = load(&file::backup_path(&path), &template)
+                .unwrap_or_else(|e| panic!("round {round}: backup: {e}"));
             // Equal when the kill came after the backup link and before the rename.
-            assert!(check_generation(&backup) <= generation, "round {round}: backup newer than the file");
+            assert!(
+                check_generation(&backup) <= generation,
+                "round {round}: backup newer than the file"
+            );
         }
     }
     eprintln!(
         "crash test: {CRASH_ROUNDS} SIGKILLs, {killed_mid_write} left a partial temporary file, \
          {advanced} rounds saved at least once, final generation {last}; every load intact"
     );
-    assert!(advanced > CRASH_ROUNDS / 2, "too few rounds got to save: {advanced}");
+    assert!(
+        advanced > CRASH_ROUNDS / 2,
+        "too few rounds got to save: {advanced}"
+    );
     assert!(killed_mid_write > 0, "no kill landed during a write");
 }
 
@@ -525,7 +652,11 @@ fn write_crops(dir: &Path, count: u32, seed: u32) -> Vec<PathBuf> {
             let base = pattern(40 + seed * 8 + i, 100);
             // Shift the pattern so that different people differ.
             let shift = (seed * 61 + i * 3) as u8;
-            let bytes = base.as_bytes().iter().map(|b| b.wrapping_add(shift)).collect();
+            let bytes = base
+                .as_bytes()
+                .iter()
+                .map(|b| b.wrapping_add(shift))
+                .collect();
             let img = reidcam::RgbImage::from_raw(base.width(), base.height(), bytes).unwrap();
             let path = dir.join(format!("p{seed}_{i}.png"));
             std::fs::write(&path, encode(&img, image::ImageFormat::Png)).unwrap();
@@ -551,7 +682,10 @@ fn gallery_command_line() {
     args.extend(alice.iter().map(|p| s(p)));
     let (ok, out, err) = run(&args);
     assert!(ok, "{err}");
-    assert!(out.starts_with("enrolled 1 (alice) from 3 image(s)"), "{out}");
+    assert!(
+        out.starts_with("enrolled 1 (alice) from 3 image(s)"),
+        "{out}"
+    );
     let mut args = vec!["enroll", "--label", "bob"];
     args.extend(bob.iter().map(|p| s(p)));
     let (ok, out, err) = run(&args);
@@ -560,13 +694,22 @@ fn gallery_command_line() {
 
     let (ok, out, err) = run(&["list"]);
     assert!(ok, "{err}");
-    assert!(out.contains("2 of ") && out.contains("int8 storage, K = 8, 6-d"), "{out}");
+    assert!(
+        out.contains("2 of ") && out.contains("int8 storage, K = 8, 6-d"),
+        "{out}"
+    );
     let rows: Vec<&str> = out.lines().skip(2).collect();
     assert_eq!(rows.len(), 2, "{out}");
-    assert!(rows[0].split_whitespace().take(3).eq(["1", "alice", "yes"]), "{out}");
+    assert!(
+        rows[0].split_whitespace().take(3).eq(["1", "alice", "yes"]),
+        "{out}"
+    );
 
     let (ok, out, _) = run(&["show", "2"]);
-    assert!(ok && out.contains("label       bob") && out.contains("exemplars   2 of 8 (int8)"), "{out}");
+    assert!(
+        ok && out.contains("label       bob") && out.contains("exemplars   2 of 8 (int8)"),
+        "{out}"
+    );
 
     // Export, import into an f32 gallery, compare listings.
     let export = dir.join("g.json");
@@ -574,18 +717,57 @@ fn gallery_command_line() {
     assert!(ok && out.contains("exported 2 identities"), "{out}{err}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
     assert_eq!(doc["model"], "tiny_reid");
-    assert_eq!(doc["identities"][0]["exemplars"][0].as_array().unwrap().len(), 6);
+    assert_eq!(
+        doc["identities"][0]["exemplars"][0]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
     let copy = dir.join("copy.bin");
-    let (ok, out, err) = reidcam(&["gallery", "--model", s(&model), "--gallery", s(&copy), "--format", "f32", "import", s(&export)]);
+    let (ok, out, err) = reidcam(&[
+        "gallery",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&copy),
+        "--format",
+        "f32",
+        "import",
+        s(&export),
+    ]);
     assert!(ok && out.contains("imported 2 identities"), "{out}{err}");
-    let (_, listed, _) = reidcam(&["gallery", "--model", s(&model), "--gallery", s(&copy), "list"]);
+    let (_, listed, _) = reidcam(&[
+        "gallery",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&copy),
+        "list",
+    ]);
     assert!(listed.contains("f32 storage"), "{listed}");
-    let names = |text: &str| text.lines().skip(2).map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>();
+    let names = |text: &str| {
+        text.lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(&listed), names(&out_of(&run(&["list"]))));
     // Importing again clashes on ids: refused, file unchanged.
     let before = std::fs::read(&copy).unwrap();
-    let (ok, _, err) = reidcam(&["gallery", "--model", s(&model), "--gallery", s(&copy), "import", s(&export)]);
-    assert!(!ok && err.contains("g.json: identity 1 already exists"), "{err}");
+    let (ok, _, err) = reidcam(&[
+        "gallery",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&copy),
+        "import",
+        s(&export),
+    ]);
+    assert!(
+        !ok && err.contains("g.json: identity 1 already exists"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&copy).unwrap(), before);
 
     let (ok, out, _) = run(&["remove", "1"]);
