@@ -8,6 +8,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
+use reidcam::bench::XorShift;
 use reidcam::gallery::{
     Candidate, Gallery, GalleryConfig, IdentityInfo, Kernels, MatchPolicy, PersonId, StorageFormat,
     Timestamp,
@@ -19,15 +20,8 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 
 /// Deterministic vectors in [-1, 1).
 fn vectors(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed | 1;
-    (0..n * DIM)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut rng = XorShift::new(seed);
+    (0..n * DIM).map(|_| rng.signed_unit()).collect()
 }
 
 fn gallery(format: StorageFormat, exemplars: usize, data: &[f32], kernels: Kernels) -> Gallery {

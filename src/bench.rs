@@ -157,6 +157,44 @@ pub fn synthetic_crop(width: u32, height: u32) -> RgbImage {
     RgbImage::from_raw(width, height, data).expect("sizes match")
 }
 
+/// xorshift64*: a small deterministic generator for synthetic data in benches and tests (not
+/// for anything that needs real randomness).
+#[derive(Clone, Debug)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator from any seed (zero is remapped: xorshift must not start at 0).
+    pub fn new(seed: u64) -> Self {
+        XorShift(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn signed_unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Any i8.
+    pub fn i8(&mut self) -> i8 {
+        (self.next_u64() >> 56) as u8 as i8
+    }
+}
+
 /// Peak resident set size of this process (`VmHWM` in `/proc/self/status`), in bytes.
 pub fn peak_rss_bytes() -> Option<u64> {
     proc_status_kib("VmHWM:").map(|kib| kib * 1024)

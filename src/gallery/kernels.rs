@@ -274,25 +274,7 @@ mod neon {
 mod tests {
     use super::*;
 
-    /// xorshift64*: deterministic test data without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn f32(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
-
-        fn i8(&mut self) -> i8 {
-            (self.next() >> 56) as u8 as i8
-        }
-    }
+    use crate::bench::XorShift as Rng;
 
     const LENGTHS: &[usize] = &[
         0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 100, 256, 511, 512, 1029,
@@ -301,7 +283,7 @@ mod tests {
     #[test]
     fn detected_i8_kernel_equals_scalar_exactly() {
         let kernels = Kernels::detect();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for &n in LENGTHS {
             for _ in 0..20 {
                 let a: Vec<i8> = (0..n).map(|_| rng.i8()).collect();
@@ -321,11 +303,11 @@ mod tests {
     #[test]
     fn detected_f32_kernel_equals_scalar_within_rounding_bound() {
         let kernels = Kernels::detect();
-        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        let mut rng = Rng::new(0x0123_4567_89ab_cdef);
         for &n in LENGTHS {
             for _ in 0..20 {
-                let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
-                let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+                let a: Vec<f32> = (0..n).map(|_| rng.signed_unit()).collect();
+                let b: Vec<f32> = (0..n).map(|_| rng.signed_unit()).collect();
                 let exact: f64 = a
                     .iter()
                     .zip(&b)

@@ -14,25 +14,7 @@ use reidcam::gallery::{
 use crate::alloc_count::{allocations_during, bytes_during};
 use crate::common::{encode, models, pattern, reidcam, s, scratch};
 
-/// xorshift64*: deterministic pseudo-random numbers for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use reidcam::bench::XorShift as Rng;
 
 /// `people` base directions in `dim` dimensions; `sample` adds view noise to one of them.
 struct Crowd {
@@ -43,14 +25,14 @@ impl Crowd {
     fn new(people: usize, dim: usize, rng: &mut Rng) -> Self {
         Crowd {
             bases: (0..people)
-                .map(|_| (0..dim).map(|_| rng.unit()).collect())
+                .map(|_| (0..dim).map(|_| rng.signed_unit()).collect())
                 .collect(),
         }
     }
 
     fn sample(&self, person: usize, noise: f32, rng: &mut Rng, out: &mut [f32]) {
         for (o, &b) in out.iter_mut().zip(&self.bases[person]) {
-            *o = b + noise * rng.unit();
+            *o = b + noise * rng.signed_unit();
         }
     }
 }
@@ -110,7 +92,7 @@ fn no_allocation_after_start_up() {
             ..MatchPolicy::default()
         };
         let mut gallery = Gallery::with_budget(config, policy).unwrap();
-        let mut rng = Rng(0x5eed ^ format as u64);
+        let mut rng = Rng::new(0x5eed ^ format as u64);
         // 60 people through a gallery of 24: evictions, refreshes and new identities all happen.
         let crowd = Crowd::new(60, dim, &mut rng);
         let mut query = vec![0.0f32; dim];
@@ -174,7 +156,7 @@ fn small_gallery(format: StorageFormat, dim: usize) -> Gallery {
         budget_bytes: 1 << 16,
     };
     let mut gallery = Gallery::with_budget(config, MatchPolicy::default()).unwrap();
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let crowd = Crowd::new(3, dim, &mut rng);
     let mut v = vec![0.0; dim];
     for person in 0..3 {
@@ -311,7 +293,7 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
         );
     }
     // Every single-bit flip is detected.
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for offset in 0..good.len() {
         let mut bad = good.clone();
         bad[offset] ^= 1 << rng.below(8);
@@ -326,7 +308,7 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
         let mut bad = good.clone();
         for _ in 0..1 + rng.below(8) {
             let at = rng.below(bad.len() as u64) as usize;
-            bad[at] = rng.next() as u8;
+            bad[at] = rng.next_u64() as u8;
         }
         if bad != good {
             assert!(load_bytes(&dir, "garbage.gallery", &bad, &gallery).is_err());
@@ -591,7 +573,7 @@ fn saves_survive_sigkill_at_random_points() {
     let template = generation_gallery(0);
     file::save(&generation_gallery(1), "test-model", &path).unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng(0xc0ffee);
+    let mut rng = Rng::new(0xc0ffee);
     let (mut last, mut killed_mid_write, mut advanced) = (1u32, 0usize, 0usize);
     for round in 0..CRASH_ROUNDS {
         let mut child = Command::new(&exe)
