@@ -50,9 +50,19 @@ impl RgbImage {
         self.height
     }
 
+    /// A black image (capture and conversion buffers are made once, then overwritten).
+    pub fn black(width: u32, height: u32) -> Result<Self, FrameError> {
+        Self::from_raw(width, height, vec![0; width as usize * height as usize * 3])
+    }
+
     /// The packed pixels, row after row.
     pub fn as_bytes(&self) -> &[u8] {
         &self.data
+    }
+
+    /// The packed pixels, writable.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
     }
 
     /// A borrowed view of the whole image.
@@ -257,30 +267,62 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
 
 /// Decodes a JPEG with libjpeg-turbo's algorithms (islow IDCT, fancy upsampling), as Pillow does.
 fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, String> {
+    let mut data = Vec::new();
+    let (width, height) = jpeg_into(bytes, |w, h| {
+        data.resize(w * h * 3, 0);
+        Ok(&mut data[..])
+    })?;
+    RgbImage::from_raw(width as u32, height as u32, data).map_err(|e| e.to_string())
+}
+
+/// Decodes a JPEG (e.g. an MJPEG camera frame) into `image`, which must already have the JPEG's
+/// size: no allocation on our side (libjpeg's own working memory is C-allocated).
+pub fn decode_jpeg_into(bytes: &[u8], image: &mut RgbImage) -> Result<(), String> {
+    let (want_w, want_h) = (image.width as usize, image.height as usize);
+    let data = &mut image.data;
+    jpeg_into(bytes, |w, h| {
+        if (w, h) != (want_w, want_h) {
+            return Err(format!("JPEG is {w}x{h}, expected {want_w}x{want_h}"));
+        }
+        Ok(&mut data[..])
+    })
+    .map(|_| ())
+}
+
+/// Runs libjpeg on `bytes`, writing RGB rows into the buffer `dest(width, height)` returns.
+fn jpeg_into<'d>(
+    bytes: &[u8],
+    dest: impl FnOnce(usize, usize) -> Result<&'d mut [u8], String>,
+) -> Result<(usize, usize), String> {
     if !jpeg_is_complete(bytes) {
         return Err("JPEG data is truncated (no end-of-image marker)".into());
     }
     // libjpeg reports fatal errors by unwinding (mozjpeg's error manager uses resume_unwind, so no
     // panic message is printed); catch it here and turn it into an error.
-    let decoded = std::panic::catch_unwind(|| -> std::io::Result<Result<RgbImage, String>> {
-        let mut rgb = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
-        let (width, height) = (rgb.width(), rgb.height());
-        if width * height > MAX_PIXELS {
-            return Ok(Err(format!(
-                "{width}x{height} is larger than {MAX_PIXELS} pixels"
-            )));
-        }
-        let mut data = vec![0u8; width * height * 3];
-        let read = rgb.read_scanlines_into(&mut data)?.len();
-        rgb.finish()?;
-        if read != data.len() {
-            return Ok(Err(format!(
-                "JPEG data ends after {} of {height} rows",
-                read / (width * 3)
-            )));
-        }
-        Ok(RgbImage::from_raw(width as u32, height as u32, data).map_err(|e| e.to_string()))
-    });
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> std::io::Result<Result<(usize, usize), String>> {
+            let mut rgb = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+            let (width, height) = (rgb.width(), rgb.height());
+            if width * height > MAX_PIXELS {
+                return Ok(Err(format!(
+                    "{width}x{height} is larger than {MAX_PIXELS} pixels"
+                )));
+            }
+            let data = match dest(width, height) {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            };
+            let read = rgb.read_scanlines_into(data)?.len();
+            rgb.finish()?;
+            if read != width * height * 3 {
+                return Ok(Err(format!(
+                    "JPEG data ends after {} of {height} rows",
+                    read / (width * 3)
+                )));
+            }
+            Ok(Ok((width, height)))
+        },
+    ));
     match decoded {
         Ok(Ok(result)) => result,
         Ok(Err(io)) => Err(io.to_string()),

@@ -44,6 +44,8 @@ enum Command {
     Calibrate(CalibrateArgs),
     /// Manage a gallery file: list, show, enroll, remove, export and import identities.
     Gallery(cli::gallery::GalleryArgs),
+    /// Capture frames from a V4L2 camera; with a model, embed a zone of each frame and match it.
+    Capture(cli::capture::CaptureArgs),
 }
 
 #[derive(Args)]
@@ -155,6 +157,23 @@ struct BenchArgs {
     seconds: f64,
 }
 
+/// The error chain joined with ": " on one line; a cause whose text an outer message already
+/// quotes (our errors often include their source) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
@@ -167,16 +186,12 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval_cmd(args),
         Command::Calibrate(args) => calibrate_cmd(args),
         Command::Gallery(args) => cli::gallery::run(args),
+        Command::Capture(args) => cli::capture::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error chain joined with ": ".
-            let _ = writeln!(
-                io::stderr(),
-                "reidcam: error: {}",
-                format!("{e:#}").replace('\n', " ")
-            );
+            let _ = writeln!(io::stderr(), "reidcam: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian 12 machine for reidcam: the pinned Rust toolchain (rust-toolchain.toml)
-# and the Python tooling venv (tools/.venv). Idempotent; safe to run again.
+# Set up a fresh Debian 12 machine for reidcam: the pinned Rust toolchain (rust-toolchain.toml),
+# libclang (the v4l crate generates its V4L2 bindings with bindgen) and the Python tooling venv
+# (tools/.venv). Idempotent; safe to run again.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -9,6 +10,19 @@ toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup run "$toolchain" cargo --version >/dev/null 2>&1 \
     || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^clippy'; then
     rustup toolchain install "$toolchain" --profile minimal --component rustfmt --component clippy
+fi
+
+# System packages the build needs: libclang for the `v4l` crate's bindgen step.
+packages=(libclang-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 "$root/tools/setup-python.sh"

@@ -1,5 +1,6 @@
 //! Pieces of the command line that are not library material: progress display and plots.
 
+pub mod capture;
 pub mod gallery;
 pub mod plot;
 

@@ -70,9 +70,25 @@ pub fn pattern(width: u32, height: u32) -> RgbImage {
     RgbImage::from_raw(width, height, data).unwrap()
 }
 
+/// A command for one of our own binaries. Under qemu-user (cross-target tests) the emulator
+/// prefix comes from `REIDCAM_TEST_RUNNER` (set by `tools/qemu-runner`): without binfmt_misc an
+/// ARM child cannot be executed directly.
+pub fn command(program: &Path) -> std::process::Command {
+    let runner = std::env::var("REIDCAM_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut cmd = std::process::Command::new(emulator);
+            cmd.args(words).arg(program);
+            cmd
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
 /// Runs the `reidcam` binary; returns (exit success, stdout, stderr).
 pub fn reidcam(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reidcam"))
+    let out = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
         .args(args)
         .env("RUST_LOG", "warn")
         .output()

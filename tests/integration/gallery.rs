@@ -1,8 +1,9 @@
 //! The gallery: budget to the byte, no allocation after start-up, crash-safe saves, damaged files
 //! refused without loss, and the `reidcam gallery` command line.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use reidcam::gallery::file::{self, FileError, ModelTag, Opened, Recovery};
@@ -12,7 +13,7 @@ use reidcam::gallery::{
 };
 
 use crate::alloc_count::{allocations_during, bytes_during};
-use crate::common::{encode, models, pattern, reidcam, s, scratch};
+use crate::common::{command, encode, models, pattern, reidcam, s, scratch};
 
 use reidcam::bench::XorShift as Rng;
 
@@ -497,6 +498,8 @@ fn recovery_policies_keep_the_damaged_file() {
 const SAVE_LOOP_ENV: &str = "REIDCAM_TEST_SAVE_LOOP";
 const CRASH_DIM: usize = 256;
 const CRASH_ROUNDS: usize = 200;
+const READY: &str = "helper: saving";
+const SAVED: &str = "helper: saved";
 
 /// Gallery number `generation`: every identity's times_seen is the generation, and the count
 /// varies with it, so a mix of two generations or a partial file cannot pass for a whole one.
@@ -561,8 +564,12 @@ fn helper_save_loop() {
     };
     let template = generation_gallery(0);
     let start = load(&path, &template).map_or(0, |g| check_generation(&g));
+    // Tell the parent that saving starts now (start-up time varies, e.g. under emulation).
+    println!("{READY}");
+    std::io::Write::flush(&mut std::io::stdout()).unwrap();
     for generation in start + 1.. {
         file::save(&generation_gallery(generation), "test-model", &path).unwrap();
+        println!("{SAVED}");
     }
 }
 
@@ -576,19 +583,36 @@ fn saves_survive_sigkill_at_random_points() {
     let mut rng = Rng::new(0xc0ffee);
     let (mut last, mut killed_mid_write, mut advanced) = (1u32, 0usize, 0usize);
     for round in 0..CRASH_ROUNDS {
-        let mut child = Command::new(&exe)
+        let mut child = command(&exe)
             .args([
                 "gallery::helper_save_loop",
                 "--exact",
                 "--ignored",
+                "--nocapture",
                 "--test-threads=1",
             ])
             .env(SAVE_LOOP_ENV, &path)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(2_000 + rng.below(40_000)));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // libtest prints "test NAME ... " on the same line first.
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.ends_with(READY));
+        assert!(ready, "round {round}: the helper never started saving");
+        // Time one save, then kill at a random point of the next one or two (saves take ~4 ms
+        // natively and ~20x that under qemu-user, so the window scales with the machine).
+        let started = std::time::Instant::now();
+        let saved = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line == SAVED);
+        assert!(saved, "round {round}: the helper never finished a save");
+        let one_save = started.elapsed().as_micros() as u64;
+        std::thread::sleep(Duration::from_micros(rng.below(2 * one_save + 1)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         assert!(
@@ -618,9 +642,9 @@ fn saves_survive_sigkill_at_random_points() {
         "crash test: {CRASH_ROUNDS} SIGKILLs, {killed_mid_write} left a partial temporary file, \
          {advanced} rounds saved at least once, final generation {last}; every load intact"
     );
-    assert!(
-        advanced > CRASH_ROUNDS / 2,
-        "too few rounds got to save: {advanced}"
+    assert_eq!(
+        advanced, CRASH_ROUNDS,
+        "every round completes a save before its kill"
     );
     assert!(killed_mid_write > 0, "no kill landed during a write");
 }

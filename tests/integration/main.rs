@@ -1,6 +1,7 @@
 //! reidcam's integration tests: one binary, one module per area.
 
 mod alloc_count;
+mod capture;
 mod common;
 mod errors;
 mod eval;

@@ -1,0 +1,374 @@
+//! Camera pixel formats → packed RGB8, into a buffer made once.
+//!
+//! YUV formats are converted with the BT.601 matrix in fixed point (8 fractional bits), for
+//! limited-range ("studio swing", Y 16–235, the V4L2 default for SDTV YUV) or full-range data
+//! (JPEG style), as the driver reports. Chroma is not interpolated: each chroma sample serves the
+//! 2 (YUYV) or 2×2 (NV12) pixels it was subsampled from, as the camera produced it.
+
+use crate::frame::{RgbImage, decode_jpeg_into};
+
+/// The camera formats reidcam reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PixelFormat {
+    /// Packed 4:2:2, `Y0 U Y1 V` per two pixels.
+    Yuyv,
+    /// Planar 4:2:0: a Y plane, then interleaved `U V` at half resolution both ways.
+    Nv12,
+    /// Packed `R G B`.
+    Rgb24,
+    /// Motion JPEG: one JPEG per frame.
+    Mjpeg,
+}
+
+impl PixelFormat {
+    pub const ALL: [PixelFormat; 4] = [
+        PixelFormat::Yuyv,
+        PixelFormat::Nv12,
+        PixelFormat::Rgb24,
+        PixelFormat::Mjpeg,
+    ];
+
+    /// The V4L2 four-character code.
+    pub fn fourcc(self) -> [u8; 4] {
+        match self {
+            PixelFormat::Yuyv => *b"YUYV",
+            PixelFormat::Nv12 => *b"NV12",
+            PixelFormat::Rgb24 => *b"RGB3",
+            PixelFormat::Mjpeg => *b"MJPG",
+        }
+    }
+
+    pub fn from_fourcc(code: [u8; 4]) -> Option<Self> {
+        PixelFormat::ALL.into_iter().find(|f| f.fourcc() == code)
+    }
+
+    /// Bytes of one uncompressed frame with tightly packed rows (None for MJPEG).
+    pub fn frame_bytes(self, width: u32, height: u32) -> Option<usize> {
+        let (w, h) = (width as usize, height as usize);
+        match self {
+            PixelFormat::Yuyv => Some(w * h * 2),
+            PixelFormat::Nv12 => Some(w * h + w.div_ceil(2) * 2 * h.div_ceil(2)),
+            PixelFormat::Rgb24 => Some(w * h * 3),
+            PixelFormat::Mjpeg => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.fourcc()).unwrap_or("????"))
+    }
+}
+
+impl std::str::FromStr for PixelFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let upper = s.to_ascii_uppercase();
+        PixelFormat::ALL
+            .into_iter()
+            .find(|f| f.to_string() == upper || format!("{f:?}").to_ascii_uppercase() == upper)
+            .ok_or_else(|| {
+                format!("unknown pixel format {s:?}: expected YUYV, NV12, RGB3 (RGB24) or MJPG")
+            })
+    }
+}
+
+/// How YUV values map to RGB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum YuvRange {
+    /// Y 16–235, Cb/Cr 16–240 (V4L2's default for YUV).
+    #[default]
+    Limited,
+    /// Y, Cb, Cr 0–255.
+    Full,
+}
+
+/// Layout of one raw frame as the driver delivers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawLayout {
+    pub format: PixelFormat,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per row of the first plane (≥ the packed row; drivers may pad).
+    pub bytes_per_line: usize,
+    pub range: YuvRange,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConvertError {
+    #[error("{format} frame of {got} bytes is too short: {width}x{height} needs {needed}")]
+    Short {
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        got: usize,
+        needed: usize,
+    },
+    #[error("output is {got_w}x{got_h}, the frame is {width}x{height}")]
+    Size {
+        width: u32,
+        height: u32,
+        got_w: u32,
+        got_h: u32,
+    },
+    #[error("corrupt MJPEG frame: {0}")]
+    Jpeg(String),
+}
+
+/// Fixed-point BT.601 coefficients (×256) for one range.
+struct Coefficients {
+    y_offset: i32,
+    y_gain: i32,
+    v_to_r: i32,
+    u_to_g: i32,
+    v_to_g: i32,
+    u_to_b: i32,
+}
+
+const LIMITED: Coefficients = Coefficients {
+    y_offset: 16,
+    y_gain: 298,
+    v_to_r: 409,
+    u_to_g: 100,
+    v_to_g: 208,
+    u_to_b: 516,
+};
+
+const FULL: Coefficients = Coefficients {
+    y_offset: 0,
+    y_gain: 256,
+    v_to_r: 359,
+    u_to_g: 88,
+    v_to_g: 183,
+    u_to_b: 454,
+};
+
+impl YuvRange {
+    fn coefficients(self) -> &'static Coefficients {
+        match self {
+            YuvRange::Limited => &LIMITED,
+            YuvRange::Full => &FULL,
+        }
+    }
+}
+
+#[inline]
+fn clamp_u8(v: i32) -> u8 {
+    v.clamp(0, 255) as u8
+}
+
+/// One pixel: `y` with its chroma terms already scaled.
+#[inline]
+fn yuv_pixel(c: &Coefficients, y: u8, r_term: i32, g_term: i32, b_term: i32, out: &mut [u8]) {
+    let y = (i32::from(y) - c.y_offset) * c.y_gain + 128;
+    out[0] = clamp_u8((y + r_term) >> 8);
+    out[1] = clamp_u8((y + g_term) >> 8);
+    out[2] = clamp_u8((y + b_term) >> 8);
+}
+
+#[inline]
+fn chroma_terms(c: &Coefficients, u: u8, v: u8) -> (i32, i32, i32) {
+    let (u, v) = (i32::from(u) - 128, i32::from(v) - 128);
+    (c.v_to_r * v, -c.u_to_g * u - c.v_to_g * v, c.u_to_b * u)
+}
+
+/// Converts one raw frame into `out` (which must have the frame's size). Allocates nothing.
+pub fn to_rgb(raw: &[u8], layout: &RawLayout, out: &mut RgbImage) -> Result<(), ConvertError> {
+    let (w, h) = (layout.width as usize, layout.height as usize);
+    if (out.width(), out.height()) != (layout.width, layout.height) {
+        return Err(ConvertError::Size {
+            width: layout.width,
+            height: layout.height,
+            got_w: out.width(),
+            got_h: out.height(),
+        });
+    }
+    let short = |needed: usize| ConvertError::Short {
+        format: layout.format,
+        width: layout.width,
+        height: layout.height,
+        got: raw.len(),
+        needed,
+    };
+    let c = layout.range.coefficients();
+    let dst = out.as_bytes_mut();
+    match layout.format {
+        PixelFormat::Yuyv => {
+            let stride = layout.bytes_per_line.max(w * 2);
+            let needed = stride * (h - 1) + w * 2;
+            if raw.len() < needed {
+                return Err(short(needed));
+            }
+            for (y, row) in dst.chunks_exact_mut(w * 3).enumerate() {
+                let src = &raw[y * stride..y * stride + w * 2];
+                for (pair, quad) in row.chunks_mut(6).zip(src.chunks_exact(4)) {
+                    let (r, g, b) = chroma_terms(c, quad[1], quad[3]);
+                    yuv_pixel(c, quad[0], r, g, b, &mut pair[0..3]);
+                    if pair.len() == 6 {
+                        yuv_pixel(c, quad[2], r, g, b, &mut pair[3..6]);
+                    }
+                }
+            }
+        }
+        PixelFormat::Nv12 => {
+            let stride = layout.bytes_per_line.max(w);
+            let chroma_rows = h.div_ceil(2);
+            let luma = stride * h;
+            let needed = luma + stride * (chroma_rows - 1) + w.div_ceil(2) * 2;
+            if raw.len() < needed {
+                return Err(short(needed));
+            }
+            for (y, row) in dst.chunks_exact_mut(w * 3).enumerate() {
+                let luma_row = &raw[y * stride..y * stride + w];
+                let chroma_row = &raw[luma + (y / 2) * stride..];
+                for (x, px) in row.chunks_exact_mut(3).enumerate() {
+                    let uv = (x / 2) * 2;
+                    let (r, g, b) = chroma_terms(c, chroma_row[uv], chroma_row[uv + 1]);
+                    yuv_pixel(c, luma_row[x], r, g, b, px);
+                }
+            }
+        }
+        PixelFormat::Rgb24 => {
+            let stride = layout.bytes_per_line.max(w * 3);
+            let needed = stride * (h - 1) + w * 3;
+            if raw.len() < needed {
+                return Err(short(needed));
+            }
+            for (y, row) in dst.chunks_exact_mut(w * 3).enumerate() {
+                row.copy_from_slice(&raw[y * stride..y * stride + w * 3]);
+            }
+        }
+        PixelFormat::Mjpeg => decode_jpeg_into(raw, out).map_err(ConvertError::Jpeg)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(format: PixelFormat, width: u32, height: u32) -> RawLayout {
+        RawLayout {
+            format,
+            width,
+            height,
+            bytes_per_line: 0,
+            range: YuvRange::Limited,
+        }
+    }
+
+    /// BT.601 limited-range encoding of an RGB colour, as a camera would produce it (rounded).
+    fn encode(rgb: [u8; 3]) -> [u8; 3] {
+        let [r, g, b] = rgb.map(f64::from);
+        let y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0;
+        let u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0;
+        let v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0;
+        [y, u, v].map(|x| x.round() as u8)
+    }
+
+    const COLOURS: [[u8; 3]; 8] = [
+        [191, 191, 191],
+        [191, 191, 0],
+        [0, 191, 191],
+        [0, 191, 0],
+        [191, 0, 191],
+        [191, 0, 0],
+        [0, 0, 191],
+        [16, 16, 16],
+    ];
+
+    fn close(got: &[u8], want: [u8; 3]) -> bool {
+        got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) <= 2)
+    }
+
+    #[test]
+    fn yuyv_colour_bars_round_trip() {
+        // Eight bars of 2 pixels, 2 rows, rows padded to 40 bytes.
+        let (w, h, stride) = (16u32, 2u32, 40usize);
+        let mut raw = vec![0u8; stride * 2];
+        for row in 0..2 {
+            for (bar, colour) in COLOURS.iter().enumerate() {
+                let [y, u, v] = encode(*colour);
+                raw[row * stride + bar * 4..][..4].copy_from_slice(&[y, u, y, v]);
+            }
+        }
+        let mut out = RgbImage::black(w, h).unwrap();
+        let l = RawLayout {
+            bytes_per_line: stride,
+            ..layout(PixelFormat::Yuyv, w, h)
+        };
+        to_rgb(&raw, &l, &mut out).unwrap();
+        for (i, px) in out.as_bytes().chunks(3).enumerate() {
+            assert!(close(px, COLOURS[(i % 16) / 2]), "pixel {i}: {px:?}");
+        }
+    }
+
+    #[test]
+    fn nv12_colour_bars_round_trip() {
+        let (w, h) = (16u32, 4u32);
+        let mut raw = vec![0u8; 16 * 4 + 16 * 2];
+        for y in 0..4 {
+            for x in 0..16 {
+                raw[y * 16 + x] = encode(COLOURS[x / 2])[0];
+            }
+        }
+        for cy in 0..2 {
+            for bar in 0..8 {
+                let [_, u, v] = encode(COLOURS[bar]);
+                raw[64 + cy * 16 + bar * 2..][..2].copy_from_slice(&[u, v]);
+            }
+        }
+        let mut out = RgbImage::black(w, h).unwrap();
+        to_rgb(&raw, &layout(PixelFormat::Nv12, w, h), &mut out).unwrap();
+        for (i, px) in out.as_bytes().chunks(3).enumerate() {
+            assert!(close(px, COLOURS[(i % 16) / 2]), "pixel {i}: {px:?}");
+        }
+    }
+
+    #[test]
+    fn full_range_greys_map_to_themselves() {
+        let raw: Vec<u8> = [0u8, 64, 128, 255]
+            .iter()
+            .flat_map(|&y| [y, 128, y, 128])
+            .collect();
+        let mut out = RgbImage::black(8, 1).unwrap();
+        let l = RawLayout {
+            range: YuvRange::Full,
+            ..layout(PixelFormat::Yuyv, 8, 1)
+        };
+        to_rgb(&raw, &l, &mut out).unwrap();
+        let greys: Vec<u8> = out.as_bytes().chunks(6).map(|p| p[0]).collect();
+        assert_eq!(greys, [0, 64, 128, 255]);
+        assert!(
+            out.as_bytes()
+                .chunks(3)
+                .all(|p| p[0] == p[1] && p[1] == p[2])
+        );
+    }
+
+    #[test]
+    fn rgb24_copies_rows_and_short_frames_are_errors() {
+        let raw: Vec<u8> = (0..2 * 3 * 3).map(|i| i as u8).collect();
+        let mut out = RgbImage::black(3, 2).unwrap();
+        to_rgb(&raw, &layout(PixelFormat::Rgb24, 3, 2), &mut out).unwrap();
+        assert_eq!(out.as_bytes(), &raw[..]);
+        let err = to_rgb(&raw[..10], &layout(PixelFormat::Rgb24, 3, 2), &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "RGB3 frame of 10 bytes is too short: 3x2 needs 18"
+        );
+        let err = to_rgb(&raw, &layout(PixelFormat::Yuyv, 4, 4), &mut out).unwrap_err();
+        assert!(matches!(err, ConvertError::Size { .. }));
+    }
+
+    #[test]
+    fn formats_parse_by_fourcc_or_name() {
+        assert_eq!("yuyv".parse::<PixelFormat>().unwrap(), PixelFormat::Yuyv);
+        assert_eq!("RGB3".parse::<PixelFormat>().unwrap(), PixelFormat::Rgb24);
+        assert_eq!("rgb24".parse::<PixelFormat>().unwrap(), PixelFormat::Rgb24);
+        assert_eq!(PixelFormat::from_fourcc(*b"MJPG"), Some(PixelFormat::Mjpeg));
+        assert!("H264".parse::<PixelFormat>().is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! Frames in: the [`FrameSource`] trait, the V4L2 camera source, and conversion of camera pixel
+//! formats to RGB.
+//!
+//! A source owns its buffers (made when it opens) and lends each frame as an [`RgbView`] until the
+//! next call, so the per-frame path allocates nothing.
+
+pub mod convert;
+pub mod v4l2;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use convert::{PixelFormat, RawLayout, YuvRange};
+
+use crate::frame::RgbView;
+
+/// One frame, borrowed from its source until the next call.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    pub image: RgbView<'a>,
+    /// The driver's frame counter (gaps mean dropped frames).
+    pub sequence: u64,
+    /// Capture time from the driver (monotonic clock for V4L2).
+    pub timestamp: Duration,
+    /// The frame as delivered, before conversion (for recording fixtures and debugging).
+    pub raw: &'a [u8],
+}
+
+/// Where frames come from: a camera, a recording, a synthetic pattern.
+pub trait FrameSource {
+    /// The next frame; blocks until one is available or the source's timeout passes.
+    fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError>;
+    /// One line for logs: device, format, size.
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{device}: cannot open: {source}")]
+    Open {
+        device: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{device}: not a V4L2 device (VIDIOC_QUERYCAP: {source})")]
+    NotV4l2 {
+        device: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{device}: not a streaming video capture device ({card})")]
+    NotCapture { device: PathBuf, card: String },
+    #[error("{device}: does not offer {format}; it offers {offered}")]
+    FormatNotOffered {
+        device: PathBuf,
+        format: PixelFormat,
+        offered: String,
+    },
+    #[error("{device}: asked for {asked}, the driver chose {chosen}")]
+    Negotiation {
+        device: PathBuf,
+        asked: String,
+        chosen: String,
+    },
+    #[error("{device}: no control named {name:?} (it has: {available})")]
+    NoSuchControl {
+        device: PathBuf,
+        name: String,
+        available: String,
+    },
+    #[error("{device}: {action}: {source}")]
+    Io {
+        device: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{device}: no frame within {timeout:?}")]
+    Timeout { device: PathBuf, timeout: Duration },
+    #[error("{device}: frame {sequence}: {source}")]
+    Convert {
+        device: PathBuf,
+        sequence: u64,
+        source: convert::ConvertError,
+    },
+}
+
+impl CaptureError {
+    /// Worth retrying after reopening the device (unplugged, timed out, a bad frame), as opposed
+    /// to a configuration the device will never accept.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::Io { .. } | CaptureError::Timeout { .. } | CaptureError::Convert { .. }
+        ) || matches!(self, CaptureError::Open { source, .. } if source.kind() != std::io::ErrorKind::PermissionDenied)
+    }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Deterministic cost of the ARM inference path: guest instructions per embedding, counted by a
+QEMU TCG plugin (tools/qemu-insn/insn.c) while the aarch64 `reidcam bench` runs under
+qemu-aarch64 (cortex-a72). Emulated time says nothing about a board; instruction counts do not
+depend on the host's load, so a regression in the ARM code path shows up as a changed count.
+
+    tools/.venv/bin/python tools/qemu_cost.py --binary target/aarch64-unknown-linux-gnu/release/reidcam \
+        [--check tests/fixtures/qemu-cost/osnet_x0_25_msmt17.json] [--update]
+
+The count per embedding is (I(N₂ runs) − I(N₁ runs)) / (N₂ − N₁): start-up, model loading and
+optimisation cancel out. With --check, fails if the count grew by more than the baseline's
+tolerance; --update rewrites the baseline.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import reference
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = "cortex-a72"
+RUNS = (2, 6)
+
+
+def plugin() -> Path:
+    src = ROOT / "tools" / "qemu-insn" / "insn.c"
+    out = Path(os.environ.get("REIDCAM_CACHE", Path.home() / ".cache" / "reidcam")) / "libinsn.so"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def instructions(binary: Path, lib: Path, model: Path, manifest: Path, runs: int) -> int:
+    cmd = ["qemu-aarch64", "-cpu", CPU, "-plugin", str(lib), "-d", "plugin", str(binary), "bench",
+           "--model", str(model), "--manifest", str(manifest), "--runs", str(runs), "--seconds", "0", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"qemu_cost: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    report = json.loads(proc.stdout)
+    if report["runs"] != runs:
+        sys.exit(f"qemu_cost: asked for {runs} runs, bench made {report['runs']}")
+    found = re.findall(r"guest instructions: (\d+)", proc.stderr + proc.stdout)
+    if not found:
+        sys.exit(f"qemu_cost: the plugin reported nothing:\n{proc.stderr[-2000:]}")
+    return int(found[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", type=Path, required=True, help="aarch64 reidcam")
+    ap.add_argument("--model-name", default="osnet_x0_25_msmt17")
+    ap.add_argument("--check", type=Path, help="baseline JSON to compare with")
+    ap.add_argument("--update", action="store_true", help="rewrite the --check baseline with this measurement")
+    args = ap.parse_args()
+    shared = reference.require_shared("qemu_cost")
+    if shared is None:
+        return 0
+    model = shared / "models" / f"{args.model_name}.onnx"
+    manifest = ROOT / "models" / "reference" / f"{args.model_name}.toml"
+    lib = plugin()
+    counts = {n: instructions(args.binary, lib, model, manifest, n) for n in RUNS}
+    per = (counts[RUNS[1]] - counts[RUNS[0]]) / (RUNS[1] - RUNS[0])
+    fixed = counts[RUNS[0]] - per * (RUNS[0] + 5)  # bench makes 5 untimed warm-up runs first
+    version = subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    print(f"qemu_cost: {args.model_name} on {CPU} ({version}): {per / 1e6:.2f} M guest instructions per embedding; "
+          f"start-up + load + optimise {fixed / 1e6:.1f} M")
+    if args.check is None:
+        return 0
+    if args.update:
+        baseline = {
+            "model": args.model_name,
+            "cpu": CPU,
+            "qemu": version,
+            "instructions_per_embedding": round(per),
+            "tolerance": 0.02,
+            "how": "tools/qemu_cost.py: (I(6 runs) - I(2 runs)) / 4 with tools/qemu-insn/insn.c",
+        }
+        args.check.parent.mkdir(parents=True, exist_ok=True)
+        args.check.write_text(json.dumps(baseline, indent=2) + "\n")
+        print(f"qemu_cost: baseline written to {args.check}")
+        return 0
+    baseline = json.loads(args.check.read_text())
+    ratio = per / baseline["instructions_per_embedding"]
+    print(f"qemu_cost: ratio to the baseline ({baseline['instructions_per_embedding'] / 1e6:.2f} M): {ratio:.4f}")
+    if ratio > 1 + baseline["tolerance"]:
+        print(f"qemu_cost: FAILED: the ARM path costs {100 * (ratio - 1):.1f}% more than the baseline "
+              f"(tolerance {100 * baseline['tolerance']:.0f}%)")
+        return 1
+    if ratio < 1 - baseline["tolerance"]:
+        print("qemu_cost: cheaper than the baseline: update it with --update")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
