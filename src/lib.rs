@@ -7,6 +7,7 @@
 //! `eval` runs the Market-1501 protocol and threshold calibration on the same path.
 
 pub mod bench;
+pub mod board;
 pub mod capture;
 pub mod embed;
 pub mod eval;

@@ -155,6 +155,10 @@ struct BenchArgs {
     /// Minimum timed duration, seconds.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Check the latency against a board profile's budget (board/NAME.toml): exit 1 if over.
+    /// Uses the profile's thread count and batch 1.
+    #[arg(long, value_name = "PROFILE.toml")]
+    board: Option<PathBuf>,
 }
 
 /// The error chain joined with ": " on one line; a cause whose text an outer message already
@@ -299,6 +303,15 @@ fn bench_cmd(args: BenchArgs) -> anyhow::Result<()> {
             args.seconds
         );
     }
+    let mut args = args;
+    let board = match &args.board {
+        Some(path) => Some(reidcam::board::BoardProfile::load(path)?),
+        None => None,
+    };
+    if let Some(profile) = &board {
+        args.model.threads = profile.budget.threads;
+        args.model.batch = 1;
+    }
     let mut embedder = args.model.load()?;
     let options = BenchOptions {
         min_runs: args.runs.max(1),
@@ -306,10 +319,44 @@ fn bench_cmd(args: BenchArgs) -> anyhow::Result<()> {
         ..BenchOptions::default()
     };
     let report = bench::run(&mut embedder, args.model.threads, &options)?;
+    let l = &report.latency_per_crop_ms;
+    let budget = board.as_ref().map(|b| (b, b.check(l.p50, l.p99)));
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
+        let mut value = serde_json::to_value(&report)?;
+        if let Some((profile, check)) = &budget {
+            value["budget"] = serde_json::json!({
+                "board": profile.board.name,
+                "embed_p50_ms": profile.budget.embed_p50_ms,
+                "embed_p99_ms": profile.budget.embed_p99_ms,
+                "exceeded": check.exceeded,
+            });
+        }
+        println!("{value}");
+    } else {
+        print_bench(&report);
+        if let Some((profile, check)) = &budget {
+            println!(
+                "budget         {}: p50 ≤ {} ms, p99 ≤ {} ms: {}",
+                profile.board.name,
+                profile.budget.embed_p50_ms,
+                profile.budget.embed_p99_ms,
+                if check.exceeded.is_empty() {
+                    "met"
+                } else {
+                    "EXCEEDED"
+                }
+            );
+        }
     }
+    if let (Some((_, check)), Some(path)) = (&budget, &args.board)
+        && !check.exceeded.is_empty()
+    {
+        bail!("{}: {}", path.display(), check.exceeded.join("; "));
+    }
+    Ok(())
+}
+
+fn print_bench(report: &bench::BenchReport) {
     let l = &report.latency_per_crop_ms;
     println!("model          {} ({})", report.model, report.model_name);
     println!(
@@ -339,7 +386,6 @@ fn bench_cmd(args: BenchArgs) -> anyhow::Result<()> {
         Some(mib) => println!("peak RSS       {mib:.1} MiB"),
         None => println!("peak RSS       unavailable"),
     }
-    Ok(())
 }
 
 fn inspect(args: ModelArgs) -> anyhow::Result<()> {

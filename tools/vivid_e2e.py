@@ -131,6 +131,9 @@ def job_script(formats: list[str], frames: int, size: str) -> str:
             f"./reidcam capture --device /dev/video0 --format {fmt} --size {size} --fps 30 --frames {frames} "
             f"--control 'OSD Text Mode=2' --model model.onnx --manifest model.toml "
             f"--save-raw out/raw-{fmt}.bin --json > out/capture-{fmt}.json")
+    # The on-device latency check, with the emulated board's profile.
+    lines.append("./reidcam bench --board board.toml --model model.onnx --manifest model.toml "
+                 "--runs 3 --seconds 0 --json > out/bench.json")
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +223,7 @@ def main() -> int:
         model = shared_data / "models" / "osnet_x0_25_msmt17.onnx"
         shutil.copy(model, shared / "model.onnx")
         shutil.copy(ROOT / "models" / "reference" / "osnet_x0_25_msmt17.toml", shared / "model.toml")
+        shutil.copy(ROOT / "board" / "qemu-virt.toml", shared / "board.toml")
         (shared / "job.sh").write_text(job_script(formats, args.frames, args.size))
         status, console, seconds = boot(vmlinuz, initramfs, shared, args.timeout)
         log = (shared / "out" / "job.log")
@@ -240,6 +244,7 @@ def main() -> int:
             if not path.exists():
                 sys.exit(f"vivid_e2e: FAILED: {fmt}: no results from the guest")
             results[fmt] = json.loads(path.read_text())
+        bench = json.loads((shared / "out" / "bench.json").read_text())
         if args.record_fixtures:
             args.record_fixtures.mkdir(parents=True, exist_ok=True)
             for fmt in formats:
@@ -254,6 +259,9 @@ def main() -> int:
               f"{r['frames']} frames, {r['embedded']} embedded, events {r['events']}, "
               f"{r['seconds']:.1f} s in the guest")
     problems = check(results, args.frames)
+    lat = bench["latency_per_crop_ms"]
+    print(f"bench --board qemu-virt in the guest: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms per crop "
+          f"(emulated), load {bench['load_ms']:.0f} ms; budget exceeded: {bench['budget']['exceeded'] or 'no'}")
     print(f"guest boot + capture: {seconds:.1f} s")
     for p in problems:
         print(f"FAILED: {p}")

@@ -116,3 +116,23 @@ fn yuyv_and_nv12_of_the_same_scene_agree() {
         100.0 * share
     );
 }
+
+#[test]
+fn conversion_allocates_nothing() {
+    for name in ["YUYV", "NV12"] {
+        let dir = repo().join("tests/fixtures/v4l2");
+        let raw = std::fs::read(dir.join(format!("{name}.raw"))).unwrap();
+        let layout = RawLayout {
+            format: name.parse().unwrap(),
+            width: 320,
+            height: 180,
+            bytes_per_line: 0,
+            range: YuvRange::Limited,
+        };
+        let mut rgb = RgbImage::black(320, 180).unwrap();
+        let (result, allocations) =
+            crate::alloc_count::allocations_during(|| to_rgb(&raw, &layout, &mut rgb));
+        result.unwrap();
+        assert_eq!(allocations, 0, "{name}");
+    }
+}

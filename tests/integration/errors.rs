@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{encode, models, pattern, reidcam, s, scratch};
+use crate::common::{encode, models, pattern, reidcam, repo, s, scratch};
 
 fn good_crop(dir: &Path) -> PathBuf {
     let path = dir.join("crop.png");
@@ -192,4 +192,71 @@ fn batch_larger_than_a_fixed_batch_model() {
         line.contains("batch size is fixed at 1; configured batch is 4"),
         "{line}"
     );
+}
+
+#[test]
+fn bench_over_a_board_budget_fails_naming_the_field() {
+    let dir = scratch("board-budget");
+    let model = models().join("tiny_reid.onnx");
+    let profile = |p50: f64, p99: f64| {
+        let path = dir.join(format!("board-{p50}.toml"));
+        let text = format!(
+            "[board]\nname = \"test-board\"\ntarget = \"aarch64-unknown-linux-gnu\"\n\n[budget]\nembed_p50_ms = {p50}\nembed_p99_ms = {p99}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let args = |board: &Path| {
+        [
+            "bench",
+            "--model",
+            s(&model),
+            "--runs",
+            "5",
+            "--seconds",
+            "0",
+            "--board",
+            s(board),
+        ]
+        .map(str::to_owned)
+    };
+    let tight = profile(0.000001, 0.000002);
+    let a = args(&tight);
+    let (ok, out, err) = reidcam(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("budget         test-board") && out.contains("EXCEEDED"),
+        "{out}"
+    );
+    assert!(
+        err.contains("board-0.000001.toml: median latency") && err.contains("budget.embed_p50_ms"),
+        "{err}"
+    );
+    let roomy = profile(10000.0, 20000.0);
+    let a = args(&roomy);
+    let (ok, out, err) = reidcam(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok && out.contains(": met"), "{out}{err}");
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "[board]\nname = \"x\"\n").unwrap();
+    let a = args(&broken);
+    let (ok, _, err) = reidcam(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && err.contains("broken.toml: not a valid board profile: missing field `target`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shipped_board_profiles_load() {
+    for entry in std::fs::read_dir(repo().join("board")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let profile = reidcam::board::BoardProfile::load(&path).unwrap();
+            assert_eq!(
+                path.file_stem().unwrap().to_str().unwrap(),
+                profile.board.name,
+                "file name and board.name agree"
+            );
+        }
+    }
 }
