@@ -13,16 +13,6 @@ if ! rustup run "$toolchain" cargo --version >/dev/null 2>&1 \
 fi
 
 # System packages the build needs: libclang for the `v4l` crate's bindgen step.
-packages=(libclang-dev)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+"$root/tools/ensure-packages.sh" libclang-dev
 
 "$root/tools/setup-python.sh"
