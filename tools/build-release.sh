@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the binaries we ship: `reidcam` for each ARM target (and the host), with the `dist`
-# profile (fat LTO, one codegen unit, stripped), statically linked for ARM. One command on a fresh
-# Debian 12 machine: installs what it needs first.
+# Build the binaries we ship: `reidcam` for each ARM target, with the `dist` profile (fat LTO,
+# one codegen unit, stripped); aarch64 statically linked, armv7 against glibc ≥ 2.36
+# (.cargo/config.toml says why). One command on a fresh Debian 12 machine: installs what it
+# needs first.
 #   tools/build-release.sh [TARGET...]      default: aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 # Binaries land in dist/<target>/reidcam; their sizes are printed.
 set -euo pipefail

@@ -185,7 +185,8 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
             if i == 0 {
                 first_embedding = row.to_vec();
             }
-            match gallery.observe(row, Timestamp(frame.timestamp.as_millis() as u64))? {
+            // Gallery times are wall-clock (they are persisted); driver timestamps are monotonic.
+            match gallery.observe(row, Timestamp::now())? {
                 Observation::New { .. } => events.new += 1,
                 Observation::Known { .. } => events.known += 1,
                 Observation::Ambiguous { .. } => events.ambiguous += 1,
