@@ -97,6 +97,8 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 }
 
 pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
+    // Held until we return: no other process (a running daemon) may save this file meanwhile.
+    let _lock = file::GalleryLock::acquire(&args.gallery)?;
     let mut embedder = args.model.load()?;
     let manifest = embedder.manifest().clone();
     let tag = ModelTag {

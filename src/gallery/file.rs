@@ -100,6 +100,8 @@ pub enum FileError {
         model: String,
         dim: usize,
     },
+    #[error("{path}: in use by another reidcam process (it holds {lock}); stop it first")]
+    Locked { path: PathBuf, lock: PathBuf },
     #[error("{damage}; and the backup is unusable too: {backup}")]
     NoGoodCopy { damage: String, backup: String },
     #[error(
@@ -138,6 +140,47 @@ pub struct FileHeader {
     pub next_id: PersonId,
     pub len: u64,
     pub model: String,
+}
+
+/// `<file>.lock`: held (advisory `flock`) by the one process allowed to change `<file>`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    sibling(path, "lock")
+}
+
+/// Exclusive right to change a gallery file, for as long as the value lives: the daemon holds it
+/// while it runs, `reidcam gallery` while it reads, changes and saves. Without it, a CLI enrolment
+/// would be overwritten by the daemon's next save. The lock is advisory (`flock` on
+/// `<file>.lock`) and released by the kernel when the process dies, even by SIGKILL.
+#[derive(Debug)]
+pub struct GalleryLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl GalleryLock {
+    /// Takes the lock, or fails at once if another process holds it.
+    pub fn acquire(gallery: &Path) -> Result<Self, FileError> {
+        let path = lock_path(gallery);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&path)
+            .map_err(io_error(&path, "create the lock file"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(GalleryLock { _file: file, path }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(FileError::Locked {
+                path: gallery.to_owned(),
+                lock: path,
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path, "lock")(e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// `<file>.bak`: the previous good gallery.

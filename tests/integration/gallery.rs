@@ -793,3 +793,41 @@ fn out_of(result: &(bool, String, String)) -> String {
     assert!(result.0, "{}", result.2);
     result.1.clone()
 }
+
+#[test]
+fn a_locked_gallery_is_refused_by_the_command_line() {
+    let dir = scratch("gallery-lock");
+    let path = dir.join("cam.gallery");
+    let lock = file::GalleryLock::acquire(&path).unwrap();
+    // A second holder in this process is refused too (flock locks are per open file).
+    let again = file::GalleryLock::acquire(&path).unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .contains("cam.gallery: in use by another reidcam process"),
+        "{again}"
+    );
+    let model = models().join("tiny_reid.onnx");
+    let (ok, _, err) = reidcam(&[
+        "gallery",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&path),
+        "list",
+    ]);
+    assert!(
+        !ok && err.contains("cam.gallery: in use by another reidcam process (it holds"),
+        "{err}"
+    );
+    drop(lock);
+    let (ok, _, err) = reidcam(&[
+        "gallery",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&path),
+        "list",
+    ]);
+    assert!(!ok && err.contains("no such gallery file"), "{err}");
+}
