@@ -296,14 +296,13 @@ fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_cmd(args: BenchArgs) -> anyhow::Result<()> {
+fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
     if !(args.seconds.is_finite() && args.seconds >= 0.0) {
         bail!(
             "--seconds must be a non-negative number, got {}",
             args.seconds
         );
     }
-    let mut args = args;
     let board = match &args.board {
         Some(path) => Some(reidcam::board::BoardProfile::load(path)?),
         None => None,

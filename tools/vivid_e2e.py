@@ -57,6 +57,15 @@ def ensure_arm64_packages() -> str:
     sys.exit(f"vivid_e2e: cannot find the kernel package behind {KERNEL_META}:\n{depends}")
 
 
+def extract_deb(deb: Path, dest: Path, members: list[str]) -> None:
+    """Extracts the members (tar wildcards) of a .deb's filesystem into dest."""
+    tar = subprocess.Popen(["tar", "-x", "-C", str(dest), "--wildcards", *members], stdin=subprocess.PIPE)
+    subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, stdout=tar.stdin)
+    tar.stdin.close()
+    if tar.wait() != 0:
+        sys.exit(f"vivid_e2e: extracting {deb.name} failed")
+
+
 def guest_assets() -> tuple[Path, Path, list[str]]:
     """Kernel image, module tree and module load order (relative paths), cached."""
     kernel_pkg = ensure_arm64_packages()
@@ -74,19 +83,10 @@ def guest_assets() -> tuple[Path, Path, list[str]]:
         wanted = ["./boot/vmlinuz-*"] + [f"./lib/modules/*/kernel/{d}/*" for d in
                                           ("drivers/media", "drivers/virtio", "net/9p", "fs/9p", "fs/netfs",
                                            "fs/fscache")] + ["./lib/modules/*/modules.*"]
-        tar = subprocess.Popen(["tar", "-x", "-C", str(tree), "--wildcards", *wanted], stdin=subprocess.PIPE)
-        subprocess.run(["dpkg-deb", "--fsys-tarfile", str(kernel_deb)], check=True, stdout=tar.stdin)
-        tar.stdin.close()
-        if tar.wait() != 0:
-            sys.exit("vivid_e2e: extracting the kernel package failed")
-        busybox_deb = next(debs.glob("busybox-static_*.deb"))
+        extract_deb(kernel_deb, tree, wanted)
         bb = tree / "busybox"
         bb.mkdir()
-        tar = subprocess.Popen(["tar", "-x", "-C", str(bb), "./bin/busybox"], stdin=subprocess.PIPE)
-        subprocess.run(["dpkg-deb", "--fsys-tarfile", str(busybox_deb)], check=True, stdout=tar.stdin)
-        tar.stdin.close()
-        if tar.wait() != 0:
-            sys.exit("vivid_e2e: extracting busybox failed")
+        extract_deb(next(debs.glob("busybox-static_*.deb")), bb, ["./bin/busybox"])
         kver = next((tree / "lib" / "modules").iterdir()).name
         run(["depmod", "-b", str(tree), kver])
         (tree / ".complete").write_text(kver)

@@ -42,17 +42,6 @@ impl PixelFormat {
     pub fn from_fourcc(code: [u8; 4]) -> Option<Self> {
         PixelFormat::ALL.into_iter().find(|f| f.fourcc() == code)
     }
-
-    /// Bytes of one uncompressed frame with tightly packed rows (None for MJPEG).
-    pub fn frame_bytes(self, width: u32, height: u32) -> Option<usize> {
-        let (w, h) = (width as usize, height as usize);
-        match self {
-            PixelFormat::Yuyv => Some(w * h * 2),
-            PixelFormat::Nv12 => Some(w * h + w.div_ceil(2) * 2 * h.div_ceil(2)),
-            PixelFormat::Rgb24 => Some(w * h * 3),
-            PixelFormat::Mjpeg => None,
-        }
-    }
 }
 
 impl std::fmt::Display for PixelFormat {

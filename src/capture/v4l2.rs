@@ -226,10 +226,6 @@ impl V4l2Source {
     pub fn negotiated(&self) -> &Negotiated {
         &self.negotiated
     }
-
-    pub fn layout(&self) -> &RawLayout {
-        &self.layout
-    }
 }
 
 /// Sets integer/boolean/menu controls by name; an unknown name lists the device's controls.

@@ -14,9 +14,7 @@ use reidcam::Preprocessor;
 use reidcam::capture::v4l2::{Negotiated, V4l2Config, V4l2Source};
 use reidcam::capture::{FrameSource, PixelFormat};
 use reidcam::frame::Rect;
-use reidcam::gallery::{
-    Gallery, GalleryConfig, MatchPolicy, Observation, StorageFormat, Timestamp,
-};
+use reidcam::gallery::{Gallery, GalleryConfig, Observation, StorageFormat, Timestamp};
 
 use crate::ModelArgs;
 
@@ -142,22 +140,14 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
             let embedder = model_args.load()?;
             let pre =
                 Preprocessor::with_max_source(&embedder.manifest().input, zone.width, zone.height);
-            let threshold = embedder
-                .manifest()
-                .matching
-                .as_ref()
-                .map_or(MatchPolicy::default().threshold, |m| m.threshold as f32);
             let gallery = Gallery::with_budget(
                 GalleryConfig {
                     dim: embedder.dim(),
-                    exemplars: 8,
+                    exemplars: super::gallery::DEFAULT_EXEMPLARS,
                     format: StorageFormat::Int8,
                     budget_bytes: 1 << 20,
                 },
-                MatchPolicy {
-                    threshold,
-                    ..MatchPolicy::default()
-                },
+                super::match_policy(embedder.manifest()),
             )?;
             Some((embedder, pre, gallery))
         }

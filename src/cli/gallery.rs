@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use reidcam::gallery::file::{self, ModelTag};
 use reidcam::gallery::json::{self, GalleryJson};
 use reidcam::gallery::{
-    Decision, Gallery, GalleryConfig, MatchPolicy, NewIdentity, PersonId, StorageFormat, Timestamp,
+    Decision, Gallery, GalleryConfig, NewIdentity, PersonId, StorageFormat, Timestamp,
 };
 
 use crate::ModelArgs;
@@ -105,11 +105,13 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
         name: manifest.model.name.clone(),
         dim: embedder.dim(),
     };
-    let header = if args.gallery.exists() {
-        Some(file::read_header(&args.gallery)?)
+    // Read once: the header picks the defaults below, the same bytes become the gallery.
+    let stored = if args.gallery.exists() {
+        Some(file::GalleryFile::read(&args.gallery)?)
     } else {
         None
     };
+    let header = stored.as_ref().map(file::GalleryFile::header);
     let config = GalleryConfig {
         dim: tag.dim,
         exemplars: args
@@ -122,22 +124,17 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             .unwrap_or(StorageFormat::Int8),
         budget_bytes: args.budget,
     };
-    let policy = MatchPolicy {
-        threshold: manifest
-            .matching
-            .as_ref()
-            .map_or(MatchPolicy::default().threshold, |m| m.threshold as f32),
-        ..MatchPolicy::default()
-    };
-    let open = |path: &Path| -> anyhow::Result<Gallery> {
-        if header.is_some() {
-            Ok(file::load(path, &tag, config, policy)?)
-        } else {
-            Ok(Gallery::with_budget(config, policy)?)
-        }
+    let policy = super::match_policy(&manifest);
+    let exists = stored.is_some();
+    // Each action opens the gallery once, after its own argument checks.
+    let open = || -> anyhow::Result<Gallery> {
+        Ok(match stored {
+            Some(file) => file.into_gallery(&tag, config, policy)?,
+            None => Gallery::with_budget(config, policy)?,
+        })
     };
     let must_exist = || -> anyhow::Result<()> {
-        if header.is_none() {
+        if !exists {
             bail!("{}: no such gallery file", args.gallery.display());
         }
         Ok(())
@@ -145,7 +142,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
     match args.action {
         Action::List => {
             must_exist()?;
-            let gallery = open(&args.gallery)?;
+            let gallery = open()?;
             print_summary(&args.gallery, &gallery);
             let mut ids: Vec<_> = gallery.identities().collect();
             ids.sort_by_key(|i| i.id);
@@ -168,7 +165,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
         }
         Action::Show { id } => {
             must_exist()?;
-            let gallery = open(&args.gallery)?;
+            let gallery = open()?;
             let id = PersonId(id);
             let info = gallery
                 .get(id)
@@ -212,7 +209,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             }
         }
         Action::Enroll { label, images } => {
-            let mut gallery = open(&args.gallery)?;
+            let mut gallery = open()?;
             let paths: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
             let embedded = reidcam::eval::embed_paths(&mut embedder, &paths, |_, _| {})?;
             if let Some((i, e)) = embedded.unreadable.first() {
@@ -258,7 +255,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
         }
         Action::Remove { id } => {
             must_exist()?;
-            let mut gallery = open(&args.gallery)?;
+            let mut gallery = open()?;
             gallery
                 .remove(PersonId(id))
                 .with_context(|| args.gallery.display().to_string())?;
@@ -267,7 +264,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
         }
         Action::Export { output } => {
             must_exist()?;
-            let gallery = open(&args.gallery)?;
+            let gallery = open()?;
             let doc = json::export(&gallery, &tag.name);
             let text = serde_json::to_string_pretty(&doc)?;
             write_private(&output, text.as_bytes())?;
@@ -282,7 +279,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: cannot read", input.display()))?;
             let doc: GalleryJson = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a reidcam gallery export", input.display()))?;
-            let mut gallery = open(&args.gallery)?;
+            let mut gallery = open()?;
             let n = json::import(&mut gallery, &tag, &doc, &input)?;
             file::save(&gallery, &tag.name, &args.gallery)?;
             println!(
@@ -314,14 +311,8 @@ fn print_summary(path: &Path, gallery: &Gallery) {
 /// Writes a file readable by its owner only (exports hold biometric data too).
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(file::FILE_MODE)
-        .open(path)
-        .with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut f =
+        file::create_private(path).with_context(|| format!("{}: cannot create", path.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -17,3 +17,16 @@ pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar.set_prefix(what.to_owned());
     bar
 }
+
+/// The matching policy for a model: its calibrated `[matching] threshold` if the manifest has
+/// one, the gallery's defaults otherwise.
+pub fn match_policy(manifest: &reidcam::ModelManifest) -> reidcam::gallery::MatchPolicy {
+    let defaults = reidcam::gallery::MatchPolicy::default();
+    reidcam::gallery::MatchPolicy {
+        threshold: manifest
+            .matching
+            .as_ref()
+            .map_or(defaults.threshold, |m| m.threshold as f32),
+        ..defaults
+    }
+}

@@ -183,6 +183,20 @@ impl GalleryLock {
     }
 }
 
+/// Creates (or truncates) a file readable by its owner only ([`FILE_MODE`]): galleries and their
+/// exports hold biometric data. An existing file keeps its old mode through `open`, so the mode
+/// is set explicitly too.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(file)
+}
+
 /// `<file>.bak`: the previous good gallery.
 pub fn backup_path(path: &Path) -> PathBuf {
     sibling(path, "bak")
@@ -232,16 +246,7 @@ pub fn save(gallery: &Gallery, model: &str, path: &Path) -> Result<u64, FileErro
         });
     }
     let tmp = temp_path(path);
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(&tmp)
-        .map_err(io_error(&tmp, "create"))?;
-    // A stale temporary file keeps its old mode through `create`: set it explicitly.
-    file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
-        .map_err(io_error(&tmp, "set permissions on"))?;
+    let file = create_private(&tmp).map_err(io_error(&tmp, "create"))?;
     let len = file_len(gallery, model);
     let mut out = ChecksumWriter {
         inner: BufWriter::with_capacity(1 << 16, file),
@@ -496,46 +501,80 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<FileHeader, FileError> {
     })
 }
 
-/// Reads and validates only the header (for tools that need the file's format and size).
-pub fn read_header(path: &Path) -> Result<FileHeader, FileError> {
-    let bytes = fs::read(path).map_err(io_error(path, "read"))?;
-    check_envelope(path, &bytes)
+/// A gallery file read into memory with its envelope checked (magic, version, length,
+/// checksum): tools look at the header to choose the gallery's configuration, then build the
+/// gallery from the same bytes, without reading the file twice.
+#[derive(Debug)]
+pub struct GalleryFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    header: FileHeader,
 }
 
-/// Loads `path` into a new gallery of `config`: every field is validated before it is used, and
-/// a file for another model is refused. Embeddings stored in another format are converted; an
-/// identity with more exemplars than `config.exemplars` keeps its first ones (logged).
+impl GalleryFile {
+    pub fn read(path: &Path) -> Result<Self, FileError> {
+        let bytes = fs::read(path).map_err(io_error(path, "read"))?;
+        let header = check_envelope(path, &bytes)?;
+        Ok(GalleryFile {
+            path: path.to_owned(),
+            bytes,
+            header,
+        })
+    }
+
+    pub fn header(&self) -> &FileHeader {
+        &self.header
+    }
+
+    /// A new gallery of `config` holding the file's identities: every field is validated before
+    /// it is used, and a file for another model is refused. Embeddings stored in another format
+    /// are converted; an identity with more exemplars than `config.exemplars` keeps its first
+    /// ones (logged).
+    pub fn into_gallery(
+        self,
+        model: &ModelTag,
+        config: GalleryConfig,
+        policy: MatchPolicy,
+    ) -> Result<Gallery, GalleryError> {
+        let GalleryFile {
+            path,
+            bytes,
+            header,
+        } = self;
+        if header.model != model.name || header.dim != model.dim {
+            return Err(FileError::WrongModel {
+                path,
+                file_model: header.model,
+                file_dim: header.dim,
+                model: model.name.clone(),
+                dim: model.dim,
+            }
+            .into());
+        }
+        let mut gallery = Gallery::with_budget(config, policy)?;
+        if header.identities > gallery.capacity() {
+            return Err(FileError::Capacity {
+                path,
+                identities: header.identities,
+                capacity: gallery.capacity(),
+                needed: config.heap_bytes(header.identities),
+            }
+            .into());
+        }
+        read_entries(&path, &bytes, &header, &mut gallery)?;
+        gallery.reserve_ids_below(header.next_id);
+        Ok(gallery)
+    }
+}
+
+/// Loads `path` into a new gallery of `config` ([`GalleryFile::into_gallery`]).
 pub fn load(
     path: &Path,
     model: &ModelTag,
     config: GalleryConfig,
     policy: MatchPolicy,
 ) -> Result<Gallery, GalleryError> {
-    let bytes = fs::read(path).map_err(io_error(path, "read"))?;
-    let header = check_envelope(path, &bytes)?;
-    if header.model != model.name || header.dim != model.dim {
-        return Err(FileError::WrongModel {
-            path: path.to_owned(),
-            file_model: header.model,
-            file_dim: header.dim,
-            model: model.name.clone(),
-            dim: model.dim,
-        }
-        .into());
-    }
-    let mut gallery = Gallery::with_budget(config, policy)?;
-    if header.identities > gallery.capacity() {
-        return Err(FileError::Capacity {
-            path: path.to_owned(),
-            identities: header.identities,
-            capacity: gallery.capacity(),
-            needed: config.heap_bytes(header.identities),
-        }
-        .into());
-    }
-    read_entries(path, &bytes, &header, &mut gallery)?;
-    gallery.reserve_ids_below(header.next_id);
-    Ok(gallery)
+    GalleryFile::read(path)?.into_gallery(model, config, policy)
 }
 
 fn read_entries(

@@ -400,10 +400,6 @@ impl Gallery {
         self.policy = policy;
     }
 
-    pub fn kernels(&self) -> Kernels {
-        self.kernels
-    }
-
     /// Identities the budget holds.
     pub fn capacity(&self) -> usize {
         self.slots.len()
@@ -523,8 +519,7 @@ impl Gallery {
                 label,
             },
         );
-        self.store_prepared(slot, 0);
-        self.slots[slot].exemplars = 1;
+        self.append_prepared(slot);
         Ok((id, evicted))
     }
 
@@ -537,8 +532,7 @@ impl Gallery {
         now: Timestamp,
     ) -> Result<ExemplarUpdate, GalleryError> {
         let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
-        self.check_dim(embedding.len())?;
-        let update = self.offer_exemplar(id, embedding)?;
+        let update = self.offer_at(slot, embedding)?;
         let s = &mut self.slots[slot];
         s.last_seen = s.last_seen.max(now);
         s.times_seen = s.times_seen.saturating_add(1);
@@ -555,11 +549,14 @@ impl Gallery {
         embedding: &[f32],
     ) -> Result<ExemplarUpdate, GalleryError> {
         let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
+        self.offer_at(slot, embedding)
+    }
+
+    fn offer_at(&mut self, slot: usize, embedding: &[f32]) -> Result<ExemplarUpdate, GalleryError> {
         self.prepare(embedding)?;
         let count = usize::from(self.slots[slot].exemplars);
         if count < self.config.exemplars {
-            self.store_prepared(slot, count);
-            self.slots[slot].exemplars += 1;
+            self.append_prepared(slot);
             return Ok(ExemplarUpdate::Added);
         }
         // The candidate goes to the spare arena slot; compare all K + 1 pairwise.
@@ -673,15 +670,13 @@ impl Gallery {
     /// Appends an exemplar to `slot` unless it already has K. False if `values` is zero or not
     /// finite.
     pub(crate) fn push_exemplar(&mut self, slot: usize, values: &[f32]) -> bool {
-        let index = usize::from(self.slots[slot].exemplars);
-        if index >= self.config.exemplars {
+        if usize::from(self.slots[slot].exemplars) >= self.config.exemplars {
             return true;
         }
         if self.prepare(values).is_err() {
             return false;
         }
-        self.store_prepared(slot, index);
-        self.slots[slot].exemplars += 1;
+        self.append_prepared(slot);
         true
     }
 
@@ -731,9 +726,11 @@ impl Gallery {
         Ok(())
     }
 
-    fn store_prepared(&mut self, slot: usize, index: usize) {
-        let at = self.arena_slot(slot, index);
+    /// Stores the prepared query as the next exemplar of `slot` (which has fewer than K).
+    fn append_prepared(&mut self, slot: usize) {
+        let at = self.arena_slot(slot, usize::from(self.slots[slot].exemplars));
         self.arena.encode(at, self.query.unit());
+        self.slots[slot].exemplars += 1;
     }
 
     /// A free slot: an empty one, else the least recently seen unpinned identity's (evicted).

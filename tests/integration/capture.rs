@@ -41,7 +41,8 @@ const BARS_75: [[u8; 3]; 8] = [
     [0, 0, 0],
 ];
 
-fn convert_fixture(name: &str) -> RgbImage {
+/// A raw frame recorded from vivid and the layout the driver reported for it.
+fn fixture(name: &str) -> (Vec<u8>, RawLayout) {
     let dir = repo().join("tests/fixtures/v4l2");
     let meta_path = dir.join(format!("{name}.json"));
     if !meta_path.exists() {
@@ -64,6 +65,11 @@ fn convert_fixture(name: &str) -> RgbImage {
         bytes_per_line: meta["bytes_per_line"].as_u64().unwrap() as usize,
         range: YuvRange::Limited,
     };
+    (raw, layout)
+}
+
+fn convert_fixture(name: &str) -> RgbImage {
+    let (raw, layout) = fixture(name);
     let mut rgb = RgbImage::black(layout.width, layout.height).unwrap();
     to_rgb(&raw, &layout, &mut rgb).unwrap();
     rgb
@@ -120,16 +126,8 @@ fn yuyv_and_nv12_of_the_same_scene_agree() {
 #[test]
 fn conversion_allocates_nothing() {
     for name in ["YUYV", "NV12"] {
-        let dir = repo().join("tests/fixtures/v4l2");
-        let raw = std::fs::read(dir.join(format!("{name}.raw"))).unwrap();
-        let layout = RawLayout {
-            format: name.parse().unwrap(),
-            width: 320,
-            height: 180,
-            bytes_per_line: 0,
-            range: YuvRange::Limited,
-        };
-        let mut rgb = RgbImage::black(320, 180).unwrap();
+        let (raw, layout) = fixture(name);
+        let mut rgb = RgbImage::black(layout.width, layout.height).unwrap();
         let (result, allocations) =
             crate::alloc_count::allocations_during(|| to_rgb(&raw, &layout, &mut rgb));
         result.unwrap();

@@ -263,6 +263,13 @@ fn load_bytes(
     result
 }
 
+/// The error text of loading `bytes` (which must fail), the file left untouched.
+fn refusal(dir: &Path, name: &str, bytes: &[u8], like: &Gallery) -> String {
+    load_bytes(dir, name, bytes, like)
+        .expect_err("a damaged gallery must be refused")
+        .to_string()
+}
+
 fn with_checksum(mut bytes: Vec<u8>) -> Vec<u8> {
     let body = bytes.len() - 4;
     let crc = crc32fast::hash(&bytes[..body]);
@@ -318,9 +325,7 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
 
     let mut wrong_magic = good.clone();
     wrong_magic[..8].copy_from_slice(b"PK\x03\x04zip!");
-    let text = load_bytes(&dir, "magic.gallery", &wrong_magic, &gallery)
-        .unwrap_err()
-        .to_string();
+    let text = refusal(&dir, "magic.gallery", &wrong_magic, &gallery);
     assert!(
         text.contains("magic.gallery: not a reidcam gallery file"),
         "{text}"
@@ -328,9 +333,7 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
 
     let mut version = good.clone();
     version[8..10].copy_from_slice(&2u16.to_le_bytes());
-    let text = load_bytes(&dir, "version.gallery", &with_checksum(version), &gallery)
-        .unwrap_err()
-        .to_string();
+    let text = refusal(&dir, "version.gallery", &with_checksum(version), &gallery);
     assert!(
         text.contains("version.gallery: gallery file version 2 is not supported"),
         "{text}"
@@ -366,28 +369,24 @@ fn damaged_files_are_refused_with_a_clear_error_and_left_untouched() {
     let mut zero_exemplars = good.clone();
     // id 4, flags 1, label 1, "alice" 5, first 8, last 8, seen 4 → exemplar count.
     zero_exemplars[first_entry + 4 + 1 + 1 + 5 + 8 + 8 + 4] = 0;
-    let text = load_bytes(
+    let text = refusal(
         &dir,
         "count.gallery",
         &with_checksum(zero_exemplars),
         &gallery,
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(
         text.contains("identity 1: 0 exemplars, expected 1..=3"),
         "{text}"
     );
     let mut format_code = good.clone();
     format_code[10] = 9;
-    let text = load_bytes(
+    let text = refusal(
         &dir,
         "format.gallery",
         &with_checksum(format_code),
         &gallery,
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(text.contains("unknown storage format code 9"), "{text}");
 
     // A budget that cannot hold the file is an error, not a silent drop.
