@@ -289,6 +289,28 @@ pub fn decode_jpeg_into(bytes: &[u8], image: &mut RgbImage) -> Result<(), String
     .map(|_| ())
 }
 
+/// Decodes JPEG or PNG bytes into `image`, resizing it only when the size changes (a replay of
+/// same-sized frames allocates nothing on our side after the first).
+pub fn decode_image_into(bytes: &[u8], image: &mut RgbImage) -> Result<(), String> {
+    if image::guess_format(bytes).ok() != Some(image::ImageFormat::Jpeg) {
+        *image = decode_image(bytes)?;
+        return Ok(());
+    }
+    let RgbImage {
+        width,
+        height,
+        data,
+    } = image;
+    jpeg_into(bytes, |w, h| {
+        if (w, h) != (*width as usize, *height as usize) {
+            data.resize(w * h * 3, 0);
+            (*width, *height) = (w as u32, h as u32);
+        }
+        Ok(&mut data[..])
+    })
+    .map(|_| ())
+}
+
 /// Runs libjpeg on `bytes`, writing RGB rows into the buffer `dest(width, height)` returns.
 fn jpeg_into<'d>(
     bytes: &[u8],

@@ -9,13 +9,19 @@
 pub mod bench;
 pub mod board;
 pub mod capture;
+pub mod config;
+pub mod daemon;
+pub mod detect;
 pub mod embed;
 pub mod eval;
+pub mod events;
 pub mod frame;
 pub mod gallery;
 pub mod manifest;
 pub mod npy;
+pub mod pipeline;
 pub mod preprocess;
+pub mod track;
 
 pub use embed::{EmbedConfig, EmbedError, Embedder, Embedding, Embeddings, ManifestChoice};
 pub use frame::{FrameError, Rect, RgbImage, RgbView};

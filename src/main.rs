@@ -46,6 +46,9 @@ enum Command {
     Gallery(cli::gallery::GalleryArgs),
     /// Capture frames from a V4L2 camera; with a model, embed a zone of each frame and match it.
     Capture(cli::capture::CaptureArgs),
+    /// The camera daemon: frames → people → tracks → embeddings → gallery → events (JSON lines).
+    /// With no config and no options it runs on built-in defaults.
+    Run(cli::run::RunArgs),
 }
 
 #[derive(Args)]
@@ -191,6 +194,7 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => calibrate_cmd(args),
         Command::Gallery(args) => cli::gallery::run(args),
         Command::Capture(args) => cli::capture::run(args),
+        Command::Run(args) => cli::run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

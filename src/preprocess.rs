@@ -221,17 +221,34 @@ impl Preprocessor {
             "input slot does not match the model input size"
         );
         self.resize(frame, rect)?;
+        self.normalise_into(&self.resized, slot);
+        Ok(())
+    }
+
+    /// Bytes of one resized crop (`H × W × 3`), as [`resize`](Self::resize) returns.
+    pub fn resized_len(&self) -> usize {
+        self.resized.len()
+    }
+
+    /// Normalises a crop already resized to the model's H×W (packed RGB8, e.g. kept from an
+    /// earlier frame) into `slot`.
+    pub fn normalise_into(&self, resized: &[u8], slot: &mut [f32]) {
+        assert_eq!(resized.len(), self.resized.len(), "crop is not H x W x 3");
+        assert_eq!(
+            slot.len(),
+            self.slot_len(),
+            "input slot does not match the model input size"
+        );
         let plane = self.height * self.width;
         let (p0, rest) = slot.split_at_mut(plane);
         let (p1, p2) = rest.split_at_mut(plane);
         let [s0, s1, s2] = self.lut.source_channel;
         let [t0, t1, t2] = &self.lut.table;
-        for (i, px) in self.resized.chunks_exact(3).enumerate() {
+        for (i, px) in resized.chunks_exact(3).enumerate() {
             p0[i] = t0[px[s0] as usize];
             p1[i] = t1[px[s1] as usize];
             p2[i] = t2[px[s2] as usize];
         }
-        Ok(())
     }
 
     /// Resizes `rect` of `frame` to the model's H×W and returns the RGB8 result (packed rows):

@@ -12,7 +12,8 @@ if ! rustup run "$toolchain" cargo --version >/dev/null 2>&1 \
     rustup toolchain install "$toolchain" --profile minimal --component rustfmt --component clippy
 fi
 
-# System packages the build needs: libclang for the `v4l` crate's bindgen step.
-"$root/tools/ensure-packages.sh" libclang-dev
+# System packages the build needs: libclang for the `v4l` crate's bindgen step, g++ for the
+# OpenH264 decoder (built from the `openh264` crate's bundled C++ source).
+"$root/tools/ensure-packages.sh" libclang-dev g++
 
 "$root/tools/setup-python.sh"

@@ -131,10 +131,58 @@ def job_script(formats: list[str], frames: int, size: str) -> str:
             f"./reidcam capture --device /dev/video0 --format {fmt} --size {size} --fps 30 --frames {frames} "
             f"--control 'OSD Text Mode=2' --model model.onnx --manifest model.toml "
             f"--save-raw out/raw-{fmt}.bin --json > out/capture-{fmt}.json")
+    # The daemon on the real device: a whole-frame zone, a few frames, events and gallery to out/.
+    lines.append(f"./reidcam run --config run.toml --source /dev/video0 --max-frames 12 "
+                 f"--summary-json out/run.json 2> out/run.log")
     # The on-device latency check, with the emulated board's profile.
     lines.append("./reidcam bench --board board.toml --model model.onnx --manifest model.toml "
                  "--runs 3 --seconds 0 --json > out/bench.json")
     return "\n".join(lines) + "\n"
+
+
+# `reidcam run` in the guest: the daemon against /dev/video0 (vivid's test pattern is the "person").
+RUN_CONFIG = """camera = "vivid"
+[source]
+format = "YUYV"
+width = {size[0]}
+height = {size[1]}
+[source.controls]
+"OSD Text Mode" = 2
+[detector]
+kind = "zones"
+[detector.zones]
+require_motion = false
+[model]
+path = "model.onnx"
+manifest = "model.toml"
+[gallery]
+path = "out/gallery.bin"
+[tracker]
+embed_every = 4
+[events]
+output = "out/run-events.jsonl"
+"""
+
+
+def check_run(out: Path) -> list[str]:
+    """The daemon's results from the guest: frames, events, a saved gallery."""
+    if not (out / "run.json").exists():
+        log = (out / "run.log").read_text(errors="replace") if (out / "run.log").exists() else ""
+        return [f"reidcam run: no summary from the guest; log: {log[-1500:]}"]
+    summary = json.loads((out / "run.json").read_text())
+    events = [json.loads(line) for line in (out / "run-events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    print(f"reidcam run on /dev/video0: {summary['frames']} frames, {summary['counts']['tracks']} track(s), "
+          f"{summary['counts']['crops_embedded']} crops embedded, events {kinds}, "
+          f"{summary['per_frame_ms']['total']:.0f} ms/frame (emulated), ended by {summary['ended_by']}")
+    problems = []
+    if summary["frames"] != 12 or summary["ended_by"] != "frame limit":
+        problems.append(f"reidcam run: {summary['frames']} frames, ended by {summary['ended_by']}")
+    if kinds[:1] != ["enter"] or kinds[-1:] != ["leave"] or any(e["camera"] != "vivid" for e in events):
+        problems.append(f"reidcam run: expected enter … leave events from camera vivid, got {kinds}")
+    if not (out / "gallery.bin").exists():
+        problems.append("reidcam run: the gallery was not saved")
+    return problems
 
 
 def boot(vmlinuz: Path, initramfs: Path, shared: Path, timeout: float) -> tuple[int | None, str, float]:
@@ -225,6 +273,7 @@ def main() -> int:
         shutil.copy(ROOT / "models" / "reference" / "osnet_x0_25_msmt17.toml", shared / "model.toml")
         shutil.copy(ROOT / "board" / "qemu-virt.toml", shared / "board.toml")
         (shared / "job.sh").write_text(job_script(formats, args.frames, args.size))
+        (shared / "run.toml").write_text(RUN_CONFIG.format(size=args.size.split("x")))
         status, console, seconds = boot(vmlinuz, initramfs, shared, args.timeout)
         log = (shared / "out" / "job.log")
         job_log = log.read_text(errors="replace") if log.exists() else "(no job log)"
@@ -245,6 +294,8 @@ def main() -> int:
                 sys.exit(f"vivid_e2e: FAILED: {fmt}: no results from the guest")
             results[fmt] = json.loads(path.read_text())
         bench = json.loads((shared / "out" / "bench.json").read_text())
+        out_dir = Path(tempfile.mkdtemp(prefix="reidcam-vivid-out-"))
+        shutil.copytree(shared / "out", out_dir, dirs_exist_ok=True)
         if args.record_fixtures:
             args.record_fixtures.mkdir(parents=True, exist_ok=True)
             for fmt in formats:
@@ -258,7 +309,7 @@ def main() -> int:
         print(f"{fmt}: {f['width']}x{f['height']} {f['pixel_format']} ({f['bytes_per_line']} bytes/line), "
               f"{r['frames']} frames, {r['embedded']} embedded, events {r['events']}, "
               f"{r['seconds']:.1f} s in the guest")
-    problems = check(results, args.frames)
+    problems = check(results, args.frames) + check_run(out_dir)
     lat = bench["latency_per_crop_ms"]
     print(f"bench --board qemu-virt in the guest: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms per crop "
           f"(emulated), load {bench['load_ms']:.0f} ms; budget exceeded: {bench['budget']['exceeded'] or 'no'}")

@@ -95,6 +95,13 @@ pub enum ConvertError {
         got: usize,
         needed: usize,
     },
+    #[error("planar YUV frame of {got} bytes is too short: {width}x{height} needs {needed}")]
+    ShortPlanes {
+        width: u32,
+        height: u32,
+        got: usize,
+        needed: usize,
+    },
     #[error("output is {got_w}x{got_h}, the frame is {width}x{height}")]
     Size {
         width: u32,
@@ -230,6 +237,56 @@ pub fn to_rgb(raw: &[u8], layout: &RawLayout, out: &mut RgbImage) -> Result<(), 
             }
         }
         PixelFormat::Mjpeg => decode_jpeg_into(raw, out).map_err(ConvertError::Jpeg)?,
+    }
+    Ok(())
+}
+
+/// Three YUV planes borrowed from a decoder or a file (I420 = 4:2:0, or 4:4:4).
+#[derive(Clone, Copy, Debug)]
+pub struct Planes<'a> {
+    pub y: &'a [u8],
+    pub u: &'a [u8],
+    pub v: &'a [u8],
+    /// Bytes per row of Y, and of U and V.
+    pub y_stride: usize,
+    pub uv_stride: usize,
+    /// Chroma is subsampled by 2 in both directions (4:2:0) rather than full (4:4:4).
+    pub subsampled: bool,
+}
+
+/// Converts planar YUV into `out` (which gives the size). Allocates nothing.
+pub fn planar_to_rgb(
+    p: &Planes<'_>,
+    range: YuvRange,
+    out: &mut RgbImage,
+) -> Result<(), ConvertError> {
+    let (w, h) = (out.width() as usize, out.height() as usize);
+    let shift = usize::from(p.subsampled);
+    let (cw, ch) = ((w + shift) >> shift, (h + shift) >> shift);
+    let needed_y = p.y_stride * (h - 1) + w;
+    let needed_c = p.uv_stride * (ch - 1) + cw;
+    if p.y_stride < w
+        || p.uv_stride < cw
+        || p.y.len() < needed_y
+        || p.u.len() < needed_c
+        || p.v.len() < needed_c
+    {
+        return Err(ConvertError::ShortPlanes {
+            width: w as u32,
+            height: h as u32,
+            got: p.y.len() + p.u.len() + p.v.len(),
+            needed: needed_y + 2 * needed_c,
+        });
+    }
+    let c = range.coefficients();
+    for (y, row) in out.as_bytes_mut().chunks_exact_mut(w * 3).enumerate() {
+        let luma = &p.y[y * p.y_stride..y * p.y_stride + w];
+        let crow = (y >> shift) * p.uv_stride;
+        let (u_row, v_row) = (&p.u[crow..crow + cw], &p.v[crow..crow + cw]);
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let (r, g, b) = chroma_terms(c, u_row[x >> shift], v_row[x >> shift]);
+            yuv_pixel(c, luma[x], r, g, b, px);
+        }
     }
     Ok(())
 }

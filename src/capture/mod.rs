@@ -1,13 +1,26 @@
-//! Frames in: the [`FrameSource`] trait, the V4L2 camera source, and conversion of camera pixel
-//! formats to RGB.
+//! Frames in: the [`FrameSource`] trait and its sources — a V4L2 camera, replays of recordings
+//! (a directory of images, MJPEG, Y4M, H.264 in MP4 or Annex B), a synthetic scene — chosen by a
+//! [`SourceSpec`], plus [`Reopening`], which reopens a lost camera with back-off.
 //!
 //! A source owns its buffers (made when it opens) and lends each frame as an [`RgbView`] until the
-//! next call, so the per-frame path allocates nothing.
+//! next call, so the per-frame path allocates nothing on our side (decoders' own working memory
+//! is theirs).
 
 pub mod convert;
+mod h264;
+mod reopen;
+mod replay;
+mod spec;
+mod synthetic;
 pub mod v4l2;
 
-use std::path::PathBuf;
+pub use h264::H264Source;
+pub use reopen::{Backoff, Reopening};
+pub use replay::{ImageDirSource, MjpegSource, Y4mSource};
+pub use spec::{SOURCE_KINDS, SourceSpec, parse_size};
+pub use synthetic::{SyntheticConfig, SyntheticSource};
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use convert::{PixelFormat, RawLayout, YuvRange};
@@ -24,6 +37,8 @@ pub struct Frame<'a> {
     pub timestamp: Duration,
     /// The frame as delivered, before conversion (for recording fixtures and debugging).
     pub raw: &'a [u8],
+    /// The file the frame came from, for sources that read one file per frame ("" otherwise).
+    pub name: &'a str,
 }
 
 /// Where frames come from: a camera, a recording, a synthetic pattern.
@@ -32,6 +47,12 @@ pub trait FrameSource {
     fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError>;
     /// One line for logs: device, format, size.
     fn describe(&self) -> String;
+    /// Frame size; sources know it once open.
+    fn size(&self) -> (u32, u32);
+    /// Times the source was reopened after losing its device.
+    fn reopens(&self) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +95,10 @@ pub enum CaptureError {
     },
     #[error("{device}: no frame within {timeout:?}")]
     Timeout { device: PathBuf, timeout: Duration },
+    #[error("{}: {problem}", path.display())]
+    Replay { path: PathBuf, problem: String },
+    #[error("{source_name}: end of stream")]
+    Ended { source_name: String },
     #[error("{device}: frame {sequence}: {source}")]
     Convert {
         device: PathBuf,
@@ -90,5 +115,14 @@ impl CaptureError {
             self,
             CaptureError::Io { .. } | CaptureError::Timeout { .. } | CaptureError::Convert { .. }
         ) || matches!(self, CaptureError::Open { source, .. } if source.kind() != std::io::ErrorKind::PermissionDenied)
+    }
+}
+
+impl CaptureError {
+    pub(crate) fn replay(path: &Path, problem: impl Into<String>) -> Self {
+        CaptureError::Replay {
+            path: path.to_owned(),
+            problem: problem.into(),
+        }
     }
 }

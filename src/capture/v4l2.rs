@@ -288,7 +288,12 @@ impl FrameSource for V4l2Source {
             sequence,
             timestamp,
             raw,
+            name: "",
         })
+    }
+
+    fn size(&self) -> (u32, u32) {
+        (self.negotiated.width, self.negotiated.height)
     }
 
     fn describe(&self) -> String {

@@ -27,7 +27,7 @@ pub struct CaptureArgs {
     #[arg(long, default_value = "YUYV")]
     format: PixelFormat,
     /// Frame size, WIDTHxHEIGHT.
-    #[arg(long, default_value = "640x480", value_parser = parse_size)]
+    #[arg(long, default_value = "640x480", value_parser = reidcam::capture::parse_size)]
     size: (u32, u32),
     /// Frames per second to ask for (default: the driver's).
     #[arg(long)]
@@ -53,18 +53,6 @@ pub struct CaptureArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 640x480"))?;
-    match (w.parse(), h.parse()) {
-        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
-        _ => Err(format!(
-            "{s:?}: expected WIDTHxHEIGHT with positive numbers"
-        )),
-    }
 }
 
 fn parse_control(s: &str) -> Result<(String, i64), String> {

@@ -70,31 +70,7 @@ enum Action {
     },
 }
 
-/// Parses `1234`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
-pub fn parse_bytes(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let unit_bytes: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: expected B, KiB, MiB, GiB, KB, MB or GB"
-            ));
-        }
-    };
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size: expected e.g. 16MiB or 1048576"))?;
-    n.checked_mul(unit_bytes)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
+pub use reidcam::config::parse_bytes;
 
 pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
     // Held until we return: no other process (a running daemon) may save this file meanwhile.

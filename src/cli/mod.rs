@@ -3,6 +3,7 @@
 pub mod capture;
 pub mod gallery;
 pub mod plot;
+pub mod run;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

@@ -524,7 +524,8 @@ impl Gallery {
     }
 
     /// Records a sighting of `id` at `now` and offers `embedding` as an exemplar
-    /// ([`Gallery::offer_exemplar`]).
+    /// ([`Gallery::offer_exemplar`]) — unless `id` is pinned, whose exemplars only an operator
+    /// changes.
     pub fn refresh(
         &mut self,
         id: PersonId,
@@ -532,7 +533,14 @@ impl Gallery {
         now: Timestamp,
     ) -> Result<ExemplarUpdate, GalleryError> {
         let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
-        let update = self.offer_at(slot, embedding)?;
+        // An operator's enrolment is curated: automatic sightings do not change its exemplars
+        // (a near-threshold false match would otherwise pull it towards someone else).
+        let update = if self.slots[slot].pinned {
+            self.check_dim(embedding.len())?;
+            ExemplarUpdate::Kept
+        } else {
+            self.offer_at(slot, embedding)?
+        };
         let s = &mut self.slots[slot];
         s.last_seen = s.last_seen.max(now);
         s.times_seen = s.times_seen.saturating_add(1);

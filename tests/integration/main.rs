@@ -3,6 +3,7 @@
 mod alloc_count;
 mod capture;
 mod common;
+mod daemon;
 mod errors;
 mod eval;
 mod gallery;

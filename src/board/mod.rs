@@ -11,7 +11,19 @@
 //! embed_p50_ms = 60.0                     # median latency per crop, batch 1
 //! embed_p99_ms = 90.0                     # 99th percentile
 //! threads = 1                             # threads for the benchmark (default 1)
+//!
+//! [io.led]                                # optional: status LED (see `io`)
+//! chip = "/dev/gpiochip0"                 # GPIO character device
+//! line = 17                               # line offset on that chip
+//! active_low = false                      # true: the LED lights when the line is low
+//!
+//! [io.button]                             # optional: enroll button
+//! chip = "/dev/gpiochip0"
+//! line = 27
+//! active_low = true                       # pulled up, pressed pulls it low
 //! ```
+
+pub mod io;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +34,27 @@ use serde::Deserialize;
 pub struct BoardProfile {
     pub board: BoardInfo,
     pub budget: LatencyBudget,
+    /// GPIO for the status LED and the enroll button (none: no board I/O).
+    #[serde(default)]
+    pub io: BoardIo,
+}
+
+/// `[io]`: which GPIO lines the daemon drives.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardIo {
+    pub led: Option<GpioLine>,
+    pub button: Option<GpioLine>,
+}
+
+/// One line of a GPIO character device.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioLine {
+    pub chip: PathBuf,
+    pub line: u32,
+    #[serde(default)]
+    pub active_low: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -83,7 +83,46 @@ pub enum EmbedError {
     Run { model: String, reason: String },
 }
 
+mod network;
+
+pub use network::Network;
+
 type Plan = Arc<TypedRunnableModel>;
+
+/// A runnable plan: tract's single-thread executor for one thread (its `multithread(1)` would
+/// use every core in 0.23.9), else a pool of `threads`.
+fn runnable(optimised: TypedModel, threads: usize) -> TractResult<Plan> {
+    if threads > 1 {
+        let options = RunOptions {
+            executor: Some(tract_linalg::multithread::Executor::multithread(threads)),
+            ..RunOptions::default()
+        };
+        optimised.into_runnable_with_options(&options)
+    } else {
+        optimised.into_runnable()
+    }
+}
+
+/// Drops the shapes an export declared for intermediate and output values (ONNX value_info):
+/// a symbolic batch or size there cannot unify with the fixed input; tract derives them again.
+fn forget_declared_shapes(model: &mut InferenceModel) -> TractResult<()> {
+    let inputs: Vec<OutletId> = model
+        .input_outlets()
+        .map(<[OutletId]>::to_vec)
+        .unwrap_or_default();
+    for node in 0..model.nodes().len() {
+        for slot in 0..model.node(node).outputs.len() {
+            let outlet = OutletId::new(node, slot);
+            if !inputs.contains(&outlet) {
+                let fact = model.outlet_fact_mut(outlet)?;
+                if fact.value.concretize().is_none() {
+                    *fact = InferenceFact::default();
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// A loaded, optimised model with its reusable state and buffers.
 pub struct Embedder {
@@ -341,26 +380,10 @@ impl Embedder {
 
         // Exports may declare intermediate and output shapes (ONNX value_info) with a symbolic
         // batch that cannot unify with a fixed one; tract derives them again from the input.
-        let inputs: Vec<OutletId> = model
-            .input_outlets()
-            .map(<[OutletId]>::to_vec)
-            .unwrap_or_default();
-        for node in 0..model.nodes().len() {
-            for slot in 0..model.node(node).outputs.len() {
-                let outlet = OutletId::new(node, slot);
-                if !inputs.contains(&outlet) {
-                    let fact = model
-                        .outlet_fact_mut(outlet)
-                        .map_err(|e| EmbedError::NotOnnx {
-                            model: label.clone(),
-                            reason: err(e),
-                        })?;
-                    if fact.value.concretize().is_none() {
-                        *fact = InferenceFact::default();
-                    }
-                }
-            }
-        }
+        forget_declared_shapes(&mut model).map_err(|e| EmbedError::NotOnnx {
+            model: label.clone(),
+            reason: err(e),
+        })?;
 
         let shape = [config.batch, 3, height as usize, width as usize];
         let model = model
@@ -428,18 +451,7 @@ impl Embedder {
         };
 
         let optimised = typed.into_optimized().map_err(optimise)?;
-        let plan: Plan = if config.threads > 1 {
-            let options = RunOptions {
-                executor: Some(tract_linalg::multithread::Executor::multithread(
-                    config.threads,
-                )),
-                ..RunOptions::default()
-            };
-            optimised.into_runnable_with_options(&options)
-        } else {
-            optimised.into_runnable()
-        }
-        .map_err(optimise)?;
+        let plan = runnable(optimised, config.threads).map_err(optimise)?;
         let state = plan.spawn().map_err(optimise)?;
         let input = Arc::new(Tensor::zero::<f32>(&shape).map_err(optimise)?);
         let slot_len = 3 * height as usize * width as usize;

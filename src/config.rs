@@ -1,0 +1,513 @@
+//! The daemon's configuration (`reidcam run --config FILE`), in two phases: [`ConfigFile`] is
+//! what the TOML says (serde, `deny_unknown_fields`, a default for every field), and
+//! [`ConfigFile::validate`] turns it into a [`RunConfig`] of runtime objects, with errors that
+//! name the field. Every field and its default is documented in `docs/config.md` and
+//! `board/reidcam.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::v4l2::V4l2Config;
+use crate::capture::{PixelFormat, SourceSpec};
+use crate::detect::{MotionConfig, YoloxConfig, ZoneConfig};
+use crate::gallery::file::Recovery;
+use crate::gallery::{Aggregation, StorageFormat};
+use crate::track::TrackerConfig;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// Camera name written into every event.
+    pub camera: String,
+    /// Board profile (`board/<name>.toml`): GPIO for the LED and button. Empty: no board I/O.
+    pub board: String,
+    pub source: SourceSection,
+    pub detector: DetectorSection,
+    pub model: ModelSection,
+    pub gallery: GallerySection,
+    pub tracker: TrackerConfig,
+    pub events: EventsSection,
+}
+
+/// `[source]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSection {
+    /// `/dev/videoN`, a directory of images, a `.mjpeg`/`.y4m`/`.mp4`/`.264` file, or
+    /// `synthetic[:WxH]`. `auto`: `/dev/video0` if it exists, else the sample video in the shared
+    /// data (`$REIDCAM_SHARED/data/video/one-by-one-person-detection.mp4`).
+    pub path: String,
+    /// Camera pixel format: YUYV, NV12, RGB3 or MJPG.
+    pub format: String,
+    /// Camera frame size.
+    pub width: u32,
+    pub height: u32,
+    /// Camera frame rate to ask for (0: the driver's).
+    pub fps: u32,
+    /// Camera controls to set at start, by name (`v4l2-ctl --list-ctrls`).
+    pub controls: std::collections::BTreeMap<String, i64>,
+    /// Frame rate of replays that carry no timing (image directories, MJPEG, Annex B H.264).
+    pub replay_fps: f64,
+    /// Play replays at their frame rate instead of as fast as possible.
+    pub realtime: bool,
+    /// Stop after this many frames (0: at the end of a replay, never for a camera).
+    pub max_frames: u64,
+}
+
+impl Default for SourceSection {
+    fn default() -> Self {
+        SourceSection {
+            path: "auto".into(),
+            format: "YUYV".into(),
+            width: 640,
+            height: 480,
+            fps: 0,
+            controls: Default::default(),
+            replay_fps: 10.0,
+            realtime: false,
+            max_frames: 0,
+        }
+    }
+}
+
+/// `[detector]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorSection {
+    /// `motion`, `zones` or `model`.
+    pub kind: String,
+    pub motion: MotionConfig,
+    pub zones: ZoneConfig,
+    pub model: YoloxConfig,
+}
+
+impl Default for DetectorSection {
+    fn default() -> Self {
+        DetectorSection {
+            kind: "motion".into(),
+            motion: MotionConfig::default(),
+            zones: ZoneConfig::default(),
+            model: YoloxConfig::default(),
+        }
+    }
+}
+
+/// `[model]`: the ReID embedding model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// ONNX file. `auto`: `models/default.onnx` if present, else
+    /// `$REIDCAM_SHARED/models/osnet_x0_25_msmt17.onnx`.
+    pub path: String,
+    /// Manifest; empty: the sidecar `MODEL.toml`, else `models/reference/<stem>.toml`, else
+    /// torchreid defaults.
+    pub manifest: String,
+    /// Threads for tract's matrix products.
+    pub threads: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            path: "auto".into(),
+            manifest: String::new(),
+            threads: 1,
+        }
+    }
+}
+
+/// `[gallery]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GallerySection {
+    /// Gallery file (saved atomically; `.bak` kept). Empty: in memory only.
+    pub path: String,
+    /// Memory budget, e.g. `16MiB`: capacity follows from it.
+    pub budget: String,
+    /// Exemplars kept per identity.
+    pub exemplars: usize,
+    /// Storage: int8, f16 or f32.
+    pub format: String,
+    /// Match threshold (cosine); negative: the model manifest's `[matching]`, else 0.5.
+    pub threshold: f32,
+    /// A match must beat the runner-up by this.
+    pub margin: f32,
+    /// `mean` or `max` over an identity's exemplars.
+    pub aggregation: Aggregation,
+    /// Damaged file at start: `backup` (load `.bak`), `empty`, or `fail`. The damaged file is
+    /// kept as `.corrupt-<ms>` either way.
+    pub recovery: String,
+    /// Save a changed gallery this often (and always at a clean stop).
+    pub save_every_secs: u64,
+}
+
+impl Default for GallerySection {
+    fn default() -> Self {
+        GallerySection {
+            path: "reidcam-gallery.bin".into(),
+            budget: "16MiB".into(),
+            exemplars: 8,
+            format: "int8".into(),
+            threshold: -1.0,
+            margin: crate::gallery::MatchPolicy::default().margin,
+            aggregation: Aggregation::Mean,
+            recovery: "backup".into(),
+            save_every_secs: 60,
+        }
+    }
+}
+
+/// `[events]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    /// `-` for stdout, or a file (appended, rotated by size).
+    pub output: String,
+    /// Rotate the file when it would pass this size (`0`: never).
+    pub rotate_bytes: String,
+    /// Rotated files kept (`events.jsonl.1` … `.N`).
+    pub keep: u32,
+    /// Save each entering track's best crop as JPEG here. Empty: no crops.
+    pub crops_dir: String,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection {
+            output: "-".into(),
+            rotate_bytes: "10MiB".into(),
+            keep: 5,
+            crops_dir: String::new(),
+        }
+    }
+}
+
+/// Which detector, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DetectorChoice {
+    Motion(MotionConfig),
+    Zones(ZoneConfig),
+    Model(YoloxConfig),
+}
+
+/// The configuration as runtime objects.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub camera: String,
+    pub board: Option<PathBuf>,
+    pub source: SourceSpec,
+    pub realtime: bool,
+    pub max_frames: Option<u64>,
+    pub detector: DetectorChoice,
+    pub model: PathBuf,
+    pub manifest: Option<PathBuf>,
+    pub threads: usize,
+    pub gallery_path: Option<PathBuf>,
+    pub gallery: crate::gallery::GalleryConfig,
+    /// None: the manifest's threshold.
+    pub threshold: Option<f32>,
+    pub margin: f32,
+    pub aggregation: Aggregation,
+    pub recovery: Recovery,
+    pub save_every: std::time::Duration,
+    pub tracker: TrackerConfig,
+    pub events: Option<PathBuf>,
+    pub rotate_bytes: u64,
+    pub keep: u32,
+    pub crops_dir: Option<PathBuf>,
+}
+
+/// A configuration problem, naming the file (if any) and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: {field}: {problem}")]
+    Invalid {
+        origin: String,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// The shared data directory: `$REIDCAM_SHARED`, else `../shared`.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("REIDCAM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared"))
+}
+
+impl ConfigFile {
+    /// Reads and parses `path` (phase one). Unknown fields are errors.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e
+                .to_string()
+                .trim_end()
+                .replace('\n', " ")
+                .replace("  ", " "),
+        })
+    }
+
+    /// Checks every field and builds the runtime configuration (phase two). `origin` names the
+    /// file (or "built-in defaults") in errors.
+    pub fn validate(&self, origin: &str) -> Result<RunConfig, ConfigError> {
+        let invalid = |field: &'static str, problem: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            field,
+            problem,
+        };
+        let s = &self.source;
+        let format: PixelFormat = s.format.parse().map_err(|e| invalid("source.format", e))?;
+        let mut camera = V4l2Config::new("/dev/video0", format, s.width, s.height);
+        camera.fps = (s.fps > 0).then_some(s.fps);
+        camera.controls = s.controls.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        if !(s.replay_fps > 0.0 && s.replay_fps.is_finite()) {
+            return Err(invalid(
+                "source.replay_fps",
+                format!("is {}: expected a positive number", s.replay_fps),
+            ));
+        }
+        let path = if s.path == "auto" {
+            auto_source()
+        } else {
+            s.path.clone()
+        };
+        let source = SourceSpec::parse(&path, &camera, s.replay_fps)
+            .map_err(|e| invalid("source.path", e))?;
+
+        let d = &self.detector;
+        let detector = match d.kind.as_str() {
+            "motion" => {
+                d.motion
+                    .validate()
+                    .map_err(|e| invalid("detector.motion", e))?;
+                DetectorChoice::Motion(d.motion.clone())
+            }
+            "zones" => DetectorChoice::Zones(d.zones.clone()),
+            "model" => {
+                if d.model.path.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "detector.model.path",
+                        "is empty: name a YOLOX ONNX file (e.g. yolox_nano_dynhw.onnx)".into(),
+                    ));
+                }
+                if !d.model.path.is_file() {
+                    return Err(invalid(
+                        "detector.model.path",
+                        format!("{}: no such file", d.model.path.display()),
+                    ));
+                }
+                DetectorChoice::Model(d.model.clone())
+            }
+            other => {
+                return Err(invalid(
+                    "detector.kind",
+                    format!("is {other:?}: expected motion, zones or model"),
+                ));
+            }
+        };
+
+        let m = &self.model;
+        let model = if m.path == "auto" {
+            auto_model()
+        } else {
+            PathBuf::from(&m.path)
+        };
+        if !model.is_file() {
+            return Err(invalid(
+                "model.path",
+                format!("{}: no such file", model.display()),
+            ));
+        }
+        let manifest = if m.manifest.is_empty() {
+            let sidecar = crate::manifest::sidecar_path(&model);
+            let reference = model.file_stem().map(|stem| {
+                Path::new("models/reference")
+                    .join(stem)
+                    .with_extension("toml")
+            });
+            match reference {
+                Some(r) if !sidecar.exists() && r.is_file() => Some(r),
+                _ => None,
+            }
+        } else {
+            Some(PathBuf::from(&m.manifest))
+        };
+        if m.threads == 0 {
+            return Err(invalid("model.threads", "must be at least 1".into()));
+        }
+
+        let g = &self.gallery;
+        let budget = parse_bytes(&g.budget).map_err(|e| invalid("gallery.budget", e))?;
+        let storage: StorageFormat = g.format.parse().map_err(|e| invalid("gallery.format", e))?;
+        if g.exemplars == 0 || g.exemplars > 255 {
+            return Err(invalid(
+                "gallery.exemplars",
+                format!("is {}: expected 1..255", g.exemplars),
+            ));
+        }
+        if !(0.0..1.0).contains(&g.margin) {
+            return Err(invalid(
+                "gallery.margin",
+                format!("is {}: expected 0 ≤ margin < 1", g.margin),
+            ));
+        }
+        if g.threshold > 1.0 {
+            return Err(invalid(
+                "gallery.threshold",
+                format!("is {}: a cosine threshold is at most 1", g.threshold),
+            ));
+        }
+        let recovery = match g.recovery.as_str() {
+            "backup" => Recovery::Backup,
+            "empty" => Recovery::Empty,
+            "fail" => Recovery::Fail,
+            other => {
+                return Err(invalid(
+                    "gallery.recovery",
+                    format!("is {other:?}: expected backup, empty or fail"),
+                ));
+            }
+        };
+        self.tracker.validate().map_err(|e| invalid("tracker", e))?;
+        let e = &self.events;
+        let rotate_bytes =
+            parse_bytes(&e.rotate_bytes).map_err(|e| invalid("events.rotate_bytes", e))?;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        if let Some(dir) = nonempty(&e.crops_dir)
+            && !dir.is_dir()
+        {
+            return Err(invalid(
+                "events.crops_dir",
+                format!("{}: not a directory", dir.display()),
+            ));
+        }
+        Ok(RunConfig {
+            camera: if self.camera.is_empty() {
+                "camera".into()
+            } else {
+                self.camera.clone()
+            },
+            board: nonempty(&self.board),
+            realtime: s.realtime,
+            max_frames: (s.max_frames > 0).then_some(s.max_frames),
+            source,
+            detector,
+            threads: m.threads,
+            manifest,
+            model,
+            gallery_path: nonempty(&g.path),
+            gallery: crate::gallery::GalleryConfig {
+                dim: 0,
+                exemplars: g.exemplars,
+                format: storage,
+                budget_bytes: budget,
+            },
+            threshold: (g.threshold >= 0.0).then_some(g.threshold),
+            margin: g.margin,
+            aggregation: g.aggregation,
+            recovery,
+            save_every: std::time::Duration::from_secs(g.save_every_secs.max(1)),
+            tracker: self.tracker.clone(),
+            events: (e.output != "-").then(|| PathBuf::from(&e.output)),
+            rotate_bytes: rotate_bytes as u64,
+            keep: e.keep,
+            crops_dir: nonempty(&e.crops_dir),
+        })
+    }
+}
+
+fn auto_source() -> String {
+    if Path::new("/dev/video0").exists() {
+        "/dev/video0".into()
+    } else {
+        let video = shared_dir().join("data/video/one-by-one-person-detection.mp4");
+        log::warn!(
+            "no camera at /dev/video0: replaying {} (set source.path or --source)",
+            video.display()
+        );
+        video.display().to_string()
+    }
+}
+
+fn auto_model() -> PathBuf {
+    let ours = PathBuf::from("models/default.onnx");
+    if ours.is_file() {
+        ours
+    } else {
+        shared_dir().join("models/osnet_x0_25_msmt17.onnx")
+    }
+}
+
+/// Parses `1234`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit_bytes: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: expected B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: expected e.g. 16MiB or 1048576"))?;
+    n.checked_mul(unit_bytes)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1500"), Ok(1500));
+        assert_eq!(parse_bytes("2 KB"), Ok(2000));
+        assert!(
+            parse_bytes("12 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_field() {
+        let err = toml::from_str::<ConfigFile>("[gallery]\nbudgett = \"1MiB\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `budgett`"), "{err}");
+        let mut file = ConfigFile::default();
+        file.source.path = "synthetic".into();
+        file.model.path = "/nonexistent/m.onnx".into();
+        let err = file.validate("test.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.toml: model.path: /nonexistent/m.onnx"),
+            "{err}"
+        );
+        file.detector.kind = "magic".into();
+        let err = file.validate("test.toml").unwrap_err().to_string();
+        assert!(err.contains("detector.kind: is \"magic\""), "{err}");
+    }
+}

@@ -1,0 +1,552 @@
+//! `reidcam run`: builds the pipeline from a [`RunConfig`] and runs the frame loop until the
+//! stream ends, a frame limit, or a stop request; reloads on request; saves the gallery
+//! periodically and at every stop. Signals, `sd_notify` and the command line are the binary's;
+//! this module sees them as flags and a callback, so tests drive it directly.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::board::BoardProfile;
+use crate::board::io::{self, LinuxButton, LinuxLed};
+use crate::capture::{Backoff, CaptureError, FrameSource, Reopening};
+use crate::config::{ConfigError, DetectorChoice, RunConfig};
+use crate::detect::{Detector, MotionDetector, YoloxDetector, ZoneDetector};
+use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
+use crate::events::{EventSink, JsonLines};
+use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
+use crate::gallery::{Gallery, MatchPolicy};
+use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
+use crate::track::Tracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
+    #[error(transparent)]
+    Gallery(#[from] crate::gallery::GalleryError),
+    #[error(transparent)]
+    File(#[from] file::FileError),
+    #[error(transparent)]
+    Board(#[from] crate::board::BoardError),
+    #[error(transparent)]
+    Io(#[from] io::IoError),
+    #[error("{}: cannot open the events file: {source}", path.display())]
+    Events {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tracker: {0}")]
+    Tracker(String),
+}
+
+/// Requests from outside the loop (signal handlers set them).
+#[derive(Debug, Default)]
+pub struct Controls {
+    /// Stop cleanly (SIGINT, SIGTERM).
+    pub stop: Arc<AtomicBool>,
+    /// Reload the configuration (SIGHUP).
+    pub reload: Arc<AtomicBool>,
+}
+
+/// Per-frame latency by stage, in milliseconds (averages over frames).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StageMs {
+    pub capture: f64,
+    pub detect: f64,
+    pub track: f64,
+    pub embed: f64,
+    pub gallery: f64,
+    pub events: f64,
+    pub total: f64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub source: String,
+    pub detector: String,
+    pub frames: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    pub counts: Stats,
+    /// Identities in the gallery at the end.
+    pub identities: usize,
+    pub per_frame_ms: StageMs,
+    /// Milliseconds per embedded crop.
+    pub embed_per_crop_ms: f64,
+    pub camera_reopens: u64,
+    pub reloads: u64,
+    /// Resident memory (KiB) after warm-up (frame `warmup_frames`), at the end, and the most
+    /// seen after warm-up (sampled every 100 frames).
+    pub warmup_frames: u64,
+    pub rss_after_warmup_kib: u64,
+    pub rss_end_kib: u64,
+    pub rss_max_kib: u64,
+    pub gallery_saves: u64,
+    /// Why the loop ended: `end of stream`, `frame limit`, `stopped`.
+    pub ended_by: String,
+}
+
+/// Resident set size in KiB, read from /proc without allocating.
+pub fn rss_kib() -> u64 {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let Ok(mut f) = std::fs::File::open("/proc/self/statm") else {
+        return 0;
+    };
+    let n = f.read(&mut buf).unwrap_or(0);
+    let text = std::str::from_utf8(&buf[..n]).unwrap_or("");
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4
+}
+
+struct Running {
+    source: Box<dyn FrameSource>,
+    reopening: bool,
+    pipeline: Pipeline<Embedder>,
+    model_tag: ModelTag,
+    gallery_path: Option<std::path::PathBuf>,
+    _lock: Option<GalleryLock>,
+    led: Option<LinuxLed>,
+    button: Option<LinuxButton>,
+    source_name: String,
+    /// The source is a directory of unrelated stills.
+    stills: bool,
+}
+
+/// Builds everything from `config`; nothing is written until the first save.
+fn start(config: &RunConfig) -> Result<Running, DaemonError> {
+    // The camera (or recording) first: its size sizes the buffers.
+    let spec = config.source.clone();
+    let (source, reopening): (Box<dyn FrameSource>, bool) = if spec.is_live() {
+        let name = match &spec {
+            crate::capture::SourceSpec::V4l2(c) => c.device.display().to_string(),
+            _ => "camera".into(),
+        };
+        let opener = Box::new(move || spec.open());
+        (Box::new(Reopening::open(name, opener)?), true)
+    } else {
+        (spec.open()?, false)
+    };
+    let source_name = source.describe();
+    log::info!("source: {source_name}");
+    let frame_size = source.size();
+
+    let manifest = match &config.manifest {
+        Some(m) => ManifestChoice::File(m.clone()),
+        None => ManifestChoice::Sidecar,
+    };
+    let embedder = Embedder::load(
+        &config.model,
+        manifest,
+        &EmbedConfig {
+            batch: 1,
+            threads: config.threads,
+        },
+    )?;
+    let detector: Box<dyn Detector> = match &config.detector {
+        DetectorChoice::Motion(m) => Box::new(MotionDetector::new(m.clone())?),
+        DetectorChoice::Zones(z) => {
+            Box::new(ZoneDetector::new(z.clone(), frame_size.0, frame_size.1)?)
+        }
+        DetectorChoice::Model(y) => Box::new(YoloxDetector::load(y.clone())?),
+    };
+    log::info!("detector: {}", detector.describe());
+
+    let defaults = MatchPolicy::default();
+    let policy = MatchPolicy {
+        threshold: config.threshold.unwrap_or_else(|| {
+            embedder
+                .manifest()
+                .matching
+                .as_ref()
+                .map_or(defaults.threshold, |m| m.threshold as f32)
+        }),
+        margin: config.margin,
+        aggregation: config.aggregation,
+    };
+    let gallery_config = crate::gallery::GalleryConfig {
+        dim: embedder.dim(),
+        ..config.gallery
+    };
+    let model_tag = ModelTag {
+        name: embedder.manifest().model.name.clone(),
+        dim: embedder.dim(),
+    };
+    let (gallery, lock) = match &config.gallery_path {
+        Some(path) => {
+            let lock = GalleryLock::acquire(path)?;
+            let (gallery, opened) =
+                file::open(path, &model_tag, gallery_config, policy, config.recovery)?;
+            match opened {
+                Opened::New => log::info!("{}: new gallery", path.display()),
+                Opened::Loaded => {
+                    log::info!("{}: {} identities loaded", path.display(), gallery.len())
+                }
+                other => log::warn!("{}: damaged, recovered: {other:?}", path.display()),
+            }
+            (gallery, Some(lock))
+        }
+        None => (Gallery::with_budget(gallery_config, policy)?, None),
+    };
+    log::info!(
+        "gallery: {} of {} identities, {} bytes",
+        gallery.len(),
+        gallery.capacity(),
+        gallery.heap_bytes()
+    );
+
+    let sink: Box<dyn EventSink> = match &config.events {
+        Some(path) => Box::new(
+            JsonLines::file(path, config.rotate_bytes, config.keep).map_err(|source| {
+                DaemonError::Events {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
+        None => Box::new(JsonLines::stdout()),
+    };
+    let stills = matches!(config.source, crate::capture::SourceSpec::Images { .. });
+    let mut tracker_config = config.tracker.clone();
+    if stills {
+        // A person in a still is confirmed and embedded at once.
+        tracker_config.confirm_frames = 1;
+    }
+    let tracker = Tracker::new(tracker_config).map_err(DaemonError::Tracker)?;
+    let pipeline = Pipeline::new(
+        PipelineConfig {
+            camera: config.camera.clone(),
+            crops_dir: config.crops_dir.clone(),
+        },
+        detector,
+        tracker,
+        embedder,
+        gallery,
+        sink,
+        frame_size,
+    );
+
+    let (mut led, mut button) = (None, None);
+    if let Some(board) = &config.board {
+        let profile = BoardProfile::load(board)?;
+        if let Some(line) = &profile.io.led {
+            led = Some(io::open_led(line)?);
+        }
+        if let Some(line) = &profile.io.button {
+            button = Some(io::open_button(line)?);
+        }
+        log::info!(
+            "board {}: LED {}, button {}",
+            profile.board.name,
+            if led.is_some() { "on" } else { "none" },
+            if button.is_some() { "on" } else { "none" }
+        );
+    }
+    Ok(Running {
+        source,
+        reopening,
+        pipeline,
+        model_tag,
+        gallery_path: config.gallery_path.clone(),
+        _lock: lock,
+        led,
+        button,
+        source_name,
+        stills,
+    })
+}
+
+impl Running {
+    fn save(&mut self, summary: &mut Summary) -> Result<(), DaemonError> {
+        if let Some(path) = &self.gallery_path
+            && self.pipeline.is_dirty()
+        {
+            file::save(self.pipeline.gallery(), &self.model_tag.name, path)?;
+            self.pipeline.mark_saved();
+            summary.gallery_saves += 1;
+            log::debug!(
+                "{}: saved {} identities",
+                path.display(),
+                self.pipeline.gallery().len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why the frame loop returned.
+enum Exit {
+    Ended(&'static str),
+    Reload,
+}
+
+/// Runs the daemon: `load` gives the configuration (called again on reload; a configuration
+/// that fails to load or start keeps the previous one running); `notify` receives sd_notify
+/// states (`READY=1`, `RELOADING=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=…`).
+pub fn run(
+    mut load: impl FnMut() -> Result<RunConfig, ConfigError>,
+    controls: &Controls,
+    mut notify: impl FnMut(&str),
+    watchdog: Option<Duration>,
+) -> Result<Summary, DaemonError> {
+    let mut config = load()?;
+    let mut running = start(&config)?;
+    let mut summary = Summary::default();
+    loop {
+        notify("READY=1");
+        let exit = frame_loop(
+            &config,
+            &mut running,
+            controls,
+            &mut notify,
+            watchdog,
+            &mut summary,
+        );
+        // Whatever happened, keep what the gallery learnt.
+        let saved = running.save(&mut summary);
+        running.pipeline.flush_events().ok();
+        let exit = exit?;
+        saved?;
+        match exit {
+            Exit::Ended(why) => {
+                summary.ended_by = why.into();
+                notify("STOPPING=1");
+                return Ok(summary);
+            }
+            Exit::Reload => {
+                notify("RELOADING=1");
+                summary.reloads += 1;
+                match load() {
+                    Ok(new) => {
+                        // Free the camera and the gallery lock before the new configuration takes them.
+                        drop(running);
+                        match start(&new) {
+                            Ok(r) => {
+                                log::info!("configuration reloaded");
+                                running = r;
+                                config = new;
+                            }
+                            Err(e) => {
+                                log::error!(
+                                    "reload failed, keeping the previous configuration: {e}"
+                                );
+                                running = start(&config)?;
+                            }
+                        }
+                    }
+                    Err(e) => log::error!("reload failed, keeping the previous configuration: {e}"),
+                }
+            }
+        }
+    }
+}
+
+fn frame_loop(
+    config: &RunConfig,
+    running: &mut Running,
+    controls: &Controls,
+    notify: &mut impl FnMut(&str),
+    watchdog: Option<Duration>,
+    summary: &mut Summary,
+) -> Result<Exit, DaemonError> {
+    let started = Instant::now();
+    let mut last_save = Instant::now();
+    let mut last_ping = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut capture_time = Duration::ZERO;
+    let mut frames = 0u64;
+    let mut stream_time = Duration::ZERO;
+    let mut first_stream: Option<Duration> = None;
+    let warmup = config.max_frames.map_or(1000, |m| (m / 10).clamp(1, 1000));
+    summary.warmup_frames = warmup;
+    summary.source = running.source_name.clone();
+    summary.detector = running.pipeline.detector_description();
+    let frame_limit = config.max_frames.unwrap_or(u64::MAX);
+    let mut camera_down = false;
+    let exit = loop {
+        if controls.stop.load(Ordering::Relaxed) {
+            break Exit::Ended("stopped");
+        }
+        if controls.reload.swap(false, Ordering::Relaxed) {
+            break Exit::Reload;
+        }
+        if frames >= frame_limit {
+            break Exit::Ended("frame limit");
+        }
+        let now = started.elapsed();
+        if let Some(period) = watchdog
+            && last_ping.elapsed() >= period
+        {
+            notify("WATCHDOG=1");
+            last_ping = Instant::now();
+        }
+        if last_save.elapsed() >= config.save_every {
+            if let Err(e) = running.save(summary) {
+                log::error!("cannot save the gallery (will retry): {e}");
+                if let Some(led) = &mut running.led {
+                    led.set_error(true);
+                }
+            }
+            last_save = Instant::now();
+        }
+        let t0 = Instant::now();
+        let frame = match running.source.next_frame() {
+            Ok(frame) => frame,
+            Err(CaptureError::Ended { .. }) => break Exit::Ended("end of stream"),
+            Err(e) if running.reopening && e.is_transient() => {
+                let delay = backoff.next_delay();
+                log::warn!("{e}; reopening in {delay:?}");
+                camera_down = true;
+                if let Some(led) = &mut running.led {
+                    led.set_error(true);
+                    led.update(now).ok();
+                }
+                notify("STATUS=camera lost, reopening");
+                // Sleep in small steps so that a stop request is not delayed.
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !controls.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if camera_down {
+            camera_down = false;
+            backoff.reset();
+            notify("STATUS=running");
+            if let Some(led) = &mut running.led {
+                led.set_error(false);
+            }
+        }
+        capture_time += t0.elapsed();
+        let first = *first_stream.get_or_insert(frame.timestamp);
+        stream_time = frame.timestamp.saturating_sub(first);
+        if config.realtime {
+            let due = started + stream_time;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let outcome = running
+            .pipeline
+            .process(frame.image, frames, stream_time, frame.name)?;
+        if running.stills {
+            // Each image is its own scene: its people are tracks of one frame.
+            running.pipeline.finish(frames, stream_time, frame.name)?;
+        }
+        frames += 1;
+        if let Some(led) = &mut running.led {
+            if outcome.recognised {
+                led.known_person(now);
+            }
+            if let Err(e) = led.update(now) {
+                log::warn!("{e}");
+            }
+        }
+        if let Some(button) = &mut running.button {
+            match button.poll(now) {
+                Ok(true) => match running.pipeline.enrol_current(None, frames, stream_time)? {
+                    Some(id) => log::info!("enrolled the current track as {id}"),
+                    None => {
+                        log::warn!("enroll button: no confirmed track with an embedding in view")
+                    }
+                },
+                Ok(false) => {}
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        if frames == warmup {
+            summary.rss_after_warmup_kib = rss_kib();
+            summary.rss_max_kib = summary.rss_after_warmup_kib;
+        } else if frames > warmup && frames.is_multiple_of(100) {
+            summary.rss_max_kib = summary.rss_max_kib.max(rss_kib());
+        }
+    };
+    if let Exit::Ended(_) = exit {
+        running.pipeline.finish(frames, stream_time, "")?;
+    }
+    summary.camera_reopens = running.source.reopens();
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = running.pipeline.stats().clone();
+    let per = |d: Duration| {
+        if frames == 0 {
+            0.0
+        } else {
+            d.as_secs_f64() * 1000.0 / frames as f64
+        }
+    };
+    summary.frames += frames;
+    summary.seconds += seconds;
+    summary.fps = summary.frames as f64 / summary.seconds.max(1e-9);
+    summary.per_frame_ms = StageMs {
+        capture: per(capture_time),
+        detect: per(stats.detect),
+        track: per(stats.track),
+        embed: per(stats.embed),
+        gallery: per(stats.gallery),
+        events: per(stats.events_time),
+        total: per(started.elapsed()),
+    };
+    summary.embed_per_crop_ms = if stats.crops_embedded == 0 {
+        0.0
+    } else {
+        stats.embed.as_secs_f64() * 1000.0 / stats.crops_embedded as f64
+    };
+    summary.identities = running.pipeline.gallery().len();
+    summary.counts = stats;
+    summary.rss_end_kib = rss_kib();
+    summary.rss_max_kib = summary.rss_max_kib.max(summary.rss_end_kib);
+    if summary.rss_after_warmup_kib == 0 {
+        summary.rss_after_warmup_kib = summary.rss_end_kib;
+    }
+    Ok(exit)
+}
+
+/// Sends a state to systemd's notification socket (`$NOTIFY_SOCKET`), if any.
+pub fn sd_notify(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = socket.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&socket))
+    };
+    if let Err(e) = result {
+        log::debug!("sd_notify {state}: {e}");
+    }
+}
+
+/// The watchdog period systemd asks for (`$WATCHDOG_USEC`), halved, if it is meant for us.
+pub fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec / 2))
+}

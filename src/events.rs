@@ -1,0 +1,330 @@
+//! Events out: one JSON object per line (schema in `docs/events.md`), to stdout or to a file that
+//! rotates by size. [`EventSink`] is the seam for other transports (MQTT comes later).
+//!
+//! Serialisation goes into one reused buffer; strings in an [`Event`] are borrowed, so emitting
+//! allocates nothing once the buffer has grown to the longest line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::gallery::{PersonId, Timestamp};
+
+/// What happened to a track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A confirmed track's first identity decision.
+    Enter,
+    /// The decision changed (another identity, or an ambiguous/unknown track resolved).
+    Update,
+    /// The track ended (out of view for `tracker.max_missed` frames, or the stream ended).
+    Leave,
+    /// An operator enrolled the track as a pinned identity (the enroll button).
+    Enrol,
+}
+
+/// Who the track is, as the gallery decided.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "decision", rename_all = "lowercase")]
+pub enum Identity<'a> {
+    /// A confident match with a stored identity.
+    Known {
+        id: PersonId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<&'a str>,
+        similarity: f32,
+        /// The next-best identity, if any (the margin is to it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        runner_up: Option<Candidate>,
+    },
+    /// Nobody matched: stored as a new provisional identity.
+    New {
+        id: PersonId,
+        /// The closest stored identity's similarity (below the threshold), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        closest: Option<Candidate>,
+    },
+    /// Two identities within the margin: not decided.
+    Ambiguous {
+        best: Candidate,
+        runner_up: Candidate,
+    },
+    /// Nobody matched and the gallery is full of pinned identities: not stored.
+    Unstored {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        closest: Option<Candidate>,
+    },
+}
+
+/// An identity and a similarity, for the JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Candidate {
+    pub id: PersonId,
+    pub similarity: f32,
+}
+
+impl From<crate::gallery::Candidate> for Candidate {
+    fn from(c: crate::gallery::Candidate) -> Self {
+        Candidate {
+            id: c.id,
+            similarity: c.similarity.0,
+        }
+    }
+}
+
+/// One event. Times: `time` is the wall clock when emitted, `stream_ms` the frame's position in
+/// its source (driver timestamp for cameras, media time for recordings).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Event<'a> {
+    pub event: EventKind,
+    pub camera: &'a str,
+    pub track: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: Timestamp,
+    pub stream_ms: u64,
+    /// Frame number in the stream.
+    pub frame: u64,
+    /// The frame's file, for image-directory sources.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub frame_name: &'a str,
+    /// `[x, y, width, height]` in frame pixels, the track's latest box.
+    #[serde(rename = "box")]
+    pub bbox: [u32; 4],
+    pub identity: Identity<'a>,
+    /// When the track started (wall clock) and how many frames it has been seen in.
+    #[serde(serialize_with = "rfc3339")]
+    pub first_seen: Timestamp,
+    pub frames_seen: u32,
+    /// Crops embedded and aggregated into the track's embedding.
+    pub embeddings: u32,
+    /// The crop saved as JPEG (`events.crops_dir`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop: Option<&'a Path>,
+}
+
+/// Wall-clock times as RFC 3339 strings (UTC, milliseconds).
+fn rfc3339<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
+}
+
+/// Where events go.
+pub trait EventSink {
+    fn emit(&mut self, event: &Event<'_>) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// JSON lines to stdout or to a size-rotated file (`events.jsonl`, `.1`, … `.keep`).
+pub struct JsonLines {
+    out: Output,
+    line: Vec<u8>,
+    written: u64,
+    emitted: u64,
+}
+
+enum Output {
+    Stdout,
+    File {
+        path: PathBuf,
+        file: File,
+        max_bytes: u64,
+        keep: u32,
+    },
+    /// Events kept in memory (tests).
+    Memory(Vec<u8>),
+}
+
+impl JsonLines {
+    pub fn stdout() -> Self {
+        Self::with(Output::Stdout, 0)
+    }
+
+    pub fn memory() -> Self {
+        Self::with(Output::Memory(Vec::new()), 0)
+    }
+
+    /// Appends to `path`; when it would pass `max_bytes` it becomes `path.1` (older ones shift,
+    /// up to `path.<keep>`; the oldest is deleted). `max_bytes = 0` never rotates.
+    pub fn file(path: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
+        let file = open_append(path)?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self::with(
+            Output::File {
+                path: path.to_owned(),
+                file,
+                max_bytes,
+                keep,
+            },
+            written,
+        ))
+    }
+
+    fn with(out: Output, written: u64) -> Self {
+        JsonLines {
+            out,
+            line: Vec::with_capacity(1024),
+            written,
+            emitted: 0,
+        }
+    }
+
+    pub fn emitted(&self) -> u64 {
+        self.emitted
+    }
+
+    /// Lines written so far (memory sink only).
+    pub fn memory_lines(&self) -> Vec<serde_json::Value> {
+        match &self.out {
+            Output::Memory(bytes) => bytes
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).expect("we wrote JSON"))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+impl EventSink for JsonLines {
+    fn emit(&mut self, event: &Event<'_>) -> io::Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, event)?;
+        self.line.push(b'\n');
+        let len = self.line.len() as u64;
+        match &mut self.out {
+            Output::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(&self.line)?;
+                out.flush()?;
+            }
+            Output::Memory(bytes) => bytes.extend_from_slice(&self.line),
+            Output::File {
+                path,
+                file,
+                max_bytes,
+                keep,
+            } => {
+                if *max_bytes > 0 && self.written > 0 && self.written + len > *max_bytes {
+                    file.sync_all()?;
+                    if *keep == 0 {
+                        std::fs::remove_file(&*path)?;
+                    } else {
+                        for n in (1..*keep).rev() {
+                            let from = rotated(path, n);
+                            if from.exists() {
+                                std::fs::rename(&from, rotated(path, n + 1))?;
+                            }
+                        }
+                        std::fs::rename(&*path, rotated(path, 1))?;
+                    }
+                    *file = open_append(path)?;
+                    self.written = 0;
+                }
+                file.write_all(&self.line)?;
+                self.written += len;
+            }
+        }
+        self.emitted += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.out {
+            Output::File { file, .. } => file.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(track: u64) -> Event<'static> {
+        Event {
+            event: EventKind::Enter,
+            camera: "door",
+            track,
+            time: Timestamp(1_700_000_000_000),
+            stream_ms: 1500,
+            frame: 15,
+            frame_name: "",
+            bbox: [1, 2, 30, 60],
+            identity: Identity::Known {
+                id: PersonId(3),
+                label: Some("alice"),
+                similarity: 0.75,
+                runner_up: None,
+            },
+            first_seen: Timestamp(1_700_000_000_000),
+            frames_seen: 4,
+            embeddings: 1,
+            crop: None,
+        }
+    }
+
+    #[test]
+    fn events_are_one_json_object_per_line() {
+        let mut sink = JsonLines::memory();
+        sink.emit(&event(7)).unwrap();
+        let lines = sink.memory_lines();
+        assert_eq!(lines.len(), 1);
+        let e = &lines[0];
+        assert_eq!(e["event"], "enter");
+        assert_eq!(e["track"], 7);
+        assert_eq!(e["box"], serde_json::json!([1, 2, 30, 60]));
+        assert_eq!(e["identity"]["decision"], "known");
+        assert_eq!(e["identity"]["id"], 3);
+        assert_eq!(e["identity"]["label"], "alice");
+        assert_eq!(e["time"], "2023-11-14T22:13:20.000Z");
+        assert!(e.get("frame_name").is_none() && e.get("crop").is_none());
+    }
+
+    #[test]
+    fn files_rotate_by_size_and_keep_the_newest() {
+        let dir = std::env::temp_dir().join(format!("reidcam-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let mut sink = JsonLines::file(&path, 700, 2).unwrap();
+        for t in 0..20 {
+            sink.emit(&event(t)).unwrap();
+        }
+        sink.flush().unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let (now, one, two) = (
+            read(&path),
+            read(&rotated(&path, 1)),
+            read(&rotated(&path, 2)),
+        );
+        assert!(!rotated(&path, 3).exists());
+        for text in [&now, &one, &two] {
+            assert!(!text.is_empty() && text.len() <= 700, "{}", text.len());
+        }
+        // The newest event is in the live file; the files hold consecutive tracks.
+        let tracks = |t: &str| -> Vec<u64> {
+            t.lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["track"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let all: Vec<u64> = [two, one, now].iter().flat_map(|t| tracks(t)).collect();
+        assert_eq!(*all.last().unwrap(), 19);
+        assert!(all.windows(2).all(|w| w[1] == w[0] + 1));
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,634 @@
+//! The per-frame path, wired in one place: detect → track → (best crop per track and window) →
+//! preprocess → embed → aggregate per track → gallery decision → events.
+//!
+//! Every buffer is made in [`Pipeline::new`]: detections, the tracker's table, one resized crop
+//! and one embedding sum per track slot, the query buffer, the gallery arena and the event line.
+//! Per frame our code allocates nothing (a counting-allocator test holds us to it); tract and
+//! the decoders keep their own working memory.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::detect::{DetectError, Detections, Detector};
+use crate::embed::{EmbedError, Embedder};
+use crate::events::{self, Event, EventKind, EventSink, Identity};
+use crate::frame::RgbView;
+use crate::gallery::{
+    Decision, Gallery, GalleryError, NewIdentity, Observation, PersonId, Timestamp,
+};
+use crate::manifest::InputSpec;
+use crate::preprocess::Preprocessor;
+use crate::track::{SlotChange, Tracker};
+
+/// The embedding model as the pipeline sees it: one crop at a time. `Embedder` is the real one;
+/// tests may put a fake behind it.
+pub trait CropEmbedder {
+    fn input_spec(&self) -> &InputSpec;
+    fn dim(&self) -> usize;
+    /// The input to fill (`3 × H × W`).
+    fn input(&mut self) -> &mut [f32];
+    /// Runs on the input; the L2-normalised embedding.
+    fn run(&mut self) -> Result<&[f32], EmbedError>;
+}
+
+impl CropEmbedder for Embedder {
+    fn input_spec(&self) -> &InputSpec {
+        &self.manifest().input
+    }
+    fn dim(&self) -> usize {
+        Embedder::dim(self)
+    }
+    fn input(&mut self) -> &mut [f32] {
+        self.input_slot(0)
+    }
+    fn run(&mut self) -> Result<&[f32], EmbedError> {
+        Ok(Embedder::run(self, 1)?.row(0))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("gallery: {0}")]
+    Gallery(#[from] GalleryError),
+    #[error("events: {0}")]
+    Events(#[from] std::io::Error),
+    #[error("crop: {0}")]
+    Crop(#[from] crate::frame::FrameError),
+}
+
+/// Time spent per stage, and counts, since start.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    pub frames: u64,
+    pub detections: u64,
+    pub tracks: u64,
+    pub crops_embedded: u64,
+    pub identities_new: u64,
+    pub matches_known: u64,
+    pub ambiguous: u64,
+    pub events: u64,
+    pub enrolled: u64,
+    #[serde(serialize_with = "secs")]
+    pub detect: Duration,
+    #[serde(serialize_with = "secs")]
+    pub track: Duration,
+    #[serde(serialize_with = "secs")]
+    pub embed: Duration,
+    #[serde(serialize_with = "secs")]
+    pub gallery: Duration,
+    #[serde(serialize_with = "secs")]
+    pub events_time: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The identity a track holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Held {
+    Known {
+        id: PersonId,
+        similarity: f32,
+        runner_up: Option<events::Candidate>,
+    },
+    New {
+        id: PersonId,
+        closest: Option<events::Candidate>,
+    },
+    Ambiguous {
+        best: events::Candidate,
+        runner_up: events::Candidate,
+    },
+    Unstored {
+        closest: Option<events::Candidate>,
+    },
+}
+
+impl Held {
+    fn id(&self) -> Option<PersonId> {
+        match *self {
+            Held::Known { id, .. } | Held::New { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// What the pipeline keeps per track slot.
+struct TrackState {
+    crop: Vec<u8>,
+    /// Quality of the crop held for this window (None: no crop yet).
+    crop_quality: Option<f32>,
+    sum: Vec<f32>,
+    embeddings: u32,
+    held: Option<Held>,
+    /// The provisional identity this track created (replaced if it later matches someone).
+    created: Option<PersonId>,
+    first_seen: Timestamp,
+    /// The enter event went out.
+    entered: bool,
+}
+
+/// What one frame did, for the daemon's board I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameOutcome {
+    /// A track was recognised as a known identity this frame.
+    pub recognised: bool,
+}
+
+/// Static settings of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub camera: String,
+    /// Save the best crop of each entering track here as JPEG.
+    pub crops_dir: Option<PathBuf>,
+}
+
+pub struct Pipeline<E> {
+    config: PipelineConfig,
+    detector: Box<dyn Detector>,
+    tracker: Tracker,
+    pre: Preprocessor,
+    embedder: E,
+    gallery: Gallery,
+    sink: Box<dyn EventSink>,
+    detections: Detections,
+    states: Vec<TrackState>,
+    query: Vec<f32>,
+    /// The latest crop's embedding.
+    latest: Vec<f32>,
+    crop_path: PathBuf,
+    stats: Stats,
+    /// The gallery changed since the last [`Pipeline::mark_saved`].
+    dirty: bool,
+}
+
+impl<E: CropEmbedder> Pipeline<E> {
+    /// `frame_size` is the source's: buffers are sized for crops of up to the whole frame.
+    pub fn new(
+        config: PipelineConfig,
+        detector: Box<dyn Detector>,
+        tracker: Tracker,
+        embedder: E,
+        gallery: Gallery,
+        sink: Box<dyn EventSink>,
+        frame_size: (u32, u32),
+    ) -> Self {
+        let pre = Preprocessor::with_max_source(embedder.input_spec(), frame_size.0, frame_size.1);
+        let dim = embedder.dim();
+        let states = (0..tracker.capacity())
+            .map(|_| TrackState {
+                crop: vec![0; pre.resized_len()],
+                crop_quality: None,
+                sum: vec![0.0; dim],
+                embeddings: 0,
+                held: None,
+                created: None,
+                first_seen: Timestamp(0),
+                entered: false,
+            })
+            .collect();
+        Pipeline {
+            config,
+            detector,
+            tracker,
+            pre,
+            embedder,
+            gallery,
+            sink,
+            detections: Detections::new(),
+            states,
+            query: vec![0.0; dim],
+            latest: vec![0.0; dim],
+            crop_path: PathBuf::with_capacity(256),
+            stats: Stats::default(),
+            dirty: false,
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn gallery(&self) -> &Gallery {
+        &self.gallery
+    }
+
+    pub fn gallery_mut(&mut self) -> &mut Gallery {
+        &mut self.gallery
+    }
+
+    pub fn detector_description(&self) -> String {
+        self.detector.describe()
+    }
+
+    /// True when the gallery changed since the last save.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    pub fn mark_saved(&mut self) {
+        self.dirty = false;
+    }
+
+    pub fn flush_events(&mut self) -> std::io::Result<()> {
+        self.sink.flush()
+    }
+
+    /// Runs one frame through detection, tracking, embedding, matching and events.
+    pub fn process(
+        &mut self,
+        image: RgbView<'_>,
+        frame: u64,
+        stream_time: Duration,
+        frame_name: &str,
+    ) -> Result<FrameOutcome, PipelineError> {
+        let started = Instant::now();
+        self.detector.detect(image, &mut self.detections)?;
+        let detected = Instant::now();
+        let others_before = self.stats.embed + self.stats.gallery + self.stats.events_time;
+        self.stats.detect += detected - started;
+        self.stats.frames += 1;
+        self.stats.detections += self.detections.len() as u64;
+        self.tracker.update(frame, &self.detections);
+        let mut outcome = FrameOutcome::default();
+        let embed_every = u64::from(self.tracker.config().embed_every);
+        let min_height = self.tracker.config().min_crop_height;
+        let (fw, fh) = (image.width(), image.height());
+        for slot in 0..self.tracker.capacity() {
+            let change = self.tracker.change(slot);
+            let Some(&track) = self.tracker.track(slot) else {
+                continue;
+            };
+            if change == SlotChange::Started {
+                self.stats.tracks += 1;
+                let s = &mut self.states[slot];
+                s.crop_quality = None;
+                s.sum.fill(0.0);
+                s.embeddings = 0;
+                s.held = None;
+                s.created = None;
+                s.first_seen = Timestamp::now();
+                s.entered = false;
+            }
+            if change == SlotChange::Ended {
+                log::debug!(
+                    "track {} ended at frame {frame}: {} hits, confirmed {}, {} embeddings, last box {}",
+                    track.id,
+                    track.hits,
+                    track.confirmed,
+                    self.states[slot].embeddings,
+                    track.rect
+                );
+                if self.states[slot].held.is_some() {
+                    self.emit(EventKind::Leave, slot, frame, stream_time, frame_name)?;
+                }
+                continue;
+            }
+            // Keep the window's best crop: tall, confident, not cut by the frame edge.
+            if track.seen_now && track.rect.height >= min_height {
+                let r = track.rect;
+                let at_edge = r.x == 0 || r.y == 0 || r.x + r.width >= fw || r.y + r.height >= fh;
+                let quality = r.height as f32 * track.score * if at_edge { 0.5 } else { 1.0 };
+                let s = &mut self.states[slot];
+                if s.crop_quality.is_none_or(|q| quality > q) {
+                    let resized = self.pre.resize(image, r)?;
+                    s.crop.copy_from_slice(resized);
+                    s.crop_quality = Some(quality);
+                }
+            }
+            // At the end of each window (and as soon as a confirmed track has none), embed.
+            let age = frame - track.first_frame + 1;
+            let due = age.is_multiple_of(embed_every)
+                || (track.confirmed && self.states[slot].embeddings == 0);
+            if due && self.states[slot].crop_quality.is_some() {
+                let mut track = track;
+                let cos = self.embed(slot)?;
+                // Someone else stepped into this track's place (a cosine to the track's mean
+                // below `tracker.split_below`): the old track leaves, the new person gets a
+                // track of their own (confirmed: the box is established).
+                let split = cos.is_some_and(|c| c < self.tracker.config().split_below);
+                if split {
+                    log::debug!(
+                        "track {} split at frame {frame}: a different person",
+                        track.id
+                    );
+                    if self.states[slot].held.is_some() {
+                        self.emit(EventKind::Leave, slot, frame, stream_time, frame_name)?;
+                    }
+                    track = self.tracker.split(slot, frame);
+                    self.stats.tracks += 1;
+                    let s = &mut self.states[slot];
+                    s.held = None;
+                    s.created = None;
+                    s.first_seen = Timestamp::now();
+                    s.entered = false;
+                }
+                self.accumulate(slot, split);
+                if track.confirmed && self.decide(slot)? {
+                    outcome.recognised |=
+                        matches!(self.states[slot].held, Some(Held::Known { .. }));
+                    let kind = if self.states[slot].entered {
+                        EventKind::Update
+                    } else {
+                        EventKind::Enter
+                    };
+                    self.emit(kind, slot, frame, stream_time, frame_name)?;
+                    self.states[slot].entered = true;
+                }
+            }
+        }
+        // Tracking and crop selection: what is left of the frame after the other stages.
+        let others = self.stats.embed + self.stats.gallery + self.stats.events_time;
+        self.stats.track += detected.elapsed().saturating_sub(others - others_before);
+        Ok(outcome)
+    }
+
+    /// Embeds the slot's held crop into `latest`; returns its cosine to the track's mean so far
+    /// (None for the first crop).
+    fn embed(&mut self, slot: usize) -> Result<Option<f32>, PipelineError> {
+        let started = Instant::now();
+        let s = &mut self.states[slot];
+        self.pre.normalise_into(&s.crop, self.embedder.input());
+        let embedding = self.embedder.run()?;
+        self.latest.copy_from_slice(embedding);
+        s.crop_quality = None;
+        let cos = (s.embeddings > 0).then(|| {
+            let norm = s.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+            s.sum
+                .iter()
+                .zip(&self.latest)
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
+                / norm
+        });
+        self.stats.crops_embedded += 1;
+        self.stats.embed += started.elapsed();
+        Ok(cos)
+    }
+
+    /// Adds `latest` to the track's sum (or restarts the sum from it).
+    fn accumulate(&mut self, slot: usize, restart: bool) {
+        let s = &mut self.states[slot];
+        if restart {
+            s.sum.copy_from_slice(&self.latest);
+            s.embeddings = 1;
+        } else {
+            for (acc, v) in s.sum.iter_mut().zip(&self.latest) {
+                *acc += v;
+            }
+            s.embeddings += 1;
+        }
+    }
+
+    /// Decides who the track is from its aggregated embedding; true if that is news (first
+    /// decision, or a different one).
+    fn decide(&mut self, slot: usize) -> Result<bool, PipelineError> {
+        let started = Instant::now();
+        let s = &mut self.states[slot];
+        let norm = s.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm == 0.0 || !norm.is_finite() {
+            return Ok(false);
+        }
+        for (q, v) in self.query.iter_mut().zip(&s.sum) {
+            *q = v / norm;
+        }
+        let now = Timestamp::now();
+        let news = match s.held {
+            None => {
+                let held = match self.gallery.observe(&self.query, now)? {
+                    Observation::Known { best, .. } => {
+                        self.stats.matches_known += 1;
+                        Held::Known {
+                            id: best.id,
+                            similarity: best.similarity.0,
+                            runner_up: None,
+                        }
+                    }
+                    Observation::New { id, .. } => {
+                        self.stats.identities_new += 1;
+                        s.created = Some(id);
+                        Held::New { id, closest: None }
+                    }
+                    Observation::Ambiguous { best, runner_up } => {
+                        self.stats.ambiguous += 1;
+                        Held::Ambiguous {
+                            best: best.into(),
+                            runner_up: runner_up.into(),
+                        }
+                    }
+                    Observation::Unstored { best } => Held::Unstored {
+                        closest: best.map(Into::into),
+                    },
+                };
+                self.dirty = true;
+                s.held = Some(held);
+                true
+            }
+            Some(held) => match self.gallery.decide(&self.query)? {
+                Decision::Match { best, .. } if Some(best.id) == held.id() => {
+                    // Still the same person: a new view of them for the gallery.
+                    self.gallery.refresh(best.id, &self.query, now)?;
+                    self.dirty = true;
+                    false
+                }
+                Decision::Match { best, runner_up } => {
+                    // Someone else after all (or an undecided track resolved).
+                    if let Some(created) = s.created.take()
+                        && created != best.id
+                    {
+                        // The provisional identity this track made was a duplicate.
+                        let _ = self.gallery.remove(created);
+                    }
+                    self.gallery.refresh(best.id, &self.query, now)?;
+                    self.dirty = true;
+                    self.stats.matches_known += 1;
+                    s.held = Some(Held::Known {
+                        id: best.id,
+                        similarity: best.similarity.0,
+                        runner_up: runner_up.map(Into::into),
+                    });
+                    true
+                }
+                Decision::Unknown { best } if held.id().is_none() => {
+                    // Undecided until now, and clearly nobody known: a new identity.
+                    let new = NewIdentity {
+                        label: None,
+                        pinned: false,
+                        now,
+                    };
+                    match self.gallery.insert(&self.query, new) {
+                        Ok((id, _)) => {
+                            self.stats.identities_new += 1;
+                            s.created = Some(id);
+                            s.held = Some(Held::New {
+                                id,
+                                closest: best.map(Into::into),
+                            });
+                            self.dirty = true;
+                            true
+                        }
+                        Err(GalleryError::FullOfPinned { .. }) => false,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                // Ambiguous or unknown for a track that already has an identity: keep it.
+                _ => false,
+            },
+        };
+        self.stats.gallery += started.elapsed();
+        Ok(news)
+    }
+
+    fn emit(
+        &mut self,
+        kind: EventKind,
+        slot: usize,
+        frame: u64,
+        stream_time: Duration,
+        frame_name: &str,
+    ) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let Some(track) = self.tracker.track(slot) else {
+            return Ok(());
+        };
+        let s = &self.states[slot];
+        let Some(held) = s.held else { return Ok(()) };
+        let label_of = |id: PersonId| self.gallery.get(id).and_then(|i| i.label);
+        let identity = match held {
+            Held::Known {
+                id,
+                similarity,
+                runner_up,
+            } => Identity::Known {
+                id,
+                label: label_of(id),
+                similarity,
+                runner_up,
+            },
+            Held::New { id, closest } => Identity::New { id, closest },
+            Held::Ambiguous { best, runner_up } => Identity::Ambiguous { best, runner_up },
+            Held::Unstored { closest } => Identity::Unstored { closest },
+        };
+        let crop = match (&self.config.crops_dir, kind) {
+            (Some(dir), EventKind::Enter | EventKind::Enrol) => {
+                use std::fmt::Write as _;
+                let mut name = heapless::String::<96>::new();
+                let _ = write!(
+                    name,
+                    "{}-track{}-{:?}.jpg",
+                    self.config.camera, track.id, kind
+                );
+                self.crop_path.clear();
+                self.crop_path.push(dir);
+                self.crop_path.push(name.as_str());
+                let spec = self.embedder.input_spec();
+                match write_jpeg(&self.crop_path, &s.crop, spec.width, spec.height) {
+                    Ok(()) => Some(self.crop_path.as_path()),
+                    Err(e) => {
+                        log::warn!("{}: cannot save the crop: {e}", self.crop_path.display());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let r = track.rect;
+        let event = Event {
+            event: kind,
+            camera: &self.config.camera,
+            track: track.id,
+            time: Timestamp::now(),
+            stream_ms: stream_time.as_millis() as u64,
+            frame,
+            frame_name,
+            bbox: [r.x, r.y, r.width, r.height],
+            identity,
+            first_seen: s.first_seen,
+            frames_seen: track.hits,
+            embeddings: s.embeddings,
+            crop,
+        };
+        self.sink.emit(&event)?;
+        self.stats.events += 1;
+        self.stats.events_time += started.elapsed();
+        Ok(())
+    }
+
+    /// Every track leaves: the stream ended, or (for a directory of stills, where each image is
+    /// its own scene) the frame is done.
+    pub fn finish(
+        &mut self,
+        frame: u64,
+        stream_time: Duration,
+        frame_name: &str,
+    ) -> Result<(), PipelineError> {
+        self.tracker.end_all();
+        for slot in 0..self.tracker.capacity() {
+            if self.tracker.change(slot) == SlotChange::Ended && self.states[slot].held.is_some() {
+                self.emit(EventKind::Leave, slot, frame, stream_time, frame_name)?;
+            }
+        }
+        self.sink.flush()?;
+        Ok(())
+    }
+
+    /// Enrols the current track (confirmed, seen in this frame, the tallest) as a pinned
+    /// identity; returns its id, or None if no track has an embedding yet.
+    pub fn enrol_current(
+        &mut self,
+        label: Option<&str>,
+        frame: u64,
+        stream_time: Duration,
+    ) -> Result<Option<PersonId>, PipelineError> {
+        let best = self
+            .tracker
+            .tracks()
+            .filter(|(slot, t)| t.confirmed && t.seen_now && self.states[*slot].embeddings > 0)
+            .max_by_key(|(_, t)| t.rect.height)
+            .map(|(slot, _)| slot);
+        let Some(slot) = best else { return Ok(None) };
+        let s = &mut self.states[slot];
+        let norm = s.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for (q, v) in self.query.iter_mut().zip(&s.sum) {
+            *q = v / norm;
+        }
+        if let Some(created) = s.created.take() {
+            let _ = self.gallery.remove(created);
+        }
+        let new = NewIdentity {
+            label,
+            pinned: true,
+            now: Timestamp::now(),
+        };
+        let (id, _) = self.gallery.insert(&self.query, new)?;
+        s.held = Some(Held::Known {
+            id,
+            similarity: 1.0,
+            runner_up: None,
+        });
+        self.dirty = true;
+        self.stats.enrolled += 1;
+        self.emit(EventKind::Enrol, slot, frame, stream_time, "")?;
+        self.states[slot].entered = true;
+        Ok(Some(id))
+    }
+}
+
+/// Writes an RGB8 image as JPEG (quality 90).
+fn write_jpeg(path: &std::path::Path, rgb: &[u8], width: u32, height: u32) -> std::io::Result<()> {
+    let encoded = std::panic::catch_unwind(|| -> std::io::Result<Vec<u8>> {
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(width as usize, height as usize);
+        c.set_quality(90.0);
+        let mut started = c.start_compress(Vec::new())?;
+        started.write_scanlines(rgb)?;
+        started.finish()
+    })
+    .map_err(|_| std::io::Error::other("JPEG encoder failed"))??;
+    std::fs::write(path, encoded)
+}
