@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::board::BoardProfile;
 use crate::board::io::{self, LinuxButton, LinuxLed};
-use crate::capture::{Backoff, CaptureError, FrameSource, Reopening};
+use crate::capture::{Backoff, CaptureError, FrameSource, Opener, Reopening};
 use crate::config::{ConfigError, DetectorChoice, RunConfig};
 use crate::detect::{Detector, MotionDetector, YoloxDetector, ZoneDetector};
 use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
@@ -128,11 +128,14 @@ struct Running {
     stills: bool,
 }
 
-/// Builds everything from `config`; nothing is written until the first save.
-fn start(config: &RunConfig) -> Result<Running, DaemonError> {
+/// Builds everything from `config`; nothing is written until the first save. `custom` replaces
+/// the configured source by a live one (tests inject a camera that fails and recovers).
+fn start(config: &RunConfig, custom: Option<Opener>) -> Result<Running, DaemonError> {
     // The camera (or recording) first: its size sizes the buffers.
     let spec = config.source.clone();
-    let (source, reopening): (Box<dyn FrameSource>, bool) = if spec.is_live() {
+    let (source, reopening): (Box<dyn FrameSource>, bool) = if let Some(opener) = custom {
+        (Box::new(Reopening::open("injected source", opener)?), true)
+    } else if spec.is_live() {
         let name = match &spec {
             crate::capture::SourceSpec::V4l2(c) => c.device.display().to_string(),
             _ => "camera".into(),
@@ -299,13 +302,25 @@ enum Exit {
 /// that fails to load or start keeps the previous one running); `notify` receives sd_notify
 /// states (`READY=1`, `RELOADING=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=…`).
 pub fn run(
+    load: impl FnMut() -> Result<RunConfig, ConfigError>,
+    controls: &Controls,
+    notify: impl FnMut(&str),
+    watchdog: Option<Duration>,
+) -> Result<Summary, DaemonError> {
+    run_with_source(load, controls, notify, watchdog, None)
+}
+
+/// [`run`] with the source opened by `custom` (a live source, reopened when it fails) instead of
+/// the configured one, for the first configuration; a reload uses the configured source.
+pub fn run_with_source(
     mut load: impl FnMut() -> Result<RunConfig, ConfigError>,
     controls: &Controls,
     mut notify: impl FnMut(&str),
     watchdog: Option<Duration>,
+    custom: Option<Opener>,
 ) -> Result<Summary, DaemonError> {
     let mut config = load()?;
-    let mut running = start(&config)?;
+    let mut running = start(&config, custom)?;
     let mut summary = Summary::default();
     loop {
         notify("READY=1");
@@ -335,7 +350,7 @@ pub fn run(
                     Ok(new) => {
                         // Free the camera and the gallery lock before the new configuration takes them.
                         drop(running);
-                        match start(&new) {
+                        match start(&new, None) {
                             Ok(r) => {
                                 log::info!("configuration reloaded");
                                 running = r;
@@ -345,7 +360,7 @@ pub fn run(
                                 log::error!(
                                     "reload failed, keeping the previous configuration: {e}"
                                 );
-                                running = start(&config)?;
+                                running = start(&config, None)?;
                             }
                         }
                     }

@@ -134,6 +134,9 @@ def job_script(formats: list[str], frames: int, size: str) -> str:
     # The daemon on the real device: a whole-frame zone, a few frames, events and gallery to out/.
     lines.append(f"./reidcam run --config run.toml --source /dev/video0 --max-frames 12 "
                  f"--summary-json out/run.json 2> out/run.log")
+    # Hot-unplug: unbind the vivid device while the daemon streams from it, bind it again; the
+    # daemon must reopen it and carry on to its frame limit.
+    lines.append(UNPLUG_JOB)
     # The on-device latency check, with the emulated board's profile.
     lines.append("./reidcam bench --board board.toml --model model.onnx --manifest model.toml "
                  "--runs 3 --seconds 0 --json > out/bench.json")
@@ -162,6 +165,37 @@ embed_every = 4
 [events]
 output = "out/run-events.jsonl"
 """
+
+
+UNPLUG_JOB = """./reidcam run --config run.toml --source /dev/video0 --max-frames 40 --gallery '' \\
+    --events out/unplug-events.jsonl --summary-json out/unplug.json 2> out/unplug.log &
+pid=$!
+i=0
+while ! grep -q '"enter"' out/unplug-events.jsonl 2>/dev/null && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+dev=$(basename /sys/bus/platform/drivers/vivid/vivid.*)
+echo "unplug: unbinding $dev after $i polls"
+echo "$dev" > /sys/bus/platform/drivers/vivid/unbind
+sleep 2
+echo "$dev" > /sys/bus/platform/drivers/vivid/bind
+echo "unplug: bound $dev again"
+wait $pid"""
+
+
+def check_unplug(out: Path) -> list[str]:
+    """The daemon survived the device going away and coming back."""
+    if not (out / "unplug.json").exists():
+        log = (out / "unplug.log").read_text(errors="replace") if (out / "unplug.log").exists() else ""
+        return [f"unplug: no summary from the guest; log: {log[-1500:]}"]
+    summary = json.loads((out / "unplug.json").read_text())
+    log = (out / "unplug.log").read_text(errors="replace")
+    lost = [line for line in log.splitlines() if "reopening in" in line]
+    print(f"unplug: {summary['frames']} frames, camera reopened {summary['camera_reopens']} time(s) "
+          f"after {len(lost)} failed attempt(s); first: {lost[0][-120:] if lost else '-'}")
+    problems = []
+    if summary["camera_reopens"] < 1 or summary["frames"] != 40 or summary["ended_by"] != "frame limit":
+        problems.append(f"unplug: expected a reopen and 40 frames, got {summary['camera_reopens']} reopen(s), "
+                        f"{summary['frames']} frames, ended by {summary['ended_by']}; log: {log[-1500:]}")
+    return problems
 
 
 def check_run(out: Path) -> list[str]:
@@ -309,7 +343,7 @@ def main() -> int:
         print(f"{fmt}: {f['width']}x{f['height']} {f['pixel_format']} ({f['bytes_per_line']} bytes/line), "
               f"{r['frames']} frames, {r['embedded']} embedded, events {r['events']}, "
               f"{r['seconds']:.1f} s in the guest")
-    problems = check(results, args.frames) + check_run(out_dir)
+    problems = check(results, args.frames) + check_run(out_dir) + check_unplug(out_dir)
     lat = bench["latency_per_crop_ms"]
     print(f"bench --board qemu-virt in the guest: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms per crop "
           f"(emulated), load {bench['load_ms']:.0f} ms; budget exceeded: {bench['budget']['exceeded'] or 'no'}")

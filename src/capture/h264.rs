@@ -10,10 +10,9 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use openh264::OpenH264API;
-use openh264::decoder::{Decoder, DecoderConfig, Flush};
+use openh264::decoder::{DecodeOptions, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
 
 use super::convert::{self, Planes, YuvRange};
@@ -28,7 +27,6 @@ enum Demux {
         next_sample: u32,
         samples: u32,
         length_size: usize,
-        timescale: u32,
     },
     AnnexB(AnnexB),
 }
@@ -42,11 +40,14 @@ pub struct H264Source {
     rgb: RgbImage,
     fps: f64,
     sequence: u64,
-    /// Presentation time of the last packet (MP4) in the track's timescale.
-    sample_time: Option<u64>,
     primed: bool,
     container: &'static str,
+    /// Pictures taken from the reorder buffer after the end of the file.
+    flushed: u32,
 }
+
+/// Most pictures an H.264 decoder holds back (the DPB holds at most 16).
+const MAX_FLUSHED: u32 = 16;
 
 impl H264Source {
     /// Opens an `.mp4` (by its `ftyp` box) or an Annex B stream; `fps` times Annex B frames
@@ -104,7 +105,6 @@ impl H264Source {
                 next_sample: 1,
                 samples: track.sample_count(),
                 length_size: usize::from(avcc.length_size_minus_one & 3) + 1,
-                timescale: track.timescale().max(1),
                 reader: Box::new(reader),
             };
             (demux, if fps > 0.0 { fps } else { 25.0 }, "MP4")
@@ -125,9 +125,9 @@ impl H264Source {
             rgb: RgbImage::black(1, 1).expect("1x1 image"),
             fps,
             sequence: 0,
-            sample_time: None,
             primed: false,
             container,
+            flushed: 0,
         };
         if !source.decode_next()? {
             return Err(bad("no decodable picture in this file".into()));
@@ -162,8 +162,6 @@ impl H264Source {
                             .map_err(|e| bad(format!("cannot read MP4 sample {next_sample}: {e}")))?
                             .ok_or_else(|| bad(format!("MP4 sample {next_sample} is missing")))?;
                         *next_sample += 1;
-                        let at = sample.start_time as i64 + i64::from(sample.rendering_offset);
-                        self.sample_time = Some(at.max(0) as u64);
                         avcc_to_annexb(&sample.bytes, *length_size, &mut self.packet)
                             .map_err(|e| bad(format!("MP4 sample {}: {e}", *next_sample - 1)))?;
                         true
@@ -173,14 +171,28 @@ impl H264Source {
                     .next_access_unit(&mut self.packet)
                     .map_err(|e| bad(format!("cannot read: {e}")))?,
             };
-            if !more {
-                return Ok(false);
-            }
-            let decoded = self
-                .decoder
-                .decode(&self.packet)
-                .map_err(|e| bad(format!("H.264 decoding failed: {e}")))?;
-            self.packet.clear();
+            let decoded = if more {
+                let d = self
+                    .decoder
+                    .decode(&self.packet)
+                    .map_err(|e| bad(format!("H.264 decoding failed: {e}")))?;
+                self.packet.clear();
+                d
+            } else {
+                // End of the file: the pictures still in the reorder buffer, one per call.
+                if self.flushed >= MAX_FLUSHED {
+                    return Ok(false);
+                }
+                self.flushed += 1;
+                let flush = DecodeOptions::new().flush_after_decode(Flush::Flush);
+                match self.decoder.decode_with_options(&[], flush) {
+                    Ok(Some(yuv)) => Some(yuv),
+                    _ => {
+                        self.flushed = MAX_FLUSHED;
+                        return Ok(false);
+                    }
+                }
+            };
             let Some(yuv) = decoded else { continue };
             let (w, h) = yuv.dimensions();
             if (w as u32, h as u32) != (self.rgb.width(), self.rgb.height()) {
@@ -200,15 +212,6 @@ impl H264Source {
             return Ok(true);
         }
     }
-
-    fn timestamp(&self, sequence: u64) -> Duration {
-        match (&self.demux, self.sample_time) {
-            (Demux::Mp4 { timescale, .. }, Some(t)) => {
-                Duration::from_secs_f64(t as f64 / f64::from(*timescale))
-            }
-            _ => frame_time(sequence, self.fps),
-        }
-    }
 }
 
 impl FrameSource for H264Source {
@@ -223,7 +226,9 @@ impl FrameSource for H264Source {
         Ok(Frame {
             image: self.rgb.view(),
             sequence,
-            timestamp: self.timestamp(sequence),
+            // Pictures come out in display order; the MP4 track's rate (or the configured one)
+            // times them.
+            timestamp: frame_time(sequence, self.fps),
             raw: &[],
             name: "",
         })

@@ -15,7 +15,7 @@ mod synthetic;
 pub mod v4l2;
 
 pub use h264::H264Source;
-pub use reopen::{Backoff, Reopening};
+pub use reopen::{Backoff, Opener, Reopening};
 pub use replay::{ImageDirSource, MjpegSource, Y4mSource};
 pub use spec::{SOURCE_KINDS, SourceSpec, parse_size};
 pub use synthetic::{SyntheticConfig, SyntheticSource};

@@ -134,3 +134,155 @@ fn conversion_allocates_nothing() {
         assert_eq!(allocations, 0, "{name}");
     }
 }
+
+// ---- Replay sources -------------------------------------------------------------------------
+
+use reidcam::capture::{FrameSource, ImageDirSource, MjpegSource, SourceSpec, Y4mSource};
+
+fn frame_bytes(source: &mut dyn FrameSource) -> Option<(Vec<u8>, String)> {
+    match source.next_frame() {
+        Ok(f) => {
+            let (w, h) = (f.image.width(), f.image.height());
+            let mut bytes = Vec::with_capacity((w * h * 3) as usize);
+            for y in 0..h {
+                bytes.extend_from_slice(f.image.row(y));
+            }
+            Some((bytes, f.name.to_owned()))
+        }
+        Err(reidcam::capture::CaptureError::Ended { .. }) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn mjpeg_files_replay_every_jpeg_including_ones_with_end_markers_in_metadata() {
+    let dir = crate::common::scratch("mjpeg");
+    let images: Vec<RgbImage> = (0..3)
+        .map(|i| crate::common::pattern(64 + 8 * i, 48))
+        .collect();
+    let mut file = Vec::new();
+    let mut expected = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let mut jpeg = crate::common::encode(img, image::ImageFormat::Jpeg);
+        if i == 1 {
+            // An APP1 segment whose payload holds FF D9 (as an EXIF thumbnail does).
+            let app1 = [0xFF, 0xE1, 0x00, 0x08, 0xFF, 0xD9, 0xFF, 0xD8, 0xFF, 0xD9];
+            jpeg.splice(2..2, app1);
+        }
+        expected.push(reidcam::frame::decode_image(&jpeg).unwrap());
+        file.extend_from_slice(&jpeg);
+    }
+    let path = dir.join("clip.mjpeg");
+    std::fs::write(&path, &file).unwrap();
+    let mut source = MjpegSource::open(&path, 5.0).unwrap();
+    for want in &expected {
+        let (got, _) = frame_bytes(&mut source).expect("a frame");
+        assert_eq!(got, want.as_bytes());
+    }
+    assert!(frame_bytes(&mut source).is_none());
+    // A file cut inside its last JPEG: the two whole frames, then an error naming the file.
+    std::fs::write(&path, &file[..file.len() - 100]).unwrap();
+    let mut source = MjpegSource::open(&path, 5.0).unwrap();
+    assert!(frame_bytes(&mut source).is_some() && frame_bytes(&mut source).is_some());
+    let err = source.next_frame().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains("clip.mjpeg") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn y4m_frames_convert_with_bt601() {
+    let dir = crate::common::scratch("y4m");
+    let (w, h) = (6usize, 4usize);
+    let mut file = format!("YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\n").into_bytes();
+    // Frame 0: limited-range red (Y 81, U 90, V 240); frame 1: mid grey (Y 126, U = V = 128).
+    for (y, u, v) in [(81u8, 90u8, 240u8), (126, 128, 128)] {
+        file.extend_from_slice(b"FRAME\n");
+        file.extend(std::iter::repeat_n(y, w * h));
+        file.extend(std::iter::repeat_n(u, w * h / 4));
+        file.extend(std::iter::repeat_n(v, w * h / 4));
+    }
+    let path = dir.join("clip.y4m");
+    std::fs::write(&path, &file).unwrap();
+    let mut source = Y4mSource::open(&path).unwrap();
+    assert_eq!(source.size(), (6, 4));
+    let (red, _) = frame_bytes(&mut source).unwrap();
+    let px = &red[..3];
+    assert!(px[0] >= 252 && px[1] <= 3 && px[2] <= 3, "{px:?}");
+    let (grey, _) = frame_bytes(&mut source).unwrap();
+    assert!(
+        grey.iter().all(|&c| (127..=129).contains(&c)),
+        "{:?}",
+        &grey[..3]
+    );
+    assert!(frame_bytes(&mut source).is_none());
+    std::fs::write(&path, &file[..file.len() - 5]).unwrap();
+    let mut source = Y4mSource::open(&path).unwrap();
+    frame_bytes(&mut source).unwrap();
+    let err = source.next_frame().map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("clip.y4m: frame 1: truncated"), "{err}");
+    std::fs::write(&path, b"YUV4MPEG2 W6 H4 C422\n").unwrap();
+    let err = Y4mSource::open(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("C422 is not supported"), "{err}");
+}
+
+#[test]
+fn image_directories_replay_in_name_order_with_names() {
+    let dir = crate::common::scratch("imagedir");
+    let names = ["b.png", "a.jpg", "c.jpeg"];
+    for (i, name) in names.iter().enumerate() {
+        let img = crate::common::pattern(32 + 4 * i as u32, 24);
+        let format = if name.ends_with("png") {
+            image::ImageFormat::Png
+        } else {
+            image::ImageFormat::Jpeg
+        };
+        std::fs::write(dir.join(name), crate::common::encode(&img, format)).unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), b"not an image").unwrap();
+    let mut source = ImageDirSource::open(&dir, 1.0).unwrap();
+    let order: Vec<String> =
+        std::iter::from_fn(|| frame_bytes(&mut source).map(|(_, n)| n)).collect();
+    assert_eq!(order, ["a.jpg", "b.png", "c.jpeg"]);
+    let empty = crate::common::scratch("imagedir-empty");
+    let err = ImageDirSource::open(&empty, 1.0)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no .jpg, .jpeg or .png files"), "{err}");
+}
+
+#[test]
+fn shared_h264_videos_play_to_the_end() {
+    let Some(shared) = crate::common::shared() else {
+        return;
+    };
+    if std::env::var_os("REIDCAM_TEST_RUNNER").is_some() {
+        eprintln!("SKIPPED under emulation: decoding 2,000 frames takes minutes there");
+        return;
+    }
+    let cam = reidcam::capture::v4l2::V4l2Config::new("/dev/video0", PixelFormat::Yuyv, 640, 480);
+    for (file, frames) in [
+        ("one-by-one-person-detection.mp4", 1394),
+        ("people-detection.264", 596),
+    ] {
+        let path = shared.join("data/video").join(file);
+        let mut source = SourceSpec::parse(path.to_str().unwrap(), &cam, 25.0)
+            .unwrap()
+            .open()
+            .unwrap();
+        assert_eq!(source.size(), (768, 432), "{file}");
+        let mut n = 0;
+        let mut last = std::time::Duration::ZERO;
+        while let Ok(f) = source.next_frame() {
+            assert!(
+                f.timestamp >= last || n == 0,
+                "{file}: time goes back at frame {n}"
+            );
+            last = f.timestamp;
+            n += 1;
+        }
+        assert_eq!(n, frames, "{file}");
+    }
+}
