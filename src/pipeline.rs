@@ -518,11 +518,12 @@ impl<E: CropEmbedder> Pipeline<E> {
             (Some(dir), EventKind::Enter | EventKind::Enrol) => {
                 use std::fmt::Write as _;
                 let mut name = heapless::String::<96>::new();
-                let _ = write!(
-                    name,
-                    "{}-track{}-{:?}.jpg",
-                    self.config.camera, track.id, kind
-                );
+                let what = if kind == EventKind::Enrol {
+                    "enrol"
+                } else {
+                    "enter"
+                };
+                let _ = write!(name, "{}-track{}-{what}.jpg", self.config.camera, track.id);
                 self.crop_path.clear();
                 self.crop_path.push(dir);
                 self.crop_path.push(name.as_str());

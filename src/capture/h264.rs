@@ -16,7 +16,7 @@ use openh264::decoder::{DecodeOptions, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
 
 use super::convert::{self, Planes, YuvRange};
-use super::replay::frame_time;
+use super::replay::{Numbering, ended};
 use super::{CaptureError, Frame, FrameSource};
 use crate::frame::RgbImage;
 
@@ -38,9 +38,9 @@ pub struct H264Source {
     decoder: Decoder,
     packet: Vec<u8>,
     rgb: RgbImage,
-    fps: f64,
-    sequence: u64,
-    primed: bool,
+    /// Pictures come out in display order; the MP4 track's rate (or the configured one) times
+    /// them.
+    numbering: Numbering,
     container: &'static str,
     /// Pictures taken from the reorder buffer after the end of the file.
     flushed: u32,
@@ -123,23 +123,21 @@ impl H264Source {
             decoder,
             packet,
             rgb: RgbImage::black(1, 1).expect("1x1 image"),
-            fps,
-            sequence: 0,
-            primed: false,
+            numbering: Numbering::new(fps),
             container,
             flushed: 0,
         };
         if !source.decode_next()? {
             return Err(bad("no decodable picture in this file".into()));
         }
-        source.primed = true;
+        source.numbering.prime();
         Ok(source)
     }
 
     /// Feeds packets to the decoder until it returns a picture (converted into `rgb`); false at
     /// the end of the file.
     fn decode_next(&mut self) -> Result<bool, CaptureError> {
-        let sequence = self.sequence;
+        let sequence = self.numbering.sequence();
         let path = &self.path;
         let bad =
             |problem: String| CaptureError::replay(path, format!("frame {sequence}: {problem}"));
@@ -216,22 +214,10 @@ impl H264Source {
 
 impl FrameSource for H264Source {
     fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError> {
-        if !std::mem::take(&mut self.primed) && !self.decode_next()? {
-            return Err(CaptureError::Ended {
-                source_name: self.path.display().to_string(),
-            });
+        if self.numbering.needs_decode() && !self.decode_next()? {
+            return Err(ended(&self.path));
         }
-        let sequence = self.sequence;
-        self.sequence += 1;
-        Ok(Frame {
-            image: self.rgb.view(),
-            sequence,
-            // Pictures come out in display order; the MP4 track's rate (or the configured one)
-            // times them.
-            timestamp: frame_time(sequence, self.fps),
-            raw: &[],
-            name: "",
-        })
+        Ok(self.numbering.frame(self.rgb.view(), &[]))
     }
 
     fn describe(&self) -> String {
@@ -241,7 +227,7 @@ impl FrameSource for H264Source {
             self.container,
             self.rgb.width(),
             self.rgb.height(),
-            self.fps
+            self.numbering.fps
         )
     }
 

@@ -9,11 +9,64 @@ use std::time::Duration;
 
 use super::convert::{self, Planes, YuvRange};
 use super::{CaptureError, Frame, FrameSource};
-use crate::frame::{RgbImage, decode_image_into};
+use crate::frame::{RgbImage, RgbView, decode_image_into};
 
 /// Timestamp of frame `index` at `fps` frames per second.
 pub(crate) fn frame_time(index: u64, fps: f64) -> Duration {
     Duration::from_secs_f64(index as f64 / fps)
+}
+
+/// Frame numbers and times of a decoded stream, for sources that decode their first frame when
+/// they open (to learn the size and refuse a corrupt file early).
+pub(crate) struct Numbering {
+    pub(crate) fps: f64,
+    sequence: u64,
+    primed: bool,
+}
+
+impl Numbering {
+    pub(crate) fn new(fps: f64) -> Self {
+        Numbering {
+            fps,
+            sequence: 0,
+            primed: false,
+        }
+    }
+
+    /// The number the next frame gets.
+    pub(crate) fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The first frame was decoded when opening.
+    pub(crate) fn prime(&mut self) {
+        self.primed = true;
+    }
+
+    /// Whether the caller must decode a frame now (not for the one decoded when opening).
+    pub(crate) fn needs_decode(&mut self) -> bool {
+        !std::mem::take(&mut self.primed)
+    }
+
+    /// The next frame, numbered and timed.
+    pub(crate) fn frame<'a>(&mut self, image: RgbView<'a>, raw: &'a [u8]) -> Frame<'a> {
+        let sequence = self.sequence;
+        self.sequence += 1;
+        Frame {
+            image,
+            sequence,
+            timestamp: frame_time(sequence, self.fps),
+            raw,
+            name: "",
+        }
+    }
+}
+
+/// The error that ends a replay.
+pub(crate) fn ended(path: &Path) -> CaptureError {
+    CaptureError::Ended {
+        source_name: path.display().to_string(),
+    }
 }
 
 /// Every JPEG and PNG file of a directory, in file-name order (camera dumps are named by time or
@@ -83,9 +136,7 @@ impl FrameSource for ImageDirSource {
     fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError> {
         let index = self.next;
         if index >= self.files.len() {
-            return Err(CaptureError::Ended {
-                source_name: self.dir.display().to_string(),
-            });
+            return Err(ended(&self.dir));
         }
         // Image 0 was decoded when opening (to learn the size).
         if index > 0 {
@@ -121,13 +172,11 @@ impl FrameSource for ImageDirSource {
 pub struct MjpegSource {
     path: PathBuf,
     reader: BufReader<File>,
-    fps: f64,
-    sequence: u64,
+    numbering: Numbering,
     /// Byte offset of the next JPEG, for error messages.
     offset: u64,
     bytes: Vec<u8>,
     rgb: RgbImage,
-    primed: bool,
 }
 
 impl MjpegSource {
@@ -139,17 +188,15 @@ impl MjpegSource {
         let mut source = MjpegSource {
             path: path.to_owned(),
             reader: BufReader::with_capacity(1 << 16, file),
-            fps,
-            sequence: 0,
+            numbering: Numbering::new(fps),
             offset: 0,
             bytes: Vec::new(),
             rgb: RgbImage::black(1, 1).expect("1x1 image"),
-            primed: false,
         };
         if !source.read_next()? {
             return Err(CaptureError::replay(path, "empty file: no JPEG frames"));
         }
-        source.primed = true;
+        source.numbering.prime();
         Ok(source)
     }
 
@@ -160,7 +207,7 @@ impl MjpegSource {
         let found = read_jpeg(&mut self.reader, &mut self.bytes).map_err(|e| {
             CaptureError::replay(
                 &self.path,
-                format!("frame {} at byte {at}: {e}", self.sequence),
+                format!("frame {} at byte {at}: {e}", self.numbering.sequence()),
             )
         })?;
         if !found {
@@ -170,7 +217,7 @@ impl MjpegSource {
         decode_image_into(&self.bytes, &mut self.rgb).map_err(|e| {
             CaptureError::replay(
                 &self.path,
-                format!("frame {} at byte {at}: {e}", self.sequence),
+                format!("frame {} at byte {at}: {e}", self.numbering.sequence()),
             )
         })?;
         Ok(true)
@@ -179,20 +226,10 @@ impl MjpegSource {
 
 impl FrameSource for MjpegSource {
     fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError> {
-        if !std::mem::take(&mut self.primed) && !self.read_next()? {
-            return Err(CaptureError::Ended {
-                source_name: self.path.display().to_string(),
-            });
+        if self.numbering.needs_decode() && !self.read_next()? {
+            return Err(ended(&self.path));
         }
-        let sequence = self.sequence;
-        self.sequence += 1;
-        Ok(Frame {
-            image: self.rgb.view(),
-            sequence,
-            timestamp: frame_time(sequence, self.fps),
-            raw: &self.bytes,
-            name: "",
-        })
+        Ok(self.numbering.frame(self.rgb.view(), &self.bytes))
     }
 
     fn describe(&self) -> String {
@@ -201,7 +238,7 @@ impl FrameSource for MjpegSource {
             self.path.display(),
             self.rgb.width(),
             self.rgb.height(),
-            self.fps
+            self.numbering.fps
         )
     }
 
@@ -307,9 +344,8 @@ pub struct Y4mSource {
     width: u32,
     height: u32,
     subsampled: bool,
-    fps: f64,
     range: YuvRange,
-    sequence: u64,
+    numbering: Numbering,
     line: Vec<u8>,
     bytes: Vec<u8>,
     rgb: RgbImage,
@@ -391,9 +427,8 @@ impl Y4mSource {
             width,
             height,
             subsampled,
-            fps,
             range,
-            sequence: 0,
+            numbering: Numbering::new(fps),
             line: Vec::with_capacity(64),
             bytes: Vec::new(),
             rgb,
@@ -415,7 +450,7 @@ impl Y4mSource {
 
 impl FrameSource for Y4mSource {
     fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError> {
-        let sequence = self.sequence;
+        let sequence = self.numbering.sequence();
         let bad = |problem: String| {
             CaptureError::replay(&self.path, format!("frame {sequence}: {problem}"))
         };
@@ -425,9 +460,7 @@ impl FrameSource for Y4mSource {
             .read_until(b'\n', &mut self.line)
             .map_err(|e| bad(e.to_string()))?;
         if n == 0 {
-            return Err(CaptureError::Ended {
-                source_name: self.path.display().to_string(),
-            });
+            return Err(ended(&self.path));
         }
         if !self.line.starts_with(b"FRAME") {
             return Err(bad("expected a FRAME header".into()));
@@ -457,14 +490,7 @@ impl FrameSource for Y4mSource {
         };
         convert::planar_to_rgb(&planes, self.range, &mut self.rgb)
             .map_err(|e| bad(e.to_string()))?;
-        self.sequence += 1;
-        Ok(Frame {
-            image: self.rgb.view(),
-            sequence,
-            timestamp: frame_time(sequence, self.fps),
-            raw: &self.bytes,
-            name: "",
-        })
+        Ok(self.numbering.frame(self.rgb.view(), &self.bytes))
     }
 
     fn describe(&self) -> String {
@@ -474,7 +500,7 @@ impl FrameSource for Y4mSource {
             self.width,
             self.height,
             if self.subsampled { "4:2:0" } else { "4:4:4" },
-            self.fps
+            self.numbering.fps
         )
     }
 

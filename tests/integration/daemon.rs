@@ -274,7 +274,10 @@ fn synthetic_scene_runs_with_the_tiny_model_and_zones() {
     let config = dir.join("c.toml");
     std::fs::write(
         &config,
-        "camera = \"door\"\n[detector]\nkind = \"zones\"\n[detector.zones]\nrects = [[100, 0, 120, 180]]\n[tracker]\nmin_crop_height = 32\n",
+        format!(
+            "camera = \"door\"\n[detector]\nkind = \"zones\"\n[detector.zones]\nrects = [[100, 0, 120, 180]]\n[tracker]\nmin_crop_height = 32\n[events]\ncrops_dir = {:?}\n",
+            s(&dir)
+        ),
     )
     .unwrap();
     let (ev, sum) = (dir.join("e.jsonl"), dir.join("s.json"));
@@ -308,6 +311,15 @@ fn synthetic_scene_runs_with_the_tiny_model_and_zones() {
         e.iter()
             .all(|e| e["camera"] == "door" && e["box"] == serde_json::json!([100, 0, 120, 180]))
     );
+    // Each enter event names its crop, a JPEG of the model's input size.
+    for enter in e.iter().filter(|e| e["event"] == "enter") {
+        let crop = Path::new(enter["crop"].as_str().expect("crop path"));
+        assert!(
+            crop.ends_with(format!("door-track{}-enter.jpg", enter["track"])),
+            "{crop:?}"
+        );
+        reidcam::frame::load_image(crop).unwrap();
+    }
 }
 
 /// A stand-in embedder: the crop's mean colour per third of its height (no allocation).
@@ -633,4 +645,52 @@ fn sighup_reloads_and_sigterm_stops_cleanly_saving_the_gallery() {
     assert_eq!(sm["ended_by"], "stopped", "{err}");
     assert_eq!(sm["reloads"], 1);
     assert!(gallery.exists(), "saved at the stop");
+}
+
+/// The other detector exports: fixed-size YOLOX-Nano (416×416) and ByteTrack's people-only
+/// YOLOX (RGB, ImageNet normalisation) on the same 16 frames.
+#[test]
+fn fixed_size_yolox_and_bytetrack_presets_find_people() {
+    let Some(shared) = shared() else { return };
+    if emulated() {
+        return;
+    }
+    let dir = scratch("run-detectors");
+    let frames = shared.join("data/market1501-frames/frames");
+    let model = shared.join("models/osnet_x0_25_msmt17.onnx");
+    for (detector, preset, least) in [
+        ("yolox_nano.onnx", "yolox", 25),
+        ("bytetrack_nano_dynhw.onnx", "bytetrack", 60),
+    ] {
+        let config = dir.join(format!("{preset}.toml"));
+        let path = shared.join("models").join(detector);
+        std::fs::write(
+            &config,
+            format!("[detector]\nkind = \"model\"\n[detector.model]\npath = {:?}\npreset = \"{preset}\"\n", s(&path)),
+        )
+        .unwrap();
+        let sum = dir.join(format!("{preset}.json"));
+        let (ok, _, err) = reidcam(&[
+            "run",
+            "--config",
+            s(&config),
+            "--source",
+            s(&frames),
+            "--model",
+            s(&model),
+            "--gallery",
+            "",
+            "--events",
+            s(&dir.join("e.jsonl")),
+            "--summary-json",
+            s(&sum),
+        ]);
+        assert!(ok, "{detector}: {err}");
+        let people = summary(&sum)["counts"]["detections"].as_u64().unwrap();
+        println!("{detector}: {people} people in 16 frames");
+        assert!(
+            (least..=90).contains(&people),
+            "{detector}: {people} people"
+        );
+    }
 }
