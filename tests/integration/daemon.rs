@@ -535,7 +535,7 @@ fn flaky_camera(
     }
     Box::new(move || {
         let n = opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             return Err(CaptureError::Open {
                 device: "/dev/flaky".into(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
