@@ -528,7 +528,9 @@ fn frame_loop(
     summary.rss_end_kib = rss_kib();
     summary.rss_max_kib = summary.rss_max_kib.max(summary.rss_end_kib);
     if summary.rss_after_warmup_kib == 0 {
+        // A run shorter than the warm-up: the end is all there is.
         summary.rss_after_warmup_kib = summary.rss_end_kib;
+        summary.warmup_frames = frames;
     }
     Ok(exit)
 }
