@@ -167,17 +167,23 @@ output = "out/run-events.jsonl"
 """
 
 
-UNPLUG_JOB = """./reidcam run --config run.toml --source /dev/video0 --max-frames 40 --gallery '' \\
+UNPLUG_JOB = """mount -t debugfs none /sys/kernel/debug
+./reidcam run --config run.toml --source /dev/video0 --max-frames 40 --gallery '' --board board.toml \\
     --events out/unplug-events.jsonl --summary-json out/unplug.json 2> out/unplug.log &
 pid=$!
 i=0
 while ! grep -q '"enter"' out/unplug-events.jsonl 2>/dev/null && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+grep reidcam /sys/kernel/debug/gpio > out/gpio-before.txt || true
 dev=$(basename /sys/bus/platform/drivers/vivid/vivid.*)
 echo "unplug: unbinding $dev after $i polls"
 echo "$dev" > /sys/bus/platform/drivers/vivid/unbind
-sleep 2
+sleep 1.5
+grep reidcam /sys/kernel/debug/gpio > out/gpio-lost.txt || true
+sleep 0.5
 echo "$dev" > /sys/bus/platform/drivers/vivid/bind
 echo "unplug: bound $dev again"
+sleep 5
+grep reidcam /sys/kernel/debug/gpio > out/gpio-after.txt || true
 wait $pid"""
 
 
@@ -192,6 +198,18 @@ def check_unplug(out: Path) -> list[str]:
     print(f"unplug: {summary['frames']} frames, camera reopened {summary['camera_reopens']} time(s) "
           f"after {len(lost)} failed attempt(s); first: {lost[0][-120:] if lost else '-'}")
     problems = []
+    # The status LED (PL061 line 0 of the virt machine, requested through linux-embedded-hal): off
+    # while frames flow, steady on while the camera is lost, off again after the reopen.
+    led = {}
+    for stage in ("before", "lost", "after"):
+        path = out / f"gpio-{stage}.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        outs = [line.split()[-1] for line in lines if " out " in line]
+        led[stage] = outs[0] if outs else "missing"
+    print(f"unplug: status LED {led['before']} → {led['lost']} while lost → {led['after']} after the reopen; "
+          f"GPIO lines held by reidcam: {(out / 'gpio-before.txt').read_text().strip() if (out / 'gpio-before.txt').exists() else '-'}")
+    if (led["before"], led["lost"], led["after"]) != ("lo", "hi", "lo"):
+        problems.append(f"unplug: status LED levels {led}, expected lo → hi → lo")
     if summary["camera_reopens"] < 1 or summary["frames"] != 40 or summary["ended_by"] != "frame limit":
         problems.append(f"unplug: expected a reopen and 40 frames, got {summary['camera_reopens']} reopen(s), "
                         f"{summary['frames']} frames, ended by {summary['ended_by']}; log: {log[-1500:]}")
