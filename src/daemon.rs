@@ -348,6 +348,7 @@ pub fn run_with_source(
                 summary.reloads += 1;
                 match load() {
                     Ok(new) => {
+                        let next_track = running.pipeline.next_track_id();
                         // Free the camera and the gallery lock before the new configuration takes them.
                         drop(running);
                         match start(&new, None) {
@@ -363,6 +364,7 @@ pub fn run_with_source(
                                 running = start(&config, None)?;
                             }
                         }
+                        running.pipeline.set_next_track_id(next_track);
                     }
                     Err(e) => log::error!("reload failed, keeping the previous configuration: {e}"),
                 }
@@ -493,9 +495,8 @@ fn frame_loop(
             summary.rss_max_kib = summary.rss_max_kib.max(rss_kib());
         }
     };
-    if let Exit::Ended(_) = exit {
-        running.pipeline.finish(frames, stream_time, "")?;
-    }
+    // Stop or reload: every track leaves (a reload starts a new pipeline).
+    running.pipeline.finish(frames, stream_time, "")?;
     summary.camera_reopens = running.source.reopens();
     let seconds = started.elapsed().as_secs_f64();
     let stats = running.pipeline.stats().clone();

@@ -222,6 +222,16 @@ impl<E: CropEmbedder> Pipeline<E> {
         &mut self.gallery
     }
 
+    /// The id the next track gets; [`set_next_track_id`](Self::set_next_track_id) carries it
+    /// into a pipeline rebuilt on reload so that track ids stay unique for the run.
+    pub fn next_track_id(&self) -> u64 {
+        self.tracker.next_id()
+    }
+
+    pub fn set_next_track_id(&mut self, next: u64) {
+        self.tracker.set_next_id(next);
+    }
+
     pub fn detector_description(&self) -> String {
         self.detector.describe()
     }

@@ -136,6 +136,16 @@ impl Tracker {
         self.slots.len()
     }
 
+    /// The id the next track gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Continues numbering from `next` (a pipeline rebuilt on reload keeps ids unique).
+    pub fn set_next_id(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
+    }
+
     /// Tracks started so far.
     pub fn started(&self) -> u64 {
         self.next_id - 1

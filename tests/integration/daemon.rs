@@ -645,6 +645,24 @@ fn sighup_reloads_and_sigterm_stops_cleanly_saving_the_gallery() {
     assert_eq!(sm["ended_by"], "stopped", "{err}");
     assert_eq!(sm["reloads"], 1);
     assert!(gallery.exists(), "saved at the stop");
+    // Tracks open at the reload and at the stop leave; ids stay unique across the reload.
+    let e = events(&dir.join("e.jsonl"));
+    let ids = |kind: &str| {
+        let mut v: Vec<u64> = e
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .map(|e| e["track"].as_u64().unwrap())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let (enters, leaves) = (ids("enter"), ids("leave"));
+    assert!(!enters.is_empty(), "{err}");
+    assert_eq!(enters, leaves, "every track that entered left");
+    assert!(
+        enters.windows(2).all(|w| w[0] < w[1]),
+        "track ids unique: {enters:?}"
+    );
 }
 
 /// The other detector exports: fixed-size YOLOX-Nano (416×416) and ByteTrack's people-only
