@@ -312,7 +312,7 @@ impl<E: CropEmbedder> Pipeline<E> {
                 }
             }
             // At the end of each window (and as soon as a confirmed track has none), embed.
-            let age = frame - track.first_frame + 1;
+            let age = frame.saturating_sub(track.first_frame) + 1;
             let due = age.is_multiple_of(embed_every)
                 || (track.confirmed && self.states[slot].embeddings == 0);
             if due && self.states[slot].crop_quality.is_some() {
