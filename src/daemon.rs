@@ -135,11 +135,9 @@ fn start(config: &RunConfig, custom: Option<Opener>) -> Result<Running, DaemonEr
     let spec = config.source.clone();
     let (source, reopening): (Box<dyn FrameSource>, bool) = if let Some(opener) = custom {
         (Box::new(Reopening::open("injected source", opener)?), true)
-    } else if spec.is_live() {
-        let name = match &spec {
-            crate::capture::SourceSpec::V4l2(c) => c.device.display().to_string(),
-            _ => "camera".into(),
-        };
+    } else if let crate::capture::SourceSpec::V4l2(camera) = &spec {
+        // A camera is reopened when lost; a recording ends.
+        let name = camera.device.display().to_string();
         let opener = Box::new(move || spec.open());
         (Box::new(Reopening::open(name, opener)?), true)
     } else {

@@ -121,7 +121,6 @@ pub struct JsonLines {
     out: Output,
     line: Vec<u8>,
     written: u64,
-    emitted: u64,
 }
 
 enum Output {
@@ -132,17 +131,11 @@ enum Output {
         max_bytes: u64,
         keep: u32,
     },
-    /// Events kept in memory (tests).
-    Memory(Vec<u8>),
 }
 
 impl JsonLines {
     pub fn stdout() -> Self {
         Self::with(Output::Stdout, 0)
-    }
-
-    pub fn memory() -> Self {
-        Self::with(Output::Memory(Vec::new()), 0)
     }
 
     /// Appends to `path`; when it would pass `max_bytes` it becomes `path.1` (older ones shift,
@@ -166,23 +159,6 @@ impl JsonLines {
             out,
             line: Vec::with_capacity(1024),
             written,
-            emitted: 0,
-        }
-    }
-
-    pub fn emitted(&self) -> u64 {
-        self.emitted
-    }
-
-    /// Lines written so far (memory sink only).
-    pub fn memory_lines(&self) -> Vec<serde_json::Value> {
-        match &self.out {
-            Output::Memory(bytes) => bytes
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_slice(l).expect("we wrote JSON"))
-                .collect(),
-            _ => Vec::new(),
         }
     }
 }
@@ -209,7 +185,6 @@ impl EventSink for JsonLines {
                 out.write_all(&self.line)?;
                 out.flush()?;
             }
-            Output::Memory(bytes) => bytes.extend_from_slice(&self.line),
             Output::File {
                 path,
                 file,
@@ -236,7 +211,6 @@ impl EventSink for JsonLines {
                 self.written += len;
             }
         }
-        self.emitted += 1;
         Ok(())
     }
 
@@ -275,11 +249,26 @@ mod tests {
         }
     }
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("reidcam-events-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn events_are_one_json_object_per_line() {
-        let mut sink = JsonLines::memory();
+        let dir = scratch("line");
+        let path = dir.join("events.jsonl");
+        let mut sink = JsonLines::file(&path, 0, 0).unwrap();
         sink.emit(&event(7)).unwrap();
-        let lines = sink.memory_lines();
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 1);
         let e = &lines[0];
         assert_eq!(e["event"], "enter");
@@ -290,12 +279,12 @@ mod tests {
         assert_eq!(e["identity"]["label"], "alice");
         assert_eq!(e["time"], "2023-11-14T22:13:20.000Z");
         assert!(e.get("frame_name").is_none() && e.get("crop").is_none());
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn files_rotate_by_size_and_keep_the_newest() {
-        let dir = std::env::temp_dir().join(format!("reidcam-events-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("rotate");
         let path = dir.join("events.jsonl");
         let mut sink = JsonLines::file(&path, 700, 2).unwrap();
         for t in 0..20 {

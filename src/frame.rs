@@ -188,6 +188,22 @@ impl Rect {
         self.width == 0 || self.height == 0
     }
 
+    /// The part of the box with corners `(x0, y0)`–`(x1, y1)` (exclusive) inside a `width` ×
+    /// `height` image; None if nothing is left.
+    pub fn from_corners_clipped(
+        x0: i64,
+        y0: i64,
+        x1: i64,
+        y1: i64,
+        width: u32,
+        height: u32,
+    ) -> Option<Rect> {
+        let (x0, y0) = (x0.max(0), y0.max(0));
+        let (x1, y1) = (x1.min(i64::from(width)), y1.min(i64::from(height)));
+        (x1 > x0 && y1 > y0)
+            .then(|| Rect::new(x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32))
+    }
+
     /// Whether the rectangle lies inside a `width` × `height` image.
     pub fn fits_in(&self, width: u32, height: u32) -> bool {
         u64::from(self.x) + u64::from(self.width) <= u64::from(width)

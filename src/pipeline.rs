@@ -367,15 +367,7 @@ impl<E: CropEmbedder> Pipeline<E> {
         let embedding = self.embedder.run()?;
         self.latest.copy_from_slice(embedding);
         s.crop_quality = None;
-        let cos = (s.embeddings > 0).then(|| {
-            let norm = s.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-            s.sum
-                .iter()
-                .zip(&self.latest)
-                .map(|(a, b)| a * b)
-                .sum::<f32>()
-                / norm
-        });
+        let cos = (s.embeddings > 0).then(|| crate::embed::cosine(&s.sum, &self.latest));
         self.stats.crops_embedded += 1;
         self.stats.embed += started.elapsed();
         Ok(cos)
@@ -400,12 +392,8 @@ impl<E: CropEmbedder> Pipeline<E> {
     fn decide(&mut self, slot: usize) -> Result<bool, PipelineError> {
         let started = Instant::now();
         let s = &mut self.states[slot];
-        let norm = s.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm == 0.0 || !norm.is_finite() {
+        if !unit_mean(&s.sum, &mut self.query) {
             return Ok(false);
-        }
-        for (q, v) in self.query.iter_mut().zip(&s.sum) {
-            *q = v / norm;
         }
         let now = Timestamp::now();
         let news = match s.held {
@@ -604,9 +592,8 @@ impl<E: CropEmbedder> Pipeline<E> {
             .map(|(slot, _)| slot);
         let Some(slot) = best else { return Ok(None) };
         let s = &mut self.states[slot];
-        let norm = s.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-        for (q, v) in self.query.iter_mut().zip(&s.sum) {
-            *q = v / norm;
+        if !unit_mean(&s.sum, &mut self.query) {
+            return Ok(None);
         }
         if let Some(created) = s.created.take() {
             let _ = self.gallery.remove(created);
@@ -628,6 +615,19 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.states[slot].entered = true;
         Ok(Some(id))
     }
+}
+
+/// The direction of a track's embedding sum (its mean, L2-normalised) into `out`; false if the
+/// sum is zero or not finite.
+fn unit_mean(sum: &[f32], out: &mut [f32]) -> bool {
+    let norm = crate::embed::dot(sum, sum).sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return false;
+    }
+    for (o, v) in out.iter_mut().zip(sum) {
+        *o = v / norm;
+    }
+    true
 }
 
 /// Writes an RGB8 image as JPEG (quality 90).

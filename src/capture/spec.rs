@@ -82,11 +82,6 @@ impl SourceSpec {
         })
     }
 
-    /// A camera (reopened when lost) rather than a recording (which ends).
-    pub fn is_live(&self) -> bool {
-        matches!(self, SourceSpec::V4l2(_))
-    }
-
     pub fn open(&self) -> Result<Box<dyn FrameSource>, CaptureError> {
         Ok(match self {
             SourceSpec::V4l2(config) => Box::new(V4l2Source::open(config)?),

@@ -5,7 +5,7 @@
 use super::replay::frame_time;
 use super::{CaptureError, Frame, FrameSource};
 use crate::bench::XorShift;
-use crate::frame::RgbImage;
+use crate::frame::{Rect, RgbImage};
 
 /// The scene's parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,30 +176,23 @@ impl SyntheticSource {
 impl SyntheticSource {
     /// Ground truth for tests: who is in frame `sequence` (outfit index) and their box, clipped
     /// to the frame.
-    pub fn person_at(&self, sequence: u64) -> Option<(usize, crate::frame::Rect)> {
+    pub fn person_at(&self, sequence: u64) -> Option<(usize, Rect)> {
         let (outfit, x, y, w, h, _) = self.walker(sequence)?;
-        let (iw, ih) = (i64::from(self.config.width), i64::from(self.config.height));
-        let (x0, y0, x1, y1) = (x.max(0), y.max(0), (x + w).min(iw), (y + h).min(ih));
-        (x0 < x1 && y0 < y1).then(|| {
-            let r =
-                crate::frame::Rect::new(x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32);
-            (outfit, r)
-        })
+        let (iw, ih) = (self.config.width, self.config.height);
+        Rect::from_corners_clipped(x, y, x + w, y + h, iw, ih).map(|r| (outfit, r))
     }
 }
 
 /// Fills the part of `(x, y, w, h)` inside the image.
 fn fill(img: &mut RgbImage, x: i64, y: i64, w: i64, h: i64, colour: [u8; 3]) {
-    let (iw, ih) = (i64::from(img.width()), i64::from(img.height()));
-    let (x0, y0, x1, y1) = (x.max(0), y.max(0), (x + w).min(iw), (y + h).min(ih));
-    if x0 >= x1 || y0 >= y1 {
+    let Some(r) = Rect::from_corners_clipped(x, y, x + w, y + h, img.width(), img.height()) else {
         return;
-    }
-    let stride = iw as usize * 3;
+    };
+    let stride = img.width() as usize * 3;
     let data = img.as_bytes_mut();
-    for row in y0..y1 {
-        let start = row as usize * stride;
-        for px in data[start + x0 as usize * 3..start + x1 as usize * 3].chunks_exact_mut(3) {
+    for row in r.y..r.y + r.height {
+        let start = row as usize * stride + r.x as usize * 3;
+        for px in data[start..start + r.width as usize * 3].chunks_exact_mut(3) {
             px.copy_from_slice(&colour);
         }
     }

@@ -73,11 +73,14 @@ pub(crate) fn clip_box(
     width: u32,
     height: u32,
 ) -> Option<Rect> {
-    let cx0 = x0.max(0.0).floor() as u32;
-    let cy0 = y0.max(0.0).floor() as u32;
-    let cx1 = (x1.min(width as f32).ceil().max(0.0) as u32).min(width);
-    let cy1 = (y1.min(height as f32).ceil().max(0.0) as u32).min(height);
-    (cx1 > cx0 && cy1 > cy0).then(|| Rect::new(cx0, cy0, cx1 - cx0, cy1 - cy0))
+    Rect::from_corners_clipped(
+        x0.floor() as i64,
+        y0.floor() as i64,
+        x1.ceil() as i64,
+        y1.ceil() as i64,
+        width,
+        height,
+    )
 }
 
 #[cfg(test)]

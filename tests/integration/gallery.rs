@@ -807,26 +807,22 @@ fn a_locked_gallery_is_refused_by_the_command_line() {
         "{again}"
     );
     let model = models().join("tiny_reid.onnx");
-    let (ok, _, err) = reidcam(&[
-        "gallery",
-        "--model",
-        s(&model),
-        "--gallery",
-        s(&path),
-        "list",
-    ]);
+    let list = || {
+        reidcam(&[
+            "gallery",
+            "--model",
+            s(&model),
+            "--gallery",
+            s(&path),
+            "list",
+        ])
+    };
+    let (ok, _, err) = list();
     assert!(
         !ok && err.contains("cam.gallery: in use by another reidcam process (it holds"),
         "{err}"
     );
     drop(lock);
-    let (ok, _, err) = reidcam(&[
-        "gallery",
-        "--model",
-        s(&model),
-        "--gallery",
-        s(&path),
-        "list",
-    ]);
+    let (ok, _, err) = list();
     assert!(!ok && err.contains("no such gallery file"), "{err}");
 }
