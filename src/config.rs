@@ -432,14 +432,22 @@ impl ConfigFile {
 
 fn auto_source() -> String {
     if Path::new("/dev/video0").exists() {
-        "/dev/video0".into()
-    } else {
-        let video = shared_dir().join("data/video/one-by-one-person-detection.mp4");
+        return "/dev/video0".into();
+    }
+    let video = shared_dir().join("data/video/one-by-one-person-detection.mp4");
+    if video.is_file() {
         log::warn!(
             "no camera at /dev/video0: replaying {} (set source.path or --source)",
             video.display()
         );
         video.display().to_string()
+    } else {
+        log::warn!(
+            "no camera at /dev/video0 and no sample video at {}: running on the synthetic scene \
+             until stopped (set source.path or --source)",
+            video.display()
+        );
+        "synthetic".into()
     }
 }
 

@@ -75,6 +75,8 @@ pub struct StageMs {
 pub struct Summary {
     pub source: String,
     pub detector: String,
+    /// The embedding model: manifest name and file.
+    pub model: String,
     pub frames: u64,
     pub seconds: f64,
     pub fps: f64,
@@ -391,6 +393,7 @@ fn frame_loop(
     summary.warmup_frames = warmup;
     summary.source = running.source_name.clone();
     summary.detector = running.pipeline.detector_description();
+    summary.model = format!("{} ({})", running.model_tag.name, config.model.display());
     let frame_limit = config.max_frames.unwrap_or(u64::MAX);
     let mut camera_down = false;
     let exit = loop {

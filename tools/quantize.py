@@ -65,6 +65,50 @@ class Crops(CalibrationDataReader):
         return {self.name: reference.preprocess(path, self.spec)[None]}
 
 
+def quantize(model_path: Path, out: Path, manifest: Path | None, calib_dir: Path,
+             calib_count: int = 256, seed: int = 0) -> str:
+    """Writes the int8 model to `out` (and `out.toml` from `manifest`); returns a summary line.
+    Raises ValueError when there is nothing to calibrate on."""
+    spec = reference.InputSpec.from_manifest(manifest)
+    model = onnx.load(model_path)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        model = version_converter.convert_version(model, 13)
+    copies = unshare_initializers(model)
+    input_name = spec.name or model.graph.input[0].name
+    staged = out.with_suffix(".opset13.onnx")
+    onnx.save(model, staged)
+
+    files = sorted(calib_dir.glob("*.jpg")) + sorted(calib_dir.glob("*.png"))
+    if not files:
+        raise ValueError(f"{calib_dir}: no calibration crops (.jpg/.png)")
+    random.Random(seed).shuffle(files)
+    calib = files[:calib_count]
+
+    quantize_static(
+        str(staged), str(out), Crops(calib, spec, input_name),
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=["Conv", "MatMul"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    staged.unlink()
+
+    if manifest:
+        text = manifest.read_text()
+        name = tomllib.loads(text)["model"]["name"]
+        text = text.replace(f'name = "{name}"', f'name = "{name}_int8"', 1)
+        header = (f"# int8 (QOperator Conv/MatMul, per-channel) of {model_path.name} by tools/quantize.py,\n"
+                  f"# calibrated on {len(calib)} crops of {calib_dir.name} (seed {seed}).\n")
+        out.with_suffix(".toml").write_text(header + text)
+    q = onnx.load(out)
+    ops = sorted({n.op_type for n in q.graph.node})
+    return (f"unshared {copies} initializer uses; wrote {out} ({out.stat().st_size / 1024:.0f} KiB, "
+            f"float {model_path.stat().st_size / 1024:.0f} KiB); ops: {', '.join(ops)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
@@ -81,46 +125,11 @@ def main() -> int:
     for candidate in (root / "models" / "reference" / f"{args.model.stem}.toml", args.model.with_suffix(".toml")):
         if manifest is None and candidate.exists():
             manifest = candidate
-    spec = reference.InputSpec.from_manifest(manifest)
-
-    model = onnx.load(args.model)
-    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 13:
-        model = version_converter.convert_version(model, 13)
-    copies = unshare_initializers(model)
-    input_name = spec.name or model.graph.input[0].name
-    staged = args.out.with_suffix(".opset13.onnx")
-    onnx.save(model, staged)
-
-    files = sorted(args.calib_dir.glob("*.jpg")) + sorted(args.calib_dir.glob("*.png"))
-    if not files:
-        print(f"quantize: no calibration crops in {args.calib_dir}", file=sys.stderr)
+    try:
+        print(quantize(args.model, args.out, manifest, args.calib_dir, args.calib_count, args.seed))
+    except ValueError as e:
+        print(f"quantize: {e}", file=sys.stderr)
         return 2
-    random.Random(args.seed).shuffle(files)
-    calib = files[: args.calib_count]
-
-    quantize_static(
-        str(staged), str(args.out), Crops(calib, spec, input_name),
-        quant_format=QuantFormat.QOperator,
-        op_types_to_quantize=["Conv", "MatMul"],
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    staged.unlink()
-
-    if manifest:
-        text = manifest.read_text()
-        name = tomllib.loads(text)["model"]["name"]
-        text = text.replace(f'name = "{name}"', f'name = "{name}_int8"', 1)
-        header = (f"# int8 (QOperator Conv/MatMul, per-channel) of {args.model.name} by tools/quantize.py,\n"
-                  f"# calibrated on {len(calib)} crops of {args.calib_dir.name} (seed {args.seed}).\n")
-        args.out.with_suffix(".toml").write_text(header + text)
-    q = onnx.load(args.out)
-    ops = sorted({n.op_type for n in q.graph.node})
-    print(f"unshared {copies} initializer uses; wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, float {args.model.stat().st_size / 1024:.0f} KiB); "
-          f"ops: {', '.join(ops)}")
     return 0
 
 

@@ -116,6 +116,7 @@ fn print_summary(s: &Summary) {
     let m = &s.per_frame_ms;
     eprintln!("source: {}", s.source);
     eprintln!("detector: {}", s.detector);
+    eprintln!("model: {}", s.model);
     eprintln!(
         "{} frames in {:.1} s ({:.1} fps), ended by {}",
         s.frames, s.seconds, s.fps, s.ended_by

@@ -496,6 +496,35 @@ fn soak_20k_frames_rss_stays_flat() {
     assert!(max <= warm + 1024, "RSS grew from {warm} to {max} KiB");
 }
 
+/// Issue 6: with no camera, no `../shared` and no options, `reidcam run` runs our own model
+/// (`models/default.onnx`) on the synthetic scene — what a fresh clone's main job does.
+#[test]
+fn fresh_clone_runs_the_default_model_without_shared_data() {
+    let dir = scratch("run-default-model");
+    let sum = dir.join("summary.json");
+    let out = crate::common::command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
+        .current_dir(crate::common::repo())
+        .env("REIDCAM_SHARED", dir.join("no-shared-here"))
+        .env("RUST_LOG", "warn")
+        .args(["run", "--max-frames", "60", "--gallery", ""])
+        .args(["--events", s(&dir.join("events.jsonl"))])
+        .args(["--summary-json", s(&sum)])
+        .output()
+        .expect("reidcam runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("running on the synthetic scene"), "{err}");
+    let sm = summary(&sum);
+    assert_eq!(sm["frames"], 60);
+    let model = sm["model"].as_str().unwrap();
+    assert!(
+        model.starts_with("reidcam-osnet-x0_25-cuhk03 (models/default.onnx)"),
+        "{model}"
+    );
+    assert!(sm["source"].as_str().unwrap().starts_with("synthetic"));
+    assert!(sm["counts"]["crops_embedded"].as_u64().unwrap() > 0);
+}
+
 #[test]
 fn shipped_daemon_config_parses() {
     let path = crate::common::repo().join("board/systemd/reidcam.toml");

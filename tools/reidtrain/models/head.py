@@ -1,0 +1,120 @@
+"""The embedding head (global pooling + optional BNNeck + ID classifier) around a backbone.
+
+BNNeck (Luo et al., "bag of tricks"): f_t = GAP(map) feeds the triplet (and centre) loss; f_i =
+BN(f_t) feeds a bias-free classifier for the ID loss; f_i is the inference embedding. Without the
+neck, f_t feeds both losses and is the embedding. Backbones returning several maps (SCL-net's
+shallow + deep) get one neck and classifier per map; the embedding is the concatenation.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .osnet import OSNet, WIDTHS as OSNET_WIDTHS
+from .sclnet import SCLNet
+
+ARCHS = ("osnet", "sclnet")
+
+
+@dataclass
+class Output:
+    """Training-time outputs, one entry per feature level."""
+    features: list[torch.Tensor]   # pre-BN pooled features (triplet / centre loss)
+    logits: list[torch.Tensor]     # ID classifier outputs
+
+
+class EmbeddingNet(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, bnneck: bool = True,
+                 fc_dim: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        widths = backbone.out_channels
+        widths = list(widths) if isinstance(widths, (tuple, list)) else [widths]
+        self.bnneck = bnneck
+        # Optional embedding layer per level (torchreid's OSNet: Linear → BN → ReLU to 512-d).
+        self.fcs = nn.ModuleList()
+        if fc_dim:
+            for c in widths:
+                self.fcs.append(nn.Sequential(nn.Linear(c, fc_dim), nn.BatchNorm1d(fc_dim),
+                                              nn.ReLU(inplace=True)))
+            widths = [fc_dim] * len(widths)
+        self.necks = nn.ModuleList()
+        for c in widths:
+            bn = nn.BatchNorm1d(c)
+            bn.bias.requires_grad_(False)  # BNNeck: no shift before the classifier
+            self.necks.append(bn if bnneck else nn.Identity())
+        self.classifiers = nn.ModuleList(nn.Linear(c, num_classes, bias=not bnneck) for c in widths)
+        self.embed_dim = sum(widths)
+        self.num_classes = num_classes
+        for cls in self.classifiers:
+            nn.init.normal_(cls.weight, std=0.001)
+
+    def pooled(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.backbone(x)
+        maps = maps if isinstance(maps, list) else [maps]
+        feats = [m.mean((2, 3)) for m in maps]
+        return [fc(f) for fc, f in zip(self.fcs, feats)] if self.fcs else feats
+
+    def forward(self, x: torch.Tensor):
+        feats = self.pooled(x)
+        necked = [neck(f) for neck, f in zip(self.necks, feats)]
+        if self.training:
+            return Output(feats, [cls(f) for cls, f in zip(self.classifiers, necked)])
+        return torch.cat(necked, 1)
+
+
+# Embedding layer width per architecture: OSNet as in the paper / torchreid (so x1.0 has its
+# ≈2.2M parameters and x0.25 its ≈0.2M); SCL-net reduces each of its two levels to 256.
+FC_DIM = {"osnet": 512, "sclnet": 256}
+
+
+def build(arch: str, width: float = 1.0, num_classes: int = 751, bnneck: bool = True,
+          last_stride: int = 2, fc_dim: int | None = None) -> EmbeddingNet:
+    if arch == "osnet":
+        backbone = OSNet(width, last_stride)
+    elif arch == "sclnet":
+        backbone = SCLNet(width, last_stride)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}: expected one of {ARCHS}")
+    return EmbeddingNet(backbone, num_classes, bnneck, FC_DIM[arch] if fc_dim is None else fc_dim)
+
+
+def count_params(net: EmbeddingNet, classifier: bool = False) -> int:
+    """Trainable + BN parameters; without the ID classifier unless asked (it is dropped at export)."""
+    total = sum(p.numel() for name, p in net.named_parameters()
+                if classifier or not name.startswith("classifiers."))
+    return total
+
+
+def count_flops(net: nn.Module, height: int = 256, width: int = 128) -> int:
+    """Multiply-accumulates of one inference forward pass (conv and linear layers), by hooks."""
+    macs = 0
+
+    def conv_hook(mod, _inp, out):
+        nonlocal macs
+        k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+        macs += out.numel() * k
+
+    def linear_hook(mod, _inp, out):
+        nonlocal macs
+        macs += out.numel() * mod.in_features
+
+    hooks = []
+    skip = {id(m) for m in getattr(net, "classifiers", [])}  # training-only
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear) and id(m) not in skip:
+            hooks.append(m.register_forward_hook(linear_hook))
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, 3, height, width))
+    net.train(was)
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+__all__ = ["ARCHS", "EmbeddingNet", "Output", "build", "count_params", "count_flops",
+           "OSNET_WIDTHS"]

@@ -1,0 +1,28 @@
+"""The shipped default model (models/default.onnx, made by these tools): it loads in reidcam and
+has the accuracy its model card states on cuhk03-val, through `reidcam eval` (needs ../shared)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from reidtrain.report import evaluate_onnx
+from helpers import reidcam_or_skip, shared_or_skip
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = json.loads((ROOT / "tests/fixtures/default-model/cuhk03-val.json").read_text())
+
+
+@pytest.mark.parametrize("variant", ["float", "int8"])
+def test_default_model_accuracy_on_cuhk03_val(variant):
+    reidcam_or_skip()
+    data = shared_or_skip() / "data/cuhk03-val"
+    model = ROOT / "models" / EXPECTED[variant]["file"]
+    assert model.is_file() and model.with_suffix(".toml").is_file(), model
+    got = evaluate_onnx(model, data)["metrics"]
+    want, tol = EXPECTED[variant], EXPECTED["tolerance_points"]
+    assert abs(got["rank1"] - want["rank1"]) <= tol, (got["rank1"], want)
+    assert abs(got["map"] - want["mAP"]) <= tol, (got["map"], want)
+    # an in-domain model must beat the best cross-domain reference of its size
+    ref_rank1, ref_map = EXPECTED["beats"]["rank1"], EXPECTED["beats"]["mAP"]
+    assert got["rank1"] > ref_rank1 and got["map"] > ref_map
+
