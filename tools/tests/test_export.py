@@ -94,3 +94,13 @@ def test_folding_removes_every_batchnorm_and_keeps_outputs():
     assert removed > 50
     assert not [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-4 * before.abs().max().item())
+
+
+def test_fixed_batch_export_declares_batch_one(tmp_path):
+    from reidtrain.export import export_onnx
+    net = _trained_looking("osnet")
+    fold_batchnorms(net)
+    out = tmp_path / "fixed.onnx"
+    export_onnx(net, out, H, W, dynamic_batch=False)
+    dims = onnx.load(out).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, H, W]

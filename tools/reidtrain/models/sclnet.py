@@ -16,7 +16,7 @@ next unit's 1×1 see all four parts in every group of channels.
 
 SC-block (the residual bottleneck): SC-unit(cin → mid) → SC-unit(mid → mid) → channel gate →
 1×1 conv + BN to cout, plus the shortcut (identity, or 1×1 + BN when the width changes), ReLU.
-Stem: 3×3 stride-2 conv, SC-unit, max-pool. Stages 2–4 of two SC-blocks each, 2×2 average-pool
+Stem: 3×3 stride-2 conv, SC-unit, max-pool. Stages 2–4 of 2, 3 and 3 SC-blocks, 2×2 average-pool
 transitions. The backbone returns the stage-3 ("shallow") and stage-4 ("deep") maps; the head
 pools both and trains each with its own BNNeck and losses; the embedding is their concatenation.
 """
@@ -71,7 +71,7 @@ class SCBlock(nn.Module):
         return (out + skip).relu()
 
 
-def _round4(v: float) -> int:
+def _round8(v: float) -> int:
     return max(8, int(round(v / 8)) * 8)
 
 
@@ -80,7 +80,7 @@ class SCLNet(nn.Module):
 
     def __init__(self, width: float = 1.0, last_stride: int = 2):
         super().__init__()
-        c0, cs, c1, c2, c3 = (_round4(c * width) for c in BASE_WIDTHS)
+        c0, cs, c1, c2, c3 = (_round8(c * width) for c in BASE_WIDTHS)
         c0 = max(c0, 16)  # a stem narrower than 16 starves everything after it (OSNet x0.25: 16)
         self.stem = nn.Sequential(ConvBN(3, c0, 3, stride=2), SCUnit(c0, cs), nn.MaxPool2d(3, 2, 1))
         d2, d3, d4 = DEPTHS
