@@ -9,7 +9,6 @@ and f32, scored by max or mean over exemplars).
                                                [--gallery-check POINTS]
 """
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,6 @@ from pathlib import Path
 import reference
 
 ROOT = Path(__file__).resolve().parent.parent
-def run_eval(binary, model, manifest, data, batch, identities=False):
-    cmd = [str(binary), "eval", "--model", str(model), "--data", str(data), "--json", "--batch", str(batch)]
-    if identities:
-        cmd += ["--identities"]
-    if manifest:
-        cmd += ["--manifest", str(manifest)]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--int8-dir", type=Path, default=Path("/tmp/reidcam-int8"))
@@ -38,7 +28,6 @@ def main() -> int:
     shared = reference.require_shared("eval_table")
     if shared is None:
         return 0
-    binary = reference.reidcam_binary()
     data = shared / "data" / "cuhk03-val"
     args.int8_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -49,7 +38,7 @@ def main() -> int:
     for stem, (ref_r1, ref_map) in reference.REFERENCE_MODELS.items():
         manifest = ROOT / "models" / "reference" / f"{stem}.toml"
         batch = 1  # tract is fastest at batch 1 on these models (see docs/eval.md)
-        f = run_eval(binary, shared / "models" / f"{stem}.onnx", manifest, data, batch, identities=True)
+        f = reference.reidcam_eval(shared / "models" / f"{stem}.onnx", data, manifest, batch, identities=True)
         gallery_rows.append((stem, f["identities"]))
         fm = f["metrics"]
         q = ("–", "–", "–")
@@ -59,7 +48,7 @@ def main() -> int:
                 subprocess.run([sys.executable, str(ROOT / "tools" / "quantize.py"), "--model",
                                 str(shared / "models" / f"{stem}.onnx"), "--out", str(int8)],
                                check=True, capture_output=True)
-            i = run_eval(binary, int8, None, data, batch)
+            i = reference.reidcam_eval(int8, data, None, batch)
             q = (f"{i['metrics']['rank1']:.2f}", f"{i['metrics']['map']:.2f}", f"{i['embedding']['crops_per_s']:.1f}")
         print(f"| {stem} | {ref_r1:.2f} | {ref_map:.2f} | {fm['rank1']:.2f} | {fm['map']:.2f} "
               f"| {fm['rank1'] - ref_r1:+.2f} | {fm['map'] - ref_map:+.2f} | {fm['map_official']:.2f} | {fm['minp']:.2f} "

@@ -6,7 +6,9 @@ make_fixtures.py and parity.py.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -81,14 +83,37 @@ class InputSpec:
         )
 
 
+def load_rgb(path: Path, width: int, height: int) -> np.ndarray:
+    """The reference resize: Pillow BILINEAR of the whole crop → [H, W, 3] uint8 RGB."""
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB").resize((width, height), Image.BILINEAR))
+
+
 def preprocess(path: Path, spec: InputSpec) -> np.ndarray:
     """One crop → [3, H, W] float32, exactly as the reference pipeline does it."""
-    img = Image.open(path).convert("RGB").resize((spec.width, spec.height), Image.BILINEAR)
-    x = np.asarray(img, dtype=np.float32) / np.float32(spec.pixel_divisor)
+    x = load_rgb(path, spec.width, spec.height).astype(np.float32) / np.float32(spec.pixel_divisor)
     if spec.channel_order == "bgr":
         x = x[:, :, ::-1]
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def reidcam_eval(model: Path, data: Path, manifest: Path | None = None, batch: int = 1,
+                 identities: bool = False) -> dict:
+    """`reidcam eval --json` of this checkout's release binary; a failure raises with its stderr."""
+    binary = reidcam_binary()
+    if not binary.is_file():
+        raise RuntimeError(f"{binary}: build reidcam first (cargo build --release)")
+    cmd = [str(binary), "eval", "--model", str(model), "--data", str(data), "--json",
+           "--batch", str(batch)]
+    if identities:
+        cmd += ["--identities"]
+    if manifest:
+        cmd += ["--manifest", str(manifest)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"reidcam eval {model}: {run.stderr.strip()}")
+    return json.loads(run.stdout)
 
 
 def session(model: Path, threads: int = 1):

@@ -200,14 +200,14 @@ def check_unplug(out: Path) -> list[str]:
     problems = []
     # The status LED (PL061 line 0 of the virt machine, requested through linux-embedded-hal): off
     # while frames flow, steady on while the camera is lost, off again after the reopen.
-    led = {}
+    gpio, led = {}, {}
     for stage in ("before", "lost", "after"):
         path = out / f"gpio-{stage}.txt"
-        lines = path.read_text().splitlines() if path.exists() else []
-        outs = [line.split()[-1] for line in lines if " out " in line]
+        gpio[stage] = path.read_text() if path.exists() else ""
+        outs = [line.split()[-1] for line in gpio[stage].splitlines() if " out " in line]
         led[stage] = outs[0] if outs else "missing"
     print(f"unplug: status LED {led['before']} → {led['lost']} while lost → {led['after']} after the reopen; "
-          f"GPIO lines held by reidcam: {(out / 'gpio-before.txt').read_text().strip() if (out / 'gpio-before.txt').exists() else '-'}")
+          f"GPIO lines held by reidcam: {gpio['before'].strip() or '-'}")
     if (led["before"], led["lost"], led["after"]) != ("lo", "hi", "lo"):
         problems.append(f"unplug: status LED levels {led}, expected lo → hi → lo")
     if summary["camera_reopens"] < 1 or summary["frames"] != 40 or summary["ended_by"] != "frame limit":

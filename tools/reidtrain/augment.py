@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from reference import IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from reference import load_rgb
 
 NAME = re.compile(r"^(-?\d+)_c(\d+)")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatasetError(Exception):
@@ -51,12 +50,6 @@ def list_images(directory: Path) -> list[Path]:
     return files
 
 
-def load_crop(path: Path, height: int, width: int) -> np.ndarray:
-    """The reference preprocessing's resize: PIL bilinear of the whole crop to width × height."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB").resize((width, height), Image.BILINEAR))
-
-
 def _cache_file(directory: Path, files: list[Path], height: int, width: int) -> Path | None:
     root = os.environ.get("REIDTRAIN_CACHE", str(Path.home() / ".cache/reidcam/reidtrain"))
     if root == "":
@@ -68,13 +61,12 @@ def _cache_file(directory: Path, files: list[Path], height: int, width: int) -> 
     return Path(root) / f"{directory.resolve().name}-{height}x{width}-{key.hexdigest()[:16]}.npy"
 
 
-def load_dir(directory: Path, height: int, width: int, keep_junk: bool = False,
-             keep_distractors: bool = True) -> Images:
+def load_dir(directory: Path, height: int, width: int, keep_distractors: bool = True) -> Images:
     """Decodes every image of one Market-layout directory (cached as .npy by content key)."""
     files = list_images(directory)
     meta = [parse_name(f) for f in files]
     keep = [i for i, (pid, _) in enumerate(meta)
-            if (keep_junk or pid != -1) and (keep_distractors or pid != 0)]
+            if pid != -1 and (keep_distractors or pid != 0)]
     files = [files[i] for i in keep]
     meta = [meta[i] for i in keep]
     if not files:
@@ -83,7 +75,7 @@ def load_dir(directory: Path, height: int, width: int, keep_junk: bool = False,
     if cache is not None and cache.is_file():
         pixels = np.load(cache)
     else:
-        pixels = np.stack([load_crop(f, height, width) for f in files])
+        pixels = np.stack([load_rgb(f, width, height) for f in files])
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npy")

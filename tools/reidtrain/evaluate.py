@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval_reference import cmc_map_torchreid
+
 from .augment import normalise
 from .data import Images, load_dir
 
@@ -24,19 +26,10 @@ def embed(net: torch.nn.Module, images: Images, batch: int = 128) -> np.ndarray:
 
 
 def market_metrics(q: np.ndarray, q_pids, q_cams, g: np.ndarray, g_pids, g_cams) -> dict:
-    sim = q @ g.T
-    rank1, aps = [], []
-    for i in range(len(q)):
-        valid = ~((g_pids == q_pids[i]) & (g_cams == q_cams[i]))
-        order = np.argsort(-sim[i][valid], kind="stable")
-        hits = (g_pids[valid] == q_pids[i])[order]
-        if not hits.any():
-            continue
-        rank1.append(float(hits[0]))
-        positions = np.flatnonzero(hits)
-        aps.append(float(np.mean((np.arange(len(positions)) + 1) / (positions + 1))))
-    return {"rank1": 100 * float(np.mean(rank1)), "mAP": 100 * float(np.mean(aps)),
-            "queries": len(rank1)}
+    """Rank-1 and mAP (%) of unit-length embeddings, by the project's reference implementation of
+    torchreid's protocol (`tools/eval_reference.py`), on negated cosine similarity."""
+    cmc, m_ap, _, queries = cmc_map_torchreid(-(q @ g.T), q_pids, g_pids, q_cams, g_cams)
+    return {"rank1": 100 * float(cmc[0]), "mAP": 100 * m_ap, "queries": queries}
 
 
 class Evaluator:

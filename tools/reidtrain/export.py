@@ -6,7 +6,10 @@ Every BatchNorm is folded into the conv / linear layer before it; a BNNeck that 
 becomes one per-channel multiply-add. The export is checked against PyTorch with onnxruntime.
 """
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -14,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+import reference
+from reference import IMAGENET_MEAN, IMAGENET_STD
+
 from . import models
-from .data import IMAGENET_MEAN, IMAGENET_STD
 from .train import load_checkpoint
 
-TOOLS = Path(__file__).resolve().parent.parent
 OPSET = 13
 
 
@@ -88,19 +92,21 @@ def manifest_text(name: str, version: str, height: int, width: int, dim: int) ->
 
 def check_onnx(net: nn.Module, path: Path, height: int, width: int, seed: int = 0) -> float:
     """Largest |PyTorch − onnxruntime| over a random batch, relative to the largest |output|."""
-    import onnxruntime as ort
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal(
         (4, 3, height, width)).astype(np.float32))
     with torch.no_grad():
         ref = net.eval()(x).numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"input": x.numpy()})[0]
+    got = reference.session(path).run(None, {"input": x.numpy()})[0]
     return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
 def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None,
                       dynamic_batch: bool = True) -> dict:
-    ck = load_checkpoint(checkpoint)
+    return export_model(load_checkpoint(checkpoint), out, name, dynamic_batch)
+
+
+def export_model(ck: dict, out: Path, name: str | None = None, dynamic_batch: bool = True) -> dict:
+    """Exports a loaded checkpoint (its module's BNs are folded in place) + writes the manifest."""
     net, recipe = ck["model"], ck["recipe"]
     h, w = recipe["height_px"], recipe["width_px"]
     net.eval()
@@ -128,11 +134,6 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None,
 
 def calibrate(model: Path, data: Path, fmr: float = 0.001) -> str:
     """The `[matching]` section `reidcam calibrate` suggests for `model` on `data`."""
-    import json
-    import subprocess
-    import tempfile
-    sys.path.insert(0, str(TOOLS))
-    import reference
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.run([str(reference.reidcam_binary()), "calibrate", "--model", str(model),
                               "--data", str(data), "--fmr", str(fmr), "--json",
@@ -171,9 +172,7 @@ def run(args) -> None:
         manifest.write_text(manifest.read_text() + "\n" + snippet)
         print(snippet.strip())
     if args.int8:
-        sys.path.insert(0, str(TOOLS))
-        import quantize
-        import reference
+        import quantize  # onnxruntime's quantiser: loaded only when asked for
         calib = args.calib_dir or reference.shared_dir() / "data/cuhk03-train/bounding_box_train"
         print(quantize.quantize(args.out, args.int8, args.out.with_suffix(".toml"), calib,
                                 args.calib_count))

@@ -3,29 +3,14 @@
 run, plus the runs' training cost. Every number in tools/README.md's tables comes from here."""
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+import reference
+
 from . import models
-from .export import export_checkpoint
+from .export import export_model
 from .train import load_checkpoint
-
-TOOLS = Path(__file__).resolve().parent.parent
-
-
-def evaluate_onnx(model: Path, data: Path, threads: int = 1) -> dict:
-    sys.path.insert(0, str(TOOLS))
-    import reference
-    binary = reference.reidcam_binary()
-    if not binary.is_file():
-        raise SystemExit(f"{binary}: build reidcam first (cargo build --release)")
-    run = subprocess.run([str(binary), "eval", "--model", str(model), "--data", str(data),
-                          "--json", "--threads", str(threads)], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise SystemExit(f"reidcam eval {model}: {run.stderr.strip()}")
-    return json.loads(run.stdout)
 
 
 def _init(recipe: dict) -> str:
@@ -46,8 +31,8 @@ def describe(run_dir: Path, data: Path, workdir: Path) -> dict:
     params = models.count_params(net)
     macs = models.count_flops(net, recipe["height_px"], recipe["width_px"])
     onnx_path = workdir / f"{run_dir.name}.onnx"
-    export_checkpoint(ckpt, onnx_path)  # folds BNs in its own copy
-    metrics = evaluate_onnx(onnx_path, data)["metrics"]
+    export_model(ck, onnx_path)  # folds the BNs of `net`: counted above
+    metrics = reference.reidcam_eval(onnx_path, data)["metrics"]
     return {
         "run": run_dir.name, "arch": recipe["arch"], "width": recipe["width"],
         "bnneck": recipe["bnneck"], "size": f"{recipe['height_px']}x{recipe['width_px']}",
@@ -75,8 +60,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
-    sys.path.insert(0, str(TOOLS))
-    import reference
     data = args.data or reference.shared_dir() / "data/cuhk03-val"
     with tempfile.TemporaryDirectory() as tmp:
         rows = [describe(r, data, Path(tmp)) for r in args.runs]

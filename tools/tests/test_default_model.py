@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from reidtrain.report import evaluate_onnx
+import reference
 from helpers import reidcam_or_skip, shared_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ def test_default_model_accuracy_on_cuhk03_val(variant):
     data = shared_or_skip() / "data/cuhk03-val"
     model = ROOT / "models" / EXPECTED[variant]["file"]
     assert model.is_file() and model.with_suffix(".toml").is_file(), model
-    got = evaluate_onnx(model, data)["metrics"]
+    got = reference.reidcam_eval(model, data)["metrics"]
     want, tol = EXPECTED[variant], EXPECTED["tolerance_points"]
     assert abs(got["rank1"] - want["rank1"]) <= tol, (got["rank1"], want)
     assert abs(got["map"] - want["mAP"]) <= tol, (got["map"], want)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+import reference
 from helpers import reidcam_or_skip
 from reidtrain import models
-from reidtrain.data import load_crop
 from reidtrain.augment import normalise
 from reidtrain.export import export_checkpoint, fold_batchnorms
 from reidtrain.train import Recipe, save_atomic
@@ -57,7 +57,7 @@ def test_pytorch_onnxruntime_and_reidcam_agree(tmp_path, arch):
     rng = np.random.default_rng(1)
     crop = tmp_path / "crop.png"
     Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(crop)
-    x = normalise(torch.from_numpy(load_crop(crop, H, W)[None]))
+    x = normalise(torch.from_numpy(reference.load_rgb(crop, W, H)[None]))
     with torch.no_grad():
         want = net(x).numpy()
 
