@@ -159,6 +159,7 @@ fn start(config: &RunConfig, custom: Option<Opener>) -> Result<Running, DaemonEr
         &EmbedConfig {
             batch: 1,
             threads: config.threads,
+            ..EmbedConfig::default()
         },
     )?;
     let detector: Box<dyn Detector> = match &config.detector {

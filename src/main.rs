@@ -14,6 +14,7 @@ use serde::Serialize;
 mod cli;
 
 use reidcam::bench::{self, BenchOptions};
+use reidcam::embed::Kernels;
 use reidcam::frame::load_image;
 use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor, npy};
 
@@ -99,9 +100,19 @@ struct ModelArgs {
     /// Crops per inference.
     #[arg(long, default_value_t = 1, value_name = "B")]
     batch: usize,
-    /// Threads for tract's matrix products.
+    /// Threads for tract's matrix products and reidcam's kernels.
     #[arg(long, default_value_t = 1, value_name = "T")]
     threads: usize,
+    /// Who runs the 1x1 and depthwise 3x3 convolutions: reidcam's fused kernels, or tract's own
+    /// operators for the whole graph.
+    #[arg(long, value_enum, default_value_t = KernelsArg::Reidcam)]
+    kernels: KernelsArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KernelsArg {
+    Reidcam,
+    Tract,
 }
 
 impl ModelArgs {
@@ -113,6 +124,10 @@ impl ModelArgs {
         let config = EmbedConfig {
             batch: self.batch,
             threads: self.threads,
+            kernels: match self.kernels {
+                KernelsArg::Reidcam => Kernels::Reidcam,
+                KernelsArg::Tract => Kernels::Tract,
+            },
         };
         Ok(Embedder::load(&self.model, choice, &config)?)
     }
@@ -162,6 +177,9 @@ struct BenchArgs {
     /// Uses the profile's thread count and batch 1.
     #[arg(long, value_name = "PROFILE.toml")]
     board: Option<PathBuf>,
+    /// Also time every operator (over 50 runs) and print the time per operator kind.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// The error chain joined with ": " on one line; a cause whose text an outer message already
@@ -322,6 +340,11 @@ fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
         ..BenchOptions::default()
     };
     let report = bench::run(&mut embedder, args.model.threads, &options)?;
+    let profile = if args.profile {
+        Some(embedder.profile(50)?)
+    } else {
+        None
+    };
     let l = &report.latency_per_crop_ms;
     let budget = board.as_ref().map(|b| (b, b.check(l.p50, l.p99)));
     if args.json {
@@ -334,9 +357,25 @@ fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
                 "exceeded": check.exceeded,
             });
         }
+        if let Some(ops) = &profile {
+            value["profile_ms_per_run"] = serde_json::to_value(ops)?;
+        }
         println!("{value}");
     } else {
         print_bench(&report);
+        if let Some(ops) = &profile {
+            let total: f64 = ops.iter().map(|o| o.ms).sum();
+            println!("profile        {total:.3} ms/run in operators (timed per node):");
+            for o in ops {
+                println!(
+                    "  {:>8.3} ms {:>5.1}%  {:>4} x {}",
+                    o.ms,
+                    100.0 * o.ms / total,
+                    o.nodes,
+                    o.op
+                );
+            }
+        }
         if let Some((profile, check)) = &budget {
             println!(
                 "budget         {}: p50 ≤ {} ms, p99 ≤ {} ms: {}",

@@ -16,7 +16,7 @@ use reidcam::capture::{FrameSource, PixelFormat};
 use reidcam::frame::Rect;
 use reidcam::gallery::{Gallery, GalleryConfig, Observation, StorageFormat, Timestamp};
 
-use crate::ModelArgs;
+use crate::{KernelsArg, ModelArgs};
 
 #[derive(Args)]
 pub struct CaptureArgs {
@@ -124,6 +124,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
                 manifest: args.manifest.clone(),
                 batch: 1,
                 threads: 1,
+                kernels: KernelsArg::Reidcam,
             };
             let embedder = model_args.load()?;
             let pre =

@@ -2,12 +2,17 @@
 //!
 //! [`Embedder::load`] reads an ONNX model and its manifest (sidecar `foo.toml`, an explicit one,
 //! or torchreid defaults when there is none), checks that they agree, fixes the input fact to
-//! `[batch, 3, H, W]` f32, optimises once and spawns one reusable tract state. Per batch, callers
-//! write crops into [`Embedder::input_slot`] (see `preprocess`) and call [`Embedder::run`], which
-//! returns L2-normalised embeddings borrowed from a buffer owned by the embedder.
+//! `[batch, 3, H, W]` f32, declutters, replaces the layers our kernels cover with our own tract
+//! ops (`ops`, `kernels`; [`Kernels::Tract`] keeps tract's), optimises once and spawns one
+//! reusable tract state per part of the batch (several parts run side by side when `threads >
+//! 1`). Per batch, callers write crops into [`Embedder::input_slot`] (see `preprocess`) and call
+//! [`Embedder::run`], which returns L2-normalised embeddings borrowed from a buffer owned by the
+//! embedder.
 //!
-//! Allocation: the input tensor, the output buffer and the tract state are made once. tract itself
-//! still allocates the intermediate tensors of each op during a run (it has no arena on CPU).
+//! Allocation: the input tensors, the output buffer, the tract states and our kernels' scratch
+//! (thread-local, grown once) are made once. tract still allocates the output tensor of each op
+//! during a run (it has no arena on CPU; ours go through the same allocator), and a run with
+//! several parts hands them to the pool as boxed jobs.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -24,8 +29,11 @@ use crate::manifest::{self, ManifestError, ModelManifest};
 pub struct EmbedConfig {
     /// Crops per inference (the input's N). Default 1.
     pub batch: usize,
-    /// Threads for tract's matrix products. Default 1 (tract's single-thread executor).
+    /// Threads for tract's matrix products and our kernels. Default 1 (tract's single-thread
+    /// executor).
     pub threads: usize,
+    /// Which kernels run the convolutions ours cover. Default [`Kernels::Reidcam`].
+    pub kernels: Kernels,
 }
 
 impl Default for EmbedConfig {
@@ -33,6 +41,27 @@ impl Default for EmbedConfig {
         Self {
             batch: 1,
             threads: 1,
+            kernels: Kernels::Reidcam,
+        }
+    }
+}
+
+/// Who runs the 1×1 and depthwise 3×3 convolutions (with their bias, residual add and ReLU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// Our fused kernels (`embed::kernels`) for the widest instruction set this CPU has; tract
+    /// runs everything else.
+    #[default]
+    Reidcam,
+    /// tract's own operators for the whole graph (the baseline, or a fallback).
+    Tract,
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kernels::Reidcam => write!(f, "reidcam ({})", Isa::detect()),
+            Kernels::Tract => f.write_str("tract"),
         }
     }
 }
@@ -83,24 +112,69 @@ pub enum EmbedError {
     Run { model: String, reason: String },
 }
 
+pub mod kernels;
 mod network;
+mod ops;
 
+pub use kernels::Isa;
 pub use network::Network;
+pub use ops::Rewritten;
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// A runnable plan: tract's single-thread executor for one thread (its `multithread(1)` would
-/// use every core in 0.23.9), else a pool of `threads`.
-fn runnable(optimised: TypedModel, threads: usize) -> TractResult<Plan> {
-    if threads > 1 {
-        let options = RunOptions {
-            executor: Some(tract_linalg::multithread::Executor::multithread(threads)),
-            ..RunOptions::default()
-        };
-        optimised.into_runnable_with_options(&options)
-    } else {
-        optimised.into_runnable()
+/// Declutters `typed`, puts our kernels in (unless told not to), optimises and plans it. tract
+/// runs the plan on the calling thread; threads come from [`KernelPool`] and [`Embedder`]'s parts.
+fn prepare(typed: TypedModel, kernels: Kernels) -> TractResult<(Plan, Rewritten)> {
+    let mut model = typed;
+    let rewritten = match kernels {
+        Kernels::Reidcam => {
+            // Declutter (constant folding, 1×1 convolutions into EinSum, batch-norm folding)
+            // but keep the layout: tract's axis-change pass moves channels last on aarch64 for
+            // its own depthwise kernels, and our ops work on NCHW planes.
+            let mut declutter = tract_onnx::tract_core::optim::Optimizer::declutter();
+            declutter
+                .passes
+                .retain(|pass| format!("{pass:?}") != "ChangeAxes");
+            declutter.optimize(&mut model)?;
+            ops::use_reidcam_kernels(&mut model, Isa::detect())?
+        }
+        Kernels::Tract => Rewritten::default(),
+    };
+    Ok((model.into_optimized()?.into_runnable()?, rewritten))
+}
+
+/// The extra threads of a model run with `threads > 1`: `threads - 1` pool workers, the calling
+/// thread being the last one. The embedder runs whole parts of a batch on them (see
+/// [`Embedder`]); a [`Network`] shares its largest layers (`ops::split_units`). tract's own ops
+/// stay on the calling thread: with tract's multithreaded executor every small op is split, and
+/// OSNet x0.25 ran 30% slower on 2 threads than on 1 on the 2-core CI machine.
+#[derive(Clone, Debug)]
+struct KernelPool(Option<Arc<rayon::ThreadPool>>);
+
+impl KernelPool {
+    fn new(threads: usize, label: &str) -> Result<Self, EmbedError> {
+        if threads < 2 {
+            return Ok(KernelPool(None));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads - 1)
+            .thread_name(|i| format!("reidcam-embed-{i}"))
+            .build()
+            .map(|pool| KernelPool(Some(Arc::new(pool))))
+            .map_err(|e| EmbedError::Unsupported {
+                model: label.to_owned(),
+                problem: format!("cannot start {threads} threads: {e}"),
+            })
     }
+}
+
+/// How a batch of `batch` is cut into parts run side by side, one per thread: as evenly as
+/// possible, never more parts than threads or crops (`[4, 4]` for 8 on 2 threads, `[1]` for 1).
+fn part_sizes(batch: usize, threads: usize) -> Vec<usize> {
+    let parts = threads.clamp(1, batch.max(1));
+    (0..parts)
+        .map(|p| (p + 1) * batch / parts - p * batch / parts)
+        .collect()
 }
 
 /// Drops the shapes an export declared for intermediate and output values (ONNX value_info):
@@ -124,14 +198,43 @@ fn forget_declared_shapes(model: &mut InferenceModel) -> TractResult<()> {
     Ok(())
 }
 
-/// A loaded, optimised model with its reusable state and buffers.
+/// One part of a batch: its own tract state and input, run on its own thread when there are
+/// several.
+struct Part {
+    batch: usize,
+    state: TypedSimpleState,
+    input: Arc<Tensor>,
+    /// Why the last run failed, if it did (set on the part's thread).
+    error: Option<String>,
+}
+
+impl Part {
+    /// Runs the part and copies its output (`batch × dim` values) into `out`.
+    fn run(&mut self, out: &mut [f32]) {
+        let input = TValue::from_const(Arc::clone(&self.input));
+        let result = self.state.run(tvec![input]).and_then(|outputs| {
+            let values = outputs[0].try_as_plain_ram()?;
+            let values = values.as_slice::<f32>()?;
+            out.copy_from_slice(&values[..out.len()]);
+            Ok(())
+        });
+        self.error = result.err().map(|e| reason_line(&e));
+    }
+}
+
+/// A loaded, optimised model with its reusable states and buffers.
+///
+/// With `threads > 1` and a batch of several crops, the batch is cut into parts (one tract state
+/// each, see [`part_sizes`]) that run side by side, one per thread: one fork and join per batch
+/// instead of one per layer. A single crop runs on the calling thread.
 pub struct Embedder {
     label: String,
     manifest: ModelManifest,
     batch: usize,
     slot_len: usize,
-    state: TypedSimpleState,
-    input: Arc<Tensor>,
+    rewritten: Rewritten,
+    parts: Vec<Part>,
+    pool: KernelPool,
     output: Vec<f32>,
     load_time: Duration,
 }
@@ -385,24 +488,35 @@ impl Embedder {
             reason: err(e),
         })?;
 
-        let shape = [config.batch, 3, height as usize, width as usize];
-        let model = model
-            .with_input_fact(input_ix, f32::fact(shape).into())
-            .map_err(|e| EmbedError::NotImageInput {
-                model: label.clone(),
-                problem: err(e),
-            })?;
+        // A model that fixes its batch runs as one part.
+        let sizes = if dims.as_ref().is_some_and(|d| d[0].is_some()) {
+            vec![config.batch]
+        } else {
+            part_sizes(config.batch, config.threads)
+        };
         let optimise = |e: TractError| EmbedError::Optimise {
             model: label.clone(),
             reason: err(e),
         };
-        let typed = model.into_typed().map_err(optimise)?;
+        let typed_for = |batch: usize| -> Result<TypedModel, EmbedError> {
+            let shape = [batch, 3, height as usize, width as usize];
+            model
+                .clone()
+                .with_input_fact(input_ix, f32::fact(shape).into())
+                .map_err(|e| EmbedError::NotImageInput {
+                    model: label.clone(),
+                    problem: err(e),
+                })?
+                .into_typed()
+                .map_err(optimise)
+        };
+        let typed = typed_for(sizes[0])?;
 
         // The output must be [N, D] (or [N, D, 1, 1]) f32.
         let out_fact = typed.output_fact(0).map_err(optimise)?.clone();
         let out_dims: Option<Vec<usize>> = out_fact.shape.as_concrete().map(|s| s.to_vec());
         let dim = match out_dims.as_deref() {
-            Some([n, rest @ ..]) if *n == config.batch && !rest.is_empty() => {
+            Some([n, rest @ ..]) if *n == sizes[0] && !rest.is_empty() => {
                 rest.iter().product::<usize>()
             }
             _ => {
@@ -410,7 +524,7 @@ impl Embedder {
                     model: label,
                     problem: format!(
                         "output {output_name:?} has shape {:?}, expected [{}, D]",
-                        out_fact.shape, config.batch
+                        out_fact.shape, sizes[0]
                     ),
                 });
             }
@@ -450,24 +564,52 @@ impl Embedder {
             }
         };
 
-        let optimised = typed.into_optimized().map_err(optimise)?;
-        let plan = runnable(optimised, config.threads).map_err(optimise)?;
-        let state = plan.spawn().map_err(optimise)?;
-        let input = Arc::new(Tensor::zero::<f32>(&shape).map_err(optimise)?);
+        // One plan per distinct part size (at most two), a state per part.
+        let mut plans: Vec<(usize, Plan)> = Vec::new();
+        let (plan, rewritten) = prepare(typed, config.kernels).map_err(optimise)?;
+        plans.push((sizes[0], plan));
+        let mut parts = Vec::with_capacity(sizes.len());
+        for &batch in &sizes {
+            let plan = match plans.iter().find(|(b, _)| *b == batch) {
+                Some((_, plan)) => Arc::clone(plan),
+                None => {
+                    let (plan, _) = prepare(typed_for(batch)?, config.kernels).map_err(optimise)?;
+                    plans.push((batch, Arc::clone(&plan)));
+                    plan
+                }
+            };
+            let shape = [batch, 3, height as usize, width as usize];
+            parts.push(Part {
+                batch,
+                state: plan.spawn().map_err(optimise)?,
+                input: Arc::new(Tensor::zero::<f32>(&shape).map_err(optimise)?),
+                error: None,
+            });
+        }
+        let pool = KernelPool::new(config.threads, &label)?;
         let slot_len = 3 * height as usize * width as usize;
         log::info!(
-            "{label}: {} v{:?}, input {shape:?}, output {dim}, {} thread(s)",
+            "{label}: {} v{:?}, input [{}, 3, {height}, {width}] in parts {sizes:?}, output {dim}, {} thread(s), kernels {}: {} fused 1x1, {} depthwise, {} conv, {} pooling and {} gate ops for {} tract nodes",
             manifest.model.name,
             manifest.model.version,
-            config.threads
+            config.batch,
+            config.threads,
+            config.kernels,
+            rewritten.pointwise,
+            rewritten.depthwise,
+            rewritten.conv,
+            rewritten.pool,
+            rewritten.gate,
+            rewritten.replaced
         );
         Ok(Self {
             label,
             manifest,
             batch: config.batch,
             slot_len,
-            state,
-            input,
+            rewritten,
+            parts,
+            pool,
             output: vec![0.0; config.batch * dim],
             load_time: Duration::ZERO,
         })
@@ -493,6 +635,11 @@ impl Embedder {
         self.manifest.output.dim
     }
 
+    /// What our kernels took over from tract at load time.
+    pub fn rewritten(&self) -> Rewritten {
+        self.rewritten
+    }
+
     /// Time spent reading, checking, optimising and planning the model.
     pub fn load_time(&self) -> Duration {
         self.load_time
@@ -502,35 +649,65 @@ impl Embedder {
     /// `preprocess` before [`run`](Self::run).
     pub fn input_slot(&mut self, slot: usize) -> &mut [f32] {
         assert!(slot < self.batch, "slot {slot} >= batch {}", self.batch);
+        let mut local = slot;
+        let part = self
+            .parts
+            .iter_mut()
+            .find(|p| {
+                let here = local < p.batch;
+                if !here {
+                    local -= p.batch;
+                }
+                here
+            })
+            .expect("the parts cover the batch");
         // tract has released its reference after the previous run, so this does not copy.
-        let tensor = Arc::make_mut(&mut self.input);
+        let tensor = Arc::make_mut(&mut part.input);
         let all = tensor
             .to_plain_array_view_mut::<f32>()
             .ok()
             .and_then(|view| view.into_slice())
             .expect("input tensor is plain, contiguous f32");
-        &mut all[slot * self.slot_len..(slot + 1) * self.slot_len]
+        &mut all[local * self.slot_len..(local + 1) * self.slot_len]
     }
 
     /// Runs the model on the whole batch and returns the L2-normalised embeddings of the first
     /// `n` slots. Slots past `n` still run (the input shape is fixed) with whatever they hold.
     pub fn run(&mut self, n: usize) -> Result<Embeddings<'_>, EmbedError> {
         assert!(n <= self.batch, "{n} crops > batch {}", self.batch);
-        let input = TValue::from_const(Arc::clone(&self.input));
-        let outputs = self.state.run(tvec![input]).map_err(|e| EmbedError::Run {
-            model: self.label.clone(),
-            reason: reason_line(&e),
-        })?;
-        let values = outputs[0]
-            .try_as_plain_ram()
-            .and_then(|plain| plain.as_slice::<f32>())
-            .map_err(|e| EmbedError::Run {
-                model: self.label.clone(),
-                reason: reason_line(&e),
-            })?;
         let dim = self.manifest.output.dim;
-        self.output[..n * dim].copy_from_slice(&values[..n * dim]);
-        drop(outputs);
+        match (&self.pool.0, self.parts.as_mut_slice()) {
+            // A single crop runs on this thread: sharing its layers with the pool was slower on
+            // the 2-core CI machine (OSNet x0.25: 2.6 → 4.0 ms a crop), wake-ups cost more than
+            // the layers.
+            (_, [only]) => only.run(&mut self.output),
+            (Some(pool), [first, rest @ ..]) => {
+                let (mine, mut others) = self.output.split_at_mut(first.batch * dim);
+                pool.in_place_scope(|scope| {
+                    for part in rest.iter_mut() {
+                        let (theirs, tail) =
+                            std::mem::take(&mut others).split_at_mut(part.batch * dim);
+                        others = tail;
+                        scope.spawn(move |_| part.run(theirs));
+                    }
+                    first.run(mine);
+                });
+            }
+            (_, parts) => {
+                let mut out = self.output.as_mut_slice();
+                for part in parts {
+                    let (mine, tail) = std::mem::take(&mut out).split_at_mut(part.batch * dim);
+                    out = tail;
+                    part.run(mine);
+                }
+            }
+        }
+        if let Some(reason) = self.parts.iter_mut().find_map(|p| p.error.take()) {
+            return Err(EmbedError::Run {
+                model: self.label.clone(),
+                reason,
+            });
+        }
         for row in self.output[..n * dim].chunks_exact_mut(dim) {
             l2_normalise(row);
         }
@@ -538,6 +715,104 @@ impl Embedder {
             data: &self.output[..n * dim],
             dim,
         })
+    }
+}
+
+/// Rewrites an ONNX model with its subnormal f32 initializer values (|w| < 2⁻¹²⁶) set to zero,
+/// which is what our kernels do at load time (see `embed::ops`): engines without that step pay a
+/// microcode assist per product on x86 (onnxruntime's NCHWc kernels run OSNet x0.25 4× slower
+/// with torchreid's weights). Returns the new model and how many values changed.
+pub fn flush_subnormal_weights(bytes: &[u8], label: &str) -> Result<(Vec<u8>, usize), EmbedError> {
+    use prost::Message;
+    use tract_onnx::pb::{ModelProto, tensor_proto::DataType};
+    let mut model = ModelProto::decode(bytes).map_err(|e| EmbedError::NotOnnx {
+        model: label.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut flushed = 0;
+    if let Some(graph) = model.graph.as_mut() {
+        for tensor in &mut graph.initializer {
+            if tensor.data_type != DataType::Float as i32 {
+                continue;
+            }
+            for v in &mut tensor.float_data {
+                if v.is_subnormal() {
+                    *v = 0.0;
+                    flushed += 1;
+                }
+            }
+            for chunk in tensor.raw_data.chunks_exact_mut(4) {
+                let v = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+                if v.is_subnormal() {
+                    chunk.copy_from_slice(&0f32.to_le_bytes());
+                    flushed += 1;
+                }
+            }
+        }
+    }
+    Ok((model.encode_to_vec(), flushed))
+}
+
+/// Time spent in one kind of operator over a profiled run (see [`Embedder::profile`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpTime {
+    /// tract's name for the operator, ours start with `Reidcam`.
+    pub op: String,
+    /// Nodes of this kind in the plan.
+    pub nodes: usize,
+    /// Mean time per run, ms.
+    pub ms: f64,
+}
+
+impl Embedder {
+    /// Runs the model's first part `runs` times (after one untimed run) on this thread, timing
+    /// every node, and returns the time per operator kind, most expensive first. The timing
+    /// itself adds a little per node.
+    pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
+        let runs = runs.max(1);
+        let mut times: std::collections::HashMap<String, (usize, f64)> = Default::default();
+        let label = self.label.clone();
+        let part = &mut self.parts[0];
+        for run in 0..=runs {
+            let input = TValue::from_const(Arc::clone(&part.input));
+            let mut seen = std::collections::HashSet::new();
+            part.state
+                .run_plan_with_eval(tvec![input], |ctx, state, node, inputs| {
+                    let started = Instant::now();
+                    let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                    if run > 0 {
+                        let key = if std::env::var_os("REIDCAM_PROFILE_NODES").is_some() {
+                            format!(
+                                "{} {}",
+                                node.op().name(),
+                                node.op().info().unwrap_or_default().join(" ")
+                            )
+                        } else {
+                            node.op().name().to_string()
+                        };
+                        let entry = times.entry(key).or_default();
+                        entry.1 += started.elapsed().as_secs_f64() * 1e3;
+                        if run == 1 && seen.insert(node.id) {
+                            entry.0 += 1;
+                        }
+                    }
+                    outputs
+                })
+                .map_err(|e| EmbedError::Run {
+                    model: label.clone(),
+                    reason: reason_line(&e),
+                })?;
+        }
+        let mut ops: Vec<OpTime> = times
+            .into_iter()
+            .map(|(op, (nodes, ms))| OpTime {
+                op,
+                nodes,
+                ms: ms / runs as f64,
+            })
+            .collect();
+        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(ops)
     }
 }
 

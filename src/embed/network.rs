@@ -10,11 +10,15 @@ use std::time::Duration;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{EmbedError, forget_declared_shapes, outlet_names, reason_line, runnable};
+use super::{
+    EmbedError, KernelPool, Kernels, forget_declared_shapes, ops, outlet_names, prepare,
+    reason_line,
+};
 
 pub struct Network {
     label: String,
     state: TypedSimpleState,
+    pool: KernelPool,
     input: Arc<Tensor>,
     size: (u32, u32),
     output: Vec<f32>,
@@ -111,14 +115,15 @@ impl Network {
                 problem: format!("output is {:?}, expected f32", out_fact.datum_type),
             });
         }
-        let plan =
-            runnable(typed.into_optimized().map_err(optimise)?, threads).map_err(optimise)?;
+        let (plan, _) = prepare(typed, Kernels::Reidcam).map_err(optimise)?;
+        let pool = KernelPool::new(threads, &label)?;
         let state = plan.spawn().map_err(optimise)?;
         let input = Arc::new(Tensor::zero::<f32>(&shape).map_err(optimise)?);
         log::info!("{label}: input {shape:?}, output {output_shape:?}, {threads} thread(s)");
         Ok(Network {
             label,
             state,
+            pool,
             input,
             size: (width, height),
             output: vec![0.0; output_shape.iter().product()],
@@ -160,7 +165,8 @@ impl Network {
             model: self.label.clone(),
             reason: reason_line(&e),
         };
-        let outputs = self.state.run(tvec![input]).map_err(run_error)?;
+        let (state, pool) = (&mut self.state, self.pool.0.as_ref());
+        let outputs = ops::with_kernel_pool(pool, || state.run(tvec![input])).map_err(run_error)?;
         let values = outputs[0]
             .try_as_plain_ram()
             .and_then(|plain| plain.as_slice::<f32>())

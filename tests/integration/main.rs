@@ -7,6 +7,7 @@ mod daemon;
 mod errors;
 mod eval;
 mod gallery;
+mod kernels;
 mod parity;
 mod resize;
 

@@ -28,7 +28,10 @@ fn tiny_model_matches_onnxruntime() {
         let mut embedder = Embedder::load(
             &dir.join("tiny_reid.onnx"),
             ManifestChoice::Inspect,
-            &EmbedConfig { batch, threads: 1 },
+            &EmbedConfig {
+                batch,
+                ..EmbedConfig::default()
+            },
         )
         .unwrap();
         assert_eq!(embedder.manifest().input.height, 16);
@@ -151,7 +154,7 @@ fn input_tensor_is_reused_across_runs() {
         ManifestChoice::Inspect,
         &EmbedConfig {
             batch: 2,
-            threads: 1,
+            ..EmbedConfig::default()
         },
     )
     .unwrap();

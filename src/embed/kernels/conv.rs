@@ -1,0 +1,283 @@
+//! Full (one-group) `kh × kw` convolution with stride `s` and zero padding, e.g. the 7×7/2 stem
+//! of OSNet, with bias and optional ReLU, without im2col.
+//!
+//! Each image is copied once into a zero-padded, phase-split buffer: padded row `r` of channel
+//! `c` is stored as `s` phase rows, phase `φ` holding columns `φ, φ+s, φ+2s…`. Output pixel
+//! `(oy, ox)`'s tap `(c, ky, kx)` is then padded `(s·oy+ky, s·ox+kx)` = phase `kx mod s`,
+//! position `ox + kx div s` — contiguous in `ox`. So output row `oy` is one run of the register
+//! tiles in `tile`, with one row offset per tap, the same for every output row up to
+//! `oy · row_step`.
+
+use super::Isa;
+use super::tile::Product;
+
+/// One layer's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: (usize, usize),
+    pub stride: usize,
+    /// Zero padding (top, left, bottom, right).
+    pub padding: (usize, usize, usize, usize),
+}
+
+impl Shape {
+    fn padded(&self) -> (usize, usize) {
+        let (t, l, b, r) = self.padding;
+        (self.height + t + b, self.width + l + r)
+    }
+
+    /// Length of a phase row.
+    fn phase_len(&self) -> usize {
+        self.padded().1.div_ceil(self.stride)
+    }
+
+    /// Output (height, width); `None` if the kernel does not fit or the stride is 0.
+    pub fn output(&self) -> Option<(usize, usize)> {
+        let (hp, wp) = self.padded();
+        let (kh, kw) = self.kernel;
+        (self.stride > 0 && kh > 0 && kw > 0 && hp >= kh && wp >= kw)
+            .then(|| ((hp - kh) / self.stride + 1, (wp - kw) / self.stride + 1))
+    }
+
+    /// Floats of the phase-split buffer of one image.
+    pub fn scratch_len(&self) -> usize {
+        self.inputs * self.padded().0 * self.stride * self.phase_len()
+    }
+
+    /// The tiles' row offsets, one per tap in OIHW weight order `(c, ky, kx)`.
+    pub fn offsets(&self) -> Vec<usize> {
+        let (hp, _) = self.padded();
+        let (s, l) = (self.stride, self.phase_len());
+        let (kh, kw) = self.kernel;
+        let mut offsets = Vec::with_capacity(self.inputs * kh * kw);
+        for c in 0..self.inputs {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    offsets.push(((c * hp + ky) * s + kx % s) * l + kx / s);
+                }
+            }
+        }
+        offsets
+    }
+}
+
+/// `out[n][o] = act(bias[o] + Σ weights[o] ⋆ input[n])` for images `[n][inputs][height][width]`,
+/// weights OIHW, `out` `[n][outputs][oh][ow]`. `offsets` are [`Shape::offsets`]; `scratch`
+/// grows to [`Shape::scratch_len`] once.
+#[allow(clippy::too_many_arguments)]
+pub fn conv(
+    isa: Isa,
+    shape: Shape,
+    offsets: &[usize],
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    with_relu: bool,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (oh, ow) = shape.output().expect("the kernel fits the padded input");
+    let x_len = shape.inputs * shape.height * shape.width;
+    let y_len = shape.outputs * oh * ow;
+    assert!(x_len > 0 && y_len > 0, "empty convolution {shape:?}");
+    assert_eq!(input.len() % x_len, 0, "conv input length");
+    assert_eq!(out.len(), input.len() / x_len * y_len, "conv output length");
+    for (x, y) in input.chunks_exact(x_len).zip(out.chunks_exact_mut(y_len)) {
+        let phases = phase_split(shape, x, scratch);
+        convolve(isa, shape, offsets, phases, weights, bias, with_relu, y);
+    }
+}
+
+/// Copies one image into the zero-padded, phase-split layout (the first [`Shape::scratch_len`]
+/// floats of `scratch`, grown once) and returns that part.
+pub fn phase_split<'s>(shape: Shape, image: &[f32], scratch: &'s mut Vec<f32>) -> &'s [f32] {
+    assert_eq!(
+        image.len(),
+        shape.inputs * shape.height * shape.width,
+        "conv image length"
+    );
+    let (hp, _) = shape.padded();
+    let (s, l) = (shape.stride, shape.phase_len());
+    let (t, left, _, _) = shape.padding;
+    if scratch.len() < shape.scratch_len() {
+        scratch.resize(shape.scratch_len(), 0.0);
+    }
+    let phases = &mut scratch[..shape.scratch_len()];
+    phases.fill(0.0);
+    for (c, plane) in image.chunks_exact(shape.height * shape.width).enumerate() {
+        for (iy, row) in plane.chunks_exact(shape.width).enumerate() {
+            let r = c * hp + iy + t;
+            // Phase φ holds padded columns φ, φ+s…; the first image column there is the first
+            // ix ≥ 0 with (ix + left) ≡ φ (mod s).
+            for phase in 0..s {
+                let ix0 = (phase + s - left % s) % s;
+                if ix0 >= row.len() {
+                    continue;
+                }
+                let j0 = (ix0 + left) / s;
+                let dst = &mut phases[(r * s + phase) * l + j0..(r * s + phase + 1) * l];
+                for (d, &v) in dst.iter_mut().zip(row[ix0..].iter().step_by(s)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+    phases
+}
+
+/// The convolution of one phase-split image for the output channels whose `weights` (OIHW rows)
+/// and `bias` are given: `y` holds those channels' `oh × ow` planes.
+#[allow(clippy::too_many_arguments)]
+pub fn convolve(
+    isa: Isa,
+    shape: Shape,
+    offsets: &[usize],
+    phases: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    with_relu: bool,
+    y: &mut [f32],
+) {
+    let (oh, ow) = shape.output().expect("the kernel fits the padded input");
+    let (s, l) = (shape.stride, shape.phase_len());
+    assert_eq!(
+        offsets.len(),
+        shape.inputs * shape.kernel.0 * shape.kernel.1,
+        "one offset per tap"
+    );
+    assert_eq!(y.len(), bias.len() * oh * ow, "conv output length");
+    let product = Product {
+        weights,
+        bias,
+        offsets,
+        x: phases,
+        y_stride: oh * ow,
+        res: None,
+        relu: with_relu,
+    };
+    for oy in 0..oh {
+        product.run(isa, oy * s * s * l, oy * ow, ow, y);
+    }
+}
+
+/// The naive reference, in `f64`: the output and, per element, `Σ|terms|` (for error bounds).
+pub fn reference(
+    shape: Shape,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    with_relu: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let (oh, ow) = shape.output().expect("the kernel fits");
+    let (h, w) = (shape.height, shape.width);
+    let (kh, kw) = shape.kernel;
+    let (t, l, _, _) = shape.padding;
+    let batch = input.len() / (shape.inputs * h * w);
+    let mut out = vec![0.0; batch * shape.outputs * oh * ow];
+    let mut magnitude = vec![0.0; out.len()];
+    for n in 0..batch {
+        for o in 0..shape.outputs {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = f64::from(bias[o]);
+                    let mut mag = acc.abs();
+                    for c in 0..shape.inputs {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * shape.stride + ky) as isize - t as isize;
+                                let ix = (ox * shape.stride + kx) as isize - l as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let v = input
+                                    [((n * shape.inputs + c) * h + iy as usize) * w + ix as usize];
+                                let p = f64::from(
+                                    weights[((o * shape.inputs + c) * kh + ky) * kw + kx],
+                                ) * f64::from(v);
+                                acc += p;
+                                mag += p.abs();
+                            }
+                        }
+                    }
+                    let at = ((n * shape.outputs + o) * oh + oy) * ow + ox;
+                    out[at] = if with_relu { acc.max(0.0) } else { acc } as f32;
+                    magnitude[at] = mag as f32;
+                }
+            }
+        }
+    }
+    (out, magnitude)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{Rng, assert_close};
+    use super::*;
+
+    fn check(isa: Isa, shape: Shape, batch: usize, with_relu: bool, rng: &mut Rng) {
+        let input = rng.vec(batch * shape.inputs * shape.height * shape.width);
+        let (kh, kw) = shape.kernel;
+        let weights = rng.vec(shape.outputs * shape.inputs * kh * kw);
+        let bias = rng.vec(shape.outputs);
+        let (want, magnitude) = reference(shape, &input, &weights, &bias, with_relu);
+        let mut got = vec![f32::NAN; want.len()];
+        let mut scratch = vec![f32::NAN; 5];
+        conv(
+            isa,
+            shape,
+            &shape.offsets(),
+            &input,
+            &weights,
+            &bias,
+            with_relu,
+            &mut got,
+            &mut scratch,
+        );
+        let terms = shape.inputs * kh * kw + 2;
+        assert_close(
+            &got,
+            &want,
+            &magnitude,
+            terms,
+            &format!("{isa} {shape:?} batch {batch}"),
+        );
+    }
+
+    #[test]
+    fn every_isa_matches_the_reference_on_random_shapes() {
+        let mut rng = Rng::new(0xc04e_7777);
+        for isa in Isa::available() {
+            // The stems of the models we ship and the references.
+            for (h, w) in [(256, 128), (128, 64)] {
+                let stem = Shape {
+                    inputs: 3,
+                    outputs: 16,
+                    height: h,
+                    width: w,
+                    kernel: (7, 7),
+                    stride: 2,
+                    padding: (3, 3, 3, 3),
+                };
+                check(isa, stem, 1, true, &mut rng);
+            }
+            for _ in 0..60 {
+                let kernel = (1 + rng.below(5), 1 + rng.below(5));
+                let padding = (rng.below(3), rng.below(3), rng.below(3), rng.below(3));
+                let shape = Shape {
+                    inputs: 1 + rng.below(6),
+                    outputs: 1 + rng.below(20),
+                    height: kernel.0 + rng.below(20),
+                    width: kernel.1 + rng.below(40),
+                    kernel,
+                    stride: 1 + rng.below(3),
+                    padding,
+                };
+                check(isa, shape, 1 + rng.below(2), rng.below(2) == 1, &mut rng);
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Convolution kernels for the operators that dominate ReID CNNs (OSNet's and SCL-net's 1×1 and
+//! depthwise 3×3 convolutions), called by our tract ops (`embed::ops`).
+//!
+//! One source per kernel, compiled several times: each public entry point dispatches on an
+//! [`Isa`] to a copy built with `#[target_feature]` (AVX-512F, AVX2 + FMA) or for the target's
+//! baseline (SSE2 on x86-64, NEON + FMA on aarch64, the target's default on other CPUs), so that
+//! LLVM vectorises the same loops to each instruction set. The loops are shaped for that: fixed-size
+//! register tiles (`[[f32; PB]; OB]`), no bounds checks in the inner loops, and no data-dependent
+//! branches. [`Isa::detect`] picks the widest one the CPU has, once.
+//!
+//! Each kernel has a naive scalar reference next to it, the oracle of its property tests; those
+//! tests run every [`Isa::available`] here on x86-64 and under qemu-aarch64 for NEON.
+//!
+//! Float results differ from the reference only by summation order and fused multiply-adds: the
+//! tests bound the difference by `k · ε · Σ|wᵢ·xᵢ|` for a `k`-term sum.
+
+pub mod conv;
+pub mod depthwise;
+pub mod pointwise;
+pub mod pool;
+mod simd;
+mod tile;
+
+/// The instruction set a kernel copy was compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// The target's baseline: SSE2 on x86-64, NEON (with FMA) on aarch64.
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            #[cfg(target_arch = "aarch64")]
+            Isa::Baseline => "neon",
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Baseline => "baseline",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => "avx2+fma",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx512f",
+        })
+    }
+}
+
+impl Isa {
+    /// The widest instruction set this CPU runs.
+    pub fn detect() -> Isa {
+        *Isa::available()
+            .last()
+            .expect("baseline is always available")
+    }
+
+    /// Every instruction set this CPU runs, narrowest first.
+    pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut isas = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                isas.push(Isa::Avx2Fma);
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    isas.push(Isa::Avx512);
+                }
+            }
+        }
+        isas
+    }
+
+    /// Whether this CPU runs `self` (an `Isa` may come from a test or a config, not `detect`).
+    pub fn is_available(self) -> bool {
+        Isa::available().contains(&self)
+    }
+}
+
+#[cfg(test)]
+mod test_support {
+    /// Deterministic test data (the crate's xorshift generator), so failures reproduce.
+    pub struct Rng(crate::bench::XorShift);
+
+    impl Rng {
+        pub fn new(seed: u64) -> Self {
+            Rng(crate::bench::XorShift::new(seed))
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            self.0.below(n as u64) as usize
+        }
+
+        /// `n` values uniform in [-1, 1).
+        pub fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.0.signed_unit()).collect()
+        }
+    }
+
+    /// Asserts `got ≈ want` within `terms · ε · scale` (+ a tiny absolute floor), element-wise.
+    pub fn assert_close(got: &[f32], want: &[f32], scale: &[f32], terms: usize, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+            let bound = (terms as f32 + 2.0) * f32::EPSILON * s + 1e-30;
+            assert!(
+                (g - w).abs() <= bound,
+                "{what}: element {i}: got {g}, want {w} (|Δ| {} > bound {bound})",
+                (g - w).abs()
+            );
+        }
+    }
+}

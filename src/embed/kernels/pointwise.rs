@@ -1,0 +1,187 @@
+//! 1×1 convolution on NCHW planes, with the folded batch-norm as a bias, an optional residual
+//! added before an optional ReLU: `out[o][p] = act(bias[o] + Σₖ w[o][k]·x[k][p] + res[o][p])`.
+//!
+//! No packing and no im2col: a 1×1 convolution is already a matrix product whose right-hand side
+//! (the input planes) has unit stride along the pixels, so each image is one run of the register
+//! tiles in `tile` with row offsets `k · pixels`. Bias, residual and ReLU are applied as the tiles
+//! are stored, so OSNet's `conv + BN (+ add) + ReLU` is one pass over memory.
+
+use super::Isa;
+use super::tile::Product;
+
+/// One layer: `inputs → outputs` channels over `pixels` (H·W) per image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub pixels: usize,
+}
+
+impl Shape {
+    /// The row offsets the tiles read the input with (`k · pixels`), made once per layer.
+    pub fn offsets(&self) -> Vec<usize> {
+        (0..self.inputs).map(|k| k * self.pixels).collect()
+    }
+}
+
+/// Runs the layer on `batch` images: `input` is `[batch][inputs][pixels]`, `weights`
+/// `[outputs][inputs]`, `residual` and `out` `[batch][outputs][pixels]`; `offsets` are
+/// [`Shape::offsets`].
+#[allow(clippy::too_many_arguments)]
+pub fn pointwise(
+    isa: Isa,
+    shape: Shape,
+    offsets: &[usize],
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    with_relu: bool,
+    out: &mut [f32],
+) {
+    let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
+    assert!(x_len > 0 && y_len > 0, "empty pointwise layer {shape:?}");
+    assert_eq!(input.len() % x_len, 0, "pointwise input length");
+    let batch = input.len() / x_len;
+    assert_eq!(out.len(), batch * y_len, "pointwise output length");
+    assert_eq!(offsets.len(), shape.inputs, "one offset per input channel");
+    assert_eq!(bias.len(), shape.outputs, "pointwise bias length");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), out.len(), "pointwise residual length");
+    }
+    for (n, (x, y)) in input
+        .chunks_exact(x_len)
+        .zip(out.chunks_exact_mut(y_len))
+        .enumerate()
+    {
+        let product = Product {
+            weights,
+            bias,
+            offsets,
+            x,
+            y_stride: shape.pixels,
+            res: residual.map(|r| &r[n * y_len..][..y_len]),
+            relu: with_relu,
+        };
+        product.run(isa, 0, 0, shape.pixels, y);
+    }
+}
+
+/// The naive reference, in `f64`: the output and, per element, `Σ|terms|` (for error bounds).
+pub fn reference(
+    shape: Shape,
+    batch: usize,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    with_relu: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let Shape {
+        inputs,
+        outputs,
+        pixels,
+    } = shape;
+    let mut out = vec![0.0; batch * outputs * pixels];
+    let mut magnitude = vec![0.0; out.len()];
+    for n in 0..batch {
+        for o in 0..outputs {
+            for p in 0..pixels {
+                let at = (n * outputs + o) * pixels + p;
+                let mut acc = f64::from(bias[o]);
+                let mut mag = acc.abs();
+                for k in 0..inputs {
+                    let t = f64::from(weights[o * inputs + k])
+                        * f64::from(input[(n * inputs + k) * pixels + p]);
+                    acc += t;
+                    mag += t.abs();
+                }
+                if let Some(r) = residual {
+                    acc += f64::from(r[at]);
+                    mag += f64::from(r[at]).abs();
+                }
+                out[at] = if with_relu { acc.max(0.0) } else { acc } as f32;
+                magnitude[at] = mag as f32;
+            }
+        }
+    }
+    (out, magnitude)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{Rng, assert_close};
+    use super::*;
+
+    fn check(isa: Isa, shape: Shape, batch: usize, with_res: bool, with_relu: bool, rng: &mut Rng) {
+        let input = rng.vec(batch * shape.inputs * shape.pixels);
+        let weights = rng.vec(shape.outputs * shape.inputs);
+        let bias = rng.vec(shape.outputs);
+        let residual = with_res.then(|| rng.vec(batch * shape.outputs * shape.pixels));
+        let (want, magnitude) = reference(
+            shape,
+            batch,
+            &input,
+            &weights,
+            &bias,
+            residual.as_deref(),
+            with_relu,
+        );
+        let mut got = vec![f32::NAN; want.len()];
+        pointwise(
+            isa,
+            shape,
+            &shape.offsets(),
+            &input,
+            &weights,
+            &bias,
+            residual.as_deref(),
+            with_relu,
+            &mut got,
+        );
+        assert_close(
+            &got,
+            &want,
+            &magnitude,
+            shape.inputs + 2,
+            &format!("{isa} {shape:?} batch {batch} residual {with_res} relu {with_relu}"),
+        );
+    }
+
+    #[test]
+    fn every_isa_matches_the_reference_on_random_shapes() {
+        let mut rng = Rng::new(0x0b5e_55ed);
+        for isa in Isa::available() {
+            // OSNet x0.25 layers at 256×128, then random shapes (tails in both directions).
+            for (i, o, p) in [
+                (16, 64, 2048),
+                (64, 16, 2048),
+                (96, 24, 512),
+                (128, 32, 128),
+            ] {
+                let shape = Shape {
+                    inputs: i,
+                    outputs: o,
+                    pixels: p,
+                };
+                check(isa, shape, 1, true, true, &mut rng);
+            }
+            for _ in 0..80 {
+                let shape = Shape {
+                    inputs: 1 + rng.below(70),
+                    outputs: 1 + rng.below(40),
+                    pixels: 1 + rng.below(300),
+                };
+                let batch = 1 + rng.below(3);
+                check(
+                    isa,
+                    shape,
+                    batch,
+                    rng.below(2) == 1,
+                    rng.below(2) == 1,
+                    &mut rng,
+                );
+            }
+        }
+    }
+}

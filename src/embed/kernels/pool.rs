@@ -1,0 +1,253 @@
+//! Max and average pooling over NCHW planes (OSNet's 3×3/2 max pool after the stem and its 2×2/2
+//! average pools between stages).
+//!
+//! Each output row first reduces its `kh` input rows column by column into one row (a vertical
+//! pass over contiguous memory, which vectorises), then reduces `kw` neighbours of that row per
+//! output pixel. Padding never contributes to a max; for an average it counts in the divisor only
+//! with `count_include_pad` (ONNX's attribute).
+
+/// What to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    Max,
+    Mean { count_include_pad: bool },
+}
+
+/// One layer's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub height: usize,
+    pub width: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    /// Padding (top, left, bottom, right).
+    pub padding: (usize, usize, usize, usize),
+}
+
+impl Shape {
+    /// Output (height, width), floor mode; `None` if the window does not fit.
+    pub fn output(&self) -> Option<(usize, usize)> {
+        let (t, l, b, r) = self.padding;
+        let (hp, wp) = (self.height + t + b, self.width + l + r);
+        let (kh, kw) = self.kernel;
+        let (sy, sx) = self.stride;
+        (sy > 0 && sx > 0 && kh > 0 && kw > 0 && hp >= kh && wp >= kw)
+            .then(|| ((hp - kh) / sy + 1, (wp - kw) / sx + 1))
+    }
+}
+
+/// Pools every `height × width` plane of `input` into `out` (`[planes][oh][ow]`). `row` is a
+/// scratch row, grown once.
+pub fn pool(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &mut Vec<f32>) {
+    let (oh, ow) = shape.output().expect("the window fits the padded input");
+    let (h, w) = (shape.height, shape.width);
+    assert!(h * w > 0, "empty pooling input");
+    assert_eq!(input.len() % (h * w), 0, "pool input length");
+    assert_eq!(
+        out.len(),
+        input.len() / (h * w) * oh * ow,
+        "pool output length"
+    );
+    let (kh, kw) = shape.kernel;
+    let (sy, sx) = shape.stride;
+    let (t, l, _, r) = shape.padding;
+    // The reduced row with its horizontal padding, so every window is a plain slice.
+    let wp = w + l + r;
+    if row.len() < wp {
+        row.resize(wp, 0.0);
+    }
+    let padded = &mut row[..wp];
+    let pad_value = match reduce {
+        Reduce::Max => f32::NEG_INFINITY,
+        Reduce::Mean { .. } => 0.0,
+    };
+    padded[..l].fill(pad_value);
+    padded[l + w..].fill(pad_value);
+    for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        for (oy, dst_row) in dst.chunks_exact_mut(ow).enumerate() {
+            // Input rows of this window, clipped to the image.
+            let top = (oy * sy).saturating_sub(t);
+            let bottom = (oy * sy + kh).saturating_sub(t).min(h);
+            let inner = &mut padded[l..l + w];
+            inner.copy_from_slice(&plane[top * w..][..w]);
+            for src in plane[(top + 1) * w..bottom * w].chunks_exact(w) {
+                match reduce {
+                    Reduce::Max => {
+                        for (a, &b) in inner.iter_mut().zip(src) {
+                            *a = if b > *a { b } else { *a };
+                        }
+                    }
+                    Reduce::Mean { .. } => {
+                        for (a, &b) in inner.iter_mut().zip(src) {
+                            *a += b;
+                        }
+                    }
+                }
+            }
+            let rows = bottom - top;
+            match kw {
+                2 => horizontal::<2>(padded, dst_row, sx, reduce, shape, rows),
+                3 => horizontal::<3>(padded, dst_row, sx, reduce, shape, rows),
+                _ => horizontal::<0>(padded, dst_row, sx, reduce, shape, rows),
+            }
+        }
+    }
+}
+
+/// The horizontal pass over one reduced, padded row; `KW` is the window width when it is a
+/// compile-time constant (unrolled), 0 when it is not.
+#[inline(always)]
+fn horizontal<const KW: usize>(
+    padded: &[f32],
+    dst: &mut [f32],
+    sx: usize,
+    reduce: Reduce,
+    shape: Shape,
+    rows: usize,
+) {
+    let (kh, kw) = shape.kernel;
+    let kw = if KW == 0 { kw } else { KW };
+    let (l, w) = (shape.padding.1, shape.width);
+    match reduce {
+        Reduce::Max => {
+            for (ox, value) in dst.iter_mut().enumerate() {
+                let window = &padded[ox * sx..][..kw];
+                *value = window
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            }
+        }
+        Reduce::Mean {
+            count_include_pad: true,
+        } => {
+            let scale = 1.0 / (kh * kw) as f32;
+            for (ox, value) in dst.iter_mut().enumerate() {
+                *value = padded[ox * sx..][..kw].iter().sum::<f32>() * scale;
+            }
+        }
+        Reduce::Mean {
+            count_include_pad: false,
+        } => {
+            for (ox, value) in dst.iter_mut().enumerate() {
+                let cols = (ox * sx + kw).min(l + w) - (ox * sx).max(l);
+                *value = padded[ox * sx..][..kw].iter().sum::<f32>() / (rows * cols) as f32;
+            }
+        }
+    }
+}
+
+/// The naive reference in `f64`.
+pub fn reference(shape: Shape, reduce: Reduce, input: &[f32]) -> Vec<f32> {
+    let (oh, ow) = shape.output().expect("fits");
+    let (h, w) = (shape.height, shape.width);
+    let (t, l, _, _) = shape.padding;
+    let mut out = Vec::new();
+    for plane in input.chunks_exact(h * w) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut max, mut sum, mut n) = (f64::NEG_INFINITY, 0.0, 0);
+                for ky in 0..shape.kernel.0 {
+                    for kx in 0..shape.kernel.1 {
+                        let y = (oy * shape.stride.0 + ky) as isize - t as isize;
+                        let x = (ox * shape.stride.1 + kx) as isize - l as isize;
+                        if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                            continue;
+                        }
+                        let v = f64::from(plane[y as usize * w + x as usize]);
+                        max = max.max(v);
+                        sum += v;
+                        n += 1;
+                    }
+                }
+                out.push(match reduce {
+                    Reduce::Max => max as f32,
+                    Reduce::Mean {
+                        count_include_pad: true,
+                    } => (sum / (shape.kernel.0 * shape.kernel.1) as f64) as f32,
+                    Reduce::Mean {
+                        count_include_pad: false,
+                    } => (sum / n.max(1) as f64) as f32,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::Rng;
+    use super::*;
+
+    #[test]
+    fn matches_the_reference_on_random_shapes() {
+        let mut rng = Rng::new(0x9001);
+        let osnet = [
+            (
+                Shape {
+                    height: 128,
+                    width: 64,
+                    kernel: (3, 3),
+                    stride: (2, 2),
+                    padding: (1, 1, 1, 1),
+                },
+                Reduce::Max,
+            ),
+            (
+                Shape {
+                    height: 64,
+                    width: 32,
+                    kernel: (2, 2),
+                    stride: (2, 2),
+                    padding: (0, 0, 0, 0),
+                },
+                Reduce::Mean {
+                    count_include_pad: true,
+                },
+            ),
+        ];
+        let mut cases = osnet.to_vec();
+        for _ in 0..200 {
+            let kernel = (1 + rng.below(4), 1 + rng.below(4));
+            // Padding below the kernel size, as ONNX requires (else a window can be all padding).
+            let padding = (
+                rng.below(kernel.0),
+                rng.below(kernel.1),
+                rng.below(kernel.0),
+                rng.below(kernel.1),
+            );
+            let shape = Shape {
+                height: kernel.0 + rng.below(12),
+                width: kernel.1 + rng.below(12),
+                kernel,
+                stride: (1 + rng.below(3), 1 + rng.below(3)),
+                padding,
+            };
+            let reduce = match rng.below(3) {
+                0 => Reduce::Max,
+                1 => Reduce::Mean {
+                    count_include_pad: true,
+                },
+                _ => Reduce::Mean {
+                    count_include_pad: false,
+                },
+            };
+            cases.push((shape, reduce));
+        }
+        let mut row = Vec::new();
+        for (shape, reduce) in cases {
+            let planes = 1 + rng.below(3);
+            let input = rng.vec(planes * shape.height * shape.width);
+            let want = reference(shape, reduce, &input);
+            let mut got = vec![f32::NAN; want.len()];
+            pool(shape, reduce, &input, &mut got, &mut row);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let bound = 1e-6 * (1.0 + w.abs());
+                assert!(
+                    (g - w).abs() <= bound,
+                    "{shape:?} {reduce:?}: element {i}: got {g}, want {w}"
+                );
+            }
+        }
+    }
+}

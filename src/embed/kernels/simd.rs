@@ -1,0 +1,213 @@
+//! The few vector operations the SIMD kernels need, over each instruction set's register type, so
+//! a kernel is written once and instantiated per instruction set inside a `#[target_feature]`
+//! function (where these `#[inline(always)]` wrappers inline to single instructions).
+
+/// A vector of `N` f32 lanes.
+///
+/// # Safety
+/// Every method requires the CPU to support the type's instructions; pointers must be valid for
+/// `N` floats (no alignment needed).
+pub trait Lanes: Copy {
+    const N: usize;
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `a · b + c`, fused.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(self, other: Self) -> Self;
+    /// `max(self, 0)`.
+    unsafe fn relu(self) -> Self;
+    /// The first `n < N` lanes from `p` (the others zero); reads only those `n` floats.
+    unsafe fn load_n(p: *const f32, n: usize) -> Self;
+    /// Writes the first `n < N` lanes to `p`, and nothing else.
+    unsafe fn store_n(self, p: *mut f32, n: usize);
+}
+
+/// Four lanes in plain arrays: the portable copy, which LLVM vectorises to the target's baseline
+/// (SSE2 on x86-64). Multiplies and adds separately (no FMA there).
+#[derive(Clone, Copy)]
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+pub struct Portable([f32; 4]);
+
+impl Lanes for Portable {
+    const N: usize = 4;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Portable([v; 4])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Portable(unsafe { p.cast::<[f32; 4]>().read_unaligned() })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { p.cast::<[f32; 4]>().write_unaligned(self.0) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|i| a.0[i] * b.0[i] + c.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] + other.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn relu(self) -> Self {
+        Portable(self.0.map(|v| if v < 0.0 { 0.0 } else { v }))
+    }
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> Self {
+        let mut v = [0.0; 4];
+        for (i, lane) in v.iter_mut().enumerate().take(n) {
+            *lane = unsafe { *p.add(i) };
+        }
+        Portable(v)
+    }
+    #[inline(always)]
+    unsafe fn store_n(self, p: *mut f32, n: usize) {
+        for (i, lane) in self.0.iter().enumerate().take(n) {
+            unsafe { *p.add(i) = *lane };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Lanes;
+
+    impl Lanes for __m256 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { _mm256_set1_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            unsafe { _mm256_add_ps(self, other) }
+        }
+        #[inline(always)]
+        unsafe fn relu(self) -> Self {
+            unsafe { _mm256_max_ps(self, _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            unsafe { _mm256_maskload_ps(p, lanes_below(n)) }
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            unsafe { _mm256_maskstore_ps(p, lanes_below(n), self) }
+        }
+    }
+
+    /// A mask of the first `n` of 8 lanes.
+    #[inline(always)]
+    unsafe fn lanes_below(n: usize) -> __m256i {
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(n as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+    }
+
+    impl Lanes for __m512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { _mm512_set1_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            unsafe { _mm512_add_ps(self, other) }
+        }
+        #[inline(always)]
+        unsafe fn relu(self) -> Self {
+            unsafe { _mm512_max_ps(self, _mm512_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p) }
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, self) }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::Lanes;
+
+    impl Lanes for float32x4_t {
+        const N: usize = 4;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { vdupq_n_f32(v) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { vld1q_f32(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { vst1q_f32(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            unsafe { vfmaq_f32(c, a, b) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            unsafe { vaddq_f32(self, other) }
+        }
+        #[inline(always)]
+        unsafe fn relu(self) -> Self {
+            unsafe { vmaxq_f32(self, vdupq_n_f32(0.0)) }
+        }
+        #[inline(always)]
+        unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            let mut v = [0.0f32; 4];
+            for (i, lane) in v.iter_mut().enumerate().take(n) {
+                *lane = unsafe { *p.add(i) };
+            }
+            unsafe { vld1q_f32(v.as_ptr()) }
+        }
+        #[inline(always)]
+        unsafe fn store_n(self, p: *mut f32, n: usize) {
+            let mut v = [0.0f32; 4];
+            unsafe { vst1q_f32(v.as_mut_ptr(), self) };
+            for (i, lane) in v.iter().enumerate().take(n) {
+                unsafe { *p.add(i) = *lane };
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The register-tile matrix product under the 1×1 and the full convolutions:
+//!
+//! `y[o][yb + i] = act(bias[o] + Σₖ w[o][k] · x[xb + offsets[k] + i] (+ res[o][yb + i]))`
+//! for `i` in one run of contiguous pixels.
+//!
+//! `offsets` says where row `k` of the right-hand side starts: `k · pixels` for a 1×1
+//! convolution (the input planes as they are), or a tap of a phase-split padded image for a
+//! strided `kh × kw` convolution (see `conv`), so neither needs packing nor im2col. The run is
+//! cut into `OB` output channels × `NV` vectors tiles held in registers while `k` streams; bias,
+//! residual and ReLU are applied as a tile is stored.
+//!
+//! Tiles per instruction set (sums in registers + input vectors): AVX-512 8×32 (16 + 2 zmm),
+//! AVX2 6×16 (12 + 2 ymm), NEON 8×8 (16 + 2 q), portable 4×8 (eight 4-lane arrays).
+
+use super::Isa;
+use super::simd::Lanes;
+#[cfg(not(target_arch = "aarch64"))]
+use super::simd::Portable;
+
+/// The operands of a product; see the module docs.
+pub(super) struct Product<'a> {
+    /// `outputs × k`, row-major.
+    pub weights: &'a [f32],
+    /// One per output.
+    pub bias: &'a [f32],
+    /// One per `k`: where that row of `x` starts, relative to a run's base.
+    pub offsets: &'a [usize],
+    pub x: &'a [f32],
+    /// Distance between output channels in `y` (and `res`).
+    pub y_stride: usize,
+    pub res: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Product<'_> {
+    fn outputs(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// All outputs for the `len` pixels of one run: `x` from `xb`, `y` from `yb`.
+    ///
+    /// Panics if any access would fall outside `x`, `y` or `res` (checked once, up front).
+    pub fn run(&self, isa: Isa, xb: usize, yb: usize, len: usize, y: &mut [f32]) {
+        let k_len = self.offsets.len();
+        assert_eq!(
+            self.weights.len(),
+            self.outputs() * k_len,
+            "weights are outputs × k"
+        );
+        if len == 0 || self.outputs() == 0 {
+            return;
+        }
+        let last_x = xb + self.offsets.iter().max().copied().unwrap_or(0) + len;
+        assert!(k_len == 0 || last_x <= self.x.len(), "x run out of bounds");
+        let last_y = (self.outputs() - 1) * self.y_stride + yb + len;
+        assert!(last_y <= y.len(), "y run out of bounds");
+        if let Some(r) = self.res {
+            assert!(last_y <= r.len(), "residual run out of bounds");
+        }
+        assert!(isa.is_available(), "{isa} is not available on this CPU");
+        let y = y.as_mut_ptr();
+        // SAFETY: bounds checked above; the instruction set is available.
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "aarch64")]
+                Isa::Baseline => {
+                    drive::<std::arch::aarch64::float32x4_t, 8, 2>(self, xb, yb, len, y)
+                }
+                #[cfg(not(target_arch = "aarch64"))]
+                Isa::Baseline => drive::<Portable, 4, 2>(self, xb, yb, len, y),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => x86::avx2(self, xb, yb, len, y),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => x86::avx512(self, xb, yb, len, y),
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{__m256, __m512};
+
+    use super::{Product, drive};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
+        // SAFETY: forwarded from `Product::run`.
+        unsafe { drive::<__m256, 6, 2>(p, xb, yb, len, y) }
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn avx512(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
+        // SAFETY: forwarded from `Product::run`.
+        unsafe { drive::<__m512, 8, 2>(p, xb, yb, len, y) }
+    }
+}
+
+/// Full `OB × NV` tiles, then single-vector tiles, then one pixel at a time.
+///
+/// # Safety
+/// As `Product::run` checked: every access in bounds, `V` supported.
+#[inline(always)]
+unsafe fn drive<V: Lanes, const OB: usize, const NV: usize>(
+    p: &Product,
+    xb: usize,
+    yb: usize,
+    len: usize,
+    y: *mut f32,
+) {
+    let outputs = p.outputs();
+    let full_o = outputs / OB * OB;
+    let mut i = 0;
+    unsafe {
+        while i + NV * V::N <= len {
+            for o0 in (0..full_o).step_by(OB) {
+                tile::<V, OB, NV>(p, o0, xb + i, yb + i, y);
+            }
+            for o0 in full_o..outputs {
+                tile::<V, 1, NV>(p, o0, xb + i, yb + i, y);
+            }
+            i += NV * V::N;
+        }
+        while i + V::N <= len {
+            for o0 in (0..full_o).step_by(OB) {
+                tile::<V, OB, 1>(p, o0, xb + i, yb + i, y);
+            }
+            for o0 in full_o..outputs {
+                tile::<V, 1, 1>(p, o0, xb + i, yb + i, y);
+            }
+            i += V::N;
+        }
+        while i < len {
+            for o in 0..outputs {
+                single(p, o, xb + i, yb + i, y);
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Outputs `o0..o0+OB` × pixels `xb..xb + NV·V::N`.
+#[inline(always)]
+unsafe fn tile<V: Lanes, const OB: usize, const NV: usize>(
+    p: &Product,
+    o0: usize,
+    xb: usize,
+    yb: usize,
+    y: *mut f32,
+) {
+    let k_len = p.offsets.len();
+    let (w, x, offsets) = (p.weights.as_ptr(), p.x.as_ptr(), p.offsets.as_ptr());
+    unsafe {
+        let mut acc = [[V::splat(0.0); NV]; OB];
+        for (j, row) in acc.iter_mut().enumerate() {
+            *row = [V::splat(*p.bias.get_unchecked(o0 + j)); NV];
+        }
+        for k in 0..k_len {
+            let xk = x.add(xb + *offsets.add(k));
+            let xv: [V; NV] = std::array::from_fn(|v| V::load(xk.add(v * V::N)));
+            for (j, row) in acc.iter_mut().enumerate() {
+                let wjk = V::splat(*w.add((o0 + j) * k_len + k));
+                for (a, xv) in row.iter_mut().zip(&xv) {
+                    *a = V::fma(wjk, *xv, *a);
+                }
+            }
+        }
+        for (j, row) in acc.iter().enumerate() {
+            let at = (o0 + j) * p.y_stride + yb;
+            for (v, a) in row.iter().enumerate() {
+                let mut a = *a;
+                if let Some(r) = p.res {
+                    a = a.add(V::load(r.as_ptr().add(at + v * V::N)));
+                }
+                if p.relu {
+                    a = a.relu();
+                }
+                a.store(y.add(at + v * V::N));
+            }
+        }
+    }
+}
+
+/// One output, one pixel.
+#[inline(always)]
+unsafe fn single(p: &Product, o: usize, xb: usize, yb: usize, y: *mut f32) {
+    let k_len = p.offsets.len();
+    unsafe {
+        let mut acc = *p.bias.get_unchecked(o);
+        for k in 0..k_len {
+            acc += p.weights.get_unchecked(o * k_len + k)
+                * p.x.get_unchecked(xb + *p.offsets.get_unchecked(k));
+        }
+        let at = o * p.y_stride + yb;
+        if let Some(r) = p.res {
+            acc += r.get_unchecked(at);
+        }
+        *y.add(at) = if p.relu { acc.max(0.0) } else { acc };
+    }
+}

@@ -1,0 +1,1198 @@
+//! Our own tract operators, calling `embed::kernels`, and the load-time graph rewrite that puts
+//! them in place of tract's ops (tract stays the engine: it plans and runs the graph, and runs
+//! every op we do not replace).
+//!
+//! [`use_reidcam_kernels`] runs on the decluttered model, before `into_optimized`, and fuses:
+//! - `EinSum(x, W[O,I])` (tract's form of a 1×1 convolution) `→ Add(bias) → Add(residual) →
+//!   Max(0)`, each step optional, into one [`Pointwise`];
+//! - `Conv` depthwise 3×3, stride 1, padding 1 (bias = folded batch-norm) `→ Max(0)` into one
+//!   [`Depthwise`].
+//!
+//! A step is fused only when the value it consumes has no other reader, the constants have the
+//! shapes the kernels expect and everything is f32; anything else is left to tract untouched.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::{
+    Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
+};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::math::{Add, Max};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Sigmoid};
+
+use super::kernels::{Isa, conv, depthwise, pointwise, pool};
+
+/// Below this many multiply-adds (or pooled values) an op runs on one thread: waking a pool
+/// thread and waiting for it costs tens of microseconds (measured on the 2-core CI machine:
+/// splitting every layer of OSNet x0.25 made a crop 30% slower), more than a small layer takes.
+const PARALLEL_WORK: usize = 8 << 20;
+
+thread_local! {
+    /// The pool the current run may share its largest layers with (see [`with_kernel_pool`]).
+    static KERNEL_POOL: RefCell<Option<Arc<rayon::ThreadPool>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a model run on this thread) with `pool` available to our ops' [`split_units`].
+pub(super) fn with_kernel_pool<R>(
+    pool: Option<&Arc<rayon::ThreadPool>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let previous = KERNEL_POOL.replace(pool.cloned());
+    let result = f();
+    KERNEL_POOL.set(previous);
+    result
+}
+
+/// Runs `work` over `units` units of `out` (`unit` floats each): in contiguous parts, this thread
+/// taking the first and each pool worker one more, when a kernel pool is set for this run and the
+/// op's `work_size` reaches [`PARALLEL_WORK`]; else all at once on this thread. `work` gets the
+/// unit range and its part of `out`.
+fn split_units(
+    out: &mut [f32],
+    unit: usize,
+    units: usize,
+    work_size: usize,
+    work: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    debug_assert_eq!(out.len(), unit * units);
+    let pool = match KERNEL_POOL.with_borrow(Clone::clone) {
+        Some(pool) if work_size >= PARALLEL_WORK && units > 1 => pool,
+        _ => return work(0..units, out),
+    };
+    let parts = (pool.current_num_threads() + 1).min(units);
+    let work = &work;
+    let first = units / parts;
+    let (mine, mut rest) = out.split_at_mut(first * unit);
+    pool.in_place_scope(|scope| {
+        let mut start = first;
+        for part in 1..parts {
+            let end = (part + 1) * units / parts;
+            let (theirs, tail) = rest.split_at_mut((end - start) * unit);
+            rest = tail;
+            let range = start..end;
+            scope.spawn(move |_| work(range, theirs));
+            start = end;
+        }
+        work(0..first, mine);
+    });
+}
+
+/// A new f32 output tensor of `shape`, filled by `fill`.
+fn with_output(
+    shape: &[usize],
+    fill: impl FnOnce(&mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    // SAFETY: every kernel writes all of its output (each asserts the output length), and the
+    // tensor is not read before `fill` returns.
+    let mut out = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    fill(out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
+    Ok(tvec!(out.into_tvalue()))
+}
+
+/// `Op`, `EvalOp` and `TypedOp` for our ops: a name, a one-line `describe()`, f32 inputs and one
+/// f32 output of the `output_shape` the rewrite computed, filled by `compute(inputs, output)`.
+macro_rules! reidcam_op {
+    ($op:ty, $name:literal) => {
+        impl Op for $op {
+            fn name(&self) -> StaticName {
+                $name.into()
+            }
+
+            fn info(&self) -> TractResult<Vec<String>> {
+                Ok(vec![self.describe()])
+            }
+
+            op_as_typed_op!();
+        }
+
+        impl EvalOp for $op {
+            op_out_of_plan!();
+
+            fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+                let views = inputs
+                    .iter()
+                    .map(|i| i.try_as_plain_ram())
+                    .collect::<TractResult<TVec<_>>>()?;
+                let x = views
+                    .iter()
+                    .map(|v| v.as_slice::<f32>())
+                    .collect::<TractResult<TVec<_>>>()?;
+                with_output(&self.output_shape, |y| {
+                    self.compute(&x, y);
+                    Ok(())
+                })
+            }
+        }
+
+        impl TypedOp for $op {
+            fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+                Ok(tvec!(f32::fact(&*self.output_shape)))
+            }
+
+            as_op!();
+        }
+    };
+}
+
+/// Constant f32 operands of an op, compared bit for bit (tract wants ops to be `Eq`).
+#[derive(Clone, Debug)]
+struct Floats(Arc<[f32]>);
+
+impl PartialEq for Floats {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
+impl Eq for Floats {}
+
+/// A fused 1×1 convolution: bias, optional residual (second input), optional ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pointwise {
+    isa: Isa,
+    shape: pointwise::Shape,
+    offsets: Arc<[usize]>,
+    weights: Floats,
+    bias: Floats,
+    residual: bool,
+    relu: bool,
+    output_shape: TVec<usize>,
+}
+
+impl Pointwise {
+    fn describe(&self) -> String {
+        format!(
+            "{:?} residual {} relu {} {}",
+            self.shape, self.residual, self.relu, self.isa
+        )
+    }
+}
+
+reidcam_op!(Pointwise, "ReidcamPointwise");
+
+impl Pointwise {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let residual = inputs.get(1).copied();
+        let shape = self.shape;
+        let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
+        let batch = x.len() / x_len;
+        if batch > 1 {
+            // Images to threads.
+            split_units(
+                y,
+                y_len,
+                batch,
+                batch * shape.inputs * y_len,
+                |images, y| {
+                    pointwise::pointwise(
+                        self.isa,
+                        shape,
+                        &self.offsets,
+                        &x[images.start * x_len..images.end * x_len],
+                        &self.weights.0,
+                        &self.bias.0,
+                        residual.map(|r| &r[images.start * y_len..images.end * y_len]),
+                        self.relu,
+                        y,
+                    )
+                },
+            );
+        } else {
+            // Output channels to threads.
+            split_units(
+                y,
+                shape.pixels,
+                shape.outputs,
+                shape.inputs * y_len,
+                |outputs, y| {
+                    let part = pointwise::Shape {
+                        outputs: outputs.len(),
+                        ..shape
+                    };
+                    let rows = outputs.start * shape.pixels..outputs.end * shape.pixels;
+                    pointwise::pointwise(
+                        self.isa,
+                        part,
+                        &self.offsets,
+                        x,
+                        &self.weights.0[outputs.start * shape.inputs..outputs.end * shape.inputs],
+                        &self.bias.0[outputs.clone()],
+                        residual.map(|r| &r[rows]),
+                        self.relu,
+                        y,
+                    )
+                },
+            );
+        }
+    }
+}
+
+/// A fused depthwise 3×3 stride-1 convolution: bias, optional ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Depthwise {
+    isa: Isa,
+    shape: depthwise::Shape,
+    batch: usize,
+    weights: Floats,
+    bias: Floats,
+    relu: bool,
+    output_shape: TVec<usize>,
+}
+
+thread_local! {
+    /// Our kernels' scratch (padded planes, phase-split images, pooled rows): grown to the
+    /// largest layer once per thread, then reused.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Depthwise {
+    fn describe(&self) -> String {
+        format!(
+            "{:?} batch {} relu {} {}",
+            self.shape, self.batch, self.relu, self.isa
+        )
+    }
+}
+
+reidcam_op!(Depthwise, "ReidcamDepthwise3x3");
+
+impl Depthwise {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let shape = self.shape;
+        let plane = shape.height * shape.width;
+        let batch = x.len() / (shape.channels * plane);
+        let run =
+            |shape: depthwise::Shape, batch, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    depthwise::depthwise3x3(self.isa, shape, batch, x, w, b, self.relu, y, scratch)
+                })
+            };
+        if batch > 1 {
+            let image = shape.channels * plane;
+            split_units(y, image, batch, 9 * y.len(), |images, y| {
+                let x = &x[images.start * image..images.end * image];
+                run(shape, images.len(), x, &self.weights.0, &self.bias.0, y)
+            });
+        } else {
+            split_units(y, plane, shape.channels, 9 * y.len(), |channels, y| {
+                let part = depthwise::Shape {
+                    channels: channels.len(),
+                    ..shape
+                };
+                let x = &x[channels.start * plane..channels.end * plane];
+                let w = &self.weights.0[channels.start * 9..channels.end * 9];
+                run(part, 1, x, w, &self.bias.0[channels], y)
+            });
+        }
+    }
+}
+
+/// A fused full (one-group) convolution: bias, optional ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullConv {
+    isa: Isa,
+    shape: conv::Shape,
+    offsets: Arc<[usize]>,
+    weights: Floats,
+    bias: Floats,
+    relu: bool,
+    output_shape: TVec<usize>,
+}
+
+impl FullConv {
+    fn describe(&self) -> String {
+        format!("{:?} relu {} {}", self.shape, self.relu, self.isa)
+    }
+}
+
+reidcam_op!(FullConv, "ReidcamConv");
+
+impl FullConv {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let shape = self.shape;
+        let (oh, ow) = shape.output().expect("checked when the op was made");
+        let (x_len, plane) = (shape.inputs * shape.height * shape.width, oh * ow);
+        let y_len = shape.outputs * plane;
+        for (image, y) in x.chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let phases = conv::phase_split(shape, image, scratch);
+                // Output channels to threads, all reading the same phase-split image.
+                split_units(
+                    y,
+                    plane,
+                    shape.outputs,
+                    y.len() * self.offsets.len(),
+                    |outputs, y| {
+                        let taps = self.offsets.len();
+                        conv::convolve(
+                            self.isa,
+                            shape,
+                            &self.offsets,
+                            phases,
+                            &self.weights.0[outputs.start * taps..outputs.end * taps],
+                            &self.bias.0[outputs],
+                            self.relu,
+                            y,
+                        )
+                    },
+                );
+            });
+        }
+    }
+}
+
+/// Max or average pooling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    shape: pool::Shape,
+    reduce: pool::Reduce,
+    output_shape: TVec<usize>,
+}
+
+impl Pool {
+    fn describe(&self) -> String {
+        format!("{:?} {:?}", self.shape, self.reduce)
+    }
+}
+
+reidcam_op!(Pool, "ReidcamPool");
+
+impl Pool {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let (h, w) = (self.shape.height, self.shape.width);
+        let (oh, ow) = self.shape.output().expect("checked when the op was made");
+        split_units(y, oh * ow, x.len() / (h * w), x.len(), |planes, y| {
+            let x = &x[planes.start * h * w..planes.end * h * w];
+            SCRATCH.with_borrow_mut(|row| pool::pool(self.shape, self.reduce, x, y, row))
+        });
+    }
+}
+
+/// One step of a channel gate, applied to each image's vector of channel means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum GateStep {
+    /// Multiply by a constant (the 1/(H·W) of the mean).
+    Scale(Floats),
+    /// `y = W·x`, `W` `[outputs][inputs]` row-major.
+    Linear {
+        outputs: usize,
+        weights: Floats,
+    },
+    Bias(Floats),
+    Relu,
+    Sigmoid,
+}
+
+/// A channel gate (OSNet's aggregation gate, squeeze-and-excitation): the per-channel sums of
+/// each image over H×W, then a chain of [`GateStep`]s ending in a sigmoid; the output is the gate
+/// vector (the multiplication by the input stays in tract). Replaces ~10 tract nodes of
+/// one-element work each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    channels: usize,
+    batch: usize,
+    steps: Vec<GateStep>,
+    output_shape: TVec<usize>,
+}
+
+impl Gate {
+    fn describe(&self) -> String {
+        format!("{} channels, {} steps", self.channels, self.steps.len())
+    }
+}
+
+reidcam_op!(Gate, "ReidcamGate");
+
+impl Gate {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let batch = self.batch;
+        let per_image = y.len() / batch;
+        let plane = x.len() / (batch * self.channels);
+        let mut v = Vec::with_capacity(64);
+        let mut next = Vec::with_capacity(64);
+        for (image, gate) in x
+            .chunks_exact(self.channels * plane)
+            .zip(y.chunks_exact_mut(per_image))
+        {
+            v.clear();
+            v.extend(image.chunks_exact(plane).map(plane_sum));
+            for step in &self.steps {
+                match step {
+                    GateStep::Scale(k) => v.iter_mut().for_each(|a| *a *= k.0[0]),
+                    GateStep::Linear { outputs, weights } => {
+                        next.clear();
+                        next.extend(
+                            weights
+                                .0
+                                .chunks_exact(v.len())
+                                .take(*outputs)
+                                .map(|row| row.iter().zip(&v).map(|(w, a)| w * a).sum::<f32>()),
+                        );
+                        std::mem::swap(&mut v, &mut next);
+                    }
+                    GateStep::Bias(b) => v.iter_mut().zip(b.0.iter()).for_each(|(a, b)| *a += b),
+                    GateStep::Relu => v.iter_mut().for_each(|a| *a = a.max(0.0)),
+                    GateStep::Sigmoid => v.iter_mut().for_each(|a| *a = 1.0 / (1.0 + (-*a).exp())),
+                }
+            }
+            gate.copy_from_slice(&v);
+        }
+    }
+}
+
+/// The sum of a plane in 16 independent lanes (a sequential `f32` sum cannot be vectorised).
+fn plane_sum(plane: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = plane.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// How many nodes of each kind the rewrite put in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    pub pointwise: usize,
+    pub depthwise: usize,
+    pub conv: usize,
+    pub pool: usize,
+    pub gate: usize,
+    /// tract nodes the fused ones replaced (convolutions, bias and residual adds, ReLUs).
+    pub replaced: usize,
+}
+
+/// Replaces the convolutions our kernels cover (see the module docs) with our ops, for `isa`.
+pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewritten> {
+    let mut done = Rewritten::default();
+    // One fusion at a time, then `compact` drops the replaced nodes, so that no dead reader
+    // makes a value look shared to the next match.
+    'scan: loop {
+        model.compact()?;
+        for id in 0..model.nodes().len() {
+            let (patch, replaced, count) = if let Some((p, r)) = pointwise_patch(model, id, isa)? {
+                (p, r, &mut done.pointwise)
+            } else if let Some((p, r)) = depthwise_patch(model, id, isa)? {
+                (p, r, &mut done.depthwise)
+            } else if let Some((p, r)) = conv_patch(model, id, isa)? {
+                (p, r, &mut done.conv)
+            } else if let Some((p, r)) = pool_patch(model, id)? {
+                (p, r, &mut done.pool)
+            } else if let Some((p, r)) = gate_patch(model, id)? {
+                (p, r, &mut done.gate)
+            } else {
+                continue;
+            };
+            patch.apply(model)?;
+            *count += 1;
+            done.replaced += replaced;
+            continue 'scan;
+        }
+        return Ok(done);
+    }
+}
+
+/// The only node reading `node`'s single output, unless that output is also a model output.
+fn sole_reader(model: &TypedModel, node: usize) -> TractResult<Option<&TypedNode>> {
+    let outlet = OutletId::new(node, 0);
+    if model.output_outlets()?.contains(&outlet) {
+        return Ok(None);
+    }
+    model.single_succ(node)
+}
+
+/// The constant behind `outlet`, as f32 values, if it is one.
+fn konst(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Arc<Tensor>>> {
+    let fact = model.outlet_fact(outlet)?;
+    Ok(fact
+        .konst
+        .clone()
+        .filter(|k| k.datum_type() == f32::datum_type()))
+}
+
+fn floats(tensor: &Tensor) -> TractResult<Vec<f32>> {
+    Ok(tensor.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+}
+
+/// Weights with subnormal values (|w| < 2⁻¹²⁶, e.g. from weight decay) replaced by zero: a
+/// product with a subnormal takes a ~100-cycle microcode assist on x86, and torchreid's OSNet
+/// x0.25 has 471 of them, enough to make a 1×1 layer 6× slower. Each dropped term is below
+/// 1.2·10⁻³⁸·|x|.
+fn flushed_weights(tensor: &Tensor) -> TractResult<Vec<f32>> {
+    let mut values = floats(tensor)?;
+    for w in &mut values {
+        if w.is_subnormal() {
+            *w = 0.0;
+        }
+    }
+    Ok(values)
+}
+
+fn is_bin<B: tract_onnx::tract_core::ops::binary::BinMiniOp>(node: &TypedNode) -> bool {
+    node.op_as::<TypedBinOp>()
+        .is_some_and(|op| op.0.is::<B>() && op.1.is_none())
+}
+
+/// If `node` is `Add(ours, const)` with a per-channel (or single) value of `channels` and the
+/// output keeps `shape`: the bias values.
+fn bias_add(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+    channels: usize,
+    shape: &[usize],
+) -> TractResult<Option<Vec<f32>>> {
+    if !is_bin::<Add>(node) || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = if node.inputs[0] == from {
+        node.inputs[1]
+    } else {
+        node.inputs[0]
+    };
+    let Some(k) = konst(model, other)? else {
+        return Ok(None);
+    };
+    let out = model.outlet_fact(OutletId::new(node.id, 0))?;
+    if out.shape.as_concrete() != Some(shape) {
+        return Ok(None);
+    }
+    // Per channel: the channel axis is the third from the end, everything else 1.
+    let dims = k.shape();
+    let per_channel = dims.len() >= 3
+        && dims[dims.len() - 3] == channels
+        && dims.iter().product::<usize>() == channels;
+    if per_channel {
+        Ok(Some(floats(&k)?))
+    } else if k.len() == 1 {
+        Ok(Some(vec![floats(&k)?[0]; channels]))
+    } else {
+        Ok(None)
+    }
+}
+
+/// If `node` is `Add(ours, other)` with `other` a computed value of the same shape: `other`.
+fn residual_add(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+    shape: &[usize],
+) -> TractResult<Option<OutletId>> {
+    if !is_bin::<Add>(node) || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = if node.inputs[0] == from {
+        node.inputs[1]
+    } else {
+        node.inputs[0]
+    };
+    let fact = model.outlet_fact(other)?;
+    let out = model.outlet_fact(OutletId::new(node.id, 0))?;
+    let same = fact.konst.is_none()
+        && fact.datum_type == f32::datum_type()
+        && fact.shape.as_concrete() == Some(shape)
+        && out.shape.as_concrete() == Some(shape);
+    Ok(same.then_some(other))
+}
+
+/// If `node` is `Max(ours, 0)` keeping `shape`.
+fn relu_max(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+    shape: &[usize],
+) -> TractResult<bool> {
+    if !is_bin::<Max>(node) || node.inputs.len() != 2 {
+        return Ok(false);
+    }
+    let other = if node.inputs[0] == from {
+        node.inputs[1]
+    } else {
+        node.inputs[0]
+    };
+    let Some(k) = konst(model, other)? else {
+        return Ok(false);
+    };
+    let out = model.outlet_fact(OutletId::new(node.id, 0))?;
+    Ok(k.len() == 1 && floats(&k)?[0] == 0.0 && out.shape.as_concrete() == Some(shape))
+}
+
+/// The batch size of a data value `[N,] C, H, W` (rank 3 when tract removed a unit batch axis).
+fn batch_of(shape: &[usize]) -> Option<usize> {
+    match shape.len() {
+        3 => Some(1),
+        4 => Some(shape[0]),
+        _ => None,
+    }
+}
+
+type Patch = Option<(TypedModelPatch, usize)>;
+
+/// A patch that computes `last` with `op` from `inputs` (named after `last`'s node).
+fn fuse(
+    model: &TypedModel,
+    inputs: &[OutletId],
+    last: OutletId,
+    op: impl Into<Box<dyn TypedOp>>,
+) -> TractResult<TypedModelPatch> {
+    let mut patch = TypedModelPatch::default();
+    let taps = inputs
+        .iter()
+        .map(|&i| patch.tap_model(model, i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let name = format!("{}.reidcam", model.node(last.node).name);
+    let fused = patch.wire_node(name, op, &taps)?;
+    patch.shunt_outside(model, last, fused[0])?;
+    Ok(patch)
+}
+
+/// `last`'s sole reader if it is a `Max(·, 0)` keeping `shape`: its output.
+fn trailing_relu(
+    model: &TypedModel,
+    last: OutletId,
+    shape: &[usize],
+) -> TractResult<Option<OutletId>> {
+    Ok(match sole_reader(model, last.node)? {
+        Some(next) if relu_max(model, next, last, shape)? => Some(OutletId::new(next.id, 0)),
+        _ => None,
+    })
+}
+
+fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let node = model.node(id);
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    if einsum.q_params.is_some()
+        || node.inputs.len() != 2
+        || model.outlet_successors(OutletId::new(id, 0)).is_empty()
+    {
+        return Ok(None);
+    }
+    // Data first, weights [O, I]; a unit batch axis may be on either side only.
+    let axes = einsum.axes.to_string();
+    let Some((ins, out)) = axes.split_once("->") else {
+        return Ok(None);
+    };
+    let Some((data_axes, weight_axes)) = ins.split_once(',') else {
+        return Ok(None);
+    };
+    if !matches!(data_axes, "IHW" | "NIHW") || weight_axes != "OI" || !matches!(out, "OHW" | "NOHW")
+    {
+        return Ok(None);
+    }
+    let Some(weights) = konst(model, node.inputs[1])? else {
+        return Ok(None);
+    };
+    let data = model.outlet_fact(node.inputs[0])?;
+    let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
+    let (Some(data_shape), Some(out_shape)) =
+        (data.shape.as_concrete(), out_fact.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    if data.datum_type != f32::datum_type()
+        || out_fact.datum_type != f32::datum_type()
+        || weights.rank() != 2
+    {
+        return Ok(None);
+    }
+    let (Some(batch), Some(out_batch)) = (batch_of(data_shape), batch_of(out_shape)) else {
+        return Ok(None);
+    };
+    let (outputs, inputs) = (weights.shape()[0], weights.shape()[1]);
+    let r = data_shape.len();
+    let pixels = data_shape[r - 2] * data_shape[r - 1];
+    let ro = out_shape.len();
+    if batch != out_batch
+        || data_shape[r - 3] != inputs
+        || out_shape[ro - 3] != outputs
+        || out_shape[ro - 2] * out_shape[ro - 1] != pixels
+    {
+        return Ok(None);
+    }
+    let shape = out_shape.to_vec();
+
+    // Follow the chain: bias, residual, ReLU.
+    let mut last = OutletId::new(id, 0);
+    let mut replaced = 1;
+    let mut bias = vec![0.0; outputs];
+    let mut residual = None;
+    let mut relu = false;
+    if let Some(next) = sole_reader(model, last.node)?
+        && let Some(b) = bias_add(model, next, last, outputs, &shape)?
+    {
+        bias = b;
+        last = OutletId::new(next.id, 0);
+        replaced += 1;
+    }
+    if let Some(next) = sole_reader(model, last.node)?
+        && let Some(r) = residual_add(model, next, last, &shape)?
+    {
+        residual = Some(r);
+        last = OutletId::new(next.id, 0);
+        replaced += 1;
+    }
+    if let Some(r) = trailing_relu(model, last, &shape)? {
+        relu = true;
+        last = r;
+        replaced += 1;
+    }
+    let layer = pointwise::Shape {
+        inputs,
+        outputs,
+        pixels,
+    };
+    let op = Pointwise {
+        isa,
+        shape: layer,
+        offsets: layer.offsets().into(),
+        weights: Floats(flushed_weights(&weights)?.into()),
+        bias: Floats(bias.into()),
+        residual: residual.is_some(),
+        relu,
+        output_shape: shape.into(),
+    };
+    let mut inputs = vec![node.inputs[0]];
+    inputs.extend(residual);
+    Ok(Some((fuse(model, &inputs, last, op)?, replaced)))
+}
+
+fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let node = model.node(id);
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let channels = spec.input_channels;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
+    let padding_one = match &spec.padding {
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _) => {
+            b.iter().chain(a.iter()).all(|&p| p == 1)
+        }
+        _ => false,
+    };
+    let fits = conv.q_params.is_none()
+        && conv.group == channels
+        && spec.output_channels == channels
+        && spec.kernel_shape.as_slice() == [3, 3]
+        && ones(&spec.strides)
+        && ones(&spec.dilations)
+        && padding_one
+        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && node.inputs.len() == 3
+        && !model.outlet_successors(OutletId::new(id, 0)).is_empty();
+    if !fits {
+        return Ok(None);
+    }
+    let (Some(kernel), Some(bias)) = (konst(model, node.inputs[1])?, konst(model, node.inputs[2])?)
+    else {
+        return Ok(None);
+    };
+    let data = model.outlet_fact(node.inputs[0])?;
+    let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
+    let (Some(data_shape), Some(out_shape)) =
+        (data.shape.as_concrete(), out_fact.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    let Some(batch) = batch_of(data_shape) else {
+        return Ok(None);
+    };
+    let r = data_shape.len();
+    let shape = depthwise::Shape {
+        channels,
+        height: data_shape[r - 2],
+        width: data_shape[r - 1],
+    };
+    let bias = match bias.len() {
+        n if n == channels => floats(&bias)?,
+        1 => vec![floats(&bias)?[0]; channels],
+        _ => return Ok(None),
+    };
+    if data.datum_type != f32::datum_type()
+        || out_shape != data_shape
+        || data_shape[r - 3] != channels
+        || kernel.len() != channels * 9
+    {
+        return Ok(None);
+    }
+    let out_shape = out_shape.to_vec();
+    let conv_out = OutletId::new(id, 0);
+    let relu_out = trailing_relu(model, conv_out, &out_shape)?;
+    let (last, relu, replaced) = match relu_out {
+        Some(r) => (r, true, 2),
+        None => (conv_out, false, 1),
+    };
+    let op = Depthwise {
+        isa,
+        shape,
+        batch,
+        weights: Floats(flushed_weights(&kernel)?.into()),
+        bias: Floats(bias.into()),
+        relu,
+        output_shape: out_shape.into(),
+    };
+    Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
+}
+
+fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let node = model.node(id);
+    let Some(op) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &op.pool_spec;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
+    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+    let padding = match &spec.padding {
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _)
+            if b.len() == 2 && a.len() == 2 =>
+        {
+            Some((b[0], b[1], a[0], a[1]))
+        }
+        PaddingSpec::Valid => Some((0, 0, 0, 0)),
+        _ => None,
+    };
+    let fits = op.q_params.is_none()
+        && op.group == 1
+        && spec.kernel_shape.len() == 2
+        && strides.len() == 2
+        && strides[0] == strides[1]
+        && ones(&spec.dilations)
+        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        && op.kernel_fmt == KernelFormat::OIHW
+        && node.inputs.len() == 3
+        && !model.outlet_successors(OutletId::new(id, 0)).is_empty();
+    let Some(padding) = padding.filter(|_| fits) else {
+        return Ok(None);
+    };
+    let (Some(kernel), Some(bias)) = (konst(model, node.inputs[1])?, konst(model, node.inputs[2])?)
+    else {
+        return Ok(None);
+    };
+    let data = model.outlet_fact(node.inputs[0])?;
+    let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
+    let (Some(data_shape), Some(out_shape)) =
+        (data.shape.as_concrete(), out_fact.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    if data.datum_type != f32::datum_type()
+        || batch_of(data_shape).is_none()
+        || batch_of(out_shape) != batch_of(data_shape)
+    {
+        return Ok(None);
+    }
+    let r = data_shape.len();
+    let shape = conv::Shape {
+        inputs: spec.input_channels,
+        outputs: spec.output_channels,
+        height: data_shape[r - 2],
+        width: data_shape[r - 1],
+        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+        stride: strides[0],
+        padding,
+    };
+    let ro = out_shape.len();
+    let fits = data_shape[r - 3] == shape.inputs
+        && out_shape[ro - 3] == shape.outputs
+        && shape.output() == Some((out_shape[ro - 2], out_shape[ro - 1]))
+        && kernel.len() == shape.outputs * shape.inputs * shape.kernel.0 * shape.kernel.1;
+    let bias = match bias.len() {
+        n if n == shape.outputs => floats(&bias)?,
+        1 => vec![floats(&bias)?[0]; shape.outputs],
+        _ => return Ok(None),
+    };
+    if !fits {
+        return Ok(None);
+    }
+    let out_shape = out_shape.to_vec();
+    let conv_out = OutletId::new(id, 0);
+    let relu_out = trailing_relu(model, conv_out, &out_shape)?;
+    let (last, relu, replaced) = match relu_out {
+        Some(r) => (r, true, 2),
+        None => (conv_out, false, 1),
+    };
+    let op = FullConv {
+        isa,
+        shape,
+        offsets: shape.offsets().into(),
+        weights: Floats(flushed_weights(&kernel)?.into()),
+        bias: Floats(bias.into()),
+        relu,
+        output_shape: out_shape.into(),
+    };
+    Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
+}
+
+fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
+    let node = model.node(id);
+    let (spec, reduce): (&PoolSpec, pool::Reduce) = if let Some(op) = node.op_as::<MaxPool>() {
+        if op.with_index_outputs.is_some() {
+            return Ok(None);
+        }
+        (&op.pool_spec, pool::Reduce::Max)
+    } else if let Some(op) = node.op_as::<SumPool>() {
+        if !op.normalize {
+            return Ok(None);
+        }
+        let reduce = pool::Reduce::Mean {
+            count_include_pad: op.count_include_pad,
+        };
+        (&op.pool_spec, reduce)
+    } else {
+        return Ok(None);
+    };
+    let padding = match &spec.padding {
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false)
+            if b.len() == 2 && a.len() == 2 =>
+        {
+            (b[0], b[1], a[0], a[1])
+        }
+        PaddingSpec::Valid => (0, 0, 0, 0),
+        _ => return Ok(None),
+    };
+    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+    let dilated = spec
+        .dilations
+        .as_ref()
+        .is_some_and(|d| d.iter().any(|&d| d != 1));
+    if dilated
+        || spec.kernel_shape.len() != 2
+        || strides.len() != 2
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || padding.0 >= spec.kernel_shape[0]
+        || padding.2 >= spec.kernel_shape[0]
+        || padding.1 >= spec.kernel_shape[1]
+        || padding.3 >= spec.kernel_shape[1]
+    {
+        return Ok(None);
+    }
+    let data = model.outlet_fact(node.inputs[0])?;
+    let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
+    let (Some(data_shape), Some(out_shape)) =
+        (data.shape.as_concrete(), out_fact.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    if data.datum_type != f32::datum_type()
+        || batch_of(data_shape).is_none()
+        || out_shape.len() != data_shape.len()
+    {
+        return Ok(None);
+    }
+    let r = data_shape.len();
+    let shape = pool::Shape {
+        height: data_shape[r - 2],
+        width: data_shape[r - 1],
+        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+        stride: (strides[0], strides[1]),
+        padding,
+    };
+    if shape.output() != Some((out_shape[r - 2], out_shape[r - 1]))
+        || out_shape[..r - 2] != data_shape[..r - 2]
+    {
+        return Ok(None);
+    }
+    let op = Pool {
+        shape,
+        reduce,
+        output_shape: out_shape.into(),
+    };
+    Ok(Some((
+        fuse(model, &[node.inputs[0]], OutletId::new(id, 0), op)?,
+        1,
+    )))
+}
+
+/// If `node` is an `EinSum` of ours (`from`) with constant weights that is a per-image
+/// matrix-vector product on a vector of `inputs` values: the weights as `[outputs][inputs]`.
+fn gate_linear(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+    inputs: usize,
+    batch: usize,
+) -> TractResult<Option<(usize, Vec<f32>)>> {
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    if einsum.q_params.is_some() || node.inputs.len() != 2 || node.inputs[0] != from {
+        return Ok(None);
+    }
+    let Some(weights) = konst(model, node.inputs[1])? else {
+        return Ok(None);
+    };
+    let axes = einsum.axes.to_string();
+    let Some((ins, out)) = axes.split_once("->") else {
+        return Ok(None);
+    };
+    let Some((data, w)) = ins.split_once(',') else {
+        return Ok(None);
+    };
+    let strip = |a: &str| a.replace(['H', 'W'], "");
+    let (data, out) = (strip(data), strip(out));
+    let per_image = matches!(
+        (data.as_str(), w, out.as_str()),
+        ("I" | "NI", "OI", "O" | "NO") | ("I" | "NI", "I", "" | "N") | ("" | "N", "O", "O" | "NO")
+    ) && data.contains('N') == out.contains('N');
+    let out_len = model
+        .outlet_fact(OutletId::new(node.id, 0))?
+        .shape
+        .as_concrete()
+        .map(|s| s.iter().product::<usize>());
+    let Some(out_len) = out_len.filter(|_| per_image) else {
+        return Ok(None);
+    };
+    let outputs = out_len / batch;
+    if outputs * batch != out_len || weights.len() != outputs * inputs {
+        return Ok(None);
+    }
+    Ok(Some((outputs, floats(&weights)?)))
+}
+
+fn gate_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
+    let node = model.node(id);
+    let Some(reduce) = node.op_as::<Reduce>() else {
+        return Ok(None);
+    };
+    let data = model.outlet_fact(node.inputs[0])?;
+    let Some(shape) = data.shape.as_concrete() else {
+        return Ok(None);
+    };
+    let r = shape.len();
+    if reduce.reducer != Reducer::Sum
+        || data.datum_type != f32::datum_type()
+        || !(r == 3 || r == 4)
+        || reduce.axes.as_slice() != [r - 2, r - 1]
+    {
+        return Ok(None);
+    }
+    let batch = batch_of(shape).expect("rank 3 or 4");
+    let channels = shape[r - 3];
+    let mut width = channels;
+    let mut steps = Vec::new();
+    let mut last = OutletId::new(id, 0);
+    let mut replaced = 1;
+    let mut sigmoid = false;
+    while let Some(next) = sole_reader(model, last.node)? {
+        let len = model
+            .outlet_fact(OutletId::new(next.id, 0))?
+            .shape
+            .as_concrete()
+            .map(|s| s.iter().product::<usize>());
+        let step = if is_bin::<tract_onnx::tract_core::ops::math::Mul>(next) {
+            let other = next.inputs.iter().find(|&&i| i != last).copied();
+            match other.map(|o| konst(model, o)).transpose()?.flatten() {
+                Some(k) if k.len() == 1 && len == Some(batch * width) => {
+                    GateStep::Scale(Floats(floats(&k)?.into()))
+                }
+                _ => break,
+            }
+        } else if let Some(bias) = match len {
+            Some(n) if n == batch * width => bias_add_any(model, next, last, width)?,
+            _ => None,
+        } {
+            GateStep::Bias(Floats(bias.into()))
+        } else if let Some((outputs, weights)) = gate_linear(model, next, last, width, batch)? {
+            width = outputs;
+            GateStep::Linear {
+                outputs,
+                weights: Floats(weights.into()),
+            }
+        } else if len == Some(batch * width) && relu_max_any(model, next, last)? {
+            GateStep::Relu
+        } else if next
+            .op_as::<ElementWiseOp>()
+            .is_some_and(|op| op.0.is::<Sigmoid>() && op.1.is_none())
+            && len == Some(batch * width)
+        {
+            sigmoid = true;
+            GateStep::Sigmoid
+        } else {
+            break;
+        };
+        steps.push(step);
+        last = OutletId::new(next.id, 0);
+        replaced += 1;
+        if sigmoid {
+            break;
+        }
+    }
+    let linear = steps.iter().any(|s| matches!(s, GateStep::Linear { .. }));
+    if !sigmoid || !linear || width != channels {
+        return Ok(None);
+    }
+    let Some(output_shape) = model
+        .outlet_fact(last)?
+        .shape
+        .as_concrete()
+        .map(|s| s.to_vec())
+    else {
+        return Ok(None);
+    };
+    let op = Gate {
+        channels,
+        batch,
+        steps,
+        output_shape: output_shape.into(),
+    };
+    Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
+}
+
+/// `Add(ours, const)` with `len` values (or one), whatever the shapes: the values.
+fn bias_add_any(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+    len: usize,
+) -> TractResult<Option<Vec<f32>>> {
+    if !is_bin::<Add>(node) || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = if node.inputs[0] == from {
+        node.inputs[1]
+    } else {
+        node.inputs[0]
+    };
+    Ok(match konst(model, other)? {
+        Some(k) if k.len() == len => Some(floats(&k)?),
+        Some(k) if k.len() == 1 => Some(vec![floats(&k)?[0]; len]),
+        _ => None,
+    })
+}
+
+/// `Max(ours, 0)` whatever the shapes.
+fn relu_max_any(model: &TypedModel, node: &TypedNode, from: OutletId) -> TractResult<bool> {
+    if !is_bin::<Max>(node) || node.inputs.len() != 2 {
+        return Ok(false);
+    }
+    let other = if node.inputs[0] == from {
+        node.inputs[1]
+    } else {
+        node.inputs[0]
+    };
+    Ok(match konst(model, other)? {
+        Some(k) => k.len() == 1 && floats(&k)?[0] == 0.0,
+        None => false,
+    })
+}
