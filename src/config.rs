@@ -104,7 +104,8 @@ pub struct ModelSection {
     /// Manifest; empty: the sidecar `MODEL.toml`, else `models/reference/<stem>.toml`, else
     /// torchreid defaults.
     pub manifest: String,
-    /// Threads for tract's matrix products.
+    /// Embedding threads (`EmbedConfig::threads`): they split a batch; the daemon embeds one crop
+    /// at a time.
     pub threads: usize,
 }
 

@@ -100,10 +100,10 @@ struct ModelArgs {
     /// Crops per inference.
     #[arg(long, default_value_t = 1, value_name = "B")]
     batch: usize,
-    /// Threads for tract's matrix products and reidcam's kernels.
+    /// Threads: the batch is cut into parts run side by side (a single crop uses one).
     #[arg(long, default_value_t = 1, value_name = "T")]
     threads: usize,
-    /// Who runs the 1x1 and depthwise 3x3 convolutions: reidcam's fused kernels, or tract's own
+    /// Who runs the convolutions, pools and channel gates: reidcam's fused kernels, or tract's own
     /// operators for the whole graph.
     #[arg(long, value_enum, default_value_t = KernelsArg::Reidcam)]
     kernels: KernelsArg,

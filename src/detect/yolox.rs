@@ -43,6 +43,7 @@ pub struct YoloxConfig {
     pub class: usize,
     /// Smallest box height in frame pixels (smaller people make useless ReID crops).
     pub min_height: u32,
+    /// Threads: the network's largest layers are shared among them.
     pub threads: usize,
 }
 

@@ -29,10 +29,9 @@ use crate::manifest::{self, ManifestError, ModelManifest};
 pub struct EmbedConfig {
     /// Crops per inference (the input's N). Default 1.
     pub batch: usize,
-    /// Threads for tract's matrix products and our kernels. Default 1 (tract's single-thread
-    /// executor).
+    /// Threads. Default 1. More cut a batch into parts run side by side (see [`Embedder`]).
     pub threads: usize,
-    /// Which kernels run the convolutions ours cover. Default [`Kernels::Reidcam`].
+    /// Which kernels run the layers ours cover. Default [`Kernels::Reidcam`].
     pub kernels: Kernels,
 }
 
@@ -46,7 +45,7 @@ impl Default for EmbedConfig {
     }
 }
 
-/// Who runs the 1×1 and depthwise 3×3 convolutions (with their bias, residual add and ReLU).
+/// Who runs the convolutions (with their bias, residual add and ReLU), pools and channel gates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kernels {
     /// Our fused kernels (`embed::kernels`) for the widest instruction set this CPU has; tract

@@ -418,40 +418,56 @@ impl Gate {
 reidcam_op!(Gate, "ReidcamGate");
 
 impl Gate {
+    /// The widest vector of the chain.
+    fn width(&self) -> usize {
+        self.steps.iter().fold(self.channels, |w, step| match step {
+            GateStep::Linear { outputs, .. } => w.max(*outputs),
+            _ => w,
+        })
+    }
+
     fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let x = inputs[0];
         let batch = self.batch;
         let per_image = y.len() / batch;
         let plane = x.len() / (batch * self.channels);
-        let mut v = Vec::with_capacity(64);
-        let mut next = Vec::with_capacity(64);
-        for (image, gate) in x
-            .chunks_exact(self.channels * plane)
-            .zip(y.chunks_exact_mut(per_image))
-        {
-            v.clear();
-            v.extend(image.chunks_exact(plane).map(plane_sum));
-            for step in &self.steps {
-                match step {
-                    GateStep::Scale(k) => v.iter_mut().for_each(|a| *a *= k.0[0]),
-                    GateStep::Linear { outputs, weights } => {
-                        next.clear();
-                        next.extend(
-                            weights
-                                .0
-                                .chunks_exact(v.len())
-                                .take(*outputs)
-                                .map(|row| row.iter().zip(&v).map(|(w, a)| w * a).sum::<f32>()),
-                        );
-                        std::mem::swap(&mut v, &mut next);
-                    }
-                    GateStep::Bias(b) => v.iter_mut().zip(b.0.iter()).for_each(|(a, b)| *a += b),
-                    GateStep::Relu => v.iter_mut().for_each(|a| *a = a.max(0.0)),
-                    GateStep::Sigmoid => v.iter_mut().for_each(|a| *a = 1.0 / (1.0 + (-*a).exp())),
-                }
+        let width = self.width();
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.len() < 2 * width {
+                scratch.resize(2 * width, 0.0);
             }
-            gate.copy_from_slice(&v);
-        }
+            let (mut v, mut next) = scratch[..2 * width].split_at_mut(width);
+            for (image, gate) in x
+                .chunks_exact(self.channels * plane)
+                .zip(y.chunks_exact_mut(per_image))
+            {
+                let mut len = self.channels;
+                for (a, p) in v.iter_mut().zip(image.chunks_exact(plane)) {
+                    *a = plane_sum(p);
+                }
+                for step in &self.steps {
+                    let live = &mut v[..len];
+                    match step {
+                        GateStep::Scale(k) => live.iter_mut().for_each(|a| *a *= k.0[0]),
+                        GateStep::Linear { outputs, weights } => {
+                            for (out, row) in next.iter_mut().zip(weights.0.chunks_exact(len)) {
+                                *out = row.iter().zip(live.iter()).map(|(w, a)| w * a).sum();
+                            }
+                            std::mem::swap(&mut v, &mut next);
+                            len = *outputs;
+                        }
+                        GateStep::Bias(b) => {
+                            live.iter_mut().zip(b.0.iter()).for_each(|(a, b)| *a += b)
+                        }
+                        GateStep::Relu => live.iter_mut().for_each(|a| *a = a.max(0.0)),
+                        GateStep::Sigmoid => {
+                            live.iter_mut().for_each(|a| *a = 1.0 / (1.0 + (-*a).exp()))
+                        }
+                    }
+                }
+                gate.copy_from_slice(&v[..len]);
+            }
+        });
     }
 }
 
