@@ -40,6 +40,17 @@ impl Network {
     /// Loads the ONNX model at `path` for input frames of `width × height` (ignored where the
     /// model fixes its own size, which wins).
     pub fn load(path: &Path, width: u32, height: u32, threads: usize) -> Result<Self, EmbedError> {
+        Self::load_with_kernels(path, width, height, threads, Kernels::Reidcam)
+    }
+
+    /// [`load`](Self::load) with a choice of kernels ([`Kernels::Tract`]: tract's own ops).
+    pub fn load_with_kernels(
+        path: &Path,
+        width: u32,
+        height: u32,
+        threads: usize,
+        kernels: Kernels,
+    ) -> Result<Self, EmbedError> {
         let started = std::time::Instant::now();
         let label = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| EmbedError::Read {
@@ -115,11 +126,13 @@ impl Network {
                 problem: format!("output is {:?}, expected f32", out_fact.datum_type),
             });
         }
-        let (plan, _) = prepare(typed, Kernels::Reidcam).map_err(optimise)?;
+        let (plan, rewritten) = prepare(typed, kernels).map_err(optimise)?;
         let pool = KernelPool::new(threads, &label)?;
         let state = plan.spawn().map_err(optimise)?;
         let input = Arc::new(Tensor::zero::<f32>(&shape).map_err(optimise)?);
-        log::info!("{label}: input {shape:?}, output {output_shape:?}, {threads} thread(s)");
+        log::info!(
+            "{label}: input {shape:?}, output {output_shape:?}, {threads} thread(s), kernels {kernels}: {rewritten:?}"
+        );
         Ok(Network {
             label,
             state,

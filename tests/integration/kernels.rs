@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use reidcam::embed::{Kernels, Rewritten};
+use reidcam::embed::{Kernels, Network, Rewritten};
 use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 
 use crate::common::{pattern, repo, shared};
@@ -102,4 +102,37 @@ fn reference_models_embed_as_with_tracts_own_ops() {
 fn the_tiny_fixture_model_embeds_as_with_tracts_own_ops() {
     // Whatever of it our kernels take (possibly nothing): the result must not change.
     check_model(&repo().join("tests/fixtures/models/tiny_reid.onnx"));
+}
+
+#[test]
+fn detector_networks_compute_as_with_tracts_own_ops() {
+    // YOLOX-Nano: full 3×3 convolutions (ours), stride-2 depthwise and SiLU (tract's), on a
+    // synthetic frame; raw head outputs compared, with 2 threads (its large layers shared).
+    let Some(shared) = shared() else { return };
+    for name in ["yolox_nano.onnx", "bytetrack_nano_dynhw.onnx"] {
+        let path = shared.join("models").join(name);
+        let load = |kernels| Network::load_with_kernels(&path, 416, 416, 2, kernels).unwrap();
+        let (mut ours, mut stock) = (load(Kernels::Reidcam), load(Kernels::Tract));
+        for (i, (a, b)) in ours
+            .input_mut()
+            .iter_mut()
+            .zip(stock.input_mut())
+            .enumerate()
+        {
+            let v = ((i * 7919) % 251) as f32 / 251.0;
+            (*a, *b) = (v, v);
+        }
+        let want = stock.run().unwrap().to_vec();
+        let got = ours.run().unwrap();
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-4 * scale.max(1.0),
+            "{name}: max |Δ| {worst} (outputs up to {scale})"
+        );
+    }
 }
