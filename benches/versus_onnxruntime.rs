@@ -28,8 +28,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use serde::Serialize;
 
-use reidcam::bench::synthetic_crop;
-use reidcam::embed::Kernels;
+use reidcam::bench::{Percentiles, synthetic_crop};
+use reidcam::embed::{Kernels, cosine};
 use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 
 struct Options {
@@ -144,13 +144,7 @@ struct Row {
 }
 
 fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-fn normalised(v: &[f32]) -> Vec<f64> {
-    let n = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    v.iter().map(|x| f64::from(*x) / n.max(1e-30)).collect()
+    Percentiles::of(samples).p50
 }
 
 fn compare(
@@ -222,9 +216,11 @@ fn compare(
     let embeddings = ours.run(batch).expect("reidcam run").as_flat().to_vec();
     let mut min_cosine = f64::INFINITY;
     for slot in 0..batch {
-        let a = normalised(&embeddings[slot * dim..][..dim]);
-        let b = normalised(&reference[slot * dim..][..dim]);
-        min_cosine = min_cosine.min(a.iter().zip(&b).map(|(x, y)| x * y).sum());
+        let (ours, theirs) = (
+            &embeddings[slot * dim..][..dim],
+            &reference[slot * dim..][..dim],
+        );
+        min_cosine = min_cosine.min(f64::from(cosine(ours, theirs)));
     }
     for _ in 0..3 {
         stock.run(batch).expect("tract run");

@@ -676,11 +676,7 @@ impl Embedder {
         assert!(n <= self.batch, "{n} crops > batch {}", self.batch);
         let dim = self.manifest.output.dim;
         match (&self.pool.0, self.parts.as_mut_slice()) {
-            // A single crop runs on this thread: sharing its layers with the pool was slower on
-            // the 2-core CI machine (OSNet x0.25: 2.6 → 4.0 ms a crop), wake-ups cost more than
-            // the layers.
-            (_, [only]) => only.run(&mut self.output),
-            (Some(pool), [first, rest @ ..]) => {
+            (Some(pool), [first, rest @ ..]) if !rest.is_empty() => {
                 let (mine, mut others) = self.output.split_at_mut(first.batch * dim);
                 pool.in_place_scope(|scope| {
                     for part in rest.iter_mut() {
@@ -692,6 +688,9 @@ impl Embedder {
                     first.run(mine);
                 });
             }
+            // One part (a batch is cut only with threads): a single crop runs on this thread;
+            // sharing its layers with the pool was slower on the 2-core CI machine (OSNet x0.25:
+            // 2.6 → 4.0 ms a crop), wake-ups cost more than the layers.
             (_, parts) => {
                 let mut out = self.output.as_mut_slice();
                 for part in parts {
@@ -734,12 +733,7 @@ pub fn flush_subnormal_weights(bytes: &[u8], label: &str) -> Result<(Vec<u8>, us
             if tensor.data_type != DataType::Float as i32 {
                 continue;
             }
-            for v in &mut tensor.float_data {
-                if v.is_subnormal() {
-                    *v = 0.0;
-                    flushed += 1;
-                }
-            }
+            flushed += ops::flush_subnormals(&mut tensor.float_data);
             for chunk in tensor.raw_data.chunks_exact_mut(4) {
                 let v = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
                 if v.is_subnormal() {
@@ -765,10 +759,12 @@ pub struct OpTime {
 
 impl Embedder {
     /// Runs the model's first part `runs` times (after one untimed run) on this thread, timing
-    /// every node, and returns the time per operator kind, most expensive first. The timing
-    /// itself adds a little per node.
+    /// every node, and returns the time per operator kind, most expensive first (per node, with
+    /// the op's parameters, when `REIDCAM_PROFILE_NODES` is set). The timing itself adds a little
+    /// per node.
     pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
         let runs = runs.max(1);
+        let per_node = std::env::var_os("REIDCAM_PROFILE_NODES").is_some();
         let mut times: std::collections::HashMap<String, (usize, f64)> = Default::default();
         let label = self.label.clone();
         let part = &mut self.parts[0];
@@ -780,7 +776,7 @@ impl Embedder {
                     let started = Instant::now();
                     let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
                     if run > 0 {
-                        let key = if std::env::var_os("REIDCAM_PROFILE_NODES").is_some() {
+                        let key = if per_node {
                             format!(
                                 "{} {}",
                                 node.op().name(),

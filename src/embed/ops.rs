@@ -6,7 +6,11 @@
 //! - `EinSum(x, W[O,I])` (tract's form of a 1×1 convolution) `→ Add(bias) → Add(residual) →
 //!   Max(0)`, each step optional, into one [`Pointwise`];
 //! - `Conv` depthwise 3×3, stride 1, padding 1 (bias = folded batch-norm) `→ Max(0)` into one
-//!   [`Depthwise`].
+//!   [`Depthwise`];
+//! - one-group `Conv` of any kernel, stride and padding `→ Max(0)` into one [`FullConv`];
+//! - `MaxPool` and averaging `SumPool` into [`Pool`];
+//! - a channel gate, `Reduce<Sum>` over H×W → scale → fc → bias → ReLU → fc → bias → sigmoid,
+//!   into one [`Gate`].
 //!
 //! A step is fused only when the value it consumes has no other reader, the constants have the
 //! shapes the kernels expect and everything is f32; anything else is left to tract untouched.
@@ -21,7 +25,7 @@ use tract_onnx::tract_core::ops::cnn::{
 };
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::math::{Add, Max};
+use tract_onnx::tract_core::ops::math::{Add, Max, Mul};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Sigmoid};
 
@@ -243,7 +247,6 @@ impl Pointwise {
 pub struct Depthwise {
     isa: Isa,
     shape: depthwise::Shape,
-    batch: usize,
     weights: Floats,
     bias: Floats,
     relu: bool,
@@ -258,10 +261,7 @@ thread_local! {
 
 impl Depthwise {
     fn describe(&self) -> String {
-        format!(
-            "{:?} batch {} relu {} {}",
-            self.shape, self.batch, self.relu, self.isa
-        )
+        format!("{:?} relu {} {}", self.shape, self.relu, self.isa)
     }
 }
 
@@ -554,17 +554,74 @@ fn floats(tensor: &Tensor) -> TractResult<Vec<f32>> {
 /// 1.2·10⁻³⁸·|x|.
 fn flushed_weights(tensor: &Tensor) -> TractResult<Vec<f32>> {
     let mut values = floats(tensor)?;
-    for w in &mut values {
-        if w.is_subnormal() {
-            *w = 0.0;
-        }
-    }
+    flush_subnormals(&mut values);
     Ok(values)
 }
 
-fn is_bin<B: tract_onnx::tract_core::ops::binary::BinMiniOp>(node: &TypedNode) -> bool {
-    node.op_as::<TypedBinOp>()
-        .is_some_and(|op| op.0.is::<B>() && op.1.is_none())
+/// Sets the subnormal values to zero; returns how many there were.
+pub(super) fn flush_subnormals(values: &mut [f32]) -> usize {
+    let mut flushed = 0;
+    for v in values.iter_mut().filter(|v| v.is_subnormal()) {
+        *v = 0.0;
+        flushed += 1;
+    }
+    flushed
+}
+
+/// If `node` is the binary op `B` with `from` as one operand: the other operand.
+fn other_operand<B: tract_onnx::tract_core::ops::binary::BinMiniOp>(
+    node: &TypedNode,
+    from: OutletId,
+) -> Option<OutletId> {
+    let binary = node
+        .op_as::<TypedBinOp>()
+        .is_some_and(|op| op.0.is::<B>() && op.1.is_none());
+    match node.inputs.as_slice() {
+        [a, b] if binary && *a == from => Some(*b),
+        [a, b] if binary && *b == from => Some(*a),
+        _ => None,
+    }
+}
+
+/// If `node` is the binary op `B` with `from` as one operand and a constant as the other: it.
+fn const_operand<B: tract_onnx::tract_core::ops::binary::BinMiniOp>(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+) -> TractResult<Option<Arc<Tensor>>> {
+    match other_operand::<B>(node, from) {
+        Some(other) => konst(model, other),
+        None => Ok(None),
+    }
+}
+
+/// The constant `k` as `len` values: its own if it has `len`, its one value repeated if it has
+/// one.
+fn values(k: &Tensor, len: usize) -> TractResult<Option<Vec<f32>>> {
+    Ok(match k.len() {
+        n if n == len => Some(floats(k)?),
+        1 => Some(vec![floats(k)?[0]; len]),
+        _ => None,
+    })
+}
+
+/// Whether `node`'s output has the concrete `shape`.
+fn keeps(model: &TypedModel, node: &TypedNode, shape: &[usize]) -> TractResult<bool> {
+    let out = model.outlet_fact(OutletId::new(node.id, 0))?;
+    Ok(out.shape.as_concrete() == Some(shape))
+}
+
+/// If `node` is `Add(ours, const)` with `len` values (or one), whatever the shapes: the values.
+fn bias_add_any(
+    model: &TypedModel,
+    node: &TypedNode,
+    from: OutletId,
+    len: usize,
+) -> TractResult<Option<Vec<f32>>> {
+    match const_operand::<Add>(model, node, from)? {
+        Some(k) => values(&k, len),
+        None => Ok(None),
+    }
 }
 
 /// If `node` is `Add(ours, const)` with a per-channel (or single) value of `channels` and the
@@ -576,33 +633,16 @@ fn bias_add(
     channels: usize,
     shape: &[usize],
 ) -> TractResult<Option<Vec<f32>>> {
-    if !is_bin::<Add>(node) || node.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let other = if node.inputs[0] == from {
-        node.inputs[1]
-    } else {
-        node.inputs[0]
-    };
-    let Some(k) = konst(model, other)? else {
+    let Some(k) = const_operand::<Add>(model, node, from)? else {
         return Ok(None);
     };
-    let out = model.outlet_fact(OutletId::new(node.id, 0))?;
-    if out.shape.as_concrete() != Some(shape) {
-        return Ok(None);
-    }
     // Per channel: the channel axis is the third from the end, everything else 1.
     let dims = k.shape();
-    let per_channel = dims.len() >= 3
-        && dims[dims.len() - 3] == channels
-        && dims.iter().product::<usize>() == channels;
-    if per_channel {
-        Ok(Some(floats(&k)?))
-    } else if k.len() == 1 {
-        Ok(Some(vec![floats(&k)?[0]; channels]))
-    } else {
-        Ok(None)
+    let per_channel = dims.len() >= 3 && dims[dims.len() - 3] == channels;
+    if !keeps(model, node, shape)? || !(per_channel || k.len() == 1) {
+        return Ok(None);
     }
+    values(&k, channels)
 }
 
 /// If `node` is `Add(ours, other)` with `other` a computed value of the same shape: `other`.
@@ -612,21 +652,23 @@ fn residual_add(
     from: OutletId,
     shape: &[usize],
 ) -> TractResult<Option<OutletId>> {
-    if !is_bin::<Add>(node) || node.inputs.len() != 2 {
+    let Some(other) = other_operand::<Add>(node, from) else {
         return Ok(None);
-    }
-    let other = if node.inputs[0] == from {
-        node.inputs[1]
-    } else {
-        node.inputs[0]
     };
     let fact = model.outlet_fact(other)?;
-    let out = model.outlet_fact(OutletId::new(node.id, 0))?;
     let same = fact.konst.is_none()
         && fact.datum_type == f32::datum_type()
         && fact.shape.as_concrete() == Some(shape)
-        && out.shape.as_concrete() == Some(shape);
+        && keeps(model, node, shape)?;
     Ok(same.then_some(other))
+}
+
+/// If `node` is `Max(ours, 0)`, whatever the shapes.
+fn relu_max_any(model: &TypedModel, node: &TypedNode, from: OutletId) -> TractResult<bool> {
+    Ok(match const_operand::<Max>(model, node, from)? {
+        Some(k) => k.len() == 1 && floats(&k)?[0] == 0.0,
+        None => false,
+    })
 }
 
 /// If `node` is `Max(ours, 0)` keeping `shape`.
@@ -636,19 +678,24 @@ fn relu_max(
     from: OutletId,
     shape: &[usize],
 ) -> TractResult<bool> {
-    if !is_bin::<Max>(node) || node.inputs.len() != 2 {
-        return Ok(false);
+    Ok(relu_max_any(model, node, from)? && keeps(model, node, shape)?)
+}
+
+/// A 2-D padding as (top, left, bottom, right), if explicit (or none); ONNX's ceil mode only
+/// where `ceil_ok`.
+fn explicit_padding(padding: &PaddingSpec, ceil_ok: bool) -> Option<(usize, usize, usize, usize)> {
+    match padding {
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false)
+            if b.len() == 2 && a.len() == 2 =>
+        {
+            Some((b[0], b[1], a[0], a[1]))
+        }
+        PaddingSpec::ExplicitOnnxPool(b, a, true) if ceil_ok && b.len() == 2 && a.len() == 2 => {
+            Some((b[0], b[1], a[0], a[1]))
+        }
+        PaddingSpec::Valid => Some((0, 0, 0, 0)),
+        _ => None,
     }
-    let other = if node.inputs[0] == from {
-        node.inputs[1]
-    } else {
-        node.inputs[0]
-    };
-    let Some(k) = konst(model, other)? else {
-        return Ok(false);
-    };
-    let out = model.outlet_fact(OutletId::new(node.id, 0))?;
-    Ok(k.len() == 1 && floats(&k)?[0] == 0.0 && out.shape.as_concrete() == Some(shape))
 }
 
 /// The batch size of a data value `[N,] C, H, W` (rank 3 when tract removed a unit batch axis).
@@ -792,113 +839,41 @@ fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
     Ok(Some((fuse(model, &inputs, last, op)?, replaced)))
 }
 
-fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+/// A `Conv` our kernels may take: f32, NCHW (or CHW), OIHW constant kernel and bias, no
+/// dilation, concrete shapes, and read by someone.
+struct ConvNode<'a> {
+    conv: &'a Conv,
+    kernel: Arc<Tensor>,
+    bias: Arc<Tensor>,
+    data_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+    /// (top, left, bottom, right).
+    padding: (usize, usize, usize, usize),
+    /// Equal along both axes.
+    stride: usize,
+}
+
+fn conv_node(model: &TypedModel, id: usize) -> TractResult<Option<ConvNode<'_>>> {
     let node = model.node(id);
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
     let spec = &conv.pool_spec;
-    let channels = spec.input_channels;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
-    let padding_one = match &spec.padding {
-        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _) => {
-            b.iter().chain(a.iter()).all(|&p| p == 1)
-        }
-        _ => false,
-    };
+    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+    let undilated = spec
+        .dilations
+        .as_ref()
+        .is_none_or(|d| d.iter().all(|&d| d == 1));
     let fits = conv.q_params.is_none()
-        && conv.group == channels
-        && spec.output_channels == channels
-        && spec.kernel_shape.as_slice() == [3, 3]
-        && ones(&spec.strides)
-        && ones(&spec.dilations)
-        && padding_one
+        && spec.kernel_shape.len() == 2
+        && strides.len() == 2
+        && strides[0] == strides[1]
+        && undilated
         && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
         && conv.kernel_fmt == KernelFormat::OIHW
         && node.inputs.len() == 3
         && !model.outlet_successors(OutletId::new(id, 0)).is_empty();
-    if !fits {
-        return Ok(None);
-    }
-    let (Some(kernel), Some(bias)) = (konst(model, node.inputs[1])?, konst(model, node.inputs[2])?)
-    else {
-        return Ok(None);
-    };
-    let data = model.outlet_fact(node.inputs[0])?;
-    let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
-    let (Some(data_shape), Some(out_shape)) =
-        (data.shape.as_concrete(), out_fact.shape.as_concrete())
-    else {
-        return Ok(None);
-    };
-    let Some(batch) = batch_of(data_shape) else {
-        return Ok(None);
-    };
-    let r = data_shape.len();
-    let shape = depthwise::Shape {
-        channels,
-        height: data_shape[r - 2],
-        width: data_shape[r - 1],
-    };
-    let bias = match bias.len() {
-        n if n == channels => floats(&bias)?,
-        1 => vec![floats(&bias)?[0]; channels],
-        _ => return Ok(None),
-    };
-    if data.datum_type != f32::datum_type()
-        || out_shape != data_shape
-        || data_shape[r - 3] != channels
-        || kernel.len() != channels * 9
-    {
-        return Ok(None);
-    }
-    let out_shape = out_shape.to_vec();
-    let conv_out = OutletId::new(id, 0);
-    let relu_out = trailing_relu(model, conv_out, &out_shape)?;
-    let (last, relu, replaced) = match relu_out {
-        Some(r) => (r, true, 2),
-        None => (conv_out, false, 1),
-    };
-    let op = Depthwise {
-        isa,
-        shape,
-        batch,
-        weights: Floats(flushed_weights(&kernel)?.into()),
-        bias: Floats(bias.into()),
-        relu,
-        output_shape: out_shape.into(),
-    };
-    Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
-}
-
-fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
-    let node = model.node(id);
-    let Some(op) = node.op_as::<Conv>() else {
-        return Ok(None);
-    };
-    let spec = &op.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
-    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
-    let padding = match &spec.padding {
-        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _)
-            if b.len() == 2 && a.len() == 2 =>
-        {
-            Some((b[0], b[1], a[0], a[1]))
-        }
-        PaddingSpec::Valid => Some((0, 0, 0, 0)),
-        _ => None,
-    };
-    let fits = op.q_params.is_none()
-        && op.group == 1
-        && spec.kernel_shape.len() == 2
-        && strides.len() == 2
-        && strides[0] == strides[1]
-        && ones(&spec.dilations)
-        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        && op.kernel_fmt == KernelFormat::OIHW
-        && node.inputs.len() == 3
-        && !model.outlet_successors(OutletId::new(id, 0)).is_empty();
-    let Some(padding) = padding.filter(|_| fits) else {
+    let Some(padding) = explicit_padding(&spec.padding, true).filter(|_| fits) else {
         return Ok(None);
     };
     let (Some(kernel), Some(bias)) = (konst(model, node.inputs[1])?, konst(model, node.inputs[2])?)
@@ -918,46 +893,105 @@ fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
     {
         return Ok(None);
     }
-    let r = data_shape.len();
+    Ok(Some(ConvNode {
+        conv,
+        kernel,
+        bias,
+        data_shape: data_shape.to_vec(),
+        out_shape: out_shape.to_vec(),
+        padding,
+        stride: strides[0],
+    }))
+}
+
+/// The conv's output, or its trailing ReLU's when it has one: (last outlet, relu, nodes).
+fn conv_output(
+    model: &TypedModel,
+    id: usize,
+    shape: &[usize],
+) -> TractResult<(OutletId, bool, usize)> {
+    let conv_out = OutletId::new(id, 0);
+    Ok(match trailing_relu(model, conv_out, shape)? {
+        Some(r) => (r, true, 2),
+        None => (conv_out, false, 1),
+    })
+}
+
+fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let Some(c) = conv_node(model, id)? else {
+        return Ok(None);
+    };
+    let spec = &c.conv.pool_spec;
+    let channels = spec.input_channels;
+    let r = c.data_shape.len();
+    let fits = c.conv.group == channels
+        && spec.output_channels == channels
+        && spec.kernel_shape.as_slice() == [3, 3]
+        && c.stride == 1
+        && c.padding == (1, 1, 1, 1)
+        && c.out_shape == c.data_shape
+        && c.data_shape[r - 3] == channels
+        && c.kernel.len() == channels * 9;
+    let Some(bias) = values(&c.bias, channels)?.filter(|_| fits) else {
+        return Ok(None);
+    };
+    let shape = depthwise::Shape {
+        channels,
+        height: c.data_shape[r - 2],
+        width: c.data_shape[r - 1],
+    };
+    let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;
+    let op = Depthwise {
+        isa,
+        shape,
+        weights: Floats(flushed_weights(&c.kernel)?.into()),
+        bias: Floats(bias.into()),
+        relu,
+        output_shape: c.out_shape.into(),
+    };
+    Ok(Some((
+        fuse(model, &[model.node(id).inputs[0]], last, op)?,
+        replaced,
+    )))
+}
+
+fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let Some(c) = conv_node(model, id)? else {
+        return Ok(None);
+    };
+    let spec = &c.conv.pool_spec;
+    let (r, ro) = (c.data_shape.len(), c.out_shape.len());
     let shape = conv::Shape {
         inputs: spec.input_channels,
         outputs: spec.output_channels,
-        height: data_shape[r - 2],
-        width: data_shape[r - 1],
+        height: c.data_shape[r - 2],
+        width: c.data_shape[r - 1],
         kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
-        stride: strides[0],
-        padding,
+        stride: c.stride,
+        padding: c.padding,
     };
-    let ro = out_shape.len();
-    let fits = data_shape[r - 3] == shape.inputs
-        && out_shape[ro - 3] == shape.outputs
-        && shape.output() == Some((out_shape[ro - 2], out_shape[ro - 1]))
-        && kernel.len() == shape.outputs * shape.inputs * shape.kernel.0 * shape.kernel.1;
-    let bias = match bias.len() {
-        n if n == shape.outputs => floats(&bias)?,
-        1 => vec![floats(&bias)?[0]; shape.outputs],
-        _ => return Ok(None),
-    };
-    if !fits {
+    let fits = c.conv.group == 1
+        && c.data_shape[r - 3] == shape.inputs
+        && c.out_shape[ro - 3] == shape.outputs
+        && shape.output() == Some((c.out_shape[ro - 2], c.out_shape[ro - 1]))
+        && c.kernel.len() == shape.outputs * shape.inputs * shape.kernel.0 * shape.kernel.1;
+    let Some(bias) = values(&c.bias, shape.outputs)?.filter(|_| fits) else {
         return Ok(None);
-    }
-    let out_shape = out_shape.to_vec();
-    let conv_out = OutletId::new(id, 0);
-    let relu_out = trailing_relu(model, conv_out, &out_shape)?;
-    let (last, relu, replaced) = match relu_out {
-        Some(r) => (r, true, 2),
-        None => (conv_out, false, 1),
     };
+    let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;
     let op = FullConv {
         isa,
         shape,
         offsets: shape.offsets().into(),
-        weights: Floats(flushed_weights(&kernel)?.into()),
+        weights: Floats(flushed_weights(&c.kernel)?.into()),
         bias: Floats(bias.into()),
         relu,
-        output_shape: out_shape.into(),
+        output_shape: c.out_shape.into(),
     };
-    Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
+    Ok(Some((
+        fuse(model, &[model.node(id).inputs[0]], last, op)?,
+        replaced,
+    )))
 }
 
 fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
@@ -978,14 +1012,8 @@ fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     } else {
         return Ok(None);
     };
-    let padding = match &spec.padding {
-        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, false)
-            if b.len() == 2 && a.len() == 2 =>
-        {
-            (b[0], b[1], a[0], a[1])
-        }
-        PaddingSpec::Valid => (0, 0, 0, 0),
-        _ => return Ok(None),
+    let Some(padding) = explicit_padding(&spec.padding, false) else {
+        return Ok(None);
     };
     let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
     let dilated = spec
@@ -1116,14 +1144,11 @@ fn gate_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
             .shape
             .as_concrete()
             .map(|s| s.iter().product::<usize>());
-        let step = if is_bin::<tract_onnx::tract_core::ops::math::Mul>(next) {
-            let other = next.inputs.iter().find(|&&i| i != last).copied();
-            match other.map(|o| konst(model, o)).transpose()?.flatten() {
-                Some(k) if k.len() == 1 && len == Some(batch * width) => {
-                    GateStep::Scale(Floats(floats(&k)?.into()))
-                }
-                _ => break,
+        let step = if let Some(k) = const_operand::<Mul>(model, next, last)? {
+            if k.len() != 1 || len != Some(batch * width) {
+                break;
             }
+            GateStep::Scale(Floats(floats(&k)?.into()))
         } else if let Some(bias) = match len {
             Some(n) if n == batch * width => bias_add_any(model, next, last, width)?,
             _ => None,
@@ -1173,42 +1198,4 @@ fn gate_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
         output_shape: output_shape.into(),
     };
     Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
-}
-
-/// `Add(ours, const)` with `len` values (or one), whatever the shapes: the values.
-fn bias_add_any(
-    model: &TypedModel,
-    node: &TypedNode,
-    from: OutletId,
-    len: usize,
-) -> TractResult<Option<Vec<f32>>> {
-    if !is_bin::<Add>(node) || node.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let other = if node.inputs[0] == from {
-        node.inputs[1]
-    } else {
-        node.inputs[0]
-    };
-    Ok(match konst(model, other)? {
-        Some(k) if k.len() == len => Some(floats(&k)?),
-        Some(k) if k.len() == 1 => Some(vec![floats(&k)?[0]; len]),
-        _ => None,
-    })
-}
-
-/// `Max(ours, 0)` whatever the shapes.
-fn relu_max_any(model: &TypedModel, node: &TypedNode, from: OutletId) -> TractResult<bool> {
-    if !is_bin::<Max>(node) || node.inputs.len() != 2 {
-        return Ok(false);
-    }
-    let other = if node.inputs[0] == from {
-        node.inputs[1]
-    } else {
-        node.inputs[0]
-    };
-    Ok(match konst(model, other)? {
-        Some(k) => k.len() == 1 && floats(&k)?[0] == 0.0,
-        None => false,
-    })
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use reidcam::embed::{Kernels, Network, Rewritten};
+use reidcam::embed::{Kernels, Network, Rewritten, dot};
 use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 
 use crate::common::{pattern, repo, shared};
@@ -35,7 +35,7 @@ fn same_embeddings(model: &Path, batch: usize, threads: usize) -> Rewritten {
     let dim = ours.dim();
     for slot in 0..batch {
         let (g, w) = (&got[slot * dim..][..dim], &want[slot * dim..][..dim]);
-        let cosine: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+        let cosine = dot(g, w);
         let worst = g
             .iter()
             .zip(w)
@@ -49,11 +49,7 @@ fn same_embeddings(model: &Path, batch: usize, threads: usize) -> Rewritten {
     }
     // Different crops give different embeddings: a part that ran on stale input would show.
     if batch > 1 {
-        let cosine: f32 = got[..dim]
-            .iter()
-            .zip(&got[dim..2 * dim])
-            .map(|(a, b)| a * b)
-            .sum();
+        let cosine = dot(&got[..dim], &got[dim..2 * dim]);
         assert!(cosine < 0.9999, "slots 0 and 1 embed alike ({cosine})");
     }
     ours.rewritten()

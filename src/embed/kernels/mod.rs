@@ -57,26 +57,36 @@ impl Isa {
 
     /// Every instruction set this CPU runs, narrowest first.
     pub fn available() -> Vec<Isa> {
-        #[allow(unused_mut)]
-        let mut isas = vec![Isa::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                isas.push(Isa::Avx2Fma);
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    isas.push(Isa::Avx512);
-                }
-            }
-        }
-        isas
+        Isa::ALL
+            .iter()
+            .copied()
+            .filter(|isa| isa.is_available())
+            .collect()
     }
 
-    /// Whether this CPU runs `self` (an `Isa` may come from a test or a config, not `detect`).
+    /// Whether this CPU runs `self` (an `Isa` may come from a test, not `detect`). Checked by
+    /// every kernel call: no allocation, and the standard library caches the CPU's features.
     pub fn is_available(self) -> bool {
-        Isa::available().contains(&self)
+        match self {
+            Isa::Baseline => true,
+            // AVX-512 implies the AVX2 + FMA copy too (narrow depthwise planes use it).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma | Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && (self == Isa::Avx2Fma || std::arch::is_x86_feature_detected!("avx512f"))
+            }
+        }
     }
+
+    /// Every instruction set this build has a copy for, narrowest first.
+    const ALL: &[Isa] = &[
+        Isa::Baseline,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512,
+    ];
 }
 
 #[cfg(test)]
