@@ -11,10 +11,19 @@
 //! their ratios to onnxruntime are printed, with the smallest cosine between reidcam's and
 //! onnxruntime's embeddings (a wrong kernel shows there, not only in the tests).
 //!
+//! An int8 model `X_int8.onnx` with its float `X.onnx` beside it gets a fifth engine in the
+//! rotation, reidcam on the float model: the `int8/float` column (< 1: int8 is worth it). Its
+//! embeddings are checked against the float model's: reidcam's int8 path must be at least as
+//! close to float as onnxruntime's int8 run of the same file (less 0.01) — the two int8 engines
+//! round in different places, so they are not compared with each other.
+//!
 //! ```text
 //! cargo bench --bench versus_onnxruntime -- [--model M.onnx]... [--batch 1,8] [--threads 1,2]
 //!     [--seconds 3] [--json out.json]
 //! ```
+//!
+//! int8 versions of the shared models, with their float models beside them, are what
+//! `tools/int8_check.py --out DIR` leaves in DIR.
 //!
 //! onnxruntime is loaded at run time from `$ORT_DYLIB_PATH`, else from the onnxruntime wheel in
 //! `tools/.venv` (`tools/setup-python.sh`); the default models are the shared references
@@ -134,6 +143,14 @@ struct Row {
     ratio: f64,
     /// stock tract / onnxruntime.
     tract_ratio: f64,
+    /// For an int8 model `X_int8.onnx` next to its float `X.onnx`: reidcam on the float model in
+    /// the same rotation, and int8 / float (< 1: the int8 model is faster through reidcam).
+    float_ms: Option<f64>,
+    int8_vs_float: Option<f64>,
+    /// For an int8 model: the smallest cosine of reidcam's int8 embedding, and of onnxruntime's
+    /// int8 embedding, to reidcam's float one (which equals onnxruntime's float one).
+    int8_to_float: Option<f64>,
+    onnxruntime_int8_to_float: Option<f64>,
     /// Smallest cosine between reidcam's and onnxruntime's embedding of the same crop.
     min_cosine: f64,
     /// Turns per engine.
@@ -170,6 +187,15 @@ fn compare(
         }
     };
     let mut stock = load(Kernels::Tract).expect("loads with our kernels, so with tract's");
+    let float_model = float_sibling(model);
+    let mut float = float_model.as_ref().map(|path| {
+        let config = EmbedConfig {
+            batch,
+            threads,
+            kernels: Kernels::Reidcam,
+        };
+        Embedder::load(path, ManifestChoice::Sidecar, &config).expect("the float sibling loads")
+    });
     let spec = ours.manifest().input.clone();
     let (h, w) = (spec.height as usize, spec.width as usize);
 
@@ -183,6 +209,9 @@ fn compare(
             .expect("the crop fits");
         ours.input_slot(slot).copy_from_slice(values);
         stock.input_slot(slot).copy_from_slice(values);
+        if let Some(f) = float.as_mut() {
+            f.input_slot(slot).copy_from_slice(values);
+        }
     }
 
     let bytes = std::fs::read(model).expect("the model loaded, so it reads");
@@ -214,14 +243,16 @@ fn compare(
     let reference = run_ort(&mut session);
     let dim = ours.dim();
     let embeddings = ours.run(batch).expect("reidcam run").as_flat().to_vec();
-    let mut min_cosine = f64::INFINITY;
-    for slot in 0..batch {
-        let (ours, theirs) = (
-            &embeddings[slot * dim..][..dim],
-            &reference[slot * dim..][..dim],
-        );
-        min_cosine = min_cosine.min(f64::from(cosine(ours, theirs)));
-    }
+    let min_cosine = smallest_cosine(&embeddings, &reference, dim);
+    let float_embeddings = float
+        .as_mut()
+        .map(|f| f.run(batch).expect("float run").as_flat().to_vec());
+    let int8_to_float = float_embeddings
+        .as_ref()
+        .map(|f| smallest_cosine(&embeddings, f, dim));
+    let onnxruntime_int8_to_float = float_embeddings
+        .as_ref()
+        .map(|f| smallest_cosine(&reference, f, dim));
     for _ in 0..3 {
         stock.run(batch).expect("tract run");
         run_ort(&mut session);
@@ -233,13 +264,14 @@ fn compare(
     // hits every engine, long enough that an engine's idle threads (onnxruntime's spin after a
     // run) only touch the first batch of the next turn; the medians drop those.
     let (mut t_ours, mut t_stock, mut t_ort) = (Vec::new(), Vec::new(), Vec::new());
-    let mut t_as_is = Vec::new();
+    let (mut t_as_is, mut t_float) = (Vec::new(), Vec::new());
+    let engines = if float.is_some() { 5 } else { 4 };
     let started = Instant::now();
     let mut round = 0;
     let turn_time = Duration::from_millis(100);
     while started.elapsed() < Duration::from_secs_f64(seconds) || round < 3 {
-        for turn in 0..4 {
-            let engine = (round + turn) % 4;
+        for turn in 0..engines {
+            let engine = (round + turn) % engines;
             let turn_started = Instant::now();
             let mut runs = 0;
             while runs < 3 || turn_started.elapsed() < turn_time {
@@ -248,10 +280,24 @@ fn compare(
                     0 => drop(ours.run(batch).expect("reidcam run")),
                     1 => drop(stock.run(batch).expect("tract run")),
                     2 => drop(run_ort(&mut session)),
-                    _ => drop(run_ort(&mut as_is)),
+                    3 => drop(run_ort(&mut as_is)),
+                    _ => drop(
+                        float
+                            .as_mut()
+                            .expect("5 engines")
+                            .run(batch)
+                            .expect("float run"),
+                    ),
                 }
                 let ms = t.elapsed().as_secs_f64() * 1e3 / batch as f64;
-                [&mut t_ours, &mut t_stock, &mut t_ort, &mut t_as_is][engine].push(ms);
+                [
+                    &mut t_ours,
+                    &mut t_stock,
+                    &mut t_ort,
+                    &mut t_as_is,
+                    &mut t_float,
+                ][engine]
+                    .push(ms);
                 runs += 1;
             }
         }
@@ -277,11 +323,55 @@ fn compare(
         flushed_weights,
         ratio: reidcam_ms / onnxruntime_ms,
         tract_ratio: tract_ms / onnxruntime_ms,
+        float_ms: float.is_some().then(|| median(&mut t_float)),
+        int8_vs_float: float.is_some().then(|| reidcam_ms / median(&mut t_float)),
+        int8_to_float,
+        onnxruntime_int8_to_float,
         min_cosine,
         rounds: round,
         fused_pointwise: ours.rewritten().pointwise,
         fused_depthwise: ours.rewritten().depthwise,
     })
+}
+
+/// The smallest cosine between the rows (of `dim`) of `a` and `b`.
+fn smallest_cosine(a: &[f32], b: &[f32], dim: usize) -> f64 {
+    a.chunks_exact(dim)
+        .zip(b.chunks_exact(dim))
+        .map(|(a, b)| f64::from(cosine(a, b)))
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Why a row's embeddings are wrong, if they are: a float model's must agree with
+/// onnxruntime's to 1e-3 (they do to 1e-5); an int8 model's must be as close to the float
+/// model's as onnxruntime's int8 run is, less 0.01 (see the module docs).
+fn wrong(row: &Row) -> Option<String> {
+    match (row.int8_to_float, row.onnxruntime_int8_to_float) {
+        (Some(ours), Some(theirs)) => (ours < theirs - 0.01).then(|| {
+            format!(
+                "int8 embeddings further from float than onnxruntime's int8 (min cosine {ours:.5} vs {theirs:.5})"
+            )
+        }),
+        _ if is_int8(row) => Some("an int8 model without its float model beside it".into()),
+        _ => (row.min_cosine < 0.999).then(|| {
+            format!(
+                "embeddings differ from onnxruntime's (min cosine {:.5})",
+                row.min_cosine
+            )
+        }),
+    }
+}
+
+/// `X.onnx` for a model `X_int8.onnx`, if it exists.
+fn float_sibling(model: &Path) -> Option<PathBuf> {
+    let name = model.file_name()?.to_str()?;
+    let float = model.with_file_name(name.strip_suffix("_int8.onnx")?.to_owned() + ".onnx");
+    float.exists().then_some(float)
+}
+
+/// Whether a row is an int8 model's (by its name, `X_int8.onnx`).
+fn is_int8(row: &Row) -> bool {
+    row.model.ends_with("_int8.onnx")
 }
 
 fn main() {
@@ -298,7 +388,7 @@ fn main() {
         Kernels::Reidcam
     );
     println!(
-        "{:<44} {:>5} {:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9}",
+        "{:<46} {:>5} {:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>11} {:>17}",
         "model",
         "batch",
         "threads",
@@ -308,7 +398,9 @@ fn main() {
         "ort as-is",
         "reid/ort",
         "tract/ort",
-        "min cos"
+        "min cos",
+        "int8/float",
+        "to float reid/ort"
     );
     let mut rows = Vec::new();
     for model in &o.models {
@@ -322,7 +414,7 @@ fn main() {
                     continue;
                 };
                 println!(
-                    "{:<44} {:>5} {:>7} {:>11.3} {:>11.3} {:>11.3} {:>11.3} {:>9.3} {:>9.3} {:>9.5}",
+                    "{:<46} {:>5} {:>7} {:>11.3} {:>11.3} {:>11.3} {:>11.3} {:>9.3} {:>9.3} {:>9.5} {:>11} {:>17}",
                     row.model,
                     row.batch,
                     row.threads,
@@ -332,7 +424,14 @@ fn main() {
                     row.onnxruntime_as_is_ms,
                     row.ratio,
                     row.tract_ratio,
-                    row.min_cosine
+                    row.min_cosine,
+                    row.int8_vs_float
+                        .map(|r| format!("{r:.3}"))
+                        .unwrap_or_else(|| "-".into()),
+                    row.int8_to_float
+                        .zip(row.onnxruntime_int8_to_float)
+                        .map(|(a, b)| format!("{a:.4}/{b:.4}"))
+                        .unwrap_or_else(|| "-".into())
                 );
                 rows.push(row);
             }
@@ -343,16 +442,18 @@ fn main() {
         std::fs::write(path, text)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
-    // Not a speed gate (these machines are noisy), but a wrong answer fails the run: float
-    // models agree to 1e-5, int8 ones (two engines' integer paths) to 1e-3.
-    let wrong: Vec<&Row> = rows.iter().filter(|r| r.min_cosine < 0.999).collect();
-    for row in &wrong {
-        eprintln!(
-            "{} batch {} threads {}: embeddings differ from onnxruntime's (min cosine {:.5})",
-            row.model, row.batch, row.threads, row.min_cosine
-        );
+    // Not a speed gate (these machines are noisy), but a wrong answer fails the run.
+    let mut failed = 0;
+    for row in &rows {
+        if let Some(why) = wrong(row) {
+            eprintln!(
+                "{} batch {} threads {}: {why}",
+                row.model, row.batch, row.threads
+            );
+            failed += 1;
+        }
     }
-    if !wrong.is_empty() || rows.is_empty() {
+    if failed > 0 || rows.is_empty() {
         std::process::exit(1);
     }
 }

@@ -6,13 +6,13 @@ reference numbers of ../shared/README.md; then the identity-level table of docs/
 and f32, scored by max or mean over exemplars).
 
     tools/.venv/bin/python tools/eval_table.py [--int8-dir DIR] [--skip-int8] [--check POINTS]
-                                               [--gallery-check POINTS]
+                                               [--int8-check POINTS] [--gallery-check POINTS]
 """
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
+import quantize
 import reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +22,8 @@ def main() -> int:
     ap.add_argument("--skip-int8", action="store_true")
     ap.add_argument("--check", type=float, metavar="POINTS",
                     help="fail unless float rank-1 and mAP are within POINTS of the onnxruntime reference")
+    ap.add_argument("--int8-check", type=float, metavar="POINTS",
+                    help="fail unless each int8 model's rank-1 is at most POINTS below its float model's")
     ap.add_argument("--gallery-check", type=float, metavar="POINTS",
                     help="fail unless identity rank-1 with int8 storage is within POINTS of f32 storage")
     args = ap.parse_args()
@@ -30,7 +32,7 @@ def main() -> int:
         return 0
     data = shared / "data" / "cuhk03-val"
     args.int8_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed = int8_failed = 0
     gallery_rows = []
     print("| model | ORT rank-1 | ORT mAP | reidcam rank-1 | mAP | Δ rank-1 | Δ mAP | mAP official | mINP "
           "| int8 rank-1 | int8 mAP | float crops/s | int8 crops/s |")
@@ -43,13 +45,11 @@ def main() -> int:
         fm = f["metrics"]
         q = ("–", "–", "–")
         if not args.skip_int8:
-            int8 = args.int8_dir / f"{stem}_int8.onnx"
-            if not int8.exists():
-                subprocess.run([sys.executable, str(ROOT / "tools" / "quantize.py"), "--model",
-                                str(shared / "models" / f"{stem}.onnx"), "--out", str(int8)],
-                               check=True, capture_output=True)
+            int8 = quantize.reference_int8(stem, shared, args.int8_dir)
             i = reference.reidcam_eval(int8, data, None, batch)
             q = (f"{i['metrics']['rank1']:.2f}", f"{i['metrics']['map']:.2f}", f"{i['embedding']['crops_per_s']:.1f}")
+            if args.int8_check is not None and fm["rank1"] - i["metrics"]["rank1"] > args.int8_check:
+                int8_failed += 1
         print(f"| {stem} | {ref_r1:.2f} | {ref_map:.2f} | {fm['rank1']:.2f} | {fm['map']:.2f} "
               f"| {fm['rank1'] - ref_r1:+.2f} | {fm['map'] - ref_map:+.2f} | {fm['map_official']:.2f} | {fm['minp']:.2f} "
               f"| {q[0]} | {q[1]} | {f['embedding']['crops_per_s']:.1f} | {q[2]} |", flush=True)
@@ -58,8 +58,12 @@ def main() -> int:
     if args.check is not None:
         n = len(reference.REFERENCE_MODELS)
         print(f"{n - failed} passed, {failed} failed (float within ±{args.check} points of onnxruntime)")
+    if args.int8_check is not None and not args.skip_int8:
+        n = len(reference.REFERENCE_MODELS)
+        print(f"{n - int8_failed} passed, {int8_failed} failed (int8 rank-1 at most {args.int8_check} "
+              "points below float)")
     gallery_failed = gallery_table(gallery_rows, args.gallery_check)
-    return 1 if failed or gallery_failed else 0
+    return 1 if failed or int8_failed or gallery_failed else 0
 
 
 def gallery_table(rows, check) -> int:

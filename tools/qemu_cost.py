@@ -10,6 +10,14 @@ depend on the host's load, so a regression in the ARM code path shows up as a ch
 The count per embedding is (I(N₂ runs) − I(N₁ runs)) / (N₂ − N₁): start-up, model loading and
 optimisation cancel out. With --check, fails if the count grew by more than the baseline's
 tolerance; --update rewrites the baseline.
+
+    tools/.venv/bin/python tools/qemu_cost.py --binary ... --int8 [--int8-model DIR/X_int8.onnx]...
+
+--int8 instead compares int8 models with their float ones through reidcam (our default model,
+and each --int8-model with its float `X.onnx` beside it, as tools/int8_check.py --out leaves
+them) on a CPU with the dot-product extension (cortex-a76: sdot, the int8 kernel) and one
+without (cortex-a72: the int8 model runs from dequantised weights). Fails unless int8 costs
+fewer instructions than float on the first, and at most 5% more on the second.
 """
 import argparse
 import json
@@ -35,8 +43,9 @@ def plugin() -> Path:
     return out
 
 
-def instructions(binary: Path, lib: Path, model: Path, manifest: Path, runs: int, kernels: str) -> int:
-    cmd = ["qemu-aarch64", "-cpu", CPU, "-plugin", str(lib), "-d", "plugin", str(binary), "bench",
+def instructions(binary: Path, lib: Path, model: Path, manifest: Path, runs: int, kernels: str,
+                 cpu: str = CPU) -> int:
+    cmd = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", str(binary), "bench",
            "--model", str(model), "--manifest", str(manifest), "--runs", str(runs), "--seconds", "0", "--json",
            "--kernels", kernels]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -57,7 +66,12 @@ def main() -> int:
     ap.add_argument("--model-name", default="osnet_x0_25_msmt17")
     ap.add_argument("--check", type=Path, help="baseline JSON to compare with")
     ap.add_argument("--update", action="store_true", help="rewrite the --check baseline with this measurement")
+    ap.add_argument("--int8", action="store_true", help="instead: int8 models vs their float ones (see above)")
+    ap.add_argument("--int8-model", type=Path, action="append", default=[],
+                    help="with --int8: another X_int8.onnx (float X.onnx and manifests beside it)")
     args = ap.parse_args()
+    if args.int8:
+        return int8_vs_float(args.binary, args.int8_model)
     shared = reference.require_shared("qemu_cost")
     if shared is None:
         return 0
@@ -104,6 +118,34 @@ def main() -> int:
     if ratio < 1 - baseline["tolerance"]:
         print("qemu_cost: cheaper than the baseline: update it with --update")
     return 0
+
+
+def int8_vs_float(binary: Path, extra: list[Path]) -> int:
+    """int8 models against their float models through our kernels (see the module docs)."""
+    lib = plugin()
+    pairs = [(ROOT / "models" / "default.onnx", ROOT / "models" / "default_int8.onnx")]
+    for int8 in extra:
+        float_model = int8.with_name(int8.name.removesuffix("_int8.onnx") + ".onnx")
+        if not (int8.name.endswith("_int8.onnx") and float_model.exists()):
+            print(f"qemu_cost: FAILED: {int8}: expected X_int8.onnx with its float X.onnx beside it")
+            return 1
+        pairs.append((float_model, int8))
+    failed = 0
+    for float_model, int8 in pairs:
+        # With sdot int8 must be cheaper; without, it runs from dequantised weights: as float.
+        for cpu, most, need in (("cortex-a76", 0.999, "below 1"), ("cortex-a72", 1.05, "at most 1.05")):
+            per = {}
+            for variant, model in (("float", float_model), ("int8", int8)):
+                counts = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu)
+                          for n in RUNS}
+                per[variant] = (counts[RUNS[1]] - counts[RUNS[0]]) / (RUNS[1] - RUNS[0])
+            ratio = per["int8"] / per["float"]
+            ok = ratio <= most
+            failed += not ok
+            print(f"qemu_cost: {float_model.stem} on {cpu}: float {per['float'] / 1e6:.2f} M, int8 "
+                  f"{per['int8'] / 1e6:.2f} M guest instructions per embedding: int8 / float {ratio:.4f}"
+                  + ("" if ok else f": FAILED (must be {need})"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

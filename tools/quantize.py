@@ -109,6 +109,25 @@ def quantize(model_path: Path, out: Path, manifest: Path | None, calib_dir: Path
             f"float {model_path.stat().st_size / 1024:.0f} KiB); ops: {', '.join(ops)}")
 
 
+def reference_int8(name: str, shared: Path, out_dir: Path, fresh: bool = False) -> Path:
+    """The int8 version of the shared reference model `name` in `out_dir` (made there unless it is
+    already), with links to the float model and its manifest beside it: `X_int8.onnx`,
+    `X_int8.toml`, `X.onnx` → ../shared, `X.toml` → models/reference/ — the layout the speed
+    benchmark reads (float model next to each int8 one). `fresh` quantises again even if a model
+    is there. `out_dir` must be outside the repository (the models derive from ../shared)."""
+    root = Path(__file__).resolve().parent.parent
+    float_model = shared / "models" / f"{name}.onnx"
+    manifest = root / "models" / "reference" / f"{name}.toml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    int8 = out_dir / f"{name}_int8.onnx"
+    if fresh or not (int8.exists() and int8.with_suffix(".toml").exists()):
+        print(quantize(float_model, int8, manifest, shared / "data" / "cuhk03-train" / "bounding_box_train"))
+    for link, target in ((out_dir / f"{name}.onnx", float_model), (out_dir / f"{name}.toml", manifest)):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.resolve())
+    return int8
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)

@@ -111,11 +111,13 @@ pub enum EmbedError {
     Run { model: String, reason: String },
 }
 
+mod int8;
 pub mod kernels;
 mod network;
 mod ops;
 
 pub use kernels::Isa;
+pub use kernels::qpointwise::Dot;
 pub use network::Network;
 pub use ops::Rewritten;
 
@@ -135,7 +137,34 @@ fn prepare(typed: TypedModel, kernels: Kernels) -> TractResult<(Plan, Rewritten)
                 .passes
                 .retain(|pass| format!("{pass:?}") != "ChangeAxes");
             declutter.optimize(&mut model)?;
-            ops::use_reidcam_kernels(&mut model, Isa::detect())?
+            let isa = Isa::detect();
+            let mut translated = int8::Translated::default();
+            let dot = Dot::detect();
+            if int8::is_quantised(&model) {
+                if dot.is_none() {
+                    log::info!(
+                        "no int8 dot-product instructions on this CPU (AVX-512 VNNI, Armv8.2 \
+                         dotprod): the quantised model runs in float from its dequantised \
+                         weights, about as fast as the float model"
+                    );
+                }
+                match int8::float_edges(&model, dot)? {
+                    Some((float, done)) => {
+                        model = float;
+                        translated = done;
+                    }
+                    None => log::warn!(
+                        "the quantised model has parts reidcam's int8 path does not know: \
+                         tract runs it as loaded (slowly)"
+                    ),
+                }
+            }
+            let mut rewritten = ops::use_reidcam_kernels(&mut model, isa)?;
+            rewritten.int8_pointwise = translated.int8_pointwise;
+            rewritten.dequantised = translated.dequantised;
+            rewritten.quantised = translated != int8::Translated::default();
+            rewritten.dot = dot.filter(|_| rewritten.quantised);
+            rewritten
         }
         Kernels::Tract => Rewritten::default(),
     };
@@ -588,18 +617,12 @@ impl Embedder {
         let pool = KernelPool::new(config.threads, &label)?;
         let slot_len = 3 * height as usize * width as usize;
         log::info!(
-            "{label}: {} v{:?}, input [{}, 3, {height}, {width}] in parts {sizes:?}, output {dim}, {} thread(s), kernels {}: {} fused 1x1, {} depthwise, {} conv, {} pooling and {} gate ops for {} tract nodes",
+            "{label}: {} v{:?}, input [{}, 3, {height}, {width}] in parts {sizes:?}, output {dim}, {} thread(s), kernels {}: {rewritten}",
             manifest.model.name,
             manifest.model.version,
             config.batch,
             config.threads,
             config.kernels,
-            rewritten.pointwise,
-            rewritten.depthwise,
-            rewritten.conv,
-            rewritten.pool,
-            rewritten.gate,
-            rewritten.replaced
         );
         Ok(Self {
             label,

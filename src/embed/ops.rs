@@ -29,6 +29,7 @@ use tract_onnx::tract_core::ops::math::{Add, Max, Mul};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Sigmoid};
 
+use super::kernels::qpointwise::{self, Dot};
 use super::kernels::{Isa, conv, depthwise, pointwise, pool};
 
 /// Below this many multiply-adds (or pooled values) an op runs on one thread: waking a pool
@@ -239,6 +240,74 @@ impl Pointwise {
                 },
             );
         }
+    }
+}
+
+/// An int8 1×1 convolution between f32 edges (made by `embed::int8` from a quantised model):
+/// quantises its input, multiplies in int8, stores dequantised values; then an optional residual
+/// (second input) and ReLU, fused by [`use_reidcam_kernels`].
+#[derive(Clone, Debug)]
+pub struct QuantPointwise {
+    dot: Dot,
+    layer: Arc<qpointwise::Layer>,
+    residual: bool,
+    relu: bool,
+    output_shape: TVec<usize>,
+}
+
+impl PartialEq for QuantPointwise {
+    fn eq(&self, other: &Self) -> bool {
+        // Layers are made once per model node: the same layer or not.
+        Arc::ptr_eq(&self.layer, &other.layer)
+            && (self.dot, self.residual, self.relu) == (other.dot, other.residual, other.relu)
+            && self.output_shape == other.output_shape
+    }
+}
+
+impl Eq for QuantPointwise {}
+
+thread_local! {
+    /// The int8 kernel's scratch (the quantised input words): grown to the largest layer once
+    /// per thread, then reused.
+    static QUANT_SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl QuantPointwise {
+    pub(super) fn new(dot: Dot, layer: Arc<qpointwise::Layer>, output_shape: TVec<usize>) -> Self {
+        QuantPointwise {
+            dot,
+            layer,
+            residual: false,
+            relu: false,
+            output_shape,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:?} residual {} relu {} {}",
+            self.layer.shape, self.residual, self.relu, self.dot
+        )
+    }
+}
+
+reidcam_op!(QuantPointwise, "ReidcamQuantPointwise");
+
+impl QuantPointwise {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let shape = self.layer.shape;
+        let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
+        let residual = inputs.get(1).copied();
+        QUANT_SCRATCH.with_borrow_mut(|words| {
+            for (n, (x, y)) in inputs[0]
+                .chunks_exact(x_len)
+                .zip(y.chunks_exact_mut(y_len))
+                .enumerate()
+            {
+                let res = residual.map(|r| &r[n * y_len..][..y_len]);
+                self.layer.run(self.dot, x, res, self.relu, y, words);
+            }
+        });
     }
 }
 
@@ -492,8 +561,39 @@ pub struct Rewritten {
     pub conv: usize,
     pub pool: usize,
     pub gate: usize,
+    /// Quantised 1×1 convolutions run by our int8 kernel, and quantised convolutions run in
+    /// float from dequantised weights (`embed::int8`; 0 for float models).
+    pub int8_pointwise: usize,
+    pub dequantised: usize,
+    /// Residual adds and ReLUs fused into the int8 1×1 convolutions.
+    pub quant_fused: usize,
+    /// Whether the model was quantised and translated by `embed::int8`, and the int8 products'
+    /// instructions (none where the CPU has none: everything ran from dequantised weights).
+    pub quantised: bool,
+    pub dot: Option<Dot>,
     /// tract nodes the fused ones replaced (convolutions, bias and residual adds, ReLUs).
     pub replaced: usize,
+}
+
+impl std::fmt::Display for Rewritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} fused 1x1, {} depthwise, {} conv, {} pooling and {} gate ops for {} tract nodes",
+            self.pointwise, self.depthwise, self.conv, self.pool, self.gate, self.replaced
+        )?;
+        if self.quantised {
+            let dot = self
+                .dot
+                .map_or("no dot-product instructions".into(), |d| d.to_string());
+            write!(
+                f,
+                "; int8: {} 1x1 convolutions ({dot}), {} from dequantised weights",
+                self.int8_pointwise, self.dequantised
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Replaces the convolutions our kernels cover (see the module docs) with our ops, for `isa`.
@@ -514,6 +614,8 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
                 (p, r, &mut done.pool)
             } else if let Some((p, r)) = gate_patch(model, id)? {
                 (p, r, &mut done.gate)
+            } else if let Some((p, r)) = quant_pointwise_patch(model, id)? {
+                (p, r, &mut done.quant_fused)
             } else {
                 continue;
             };
@@ -837,6 +939,42 @@ fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
     let mut inputs = vec![node.inputs[0]];
     inputs.extend(residual);
     Ok(Some((fuse(model, &inputs, last, op)?, replaced)))
+}
+
+/// Our int8 1×1 convolution (not yet fused) followed by a residual `Add` and/or a ReLU: the same
+/// op with them fused.
+fn quant_pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
+    let node = model.node(id);
+    let Some(op) = node.op_as::<QuantPointwise>() else {
+        return Ok(None);
+    };
+    if op.residual || op.relu {
+        return Ok(None);
+    }
+    let shape = op.output_shape.to_vec();
+    let mut fused = op.clone();
+    let mut last = OutletId::new(id, 0);
+    let mut replaced = 0;
+    let mut residual = None;
+    if let Some(next) = sole_reader(model, last.node)?
+        && let Some(r) = residual_add(model, next, last, &shape)?
+    {
+        residual = Some(r);
+        fused.residual = true;
+        last = OutletId::new(next.id, 0);
+        replaced += 1;
+    }
+    if let Some(r) = trailing_relu(model, last, &shape)? {
+        fused.relu = true;
+        last = r;
+        replaced += 1;
+    }
+    if replaced == 0 {
+        return Ok(None);
+    }
+    let mut inputs = vec![node.inputs[0]];
+    inputs.extend(residual);
+    Ok(Some((fuse(model, &inputs, last, fused)?, replaced)))
 }
 
 /// A `Conv` our kernels may take: f32, NCHW (or CHW), OIHW constant kernel and bias, no

@@ -26,3 +26,14 @@ def test_default_model_accuracy_on_cuhk03_val(variant):
     ref_rank1, ref_map = EXPECTED["beats"]["rank1"], EXPECTED["beats"]["mAP"]
     assert got["rank1"] > ref_rank1 and got["map"] > ref_map
 
+
+
+def test_int8_default_model_loses_at_most_one_rank1_point():
+    """The int8 model is only worth shipping if it stays within a point of the float one."""
+    reidcam_or_skip()
+    data = shared_or_skip() / "data/cuhk03-val"
+    rank1 = {
+        v: reference.reidcam_eval(ROOT / "models" / EXPECTED[v]["file"], data)["metrics"]["rank1"]
+        for v in ("float", "int8")
+    }
+    assert rank1["float"] - rank1["int8"] <= EXPECTED["int8_max_rank1_loss"], rank1

@@ -18,6 +18,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod pointwise;
 pub mod pool;
+pub mod qpointwise;
 mod simd;
 mod tile;
 

@@ -1,0 +1,838 @@
+//! int8 1×1 convolution with f32 edges: the `QLinearConv` of a quantised model, which reads the
+//! f32 output of the op before it and quantises it itself.
+//!
+//! The input arrives as f32 planes and is quantised on the fly (`q = clamp(round(x / s_x) + z_x,
+//! 0, 255)`, rounding half to even as ONNX's `QuantizeLinear`) into a scratch of 32-bit words,
+//! each holding four input channels of one pixel; the product runs on those words with
+//! dot-product instructions (AVX-512 VNNI `vpdpbusd`: u8 × i8, 64 per instruction; NEON `sdot`:
+//! i8 × i8, 16 per instruction, the codes shifted by −128) into exact int32 sums; the store adds
+//! the int32 bias and the zero-point correction and scales to f32 (`(Σ w·(q − z_x) + b) · s_x ·
+//! s_w`), then adds the residual and applies the ReLU. The output is not requantised to the
+//! model's u8 output grid: a quantised reader quantises it anyway (to that same grid), and a
+//! float reader (the ReLU after OSNet's convolutions) gets the more precise value; skipping it
+//! saves four instructions per value in a store that, at OSNet's 16–128 input channels, costs as
+//! much as the product.
+//!
+//! Either way the result is bit for bit [`reference`]'s. CPUs without such instructions (x86
+//! without AVX-512 VNNI, ARM cores before Armv8.2 such as the Raspberry Pi 4's Cortex-A72,
+//! armv7) have no [`Dot`]: there an int8 product costs as much as a float one, plus the
+//! quantisation, so `embed::int8` runs the model's convolutions in float from their dequantised
+//! weights instead (measured: 2.2× slower than the float model on x86 through this kernel's
+//! float-tile fallback, 1.15× more guest instructions on a Cortex-A72; dequantised, 0.99×).
+
+// Without x86-64 or aarch64 there is no `Dot`, and nothing here runs.
+#![cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+
+use super::pointwise::Shape;
+
+/// A tensor's u8 quantisation: `real = (q - zero) · scale`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grid {
+    pub scale: f32,
+    pub zero: i32,
+}
+
+/// The dot-product instructions a CPU has for int8 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dot {
+    /// AVX-512 VNNI (`vpdpbusd` on 512-bit registers).
+    #[cfg(target_arch = "x86_64")]
+    Vnni512,
+    /// Armv8.2 dot product (`sdot`).
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
+}
+
+impl std::fmt::Display for Dot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            #[cfg(target_arch = "x86_64")]
+            Dot::Vnni512 => "avx512-vnni",
+            #[cfg(target_arch = "aarch64")]
+            Dot::NeonDot => "neon-dotprod",
+        })
+    }
+}
+
+impl Dot {
+    /// The dot-product instructions this CPU has, if any (`REIDCAM_INT8_DOT=none` pretends
+    /// it has none, to compare).
+    pub fn detect() -> Option<Dot> {
+        if std::env::var("REIDCAM_INT8_DOT").is_ok_and(|v| v == "none") {
+            return None;
+        }
+        Dot::available().last().copied()
+    }
+
+    /// Every kind this CPU runs (none on many).
+    pub fn available() -> Vec<Dot> {
+        #[allow(unused_mut)]
+        let mut all = vec![];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            all.push(Dot::Vnni512);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            all.push(Dot::NeonDot);
+        }
+        all
+    }
+}
+
+/// One prepared layer (made once at load).
+#[derive(Debug)]
+pub struct Layer {
+    pub shape: Shape,
+    /// Input channels in groups of four (the last one padded with zero weights).
+    groups: usize,
+    /// `[outputs][groups]`: four i8 weights per word, channel `4g + j` in byte `j` (VNNI
+    /// broadcasts one word per output).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    words: Vec<u32>,
+    /// `[outputs / 4 (rounded up)][groups][4]`: the same words, four outputs side by side (NEON
+    /// multiplies by one of four lanes).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    words_by4: Vec<u32>,
+    /// Per output: bias − z_x·Σw (u8 input: VNNI) and bias − (z_x − 128)·Σw (i8 input: sdot).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    corr_u8: Vec<i32>,
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    corr_i8: Vec<i32>,
+    /// Per output: s_x · s_w.
+    multiplier: Vec<f32>,
+    x_inv: f32,
+    x_zero: i32,
+}
+
+impl Layer {
+    /// `weights` `[outputs][inputs]` (zero point already removed), `bias` int32 in units of
+    /// `x.scale · w_scales[o]`, `w_scales` one per output. `None` if the input grid is not a
+    /// u8 one or the int32 sums could overflow.
+    pub fn new(
+        shape: Shape,
+        weights: &[i8],
+        bias: &[i32],
+        x: Grid,
+        w_scales: &[f32],
+    ) -> Option<Layer> {
+        let Shape {
+            inputs, outputs, ..
+        } = shape;
+        assert_eq!(weights.len(), inputs * outputs, "int8 pointwise weights");
+        assert_eq!(bias.len(), outputs, "int8 pointwise bias");
+        assert_eq!(w_scales.len(), outputs, "int8 pointwise weight scales");
+        let valid = |g: Grid| g.scale > 0.0 && g.scale.is_finite() && (0..=255).contains(&g.zero);
+        // The int32 sums must not overflow (a dead channel's bias, saturated at 2³¹ by the
+        // quantiser, would).
+        let largest = bias
+            .iter()
+            .map(|b| i64::from(b.unsigned_abs()))
+            .max()
+            .unwrap_or(0);
+        let products = (inputs as i64) * 128 * 255;
+        if !valid(x) || largest + products >= 1 << 31 {
+            return None;
+        }
+        let groups = inputs.div_ceil(4);
+        let mut words = vec![0u32; outputs * groups];
+        let mut corr_u8 = Vec::with_capacity(outputs);
+        let mut corr_i8 = Vec::with_capacity(outputs);
+        for o in 0..outputs {
+            let row = &weights[o * inputs..][..inputs];
+            for (k, &w) in row.iter().enumerate() {
+                words[o * groups + k / 4] |= u32::from(w as u8) << (8 * (k % 4));
+            }
+            let sum: i32 = row.iter().map(|&w| i32::from(w)).sum();
+            corr_u8.push(bias[o] - x.zero * sum);
+            corr_i8.push(bias[o] - (x.zero - 128) * sum);
+        }
+        let mut words_by4 = vec![0u32; outputs.div_ceil(4) * groups * 4];
+        for o in 0..outputs {
+            for g in 0..groups {
+                words_by4[((o / 4) * groups + g) * 4 + o % 4] = words[o * groups + g];
+            }
+        }
+        Some(Layer {
+            shape,
+            groups,
+            words,
+            words_by4,
+            corr_u8,
+            corr_i8,
+            multiplier: w_scales.iter().map(|&w| x.scale * w).collect(),
+            x_inv: 1.0 / x.scale,
+            x_zero: x.zero,
+        })
+    }
+
+    /// Scratch words one image needs (`groups · pixels`).
+    pub fn scratch_words(&self) -> usize {
+        self.groups * self.shape.pixels
+    }
+
+    /// Runs the layer on one image: `input` `[inputs][pixels]`, `residual` and `out`
+    /// `[outputs][pixels]`. `words` is scratch, grown here when too small.
+    pub fn run(
+        &self,
+        dot: Dot,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+        words: &mut Vec<u32>,
+    ) {
+        let Shape {
+            inputs,
+            outputs,
+            pixels,
+        } = self.shape;
+        assert_eq!(input.len(), inputs * pixels, "int8 pointwise input length");
+        assert_eq!(out.len(), outputs * pixels, "int8 pointwise output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "int8 pointwise residual length");
+        }
+        match dot {
+            #[cfg(target_arch = "x86_64")]
+            Dot::Vnni512 => {
+                assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
+                let words = self.words_for(words);
+                // SAFETY: the CPU has AVX-512F and VNNI (checked above); lengths checked above.
+                unsafe {
+                    quantise_avx512(self, input, words, 0);
+                    x86::product(self, words, residual, relu, out);
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Dot::NeonDot => {
+                assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
+                let words = self.words_for(words);
+                // SAFETY: the CPU has the dot-product extension (checked above); lengths checked.
+                unsafe {
+                    quantise_neon(self, input, words, 0x8080_8080);
+                    arm::product(self, words, residual, relu, out);
+                }
+            }
+        }
+    }
+
+    fn words_for<'a>(&self, words: &'a mut Vec<u32>) -> &'a mut [u32] {
+        let n = self.scratch_words();
+        if words.len() < n {
+            words.resize(n, 0);
+        }
+        &mut words[..n]
+    }
+
+    /// The u8 code of `x` on the input grid (NaN → 0). Clamped in f32 and converted without
+    /// Rust's saturating-cast checks, so that loops over it vectorise (not `clamp`, which keeps
+    /// NaN).
+    #[inline(always)]
+    #[allow(clippy::manual_clamp)]
+    fn quantise(&self, x: f32) -> i32 {
+        let v = ((x * self.x_inv).round_ties_even() + self.x_zero as f32)
+            .max(0.0)
+            .min(255.0);
+        // SAFETY: `max` maps NaN to 0, so `v` is an integer in [0, 255].
+        unsafe { v.to_int_unchecked::<i32>() }
+    }
+
+    /// The f32 output of sum `acc` (bias and correction included) for output `o`, plus the
+    /// residual, through the ReLU.
+    #[inline(always)]
+    fn store(&self, acc: f32, o: usize, residual: Option<f32>, relu: bool) -> f32 {
+        let mut v = acc * self.multiplier[o];
+        if let Some(r) = residual {
+            v += r;
+        }
+        if relu { v.max(0.0) } else { v }
+    }
+}
+
+/// Fills `words` (`[groups][pixels]`) with the input's codes, four channels per word, each
+/// word XORed with `flip` (0x80 per byte turns u8 codes into `code − 128` as i8): the plain
+/// version, for shapes the vector ones do not take.
+#[inline(always)]
+fn quantise_words(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
+    let Shape { inputs, pixels, .. } = layer.shape;
+    for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
+        let plane = |j: usize| {
+            let c = 4 * g + j;
+            (c < inputs).then(|| &input[c * pixels..][..pixels])
+        };
+        let planes = [plane(0), plane(1), plane(2), plane(3)];
+        if let [Some(a), Some(b), Some(c), Some(d)] = planes {
+            for (p, w) in row.iter_mut().enumerate() {
+                let q = |x: f32| layer.quantise(x) as u32;
+                *w = (q(a[p]) | q(b[p]) << 8 | q(c[p]) << 16 | q(d[p]) << 24) ^ flip;
+            }
+        } else {
+            // The last, partial group: padded channels get code 0 (their weights are 0).
+            for (p, w) in row.iter_mut().enumerate() {
+                let mut word = 0;
+                for (j, plane) in planes.iter().enumerate() {
+                    if let Some(x) = plane {
+                        word |= (layer.quantise(x[p]) as u32) << (8 * j);
+                    }
+                }
+                *w = word ^ flip;
+            }
+        }
+    }
+}
+
+/// [`quantise_words`] in AVX-512 registers, 16 pixels at a time with a masked tail (LLVM's own
+/// vectorisation of it left planes under 64 pixels to a scalar loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn quantise_avx512(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
+    use std::arch::x86_64::*;
+    let Shape { inputs, pixels, .. } = layer.shape;
+    if inputs % 4 != 0 {
+        return quantise_words(layer, input, words, flip);
+    }
+    let inv = _mm512_set1_ps(layer.x_inv);
+    let zero = _mm512_set1_ps(layer.x_zero as f32);
+    let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    let flip = _mm512_set1_epi32(flip as i32);
+    for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
+        let planes = &input[4 * g * pixels..][..4 * pixels];
+        let mut p = 0;
+        while p < pixels {
+            let left = pixels - p;
+            let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+            let mut word = flip;
+            for j in 0..4 {
+                // SAFETY: masked to the plane's pixels.
+                let x = unsafe { _mm512_maskz_loadu_ps(mask, planes.as_ptr().add(j * pixels + p)) };
+                // Round half to even (the default rounding mode), shift, clamp; NaN → 0 (max).
+                let q = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm512_mul_ps(x, inv),
+                );
+                let q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, zero), lo), hi);
+                let code =
+                    _mm512_sll_epi32(_mm512_cvttps_epi32(q), _mm_cvtsi32_si128(8 * j as i32));
+                word = _mm512_xor_si512(word, code);
+            }
+            // SAFETY: masked to the row's pixels.
+            unsafe { _mm512_mask_storeu_epi32(row.as_mut_ptr().add(p).cast(), mask, word) };
+            p += 16;
+        }
+    }
+}
+
+/// [`quantise_words`] in NEON registers, four pixels of four channels per step: codes in
+/// float (round half to even, shift, clamp; NaN → 0 as `Layer::quantise`), converted exactly,
+/// packed into words by shift-and-insert.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
+    use std::arch::aarch64::*;
+    let Shape { inputs, pixels, .. } = layer.shape;
+    if inputs % 4 != 0 || pixels % 4 != 0 {
+        return quantise_words(layer, input, words, flip);
+    }
+    let (inv, zero) = (vdupq_n_f32(layer.x_inv), vdupq_n_f32(layer.x_zero as f32));
+    let (lo, hi, flip) = (vdupq_n_f32(0.0), vdupq_n_f32(255.0), vdupq_n_u32(flip));
+    let code = |x: float32x4_t| {
+        let q = vaddq_f32(vrndnq_f32(vmulq_f32(x, inv)), zero);
+        vcvtq_u32_f32(vminq_f32(vmaxnmq_f32(q, lo), hi))
+    };
+    for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
+        let planes = &input[4 * g * pixels..][..4 * pixels];
+        for p in (0..pixels).step_by(4) {
+            // SAFETY: `p + 4 ≤ pixels` (pixels is a multiple of 4): inside each plane and row.
+            unsafe {
+                let x = planes.as_ptr().add(p);
+                let (a, b) = (code(vld1q_f32(x)), code(vld1q_f32(x.add(pixels))));
+                let (c, d) = (
+                    code(vld1q_f32(x.add(2 * pixels))),
+                    code(vld1q_f32(x.add(3 * pixels))),
+                );
+                let w = vsliq_n_u32::<24>(vsliq_n_u32::<16>(vsliq_n_u32::<8>(a, b), c), d);
+                vst1q_u32(row.as_mut_ptr().add(p), veorq_u32(w, flip));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Layer;
+
+    /// Output channels per register tile (two 16-pixel registers each: 16 accumulators).
+    const OUTS: usize = 8;
+
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512 VNNI; `words` is `[groups][pixels]`, `out` (and
+    /// `residual`) `[outputs][pixels]`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn product(
+        layer: &Layer,
+        words: &[u32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let (outputs, pixels) = (layer.shape.outputs, layer.shape.pixels);
+        assert!(
+            words.len() >= layer.groups * pixels,
+            "int8 pointwise scratch"
+        );
+        assert!(out.len() >= outputs * pixels, "int8 pointwise output");
+        // The store's variants as constants, so that its straight-line code has no branches.
+        match (residual, relu) {
+            (Some(r), true) => unsafe { outputs_of::<true, true>(layer, words, r, out) },
+            (Some(r), false) => unsafe { outputs_of::<true, false>(layer, words, r, out) },
+            (None, true) => unsafe { outputs_of::<false, true>(layer, words, &[], out) },
+            (None, false) => unsafe { outputs_of::<false, false>(layer, words, &[], out) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn outputs_of<const RES: bool, const RELU: bool>(
+        layer: &Layer,
+        words: &[u32],
+        residual: &[f32],
+        out: &mut [f32],
+    ) {
+        let outputs = layer.shape.outputs;
+        assert!(
+            !RES || residual.len() >= out.len(),
+            "int8 pointwise residual"
+        );
+        let mut o = 0;
+        while o + OUTS <= outputs {
+            unsafe { tile::<OUTS, RES, RELU>(layer, o, words, residual, out) };
+            o += OUTS;
+        }
+        while o < outputs {
+            unsafe { tile::<1, RES, RELU>(layer, o, words, residual, out) };
+            o += 1;
+        }
+    }
+
+    /// Outputs `o0..o0 + N` over every pixel, 32 pixels per step (two registers, the last
+    /// ones masked): sums started from each output's correction (bias − z_x·Σw), stored
+    /// straight from the registers.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
+        layer: &Layer,
+        o0: usize,
+        words: &[u32],
+        residual: &[f32],
+        out: &mut [f32],
+    ) {
+        let pixels = layer.shape.pixels;
+        let groups = layer.groups;
+        let x = words.as_ptr();
+        // SAFETY (whole function): o0 + N ≤ outputs (the caller's loops), so every weight word
+        // `(o0 + j)·groups + g`, correction and multiplier read is inside its vector; the
+        // masks keep loads and stores inside the rows, whose lengths `product` asserted.
+        let w = unsafe { layer.words.as_ptr().add(o0 * groups) };
+        let mut p = 0;
+        while p < pixels {
+            let left = pixels - p;
+            let m0: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+            let m1: __mmask16 = if left >= 32 {
+                0xffff
+            } else if left > 16 {
+                (1 << (left - 16)) - 1
+            } else {
+                0
+            };
+            let mut acc = [[_mm512_setzero_si512(); 2]; N];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let corr = _mm512_set1_epi32(unsafe { *layer.corr_u8.get_unchecked(o0 + j) });
+                *a = [corr; 2];
+            }
+            for g in 0..groups {
+                let (xa, xb) = unsafe {
+                    let row = x.add(g * pixels + p);
+                    (
+                        _mm512_maskz_loadu_epi32(m0, row.cast()),
+                        _mm512_maskz_loadu_epi32(m1, row.add(16).cast()),
+                    )
+                };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wj = _mm512_set1_epi32(unsafe { *w.add(j * groups + g) } as i32);
+                    a[0] = _mm512_dpbusd_epi32(a[0], xa, wj);
+                    a[1] = _mm512_dpbusd_epi32(a[1], xb, wj);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                let o = o0 + j;
+                let mult = _mm512_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
+                for (h, mask) in [m0, m1].into_iter().enumerate() {
+                    let at = o * pixels + p + 16 * h;
+                    // Same arithmetic as `Layer::store`. A zero mask loads and stores nothing.
+                    let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(a[h]), mult);
+                    if RES {
+                        v = _mm512_add_ps(v, unsafe {
+                            _mm512_maskz_loadu_ps(mask, residual.as_ptr().add(at))
+                        });
+                    }
+                    if RELU {
+                        v = _mm512_max_ps(v, _mm512_setzero_ps());
+                    }
+                    unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), mask, v) };
+                }
+            }
+            p += 32;
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::Layer;
+
+    /// `acc += Σ x.bytes[4i..4i+4] · w.bytes[4L..4L+4]` per lane `i` (`sdot` by element).
+    #[inline(always)]
+    unsafe fn sdot<const L: i32>(mut acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+        // SAFETY: register-only instruction; the caller's function enables `dotprod`.
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {x:v}.16b, {w:v}.4b[{lane}]",
+                acc = inout(vreg) acc,
+                x = in(vreg) x,
+                w = in(vreg_low16) w,
+                lane = const L,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        };
+        acc
+    }
+
+    /// Pixels per register tile (two vectors of four words).
+    const STEP: usize = 8;
+
+    /// # Safety
+    /// The CPU must have the dot-product extension; `words` is `[groups][pixels]` of i8 codes
+    /// (u8 code − 128), `out` (and `residual`) `[outputs][pixels]`.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn product(
+        layer: &Layer,
+        words: &[u32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        // The store's variants as constants, so that its straight-line code has no branches.
+        match (residual, relu) {
+            (Some(r), true) => unsafe { outputs::<true, true>(layer, words, r, out) },
+            (Some(r), false) => unsafe { outputs::<true, false>(layer, words, r, out) },
+            (None, true) => unsafe { outputs::<false, true>(layer, words, &[], out) },
+            (None, false) => unsafe { outputs::<false, false>(layer, words, &[], out) },
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn outputs<const RES: bool, const RELU: bool>(
+        layer: &Layer,
+        words: &[u32],
+        residual: &[f32],
+        out: &mut [f32],
+    ) {
+        let outputs = layer.shape.outputs;
+        let mut o = 0;
+        while o + 8 <= outputs {
+            unsafe { tile::<8, RES, RELU>(layer, o, words, residual, out) };
+            o += 8;
+        }
+        while o < outputs {
+            unsafe { tile::<4, RES, RELU>(layer, o, words, residual, out) };
+            o += 4;
+        }
+    }
+
+    /// Words `[p, p + 4)` of `row` (fewer at the end of the row, the rest zero).
+    #[inline(always)]
+    unsafe fn load_words(row: &[u32], p: usize) -> int8x16_t {
+        let mut lanes = [0u32; 4];
+        for (lane, &w) in lanes.iter_mut().zip(row.iter().skip(p)) {
+            *lane = w;
+        }
+        unsafe { vreinterpretq_s8_u32(vld1q_u32(lanes.as_ptr())) }
+    }
+
+    /// The exact int32 sums of outputs `o0..o0 + N` (`N` = 4 or 8, `o0` a multiple of 4) at
+    /// pixels `p..p + 8`, each started from its correction (bias − (z_x − 128)·Σw; 0 past the
+    /// layer's outputs, whose weights are zero). `load(g, p)` reads words `p..p + 4` of row `g`.
+    #[inline(always)]
+    unsafe fn sums<const N: usize>(
+        layer: &Layer,
+        o0: usize,
+        p: usize,
+        load: impl Fn(usize, usize) -> int8x16_t,
+    ) -> [[int32x4_t; 2]; N] {
+        let groups = layer.groups;
+        // SAFETY (whole function): `words_by4` holds 4 words per (block of 4 outputs, group),
+        // its blocks padded to a multiple of 4 outputs; `N == 8` reads blocks o0/4 and o0/4 + 1.
+        let blocks = unsafe { layer.words_by4.as_ptr().add(o0 / 4 * groups * 4) };
+        let mut acc = [[unsafe { vdupq_n_s32(0) }; 2]; N];
+        for (j, a) in acc.iter_mut().enumerate() {
+            let corr = layer.corr_i8.get(o0 + j).copied().unwrap_or(0);
+            *a = [unsafe { vdupq_n_s32(corr) }; 2];
+        }
+        for g in 0..groups {
+            let (xa, xb) = (load(g, p), load(g, p + 4));
+            let w0 = unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add(g * 4))) };
+            let w1 = if N == 8 {
+                unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add((groups + g) * 4))) }
+            } else {
+                w0
+            };
+            macro_rules! lane {
+                ($j:literal, $w:ident, $l:literal) => {
+                    if $j < N {
+                        acc[$j][0] = unsafe { sdot::<$l>(acc[$j][0], xa, $w) };
+                        acc[$j][1] = unsafe { sdot::<$l>(acc[$j][1], xb, $w) };
+                    }
+                };
+            }
+            lane!(0, w0, 0);
+            lane!(1, w0, 1);
+            lane!(2, w0, 2);
+            lane!(3, w0, 3);
+            lane!(4, w1, 0);
+            lane!(5, w1, 1);
+            lane!(6, w1, 2);
+            lane!(7, w1, 3);
+        }
+        acc
+    }
+
+    /// `N` outputs from `o0` over every pixel: whole 8-pixel tiles stored straight from the
+    /// registers, then the row's tail (and a block of outputs past the layer's) value by value.
+    #[inline(always)]
+    unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
+        layer: &Layer,
+        o0: usize,
+        words: &[u32],
+        residual: &[f32],
+        out: &mut [f32],
+    ) {
+        let pixels = layer.shape.pixels;
+        let outputs = layer.shape.outputs;
+        let whole = if o0 + N <= outputs {
+            pixels / STEP * STEP
+        } else {
+            0
+        };
+        assert!(
+            words.len() >= layer.groups * pixels,
+            "int8 pointwise scratch"
+        );
+        assert!(out.len() >= outputs * pixels && (!RES || residual.len() >= outputs * pixels));
+        // SAFETY: a whole tile's loads stay inside its rows (`p + 8 ≤ pixels`; length asserted).
+        let direct = |g: usize, p: usize| unsafe {
+            vreinterpretq_s8_u32(vld1q_u32(words.as_ptr().add(g * pixels + p)))
+        };
+        let mut p = 0;
+        while p < whole {
+            let acc = unsafe { sums::<N>(layer, o0, p, direct) };
+            for (j, a) in acc.iter().enumerate() {
+                let o = o0 + j;
+                // SAFETY: `o < outputs` for a whole tile.
+                let mult = unsafe { vdupq_n_f32(*layer.multiplier.get_unchecked(o)) };
+                for (h, &sum) in a.iter().enumerate() {
+                    let at = o * pixels + p + 4 * h;
+                    // Same arithmetic as `Layer::store`, four lanes at once.
+                    // SAFETY: four values from `at` are inside row `o` (`p + 8 ≤ pixels`), and
+                    // the rows inside `out` and `residual` (lengths asserted).
+                    unsafe {
+                        let mut v = vmulq_f32(vcvtq_f32_s32(sum), mult);
+                        if RES {
+                            v = vaddq_f32(v, vld1q_f32(residual.as_ptr().add(at)));
+                        }
+                        if RELU {
+                            v = vmaxq_f32(v, vdupq_n_f32(0.0));
+                        }
+                        vst1q_f32(out.as_mut_ptr().add(at), v);
+                    }
+                }
+            }
+            p += STEP;
+        }
+        while p < pixels {
+            let row = |g: usize| &words[g * pixels..][..pixels];
+            let acc = unsafe { sums::<N>(layer, o0, p, |g, p| load_words(row(g), p)) };
+            for (j, a) in acc.iter().enumerate().take(outputs.saturating_sub(o0)) {
+                let o = o0 + j;
+                let mut lanes = [0i32; STEP];
+                // SAFETY: two vectors of four into eight lanes.
+                unsafe {
+                    vst1q_s32(lanes.as_mut_ptr(), a[0]);
+                    vst1q_s32(lanes.as_mut_ptr().add(4), a[1]);
+                }
+                for (i, &sum) in lanes.iter().enumerate().take(pixels - p) {
+                    let at = o * pixels + p + i;
+                    let r = RES.then(|| residual[at]);
+                    out[at] = layer.store(sum as f32, o, r, RELU);
+                }
+            }
+            p += STEP;
+        }
+    }
+}
+
+/// The naive reference: quantise, exact integer products (i64), the same f32 store.
+pub fn reference(
+    layer: &Layer,
+    weights: &[i8],
+    bias: &[i32],
+    input: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let Shape {
+        inputs,
+        outputs,
+        pixels,
+    } = layer.shape;
+    let mut out = vec![0.0; outputs * pixels];
+    for o in 0..outputs {
+        for p in 0..pixels {
+            let mut acc = i64::from(bias[o]);
+            for k in 0..inputs {
+                let x = layer.quantise(input[k * pixels + p]) - layer.x_zero;
+                acc += i64::from(weights[o * inputs + k]) * i64::from(x);
+            }
+            let at = o * pixels + p;
+            out[at] = layer.store(acc as f32, o, residual.map(|r| r[at]), relu);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::Rng;
+    use super::*;
+
+    fn check(dot: Dot, shape: Shape, with_res: bool, relu: bool, rng: &mut Rng) {
+        let x = Grid {
+            scale: 0.01 + rng.below(100) as f32 * 1e-3,
+            zero: rng.below(256) as i32,
+        };
+        // Inputs spread over more than the grid's range, so that both clamps are exercised.
+        let input: Vec<f32> = rng
+            .vec(shape.inputs * shape.pixels)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let weights: Vec<i8> = (0..shape.inputs * shape.outputs)
+            .map(|_| (rng.below(255) as i32 - 127) as i8)
+            .collect();
+        // Biases up to 2²⁶: a dead channel's tiny weight scale makes its int32 bias huge.
+        let bias: Vec<i32> = (0..shape.outputs)
+            .map(|_| (rng.below(20_001) as i32 - 10_000) << (2 * rng.below(9)))
+            .collect();
+        let w_scales: Vec<f32> = (0..shape.outputs)
+            .map(|_| 1e-4 + rng.below(100) as f32 * 1e-5)
+            .collect();
+        let residual = with_res.then(|| rng.vec(shape.outputs * shape.pixels));
+        let layer = Layer::new(shape, &weights, &bias, x, &w_scales).expect("valid layer");
+        let want = reference(&layer, &weights, &bias, &input, residual.as_deref(), relu);
+        let mut got = vec![f32::NAN; want.len()];
+        let mut words = Vec::new();
+        layer.run(dot, &input, residual.as_deref(), relu, &mut got, &mut words);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{dot} {shape:?} residual {with_res} relu {relu}: element {i}: got {g}, want {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_dot_kind_equals_the_integer_reference() {
+        let mut rng = Rng::new(0x1e7_c0de);
+        if Dot::available().is_empty() {
+            eprintln!("no int8 dot-product instructions on this CPU: nothing to check here");
+        }
+        for dot in Dot::available() {
+            // Our default model's layers at 128×64, a wide one, then random shapes (tails
+            // everywhere).
+            for (i, o, p) in [
+                (16, 64, 512),
+                (64, 16, 512),
+                (96, 24, 128),
+                (128, 32, 32),
+                (600, 12, 40),
+            ] {
+                let shape = Shape {
+                    inputs: i,
+                    outputs: o,
+                    pixels: p,
+                };
+                check(dot, shape, true, true, &mut rng);
+            }
+            for _ in 0..100 {
+                let shape = Shape {
+                    inputs: 1 + rng.below(70),
+                    outputs: 1 + rng.below(40),
+                    pixels: 1 + rng.below(300),
+                };
+                check(dot, shape, rng.below(2) == 1, rng.below(2) == 1, &mut rng);
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_grids_and_sums_that_could_overflow() {
+        // Regression: the bound once counted the bias against 2²⁴ and refused a real layer of
+        // our default model (a dead channel's bias of 2·10⁷ in int32 units).
+        let real = Shape {
+            inputs: 16,
+            outputs: 1,
+            pixels: 1,
+        };
+        let g = Grid {
+            scale: 0.1,
+            zero: 3,
+        };
+        assert!(Layer::new(real, &[1i8; 16], &[20_000_000], g, &[1.0]).is_some());
+        let shape = Shape {
+            inputs: 4,
+            outputs: 1,
+            pixels: 1,
+        };
+        let ok = Grid {
+            scale: 0.1,
+            zero: 3,
+        };
+        let w = [1i8; 4];
+        assert!(Layer::new(shape, &w, &[0], ok, &[1.0]).is_some());
+        let bad = Grid {
+            scale: 0.0,
+            zero: 3,
+        };
+        assert!(Layer::new(shape, &w, &[0], bad, &[1.0]).is_none());
+        let bad = Grid {
+            scale: 0.1,
+            zero: 300,
+        };
+        assert!(Layer::new(shape, &w, &[0], bad, &[1.0]).is_none());
+        assert!(Layer::new(shape, &w, &[i32::MAX - 100], ok, &[1.0]).is_none());
+        // 70,000 input channels: Σ 128·255 alone passes 2³¹.
+        let wide = Shape {
+            inputs: 70_000,
+            outputs: 1,
+            pixels: 1,
+        };
+        assert!(Layer::new(wide, &[1i8; 70_000], &[0], ok, &[1.0]).is_none());
+    }
+}
