@@ -100,7 +100,7 @@ struct ModelArgs {
     /// Crops per inference.
     #[arg(long, default_value_t = 1, value_name = "B")]
     batch: usize,
-    /// Threads: the batch is cut into parts run side by side (a single crop uses one).
+    /// Threads: the crops of a batch run side by side (a single crop uses one).
     #[arg(long, default_value_t = 1, value_name = "T")]
     threads: usize,
     /// Who runs the convolutions, pools and channel gates: reidcam's fused kernels, or tract's own

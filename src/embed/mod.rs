@@ -2,10 +2,10 @@
 //!
 //! [`Embedder::load`] reads an ONNX model and its manifest (sidecar `foo.toml`, an explicit one,
 //! or torchreid defaults when there is none), checks that they agree, fixes the input fact to
-//! `[batch, 3, H, W]` f32, declutters, replaces the layers our kernels cover with our own tract
-//! ops (`ops`, `kernels`; [`Kernels::Tract`] keeps tract's), optimises once and spawns one
-//! reusable tract state per part of the batch (several parts run side by side when `threads >
-//! 1`). Per batch, callers write crops into [`Embedder::input_slot`] (see `preprocess`) and call
+//! `[1, 3, H, W]` f32 (or the batch a model fixes), declutters, translates a quantised model
+//! (`int8`), replaces the layers our kernels cover with our own tract ops (`ops`, `kernels`;
+//! [`Kernels::Tract`] keeps tract's), optimises once and spawns one reusable tract state per
+//! crop of the batch (several crops run side by side when `threads > 1`). Per batch, callers write crops into [`Embedder::input_slot`] (see `preprocess`) and call
 //! [`Embedder::run`], which returns L2-normalised embeddings borrowed from a buffer owned by the
 //! embedder.
 //!
@@ -29,7 +29,7 @@ use crate::manifest::{self, ManifestError, ModelManifest};
 pub struct EmbedConfig {
     /// Crops per inference (the input's N). Default 1.
     pub batch: usize,
-    /// Threads. Default 1. More cut a batch into parts run side by side (see [`Embedder`]).
+    /// Threads. Default 1. More run the crops of a batch side by side (see [`Embedder`]).
     pub threads: usize,
     /// Which kernels run the layers ours cover. Default [`Kernels::Reidcam`].
     pub kernels: Kernels,
@@ -196,15 +196,6 @@ impl KernelPool {
     }
 }
 
-/// How a batch of `batch` is cut into parts run side by side, one per thread: as evenly as
-/// possible, never more parts than threads or crops (`[4, 4]` for 8 on 2 threads, `[1]` for 1).
-fn part_sizes(batch: usize, threads: usize) -> Vec<usize> {
-    let parts = threads.clamp(1, batch.max(1));
-    (0..parts)
-        .map(|p| (p + 1) * batch / parts - p * batch / parts)
-        .collect()
-}
-
 /// Drops the shapes an export declared for intermediate and output values (ONNX value_info):
 /// a symbolic batch or size there cannot unify with the fixed input; tract derives them again.
 fn forget_declared_shapes(model: &mut InferenceModel) -> TractResult<()> {
@@ -252,9 +243,10 @@ impl Part {
 
 /// A loaded, optimised model with its reusable states and buffers.
 ///
-/// With `threads > 1` and a batch of several crops, the batch is cut into parts (one tract state
-/// each, see [`part_sizes`]) that run side by side, one per thread: one fork and join per batch
-/// instead of one per layer. A single crop runs on the calling thread.
+/// Each crop of a batch is a part with its own tract state of batch 1 (a model that fixes its
+/// batch: one part). With `threads > 1` the parts of a batch run side by side, each taken by
+/// the next free thread: one fork and join per batch instead of one per layer. A single crop
+/// runs on the calling thread.
 pub struct Embedder {
     label: String,
     manifest: ModelManifest,
@@ -516,12 +508,13 @@ impl Embedder {
             reason: err(e),
         })?;
 
-        // A model that fixes its batch runs as one part.
-        let sizes = if dims.as_ref().is_some_and(|d| d[0].is_some()) {
-            vec![config.batch]
-        } else {
-            part_sizes(config.batch, config.threads)
-        };
+        // One part (a tract state) per crop, each of batch 1: with our kernels a crop costs
+        // less alone than inside a batch of 8, whose intermediate tensors leave the cache (OSNet
+        // x0.25, one thread: 1.7 vs 2.7 ms a crop at best); and parts of one crop share the
+        // threads evenly whatever the batch. A model that fixes its batch runs as one part.
+        let fixed = dims.as_ref().is_some_and(|d| d[0].is_some());
+        let part_batch = if fixed { config.batch } else { 1 };
+        let part_count = config.batch / part_batch;
         let optimise = |e: TractError| EmbedError::Optimise {
             model: label.clone(),
             reason: err(e),
@@ -538,21 +531,21 @@ impl Embedder {
                 .into_typed()
                 .map_err(optimise)
         };
-        let typed = typed_for(sizes[0])?;
+        let typed = typed_for(part_batch)?;
 
         // The output must be [N, D] (or [N, D, 1, 1]) f32.
         let out_fact = typed.output_fact(0).map_err(optimise)?.clone();
         let out_dims: Option<Vec<usize>> = out_fact.shape.as_concrete().map(|s| s.to_vec());
         let dim = match out_dims.as_deref() {
-            Some([n, rest @ ..]) if *n == sizes[0] && !rest.is_empty() => {
+            Some([n, rest @ ..]) if *n == part_batch && !rest.is_empty() => {
                 rest.iter().product::<usize>()
             }
             _ => {
                 return Err(EmbedError::Unsupported {
                     model: label,
                     problem: format!(
-                        "output {output_name:?} has shape {:?}, expected [{}, D]",
-                        out_fact.shape, sizes[0]
+                        "output {output_name:?} has shape {:?}, expected [{part_batch}, D]",
+                        out_fact.shape
                     ),
                 });
             }
@@ -592,23 +585,13 @@ impl Embedder {
             }
         };
 
-        // One plan per distinct part size (at most two), a state per part.
-        let mut plans: Vec<(usize, Plan)> = Vec::new();
+        // One plan, a state per part.
         let (plan, rewritten) = prepare(typed, config.kernels).map_err(optimise)?;
-        plans.push((sizes[0], plan));
-        let mut parts = Vec::with_capacity(sizes.len());
-        for &batch in &sizes {
-            let plan = match plans.iter().find(|(b, _)| *b == batch) {
-                Some((_, plan)) => Arc::clone(plan),
-                None => {
-                    let (plan, _) = prepare(typed_for(batch)?, config.kernels).map_err(optimise)?;
-                    plans.push((batch, Arc::clone(&plan)));
-                    plan
-                }
-            };
-            let shape = [batch, 3, height as usize, width as usize];
+        let mut parts = Vec::with_capacity(part_count);
+        for _ in 0..part_count {
+            let shape = [part_batch, 3, height as usize, width as usize];
             parts.push(Part {
-                batch,
+                batch: part_batch,
                 state: plan.spawn().map_err(optimise)?,
                 input: Arc::new(Tensor::zero::<f32>(&shape).map_err(optimise)?),
                 error: None,
@@ -617,7 +600,7 @@ impl Embedder {
         let pool = KernelPool::new(config.threads, &label)?;
         let slot_len = 3 * height as usize * width as usize;
         log::info!(
-            "{label}: {} v{:?}, input [{}, 3, {height}, {width}] in parts {sizes:?}, output {dim}, {} thread(s), kernels {}: {rewritten}",
+            "{label}: {} v{:?}, input [{}, 3, {height}, {width}] as {part_count} part(s) of {part_batch}, output {dim}, {} thread(s), kernels {}: {rewritten}",
             manifest.model.name,
             manifest.model.version,
             config.batch,
@@ -693,37 +676,45 @@ impl Embedder {
         &mut all[local * self.slot_len..(local + 1) * self.slot_len]
     }
 
-    /// Runs the model on the whole batch and returns the L2-normalised embeddings of the first
-    /// `n` slots. Slots past `n` still run (the input shape is fixed) with whatever they hold.
+    /// Runs the model on the first `n` crops and returns their L2-normalised embeddings. Each
+    /// crop is a part of its own (see [`Embedder`]), so the slots past `n` do not run; a model
+    /// that fixes its batch runs whole, whatever the slots past `n` hold.
     pub fn run(&mut self, n: usize) -> Result<Embeddings<'_>, EmbedError> {
         assert!(n <= self.batch, "{n} crops > batch {}", self.batch);
         let dim = self.manifest.output.dim;
-        match (&self.pool.0, self.parts.as_mut_slice()) {
-            (Some(pool), [first, rest @ ..]) if !rest.is_empty() => {
-                let (mine, mut others) = self.output.split_at_mut(first.batch * dim);
-                pool.in_place_scope(|scope| {
-                    for part in rest.iter_mut() {
-                        let (theirs, tail) =
-                            std::mem::take(&mut others).split_at_mut(part.batch * dim);
-                        others = tail;
-                        scope.spawn(move |_| part.run(theirs));
+        let part_len = self.parts[0].batch * dim;
+        let used = n.div_ceil(self.parts[0].batch).max(1);
+        let parts = &mut self.parts[..used];
+        let outputs = self.output[..used * part_len].chunks_exact_mut(part_len);
+        match &self.pool.0 {
+            // Parts go to whichever thread is free next (a core taken by something else just
+            // does fewer): one fork/join per batch, one lock per crop.
+            Some(pool) if used > 1 => {
+                let work = std::sync::Mutex::new(parts.iter_mut().zip(outputs));
+                let take = || work.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let drain = || {
+                    while let Some((part, out)) = take() {
+                        part.run(out);
                     }
-                    first.run(mine);
+                };
+                pool.in_place_scope(|scope| {
+                    for _ in 0..pool.current_num_threads() {
+                        scope.spawn(|_| drain());
+                    }
+                    drain();
                 });
             }
-            // One part (a batch is cut only with threads): a single crop runs on this thread;
-            // sharing its layers with the pool was slower on the 2-core CI machine (OSNet x0.25:
-            // 2.6 → 4.0 ms a crop), wake-ups cost more than the layers.
-            (_, parts) => {
-                let mut out = self.output.as_mut_slice();
-                for part in parts {
-                    let (mine, tail) = std::mem::take(&mut out).split_at_mut(part.batch * dim);
-                    out = tail;
-                    part.run(mine);
+            // A single crop runs on this thread: sharing its layers with the pool was slower on
+            // the 2-core CI machine (OSNet x0.25: 2.6 → 4.0 ms a crop; only the layers of ≥ 8 M
+            // multiply-adds, as the detector does: 2.9 → 3.1 ms, retail-0267 11.5 → 15 ms),
+            // wake-ups cost more than the layers.
+            _ => {
+                for (part, out) in parts.iter_mut().zip(outputs) {
+                    part.run(out);
                 }
             }
         }
-        if let Some(reason) = self.parts.iter_mut().find_map(|p| p.error.take()) {
+        if let Some(reason) = self.parts[..used].iter_mut().find_map(|p| p.error.take()) {
             return Err(EmbedError::Run {
                 model: self.label.clone(),
                 reason,
