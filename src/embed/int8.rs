@@ -252,8 +252,7 @@ impl QuantConv {
         dot: Option<Dot>,
         done: &mut Translated,
     ) -> TractResult<Option<OutletId>> {
-        let out_fact = &node.outputs[0].fact;
-        let Some(out_shape) = out_fact.shape.as_concrete().map(|s| s.to_vec()) else {
+        let Some(out_shape) = concrete_shape(model, OutletId::new(node.id, 0))? else {
             return Ok(None);
         };
         let deq_weights: Vec<f32> = self
@@ -278,12 +277,7 @@ impl QuantConv {
             if !matches!(data, "IHW" | "NIHW") || w != "OI" || !matches!(o, "OHW" | "NOHW") {
                 return Ok(None);
             }
-            let data_shape = model
-                .outlet_fact(node.inputs[0])?
-                .shape
-                .as_concrete()
-                .map(|s| s.to_vec());
-            let Some(data_shape) = data_shape else {
+            let Some(data_shape) = concrete_shape(model, node.inputs[0])? else {
                 return Ok(None);
             };
             let r = data_shape.len();
@@ -337,12 +331,7 @@ impl QuantConv {
         done.dequantised += 1;
         let mut float = conv.clone();
         float.q_params = None;
-        let kernel_shape = model
-            .outlet_fact(node.inputs[1])?
-            .shape
-            .as_concrete()
-            .map(|s| s.to_vec());
-        let Some(kernel_shape) = kernel_shape else {
+        let Some(kernel_shape) = concrete_shape(model, node.inputs[1])? else {
             return Ok(None);
         };
         let k = out.add_const(
@@ -352,4 +341,13 @@ impl QuantConv {
         let b = out.add_const(format!("{}.bias", node.name), tensor1(&deq_bias))?;
         Ok(Some(out.wire_node(&node.name, float, &[x, k, b])?[0]))
     }
+}
+
+/// The shape of `outlet`'s value, if it is known.
+fn concrete_shape(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Vec<usize>>> {
+    Ok(model
+        .outlet_fact(outlet)?
+        .shape
+        .as_concrete()
+        .map(|s| s.to_vec()))
 }

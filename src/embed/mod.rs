@@ -5,9 +5,9 @@
 //! `[1, 3, H, W]` f32 (or the batch a model fixes), declutters, translates a quantised model
 //! (`int8`), replaces the layers our kernels cover with our own tract ops (`ops`, `kernels`;
 //! [`Kernels::Tract`] keeps tract's), optimises once and spawns one reusable tract state per
-//! crop of the batch (several crops run side by side when `threads > 1`). Per batch, callers write crops into [`Embedder::input_slot`] (see `preprocess`) and call
-//! [`Embedder::run`], which returns L2-normalised embeddings borrowed from a buffer owned by the
-//! embedder.
+//! crop of the batch (several crops run side by side when `threads > 1`). Per batch, callers
+//! write crops into [`Embedder::input_slot`] (see `preprocess`) and call [`Embedder::run`],
+//! which returns L2-normalised embeddings borrowed from a buffer owned by the embedder.
 //!
 //! Allocation: the input tensors, the output buffer, the tract states and our kernels' scratch
 //! (thread-local, grown once) are made once. tract still allocates the output tensor of each op
@@ -654,18 +654,9 @@ impl Embedder {
     /// `preprocess` before [`run`](Self::run).
     pub fn input_slot(&mut self, slot: usize) -> &mut [f32] {
         assert!(slot < self.batch, "slot {slot} >= batch {}", self.batch);
-        let mut local = slot;
-        let part = self
-            .parts
-            .iter_mut()
-            .find(|p| {
-                let here = local < p.batch;
-                if !here {
-                    local -= p.batch;
-                }
-                here
-            })
-            .expect("the parts cover the batch");
+        // Parts are all of one size (a crop each, or the model's whole fixed batch).
+        let per_part = self.parts[0].batch;
+        let (part, local) = (&mut self.parts[slot / per_part], slot % per_part);
         // tract has released its reference after the previous run, so this does not copy.
         let tensor = Arc::make_mut(&mut part.input);
         let all = tensor

@@ -361,6 +361,20 @@ fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
     }
 }
 
+/// Calls `$outputs::<RES, RELU>(layer, words, residual, out)` with the residual and the ReLU as
+/// constants, so that each product's store is straight-line code without branches.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! with_store_variants {
+    ($outputs:ident, $layer:expr, $words:expr, $residual:expr, $relu:expr, $out:expr) => {
+        match ($residual, $relu) {
+            (Some(r), true) => $outputs::<true, true>($layer, $words, r, $out),
+            (Some(r), false) => $outputs::<true, false>($layer, $words, r, $out),
+            (None, true) => $outputs::<false, true>($layer, $words, &[], $out),
+            (None, false) => $outputs::<false, false>($layer, $words, &[], $out),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -387,13 +401,8 @@ mod x86 {
             "int8 pointwise scratch"
         );
         assert!(out.len() >= outputs * pixels, "int8 pointwise output");
-        // The store's variants as constants, so that its straight-line code has no branches.
-        match (residual, relu) {
-            (Some(r), true) => unsafe { outputs_of::<true, true>(layer, words, r, out) },
-            (Some(r), false) => unsafe { outputs_of::<true, false>(layer, words, r, out) },
-            (None, true) => unsafe { outputs_of::<false, true>(layer, words, &[], out) },
-            (None, false) => unsafe { outputs_of::<false, false>(layer, words, &[], out) },
-        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { with_store_variants!(outputs_of, layer, words, residual, relu, out) }
     }
 
     #[inline]
@@ -529,17 +538,12 @@ mod arm {
         relu: bool,
         out: &mut [f32],
     ) {
-        // The store's variants as constants, so that its straight-line code has no branches.
-        match (residual, relu) {
-            (Some(r), true) => unsafe { outputs::<true, true>(layer, words, r, out) },
-            (Some(r), false) => unsafe { outputs::<true, false>(layer, words, r, out) },
-            (None, true) => unsafe { outputs::<false, true>(layer, words, &[], out) },
-            (None, false) => unsafe { outputs::<false, false>(layer, words, &[], out) },
-        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { with_store_variants!(outputs_of, layer, words, residual, relu, out) }
     }
 
     #[inline(always)]
-    unsafe fn outputs<const RES: bool, const RELU: bool>(
+    unsafe fn outputs_of<const RES: bool, const RELU: bool>(
         layer: &Layer,
         words: &[u32],
         residual: &[f32],
