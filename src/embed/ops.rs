@@ -943,6 +943,11 @@ fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
 
 /// Our int8 1×1 convolution (not yet fused) followed by a residual `Add` and/or a ReLU: the same
 /// op with them fused.
+// Where `Dot` has no variant (armv7) there is no such op, and the code after the match is dead.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unreachable_code, unused_variables, unused_mut)
+)]
 fn quant_pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     let node = model.node(id);
     let Some(op) = node.op_as::<QuantPointwise>() else {
