@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Engine parity: tract (through `reidcam embed --tensors`) vs onnxruntime on the same input tensors.
 
-    tools/.venv/bin/python tools/parity.py [--reidcam BIN] [--crops N] [--min-cosine 0.99999] [MODEL.onnx ...]
+    tools/.venv/bin/python tools/parity.py [--reidcam BIN] [--runner CMD] [--crops N] [--min-cosine 0.99999] [MODEL.onnx ...]
 
 For each model (default: the four reference ReID models in ../shared/models, with the manifests in
 models/reference/), N real cuhk03-val crops are preprocessed once by the reference pipeline; both
 engines embed the very same tensors and the per-crop cosine must be ≥ --min-cosine. Exit 1 if
-any model falls short, 2 if shared data is missing under CI.
+any model falls short, 2 if shared data is missing under CI. --runner runs a cross-built binary
+under an emulator, e.g. `--runner "tools/qemu-runner arm"` for the armv7 build under qemu-arm.
 """
 import argparse
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reidcam", type=Path, help="reidcam binary (default: target/release/reidcam)")
+    ap.add_argument("--runner", default="", help="command the binary runs under (e.g. 'tools/qemu-runner arm')")
     ap.add_argument("--crops", type=int, default=40)
     ap.add_argument("--min-cosine", type=float, default=0.99999)
     ap.add_argument("models", type=Path, nargs="*")
@@ -48,7 +51,7 @@ def main() -> int:
             want = reference.run_tensors(reference.session(model), tensors, spec.name)
             tfile, efile = Path(tmp) / "tensors.npy", Path(tmp) / "emb.npy"
             np.save(tfile, tensors.reshape(len(tensors), -1))
-            cmd = [str(binary), "embed", "--model", str(model), "--tensors", str(tfile),
+            cmd = shlex.split(args.runner) + [str(binary), "embed", "--model", str(model), "--tensors", str(tfile),
                    "--format", "npy", "--output", str(efile)]
             if manifest:
                 cmd += ["--manifest", str(manifest)]
