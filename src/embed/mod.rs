@@ -10,9 +10,11 @@
 //! which returns L2-normalised embeddings borrowed from a buffer owned by the embedder.
 //!
 //! Allocation: the input tensors, the output buffer, the tract states and our kernels' scratch
-//! (thread-local, grown once) are made once. tract still allocates the output tensor of each op
-//! during a run (it has no arena on CPU; ours go through the same allocator), and a run with
-//! several parts hands them to the pool as boxed jobs.
+//! (thread-local, grown once) are made once; our ops recycle their output tensors from run to run
+//! (`ops::with_output`). A model whose every node is one of our ops — OSNet, our default model,
+//! their int8 versions — embeds without allocating once warm (`tests/integration/kernels.rs`
+//! counts). tract's own ops still allocate their outputs (it has no arena on CPU), and a run with
+//! several parts on several threads hands them to the pool as one boxed job per thread.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -127,7 +129,7 @@ type Plan = Arc<TypedRunnableModel>;
 /// runs the plan on the calling thread; threads come from [`KernelPool`] and [`Embedder`]'s parts.
 fn prepare(typed: TypedModel, kernels: Kernels) -> TractResult<(Plan, Rewritten)> {
     let mut model = typed;
-    let rewritten = match kernels {
+    let mut rewritten = match kernels {
         Kernels::Reidcam => {
             // Declutter (constant folding, 1×1 convolutions into EinSum, batch-norm folding)
             // but keep the layout: tract's axis-change pass moves channels last on aarch64 for
@@ -168,7 +170,11 @@ fn prepare(typed: TypedModel, kernels: Kernels) -> TractResult<(Plan, Rewritten)
         }
         Kernels::Tract => Rewritten::default(),
     };
-    Ok((model.into_optimized()?.into_runnable()?, rewritten))
+    let mut optimized = model.into_optimized()?;
+    if kernels == Kernels::Reidcam {
+        rewritten.recycled = ops::recycle_outputs(&mut optimized)?;
+    }
+    Ok((optimized.into_runnable()?, rewritten))
 }
 
 /// The extra threads of a model run with `threads > 1`: `threads - 1` pool workers, the calling

@@ -10,16 +10,24 @@
 //! - one-group `Conv` of any kernel, stride and padding `→ Max(0)` into one [`FullConv`];
 //! - `MaxPool` and averaging `SumPool` into [`Pool`];
 //! - a channel gate, `Reduce<Sum>` over H×W → scale → fc → bias → ReLU → fc → bias → sigmoid,
-//!   into one [`Gate`].
+//!   into one [`Gate`]; any other such chain of per-image vector steps with an fc in it (a
+//!   network's head: global average pool → fc → bias → ReLU, a BNNeck's multiply-add) into one
+//!   [`Head`];
+//! - `Mul(x, gate(x))` and the `Add`s summing such terms (OSNet's `Σₜ gate(xₜ) ⊙ xₜ`), the gates
+//!   included, into one [`GatedSum`].
 //!
 //! A step is fused only when the value it consumes has no other reader, the constants have the
 //! shapes the kernels expect and everything is f32; anything else is left to tract untouched.
+//! After tract's optimisation, [`recycle_outputs`] lets the ops whose readers are all ours reuse
+//! their output tensors from run to run (see [`with_output`]): an OSNet, whose every node is then
+//! ours, embeds a crop without allocating.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{
     Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
 };
@@ -30,7 +38,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Sigmoid};
 
 use super::kernels::qpointwise::{self, Dot};
-use super::kernels::{Isa, conv, depthwise, pointwise, pool};
+use super::kernels::{Isa, conv, depthwise, gated_sum, pointwise, pool};
 
 /// Below this many multiply-adds (or pooled values) an op runs on one thread: waking a pool
 /// thread and waiting for it costs tens of microseconds (measured on the 2-core CI machine:
@@ -87,20 +95,160 @@ fn split_units(
     });
 }
 
-/// A new f32 output tensor of `shape`, filled by `fill`.
+/// Output tensors our ops kept on this thread, for later runs (see [`with_output`]).
+struct Outputs {
+    tensors: Vec<Recycled>,
+    /// Counts takes, to find the least recently used tensor.
+    clock: u64,
+}
+
+struct Recycled {
+    tensor: Arc<Tensor>,
+    used: u64,
+}
+
+/// Tensors kept per thread before the least recently used free one makes room. A model keeps far
+/// fewer: OSNet x0.25 at 256×128 23 (2.7 MB), the daemon's thread with YOLOX-Nano and our
+/// default model 34 (4.7 MB).
+const KEPT_OUTPUTS: usize = 128;
+
+thread_local! {
+    static OUTPUTS: RefCell<Outputs> = const {
+        RefCell::new(Outputs {
+            tensors: Vec::new(),
+            clock: 0,
+        })
+    };
+}
+
+impl Outputs {
+    /// A tensor of `shape` no one else holds: a kept one of the same length that tract has
+    /// dropped since (after its last reader, or at the end of the run), else a new one.
+    fn take(&mut self, shape: &[usize]) -> TractResult<Recycled> {
+        self.clock += 1;
+        let len: usize = shape.iter().product();
+        let free = |r: &Recycled| Arc::strong_count(&r.tensor) == 1;
+        if let Some(ix) = self
+            .tensors
+            .iter()
+            .position(|r| free(r) && r.tensor.len() == len)
+        {
+            let mut kept = self.tensors.swap_remove(ix);
+            Arc::get_mut(&mut kept.tensor)
+                .expect("no other holder")
+                .set_shape(shape)?;
+            kept.used = self.clock;
+            return Ok(kept);
+        }
+        if self.tensors.len() >= KEPT_OUTPUTS
+            && let Some(ix) = (0..self.tensors.len())
+                .filter(|&i| free(&self.tensors[i]))
+                .min_by_key(|&i| self.tensors[i].used)
+        {
+            self.tensors.swap_remove(ix);
+        }
+        // SAFETY: every kernel writes all of its output (each asserts the output length), and
+        // the tensor is not read before `fill` returns.
+        let tensor = unsafe { Tensor::uninitialized::<f32>(shape)? };
+        Ok(Recycled {
+            tensor: Arc::new(tensor),
+            used: self.clock,
+        })
+    }
+}
+
+/// The output of one of our ops: its shape, and whether it is recycled (see [`with_output`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Output {
+    shape: TVec<usize>,
+    recycle: bool,
+}
+
+impl Output {
+    fn new(shape: TVec<usize>) -> Self {
+        Output {
+            shape,
+            recycle: false,
+        }
+    }
+}
+
+/// An f32 output tensor of `output`'s shape, filled by `fill`.
+///
+/// A recycled output allocates nothing once warm: the tensor stays on a per-thread list after
+/// the op hands it to tract, and once tract has dropped it (a value goes after its last reader,
+/// the rest at the end of the run) it serves the next output of the same length — so a model
+/// run reuses the tensors of the run before, and the memory held is about the model's live set.
+/// [`recycle_outputs`] turns it on where every reader is one of our ops: some of tract's ops
+/// compute in place in an input no one else holds, and would copy a recycled one.
 fn with_output(
-    shape: &[usize],
+    output: &Output,
     fill: impl FnOnce(&mut [f32]) -> TractResult<()>,
 ) -> TractResult<TVec<TValue>> {
-    // SAFETY: every kernel writes all of its output (each asserts the output length), and the
-    // tensor is not read before `fill` returns.
-    let mut out = unsafe { Tensor::uninitialized::<f32>(shape)? };
-    fill(out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
-    Ok(tvec!(out.into_tvalue()))
+    if !output.recycle {
+        // SAFETY: every kernel writes all of its output (each asserts the output length), and
+        // the tensor is not read before `fill` returns.
+        let mut tensor = unsafe { Tensor::uninitialized::<f32>(&output.shape)? };
+        fill(tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
+        return Ok(tvec!(tensor.into_tvalue()));
+    }
+    let mut out = OUTPUTS.with_borrow_mut(|o| o.take(&output.shape))?;
+    let tensor = Arc::get_mut(&mut out.tensor).expect("taken tensors have no other holder");
+    fill(tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
+    let value = TValue::from_const(Arc::clone(&out.tensor));
+    OUTPUTS.with_borrow_mut(|o| o.tensors.push(out));
+    Ok(tvec!(value))
+}
+
+/// The output of `node`'s op, if it is one of ours.
+fn output_of(node: &mut TypedNode) -> Option<&mut Output> {
+    macro_rules! ours {
+        ($($op:ty),*) => {
+            $(if node.op_is::<$op>() {
+                return node.op_as_mut::<$op>().map(|op| &mut op.output);
+            })*
+        };
+    }
+    ours!(
+        Pointwise,
+        QuantPointwise,
+        Depthwise,
+        FullConv,
+        Pool,
+        Gate,
+        Head,
+        GatedSum
+    );
+    None
+}
+
+/// Turns recycling on for each of our ops whose readers are all ours (a model output counts:
+/// the embedder copies it out); run on the optimised model, whose nodes are the plan's.
+/// Returns how many.
+pub(super) fn recycle_outputs(model: &mut TypedModel) -> TractResult<usize> {
+    let outputs = model.output_outlets()?.to_vec();
+    let mut recycled = 0;
+    for id in 0..model.nodes().len() {
+        let readers_ours = model.node(id).outputs.len() == 1
+            && model
+                .outlet_successors(OutletId::new(id, 0))
+                .iter()
+                .all(|s| model.node(s.node).op.name().starts_with("Reidcam"));
+        let model_output = outputs.contains(&OutletId::new(id, 0));
+        let readers = model.outlet_successors(OutletId::new(id, 0)).len();
+        if readers_ours
+            && (readers > 0 || model_output)
+            && let Some(output) = output_of(model.node_mut(id))
+        {
+            output.recycle = true;
+            recycled += 1;
+        }
+    }
+    Ok(recycled)
 }
 
 /// `Op`, `EvalOp` and `TypedOp` for our ops: a name, a one-line `describe()`, f32 inputs and one
-/// f32 output of the `output_shape` the rewrite computed, filled by `compute(inputs, output)`.
+/// f32 output of the shape the rewrite computed, filled by `compute(inputs, output)`.
 macro_rules! reidcam_op {
     ($op:ty, $name:literal) => {
         impl Op for $op {
@@ -127,7 +275,7 @@ macro_rules! reidcam_op {
                     .iter()
                     .map(|v| v.as_slice::<f32>())
                     .collect::<TractResult<TVec<_>>>()?;
-                with_output(&self.output_shape, |y| {
+                with_output(&self.output, |y| {
                     self.compute(&x, y);
                     Ok(())
                 })
@@ -136,7 +284,7 @@ macro_rules! reidcam_op {
 
         impl TypedOp for $op {
             fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-                Ok(tvec!(f32::fact(&*self.output_shape)))
+                Ok(tvec!(f32::fact(&*self.output.shape)))
             }
 
             as_op!();
@@ -171,7 +319,7 @@ pub struct Pointwise {
     bias: Floats,
     residual: bool,
     relu: bool,
-    output_shape: TVec<usize>,
+    output: Output,
 }
 
 impl Pointwise {
@@ -252,7 +400,7 @@ pub struct QuantPointwise {
     layer: Arc<qpointwise::Layer>,
     residual: bool,
     relu: bool,
-    output_shape: TVec<usize>,
+    output: Output,
 }
 
 impl PartialEq for QuantPointwise {
@@ -260,7 +408,7 @@ impl PartialEq for QuantPointwise {
         // Layers are made once per model node: the same layer or not.
         Arc::ptr_eq(&self.layer, &other.layer)
             && (self.dot, self.residual, self.relu) == (other.dot, other.residual, other.relu)
-            && self.output_shape == other.output_shape
+            && self.output == other.output
     }
 }
 
@@ -279,7 +427,7 @@ impl QuantPointwise {
             layer,
             residual: false,
             relu: false,
-            output_shape,
+            output: Output::new(output_shape),
         }
     }
 
@@ -319,7 +467,7 @@ pub struct Depthwise {
     weights: Floats,
     bias: Floats,
     relu: bool,
-    output_shape: TVec<usize>,
+    output: Output,
 }
 
 thread_local! {
@@ -377,7 +525,7 @@ pub struct FullConv {
     weights: Floats,
     bias: Floats,
     relu: bool,
-    output_shape: TVec<usize>,
+    output: Output,
 }
 
 impl FullConv {
@@ -428,7 +576,7 @@ impl FullConv {
 pub struct Pool {
     shape: pool::Shape,
     reduce: pool::Reduce,
-    output_shape: TVec<usize>,
+    output: Output,
 }
 
 impl Pool {
@@ -451,10 +599,10 @@ impl Pool {
     }
 }
 
-/// One step of a channel gate, applied to each image's vector of channel means.
+/// One step of a chain over each image's vector of channel sums (see [`Pooled`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum GateStep {
-    /// Multiply by a constant (the 1/(H·W) of the mean).
+enum Step {
+    /// Multiply element-wise (by the 1/(H·W) of a mean, a folded batch-norm's slope).
     Scale(Floats),
     /// `y = W·x`, `W` `[outputs][inputs]` row-major.
     Linear {
@@ -466,37 +614,28 @@ enum GateStep {
     Sigmoid,
 }
 
-/// A channel gate (OSNet's aggregation gate, squeeze-and-excitation): the per-channel sums of
-/// each image over H×W, then a chain of [`GateStep`]s ending in a sigmoid; the output is the gate
-/// vector (the multiplication by the input stays in tract). Replaces ~10 tract nodes of
-/// one-element work each.
+/// The per-channel sums of each image over H×W, then a chain of [`Step`]s on that vector.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gate {
+struct Pooled {
     channels: usize,
     batch: usize,
-    steps: Vec<GateStep>,
-    output_shape: TVec<usize>,
+    steps: Vec<Step>,
 }
 
-impl Gate {
+impl Pooled {
     fn describe(&self) -> String {
         format!("{} channels, {} steps", self.channels, self.steps.len())
     }
-}
 
-reidcam_op!(Gate, "ReidcamGate");
-
-impl Gate {
     /// The widest vector of the chain.
     fn width(&self) -> usize {
         self.steps.iter().fold(self.channels, |w, step| match step {
-            GateStep::Linear { outputs, .. } => w.max(*outputs),
+            Step::Linear { outputs, .. } => w.max(*outputs),
             _ => w,
         })
     }
 
-    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
-        let x = inputs[0];
+    fn compute(&self, x: &[f32], y: &mut [f32]) {
         let batch = self.batch;
         let per_image = y.len() / batch;
         let plane = x.len() / (batch * self.channels);
@@ -506,7 +645,7 @@ impl Gate {
                 scratch.resize(2 * width, 0.0);
             }
             let (mut v, mut next) = scratch[..2 * width].split_at_mut(width);
-            for (image, gate) in x
+            for (image, out) in x
                 .chunks_exact(self.channels * plane)
                 .zip(y.chunks_exact_mut(per_image))
             {
@@ -517,25 +656,113 @@ impl Gate {
                 for step in &self.steps {
                     let live = &mut v[..len];
                     match step {
-                        GateStep::Scale(k) => live.iter_mut().for_each(|a| *a *= k.0[0]),
-                        GateStep::Linear { outputs, weights } => {
+                        Step::Scale(k) => {
+                            live.iter_mut().zip(k.0.iter()).for_each(|(a, k)| *a *= k)
+                        }
+                        Step::Linear { outputs, weights } => {
                             for (out, row) in next.iter_mut().zip(weights.0.chunks_exact(len)) {
-                                *out = row.iter().zip(live.iter()).map(|(w, a)| w * a).sum();
+                                *out = lane_dot(row, live);
                             }
                             std::mem::swap(&mut v, &mut next);
                             len = *outputs;
                         }
-                        GateStep::Bias(b) => {
-                            live.iter_mut().zip(b.0.iter()).for_each(|(a, b)| *a += b)
-                        }
-                        GateStep::Relu => live.iter_mut().for_each(|a| *a = a.max(0.0)),
-                        GateStep::Sigmoid => {
+                        Step::Bias(b) => live.iter_mut().zip(b.0.iter()).for_each(|(a, b)| *a += b),
+                        Step::Relu => live.iter_mut().for_each(|a| *a = a.max(0.0)),
+                        Step::Sigmoid => {
                             live.iter_mut().for_each(|a| *a = 1.0 / (1.0 + (-*a).exp()))
                         }
                     }
                 }
-                gate.copy_from_slice(&v[..len]);
+                out.copy_from_slice(&v[..len]);
             }
+        });
+    }
+}
+
+/// A channel gate (OSNet's aggregation gate, squeeze-and-excitation): a [`Pooled`] chain ending
+/// in a sigmoid, one value per channel; the multiplication by the input is a [`GatedSum`] (or
+/// tract's). Replaces ~10 tract nodes of one-element work each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    pooled: Pooled,
+    output: Output,
+}
+
+reidcam_op!(Gate, "ReidcamGate");
+
+impl Gate {
+    fn describe(&self) -> String {
+        self.pooled.describe()
+    }
+
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        self.pooled.compute(inputs[0], y)
+    }
+}
+
+/// A network's head: global average pooling and what follows on the pooled vector (the fc,
+/// its folded batch-norm, ReLU; a BNNeck's multiply-add) — any other [`Pooled`] chain with a
+/// linear step, wherever it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pooled: Pooled,
+    output: Output,
+}
+
+reidcam_op!(Head, "ReidcamHead");
+
+impl Head {
+    fn describe(&self) -> String {
+        self.pooled.describe()
+    }
+
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        self.pooled.compute(inputs[0], y)
+    }
+}
+
+/// A sum of same-shape tensors, each times its own channel gate or alone: OSNet's
+/// `Σₜ gate(xₜ) ⊙ xₜ`. The inputs are the tensors; a gated term's [`Pooled`] chain (the gate,
+/// taken over from a [`Gate`] op) runs on its tensor first, then `kernels::gated_sum` makes the
+/// sum in one pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatedSum {
+    isa: Isa,
+    shape: gated_sum::Shape,
+    gates: TVec<Option<Pooled>>,
+    output: Output,
+}
+
+reidcam_op!(GatedSum, "ReidcamGatedSum");
+
+thread_local! {
+    /// The gated sums' gate values: grown to the largest once per thread, then reused.
+    static GATE_VALUES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl GatedSum {
+    fn describe(&self) -> String {
+        let gated: Vec<bool> = self.gates.iter().map(Option::is_some).collect();
+        format!("{:?} gated {gated:?} {}", self.shape, self.isa)
+    }
+
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let planes = y.len() / self.shape.pixels;
+        GATE_VALUES.with_borrow_mut(|values| {
+            if values.len() < self.gates.len() * planes {
+                values.resize(self.gates.len() * planes, 0.0);
+            }
+            for (t, gate) in self.gates.iter().enumerate() {
+                if let Some(pooled) = gate {
+                    pooled.compute(inputs[t], &mut values[t * planes..][..planes]);
+                }
+            }
+            let mut gates = [None; gated_sum::MAX_TERMS];
+            for (t, gate) in self.gates.iter().enumerate() {
+                gates[t] = gate.as_ref().map(|_| &values[t * planes..][..planes]);
+            }
+            let terms = self.gates.len();
+            gated_sum::gated_sum(self.isa, self.shape, inputs, &gates[..terms], y);
         });
     }
 }
@@ -553,6 +780,25 @@ fn plane_sum(plane: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// `Σ a·b` in 16 independent lanes, as [`plane_sum`].
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut lanes = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((l, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *l += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// How many nodes of each kind the rewrite put in place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rewritten {
@@ -560,7 +806,11 @@ pub struct Rewritten {
     pub depthwise: usize,
     pub conv: usize,
     pub pool: usize,
+    /// Channel gates, standalone or inside gated sums.
     pub gate: usize,
+    /// Heads (global pooling and the layers after it) and gated sums.
+    pub head: usize,
+    pub gated_sum: usize,
     /// Quantised 1×1 convolutions run by our int8 kernel, and quantised convolutions run in
     /// float from dequantised weights (`embed::int8`; 0 for float models).
     pub int8_pointwise: usize,
@@ -573,14 +823,25 @@ pub struct Rewritten {
     pub dot: Option<Dot>,
     /// tract nodes the fused ones replaced (convolutions, bias and residual adds, ReLUs).
     pub replaced: usize,
+    /// Our ops whose outputs are recycled from run to run (see `ops::with_output`).
+    pub recycled: usize,
 }
 
 impl std::fmt::Display for Rewritten {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} fused 1x1, {} depthwise, {} conv, {} pooling and {} gate ops for {} tract nodes",
-            self.pointwise, self.depthwise, self.conv, self.pool, self.gate, self.replaced
+            "{} fused 1x1, {} depthwise, {} conv, {} pooling, {} gated-sum ({} channel gates) and \
+             {} head ops for {} tract nodes; {} outputs recycled",
+            self.pointwise,
+            self.depthwise,
+            self.conv,
+            self.pool,
+            self.gated_sum,
+            self.gate,
+            self.head,
+            self.replaced,
+            self.recycled
         )?;
         if self.quantised {
             let dot = self
@@ -604,28 +865,48 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
     'scan: loop {
         model.compact()?;
         for id in 0..model.nodes().len() {
-            let (patch, replaced, count) = if let Some((p, r)) = pointwise_patch(model, id, isa)? {
-                (p, r, &mut done.pointwise)
-            } else if let Some((p, r)) = depthwise_patch(model, id, isa)? {
-                (p, r, &mut done.depthwise)
-            } else if let Some((p, r)) = conv_patch(model, id, isa)? {
-                (p, r, &mut done.conv)
-            } else if let Some((p, r)) = pool_patch(model, id)? {
-                (p, r, &mut done.pool)
-            } else if let Some((p, r)) = gate_patch(model, id)? {
-                (p, r, &mut done.gate)
-            } else if let Some((p, r)) = quant_pointwise_patch(model, id)? {
-                (p, r, &mut done.quant_fused)
+            let found = if let Some(found) = pointwise_patch(model, id, isa)? {
+                found
+            } else if let Some(found) = depthwise_patch(model, id, isa)? {
+                found
+            } else if let Some(found) = conv_patch(model, id, isa)? {
+                found
+            } else if let Some(found) = pool_patch(model, id)? {
+                found
+            } else if let Some(found) = pooled_patch(model, id)? {
+                found
+            } else if let Some(found) = gated_sum_patch(model, id, isa)? {
+                found
+            } else if let Some(found) = quant_pointwise_patch(model, id)? {
+                done.quant_fused += 1;
+                found
             } else {
                 continue;
             };
+            let (patch, replaced) = found;
             patch.apply(model)?;
-            *count += 1;
             done.replaced += replaced;
             continue 'scan;
         }
-        return Ok(done);
+        break;
     }
+    for node in model.nodes() {
+        if let Some(sum) = node.op_as::<GatedSum>() {
+            done.gate += sum.gates.iter().flatten().count();
+        }
+        let count = match node.op.name().as_ref() {
+            "ReidcamPointwise" => &mut done.pointwise,
+            "ReidcamDepthwise3x3" => &mut done.depthwise,
+            "ReidcamConv" => &mut done.conv,
+            "ReidcamPool" => &mut done.pool,
+            "ReidcamGate" => &mut done.gate,
+            "ReidcamHead" => &mut done.head,
+            "ReidcamGatedSum" => &mut done.gated_sum,
+            _ => continue,
+        };
+        *count += 1;
+    }
+    Ok(done)
 }
 
 /// The only node reading `node`'s single output, unless that output is also a model output.
@@ -934,7 +1215,7 @@ fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
         bias: Floats(bias.into()),
         residual: residual.is_some(),
         relu,
-        output_shape: shape.into(),
+        output: Output::new(shape.into()),
     };
     let mut inputs = vec![node.inputs[0]];
     inputs.extend(residual);
@@ -956,7 +1237,7 @@ fn quant_pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     if op.residual || op.relu {
         return Ok(None);
     }
-    let shape = op.output_shape.to_vec();
+    let shape = op.output.shape.to_vec();
     let mut fused = op.clone();
     let mut last = OutletId::new(id, 0);
     let mut replaced = 0;
@@ -1090,7 +1371,7 @@ fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
         weights: Floats(flushed_weights(&c.kernel)?.into()),
         bias: Floats(bias.into()),
         relu,
-        output_shape: c.out_shape.into(),
+        output: Output::new(c.out_shape.into()),
     };
     Ok(Some((
         fuse(model, &[model.node(id).inputs[0]], last, op)?,
@@ -1129,7 +1410,7 @@ fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
         weights: Floats(flushed_weights(&c.kernel)?.into()),
         bias: Floats(bias.into()),
         relu,
-        output_shape: c.out_shape.into(),
+        output: Output::new(c.out_shape.into()),
     };
     Ok(Some((
         fuse(model, &[model.node(id).inputs[0]], last, op)?,
@@ -1203,7 +1484,7 @@ fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     let op = Pool {
         shape,
         reduce,
-        output_shape: out_shape.into(),
+        output: Output::new(out_shape.into()),
     };
     Ok(Some((
         fuse(model, &[node.inputs[0]], OutletId::new(id, 0), op)?,
@@ -1237,11 +1518,12 @@ fn gate_linear(
         return Ok(None);
     };
     let strip = |a: &str| a.replace(['H', 'W'], "");
-    let (data, out) = (strip(data), strip(out));
+    let (stripped_data, stripped_out) = (strip(data), strip(out));
     let per_image = matches!(
-        (data.as_str(), w, out.as_str()),
+        (stripped_data.as_str(), w, stripped_out.as_str()),
         ("I" | "NI", "OI", "O" | "NO") | ("I" | "NI", "I", "" | "N") | ("" | "N", "O", "O" | "NO")
-    ) && data.contains('N') == out.contains('N');
+    ) && stripped_data.contains('N') == stripped_out.contains('N')
+        || matrix_vector_axes(data, w, out, batch);
     let out_len = model
         .outlet_fact(OutletId::new(node.id, 0))?
         .shape
@@ -1257,7 +1539,28 @@ fn gate_linear(
     Ok(Some((outputs, floats(&weights)?)))
 }
 
-fn gate_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
+/// Whether EinSum axes `data,w->out` with a 2-D `w` are a matrix-vector product per image
+/// (`mk,nk->mn`, a Gemm's): `w`'s second axis is contracted with `data`'s, its first is the
+/// output's, the other axes are the same on both sides and, with several images, the image axis
+/// is the first. (The vectors' lengths are checked by the caller.)
+fn matrix_vector_axes(data: &str, w: &str, out: &str, batch: usize) -> bool {
+    let &[wo, wi] = w.chars().collect::<Vec<_>>().as_slice() else {
+        return false;
+    };
+    let others = |axes: &str, drop: char| axes.chars().filter(|&c| c != drop).collect::<String>();
+    let (d, o) = (others(data, wi), others(out, wo));
+    let image_first = batch == 1 || (!data.starts_with(wi) && !out.starts_with(wo));
+    data.contains(wi)
+        && !out.contains(wi)
+        && out.contains(wo)
+        && !data.contains(wo)
+        && d == o
+        && image_first
+}
+
+/// A `Reduce<Sum>` over H×W and the vector steps after it: a [`Gate`] when the chain ends in a
+/// sigmoid of one value per channel, else a [`Head`] when it has a linear step.
+fn pooled_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     let node = model.node(id);
     let Some(reduce) = node.op_as::<Reduce>() else {
         return Ok(None);
@@ -1287,43 +1590,46 @@ fn gate_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
             .shape
             .as_concrete()
             .map(|s| s.iter().product::<usize>());
+        let same_len = len == Some(batch * width);
         let step = if let Some(k) = const_operand::<Mul>(model, next, last)? {
-            if k.len() != 1 || len != Some(batch * width) {
-                break;
+            match values(&k, width)?.filter(|_| same_len) {
+                Some(k) => Some(Step::Scale(Floats(k.into()))),
+                None => break,
             }
-            GateStep::Scale(Floats(floats(&k)?.into()))
-        } else if let Some(bias) = match len {
-            Some(n) if n == batch * width => bias_add_any(model, next, last, width)?,
-            _ => None,
+        } else if let Some(bias) = match same_len {
+            true => bias_add_any(model, next, last, width)?,
+            false => None,
         } {
-            GateStep::Bias(Floats(bias.into()))
+            Some(Step::Bias(Floats(bias.into())))
         } else if let Some((outputs, weights)) = gate_linear(model, next, last, width, batch)? {
             width = outputs;
-            GateStep::Linear {
+            Some(Step::Linear {
                 outputs,
                 weights: Floats(weights.into()),
-            }
-        } else if len == Some(batch * width) && relu_max_any(model, next, last)? {
-            GateStep::Relu
-        } else if next
-            .op_as::<ElementWiseOp>()
-            .is_some_and(|op| op.0.is::<Sigmoid>() && op.1.is_none())
-            && len == Some(batch * width)
+            })
+        } else if same_len && relu_max_any(model, next, last)? {
+            Some(Step::Relu)
+        } else if same_len
+            && next
+                .op_as::<ElementWiseOp>()
+                .is_some_and(|op| op.0.is::<Sigmoid>() && op.1.is_none())
         {
             sigmoid = true;
-            GateStep::Sigmoid
+            Some(Step::Sigmoid)
+        } else if same_len && next.op_is::<AxisOp>() {
+            // A reshape of the vector (the head's flatten): nothing to compute.
+            None
         } else {
             break;
         };
-        steps.push(step);
+        steps.extend(step);
         last = OutletId::new(next.id, 0);
         replaced += 1;
         if sigmoid {
             break;
         }
     }
-    let linear = steps.iter().any(|s| matches!(s, GateStep::Linear { .. }));
-    if !sigmoid || !linear || width != channels {
+    if !steps.iter().any(|s| matches!(s, Step::Linear { .. })) {
         return Ok(None);
     }
     let Some(output_shape) = model
@@ -1334,11 +1640,110 @@ fn gate_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     else {
         return Ok(None);
     };
-    let op = Gate {
+    let pooled = Pooled {
         channels,
         batch,
         steps,
-        output_shape: output_shape.into(),
+    };
+    let output = Output::new(output_shape.into());
+    let op: Box<dyn TypedOp> = if sigmoid && width == channels {
+        Box::new(Gate { pooled, output })
+    } else {
+        Box::new(Head { pooled, output })
     };
     Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
+}
+
+/// The gated value and its gate if `node` is `Mul(x, gate)` with `gate` the output of one of our
+/// [`Gate`]s, computed from `x` and read only by this node.
+fn gated_term<'m>(
+    model: &'m TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(OutletId, &'m Gate)>> {
+    for &gate in &node.inputs {
+        let Some(x) = other_operand::<Mul>(node, gate) else {
+            continue;
+        };
+        let producer = model.node(gate.node);
+        let Some(op) = producer.op_as::<Gate>() else {
+            continue;
+        };
+        let shape = model
+            .outlet_fact(OutletId::new(node.id, 0))?
+            .shape
+            .as_concrete();
+        let x_shape = model.outlet_fact(x)?.shape.as_concrete();
+        if producer.inputs.as_slice() == [x]
+            && sole_reader(model, producer.id)?.is_some_and(|r| r.id == node.id)
+            && x_shape.is_some()
+            && x_shape == shape
+        {
+            return Ok(Some((x, op)));
+        }
+    }
+    Ok(None)
+}
+
+/// `Mul(x, gate(x))` (see [`gated_term`]) into a one-term [`GatedSum`], and `Add(a, b)` where `a`
+/// or `b` is a [`GatedSum`] only the `Add` reads into one [`GatedSum`] of all their terms.
+fn gated_sum_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let node = model.node(id);
+    let out = model.outlet_fact(OutletId::new(id, 0))?;
+    let Some(shape) = out.shape.as_concrete().map(<[usize]>::to_vec) else {
+        return Ok(None);
+    };
+    if out.datum_type != f32::datum_type() || batch_of(&shape).is_none() {
+        return Ok(None);
+    }
+    let r = shape.len();
+    let layout = gated_sum::Shape {
+        channels: shape[r - 3],
+        pixels: shape[r - 2] * shape[r - 1],
+    };
+    let (inputs, gates) = if let Some((x, gate)) = gated_term(model, node)? {
+        (vec![x], tvec![Some(gate.pooled.clone())])
+    } else {
+        let [a, b] = node.inputs.as_slice() else {
+            return Ok(None);
+        };
+        if other_operand::<Add>(node, *a) != Some(*b) {
+            return Ok(None);
+        }
+        // Each operand's terms: a sum's own (if only this node reads it), or the operand alone.
+        let mut inputs = Vec::new();
+        let mut gates = TVec::new();
+        let mut merged = 0;
+        for &operand in [a, b] {
+            let producer = model.node(operand.node);
+            match producer.op_as::<GatedSum>() {
+                Some(sum) if sole_reader(model, producer.id)?.is_some_and(|r| r.id == id) => {
+                    inputs.extend(producer.inputs.iter().copied());
+                    gates.extend(sum.gates.iter().cloned());
+                    merged += 1;
+                }
+                _ => {
+                    let fact = model.outlet_fact(operand)?;
+                    if fact.konst.is_some()
+                        || fact.datum_type != f32::datum_type()
+                        || fact.shape.as_concrete() != Some(&shape)
+                    {
+                        return Ok(None);
+                    }
+                    inputs.push(operand);
+                    gates.push(None);
+                }
+            }
+        }
+        if merged == 0 || gates.len() > gated_sum::MAX_TERMS {
+            return Ok(None);
+        }
+        (inputs, gates)
+    };
+    let op = GatedSum {
+        isa,
+        shape: layout,
+        gates,
+        output: Output::new(shape.into()),
+    };
+    Ok(Some((fuse(model, &inputs, OutletId::new(id, 0), op)?, 1)))
 }

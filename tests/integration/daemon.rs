@@ -12,9 +12,10 @@ use reidcam::gallery::{Gallery, GalleryConfig, MatchPolicy, StorageFormat};
 use reidcam::manifest::InputSpec;
 use reidcam::pipeline::{CropEmbedder, Pipeline, PipelineConfig};
 use reidcam::track::{Tracker, TrackerConfig};
+use reidcam::{EmbedConfig, Embedder, ManifestChoice};
 
 use crate::alloc_count::allocations_during;
-use crate::common::{reidcam, s, scratch, shared};
+use crate::common::{reidcam, repo, s, scratch, shared};
 
 fn events(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -368,37 +369,24 @@ impl EventSink for LastLine {
     }
 }
 
-#[test]
-fn the_per_frame_path_allocates_nothing_after_warm_up() {
+/// 200 frames of warm-up, then 600 of the synthetic scene through detection, tracking,
+/// embedding with `embedder`, matching (at `threshold`) and events: no allocation.
+fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32) {
     let config = SyntheticConfig {
         width: 320,
         height: 180,
         ..SyntheticConfig::default()
     };
     let mut source = SyntheticSource::new(config).unwrap();
-    let spec = InputSpec {
-        name: "x".into(),
-        height: 64,
-        width: 32,
-        channel_order: Default::default(),
-        pixel_divisor: 255.0,
-        mean: [0.5; 3],
-        std: [0.25; 3],
-    };
-    let embedder = ColourEmbedder {
-        input: vec![0.0; 3 * 64 * 32],
-        spec,
-        out: [0.0; 9],
-    };
     let gallery = Gallery::with_budget(
         GalleryConfig {
-            dim: 9,
+            dim: embedder.dim(),
             exemplars: 4,
             format: StorageFormat::Int8,
-            budget_bytes: 4096,
+            budget_bytes: (64 * embedder.dim()).max(4096),
         },
         MatchPolicy {
-            threshold: 0.999,
+            threshold,
             ..MatchPolicy::default()
         },
     )
@@ -421,7 +409,7 @@ fn the_per_frame_path_allocates_nothing_after_warm_up() {
         (320, 180),
     );
     let mut frame_no = 0u64;
-    let mut step = |pipeline: &mut Pipeline<ColourEmbedder>, n: usize| {
+    let mut step = |pipeline: &mut Pipeline<E>, n: usize| {
         for _ in 0..n {
             let frame = source.next_frame().unwrap();
             pipeline
@@ -450,6 +438,38 @@ fn the_per_frame_path_allocates_nothing_after_warm_up() {
         allocations, 0,
         "allocations in 600 frames of detect/track/embed/match/events"
     );
+}
+
+#[test]
+fn the_per_frame_path_allocates_nothing_after_warm_up() {
+    let spec = InputSpec {
+        name: "x".into(),
+        height: 64,
+        width: 32,
+        channel_order: Default::default(),
+        pixel_divisor: 255.0,
+        mean: [0.5; 3],
+        std: [0.25; 3],
+    };
+    let embedder = ColourEmbedder {
+        input: vec![0.0; 3 * 64 * 32],
+        spec,
+        out: [0.0; 9],
+    };
+    per_frame_path_allocates_nothing(embedder, 0.999);
+}
+
+/// The same with our default model through tract (every op of it ours, outputs recycled).
+#[test]
+fn the_per_frame_path_allocates_nothing_with_the_real_model() {
+    let embedder = Embedder::load(
+        &repo().join("models/default.onnx"),
+        ManifestChoice::Sidecar,
+        &EmbedConfig::default(),
+    )
+    .unwrap();
+    let threshold = embedder.manifest().matching.as_ref().unwrap().threshold;
+    per_frame_path_allocates_nothing(embedder, threshold as f32);
 }
 
 /// Acceptance 5 (CI step "soak"): 20,000 frames through the whole daemon, real model, fixed

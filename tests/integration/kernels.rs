@@ -9,6 +9,7 @@ use std::path::Path;
 use reidcam::embed::{Dot, Kernels, Network, Rewritten, dot};
 use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 
+use crate::alloc_count::allocations_during;
 use crate::common::{pattern, repo, shared};
 
 /// Embeds `batch` different crops with each engine and compares them.
@@ -77,16 +78,21 @@ fn check_model(model: &Path) -> Rewritten {
 #[test]
 fn our_default_model_embeds_as_with_tracts_own_ops() {
     let fused = check_model(&repo().join("models/default.onnx"));
-    // OSNet x0.25: stem conv, max pool + 2 average pools, 78 1×1, 60 depthwise, 24 gates.
+    // OSNet x0.25: stem conv, max pool + 2 average pools, 78 1×1, 60 depthwise, 6 aggregations
+    // of 4 gated streams, the head (global pool, fc, ReLU): every node ours, every output
+    // recycled.
     assert_eq!(
         (
             fused.conv,
             fused.pool,
             fused.pointwise,
             fused.depthwise,
-            fused.gate
+            fused.gate,
+            fused.gated_sum,
+            fused.head,
+            fused.recycled
         ),
-        (1, 3, 78, 60, 24),
+        (1, 3, 78, 60, 24, 6, 1, 149),
         "{fused:?}"
     );
 }
@@ -95,7 +101,10 @@ fn our_default_model_embeds_as_with_tracts_own_ops() {
 fn reference_models_embed_as_with_tracts_own_ops() {
     if let Some(shared) = shared() {
         let osnet = check_model(&shared.join("models/osnet_x0_25_msmt17.onnx"));
-        assert!(osnet.pointwise == 78 && osnet.gate == 24, "{osnet:?}");
+        assert!(
+            osnet.pointwise == 78 && osnet.gate == 24 && osnet.gated_sum == 6 && osnet.head == 1,
+            "{osnet:?}"
+        );
         // retail-0267 fixes its batch at 1: one layout only.
         let retail = same_embeddings(
             &shared.join("models/person-reidentification-retail-0267.onnx"),
@@ -215,11 +224,76 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
                 done.depthwise,
                 done.conv,
                 done.gate,
+                done.gated_sum,
+                done.head,
                 done.pointwise,
                 done.quant_fused
             ),
-            (60, 1, 24, pointwise, quant_fused),
+            (60, 1, 24, 6, 1, pointwise, quant_fused),
             "{done:?}"
         );
+    }
+}
+
+/// Embeds `crop` in every slot; returns how many embeddings came out.
+fn embed_all(embedder: &mut Embedder, pre: &mut Preprocessor, crop: &reidcam::RgbImage) -> usize {
+    for slot in 0..embedder.batch_size() {
+        pre.run(crop.view(), crop.bounds(), embedder.input_slot(slot))
+            .unwrap();
+    }
+    let n = embedder.batch_size();
+    embedder.run(n).unwrap().len()
+}
+
+/// As [`embed_all`], returning the embeddings.
+fn embeddings_of(
+    embedder: &mut Embedder,
+    pre: &mut Preprocessor,
+    crop: &reidcam::RgbImage,
+) -> Vec<f32> {
+    embed_all(embedder, pre, crop);
+    let n = embedder.batch_size();
+    embedder.run(n).unwrap().as_flat().to_vec()
+}
+
+/// Once warm, embedding a crop allocates nothing: the whole OSNet graph is our ops, whose
+/// outputs are recycled from run to run (tract's own ops would allocate each output). And the
+/// recycled tensors carry nothing over: after runs on one crop, another embeds exactly as in a
+/// fresh embedder.
+#[test]
+fn embedding_allocates_nothing_once_warm() {
+    let mut models = vec![
+        repo().join("models/default.onnx"),
+        repo().join("models/default_int8.onnx"),
+    ];
+    models.extend(shared().map(|s| s.join("models/osnet_x0_25_msmt17.onnx")));
+    let (first, second) = (pattern(90, 230), pattern(70, 200));
+    for model in &models {
+        // One crop; and four crops, each a part (one tract state each) run in turn.
+        for batch in [1, 4] {
+            let config = EmbedConfig {
+                batch,
+                threads: 1,
+                kernels: Kernels::Reidcam,
+            };
+            let load = || Embedder::load(model, ManifestChoice::Sidecar, &config).unwrap();
+            let mut embedder = load();
+            let mut pre = Preprocessor::with_max_source(&embedder.manifest().input, 120, 260);
+            let warm = embeddings_of(&mut embedder, &mut pre, &first);
+            for run in 0..3 {
+                let (got, n) = allocations_during(|| embed_all(&mut embedder, &mut pre, &first));
+                assert_eq!(got, batch);
+                assert_eq!(
+                    n,
+                    0,
+                    "{} batch {batch} run {run}: {n} allocations",
+                    model.display()
+                );
+            }
+            let again = embeddings_of(&mut embedder, &mut pre, &second);
+            let fresh = embeddings_of(&mut load(), &mut pre, &second);
+            assert_eq!(again, fresh, "{} batch {batch}", model.display());
+            assert_ne!(again, warm, "{} batch {batch}", model.display());
+        }
     }
 }

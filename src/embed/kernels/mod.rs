@@ -16,6 +16,7 @@
 
 pub mod conv;
 pub mod depthwise;
+pub mod gated_sum;
 pub mod pointwise;
 pub mod pool;
 pub mod qpointwise;
