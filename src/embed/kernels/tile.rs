@@ -17,6 +17,74 @@ use super::simd::Lanes;
 #[cfg(not(target_arch = "aarch64"))]
 use super::simd::Portable;
 
+/// How a vector type takes the products of a tile: one `k` at a time, each weight broadcast
+/// (AVX2 and AVX-512 fold the broadcast into the FMA's memory operand), or — NEON, whose FMA
+/// can take its multiplier from a lane of another register — four `k` at a time, with one load
+/// of `w[j][k..k+4]` per output row instead of four broadcasts: 20 instructions per `k` of an
+/// 8×8 tile instead of 26.
+trait Accumulate: Lanes {
+    /// Adds `w[j][k] · x[offsets[k] + v·N + i]` to `acc[j][v]` for a prefix `0..done` of the `k`s
+    /// (`w` rows `k_len` apart) and returns `done`; the caller does the rest one by one.
+    ///
+    /// # Safety
+    /// As `tile`: every access in bounds, the type's instructions available.
+    #[inline(always)]
+    unsafe fn accumulate_by_four<const OB: usize, const NV: usize>(
+        _acc: &mut [[Self; NV]; OB],
+        _w: *const f32,
+        _k_len: usize,
+        _x: *const f32,
+        _offsets: *const usize,
+    ) -> usize {
+        0
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+impl Accumulate for Portable {}
+
+#[cfg(target_arch = "x86_64")]
+impl Accumulate for std::arch::x86_64::__m256 {}
+
+#[cfg(target_arch = "x86_64")]
+impl Accumulate for std::arch::x86_64::__m512 {}
+
+#[cfg(target_arch = "aarch64")]
+impl Accumulate for std::arch::aarch64::float32x4_t {
+    #[inline(always)]
+    unsafe fn accumulate_by_four<const OB: usize, const NV: usize>(
+        acc: &mut [[Self; NV]; OB],
+        w: *const f32,
+        k_len: usize,
+        x: *const f32,
+        offsets: *const usize,
+    ) -> usize {
+        use std::arch::aarch64::{vfmaq_laneq_f32, vld1q_f32};
+        let blocks = k_len / 4 * 4;
+        let mut k = 0;
+        // SAFETY: `k + 3 < k_len`: the rows and weights the tile reads one by one.
+        unsafe {
+            while k < blocks {
+                let xs: [[Self; NV]; 4] = std::array::from_fn(|l| {
+                    let row = x.add(*offsets.add(k + l));
+                    std::array::from_fn(|v| vld1q_f32(row.add(v * 4)))
+                });
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let wj = vld1q_f32(w.add(j * k_len + k));
+                    for (v, a) in row.iter_mut().enumerate() {
+                        *a = vfmaq_laneq_f32::<0>(*a, xs[0][v], wj);
+                        *a = vfmaq_laneq_f32::<1>(*a, xs[1][v], wj);
+                        *a = vfmaq_laneq_f32::<2>(*a, xs[2][v], wj);
+                        *a = vfmaq_laneq_f32::<3>(*a, xs[3][v], wj);
+                    }
+                }
+                k += 4;
+            }
+        }
+        blocks
+    }
+}
+
 /// The operands of a product; see the module docs.
 pub(super) struct Product<'a> {
     /// `outputs × k`, row-major.
@@ -101,7 +169,7 @@ mod x86 {
 /// # Safety
 /// As `Product::run` checked: every access in bounds, `V` supported.
 #[inline(always)]
-unsafe fn drive<V: Lanes, const OB: usize, const NV: usize>(
+unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
     p: &Product,
     xb: usize,
     yb: usize,
@@ -141,7 +209,7 @@ unsafe fn drive<V: Lanes, const OB: usize, const NV: usize>(
 
 /// Outputs `o0..o0+OB` × pixels `xb..xb + NV·V::N`.
 #[inline(always)]
-unsafe fn tile<V: Lanes, const OB: usize, const NV: usize>(
+unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize>(
     p: &Product,
     o0: usize,
     xb: usize,
@@ -155,11 +223,13 @@ unsafe fn tile<V: Lanes, const OB: usize, const NV: usize>(
         for (j, row) in acc.iter_mut().enumerate() {
             *row = [V::splat(*p.bias.get_unchecked(o0 + j)); NV];
         }
-        for k in 0..k_len {
+        let w = w.add(o0 * k_len);
+        let done = V::accumulate_by_four(&mut acc, w, k_len, x.add(xb), offsets);
+        for k in done..k_len {
             let xk = x.add(xb + *offsets.add(k));
             let xv: [V; NV] = std::array::from_fn(|v| V::load(xk.add(v * V::N)));
             for (j, row) in acc.iter_mut().enumerate() {
-                let wjk = V::splat(*w.add((o0 + j) * k_len + k));
+                let wjk = V::splat(*w.add(j * k_len + k));
                 for (a, xv) in row.iter_mut().zip(&xv) {
                     *a = V::fma(wjk, *xv, *a);
                 }
