@@ -282,13 +282,14 @@ fn read_jpeg(r: &mut impl BufRead, out: &mut Vec<u8>) -> Result<bool, String> {
             0xD9 => return Ok(true),
             0x01 | 0xD0..=0xD7 => marker = next_marker(r)?,
             _ => {
-                let mut len = [0u8; 2];
-                r.read_exact(&mut len).map_err(unexpected_end)?;
-                let len = usize::from(u16::from_be_bytes(len));
+                let mut raw = [0u8; 2];
+                r.read_exact(&mut raw).map_err(unexpected_end)?;
+                let len = usize::from(u16::from_be_bytes(raw));
                 if len < 2 {
                     return Err(format!("marker FF {marker:02X} has a bad length {len}"));
                 }
-                out.extend_from_slice(&len.to_be_bytes()[6..]);
+                // The length as read (a usize's last two bytes are not it on 32-bit ARM).
+                out.extend_from_slice(&raw);
                 let start = out.len();
                 out.resize(start + len - 2, 0);
                 r.read_exact(&mut out[start..]).map_err(unexpected_end)?;
