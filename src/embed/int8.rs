@@ -8,9 +8,12 @@
 //!   dequantised in f32 (`kernels::qpointwise`). Without them it becomes a float 1×1
 //!   convolution from its dequantised weights, like the others below: int8 products would cost
 //!   as much as float ones, plus the quantisation.
-//! - Other quantised convolutions (OSNet's depthwise 3×3 and its 7×7 stem) become float `Conv`s
-//!   with the int8 weights dequantised (`(w − z_w)·s_w`, bias `b·s_x·s_w`), which our float
-//!   kernels then take. Their input is on the u8 grid already when it comes from a quantised 1×1
+//! - A quantised one-group convolution of any kernel (OSNet's 7×7/2 stem) becomes our
+//!   [`QuantFullConv`](super::ops::QuantFullConv) on CPUs with [`Dot`]: the image quantised once,
+//!   its taps gathered four to a word, the same int8 product (`kernels::qconv`).
+//! - Other quantised convolutions (OSNet's depthwise 3×3; the stem without dot products) become
+//!   float `Conv`s with the int8 weights dequantised (`(w − z_w)·s_w`, bias `b·s_x·s_w`), which
+//!   our float kernels then take. Their input is on the u8 grid already when it comes from a quantised 1×1
 //!   convolution (OSNet's LightConv: 1×1 then depthwise); their output is requantised where a
 //!   quantised convolution reads it (it quantises its input) and stays f32 where a float op
 //!   (ReLU) reads it — a little more precise than the int8 graph there.
@@ -34,14 +37,17 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 
 use super::kernels::pointwise::Shape;
+use super::kernels::qconv::ConvLayer;
 use super::kernels::qpointwise::{Dot, Grid, Layer};
-use super::ops::QuantPointwise;
+use super::ops::{QuantFullConv, QuantPointwise, full_conv_shape};
 
 /// What the translation did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Translated {
     /// Quantised 1×1 convolutions now run by our int8 kernel.
     pub int8_pointwise: usize,
+    /// Quantised one-group convolutions of any kernel (the stem) now run by our int8 kernel.
+    pub int8_conv: usize,
     /// Quantised convolutions now run in float from dequantised weights.
     pub dequantised: usize,
 }
@@ -327,6 +333,17 @@ impl QuantConv {
         };
         if conv.kernel_fmt != KernelFormat::OIHW {
             return Ok(None);
+        }
+        // A one-group convolution (the stem) in int8 where the CPU has dot products.
+        if let Some(dot) = dot
+            && let Some(data_shape) = concrete_shape(model, node.inputs[0])?
+            && let Some(geometry) = full_conv_shape(conv, &data_shape, &out_shape)
+            && let Some(layer) =
+                ConvLayer::new(geometry, &self.weights, &self.bias, self.x, &self.w_scales)
+        {
+            done.int8_conv += 1;
+            let op = QuantFullConv::new(dot, Arc::new(layer), out_shape.into());
+            return Ok(Some(out.wire_node(&node.name, op, &[x])?[0]));
         }
         done.dequantised += 1;
         let mut float = conv.clone();

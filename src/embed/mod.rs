@@ -163,6 +163,7 @@ fn prepare(typed: TypedModel, kernels: Kernels) -> TractResult<(Plan, Rewritten)
             }
             let mut rewritten = ops::use_reidcam_kernels(&mut model, isa)?;
             rewritten.int8_pointwise = translated.int8_pointwise;
+            rewritten.int8_conv = translated.int8_conv;
             rewritten.dequantised = translated.dequantised;
             rewritten.quantised = translated != int8::Translated::default();
             rewritten.dot = dot.filter(|_| rewritten.quantised);

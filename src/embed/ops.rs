@@ -37,6 +37,7 @@ use tract_onnx::tract_core::ops::math::{Add, Max, Mul};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Sigmoid};
 
+use super::kernels::qconv;
 use super::kernels::qpointwise::{self, Dot};
 use super::kernels::{Isa, conv, depthwise, gated_sum, pointwise, pool};
 
@@ -212,6 +213,7 @@ fn output_of(node: &mut TypedNode) -> Option<&mut Output> {
     ours!(
         Pointwise,
         QuantPointwise,
+        QuantFullConv,
         Depthwise,
         FullConv,
         Pool,
@@ -454,6 +456,68 @@ impl QuantPointwise {
             {
                 let res = residual.map(|r| &r[n * y_len..][..y_len]);
                 self.layer.run(self.dot, x, res, self.relu, y, words);
+            }
+        });
+    }
+}
+
+/// An int8 full convolution between f32 edges (a quantised model's stem, made by `embed::int8`):
+/// quantises its input image, multiplies in int8 (`kernels::qconv`), stores dequantised values;
+/// then an optional ReLU, fused by [`use_reidcam_kernels`].
+#[derive(Clone, Debug)]
+pub struct QuantFullConv {
+    dot: Dot,
+    layer: Arc<qconv::ConvLayer>,
+    relu: bool,
+    output: Output,
+}
+
+impl PartialEq for QuantFullConv {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.layer, &other.layer)
+            && (self.dot, self.relu) == (other.dot, other.relu)
+            && self.output == other.output
+    }
+}
+
+impl Eq for QuantFullConv {}
+
+thread_local! {
+    /// The int8 convolution's scratch (codes, words): grown to the largest layer once per
+    /// thread, then reused.
+    static QUANT_CONV_SCRATCH: RefCell<qconv::Scratch> = RefCell::new(qconv::Scratch::default());
+}
+
+impl QuantFullConv {
+    pub(super) fn new(dot: Dot, layer: Arc<qconv::ConvLayer>, output_shape: TVec<usize>) -> Self {
+        QuantFullConv {
+            dot,
+            layer,
+            relu: false,
+            output: Output::new(output_shape),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:?} relu {} {}",
+            self.layer.geometry(),
+            self.relu,
+            self.dot
+        )
+    }
+}
+
+reidcam_op!(QuantFullConv, "ReidcamQuantConv");
+
+impl QuantFullConv {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let g = self.layer.geometry();
+        let (oh, ow) = g.output().expect("checked when the layer was made");
+        let (x_len, y_len) = (g.inputs * g.height * g.width, g.outputs * oh * ow);
+        QUANT_CONV_SCRATCH.with_borrow_mut(|scratch| {
+            for (x, y) in inputs[0].chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
+                self.layer.run(self.dot, x, self.relu, y, scratch);
             }
         });
     }
@@ -811,11 +875,13 @@ pub struct Rewritten {
     /// Heads (global pooling and the layers after it) and gated sums.
     pub head: usize,
     pub gated_sum: usize,
-    /// Quantised 1×1 convolutions run by our int8 kernel, and quantised convolutions run in
-    /// float from dequantised weights (`embed::int8`; 0 for float models).
+    /// Quantised 1×1 and one-group (the stem) convolutions run by our int8 kernels, and
+    /// quantised convolutions run in float from dequantised weights (`embed::int8`; 0 for float
+    /// models).
     pub int8_pointwise: usize,
+    pub int8_conv: usize,
     pub dequantised: usize,
-    /// Residual adds and ReLUs fused into the int8 1×1 convolutions.
+    /// Residual adds and ReLUs fused into the int8 convolutions.
     pub quant_fused: usize,
     /// Whether the model was quantised and translated by `embed::int8`, and the int8 products'
     /// instructions (none where the CPU has none: everything ran from dequantised weights).
@@ -849,8 +915,8 @@ impl std::fmt::Display for Rewritten {
                 .map_or("no dot-product instructions".into(), |d| d.to_string());
             write!(
                 f,
-                "; int8: {} 1x1 convolutions ({dot}), {} from dequantised weights",
-                self.int8_pointwise, self.dequantised
+                "; int8: {} 1x1 and {} full convolutions ({dot}), {} from dequantised weights",
+                self.int8_pointwise, self.int8_conv, self.dequantised
             )?;
         }
         Ok(())
@@ -1222,8 +1288,8 @@ fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
     Ok(Some((fuse(model, &inputs, last, op)?, replaced)))
 }
 
-/// Our int8 1×1 convolution (not yet fused) followed by a residual `Add` and/or a ReLU: the same
-/// op with them fused.
+/// Our int8 1×1 convolution (not yet fused) followed by a residual `Add` and/or a ReLU, or our
+/// int8 full convolution followed by a ReLU: the same op with them fused.
 // Where `Dot` has no variant (armv7) there is no such op, and the code after the match is dead.
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
@@ -1231,6 +1297,19 @@ fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
 )]
 fn quant_pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     let node = model.node(id);
+    if let Some(op) = node.op_as::<QuantFullConv>() {
+        let shape = op.output.shape.to_vec();
+        return Ok(match trailing_relu(model, OutletId::new(id, 0), &shape)? {
+            Some(last) if !op.relu => {
+                let fused = QuantFullConv {
+                    relu: true,
+                    ..op.clone()
+                };
+                Some((fuse(model, &[node.inputs[0]], last, fused)?, 1))
+            }
+            _ => None,
+        });
+    }
     let Some(op) = node.op_as::<QuantPointwise>() else {
         return Ok(None);
     };
@@ -1379,27 +1458,59 @@ fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
     )))
 }
 
+/// The geometry of `conv` as a one-group convolution our kernels take (`kernels::conv`, and
+/// `kernels::qconv` for a quantised one) from `data_shape` to `out_shape` (`[N,] C, H, W`):
+/// NCHW, OIHW, equal strides, no dilation, explicit padding.
+pub(super) fn full_conv_shape(
+    conv: &Conv,
+    data_shape: &[usize],
+    out_shape: &[usize],
+) -> Option<conv::Shape> {
+    let spec = &conv.pool_spec;
+    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+    let undilated = spec
+        .dilations
+        .as_ref()
+        .is_none_or(|d| d.iter().all(|&d| d == 1));
+    let padding = explicit_padding(&spec.padding, true)?;
+    let batch = batch_of(data_shape)?;
+    let layout = conv.group == 1
+        && spec.kernel_shape.len() == 2
+        && strides.len() == 2
+        && strides[0] == strides[1]
+        && undilated
+        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && batch_of(out_shape) == Some(batch);
+    if !layout {
+        return None;
+    }
+    let (r, ro) = (data_shape.len(), out_shape.len());
+    let shape = conv::Shape {
+        inputs: spec.input_channels,
+        outputs: spec.output_channels,
+        height: data_shape[r - 2],
+        width: data_shape[r - 1],
+        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+        stride: strides[0],
+        padding,
+    };
+    let fits = data_shape[r - 3] == shape.inputs
+        && out_shape[ro - 3] == shape.outputs
+        && shape.output() == Some((out_shape[ro - 2], out_shape[ro - 1]));
+    fits.then_some(shape)
+}
+
 fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
     let Some(c) = conv_node(model, id)? else {
         return Ok(None);
     };
-    let spec = &c.conv.pool_spec;
-    let (r, ro) = (c.data_shape.len(), c.out_shape.len());
-    let shape = conv::Shape {
-        inputs: spec.input_channels,
-        outputs: spec.output_channels,
-        height: c.data_shape[r - 2],
-        width: c.data_shape[r - 1],
-        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
-        stride: c.stride,
-        padding: c.padding,
+    let Some(shape) = full_conv_shape(c.conv, &c.data_shape, &c.out_shape).filter(|shape| {
+        c.kernel.len() == shape.outputs * shape.inputs * shape.kernel.0 * shape.kernel.1
+    }) else {
+        return Ok(None);
     };
-    let fits = c.conv.group == 1
-        && c.data_shape[r - 3] == shape.inputs
-        && c.out_shape[ro - 3] == shape.outputs
-        && shape.output() == Some((c.out_shape[ro - 2], c.out_shape[ro - 1]))
-        && c.kernel.len() == shape.outputs * shape.inputs * shape.kernel.0 * shape.kernel.1;
-    let Some(bias) = values(&c.bias, shape.outputs)?.filter(|_| fits) else {
+    let Some(bias) = values(&c.bias, shape.outputs)? else {
         return Ok(None);
     };
     let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;

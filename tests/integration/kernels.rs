@@ -201,24 +201,29 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
                 "batch {batch} threads {threads} slot {slot}: cosine to float {c}"
             );
         }
-        // 187 QLinearConv: 77 1×1 in int8; from dequantised weights 60 depthwise, the stem, 48
-        // gate fcs and one 1×1 whose saturated int32 bias could overflow the sums. Without
-        // dot-product instructions, all 187 from dequantised weights.
-        let int8 = if Dot::detect().is_some() { 77 } else { 0 };
+        // 187 QLinearConv: 77 1×1 and the stem in int8; from dequantised weights 60
+        // depthwise, 48 gate fcs and one 1×1 whose saturated int32 bias could overflow the sums.
+        // Without dot-product instructions, all 187 from dequantised weights.
+        let (int8, stem) = if Dot::detect().is_some() {
+            (77, 1)
+        } else {
+            (0, 0)
+        };
         assert_eq!(
             (
                 done.quantised,
                 done.int8_pointwise,
+                done.int8_conv,
                 done.dequantised,
                 done.dot
             ),
-            (true, int8, 187 - int8, Dot::detect()),
+            (true, int8, stem, 187 - int8 - stem, Dot::detect()),
             "{done:?}"
         );
-        // Then fused by our float ops; residual adds and ReLUs into 14 of the int8 ones (each
-        // block's conv1 + ReLU and conv3 + shortcut + ReLU, and the two 1×1 after the stages).
-        // Without dot products the 1×1 are float ones, fused as in the float model.
-        let (pointwise, quant_fused) = if int8 > 0 { (1, 14) } else { (78, 0) };
+        // Then fused by our float ops; residual adds and ReLUs into 15 of the int8 ones (each
+        // block's conv1 + ReLU and conv3 + shortcut + ReLU, the two 1×1 after the stages, the
+        // stem's ReLU). Without dot products they are float ones, fused as in the float model.
+        let (pointwise, conv, quant_fused) = if int8 > 0 { (1, 0, 15) } else { (78, 1, 0) };
         assert_eq!(
             (
                 done.depthwise,
@@ -229,7 +234,7 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
                 done.pointwise,
                 done.quant_fused
             ),
-            (60, 1, 24, 6, 1, pointwise, quant_fused),
+            (60, conv, 24, 6, 1, pointwise, quant_fused),
             "{done:?}"
         );
     }

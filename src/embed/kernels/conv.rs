@@ -43,6 +43,11 @@ impl Shape {
             .then(|| ((hp - kh) / self.stride + 1, (wp - kw) / self.stride + 1))
     }
 
+    /// Where output row `oy + 1`'s taps start relative to row `oy`'s in the phase-split buffer.
+    pub(super) fn row_step(&self) -> usize {
+        self.stride * self.stride * self.phase_len()
+    }
+
     /// Floats of the phase-split buffer of one image.
     pub fn scratch_len(&self) -> usize {
         self.inputs * self.padded().0 * self.stride * self.phase_len()
@@ -95,6 +100,18 @@ pub fn conv(
 /// Copies one image into the zero-padded, phase-split layout (the first [`Shape::scratch_len`]
 /// floats of `scratch`, grown once) and returns that part.
 pub fn phase_split<'s>(shape: Shape, image: &[f32], scratch: &'s mut Vec<f32>) -> &'s [f32] {
+    phase_split_as(shape, image, 0.0, |v| v, scratch)
+}
+
+/// [`phase_split`] into values of another type: each image value through `map`, the padding
+/// `pad` (the int8 convolution's codes: `qconv`).
+pub(super) fn phase_split_as<'s, S: Copy, T: Copy>(
+    shape: Shape,
+    image: &[S],
+    pad: T,
+    map: impl Fn(S) -> T,
+    scratch: &'s mut Vec<T>,
+) -> &'s [T] {
     assert_eq!(
         image.len(),
         shape.inputs * shape.height * shape.width,
@@ -104,10 +121,10 @@ pub fn phase_split<'s>(shape: Shape, image: &[f32], scratch: &'s mut Vec<f32>) -
     let (s, l) = (shape.stride, shape.phase_len());
     let (t, left, _, _) = shape.padding;
     if scratch.len() < shape.scratch_len() {
-        scratch.resize(shape.scratch_len(), 0.0);
+        scratch.resize(shape.scratch_len(), pad);
     }
     let phases = &mut scratch[..shape.scratch_len()];
-    phases.fill(0.0);
+    phases.fill(pad);
     for (c, plane) in image.chunks_exact(shape.height * shape.width).enumerate() {
         for (iy, row) in plane.chunks_exact(shape.width).enumerate() {
             let r = c * hp + iy + t;
@@ -120,13 +137,37 @@ pub fn phase_split<'s>(shape: Shape, image: &[f32], scratch: &'s mut Vec<f32>) -
                 }
                 let j0 = (ix0 + left) / s;
                 let dst = &mut phases[(r * s + phase) * l + j0..(r * s + phase + 1) * l];
-                for (d, &v) in dst.iter_mut().zip(row[ix0..].iter().step_by(s)) {
-                    *d = v;
-                }
+                copy_strided(dst, &row[ix0..], s, &map);
             }
         }
     }
     phases
+}
+
+/// `dst[i] = map(src[i·s])` while both last; strides 1 and 2 (every stem we know) in loops LLVM
+/// vectorises.
+#[inline(always)]
+fn copy_strided<S: Copy, T: Copy>(dst: &mut [T], src: &[S], s: usize, map: &impl Fn(S) -> T) {
+    match s {
+        1 => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = map(v)),
+        2 => {
+            let n = dst.len().min(src.len().div_ceil(2));
+            let pairs = src.chunks_exact(2);
+            let last = pairs.remainder().first().copied();
+            for (d, pair) in dst[..n].iter_mut().zip(pairs) {
+                *d = map(pair[0]);
+            }
+            if let Some(v) = last
+                && src.len() / 2 < n
+            {
+                dst[src.len() / 2] = map(v);
+            }
+        }
+        _ => dst
+            .iter_mut()
+            .zip(src.iter().step_by(s))
+            .for_each(|(d, &v)| *d = map(v)),
+    }
 }
 
 /// The convolution of one phase-split image for the output channels whose `weights` (OIHW rows)
@@ -143,7 +184,6 @@ pub fn convolve(
     y: &mut [f32],
 ) {
     let (oh, ow) = shape.output().expect("the kernel fits the padded input");
-    let (s, l) = (shape.stride, shape.phase_len());
     assert_eq!(
         offsets.len(),
         shape.inputs * shape.kernel.0 * shape.kernel.1,
@@ -160,7 +200,7 @@ pub fn convolve(
         relu: with_relu,
     };
     for oy in 0..oh {
-        product.run(isa, oy * s * s * l, oy * ow, ow, y);
+        product.run(isa, oy * shape.row_step(), oy * ow, ow, y);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod depthwise;
 pub mod gated_sum;
 pub mod pointwise;
 pub mod pool;
+pub mod qconv;
 pub mod qpointwise;
 mod simd;
 mod tile;

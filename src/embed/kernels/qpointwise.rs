@@ -107,6 +107,9 @@ pub struct Layer {
     corr_i8: Vec<i32>,
     /// Per output: s_x · s_w.
     multiplier: Vec<f32>,
+    /// Distance between output channels in the output (and residual): `pixels`, unless the
+    /// output rows are parts of larger planes (`qconv` runs one output row at a time).
+    y_stride: usize,
     x_inv: f32,
     x_zero: i32,
 }
@@ -167,9 +170,20 @@ impl Layer {
             corr_u8,
             corr_i8,
             multiplier: w_scales.iter().map(|&w| x.scale * w).collect(),
+            y_stride: shape.pixels,
             x_inv: 1.0 / x.scale,
             x_zero: x.zero,
         })
+    }
+
+    /// The same layer writing output channel `o` from `o · stride` (≥ `pixels`).
+    pub fn with_y_stride(mut self, stride: usize) -> Layer {
+        assert!(
+            stride >= self.shape.pixels,
+            "output stride below the row length"
+        );
+        self.y_stride = stride;
+        self
     }
 
     /// Scratch words one image needs (`groups · pixels`).
@@ -198,27 +212,58 @@ impl Layer {
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "int8 pointwise residual length");
         }
+        assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
+        let words = self.words_for(words);
+        match dot {
+            // SAFETY: the CPU has AVX-512F and VNNI (checked above).
+            #[cfg(target_arch = "x86_64")]
+            Dot::Vnni512 => unsafe { quantise_avx512(self, input, words, self.flip(dot)) },
+            // SAFETY: the CPU has the dot-product extension (checked above).
+            #[cfg(target_arch = "aarch64")]
+            Dot::NeonDot => unsafe { quantise_neon(self, input, words, self.flip(dot)) },
+        }
+        self.product(dot, words, residual, relu, out);
+    }
+
+    /// What the input words are XORed with for `dot`: 0 for VNNI (u8 codes), 0x80 per byte for
+    /// `sdot` (i8 codes, `code − 128`).
+    pub fn flip(&self, dot: Dot) -> u32 {
         match dot {
             #[cfg(target_arch = "x86_64")]
-            Dot::Vnni512 => {
-                assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
-                let words = self.words_for(words);
-                // SAFETY: the CPU has AVX-512F and VNNI (checked above); lengths checked above.
-                unsafe {
-                    quantise_avx512(self, input, words, 0);
-                    x86::product(self, words, residual, relu, out);
-                }
-            }
+            Dot::Vnni512 => 0,
             #[cfg(target_arch = "aarch64")]
-            Dot::NeonDot => {
-                assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
-                let words = self.words_for(words);
-                // SAFETY: the CPU has the dot-product extension (checked above); lengths checked.
-                unsafe {
-                    quantise_neon(self, input, words, 0x8080_8080);
-                    arm::product(self, words, residual, relu, out);
-                }
-            }
+            Dot::NeonDot => 0x8080_8080,
+        }
+    }
+
+    /// The layer on input `words` made already (`[groups][pixels]`, four channels' codes per
+    /// word, XORed with [`flip`](Self::flip)): `out` `[outputs][pixels]`, plus `residual`,
+    /// through the ReLU.
+    pub fn product(
+        &self,
+        dot: Dot,
+        words: &[u32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let Shape {
+            outputs, pixels, ..
+        } = self.shape;
+        assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
+        assert!(words.len() >= self.groups * pixels, "int8 product words");
+        let needed = (outputs - 1) * self.y_stride + pixels;
+        assert!(out.len() >= needed, "int8 product output length");
+        if let Some(r) = residual {
+            assert!(r.len() >= needed, "int8 product residual length");
+        }
+        match dot {
+            // SAFETY: the CPU has AVX-512F and VNNI (checked above); lengths checked above.
+            #[cfg(target_arch = "x86_64")]
+            Dot::Vnni512 => unsafe { x86::product(self, words, residual, relu, out) },
+            // SAFETY: the CPU has the dot-product extension (checked above); lengths checked.
+            #[cfg(target_arch = "aarch64")]
+            Dot::NeonDot => unsafe { arm::product(self, words, residual, relu, out) },
         }
     }
 
@@ -235,7 +280,7 @@ impl Layer {
     /// NaN).
     #[inline(always)]
     #[allow(clippy::manual_clamp)]
-    fn quantise(&self, x: f32) -> i32 {
+    pub fn quantise(&self, x: f32) -> i32 {
         let v = ((x * self.x_inv).round_ties_even() + self.x_zero as f32)
             .max(0.0)
             .min(255.0);
@@ -246,7 +291,7 @@ impl Layer {
     /// The f32 output of sum `acc` (bias and correction included) for output `o`, plus the
     /// residual, through the ReLU.
     #[inline(always)]
-    fn store(&self, acc: f32, o: usize, residual: Option<f32>, relu: bool) -> f32 {
+    pub fn store(&self, acc: f32, o: usize, residual: Option<f32>, relu: bool) -> f32 {
         let mut v = acc * self.multiplier[o];
         if let Some(r) = residual {
             v += r;
@@ -401,7 +446,10 @@ mod x86 {
             words.len() >= layer.groups * pixels,
             "int8 pointwise scratch"
         );
-        assert!(out.len() >= outputs * pixels, "int8 pointwise output");
+        assert!(
+            out.len() >= (outputs - 1) * layer.y_stride + pixels,
+            "int8 pointwise output"
+        );
         // SAFETY: the caller's contract, passed on.
         unsafe { with_store_variants!(outputs_of, layer, words, residual, relu, out) }
     }
@@ -416,7 +464,7 @@ mod x86 {
     ) {
         let outputs = layer.shape.outputs;
         assert!(
-            !RES || residual.len() >= out.len(),
+            !RES || residual.len() >= (outputs - 1) * layer.y_stride + layer.shape.pixels,
             "int8 pointwise residual"
         );
         let mut o = 0;
@@ -483,7 +531,7 @@ mod x86 {
                 let o = o0 + j;
                 let mult = _mm512_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
                 for (h, mask) in [m0, m1].into_iter().enumerate() {
-                    let at = o * pixels + p + 16 * h;
+                    let at = o * layer.y_stride + p + 16 * h;
                     // Same arithmetic as `Layer::store`. A zero mask loads and stores nothing.
                     let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(a[h]), mult);
                     if RES {
@@ -640,7 +688,8 @@ mod arm {
             words.len() >= layer.groups * pixels,
             "int8 pointwise scratch"
         );
-        assert!(out.len() >= outputs * pixels && (!RES || residual.len() >= outputs * pixels));
+        let needed = (outputs - 1) * layer.y_stride + pixels;
+        assert!(out.len() >= needed && (!RES || residual.len() >= needed));
         // SAFETY: a whole tile's loads stay inside its rows (`p + 8 ≤ pixels`; length asserted).
         let direct = |g: usize, p: usize| unsafe {
             vreinterpretq_s8_u32(vld1q_u32(words.as_ptr().add(g * pixels + p)))
@@ -653,7 +702,7 @@ mod arm {
                 // SAFETY: `o < outputs` for a whole tile.
                 let mult = unsafe { vdupq_n_f32(*layer.multiplier.get_unchecked(o)) };
                 for (h, &sum) in a.iter().enumerate() {
-                    let at = o * pixels + p + 4 * h;
+                    let at = o * layer.y_stride + p + 4 * h;
                     // Same arithmetic as `Layer::store`, four lanes at once.
                     // SAFETY: four values from `at` are inside row `o` (`p + 8 ≤ pixels`), and
                     // the rows inside `out` and `residual` (lengths asserted).
@@ -683,7 +732,7 @@ mod arm {
                     vst1q_s32(lanes.as_mut_ptr().add(4), a[1]);
                 }
                 for (i, &sum) in lanes.iter().enumerate().take(pixels - p) {
-                    let at = o * pixels + p + i;
+                    let at = o * layer.y_stride + p + i;
                     let r = RES.then(|| residual[at]);
                     out[at] = layer.store(sum as f32, o, r, RELU);
                 }
