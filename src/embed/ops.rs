@@ -10,9 +10,9 @@
 //! - one-group `Conv` of any kernel, stride and padding `→ Max(0)` into one [`FullConv`];
 //! - `MaxPool` and averaging `SumPool` into [`Pool`];
 //! - a channel gate, `Reduce<Sum>` over H×W → scale → fc → bias → ReLU → fc → bias → sigmoid,
-//!   into one [`Gate`]; any other such chain of per-image vector steps with an fc in it (a
-//!   network's head: global average pool → fc → bias → ReLU, a BNNeck's multiply-add) into one
-//!   [`Head`];
+//!   into one [`PooledChain`] (`ReidcamGate`); any other such chain of per-image vector steps
+//!   with an fc in it (a network's head: global average pool → fc → bias → ReLU, a BNNeck's
+//!   multiply-add) into one [`PooledChain`] too (`ReidcamHead`);
 //! - `Mul(x, gate(x))` and the `Add`s summing such terms (OSNet's `Σₜ gate(xₜ) ⊙ xₜ`), the gates
 //!   included, into one [`GatedSum`].
 //!
@@ -217,8 +217,7 @@ fn output_of(node: &mut TypedNode) -> Option<&mut Output> {
         Depthwise,
         FullConv,
         Pool,
-        Gate,
-        Head,
+        PooledChain,
         GatedSum
     );
     None
@@ -249,13 +248,18 @@ pub(super) fn recycle_outputs(model: &mut TypedModel) -> TractResult<usize> {
     Ok(recycled)
 }
 
-/// `Op`, `EvalOp` and `TypedOp` for our ops: a name, a one-line `describe()`, f32 inputs and one
-/// f32 output of the shape the rewrite computed, filled by `compute(inputs, output)`.
+/// `Op`, `EvalOp` and `TypedOp` for our ops: a name (or a function of the op giving it), a
+/// one-line `describe()`, f32 inputs and one f32 output of the shape the rewrite computed, filled
+/// by `compute(inputs, output)`.
 macro_rules! reidcam_op {
     ($op:ty, $name:literal) => {
+        reidcam_op!($op, |_: &$op| $name);
+    };
+    ($op:ty, $name:expr) => {
         impl Op for $op {
             fn name(&self) -> StaticName {
-                $name.into()
+                let name: fn(&$op) -> &'static str = $name;
+                name(self).into()
             }
 
             fn info(&self) -> TractResult<Vec<String>> {
@@ -743,39 +747,27 @@ impl Pooled {
     }
 }
 
-/// A channel gate (OSNet's aggregation gate, squeeze-and-excitation): a [`Pooled`] chain ending
-/// in a sigmoid, one value per channel; the multiplication by the input is a [`GatedSum`] (or
-/// tract's). Replaces ~10 tract nodes of one-element work each.
+/// A [`Pooled`] chain as an op, named after what it is:
+/// - `ReidcamGate`, a channel gate (OSNet's aggregation gate, squeeze-and-excitation): the chain
+///   ends in a sigmoid, one value per channel; the multiplication by the input is a [`GatedSum`]
+///   (or tract's). Replaces ~10 tract nodes of one-element work each;
+/// - `ReidcamHead`, a network's head: global average pooling and what follows on the pooled
+///   vector (the fc, its folded batch-norm, ReLU; a BNNeck's multiply-add) — any other chain with
+///   a linear step, wherever it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gate {
+pub struct PooledChain {
     pooled: Pooled,
+    gate: bool,
     output: Output,
 }
 
-reidcam_op!(Gate, "ReidcamGate");
+reidcam_op!(PooledChain, |op: &PooledChain| if op.gate {
+    "ReidcamGate"
+} else {
+    "ReidcamHead"
+});
 
-impl Gate {
-    fn describe(&self) -> String {
-        self.pooled.describe()
-    }
-
-    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
-        self.pooled.compute(inputs[0], y)
-    }
-}
-
-/// A network's head: global average pooling and what follows on the pooled vector (the fc,
-/// its folded batch-norm, ReLU; a BNNeck's multiply-add) — any other [`Pooled`] chain with a
-/// linear step, wherever it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Head {
-    pooled: Pooled,
-    output: Output,
-}
-
-reidcam_op!(Head, "ReidcamHead");
-
-impl Head {
+impl PooledChain {
     fn describe(&self) -> String {
         self.pooled.describe()
     }
@@ -787,7 +779,7 @@ impl Head {
 
 /// A sum of same-shape tensors, each times its own channel gate or alone: OSNet's
 /// `Σₜ gate(xₜ) ⊙ xₜ`. The inputs are the tensors; a gated term's [`Pooled`] chain (the gate,
-/// taken over from a [`Gate`] op) runs on its tensor first, then `kernels::gated_sum` makes the
+/// taken over from a gate's [`PooledChain`]) runs on its tensor first, then `kernels::gated_sum` makes the
 /// sum in one pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatedSum {
@@ -1356,27 +1348,35 @@ struct ConvNode<'a> {
     stride: usize,
 }
 
-fn conv_node(model: &TypedModel, id: usize) -> TractResult<Option<ConvNode<'_>>> {
-    let node = model.node(id);
-    let Some(conv) = node.op_as::<Conv>() else {
-        return Ok(None);
-    };
+/// The stride (equal along both axes) and padding (top, left, bottom, right) of a 2-D `conv` our
+/// kernels can take: NCHW (or CHW), OIHW weights, no dilation, explicit padding.
+fn conv_layout(conv: &Conv) -> Option<(usize, (usize, usize, usize, usize))> {
     let spec = &conv.pool_spec;
     let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
     let undilated = spec
         .dilations
         .as_ref()
         .is_none_or(|d| d.iter().all(|&d| d == 1));
-    let fits = conv.q_params.is_none()
-        && spec.kernel_shape.len() == 2
+    let fits = spec.kernel_shape.len() == 2
         && strides.len() == 2
         && strides[0] == strides[1]
         && undilated
         && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        && conv.kernel_fmt == KernelFormat::OIHW
+        && conv.kernel_fmt == KernelFormat::OIHW;
+    explicit_padding(&spec.padding, true)
+        .filter(|_| fits)
+        .map(|padding| (strides[0], padding))
+}
+
+fn conv_node(model: &TypedModel, id: usize) -> TractResult<Option<ConvNode<'_>>> {
+    let node = model.node(id);
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let ours = conv.q_params.is_none()
         && node.inputs.len() == 3
         && !model.outlet_successors(OutletId::new(id, 0)).is_empty();
-    let Some(padding) = explicit_padding(&spec.padding, true).filter(|_| fits) else {
+    let Some((stride, padding)) = conv_layout(conv).filter(|_| ours) else {
         return Ok(None);
     };
     let (Some(kernel), Some(bias)) = (konst(model, node.inputs[1])?, konst(model, node.inputs[2])?)
@@ -1403,7 +1403,7 @@ fn conv_node(model: &TypedModel, id: usize) -> TractResult<Option<ConvNode<'_>>>
         data_shape: data_shape.to_vec(),
         out_shape: out_shape.to_vec(),
         padding,
-        stride: strides[0],
+        stride,
     }))
 }
 
@@ -1460,29 +1460,16 @@ fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch
 
 /// The geometry of `conv` as a one-group convolution our kernels take (`kernels::conv`, and
 /// `kernels::qconv` for a quantised one) from `data_shape` to `out_shape` (`[N,] C, H, W`):
-/// NCHW, OIHW, equal strides, no dilation, explicit padding.
+/// one group, the layout of [`conv_layout`].
 pub(super) fn full_conv_shape(
     conv: &Conv,
     data_shape: &[usize],
     out_shape: &[usize],
 ) -> Option<conv::Shape> {
     let spec = &conv.pool_spec;
-    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
-    let undilated = spec
-        .dilations
-        .as_ref()
-        .is_none_or(|d| d.iter().all(|&d| d == 1));
-    let padding = explicit_padding(&spec.padding, true)?;
+    let (stride, padding) = conv_layout(conv)?;
     let batch = batch_of(data_shape)?;
-    let layout = conv.group == 1
-        && spec.kernel_shape.len() == 2
-        && strides.len() == 2
-        && strides[0] == strides[1]
-        && undilated
-        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        && conv.kernel_fmt == KernelFormat::OIHW
-        && batch_of(out_shape) == Some(batch);
-    if !layout {
+    if conv.group != 1 || batch_of(out_shape) != Some(batch) {
         return None;
     }
     let (r, ro) = (data_shape.len(), out_shape.len());
@@ -1492,7 +1479,7 @@ pub(super) fn full_conv_shape(
         height: data_shape[r - 2],
         width: data_shape[r - 1],
         kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
-        stride: strides[0],
+        stride,
         padding,
     };
     let fits = data_shape[r - 3] == shape.inputs
@@ -1669,8 +1656,8 @@ fn matrix_vector_axes(data: &str, w: &str, out: &str, batch: usize) -> bool {
         && image_first
 }
 
-/// A `Reduce<Sum>` over H×W and the vector steps after it: a [`Gate`] when the chain ends in a
-/// sigmoid of one value per channel, else a [`Head`] when it has a linear step.
+/// A `Reduce<Sum>` over H×W and the vector steps after it, as a [`PooledChain`] with a linear
+/// step: a gate when the chain ends in a sigmoid of one value per channel, else a head.
 fn pooled_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     let node = model.node(id);
     let Some(reduce) = node.op_as::<Reduce>() else {
@@ -1756,27 +1743,26 @@ fn pooled_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
         batch,
         steps,
     };
-    let output = Output::new(output_shape.into());
-    let op: Box<dyn TypedOp> = if sigmoid && width == channels {
-        Box::new(Gate { pooled, output })
-    } else {
-        Box::new(Head { pooled, output })
+    let op = PooledChain {
+        pooled,
+        gate: sigmoid && width == channels,
+        output: Output::new(output_shape.into()),
     };
     Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
 }
 
 /// The gated value and its gate if `node` is `Mul(x, gate)` with `gate` the output of one of our
-/// [`Gate`]s, computed from `x` and read only by this node.
+/// gates ([`PooledChain`]), computed from `x` and read only by this node.
 fn gated_term<'m>(
     model: &'m TypedModel,
     node: &TypedNode,
-) -> TractResult<Option<(OutletId, &'m Gate)>> {
+) -> TractResult<Option<(OutletId, &'m PooledChain)>> {
     for &gate in &node.inputs {
         let Some(x) = other_operand::<Mul>(node, gate) else {
             continue;
         };
         let producer = model.node(gate.node);
-        let Some(op) = producer.op_as::<Gate>() else {
+        let Some(op) = producer.op_as::<PooledChain>().filter(|op| op.gate) else {
             continue;
         };
         let shape = model

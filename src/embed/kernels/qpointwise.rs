@@ -209,9 +209,6 @@ impl Layer {
         } = self.shape;
         assert_eq!(input.len(), inputs * pixels, "int8 pointwise input length");
         assert_eq!(out.len(), outputs * pixels, "int8 pointwise output length");
-        if let Some(r) = residual {
-            assert_eq!(r.len(), out.len(), "int8 pointwise residual length");
-        }
         assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
         let words = self.words_for(words);
         match dot {
