@@ -70,20 +70,36 @@ impl Dot {
 
     /// Every kind this CPU runs (none on many).
     pub fn available() -> Vec<Dot> {
-        #[allow(unused_mut)]
-        let mut all = vec![];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-        {
-            all.push(Dot::Vnni512);
-        }
-        #[cfg(target_arch = "aarch64")]
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            all.push(Dot::NeonDot);
-        }
-        all
+        Dot::ALL
+            .iter()
+            .copied()
+            .filter(|dot| dot.is_available())
+            .collect()
     }
+
+    /// Whether this CPU runs `self` (a `Dot` may come from a test, not `detect`). Checked by
+    /// every layer call (the stem's once per output row): no allocation, and the standard
+    /// library caches the CPU's features.
+    pub fn is_available(self) -> bool {
+        // By value: on targets without any kind the match is empty.
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Dot::Vnni512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Dot::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+        }
+    }
+
+    /// Every kind this build has code for.
+    const ALL: &[Dot] = &[
+        #[cfg(target_arch = "x86_64")]
+        Dot::Vnni512,
+        #[cfg(target_arch = "aarch64")]
+        Dot::NeonDot,
+    ];
 }
 
 /// One prepared layer (made once at load).
@@ -209,7 +225,7 @@ impl Layer {
         } = self.shape;
         assert_eq!(input.len(), inputs * pixels, "int8 pointwise input length");
         assert_eq!(out.len(), outputs * pixels, "int8 pointwise output length");
-        assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
+        assert!(dot.is_available(), "{dot} not on this CPU");
         let words = self.words_for(words);
         match dot {
             // SAFETY: the CPU has AVX-512F and VNNI (checked above).
@@ -247,7 +263,7 @@ impl Layer {
         let Shape {
             outputs, pixels, ..
         } = self.shape;
-        assert!(Dot::available().contains(&dot), "{dot} not on this CPU");
+        assert!(dot.is_available(), "{dot} not on this CPU");
         assert!(words.len() >= self.groups * pixels, "int8 product words");
         let needed = (outputs - 1) * self.y_stride + pixels;
         assert!(out.len() >= needed, "int8 product output length");
