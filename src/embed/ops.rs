@@ -230,15 +230,14 @@ pub(super) fn recycle_outputs(model: &mut TypedModel) -> TractResult<usize> {
     let outputs = model.output_outlets()?.to_vec();
     let mut recycled = 0;
     for id in 0..model.nodes().len() {
+        let outlet = OutletId::new(id, 0);
+        let readers = model.outlet_successors(outlet);
         let readers_ours = model.node(id).outputs.len() == 1
-            && model
-                .outlet_successors(OutletId::new(id, 0))
+            && readers
                 .iter()
                 .all(|s| model.node(s.node).op.name().starts_with("Reidcam"));
-        let model_output = outputs.contains(&OutletId::new(id, 0));
-        let readers = model.outlet_successors(OutletId::new(id, 0)).len();
         if readers_ours
-            && (readers > 0 || model_output)
+            && (!readers.is_empty() || outputs.contains(&outlet))
             && let Some(output) = output_of(model.node_mut(id))
         {
             output.recycle = true;

@@ -240,12 +240,17 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
     }
 }
 
-/// Embeds `crop` in every slot; returns how many embeddings came out.
-fn embed_all(embedder: &mut Embedder, pre: &mut Preprocessor, crop: &reidcam::RgbImage) -> usize {
+/// Puts `crop` in every slot of the embedder's input.
+fn fill_slots(embedder: &mut Embedder, pre: &mut Preprocessor, crop: &reidcam::RgbImage) {
     for slot in 0..embedder.batch_size() {
         pre.run(crop.view(), crop.bounds(), embedder.input_slot(slot))
             .unwrap();
     }
+}
+
+/// Embeds `crop` in every slot; returns how many embeddings came out.
+fn embed_all(embedder: &mut Embedder, pre: &mut Preprocessor, crop: &reidcam::RgbImage) -> usize {
+    fill_slots(embedder, pre, crop);
     let n = embedder.batch_size();
     embedder.run(n).unwrap().len()
 }
@@ -256,7 +261,7 @@ fn embeddings_of(
     pre: &mut Preprocessor,
     crop: &reidcam::RgbImage,
 ) -> Vec<f32> {
-    embed_all(embedder, pre, crop);
+    fill_slots(embedder, pre, crop);
     let n = embedder.batch_size();
     embedder.run(n).unwrap().as_flat().to_vec()
 }
