@@ -31,15 +31,14 @@ import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = "cortex-a72"
-# Two process lengths whose difference is the per-embedding cost, and how many processes each
-# count is the least of. A process sometimes counts a few million instructions more than another
-# of the same binary on the same input (seen: 1123.4, 1130.2, 1123.6 M for 12 runs of our
-# default model), never fewer. Over a difference of 4 runs that moved the small default model's
-# figure by up to 10%; with the least of two processes over 6 runs it still once came out 10%
-# low (both 6-run processes high). Over 24 runs such an event moves it by at most ~3% (0.7% for
-# OSNet x0.25), inside the checks' margins, so one process per count does.
+# Two process lengths whose difference is the per-embedding cost, one process each. A process
+# sometimes counts a few million instructions more than another of the same binary on the same
+# input (seen: 1123.4, 1130.2, 1123.6 M for 12 runs of our default model), never fewer. Over a
+# difference of 4 runs that moved the small default model's figure by up to 10%; with the least
+# of two processes over 6 runs it still once came out 10% low (both 6-run processes high). Over
+# 24 runs such an event moves it by at most ~3% (0.7% for OSNet x0.25), inside the checks'
+# margins, so one process per count does.
 RUNS = (6, 30)
-REPEATS = 1
 
 
 def plugin() -> Path:
@@ -53,12 +52,7 @@ def plugin() -> Path:
 
 def instructions(binary: Path, lib: Path, model: Path, manifest: Path, runs: int, kernels: str,
                  cpu: str = CPU) -> int:
-    """Guest instructions of `reidcam bench --runs RUNS`: the least of REPEATS processes."""
-    return min(instructions_once(binary, lib, model, manifest, runs, kernels, cpu) for _ in range(REPEATS))
-
-
-def instructions_once(binary: Path, lib: Path, model: Path, manifest: Path, runs: int, kernels: str,
-                      cpu: str) -> int:
+    """Guest instructions of one process of `reidcam bench --runs RUNS`."""
     cmd = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", str(binary), "bench",
            "--model", str(model), "--manifest", str(manifest), "--runs", str(runs), "--seconds", "0", "--json",
            "--kernels", kernels]
@@ -116,8 +110,7 @@ def main() -> int:
             "instructions_per_embedding": round(per),
             "tolerance": 0.02,
             "how": f"tools/qemu_cost.py: (I({RUNS[1]} runs) - I({RUNS[0]} runs)) / {RUNS[1] - RUNS[0]}"
-                   + (f", each I the least of {REPEATS} processes," if REPEATS > 1 else "")
-                   + " with tools/qemu-insn/insn.c",
+                   " with tools/qemu-insn/insn.c",
             "tract_own_ops_instructions_per_embedding": round(stock),
         }
         args.check.parent.mkdir(parents=True, exist_ok=True)
