@@ -13,6 +13,7 @@ use crate::capture::{PixelFormat, SourceSpec};
 use crate::detect::{MotionConfig, YoloxConfig, ZoneConfig};
 use crate::gallery::file::Recovery;
 use crate::gallery::{Aggregation, StorageFormat};
+use crate::quality::QualityConfig;
 use crate::track::TrackerConfig;
 
 /// The whole file.
@@ -28,6 +29,8 @@ pub struct ConfigFile {
     pub model: ModelSection,
     pub gallery: GallerySection,
     pub tracker: TrackerConfig,
+    /// Which crops are embedded, and how many before a track is decided.
+    pub quality: QualityConfig,
     pub events: EventsSection,
 }
 
@@ -76,8 +79,12 @@ impl Default for SourceSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorSection {
-    /// `motion`, `zones` or `model`.
+    /// `model` (a person detector network), `motion` or `zones`.
     pub kind: String,
+    /// Run the detector on every N-th frame; the tracker carries the boxes in between. 0: chosen
+    /// at start-up from the detector's measured time and the camera's frame rate (1 for replays
+    /// that are not paced).
+    pub every: u32,
     pub motion: MotionConfig,
     pub zones: ZoneConfig,
     pub model: YoloxConfig,
@@ -86,13 +93,17 @@ pub struct DetectorSection {
 impl Default for DetectorSection {
     fn default() -> Self {
         DetectorSection {
-            kind: "motion".into(),
+            kind: "model".into(),
+            every: 0,
             motion: MotionConfig::default(),
             zones: ZoneConfig::default(),
             model: YoloxConfig::default(),
         }
     }
 }
+
+/// Most frames between two detections (`detector.every`).
+pub const MAX_DETECT_EVERY: u32 = 30;
 
 /// `[model]`: the ReID embedding model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -202,6 +213,8 @@ pub struct RunConfig {
     pub realtime: bool,
     pub max_frames: Option<u64>,
     pub detector: DetectorChoice,
+    /// Detect every N-th frame (None: automatic).
+    pub detect_every: Option<u32>,
     pub model: PathBuf,
     pub manifest: Option<PathBuf>,
     pub threads: usize,
@@ -214,6 +227,7 @@ pub struct RunConfig {
     pub recovery: Recovery,
     pub save_every: std::time::Duration,
     pub tracker: TrackerConfig,
+    pub quality: QualityConfig,
     pub events: Option<PathBuf>,
     pub rotate_bytes: u64,
     pub keep: u32,
@@ -289,7 +303,17 @@ impl ConfigFile {
         let source = SourceSpec::parse(&path, &camera, s.replay_fps)
             .map_err(|e| invalid("source.path", e))?;
 
-        let d = &self.detector;
+        let mut d = std::borrow::Cow::Borrowed(&self.detector);
+        if s.path == "auto"
+            && matches!(source, SourceSpec::Synthetic(_))
+            && d.kind == "model"
+            && (d.model.path.as_os_str().is_empty() || d.model.path == Path::new("auto"))
+        {
+            // The synthetic scene's flat figures are not people a detector network knows; it
+            // is made for motion detection.
+            log::warn!("synthetic scene: motion detection instead of the person detector");
+            d.to_mut().kind = "motion".into();
+        }
         let detector = match d.kind.as_str() {
             "motion" => {
                 d.motion
@@ -299,19 +323,24 @@ impl ConfigFile {
             }
             "zones" => DetectorChoice::Zones(d.zones.clone()),
             "model" => {
-                if d.model.path.as_os_str().is_empty() {
+                let mut model = d.model.clone();
+                if model.path.as_os_str().is_empty() || model.path == Path::new("auto") {
+                    model.path = find_model("detector.onnx").ok_or_else(|| {
+                        invalid(
+                            "detector.model.path",
+                            "is auto, but models/detector.onnx was not found (in the working \
+                             directory or beside the executable): name a YOLOX ONNX file"
+                                .into(),
+                        )
+                    })?;
+                }
+                if !model.path.is_file() {
                     return Err(invalid(
                         "detector.model.path",
-                        "is empty: name a YOLOX ONNX file (e.g. yolox_nano_dynhw.onnx)".into(),
+                        format!("{}: no such file", model.path.display()),
                     ));
                 }
-                if !d.model.path.is_file() {
-                    return Err(invalid(
-                        "detector.model.path",
-                        format!("{}: no such file", d.model.path.display()),
-                    ));
-                }
-                DetectorChoice::Model(d.model.clone())
+                DetectorChoice::Model(model)
             }
             other => {
                 return Err(invalid(
@@ -321,6 +350,15 @@ impl ConfigFile {
             }
         };
 
+        if d.every > MAX_DETECT_EVERY {
+            return Err(invalid(
+                "detector.every",
+                format!(
+                    "is {}: expected 0 (automatic) to {MAX_DETECT_EVERY}",
+                    d.every
+                ),
+            ));
+        }
         let m = &self.model;
         let model = if m.path == "auto" {
             auto_model()
@@ -384,6 +422,7 @@ impl ConfigFile {
             }
         };
         self.tracker.validate().map_err(|e| invalid("tracker", e))?;
+        self.quality.validate().map_err(|e| invalid("quality", e))?;
         let e = &self.events;
         let rotate_bytes =
             parse_bytes(&e.rotate_bytes).map_err(|e| invalid("events.rotate_bytes", e))?;
@@ -396,6 +435,9 @@ impl ConfigFile {
                 format!("{}: not a directory", dir.display()),
             ));
         }
+        if !self.camera.is_empty() {
+            check_camera_name(&self.camera).map_err(|e| invalid("camera", e))?;
+        }
         Ok(RunConfig {
             camera: if self.camera.is_empty() {
                 "camera".into()
@@ -407,6 +449,7 @@ impl ConfigFile {
             max_frames: (s.max_frames > 0).then_some(s.max_frames),
             source,
             detector,
+            detect_every: (d.every > 0).then_some(d.every),
             threads: m.threads,
             manifest,
             model,
@@ -423,6 +466,7 @@ impl ConfigFile {
             recovery,
             save_every: std::time::Duration::from_secs(g.save_every_secs.max(1)),
             tracker: self.tracker.clone(),
+            quality: self.quality.clone(),
             events: (e.output != "-").then(|| PathBuf::from(&e.output)),
             rotate_bytes: rotate_bytes as u64,
             keep: e.keep,
@@ -453,11 +497,47 @@ fn auto_source() -> String {
 }
 
 fn auto_model() -> PathBuf {
-    let ours = PathBuf::from("models/default.onnx");
-    if ours.is_file() {
-        ours
+    find_model("default.onnx")
+        .unwrap_or_else(|| shared_dir().join("models/osnet_x0_25_msmt17.onnx"))
+}
+
+/// One of the project's own models: `models/<file>` in the working directory, else beside the
+/// executable (`<exe dir>/models/`, `<exe dir>/../share/reidcam/models/`), as an install lays
+/// them out.
+pub fn find_model(file: &str) -> Option<PathBuf> {
+    let here = Path::new("models").join(file);
+    if here.is_file() {
+        return Some(here);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("models").join(file),
+        dir.join("../share/reidcam/models").join(file),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// Longest camera name (it is part of every crop's file name).
+pub const MAX_CAMERA_NAME: usize = 64;
+
+/// A camera name is written into events and crop file names: 1–64 letters, digits, `-`, `_`
+/// or `.`, not starting with `.` (so it can never name another directory).
+pub fn check_camera_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CAMERA_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
     } else {
-        shared_dir().join("models/osnet_x0_25_msmt17.onnx")
+        Err(format!(
+            "is {name:?}: expected 1 to {MAX_CAMERA_NAME} letters, digits, '-', '_' or '.', not \
+             starting with '.'"
+        ))
     }
 }
 
@@ -490,6 +570,33 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn camera_names_cannot_escape_the_crops_directory() {
+        for good in ["door", "yard-2", "cam_1.left"] {
+            assert!(check_camera_name(good).is_ok(), "{good}");
+        }
+        let long = "x".repeat(MAX_CAMERA_NAME + 1);
+        for bad in [
+            "../escaped",
+            "a/b",
+            "..",
+            ".hidden",
+            "tab\t",
+            "",
+            long.as_str(),
+        ] {
+            assert!(check_camera_name(bad).is_err(), "{bad:?}");
+        }
+        let mut file = ConfigFile::default();
+        file.source.path = "synthetic".into();
+        file.camera = "../escaped".into();
+        let err = file.validate("c.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("c.toml: camera: is \"../escaped\""),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sizes_parse_with_units() {

@@ -18,6 +18,7 @@ use crate::events::{EventSink, JsonLines};
 use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
 use crate::gallery::{Gallery, MatchPolicy};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
+use crate::quality::{BoxSource, CropGate};
 use crate::track::Tracker;
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,8 @@ pub struct Summary {
     pub gallery_saves: u64,
     /// Why the loop ended: `end of stream`, `frame limit`, `stopped`.
     pub ended_by: String,
+    /// The detector ran on every this many frames (the last value in force).
+    pub detect_every: u32,
 }
 
 /// Resident set size in KiB, read from /proc without allocating.
@@ -227,18 +230,39 @@ fn start(config: &RunConfig, custom: Option<Opener>) -> Result<Running, DaemonEr
     };
     let stills = matches!(config.source, crate::capture::SourceSpec::Images { .. });
     let mut tracker_config = config.tracker.clone();
+    if tracker_config.split_below < 0.0 {
+        tracker_config.split_below = embedder
+            .manifest()
+            .matching
+            .as_ref()
+            .and_then(|m| m.split_below)
+            .map_or(crate::track::DEFAULT_SPLIT_BELOW, |s| s as f32);
+    }
     if stills {
         // A person in a still is confirmed and embedded at once.
         tracker_config.confirm_frames = 1;
     }
     let tracker = Tracker::new(tracker_config).map_err(DaemonError::Tracker)?;
+    let boxes = match config.detector {
+        DetectorChoice::Model(_) => BoxSource::Model,
+        DetectorChoice::Motion(_) => BoxSource::Motion,
+        DetectorChoice::Zones(_) => BoxSource::Zones,
+    };
+    let mut quality = config.quality.clone();
+    if stills {
+        // One crop per person in a still: decide on it.
+        quality.min_crops = 1;
+    }
+    let gate = CropGate::new(quality, boxes);
     let pipeline = Pipeline::new(
         PipelineConfig {
             camera: config.camera.clone(),
             crops_dir: config.crops_dir.clone(),
+            detect_every: config.detect_every.unwrap_or(1),
         },
         detector,
         tracker,
+        gate,
         embedder,
         gallery,
         sink,
@@ -397,6 +421,11 @@ fn frame_loop(
     summary.model = format!("{} ({})", running.model_tag.name, config.model.display());
     let frame_limit = config.max_frames.unwrap_or(u64::MAX);
     let mut camera_down = false;
+    // Detect every N-th frame: configured, or measured over the first frames where the frame
+    // rate matters (a camera, a paced replay); as fast as possible, every frame.
+    let mut pace = (config.detect_every.is_none() && (running.reopening || config.realtime))
+        .then(DetectPace::default);
+    summary.detect_every = running.pipeline.detect_every();
     let exit = loop {
         if controls.stop.load(Ordering::Relaxed) {
             break Exit::Ended("stopped");
@@ -470,6 +499,18 @@ fn frame_loop(
             running.pipeline.finish(frames, stream_time, frame.name)?;
         }
         frames += 1;
+        if let Some(p) = &mut pace
+            && let Some(n) = p.observe(stream_time, running.pipeline.stats())
+        {
+            log::info!(
+                "detector {:.1} ms per frame, a frame every {:.1} ms: detecting every {n} frame(s)",
+                p.detect_ms,
+                p.interval_ms
+            );
+            running.pipeline.set_detect_every(n);
+            summary.detect_every = n;
+            pace = None;
+        }
         if let Some(led) = &mut running.led {
             if outcome.recognised {
                 led.known_person(now);
@@ -538,6 +579,46 @@ fn frame_loop(
     Ok(exit)
 }
 
+/// Chooses how often to detect from what the first frames measured: the detector may take at
+/// most [`DetectPace::SHARE`] of the time between frames on average.
+#[derive(Debug, Default)]
+struct DetectPace {
+    first: Option<(Duration, Duration, u64)>,
+    detect_ms: f64,
+    interval_ms: f64,
+}
+
+impl DetectPace {
+    /// Frames measured (after one for warm-up).
+    const FRAMES: u64 = 8;
+    const SHARE: f64 = 0.6;
+
+    /// Called after each frame; Some(N) once decided.
+    fn observe(&mut self, stream_time: Duration, stats: &Stats) -> Option<u32> {
+        let Some((t0, d0, runs0)) = self.first else {
+            // The first frame warms the detector up: measure from the next.
+            self.first = Some((stream_time, stats.detect, stats.detector_runs));
+            return None;
+        };
+        let runs = stats.detector_runs - runs0;
+        if runs < Self::FRAMES {
+            return None;
+        }
+        self.detect_ms = (stats.detect - d0).as_secs_f64() * 1e3 / runs as f64;
+        self.interval_ms = (stream_time.saturating_sub(t0)).as_secs_f64() * 1e3 / runs as f64;
+        Some(detect_every(self.detect_ms, self.interval_ms, Self::SHARE))
+    }
+}
+
+/// Frames per detection so that detecting takes at most `share` of the frame time.
+fn detect_every(detect_ms: f64, interval_ms: f64, share: f64) -> u32 {
+    if !(interval_ms > 0.0) {
+        return 1;
+    }
+    let n = (detect_ms / (share * interval_ms)).ceil();
+    (n as u32).clamp(1, crate::config::MAX_DETECT_EVERY)
+}
+
 /// Sends a state to systemd's notification socket (`$NOTIFY_SOCKET`), if any.
 pub fn sd_notify(state: &str) {
     use std::os::unix::net::UnixDatagram;
@@ -569,4 +650,37 @@ pub fn watchdog_period() -> Option<Duration> {
         return None;
     }
     Some(Duration::from_micros(usec / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_interval_follows_the_detector_time() {
+        // 80 ms detector, 10 fps camera: 80 / (0.6 · 100) → every 2nd frame.
+        assert_eq!(detect_every(80.0, 100.0, 0.6), 2);
+        assert_eq!(detect_every(20.0, 100.0, 0.6), 1);
+        // A Pi-4-class 700 ms detector at 25 fps: every 30th frame at most.
+        assert_eq!(detect_every(700.0, 40.0, 0.6), 30);
+        assert_eq!(detect_every(5.0, 0.0, 0.6), 1);
+    }
+
+    #[test]
+    fn the_pace_is_measured_after_a_warm_up_frame() {
+        let mut pace = DetectPace::default();
+        let mut stats = Stats::default();
+        let mut decided = None;
+        for f in 0..20u64 {
+            // warm-up frame: 500 ms; then 90 ms per detection at 25 fps
+            stats.detect += Duration::from_millis(if f == 0 { 500 } else { 90 });
+            stats.detector_runs += 1;
+            if let Some(n) = pace.observe(Duration::from_millis(40 * f), &stats) {
+                decided = Some((f, n));
+                break;
+            }
+        }
+        // 90 / (0.6 · 40) = 3.75 → every 4th frame, decided after 1 + 8 frames
+        assert_eq!(decided, Some((8, 4)));
+    }
 }

@@ -1,8 +1,10 @@
 //! reidcam: edge smart-camera firmware that re-identifies people.
 //!
-//! The data path, one module per stage (see `ARCHITECTURE.md`):
-//! `frame` (RGB8 images, decoding) → `preprocess` (Pillow-exact resize + normalise) →
-//! `embed` (tract; the only module that imports it) → embeddings.
+//! The data path, one module per stage (see `ARCHITECTURE.md`), wired by `daemon` → `pipeline`:
+//! `capture` (camera, replays, synthetic scene) → `detect` (person detector, motion, zones) →
+//! `track` (IoU + constant velocity) → `quality` (which crops are worth embedding) →
+//! `preprocess` (Pillow-exact resize + normalise) → `embed` (tract; the only module that imports
+//! it) → `gallery` (identities within a memory budget) → `events`.
 //! `manifest` describes a model's input and output; `bench` measures the inference path;
 //! `eval` runs the Market-1501 protocol and threshold calibration on the same path.
 
@@ -21,6 +23,7 @@ pub mod manifest;
 pub mod npy;
 pub mod pipeline;
 pub mod preprocess;
+pub mod quality;
 pub mod track;
 
 pub use embed::{EmbedConfig, EmbedError, Embedder, Embedding, Embeddings, ManifestChoice};

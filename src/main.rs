@@ -47,6 +47,8 @@ enum Command {
     Gallery(cli::gallery::GalleryArgs),
     /// Capture frames from a V4L2 camera; with a model, embed a zone of each frame and match it.
     Capture(cli::capture::CaptureArgs),
+    /// Find the people in still images with the person detector: one JSON line per image.
+    Detect(cli::detect::DetectArgs),
     /// The camera daemon: frames → people → tracks → embeddings → gallery → events (JSON lines).
     /// With no config and no options it runs on built-in defaults.
     Run(cli::run::RunArgs),
@@ -212,6 +214,7 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => calibrate_cmd(args),
         Command::Gallery(args) => cli::gallery::run(args),
         Command::Capture(args) => cli::capture::run(args),
+        Command::Detect(args) => cli::detect::run(args),
         Command::Run(args) => cli::run::run(args),
     };
     match result {
@@ -439,6 +442,9 @@ fn inspect(args: ModelArgs) -> anyhow::Result<()> {
 /// A dataset embedded through reidcam's path, with its similarity matrix and labels.
 struct EmbeddedDataset {
     model_name: String,
+    /// How an int8 model ran: "integer" (our int8 kernels) or "dequantised" (float from
+    /// dequantised weights, on CPUs without int8 dot products); None for a float model.
+    int8_path: Option<&'static str>,
     set: reidcam::eval::MarketSet,
     similarity: ndarray::Array2<f32>,
     query: ndarray::Array2<f32>,
@@ -512,8 +518,14 @@ fn embed_dataset(model: &ModelArgs, data: &Path) -> anyhow::Result<EmbeddedDatas
         .map(|(i, e)| (paths[i].to_owned(), e))
         .collect();
     let crops = paths.len();
+    let rewritten = embedder.rewritten();
     Ok(EmbeddedDataset {
         model_name: embedder.manifest().model.name.clone(),
+        int8_path: rewritten.quantised.then_some(if rewritten.dot.is_some() {
+            "integer"
+        } else {
+            "dequantised"
+        }),
         set,
         similarity: q.dot(&g.t()),
         query: q,
@@ -551,6 +563,7 @@ fn eval_cmd(args: EvalArgs) -> anyhow::Result<()> {
             "identities": identities,
             "model": d.model_name,
             "model_path": args.model.model,
+            "int8_path": d.int8_path,
             "data": args.data,
             "protocol": PROTOCOL,
             "query_images": d.set.query.len(),
@@ -695,6 +708,7 @@ fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
                 100.0 * chosen.target_fmr,
                 100.0 * chosen.tmr
             ),
+            split_below: None,
         },
     })?;
     if args.json {

@@ -23,6 +23,7 @@
 //! [matching]                  # optional: from `reidcam calibrate` on labelled data
 //! threshold = 0.7252          # cosine similarity at or above which two crops are the same person
 //! calibration = "..."         # optional, free text: data, false/true-match rates
+//! split_below = 0.5           # optional: a crop this far from its track's mean is someone else
 //! ```
 //!
 //! Loading is in two phases: serde with `deny_unknown_fields` (a typo is an error, not a silently
@@ -65,6 +66,10 @@ pub struct MatchingSpec {
     /// How the threshold was found (data, false-match rate, true-match rate).
     #[serde(default)]
     pub calibration: String,
+    /// A new crop whose cosine to its track's mean is below this shows someone else (the
+    /// daemon splits the track); the tracker's default when its own `split_below` is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_below: Option<f64>,
 }
 
 /// `[model]`: identity of the model.
@@ -261,6 +266,15 @@ impl ModelManifest {
         }
         if self.output.dim == 0 {
             return Err(invalid("output.dim", "must be at least 1".into()));
+        }
+        if let Some(m) = &self.matching
+            && let Some(split) = m.split_below
+            && !(0.0..=1.0).contains(&split)
+        {
+            return Err(invalid(
+                "matching.split_below",
+                format!("is {split}, expected a cosine similarity in [0, 1]"),
+            ));
         }
         if let Some(m) = &self.matching
             && !(-1.0..=1.0).contains(&m.threshold)

@@ -1,5 +1,6 @@
-//! The per-frame path, wired in one place: detect → track → (best crop per track and window) →
-//! preprocess → embed → aggregate per track → gallery decision → events.
+//! The per-frame path, wired in one place: detect (every N-th frame; the tracker carries the
+//! boxes in between) → track → (best good crop per track and window: `quality`) → preprocess →
+//! embed → aggregate per track → gallery decision (after `min_crops` good crops) → events.
 //!
 //! Every buffer is made in [`Pipeline::new`]: detections, the tracker's table, one resized crop
 //! and one embedding sum per track slot, the query buffer, the gallery arena and the event line.
@@ -18,6 +19,7 @@ use crate::gallery::{
 };
 use crate::manifest::InputSpec;
 use crate::preprocess::Preprocessor;
+use crate::quality::{CropGate, Rejections};
 use crate::track::{SlotChange, Tracker};
 
 /// The embedding model as the pipeline sees it: one crop at a time. `Embedder` is the real one;
@@ -64,7 +66,11 @@ pub enum PipelineError {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Stats {
     pub frames: u64,
+    /// Frames the detector ran on.
+    pub detector_runs: u64,
     pub detections: u64,
+    /// Detections of tracks that were not embedded, by reason (`quality`).
+    pub crops_rejected: Rejections,
     pub tracks: u64,
     pub crops_embedded: u64,
     pub identities_new: u64,
@@ -123,6 +129,8 @@ struct TrackState {
     crop: Vec<u8>,
     /// Quality of the crop held for this window (None: no crop yet).
     crop_quality: Option<f32>,
+    /// Frame of the latest embedding.
+    last_embed: Option<u64>,
     sum: Vec<f32>,
     embeddings: u32,
     held: Option<Held>,
@@ -146,12 +154,15 @@ pub struct PipelineConfig {
     pub camera: String,
     /// Save the best crop of each entering track here as JPEG.
     pub crops_dir: Option<PathBuf>,
+    /// Run the detector on every this many frames (1: all).
+    pub detect_every: u32,
 }
 
 pub struct Pipeline<E> {
     config: PipelineConfig,
     detector: Box<dyn Detector>,
     tracker: Tracker,
+    gate: CropGate,
     pre: Preprocessor,
     embedder: E,
     gallery: Gallery,
@@ -162,6 +173,8 @@ pub struct Pipeline<E> {
     /// The latest crop's embedding.
     latest: Vec<f32>,
     crop_path: PathBuf,
+    /// When this pipeline started: part of crop file names.
+    run_started: Timestamp,
     stats: Stats,
     /// The gallery changed since the last [`Pipeline::mark_saved`].
     dirty: bool,
@@ -169,10 +182,12 @@ pub struct Pipeline<E> {
 
 impl<E: CropEmbedder> Pipeline<E> {
     /// `frame_size` is the source's: buffers are sized for crops of up to the whole frame.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: PipelineConfig,
         detector: Box<dyn Detector>,
         tracker: Tracker,
+        gate: CropGate,
         embedder: E,
         gallery: Gallery,
         sink: Box<dyn EventSink>,
@@ -184,6 +199,7 @@ impl<E: CropEmbedder> Pipeline<E> {
             .map(|_| TrackState {
                 crop: vec![0; pre.resized_len()],
                 crop_quality: None,
+                last_embed: None,
                 sum: vec![0.0; dim],
                 embeddings: 0,
                 held: None,
@@ -196,6 +212,7 @@ impl<E: CropEmbedder> Pipeline<E> {
             config,
             detector,
             tracker,
+            gate,
             pre,
             embedder,
             gallery,
@@ -205,6 +222,7 @@ impl<E: CropEmbedder> Pipeline<E> {
             query: vec![0.0; dim],
             latest: vec![0.0; dim],
             crop_path: PathBuf::with_capacity(256),
+            run_started: Timestamp::now(),
             stats: Stats::default(),
             dirty: false,
         }
@@ -236,6 +254,15 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.detector.describe()
     }
 
+    /// Runs the detector on every `n`-th frame from now on (at least 1).
+    pub fn set_detect_every(&mut self, n: u32) {
+        self.config.detect_every = n.max(1);
+    }
+
+    pub fn detect_every(&self) -> u32 {
+        self.config.detect_every
+    }
+
     /// True when the gallery changed since the last save.
     pub fn is_dirty(&self) -> bool {
         self.dirty
@@ -258,17 +285,28 @@ impl<E: CropEmbedder> Pipeline<E> {
         frame_name: &str,
     ) -> Result<FrameOutcome, PipelineError> {
         let started = Instant::now();
-        self.detector.detect(image, &mut self.detections)?;
+        let (fw, fh) = (image.width(), image.height());
+        let detect_now = frame.is_multiple_of(u64::from(self.config.detect_every.max(1)));
+        if detect_now {
+            self.detector.detect(image, &mut self.detections)?;
+            self.stats.detector_runs += 1;
+        } else {
+            self.detections.clear();
+        }
         let detected = Instant::now();
         let others_before = self.stats.embed + self.stats.gallery + self.stats.events_time;
         self.stats.detect += detected - started;
         self.stats.frames += 1;
         self.stats.detections += self.detections.len() as u64;
-        self.tracker.update(frame, &self.detections);
+        if detect_now {
+            self.tracker.update(frame, &self.detections);
+        } else {
+            self.tracker.predict(frame, fw, fh);
+        }
         let mut outcome = FrameOutcome::default();
         let embed_every = u64::from(self.tracker.config().embed_every);
-        let min_height = self.tracker.config().min_crop_height;
-        let (fw, fh) = (image.width(), image.height());
+        let min_crops = self.gate.config().min_crops;
+        let crop_width = self.pre.width();
         for slot in 0..self.tracker.capacity() {
             let change = self.tracker.change(slot);
             let Some(&track) = self.tracker.track(slot) else {
@@ -278,6 +316,7 @@ impl<E: CropEmbedder> Pipeline<E> {
                 self.stats.tracks += 1;
                 let s = &mut self.states[slot];
                 s.crop_quality = None;
+                s.last_embed = None;
                 s.sum.fill(0.0);
                 s.embeddings = 0;
                 s.held = None;
@@ -299,22 +338,40 @@ impl<E: CropEmbedder> Pipeline<E> {
                 }
                 continue;
             }
-            // Keep the window's best crop: tall, confident, not cut by the frame edge.
-            if track.seen_now && track.rect.height >= min_height {
-                let r = track.rect;
-                let at_edge = r.x == 0 || r.y == 0 || r.x + r.width >= fw || r.y + r.height >= fh;
-                let quality = r.height as f32 * track.score * if at_edge { 0.5 } else { 1.0 };
-                let s = &mut self.states[slot];
-                if s.crop_quality.is_none_or(|q| quality > q) {
-                    let resized = self.pre.resize(image, r)?;
-                    s.crop.copy_from_slice(resized);
-                    s.crop_quality = Some(quality);
+            // Keep the window's best good crop (quality::CropGate): tall and confident.
+            if track.seen_now {
+                let det = crate::detect::Detection {
+                    rect: track.rect,
+                    score: track.score,
+                };
+                let checked = self
+                    .gate
+                    .check_box(&det, (fw, fh), &self.detections)
+                    .and_then(|()| {
+                        let resized = self.pre.resize(image, track.rect).map_err(|e| {
+                            log::warn!("crop {}: {e}", track.rect);
+                            crate::quality::Rejection::Small
+                        })?;
+                        self.gate
+                            .check_sharpness(resized, crop_width)
+                            .map(|_| resized)
+                    });
+                match checked {
+                    Ok(resized) => {
+                        let quality = track.rect.height as f32 * track.score;
+                        let s = &mut self.states[slot];
+                        if s.crop_quality.is_none_or(|q| quality > q) {
+                            s.crop.copy_from_slice(resized);
+                            s.crop_quality = Some(quality);
+                        }
+                    }
+                    Err(why) => self.stats.crops_rejected.count(why),
                 }
             }
-            // At the end of each window (and as soon as a confirmed track has none), embed.
-            let age = frame.saturating_sub(track.first_frame) + 1;
-            let due = age.is_multiple_of(embed_every)
-                || (track.confirmed && self.states[slot].embeddings == 0);
+            // A good crop, and the window since the last embedding is over: embed it.
+            let due = self.states[slot]
+                .last_embed
+                .is_none_or(|last| frame.saturating_sub(last) >= embed_every);
             if due && self.states[slot].crop_quality.is_some() {
                 let mut track = track;
                 let cos = self.embed(slot)?;
@@ -338,8 +395,12 @@ impl<E: CropEmbedder> Pipeline<E> {
                     s.first_seen = Timestamp::now();
                     s.entered = false;
                 }
+                self.states[slot].last_embed = Some(frame);
                 self.accumulate(slot, split);
-                if track.confirmed && self.decide(slot)? {
+                if track.confirmed
+                    && self.states[slot].embeddings >= min_crops
+                    && self.decide(slot)?
+                {
                     outcome.recognised |=
                         matches!(self.states[slot].held, Some(Held::Known { .. }));
                     let kind = if self.states[slot].entered {
@@ -515,18 +576,28 @@ impl<E: CropEmbedder> Pipeline<E> {
         let crop = match (&self.config.crops_dir, kind) {
             (Some(dir), EventKind::Enter | EventKind::Enrol) => {
                 use std::fmt::Write as _;
-                let mut name = heapless::String::<96>::new();
                 let what = if kind == EventKind::Enrol {
                     "enrol"
                 } else {
                     "enter"
                 };
-                let _ = write!(name, "{}-track{}-{what}.jpg", self.config.camera, track.id);
+                // camera (≤ 64 checked characters) - run start (ms) - track: unique across
+                // restarts, so a crop an older event names is never overwritten.
+                let mut name = heapless::String::<128>::new();
+                let named = write!(
+                    name,
+                    "{}-{}-track{}-{what}.jpg",
+                    self.config.camera, self.run_started.0, track.id
+                );
                 self.crop_path.clear();
                 self.crop_path.push(dir);
                 self.crop_path.push(name.as_str());
                 let spec = self.embedder.input_spec();
-                match write_jpeg(&self.crop_path, &s.crop, spec.width, spec.height) {
+                let written = match named {
+                    Ok(()) => write_jpeg(&self.crop_path, &s.crop, spec.width, spec.height),
+                    Err(_) => Err(std::io::Error::other("file name too long")),
+                };
+                match written {
                     Ok(()) => Some(self.crop_path.as_path()),
                     Err(e) => {
                         log::warn!("{}: cannot save the crop: {e}", self.crop_path.display());
@@ -630,8 +701,11 @@ fn unit_mean(sum: &[f32], out: &mut [f32]) -> bool {
     true
 }
 
-/// Writes an RGB8 image as JPEG (quality 90).
+/// Writes an RGB8 image as JPEG (quality 90) to a new file of mode 0600 (a crop shows a
+/// person): never through a symlink, never over an existing file.
 fn write_jpeg(path: &std::path::Path, rgb: &[u8], width: u32, height: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let encoded = std::panic::catch_unwind(|| -> std::io::Result<Vec<u8>> {
         let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
         c.set_size(width as usize, height as usize);
@@ -641,5 +715,232 @@ fn write_jpeg(path: &std::path::Path, rgb: &[u8], width: u32, height: u32) -> st
         started.finish()
     })
     .map_err(|_| std::io::Error::other("JPEG encoder failed"))??;
-    std::fs::write(path, encoded)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?; // create_new: O_CREAT | O_EXCL, which fails on any existing name, symlinks too
+    file.write_all(&encoded)?;
+    file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::detect::{DetectError, Detection};
+    use crate::frame::{Rect, RgbImage};
+    use crate::gallery::{GalleryConfig, MatchPolicy, StorageFormat};
+    use crate::manifest::{ChannelOrder, IMAGENET_MEAN, IMAGENET_STD};
+    use crate::quality::QualityConfig;
+    use crate::track::TrackerConfig;
+
+    /// Boxes given per frame by the test.
+    struct Scripted(Rc<RefCell<Vec<Detection>>>);
+
+    impl Detector for Scripted {
+        fn detect(&mut self, _: RgbView<'_>, out: &mut Detections) -> Result<(), DetectError> {
+            out.clear();
+            out.extend(self.0.borrow().iter().copied());
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    /// Embeds a crop as its mean colour, one-hot-ish: people of different colours differ.
+    struct MeanColour {
+        spec: InputSpec,
+        input: Vec<f32>,
+        out: Vec<f32>,
+    }
+
+    impl CropEmbedder for MeanColour {
+        fn input_spec(&self) -> &InputSpec {
+            &self.spec
+        }
+        fn dim(&self) -> usize {
+            3
+        }
+        fn input(&mut self) -> &mut [f32] {
+            &mut self.input
+        }
+        fn run(&mut self) -> Result<&[f32], EmbedError> {
+            let plane = self.input.len() / 3;
+            for (c, o) in self.out.iter_mut().enumerate() {
+                let mean: f32 = self.input[c * plane..(c + 1) * plane].iter().sum::<f32>();
+                *o = (mean / plane as f32 + 3.0).max(0.0);
+            }
+            let n = crate::embed::dot(&self.out, &self.out).sqrt();
+            self.out.iter_mut().for_each(|v| *v /= n);
+            Ok(&self.out)
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorded(Rc<RefCell<Vec<(EventKind, u64, u32)>>>);
+
+    impl EventSink for Recorded {
+        fn emit(&mut self, e: &Event<'_>) -> std::io::Result<()> {
+            self.0.borrow_mut().push((e.event, e.frame, e.embeddings));
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    type Events = Rc<RefCell<Vec<(EventKind, u64, u32)>>>;
+
+    fn pipeline(boxes: Rc<RefCell<Vec<Detection>>>) -> (Pipeline<MeanColour>, Events) {
+        let spec = InputSpec {
+            name: "x".into(),
+            height: 64,
+            width: 32,
+            channel_order: ChannelOrder::Rgb,
+            pixel_divisor: 255.0,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        };
+        let embedder = MeanColour {
+            input: vec![0.0; 3 * 64 * 32],
+            out: vec![0.0; 3],
+            spec,
+        };
+        let gallery = Gallery::with_budget(
+            GalleryConfig {
+                dim: 3,
+                exemplars: 4,
+                format: StorageFormat::F32,
+                budget_bytes: 1 << 16,
+            },
+            MatchPolicy {
+                threshold: 0.99,
+                ..MatchPolicy::default()
+            },
+        )
+        .unwrap();
+        let tracker = Tracker::new(TrackerConfig {
+            confirm_frames: 2,
+            embed_every: 1,
+            split_below: 0.0,
+            ..TrackerConfig::default()
+        })
+        .unwrap();
+        let quality = QualityConfig {
+            min_height: 40,
+            min_sharpness: 0.0,
+            min_crops: 4,
+            ..QualityConfig::default()
+        };
+        let events = Events::default();
+        let p = Pipeline::new(
+            PipelineConfig {
+                camera: "t".into(),
+                crops_dir: None,
+                detect_every: 1,
+            },
+            Box::new(Scripted(boxes)),
+            tracker,
+            CropGate::new(quality, crate::quality::BoxSource::Model),
+            embedder,
+            gallery,
+            Box::new(Recorded(events.clone())),
+            (320, 180),
+        );
+        (p, events)
+    }
+
+    fn frame() -> RgbImage {
+        let mut img = RgbImage::black(320, 180).unwrap();
+        // A red person at x 100..140, a green one at x 200..240.
+        for (y, row) in img.as_bytes_mut().chunks_exact_mut(320 * 3).enumerate() {
+            for (x, px) in row.chunks_exact_mut(3).enumerate() {
+                if (20..140).contains(&y) && (100..140).contains(&x) {
+                    px.copy_from_slice(&[200, 30, 30]);
+                } else if (20..140).contains(&y) && (200..240).contains(&x) {
+                    px.copy_from_slice(&[30, 200, 30]);
+                }
+            }
+        }
+        img
+    }
+
+    #[test]
+    fn a_track_is_decided_only_after_min_crops_good_crops() {
+        let person = Detection {
+            rect: Rect::new(100, 20, 40, 120),
+            score: 0.9,
+        };
+        let boxes = Rc::new(RefCell::new(vec![person]));
+        let (mut p, events) = pipeline(boxes.clone());
+        let img = frame();
+        for f in 0..10 {
+            p.process(img.view(), f, Duration::ZERO, "").unwrap();
+        }
+        let e = events.borrow().clone();
+        // embedded from frame 0 on, confirmed at frame 1, decided at the 4th crop: frame 3
+        assert_eq!(e, vec![(EventKind::Enter, 3, 4)]);
+        assert_eq!(p.stats().crops_embedded, 10);
+        assert_eq!(p.gallery().len(), 1);
+    }
+
+    #[test]
+    fn crops_that_fail_the_gate_are_never_embedded_nor_make_identities() {
+        // Cut by the left edge, low score, and two people overlapping: nothing is embedded.
+        let cut = Detection {
+            rect: Rect::new(0, 20, 40, 120),
+            score: 0.9,
+        };
+        let faint = Detection {
+            rect: Rect::new(200, 20, 40, 120),
+            score: 0.4,
+        };
+        let boxes = Rc::new(RefCell::new(vec![cut, faint]));
+        let (mut p, events) = pipeline(boxes.clone());
+        let img = frame();
+        for f in 0..10 {
+            p.process(img.view(), f, Duration::ZERO, "").unwrap();
+        }
+        *boxes.borrow_mut() = vec![
+            Detection {
+                rect: Rect::new(100, 20, 40, 120),
+                score: 0.9,
+            },
+            Detection {
+                rect: Rect::new(110, 20, 40, 120),
+                score: 0.9,
+            },
+        ];
+        for f in 10..20 {
+            p.process(img.view(), f, Duration::ZERO, "").unwrap();
+        }
+        assert!(events.borrow().is_empty(), "{:?}", events.borrow());
+        assert_eq!(p.stats().crops_embedded, 0);
+        assert_eq!(p.gallery().len(), 0);
+        let r = &p.stats().crops_rejected;
+        assert_eq!((r.edge, r.score, r.overlap), (10, 10, 20), "{r:?}");
+    }
+
+    #[test]
+    fn between_detections_boxes_are_carried_and_nothing_is_embedded() {
+        let person = Detection {
+            rect: Rect::new(100, 20, 40, 120),
+            score: 0.9,
+        };
+        let boxes = Rc::new(RefCell::new(vec![person]));
+        let (mut p, events) = pipeline(boxes);
+        p.set_detect_every(3);
+        let img = frame();
+        for f in 0..30 {
+            p.process(img.view(), f, Duration::ZERO, "").unwrap();
+        }
+        // detector on frames 0, 3, …, 27: ten runs, ten crops; decided at the 4th (frame 9)
+        assert_eq!(p.stats().detector_runs, 10);
+        assert_eq!(p.stats().crops_embedded, 10);
+        assert_eq!(events.borrow().first(), Some(&(EventKind::Enter, 9, 4)));
+    }
 }

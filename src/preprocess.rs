@@ -225,6 +225,11 @@ impl Preprocessor {
         Ok(())
     }
 
+    /// Width of a resized crop (the model's W), pixels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// Bytes of one resized crop (`H × W × 3`), as [`resize`](Self::resize) returns.
     pub fn resized_len(&self) -> usize {
         self.resized.len()

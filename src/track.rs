@@ -1,6 +1,8 @@
-//! A light IoU tracker: detections of consecutive frames are associated greedily by overlap, so
-//! that one person walking through the scene is one track. A track is *confirmed* after
-//! `confirm_frames` hits and *ends* after `max_missed` frames without a detection.
+//! A light IoU tracker: detections are associated greedily by overlap with each track's box
+//! predicted to the detection's frame (constant velocity), so that one person walking through the
+//! scene is one track — also when the detector runs only every N-th frame and the tracker
+//! carries the boxes in between ([`Tracker::predict`]). A track is *confirmed* after
+//! `confirm_frames` hits and *ends* after `max_missed` detection rounds without a detection.
 //!
 //! Tracks live in a fixed table of `max_tracks` slots; the slot index lets the pipeline keep
 //! per-track buffers (best crop, embedding sum) allocated once. Nothing allocates per frame.
@@ -18,16 +20,15 @@ pub struct TrackerConfig {
     pub iou_threshold: f32,
     /// Hits before a track is confirmed (and matched against the gallery).
     pub confirm_frames: u32,
-    /// Frames without a detection before a track ends.
+    /// Detection rounds without a detection before a track ends.
     pub max_missed: u32,
     /// Tracks followed at once; further people are ignored until a slot frees.
     pub max_tracks: usize,
-    /// Every this many frames of a track, its best crop of the window is embedded.
+    /// Every this many frames of a track, its best good crop of the window is embedded.
     pub embed_every: u32,
-    /// Crops shorter than this (pixels) are not embedded.
-    pub min_crop_height: u32,
     /// A crop whose embedding has a cosine below this to its track's mean is someone else (a
-    /// person taking another's place between two frames): the track is split. 0 disables.
+    /// person taking another's place between two frames): the track is split. 0 disables;
+    /// negative: the model manifest's `[matching] split_below`, else [`DEFAULT_SPLIT_BELOW`].
     pub split_below: f32,
 }
 
@@ -36,11 +37,10 @@ impl Default for TrackerConfig {
         TrackerConfig {
             iou_threshold: 0.3,
             confirm_frames: 3,
-            max_missed: 8,
+            max_missed: 12,
             max_tracks: 16,
-            embed_every: 5,
-            min_crop_height: 64,
-            split_below: 0.75,
+            embed_every: 3,
+            split_below: -1.0,
         }
     }
 }
@@ -61,9 +61,9 @@ impl TrackerConfig {
                 return Err(format!("tracker.{name} must be at least 1"));
             }
         }
-        if !(0.0..=1.0).contains(&self.split_below) {
+        if !(self.split_below <= 1.0) {
             return Err(format!(
-                "tracker.split_below is {}: expected 0..1",
+                "tracker.split_below is {}: expected 0..1 (negative: the model's)",
                 self.split_below
             ));
         }
@@ -77,12 +77,20 @@ impl TrackerConfig {
     }
 }
 
+/// `tracker.split_below` for a model whose manifest has none.
+pub const DEFAULT_SPLIT_BELOW: f32 = 0.75;
+
 /// One followed person.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Track {
     pub id: u64,
+    /// The latest box: the detection's on a frame with one, else the prediction.
     pub rect: Rect,
     pub score: f32,
+    /// Velocity of the box centre, pixels per frame (smoothed over detections).
+    pub velocity: (f32, f32),
+    /// Centre and frame of the latest detection.
+    seen_at: (f32, f32, u64),
     /// Frames with a detection.
     pub hits: u32,
     /// Consecutive frames without one.
@@ -92,6 +100,16 @@ pub struct Track {
     pub first_frame: u64,
     /// Matched a detection in the latest frame.
     pub seen_now: bool,
+}
+
+/// Largest jump of a box centre, in box heights, that continues a track without overlap.
+const MAX_SHIFT: f32 = 0.6;
+
+fn centre(r: Rect) -> (f32, f32) {
+    (
+        r.x as f32 + r.width as f32 / 2.0,
+        r.y as f32 + r.height as f32 / 2.0,
+    )
 }
 
 /// What happened to a slot in the latest [`Tracker::update`].
@@ -171,11 +189,11 @@ impl Tracker {
     /// starts tracks for the rest, ends tracks missed for too long. Ended tracks stay readable
     /// (change `Ended`) until the next update.
     pub fn update(&mut self, frame: u64, detections: &Detections) {
-        for (slot, change) in self.slots.iter_mut().zip(self.changes.iter_mut()) {
-            if *change == SlotChange::Ended {
-                *slot = None;
-            }
-            *change = SlotChange::Unchanged;
+        self.clear_changes();
+        self.move_to(frame);
+        self.used[..detections.len()].fill(false);
+        for track in self.slots.iter_mut().flatten() {
+            track.seen_now = false;
         }
         self.pairs.clear();
         for (s, track) in self.slots.iter().enumerate() {
@@ -187,35 +205,28 @@ impl Tracker {
                 }
             }
         }
-        self.pairs
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        self.used[..detections.len()].fill(false);
-        for track in self.slots.iter_mut().flatten() {
-            track.seen_now = false;
-        }
-        for &(_, s, d) in &self.pairs {
-            let (s, d) = (usize::from(s), usize::from(d));
-            let Some(track) = self.slots[s].as_mut() else {
+        self.assign_pairs(frame, detections);
+        // A second chance for what overlap did not pair: a detection near a track's predicted
+        // centre (within `MAX_SHIFT` of its height) and of a similar height — a walker whose
+        // velocity is not known yet, seen again after frames without detection.
+        self.pairs.clear();
+        for (s, track) in self.slots.iter().enumerate() {
+            let Some(track) = track.as_ref().filter(|t| !t.seen_now) else {
                 continue;
             };
-            if track.seen_now || self.used[d] {
-                continue;
+            let (tx, ty) = centre(track.rect);
+            let h = track.rect.height.max(1) as f32;
+            for (d, det) in detections.iter().enumerate() {
+                let (dx, dy) = centre(det.rect);
+                let shift = (dx - tx).hypot(dy - ty) / h;
+                let scale = det.rect.height as f32 / h;
+                if !self.used[d] && shift < MAX_SHIFT && (0.7..=1.4).contains(&scale) {
+                    self.pairs.push((1.0 - shift, s as u16, d as u16));
+                }
             }
-            self.used[d] = true;
-            track.seen_now = true;
-            track.rect = detections[d].rect;
-            track.score = detections[d].score;
-            track.hits += 1;
-            track.missed = 0;
-            track.confirmed |= track.hits >= self.config.confirm_frames;
         }
-        for (s, (slot, change)) in self
-            .slots
-            .iter_mut()
-            .zip(self.changes.iter_mut())
-            .enumerate()
-        {
-            let _ = s;
+        self.assign_pairs(frame, detections);
+        for (slot, change) in self.slots.iter_mut().zip(self.changes.iter_mut()) {
             if let Some(track) = slot
                 && !track.seen_now
             {
@@ -232,10 +243,13 @@ impl Tracker {
             let Some(free) = self.slots.iter().position(Option::is_none) else {
                 break;
             };
+            let (cx, cy) = centre(det.rect);
             self.slots[free] = Some(Track {
                 id: self.next_id,
                 rect: det.rect,
                 score: det.score,
+                velocity: (0.0, 0.0),
+                seen_at: (cx, cy, frame),
                 hits: 1,
                 missed: 0,
                 confirmed: self.config.confirm_frames <= 1,
@@ -244,6 +258,81 @@ impl Tracker {
             });
             self.changes[free] = SlotChange::Started;
             self.next_id += 1;
+        }
+    }
+
+    /// Gives each pair's detection to its track, best pairs first, each at most once; a
+    /// continued track takes the detection's box and score and updates its velocity.
+    fn assign_pairs(&mut self, frame: u64, detections: &Detections) {
+        self.pairs
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        for &(_, s, d) in &self.pairs {
+            let (s, d) = (usize::from(s), usize::from(d));
+            let Some(track) = self.slots[s].as_mut() else {
+                continue;
+            };
+            if track.seen_now || self.used[d] {
+                continue;
+            }
+            self.used[d] = true;
+            track.seen_now = true;
+            let (cx, cy) = centre(detections[d].rect);
+            let (px, py, pf) = track.seen_at;
+            if frame > pf {
+                let dt = (frame - pf) as f32;
+                let (vx, vy) = ((cx - px) / dt, (cy - py) / dt);
+                track.velocity = if track.hits == 1 {
+                    (vx, vy)
+                } else {
+                    (0.5 * (track.velocity.0 + vx), 0.5 * (track.velocity.1 + vy))
+                };
+            }
+            track.seen_at = (cx, cy, frame);
+            track.rect = detections[d].rect;
+            track.score = detections[d].score;
+            track.hits += 1;
+            track.missed = 0;
+            track.confirmed |= track.hits >= self.config.confirm_frames;
+        }
+    }
+
+    /// A frame without detections: every track's box moves with its velocity to `frame` (kept
+    /// inside a `width × height` frame); nothing is hit, missed, started or ended.
+    pub fn predict(&mut self, frame: u64, width: u32, height: u32) {
+        self.clear_changes();
+        self.move_to(frame);
+        for track in self.slots.iter_mut().flatten() {
+            track.seen_now = false;
+            let r = &mut track.rect;
+            r.width = r.width.min(width);
+            r.height = r.height.min(height);
+            r.x = r.x.min(width - r.width);
+            r.y = r.y.min(height - r.height);
+        }
+    }
+
+    /// Ended tracks free their slots; every slot's change is reset.
+    fn clear_changes(&mut self) {
+        for (slot, change) in self.slots.iter_mut().zip(self.changes.iter_mut()) {
+            if *change == SlotChange::Ended {
+                *slot = None;
+            }
+            *change = SlotChange::Unchanged;
+        }
+    }
+
+    /// Moves each track's box to where its velocity puts it at `frame`.
+    fn move_to(&mut self, frame: u64) {
+        for track in self.slots.iter_mut().flatten() {
+            let (px, py, pf) = track.seen_at;
+            let dt = frame.saturating_sub(pf) as f32;
+            if dt == 0.0 {
+                continue;
+            }
+            let (cx, cy) = (px + track.velocity.0 * dt, py + track.velocity.1 * dt);
+            let r = &mut track.rect;
+            r.x = (cx - r.width as f32 / 2.0).round().max(0.0) as u32;
+            r.y = (cy - r.height as f32 / 2.0).round().max(0.0) as u32;
         }
     }
 
@@ -321,6 +410,38 @@ mod tests {
         assert_eq!(ended, 2);
         tracker.update(23, &Detections::new());
         assert_eq!(tracker.tracks().count(), 0);
+    }
+
+    #[test]
+    fn boxes_are_carried_between_detections_and_reassociated() {
+        // A walker moving 12 px per frame, detected every 4th frame: 48 px between detections,
+        // more than the box's width, so without prediction the IoU would be 0 and the track lost.
+        let mut tracker = Tracker::new(TrackerConfig::default()).unwrap();
+        let at = |f: u32| Rect::new(10 + f * 12, 50, 40, 100);
+        let mut ids = Vec::new();
+        for f in 0..24u32 {
+            if f % 4 == 0 {
+                tracker.update(u64::from(f), &dets(&[at(f)]));
+            } else {
+                tracker.predict(u64::from(f), 640, 480);
+            }
+            let (_, t) = tracker.tracks().next().expect("one track");
+            ids.push(t.id);
+            if f >= 5 {
+                // the carried box stays on the walker
+                assert!(
+                    iou(t.rect, at(f)) > 0.8,
+                    "frame {f}: {:?} vs {:?}",
+                    t.rect,
+                    at(f)
+                );
+            }
+        }
+        assert!(ids.iter().all(|&id| id == 1), "{ids:?}");
+        // Predictions stay inside the frame.
+        tracker.predict(200, 640, 480);
+        let (_, t) = tracker.tracks().next().unwrap();
+        assert!(t.rect.x + t.rect.width <= 640, "{:?}", t.rect);
     }
 
     #[test]

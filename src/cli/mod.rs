@@ -1,6 +1,7 @@
 //! Pieces of the command line that are not library material: progress display and plots.
 
 pub mod capture;
+pub mod detect;
 pub mod gallery;
 pub mod plot;
 pub mod run;

@@ -17,8 +17,9 @@ pub struct RunArgs {
     /// Frame source: /dev/videoN, an image directory, .mjpeg/.y4m/.mp4/.264, or synthetic[:WxH].
     #[arg(long, value_name = "SOURCE")]
     source: Option<String>,
-    /// Person detection: motion, zones, or a YOLOX ONNX file (model detection).
-    #[arg(long, value_name = "motion|zones|PATH.onnx")]
+    /// Person detection: model (the default person detector, models/detector.onnx), motion,
+    /// zones, or a YOLOX ONNX file.
+    #[arg(long, value_name = "model|motion|zones|PATH.onnx")]
     detector: Option<String>,
     /// ReID embedding model (ONNX).
     #[arg(long, value_name = "MODEL.onnx")]
@@ -58,7 +59,7 @@ impl RunArgs {
         }
         if let Some(d) = &self.detector {
             match d.as_str() {
-                "motion" | "zones" => file.detector.kind = d.clone(),
+                "model" | "motion" | "zones" => file.detector.kind = d.clone(),
                 path => {
                     file.detector.kind = "model".into();
                     file.detector.model.path = PathBuf::from(path);
@@ -130,8 +131,21 @@ fn print_summary(s: &Summary) {
         c.identities_new, c.matches_known, c.ambiguous, c.enrolled, s.identities
     );
     eprintln!(
-        "per frame (ms): capture {:.2}, detect {:.2}, track {:.2}, embed {:.2}, gallery {:.3}, events {:.3}, total {:.2}",
-        m.capture, m.detect, m.track, m.embed, m.gallery, m.events, m.total
+        "per frame (ms): capture {:.2}, detect {:.2} (every {} frame(s), {} runs), track {:.2}, embed {:.2}, gallery {:.3}, events {:.3}, total {:.2}",
+        m.capture,
+        m.detect,
+        s.detect_every,
+        c.detector_runs,
+        m.track,
+        m.embed,
+        m.gallery,
+        m.events,
+        m.total
+    );
+    let r = &c.crops_rejected;
+    eprintln!(
+        "crops not embedded: score {}, small {}, shape {}, edge {}, overlap {}, blur {}",
+        r.score, r.small, r.shape, r.edge, r.overlap, r.blur
     );
     eprintln!(
         "memory: RSS {} KiB after {} frames, {} KiB at the end (max {} KiB); gallery saved {} time(s); camera reopened {} time(s)",

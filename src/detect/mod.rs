@@ -5,12 +5,13 @@
 //!
 //! Detections go into a fixed-capacity list: the per-frame path allocates nothing.
 
+pub mod manifest;
 mod motion;
 mod yolox;
 mod zones;
 
 pub use motion::{MotionConfig, MotionDetector};
-pub use yolox::{YoloxConfig, YoloxDetector, YoloxPreset};
+pub use yolox::{Decode, YoloxConfig, YoloxDetector, YoloxPreset, decode_yolox};
 pub use zones::{ZoneConfig, ZoneDetector};
 
 use crate::frame::{Rect, RgbView};

@@ -11,6 +11,7 @@ use reidcam::events::{Event, EventSink};
 use reidcam::gallery::{Gallery, GalleryConfig, MatchPolicy, StorageFormat};
 use reidcam::manifest::InputSpec;
 use reidcam::pipeline::{CropEmbedder, Pipeline, PipelineConfig};
+use reidcam::quality::{BoxSource, CropGate, QualityConfig};
 use reidcam::track::{Tracker, TrackerConfig};
 use reidcam::{EmbedConfig, Embedder, ManifestChoice};
 
@@ -83,10 +84,6 @@ fn video_with_motion_detection_gives_tracks_identities_and_stage_times() {
     assert_eq!(enters, leaves, "every track that entered leaves");
     let identities = sm["identities"].as_u64().unwrap();
     assert!((3..=20).contains(&identities), "{identities} identities");
-    assert!(
-        e.iter().any(|e| e["identity"]["decision"] == "known"),
-        "someone is seen again"
-    );
     for field in ["detect", "track", "embed", "gallery", "total"] {
         assert!(sm["per_frame_ms"][field].as_f64().unwrap() > 0.0, "{field}");
     }
@@ -152,10 +149,11 @@ fn enrolled_person_is_recognised_in_market_frames_with_yolox() {
     eprintln!("{err}");
     let sm = summary(&sum);
     assert_eq!(sm["frames"], 16);
-    // The reference: YOLOX-Nano at 736x416 finds 74 people at score ≥ 0.5 (before our
-    // 32-pixel minimum height).
+    // YOLOX-Nano at 736x416 finds 69 people at score ≥ 0.5 and 90 boxes at the detector's
+    // default 0.3 (tracking keeps low-score boxes; only those above quality.min_score are
+    // embedded), before our 32-pixel minimum height.
     let people = sm["counts"]["detections"].as_u64().unwrap();
-    assert!((55..=80).contains(&people), "{people} people in 16 frames");
+    assert!((60..=95).contains(&people), "{people} people in 16 frames");
     let e = events(&ev);
     let hit = e
         .iter()
@@ -276,7 +274,7 @@ fn synthetic_scene_runs_with_the_tiny_model_and_zones() {
     std::fs::write(
         &config,
         format!(
-            "camera = \"door\"\n[detector]\nkind = \"zones\"\n[detector.zones]\nrects = [[100, 0, 120, 180]]\n[tracker]\nmin_crop_height = 32\n[events]\ncrops_dir = {:?}\n",
+            "camera = \"door\"\n[detector]\nkind = \"zones\"\n[detector.zones]\nrects = [[100, 0, 120, 180]]\n[quality]\nmin_height = 32\nmin_sharpness = 0.0\n[events]\ncrops_dir = {:?}\n",
             s(&dir)
         ),
     )
@@ -312,15 +310,56 @@ fn synthetic_scene_runs_with_the_tiny_model_and_zones() {
         e.iter()
             .all(|e| e["camera"] == "door" && e["box"] == serde_json::json!([100, 0, 120, 180]))
     );
-    // Each enter event names its crop, a JPEG of the model's input size.
+    // Each enter event names its crop, a JPEG of the model's input size, private to its owner;
+    // the names carry the run's start, so a second run never overwrites the first's crops.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut names = std::collections::BTreeSet::new();
     for enter in e.iter().filter(|e| e["event"] == "enter") {
         let crop = Path::new(enter["crop"].as_str().expect("crop path"));
+        let name = crop.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
-            crop.ends_with(format!("door-track{}-enter.jpg", enter["track"])),
+            name.starts_with("door-")
+                && name.ends_with(&format!("-track{}-enter.jpg", enter["track"])),
             "{crop:?}"
         );
+        assert_eq!(crop.parent(), Some(dir.as_path()));
+        assert_eq!(
+            std::fs::metadata(crop).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         reidcam::frame::load_image(crop).unwrap();
+        names.insert(name);
     }
+    let (ok, _, err) = reidcam(&[
+        "run",
+        "--config",
+        s(&config),
+        "--source",
+        "synthetic:320x180",
+        "--model",
+        s(&tiny),
+        "--gallery",
+        "",
+        "--events",
+        s(&ev),
+        "--max-frames",
+        "200",
+    ]);
+    assert!(ok, "{err}");
+    let crops: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jpg"))
+        .collect();
+    assert!(
+        names.iter().all(|n| crops.contains(n)),
+        "first run's crops kept"
+    );
+    assert!(
+        crops.len() > names.len(),
+        "the second run wrote crops of its own: {crops:?}"
+    );
 }
 
 /// A stand-in embedder: the crop's mean colour per third of its height (no allocation).
@@ -369,6 +408,17 @@ impl EventSink for LastLine {
     }
 }
 
+/// The synthetic scene's people are small flat-coloured figures whose padded motion boxes reach
+/// the frame's bottom edge: the size, sharpness and edge tests are relaxed for them.
+fn synthetic_quality() -> QualityConfig {
+    QualityConfig {
+        min_height: 32,
+        min_sharpness: 0.0,
+        edge_margin: 0,
+        ..QualityConfig::default()
+    }
+}
+
 /// 200 frames of warm-up, then 600 of the synthetic scene through detection, tracking,
 /// embedding with `embedder`, matching (at `threshold`) and events: no allocation.
 fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32) {
@@ -391,18 +441,17 @@ fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32
         },
     )
     .unwrap();
-    let tracker = Tracker::new(TrackerConfig {
-        min_crop_height: 32,
-        ..TrackerConfig::default()
-    })
-    .unwrap();
+    let tracker = Tracker::new(TrackerConfig::default()).unwrap();
+    let gate = CropGate::new(synthetic_quality(), BoxSource::Motion);
     let mut pipeline = Pipeline::new(
         PipelineConfig {
             camera: "test".into(),
             crops_dir: None,
+            detect_every: 1,
         },
         Box::new(MotionDetector::new(MotionConfig::default()).unwrap()),
         tracker,
+        gate,
         embedder,
         gallery,
         Box::new(LastLine(Vec::with_capacity(4096), 0)),
@@ -611,7 +660,8 @@ fn a_camera_that_disappears_mid_run_is_reopened() {
     file.model.path = s(&crate::common::models().join("tiny_reid.onnx")).into();
     file.gallery.path = s(&dir.join("g.bin")).into();
     file.events.output = s(&dir.join("e.jsonl")).into();
-    file.tracker.min_crop_height = 32;
+    file.detector.kind = "motion".into();
+    file.quality = synthetic_quality();
     let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let controls = reidcam::daemon::Controls::default();
     let mut states = Vec::new();
@@ -646,7 +696,12 @@ fn sighup_reloads_and_sigterm_stops_cleanly_saving_the_gallery() {
     let dir = scratch("run-signals");
     let tiny = crate::common::models().join("tiny_reid.onnx");
     let config = dir.join("c.toml");
-    std::fs::write(&config, "[tracker]\nmin_crop_height = 32\n").unwrap();
+    std::fs::write(
+        &config,
+        // Decide on the first crop: the run lasts a few seconds of a paced synthetic scene.
+        "[detector]\nkind = \"motion\"\n[quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n",
+    )
+    .unwrap();
     let (gallery, sum) = (dir.join("g.bin"), dir.join("s.json"));
     let child = crate::common::command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
         .args([
@@ -756,7 +811,7 @@ fn fixed_size_yolox_and_bytetrack_presets_find_people() {
         let people = summary(&sum)["counts"]["detections"].as_u64().unwrap();
         println!("{detector}: {people} people in 16 frames");
         assert!(
-            (least..=90).contains(&people),
+            (least..=110).contains(&people),
             "{detector}: {people} people"
         );
     }
