@@ -13,6 +13,13 @@ more than the baseline's tolerance; --update rewrites the baseline.
 
     tools/.venv/bin/python tools/qemu_cost.py --binary ... --int8 [--int8-model DIR/X_int8.onnx]...
 
+    tools/.venv/bin/python tools/qemu_cost.py --binary ... --frame [--cpu cortex-a72]
+
+--frame instead counts the daemon's per-frame work with its defaults: guest instructions per
+detector frame (`reidcam detect` with models/detector.onnx on a 768×432 frame, the shared
+videos' size: (I(3 frames) − I(1 frame)) / 2, JPEG decoding of the frame included, a few million)
+and per embedding of the default model, and what a frame with one and with three people costs.
+
 --int8 instead compares int8 models with their float ones through reidcam (our default model,
 and each --int8-model with its float `X.onnx` beside it, as tools/int8_check.py --out leaves
 them) on a CPU with the dot-product extension (cortex-a76: sdot, the int8 kernel) and one
@@ -75,11 +82,15 @@ def main() -> int:
     ap.add_argument("--check", type=Path, help="baseline JSON to compare with")
     ap.add_argument("--update", action="store_true", help="rewrite the --check baseline with this measurement")
     ap.add_argument("--int8", action="store_true", help="instead: int8 models vs their float ones (see above)")
+    ap.add_argument("--frame", action="store_true", help="instead: the default detector and model per frame")
+    ap.add_argument("--cpu", default=CPU, help="with --frame: the emulated CPU")
     ap.add_argument("--int8-model", type=Path, action="append", default=[],
                     help="with --int8: another X_int8.onnx (float X.onnx and manifests beside it)")
     args = ap.parse_args()
     if args.int8:
         return int8_vs_float(args.binary, args.int8_model)
+    if args.frame:
+        return per_frame(args.binary, args.cpu)
     shared = reference.require_shared("qemu_cost")
     if shared is None:
         return 0
@@ -126,6 +137,44 @@ def main() -> int:
         return 1
     if ratio < 1 - baseline["tolerance"]:
         print("qemu_cost: cheaper than the baseline: update it with --update")
+    return 0
+
+
+def detect_instructions(binary: Path, lib: Path, image: Path, frames: int, cpu: str) -> int:
+    """Guest instructions of one `reidcam detect` process over `frames` copies of `image`."""
+    cmd = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", str(binary), "detect",
+           "--detector", str(ROOT / "models" / "detector.onnx"), *[str(image)] * frames]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"qemu_cost: {' '.join(cmd[:8])} ... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    found = re.findall(r"guest instructions: (\d+)", proc.stderr + proc.stdout)
+    if not found:
+        sys.exit(f"qemu_cost: the plugin reported nothing:\n{proc.stderr[-2000:]}")
+    return int(found[-1])
+
+
+def per_frame(binary: Path, cpu: str) -> int:
+    """The default detector per frame and the default model per embedding (see the module docs)."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    lib = plugin()
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "frame.jpg"
+        rng = np.random.default_rng(0)
+        y, x = np.mgrid[0:432, 0:768]
+        pixels = np.stack([x * 255 // 768, y * 255 // 432, (x + y) % 256], 2) + rng.integers(0, 30, (432, 768, 3))
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(image, quality=90)
+        counts = {n: detect_instructions(binary, lib, image, n, cpu) for n in (1, 3)}
+    detector = (counts[3] - counts[1]) / 2
+    model = ROOT / "models" / "default.onnx"
+    runs = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu) for n in RUNS}
+    embed = (runs[RUNS[1]] - runs[RUNS[0]]) / (RUNS[1] - RUNS[0])
+    print(f"qemu_cost: {cpu}: default detector {detector / 1e6:.1f} M guest instructions per "
+          f"768x432 frame; default model {embed / 1e6:.2f} M per embedding; a frame with one "
+          f"person {(detector + embed) / 1e6:.1f} M, with three {(detector + 3 * embed) / 1e6:.1f} M")
     return 0
 
 
