@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     report_mod.add_args(sub.add_parser("table", help="evaluate runs with reidcam eval → Markdown"))
 
+    from . import mine as mine_mod, teacher as teacher_mod, distill as distill_mod
+    mine_mod.add_args(sub.add_parser("mine", help="person crops from the shared videos and frames"))
+    teacher_mod.add_args(sub.add_parser("teach", help="a teacher's embeddings of every view"))
+    distill_mod.add_args(sub.add_parser("distill", help="train a student on a teacher's embeddings"))
+
     args = ap.parse_args(argv)
     if args.command == "train":
         recipe = train_mod.recipe_from(args)
@@ -53,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         export_mod.run(args)
     elif args.command == "table":
         report_mod.run(args)
+    elif args.command == "mine":
+        mine_mod.run(args)
+    elif args.command == "teach":
+        teacher_mod.run(args)
+    elif args.command == "distill":
+        distill_mod.run(args)
     return 0
 
 

@@ -18,8 +18,14 @@ def test_default_model_accuracy_on_cuhk03_val(variant):
     data = shared_or_skip() / "data/cuhk03-val"
     model = ROOT / "models" / EXPECTED[variant]["file"]
     assert model.is_file() and model.with_suffix(".toml").is_file(), model
-    got = reference.reidcam_eval(model, data)["metrics"]
+    report = reference.reidcam_eval(model, data)
+    got = report["metrics"]
     want, tol = EXPECTED[variant], EXPECTED["tolerance_points"]
+    if variant == "int8":
+        # Without int8 dot products (x86 without VNNI, Cortex-A72) the int8 model runs from
+        # dequantised weights, and gives other embeddings than the integer kernels: each path has
+        # its figures (issue 23 makes the integers the same on every CPU).
+        want = want[report["int8_path"]]
     assert abs(got["rank1"] - want["rank1"]) <= tol, (got["rank1"], want)
     assert abs(got["map"] - want["mAP"]) <= tol, (got["map"], want)
     # an in-domain model must beat the best cross-domain reference of its size

@@ -21,11 +21,12 @@ class Output:
     """Training-time outputs, one entry per feature level."""
     features: list[torch.Tensor]   # pre-BN pooled features (triplet / centre loss)
     logits: list[torch.Tensor]     # ID classifier outputs
+    embedding: torch.Tensor | None = None  # the projected embedding (distillation), if any
 
 
 class EmbeddingNet(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, bnneck: bool = True,
-                 fc_dim: int = 0):
+                 fc_dim: int = 0, proj_dim: int = 0):
         super().__init__()
         self.backbone = backbone
         widths = backbone.out_channels
@@ -44,7 +45,10 @@ class EmbeddingNet(nn.Module):
             bn.bias.requires_grad_(False)  # BNNeck: no shift before the classifier
             self.necks.append(bn if bnneck else nn.Identity())
         self.classifiers = nn.ModuleList(nn.Linear(c, num_classes, bias=not bnneck) for c in widths)
-        self.embed_dim = sum(widths)
+        # Optional linear projection of the embedding (distillation into a teacher's space): it
+        # is then the inference output.
+        self.project = nn.Linear(sum(widths), proj_dim) if proj_dim else None
+        self.embed_dim = proj_dim or sum(widths)
         self.num_classes = num_classes
         for cls in self.classifiers:
             nn.init.normal_(cls.weight, std=0.001)
@@ -58,9 +62,14 @@ class EmbeddingNet(nn.Module):
     def forward(self, x: torch.Tensor):
         feats = self.pooled(x)
         necked = [neck(f) for neck, f in zip(self.necks, feats)]
+        embedding = torch.cat(necked, 1)
+        project = getattr(self, "project", None)  # checkpoints pickled before it existed
+        if project is not None:
+            embedding = project(embedding)
         if self.training:
-            return Output(feats, [cls(f) for cls, f in zip(self.classifiers, necked)])
-        return torch.cat(necked, 1)
+            return Output(feats, [cls(f) for cls, f in zip(self.classifiers, necked)],
+                          embedding if project is not None else None)
+        return embedding
 
 
 # Embedding layer width per architecture: OSNet as in the paper / torchreid (so x1.0 has its
@@ -69,14 +78,15 @@ FC_DIM = {"osnet": 512, "sclnet": 256}
 
 
 def build(arch: str, width: float = 1.0, num_classes: int = 751, bnneck: bool = True,
-          last_stride: int = 2, fc_dim: int | None = None) -> EmbeddingNet:
+          last_stride: int = 2, fc_dim: int | None = None, proj_dim: int = 0) -> EmbeddingNet:
     if arch == "osnet":
         backbone = OSNet(width, last_stride)
     elif arch == "sclnet":
         backbone = SCLNet(width, last_stride)
     else:
         raise ValueError(f"unknown architecture {arch!r}: expected one of {ARCHS}")
-    return EmbeddingNet(backbone, num_classes, bnneck, FC_DIM[arch] if fc_dim is None else fc_dim)
+    return EmbeddingNet(backbone, num_classes, bnneck, FC_DIM[arch] if fc_dim is None else fc_dim,
+                        proj_dim)
 
 
 def count_params(net: EmbeddingNet, classifier: bool = False) -> int:
