@@ -612,7 +612,7 @@ impl DetectPace {
 
 /// Frames per detection so that detecting takes at most `share` of the frame time.
 fn detect_every(detect_ms: f64, interval_ms: f64, share: f64) -> u32 {
-    if !(interval_ms > 0.0) {
+    if interval_ms.is_nan() || interval_ms <= 0.0 {
         return 1;
     }
     let n = (detect_ms / (share * interval_ms)).ceil();

@@ -61,7 +61,7 @@ impl TrackerConfig {
                 return Err(format!("tracker.{name} must be at least 1"));
             }
         }
-        if !(self.split_below <= 1.0) {
+        if self.split_below.is_nan() || self.split_below > 1.0 {
             return Err(format!(
                 "tracker.split_below is {}: expected 0..1 (negative: the model's)",
                 self.split_below

@@ -328,7 +328,7 @@ pub fn decode_yolox(
                 };
                 row += 1;
                 let score = v[4] * v[5 + d.class];
-                if !(score >= d.score_threshold) {
+                if score.is_nan() || score < d.score_threshold {
                     continue;
                 }
                 let s = s as f32;
