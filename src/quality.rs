@@ -338,7 +338,8 @@ mod tests {
             let s = w / 64;
             let v = |x: usize, y: usize| {
                 let body = (16 * s..48 * s).contains(&x) && (16 * s..112 * s).contains(&y);
-                let stripe = body && (40 * s..70 * s).contains(&y) && (y / (6 * s)).is_multiple_of(2);
+                let stripe =
+                    body && (40 * s..70 * s).contains(&y) && (y / (6 * s)).is_multiple_of(2);
                 60.0 + 40.0 * y as f32 / h as f32
                     + if body { 140.0 } else { 0.0 }
                     + if stripe { 30.0 } else { 0.0 }

@@ -84,13 +84,15 @@ def main() -> int:
     ap.add_argument("--int8", action="store_true", help="instead: int8 models vs their float ones (see above)")
     ap.add_argument("--frame", action="store_true", help="instead: the default detector and model per frame")
     ap.add_argument("--cpu", default=CPU, help="with --frame: the emulated CPU")
+    ap.add_argument("--frame-model", type=Path, default=ROOT / "models" / "default.onnx",
+                    help="with --frame: the ReID model (default: models/default.onnx)")
     ap.add_argument("--int8-model", type=Path, action="append", default=[],
                     help="with --int8: another X_int8.onnx (float X.onnx and manifests beside it)")
     args = ap.parse_args()
     if args.int8:
         return int8_vs_float(args.binary, args.int8_model)
     if args.frame:
-        return per_frame(args.binary, args.cpu)
+        return per_frame(args.binary, args.cpu, args.frame_model)
     shared = reference.require_shared("qemu_cost")
     if shared is None:
         return 0
@@ -153,7 +155,7 @@ def detect_instructions(binary: Path, lib: Path, image: Path, frames: int, cpu: 
     return int(found[-1])
 
 
-def per_frame(binary: Path, cpu: str) -> int:
+def per_frame(binary: Path, cpu: str, model: Path) -> int:
     """The default detector per frame and the default model per embedding (see the module docs)."""
     import tempfile
 
@@ -169,11 +171,10 @@ def per_frame(binary: Path, cpu: str) -> int:
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(image, quality=90)
         counts = {n: detect_instructions(binary, lib, image, n, cpu) for n in (1, 3)}
     detector = (counts[3] - counts[1]) / 2
-    model = ROOT / "models" / "default.onnx"
     runs = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu) for n in RUNS}
     embed = (runs[RUNS[1]] - runs[RUNS[0]]) / (RUNS[1] - RUNS[0])
     print(f"qemu_cost: {cpu}: default detector {detector / 1e6:.1f} M guest instructions per "
-          f"768x432 frame; default model {embed / 1e6:.2f} M per embedding; a frame with one "
+          f"768x432 frame; {model.name} {embed / 1e6:.2f} M per embedding; a frame with one "
           f"person {(detector + embed) / 1e6:.1f} M, with three {(detector + 3 * embed) / 1e6:.1f} M")
     return 0
 

@@ -280,24 +280,28 @@ fn synthetic_scene_runs_with_the_tiny_model_and_zones() {
     )
     .unwrap();
     let (ev, sum) = (dir.join("e.jsonl"), dir.join("s.json"));
-    let (ok, _, err) = reidcam(&[
-        "run",
-        "--config",
-        s(&config),
-        "--source",
-        "synthetic:320x180",
-        "--model",
-        s(&tiny),
-        "--gallery",
-        "",
-        "--events",
-        s(&ev),
-        "--max-frames",
-        "200",
-        "--summary-json",
-        s(&sum),
-    ]);
-    assert!(ok, "{err}");
+    // 200 synthetic frames through the zone config, events to `ev`, the summary to `sum`.
+    let run = || {
+        let (ok, _, err) = reidcam(&[
+            "run",
+            "--config",
+            s(&config),
+            "--source",
+            "synthetic:320x180",
+            "--model",
+            s(&tiny),
+            "--gallery",
+            "",
+            "--events",
+            s(&ev),
+            "--max-frames",
+            "200",
+            "--summary-json",
+            s(&sum),
+        ]);
+        assert!(ok, "{err}");
+    };
+    run();
     let sm = summary(&sum);
     assert_eq!(sm["frames"], 200);
     assert_eq!(sm["ended_by"], "frame limit");
@@ -330,22 +334,7 @@ fn synthetic_scene_runs_with_the_tiny_model_and_zones() {
         reidcam::frame::load_image(crop).unwrap();
         names.insert(name);
     }
-    let (ok, _, err) = reidcam(&[
-        "run",
-        "--config",
-        s(&config),
-        "--source",
-        "synthetic:320x180",
-        "--model",
-        s(&tiny),
-        "--gallery",
-        "",
-        "--events",
-        s(&ev),
-        "--max-frames",
-        "200",
-    ]);
-    assert!(ok, "{err}");
+    run();
     let crops: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -586,10 +575,12 @@ fn fresh_clone_runs_the_default_model_without_shared_data() {
     let sm = summary(&sum);
     assert_eq!(sm["frames"], 60);
     let model = sm["model"].as_str().unwrap();
-    assert!(
-        model.starts_with("reidcam-osnet-x0_25-cuhk03 (models/default.onnx)"),
-        "{model}"
-    );
+    let shipped = reidcam::manifest::ModelManifest::from_path(
+        &crate::common::repo().join("models/default.toml"),
+    )
+    .unwrap();
+    let want = format!("{} (models/default.onnx)", shipped.model.name);
+    assert!(model.starts_with(&want), "{model}, expected {want}");
     assert!(sm["source"].as_str().unwrap().starts_with("synthetic"));
     assert!(sm["counts"]["crops_embedded"].as_u64().unwrap() > 0);
 }
