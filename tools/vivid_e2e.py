@@ -161,7 +161,8 @@ manifest = "model.toml"
 [gallery]
 path = "out/gallery.bin"
 [tracker]
-embed_every = 4
+# every other frame: 6 crops in the 12-frame run, past quality.min_crops (4) before a decision
+embed_every = 2
 [events]
 output = "out/run-events.jsonl"
 """

@@ -201,11 +201,12 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
                 "batch {batch} threads {threads} slot {slot}: cosine to float {c}"
             );
         }
-        // 187 QLinearConv: 77 1×1 and the stem in int8; from dequantised weights 60
-        // depthwise, 48 gate fcs and one 1×1 whose saturated int32 bias could overflow the sums.
-        // Without dot-product instructions, all 187 from dequantised weights.
+        // 187 QLinearConv: all 78 1×1 and the stem in int8; from dequantised weights 60
+        // depthwise and 48 gate fcs. (The previous default model had one 1×1 whose saturated
+        // int32 bias could overflow the sums: dequantised too.) Without dot-product
+        // instructions, all 187 from dequantised weights.
         let (int8, stem) = if Dot::detect().is_some() {
-            (77, 1)
+            (78, 1)
         } else {
             (0, 0)
         };
@@ -220,10 +221,10 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
             (true, int8, stem, 187 - int8 - stem, Dot::detect()),
             "{done:?}"
         );
-        // Then fused by our float ops; residual adds and ReLUs into 15 of the int8 ones (each
-        // block's conv1 + ReLU and conv3 + shortcut + ReLU, the two 1×1 after the stages, the
-        // stem's ReLU). Without dot products they are float ones, fused as in the float model.
-        let (pointwise, conv, quant_fused) = if int8 > 0 { (1, 0, 15) } else { (78, 1, 0) };
+        // Then fused: residual adds and ReLUs into 16 of the int8 ones (each block's conv1 +
+        // ReLU and conv3 + shortcut + ReLU, the two 1×1 after the stages, the stem's ReLU).
+        // Without dot products they are float ones, fused as in the float model.
+        let (pointwise, conv, quant_fused) = if int8 > 0 { (0, 0, 16) } else { (78, 1, 0) };
         assert_eq!(
             (
                 done.depthwise,
