@@ -205,11 +205,30 @@ pub fn rss_bytes() -> Option<u64> {
     proc_status_kib("VmRSS:").map(|kib| kib * 1024)
 }
 
-fn proc_status_kib(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A `kB` field of `/proc/self/status` (`VmRSS:`, `VmHWM:`), read into a stack buffer: no
+/// allocation, so the daemon's frame loop may call it. The kernel reports these in KiB whatever
+/// its page size (16 KiB and 64 KiB pages: Raspberry Pi 5, some arm64 distributions), unlike
+/// `/proc/self/statm`, which counts pages.
+pub fn proc_status_kib(key: &str) -> Option<u64> {
+    use std::io::Read;
+    let mut buf = [0u8; 8192];
+    let mut f = std::fs::File::open("/proc/self/status").ok()?;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    parse_status_kib(&buf[..n], key)
+}
+
+fn parse_status_kib(status: &[u8], key: &str) -> Option<u64> {
     status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(key.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -225,6 +244,15 @@ mod tests {
         assert!((p.mean - 50.5).abs() < 1e-9);
         let p = Percentiles::of(&mut [7.0]);
         assert_eq!((p.p50, p.p99), (7.0, 7.0));
+    }
+
+    #[test]
+    fn status_fields_are_parsed_in_kib_whatever_the_page_size() {
+        let status = b"Name:\treidcam\nVmHWM:\t   51234 kB\nVmRSS:\t   40960 kB\nThreads:\t2\n";
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(40960));
+        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(51234));
+        assert_eq!(parse_status_kib(status, "VmSwap:"), None);
+        assert_eq!(parse_status_kib(b"VmRSS:\tlots kB\n", "VmRSS:"), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The daemon's configuration (`reidcam run --config FILE`), in two phases: [`ConfigFile`] is
 //! what the TOML says (serde, `deny_unknown_fields`, a default for every field), and
 //! [`ConfigFile::validate`] turns it into a [`RunConfig`] of runtime objects, with errors that
-//! name the field. Every field and its default is documented in `docs/config.md` and
-//! `board/reidcam.toml`.
+//! name the field. Every field and its default is documented in `docs/daemon.md`
+//! ("Configuration"); `board/systemd/reidcam.toml` is a board's configuration file.
 
 use std::path::{Path, PathBuf};
 
@@ -102,6 +102,19 @@ impl Default for DetectorSection {
     }
 }
 
+/// `source.replay_fps` bounds: below, a paced replay would sleep for minutes per frame; above,
+/// pacing means nothing.
+pub const MIN_REPLAY_FPS: f64 = 0.1;
+pub const MAX_REPLAY_FPS: f64 = 1000.0;
+/// `model.threads` at most: more than any board's cores.
+pub const MAX_THREADS: usize = 64;
+/// `gallery.budget` at most (4 GiB).
+pub const MAX_GALLERY_BUDGET: u64 = 4 << 30;
+/// `events.rotate_bytes` at least (unless 0): rotating on every event renames files in the frame
+/// loop.
+pub const MIN_ROTATE_BYTES: usize = 4096;
+/// `events.keep` at most: rotation renames every kept file once.
+pub const MAX_KEEP: u32 = 1000;
 /// Most frames between two detections (`detector.every`).
 pub const MAX_DETECT_EVERY: u32 = 30;
 
@@ -142,7 +155,7 @@ pub struct GallerySection {
     pub exemplars: usize,
     /// Storage: int8, f16 or f32.
     pub format: String,
-    /// Match threshold (cosine); negative: the model manifest's `[matching]`, else 0.5.
+    /// Match threshold (cosine); negative: the model manifest's `[matching]`, else 0.7.
     pub threshold: f32,
     /// A match must beat the runner-up by this.
     pub margin: f32,
@@ -289,10 +302,13 @@ impl ConfigFile {
         let mut camera = V4l2Config::new("/dev/video0", format, s.width, s.height);
         camera.fps = (s.fps > 0).then_some(s.fps);
         camera.controls = s.controls.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        if !(s.replay_fps > 0.0 && s.replay_fps.is_finite()) {
+        if !(MIN_REPLAY_FPS..=MAX_REPLAY_FPS).contains(&s.replay_fps) {
             return Err(invalid(
                 "source.replay_fps",
-                format!("is {}: expected a positive number", s.replay_fps),
+                format!(
+                    "is {}: expected {MIN_REPLAY_FPS} to {MAX_REPLAY_FPS} frames per second",
+                    s.replay_fps
+                ),
             ));
         }
         let path = if s.path == "auto" {
@@ -385,12 +401,24 @@ impl ConfigFile {
         } else {
             Some(PathBuf::from(&m.manifest))
         };
-        if m.threads == 0 {
-            return Err(invalid("model.threads", "must be at least 1".into()));
+        if m.threads == 0 || m.threads > MAX_THREADS {
+            return Err(invalid(
+                "model.threads",
+                format!("is {}: expected 1..{MAX_THREADS}", m.threads),
+            ));
         }
 
         let g = &self.gallery;
         let budget = parse_bytes(&g.budget).map_err(|e| invalid("gallery.budget", e))?;
+        if budget as u64 > MAX_GALLERY_BUDGET {
+            return Err(invalid(
+                "gallery.budget",
+                format!(
+                    "is {budget} bytes: at most {MAX_GALLERY_BUDGET} (4 GiB; the gallery is held \
+                     in memory, and 16 MiB holds thousands of identities)"
+                ),
+            ));
+        }
         let storage: StorageFormat = g.format.parse().map_err(|e| invalid("gallery.format", e))?;
         if g.exemplars == 0 || g.exemplars > 255 {
             return Err(invalid(
@@ -426,6 +454,18 @@ impl ConfigFile {
         let e = &self.events;
         let rotate_bytes =
             parse_bytes(&e.rotate_bytes).map_err(|e| invalid("events.rotate_bytes", e))?;
+        if rotate_bytes != 0 && rotate_bytes < MIN_ROTATE_BYTES {
+            return Err(invalid(
+                "events.rotate_bytes",
+                format!("is {rotate_bytes} bytes: expected 0 (never rotate) or at least 4KiB"),
+            ));
+        }
+        if e.keep > MAX_KEEP {
+            return Err(invalid(
+                "events.keep",
+                format!("is {}: expected 0..{MAX_KEEP}", e.keep),
+            ));
+        }
         let nonempty = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
         if let Some(dir) = nonempty(&e.crops_dir)
             && !dir.is_dir()
@@ -625,5 +665,39 @@ mod tests {
         file.detector.kind = "magic".into();
         let err = file.validate("test.toml").unwrap_err().to_string();
         assert!(err.contains("detector.kind: is \"magic\""), "{err}");
+    }
+
+    /// Issue 22: settings that made the daemon panic, hang beyond one SIGTERM, or rename files
+    /// billions of times are refused at start-up, naming the field.
+    #[test]
+    fn settings_that_hung_or_panicked_are_bounded() {
+        let good = || {
+            let mut file = ConfigFile::default();
+            file.source.path = "synthetic".into();
+            file.detector.kind = "motion".into();
+            file
+        };
+        good().validate("t.toml").expect("the base config is valid");
+        type Spoil = fn(&mut ConfigFile);
+        let cases: [(&str, Spoil); 8] = [
+            ("source.replay_fps", |f| f.source.replay_fps = 1e-300),
+            ("source.replay_fps", |f| f.source.replay_fps = 1e-9),
+            ("source.replay_fps", |f| f.source.replay_fps = f64::NAN),
+            ("model.threads", |f| f.model.threads = 100_000),
+            ("gallery.budget", |f| f.gallery.budget = "64GiB".into()),
+            ("gallery.budget", |f| {
+                f.gallery.budget = u64::MAX.to_string()
+            }),
+            ("events.rotate_bytes", |f| {
+                f.events.rotate_bytes = "1".into()
+            }),
+            ("events.keep", |f| f.events.keep = u32::MAX),
+        ];
+        for (field, spoil) in cases {
+            let mut file = good();
+            spoil(&mut file);
+            let err = file.validate("t.toml").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("t.toml: {field}:")), "{err}");
+        }
     }
 }

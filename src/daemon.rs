@@ -102,21 +102,9 @@ pub struct Summary {
     pub detect_every: u32,
 }
 
-/// Resident set size in KiB, read from /proc without allocating.
+/// Resident set size in KiB (`VmRSS`, read from /proc without allocating; 0 if unreadable).
 pub fn rss_kib() -> u64 {
-    use std::io::Read;
-    let mut buf = [0u8; 4096];
-    let Ok(mut f) = std::fs::File::open("/proc/self/statm") else {
-        return 0;
-    };
-    let n = f.read(&mut buf).unwrap_or(0);
-    let text = std::str::from_utf8(&buf[..n]).unwrap_or("");
-    let pages: u64 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4
+    crate::bench::proc_status_kib("VmRSS:").unwrap_or(0)
 }
 
 struct Running {

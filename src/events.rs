@@ -1,5 +1,5 @@
-//! Events out: one JSON object per line (schema in `docs/events.md`), to stdout or to a file that
-//! rotates by size. [`EventSink`] is the seam for other transports (MQTT comes later).
+//! Events out: one JSON object per line (schema in `docs/daemon.md`, "Events"), to stdout or to
+//! a file that rotates by size. [`EventSink`] is the seam for other transports (MQTT comes later).
 //!
 //! Serialisation goes into one reused buffer; strings in an [`Event`] are borrowed, so emitting
 //! allocates nothing once the buffer has grown to the longest line.
@@ -163,8 +163,26 @@ impl JsonLines {
     }
 }
 
+/// Opens the events file for appending: created 0600 (events name identities and crops), never
+/// through a symbolic link (whoever planted one would choose the file we append to).
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a symbolic link: reidcam does not write through links",
+                )
+            } else {
+                e
+            }
+        })
 }
 
 fn rotated(path: &Path, n: u32) -> PathBuf {
@@ -255,6 +273,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Issue 22: the events file is 0600 like the gallery, and a symbolic link planted at its
+    /// path is refused, its target untouched.
+    #[test]
+    fn events_file_is_private_and_never_written_through_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("private");
+        let path = dir.join("events.jsonl");
+        let mut sink = JsonLines::file(&path, 0, 0).unwrap();
+        sink.emit(&event(1)).unwrap();
+        sink.flush().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        let link = dir.join("linked.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = JsonLines::file(&link, 0, 0)
+            .err()
+            .expect("a link is refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

@@ -531,7 +531,10 @@ impl<E: CropEmbedder> Pipeline<E> {
                             self.dirty = true;
                             true
                         }
-                        Err(GalleryError::FullOfPinned { .. }) => false,
+                        // No room or no id left: the track stays unknown, the run goes on.
+                        Err(GalleryError::FullOfPinned { .. } | GalleryError::IdsExhausted) => {
+                            false
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }

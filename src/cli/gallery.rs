@@ -72,6 +72,39 @@ enum Action {
 
 pub use reidcam::config::parse_bytes;
 
+/// Writes a line to standard output. A reader that went away (`reidcam gallery list | head -1`)
+/// ends the command quietly, where `println!` would panic; every write to the gallery file comes
+/// before the lines that report it, so nothing is lost by stopping there.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        match writeln!(std::io::stdout(), $($arg)*) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(anyhow::Error::new(e).context("writing to standard output")),
+        }
+    }};
+}
+
+/// A label as it may be shown on a terminal: control characters (escape sequences that could
+/// move the cursor, retitle the window or hide text) written as `\u{1b}`.
+fn printable(label: &str) -> std::borrow::Cow<'_, str> {
+    if !label.chars().any(char::is_control) {
+        return label.into();
+    }
+    label
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
     // Held until we return: no other process (a running daemon) may save this file meanwhile.
     let _lock = file::GalleryLock::acquire(&args.gallery)?;
@@ -119,18 +152,23 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
         Action::List => {
             must_exist()?;
             let gallery = open()?;
-            print_summary(&args.gallery, &gallery);
+            print_summary(&args.gallery, &gallery)?;
             let mut ids: Vec<_> = gallery.identities().collect();
             ids.sort_by_key(|i| i.id);
-            println!(
+            out!(
                 "{:>6}  {:<20} {:<6} {:>9} {:>6}  {:<24} last seen",
-                "id", "label", "pinned", "exemplars", "seen", "first seen"
+                "id",
+                "label",
+                "pinned",
+                "exemplars",
+                "seen",
+                "first seen"
             );
             for i in ids {
-                println!(
+                out!(
                     "{:>6}  {:<20} {:<6} {:>9} {:>6}  {:<24} {}",
                     i.id,
-                    i.label.unwrap_or("-"),
+                    printable(i.label.unwrap_or("-")),
                     if i.pinned { "yes" } else { "no" },
                     i.exemplars,
                     i.times_seen,
@@ -146,9 +184,9 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             let info = gallery
                 .get(id)
                 .with_context(|| format!("{}: no identity {id}", args.gallery.display()))?;
-            println!("id          {}", info.id);
-            println!("label       {}", info.label.unwrap_or("-"));
-            println!(
+            out!("id          {}", info.id);
+            out!("label       {}", printable(info.label.unwrap_or("-")));
+            out!(
                 "pinned      {}",
                 if info.pinned {
                     "yes (enrolled by an operator)"
@@ -156,12 +194,14 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
                     "no (provisional)"
                 }
             );
-            println!("first seen  {}", info.first_seen);
-            println!("last seen   {}", info.last_seen);
-            println!("times seen  {}", info.times_seen);
-            println!(
+            out!("first seen  {}", info.first_seen);
+            out!("last seen   {}", info.last_seen);
+            out!("times seen  {}", info.times_seen);
+            out!(
                 "exemplars   {} of {} ({})",
-                info.exemplars, config.exemplars, config.format
+                info.exemplars,
+                config.exemplars,
+                config.format
             );
             let vectors: Vec<Vec<f32>> = (0..info.exemplars)
                 .map(|e| {
@@ -178,9 +218,9 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
                     .collect();
                 match others.iter().copied().reduce(f32::max) {
                     Some(nearest) => {
-                        println!("  exemplar {e}: nearest other exemplar {nearest:.4}")
+                        out!("  exemplar {e}: nearest other exemplar {nearest:.4}")
                     }
-                    None => println!("  exemplar {e}"),
+                    None => out!("  exemplar {e}"),
                 }
             }
         }
@@ -215,7 +255,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             }
             let bytes = file::save(&gallery, &tag.name, &args.gallery)?;
             let info = gallery.get(id).expect("just enrolled");
-            println!(
+            out!(
                 "enrolled {id}{} from {} image(s): {} exemplar(s) kept; {} ({bytes} bytes)",
                 label
                     .as_deref()
@@ -226,7 +266,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
                 args.gallery.display()
             );
             if let Some(e) = evicted {
-                println!("evicted {e} (least recently seen, unpinned) to make room");
+                out!("evicted {e} (least recently seen, unpinned) to make room");
             }
         }
         Action::Remove { id } => {
@@ -236,7 +276,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
                 .remove(PersonId(id))
                 .with_context(|| args.gallery.display().to_string())?;
             file::save(&gallery, &tag.name, &args.gallery)?;
-            println!("removed {id}; {} identities left", gallery.len());
+            out!("removed {id}; {} identities left", gallery.len());
         }
         Action::Export { output } => {
             must_exist()?;
@@ -244,7 +284,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             let doc = json::export(&gallery, &tag.name);
             let text = serde_json::to_string_pretty(&doc)?;
             write_private(&output, text.as_bytes())?;
-            println!(
+            out!(
                 "exported {} identities to {}",
                 doc.identities.len(),
                 output.display()
@@ -258,7 +298,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             let mut gallery = open()?;
             let n = json::import(&mut gallery, &tag, &doc, &input)?;
             file::save(&gallery, &tag.name, &args.gallery)?;
-            println!(
+            out!(
                 "imported {n} identities into {} ({} in total)",
                 args.gallery.display(),
                 gallery.len()
@@ -268,9 +308,9 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(path: &Path, gallery: &Gallery) {
+fn print_summary(path: &Path, gallery: &Gallery) -> anyhow::Result<()> {
     let c = gallery.config();
-    println!(
+    out!(
         "{}: {} of {} identities; {} storage, K = {}, {}-d; {} bytes per identity, {} bytes in memory (budget {})",
         path.display(),
         gallery.len(),
@@ -282,6 +322,7 @@ fn print_summary(path: &Path, gallery: &Gallery) {
         gallery.heap_bytes(),
         c.budget_bytes
     );
+    Ok(())
 }
 
 /// Writes a file readable by its owner only (exports hold biometric data too).
@@ -291,4 +332,20 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         file::create_private(path).with_context(|| format!("{}: cannot create", path.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn labels_with_terminal_escapes_are_printed_escaped() {
+        assert_eq!(printable("Ana"), "Ana");
+        assert_eq!(printable("Zoë ✓"), "Zoë ✓");
+        assert_eq!(
+            printable("x\u{1b}]2;pwned\u{7}y"),
+            "x\\u{1b}]2;pwned\\u{7}y"
+        );
+        assert_eq!(printable("a\nb"), "a\\u{a}b");
+    }
 }

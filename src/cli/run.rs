@@ -11,7 +11,7 @@ use reidcam::daemon::{self, Controls, Summary};
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// TOML configuration (see docs/config.md); without it, built-in defaults.
+    /// TOML configuration (see docs/daemon.md, "Configuration"); without it, built-in defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Frame source: /dev/videoN, an image directory, .mjpeg/.y4m/.mp4/.264, or synthetic[:WxH].
@@ -107,7 +107,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     print_summary(&summary);
     if let Some(path) = &args.summary_json {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")?;
+        std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n").map_err(|e| {
+            anyhow::anyhow!("{}: cannot write the run summary: {e}", path.display())
+        })?;
     }
     Ok(())
 }

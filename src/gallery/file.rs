@@ -63,6 +63,13 @@ pub enum FileError {
         action: &'static str,
         source: io::Error,
     },
+    #[error(
+        "{path}: is a symbolic link; reidcam does not write through links (whoever made it would \
+         choose what gets overwritten): replace it with the file itself"
+    )]
+    Symlink { path: PathBuf },
+    #[error("{path}: model name is {len} bytes: a gallery file holds at most {MAX_MODEL_NAME}")]
+    ModelNameTooLong { path: PathBuf, len: usize },
     #[error("{path}: not a reidcam gallery file (expected it to start with \"REIDCAMG\")")]
     NotAGallery { path: PathBuf },
     #[error(
@@ -166,8 +173,9 @@ impl GalleryLock {
             .create(true)
             .truncate(false)
             .mode(FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(io_error(&path, "create the lock file"))?;
+            .map_err(no_link_error(&path, "create the lock file"))?;
         match file.try_lock() {
             Ok(()) => Ok(GalleryLock { _file: file, path }),
             Err(std::fs::TryLockError::WouldBlock) => Err(FileError::Locked {
@@ -185,13 +193,15 @@ impl GalleryLock {
 
 /// Creates (or truncates) a file readable by its owner only ([`FILE_MODE`]): galleries and their
 /// exports hold biometric data. An existing file keeps its old mode through `open`, so the mode
-/// is set explicitly too.
+/// is set explicitly too. A symbolic link at `path` is refused (`ELOOP`, see [`no_link_error`]),
+/// never followed.
 pub fn create_private(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
     Ok(file)
@@ -212,6 +222,22 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     name.push(".");
     name.push(suffix);
     path.with_file_name(name)
+}
+
+/// As [`io_error`], for an open with `O_NOFOLLOW`: its `ELOOP` means a symbolic link is there.
+pub(crate) fn no_link_error<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(io::Error) -> FileError + 'a {
+    move |source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            FileError::Symlink {
+                path: path.to_owned(),
+            }
+        } else {
+            io_error(path, action)(source)
+        }
+    }
 }
 
 fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> FileError + 'a {
@@ -236,17 +262,20 @@ pub fn file_len(gallery: &Gallery, model: &str) -> u64 {
 /// Saves atomically, keeping the previous file as `<file>.bak`. Returns the bytes written.
 pub fn save(gallery: &Gallery, model: &str, path: &Path) -> Result<u64, FileError> {
     if model.len() > MAX_MODEL_NAME {
-        return Err(FileError::Corrupt {
+        return Err(FileError::ModelNameTooLong {
             path: path.to_owned(),
-            offset: 36,
-            what: format!(
-                "model name is {} bytes: at most {MAX_MODEL_NAME}",
-                model.len()
-            ),
+            len: model.len(),
+        });
+    }
+    // The gallery itself is replaced by a rename, which would replace a link too — and the
+    // link, not its target, would become the backup: refuse one here.
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(FileError::Symlink {
+            path: path.to_owned(),
         });
     }
     let tmp = temp_path(path);
-    let file = create_private(&tmp).map_err(io_error(&tmp, "create"))?;
+    let file = create_private(&tmp).map_err(no_link_error(&tmp, "create"))?;
     let len = file_len(gallery, model);
     let mut out = ChecksumWriter {
         inner: BufWriter::with_capacity(1 << 16, file),
@@ -284,12 +313,14 @@ fn keep_backup(path: &Path) -> Result<(), FileError> {
     }
     if fs::hard_link(path, &staging).is_err() {
         fs::copy(path, &staging).map_err(io_error(&staging, "copy the backup to"))?;
-        fs::set_permissions(&staging, fs::Permissions::from_mode(FILE_MODE))
-            .map_err(io_error(&staging, "set permissions on"))?;
         File::open(&staging)
             .and_then(|f| f.sync_all())
             .map_err(io_error(&staging, "fsync"))?;
     }
+    // A gallery put in place by hand may be readable by others; its backup is not (a hard link
+    // shares the mode, so the file being replaced becomes 0600 too).
+    fs::set_permissions(&staging, fs::Permissions::from_mode(FILE_MODE))
+        .map_err(io_error(&staging, "set permissions on"))?;
     let bak = backup_path(path);
     fs::rename(&staging, &bak).map_err(io_error(&bak, "rename the backup to"))
 }

@@ -242,6 +242,13 @@ pub enum GalleryError {
         "gallery is full: all {capacity} identities are pinned (remove one, or raise the budget)"
     )]
     FullOfPinned { capacity: usize },
+    /// Ids are never reused (events and other cameras refer to them): once an identity holds the
+    /// last id (only a file or an import can bring one that high), no new identity can be made.
+    #[error(
+        "no identity ids left: identity {} exists and ids are never reused (export, renumber, import)",
+        u32::MAX
+    )]
+    IdsExhausted,
     #[error(transparent)]
     File(#[from] file::FileError),
     #[error(transparent)]
@@ -503,6 +510,9 @@ impl Gallery {
     ) -> Result<(PersonId, Option<PersonId>), GalleryError> {
         let label = make_label(new.label)?;
         self.prepare(embedding)?;
+        if self.next_id == u32::MAX {
+            return Err(GalleryError::IdsExhausted);
+        }
         let id = PersonId(self.next_id);
         let (slot, evicted) = self.free_slot()?;
         self.next_id += 1;

@@ -335,3 +335,38 @@ fn timestamps_print_as_rfc3339_utc() {
         "2026-11-22T00:00:00.000Z"
     );
 }
+
+/// Issue 22, "id wrap-around": an identity with the last id (from a file or an import) used to
+/// make the next new identity reuse it, then 0, 1… — and the saved file then failed to load.
+#[test]
+fn ids_never_wrap_around() {
+    let mut g = gallery(4);
+    let (first, _) = g.insert(&direction(0, 0.0), at(0)).unwrap();
+    let last = IdentityInfo {
+        id: PersonId(u32::MAX),
+        label: None,
+        first_seen: Timestamp(1),
+        last_seen: Timestamp(1),
+        times_seen: 1,
+        pinned: true,
+        exemplars: 0,
+    };
+    g.restore_slot(&last).unwrap();
+    assert_eq!(g.next_id(), PersonId(u32::MAX));
+    assert!(matches!(
+        g.insert(&direction(2, 0.0), at(2)),
+        Err(GalleryError::IdsExhausted)
+    ));
+    let ids: Vec<u32> = g.identities().map(|i| i.id.0).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&first.0) && ids.contains(&u32::MAX), "{ids:?}");
+
+    // The same from a header's next id alone.
+    let mut g = gallery(4);
+    g.reserve_ids_below(PersonId(u32::MAX));
+    assert!(matches!(
+        g.insert(&direction(0, 0.0), at(0)),
+        Err(GalleryError::IdsExhausted)
+    ));
+    assert!(g.is_empty());
+}

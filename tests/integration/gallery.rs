@@ -245,6 +245,55 @@ fn save_and_load_round_trip_every_format_with_mode_0600() {
     assert!(int8.identities().all(|i| i.exemplars <= 2));
 }
 
+/// Issue 22, "writes follow symlinks": a link planted at `<gallery>.tmp` made a save truncate
+/// and overwrite its target; a dangling link as the gallery replaced the backup. Both are now
+/// refused with an error naming the path, the targets and the backup untouched.
+#[test]
+fn saves_never_write_through_symbolic_links() {
+    let dir = scratch("gallery-symlinks");
+    let gallery = small_gallery(StorageFormat::Int8, 24);
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+
+    let path = dir.join("g.bin");
+    std::os::unix::fs::symlink("victim", file::temp_path(&path)).unwrap();
+    let err = file::save(&gallery, "test-model", &path).unwrap_err();
+    assert!(matches!(err, file::FileError::Symlink { .. }), "{err}");
+    assert!(
+        err.to_string().contains("g.bin.tmp: is a symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert!(!path.exists());
+
+    let path = dir.join("h.bin");
+    file::save(&gallery, "test-model", &path).unwrap();
+    file::save(&gallery, "test-model", &path).unwrap();
+    let backup = std::fs::read(file::backup_path(&path)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("nowhere", &path).unwrap();
+    let err = file::save(&gallery, "test-model", &path).unwrap_err();
+    assert!(matches!(err, file::FileError::Symlink { .. }), "{err}");
+    assert_eq!(std::fs::read(file::backup_path(&path)).unwrap(), backup);
+
+    // A gallery put in place by hand, readable by all: its backup is private.
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("j.bin");
+    file::save(&gallery, "test-model", &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    file::save(&gallery, "test-model", &path).unwrap();
+    let bak = std::fs::metadata(file::backup_path(&path)).unwrap();
+    assert_eq!(bak.permissions().mode() & 0o777, 0o600);
+
+    let long = "m".repeat(1025);
+    let err = file::save(&gallery, &long, &dir.join("i.bin")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("model name is 1025 bytes: a gallery file holds at most 1024"),
+        "{err}"
+    );
+}
+
 /// Writes `bytes` to a fresh file and tries to load it; checks the file was not touched.
 fn load_bytes(
     dir: &Path,
@@ -714,6 +763,21 @@ fn gallery_command_line() {
     assert!(
         ok && out.contains("label       bob") && out.contains("exemplars   2 of 8 (int8)"),
         "{out}"
+    );
+
+    // Issue 22: a reader that went away (`reidcam gallery list | head -1`) ends the listing
+    // quietly: no panic, exit 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed = std::process::Command::new(env!("CARGO_BIN_EXE_reidcam"))
+        .args([&base[..], &["list"]].concat())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&closed.stderr);
+    assert!(
+        closed.status.success() && !err.contains("panicked"),
+        "{err}"
     );
 
     // Export, import into an f32 gallery, compare listings.

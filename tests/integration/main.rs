@@ -4,6 +4,7 @@ mod alloc_count;
 mod capture;
 mod common;
 mod daemon;
+mod docs;
 mod errors;
 mod eval;
 mod gallery;
