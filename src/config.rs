@@ -32,6 +32,8 @@ pub struct ConfigFile {
     /// Which crops are embedded, and how many before a track is decided.
     pub quality: QualityConfig,
     pub events: EventsSection,
+    /// MQTT out (`docs/mqtt.md`). Off unless `mqtt.url` is set.
+    pub mqtt: crate::mqtt::MqttSection,
 }
 
 /// `[source]`
@@ -245,6 +247,7 @@ pub struct RunConfig {
     pub rotate_bytes: u64,
     pub keep: u32,
     pub crops_dir: Option<PathBuf>,
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 /// A configuration problem, naming the file (if any) and the field.
@@ -478,12 +481,17 @@ impl ConfigFile {
         if !self.camera.is_empty() {
             check_camera_name(&self.camera).map_err(|e| invalid("camera", e))?;
         }
+        let camera = if self.camera.is_empty() {
+            "camera".to_owned()
+        } else {
+            self.camera.clone()
+        };
+        let mqtt = self
+            .mqtt
+            .validate(&camera)
+            .map_err(|(field, problem)| invalid(field, problem))?;
         Ok(RunConfig {
-            camera: if self.camera.is_empty() {
-                "camera".into()
-            } else {
-                self.camera.clone()
-            },
+            camera,
             board: nonempty(&self.board),
             realtime: s.realtime,
             max_frames: (s.max_frames > 0).then_some(s.max_frames),
@@ -511,6 +519,7 @@ impl ConfigFile {
             rotate_bytes: rotate_bytes as u64,
             keep: e.keep,
             crops_dir: nonempty(&e.crops_dir),
+            mqtt,
         })
     }
 }

@@ -14,9 +14,10 @@ use crate::capture::{Backoff, CaptureError, FrameSource, Opener, Reopening};
 use crate::config::{ConfigError, DetectorChoice, RunConfig};
 use crate::detect::{Detector, MotionDetector, YoloxDetector, ZoneDetector};
 use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
-use crate::events::{EventSink, JsonLines};
+use crate::events::{EventSink, JsonLines, Tee};
 use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
 use crate::gallery::{Gallery, MatchPolicy};
+use crate::mqtt::{Mqtt, MqttError, MqttStats};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
 use crate::quality::{BoxSource, CropGate};
 use crate::track::Tracker;
@@ -48,6 +49,8 @@ pub enum DaemonError {
     },
     #[error("tracker: {0}")]
     Tracker(String),
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
 }
 
 /// Requests from outside the loop (signal handlers set them).
@@ -100,6 +103,9 @@ pub struct Summary {
     pub ended_by: String,
     /// The detector ran on every this many frames (the last value in force).
     pub detect_every: u32,
+    /// MQTT counters, when `[mqtt]` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttStats>,
 }
 
 /// Resident set size in KiB (`VmRSS`, read from /proc without allocating; 0 if unreadable).
@@ -123,7 +129,11 @@ struct Running {
 
 /// Builds everything from `config`; nothing is written until the first save. `custom` replaces
 /// the configured source by a live one (tests inject a camera that fails and recovers).
-fn start(config: &RunConfig, custom: Option<Opener>) -> Result<Running, DaemonError> {
+fn start(
+    config: &RunConfig,
+    custom: Option<Opener>,
+    mqtt: Option<&Mqtt>,
+) -> Result<Running, DaemonError> {
     // The camera (or recording) first: its size sizes the buffers.
     let spec = config.source.clone();
     let (source, reopening): (Box<dyn FrameSource>, bool) = if let Some(opener) = custom {
@@ -216,6 +226,17 @@ fn start(config: &RunConfig, custom: Option<Opener>) -> Result<Running, DaemonEr
         ),
         None => Box::new(JsonLines::stdout()),
     };
+    let sink: Box<dyn EventSink> = match mqtt {
+        Some(m) => {
+            m.set_labelled(
+                gallery
+                    .identities()
+                    .filter_map(|i| i.label.map(|l| (i.id.0, l))),
+            );
+            Box::new(Tee(vec![sink, Box::new(m.events())]))
+        }
+        None => sink,
+    };
     let stills = matches!(config.source, crate::capture::SourceSpec::Images { .. });
     let mut tracker_config = config.tracker.clone();
     if tracker_config.split_below < 0.0 {
@@ -305,6 +326,21 @@ impl Running {
     }
 }
 
+/// MQTT for `config`: `current` is kept when its configuration and camera are the same
+/// (a reload does not drop the connection), else stopped and replaced.
+fn start_mqtt(config: &RunConfig, current: Option<Mqtt>) -> Result<Option<Mqtt>, DaemonError> {
+    match (current, &config.mqtt) {
+        (Some(m), Some(c)) if m.config() == c && m.camera() == config.camera => Ok(Some(m)),
+        (current, wanted) => {
+            drop(current);
+            Ok(wanted
+                .as_ref()
+                .map(|c| Mqtt::start(c, &config.camera))
+                .transpose()?)
+        }
+    }
+}
+
 /// Why the frame loop returned.
 enum Exit {
     Ended(&'static str),
@@ -333,7 +369,8 @@ pub fn run_with_source(
     custom: Option<Opener>,
 ) -> Result<Summary, DaemonError> {
     let mut config = load()?;
-    let mut running = start(&config, custom)?;
+    let mut mqtt = start_mqtt(&config, None)?;
+    let mut running = start(&config, custom, mqtt.as_ref())?;
     let mut summary = Summary::default();
     loop {
         notify("READY=1");
@@ -354,6 +391,7 @@ pub fn run_with_source(
             Exit::Ended(why) => {
                 summary.ended_by = why.into();
                 notify("STOPPING=1");
+                summary.mqtt = mqtt.take().map(Mqtt::stop);
                 return Ok(summary);
             }
             Exit::Reload => {
@@ -364,7 +402,11 @@ pub fn run_with_source(
                         let next_track = running.pipeline.next_track_id();
                         // Free the camera and the gallery lock before the new configuration takes them.
                         drop(running);
-                        match start(&new, None) {
+                        let started = start_mqtt(&new, mqtt.take()).and_then(|m| {
+                            mqtt = m;
+                            start(&new, None, mqtt.as_ref())
+                        });
+                        match started {
                             Ok(r) => {
                                 log::info!("configuration reloaded");
                                 running = r;
@@ -374,7 +416,8 @@ pub fn run_with_source(
                                 log::error!(
                                     "reload failed, keeping the previous configuration: {e}"
                                 );
-                                running = start(&config, None)?;
+                                mqtt = start_mqtt(&config, mqtt.take())?;
+                                running = start(&config, None, mqtt.as_ref())?;
                             }
                         }
                         running.pipeline.set_next_track_id(next_track);

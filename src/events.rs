@@ -240,6 +240,34 @@ impl EventSink for JsonLines {
     }
 }
 
+/// Events to several sinks (the JSON-lines output and MQTT): the first error is returned after
+/// every sink has had the event.
+pub struct Tee(pub Vec<Box<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn emit(&mut self, event: &Event<'_>) -> io::Result<()> {
+        let mut result = Ok(());
+        for sink in &mut self.0 {
+            let r = sink.emit(event);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for sink in &mut self.0 {
+            let r = sink.flush();
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

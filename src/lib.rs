@@ -20,6 +20,7 @@ pub mod events;
 pub mod frame;
 pub mod gallery;
 pub mod manifest;
+pub mod mqtt;
 pub mod npy;
 pub mod pipeline;
 pub mod preprocess;

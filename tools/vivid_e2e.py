@@ -178,9 +178,12 @@ grep reidcam /sys/kernel/debug/gpio > out/gpio-before.txt || true
 dev=$(basename /sys/bus/platform/drivers/vivid/vivid.*)
 echo "unplug: unbinding $dev after $i polls"
 echo "$dev" > /sys/bus/platform/drivers/vivid/unbind
-sleep 1.5
+# The frame in progress (about a second emulated) ends before the daemon sees the loss: wait for
+# its first "reopening" line rather than a fixed time, then read the LED.
+i=0
+while ! grep -q 'reopening in' out/unplug.log 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+sleep 0.3
 grep reidcam /sys/kernel/debug/gpio > out/gpio-lost.txt || true
-sleep 0.5
 echo "$dev" > /sys/bus/platform/drivers/vivid/bind
 echo "unplug: bound $dev again"
 sleep 5

@@ -769,7 +769,7 @@ fn gallery_command_line() {
     // quietly: no panic, exit 0.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let closed = std::process::Command::new(env!("CARGO_BIN_EXE_reidcam"))
+    let closed = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
         .args([&base[..], &["list"]].concat())
         .stdout(writer)
         .output()
@@ -777,7 +777,8 @@ fn gallery_command_line() {
     let err = String::from_utf8_lossy(&closed.stderr);
     assert!(
         closed.status.success() && !err.contains("panicked"),
-        "{err}"
+        "{}: {err}",
+        closed.status
     );
 
     // Export, import into an f32 gallery, compare listings.

@@ -1,6 +1,7 @@
 //! reidcam's integration tests: one binary, one module per area.
 
 mod alloc_count;
+mod broker;
 mod capture;
 mod common;
 mod daemon;
@@ -9,6 +10,7 @@ mod errors;
 mod eval;
 mod gallery;
 mod kernels;
+mod mqtt;
 mod parity;
 mod resize;
 
