@@ -168,6 +168,9 @@ pub struct GallerySection {
     pub recovery: String,
     /// Save a changed gallery this often (and always at a clean stop).
     pub save_every_secs: u64,
+    /// Forget unpinned identities not seen for this long (`30d`, `12h`, `90m`, `45s`); empty:
+    /// never. The privacy setting: how long a passer-by's embeddings are kept.
+    pub forget_after: String,
 }
 
 impl Default for GallerySection {
@@ -182,6 +185,7 @@ impl Default for GallerySection {
             aggregation: Aggregation::Mean,
             recovery: "backup".into(),
             save_every_secs: 60,
+            forget_after: String::new(),
         }
     }
 }
@@ -241,6 +245,8 @@ pub struct RunConfig {
     pub aggregation: Aggregation,
     pub recovery: Recovery,
     pub save_every: std::time::Duration,
+    /// `gallery.forget_after`.
+    pub forget_after: Option<std::time::Duration>,
     pub tracker: TrackerConfig,
     pub quality: QualityConfig,
     pub events: Option<PathBuf>,
@@ -452,6 +458,11 @@ impl ConfigFile {
                 ));
             }
         };
+        let forget_after = if g.forget_after.is_empty() {
+            None
+        } else {
+            Some(parse_duration(&g.forget_after).map_err(|e| invalid("gallery.forget_after", e))?)
+        };
         self.tracker.validate().map_err(|e| invalid("tracker", e))?;
         self.quality.validate().map_err(|e| invalid("quality", e))?;
         let e = &self.events;
@@ -513,6 +524,7 @@ impl ConfigFile {
             aggregation: g.aggregation,
             recovery,
             save_every: std::time::Duration::from_secs(g.save_every_secs.max(1)),
+            forget_after,
             tracker: self.tracker.clone(),
             quality: self.quality.clone(),
             events: (e.output != "-").then(|| PathBuf::from(&e.output)),
@@ -590,6 +602,29 @@ pub fn check_camera_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Parses `45s`, `90m`, `12h`, `30d` (1 second to 10 years).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit_secs: u64 = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    let secs = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_secs))
+        .filter(|s| (1..=10 * 365 * 86_400).contains(s))
+        .ok_or_else(|| {
+            format!("is {text:?}: expected a whole number of s, m, h or d (1s to 3650d), e.g. 30d")
+        })?;
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 /// Parses `1234`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
@@ -657,6 +692,25 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown unit")
         );
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_bounds() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        for bad in [
+            "",
+            "0s",
+            "12",
+            "3 weeks",
+            "-1d",
+            "99999d",
+            "18446744073709551615d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

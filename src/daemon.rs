@@ -16,7 +16,7 @@ use crate::detect::{Detector, MotionDetector, YoloxDetector, ZoneDetector};
 use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
 use crate::events::{EventSink, JsonLines, Tee};
 use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
-use crate::gallery::{Gallery, MatchPolicy};
+use crate::gallery::{Gallery, MatchPolicy, Timestamp};
 use crate::mqtt::{Mqtt, MqttError, MqttStats};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
 use crate::quality::{BoxSource, CropGate};
@@ -103,6 +103,8 @@ pub struct Summary {
     pub ended_by: String,
     /// The detector ran on every this many frames (the last value in force).
     pub detect_every: u32,
+    /// Identities removed by `gallery.forget_after`.
+    pub identities_forgotten: u64,
     /// MQTT counters, when `[mqtt]` is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttStats>,
@@ -125,6 +127,8 @@ struct Running {
     source_name: String,
     /// The source is a directory of unrelated stills.
     stills: bool,
+    /// Identities were forgotten: the next save leaves no copy of them in the backup.
+    erase: bool,
 }
 
 /// Builds everything from `config`; nothing is written until the first save. `custom` replaces
@@ -305,15 +309,33 @@ fn start(
         button,
         source_name,
         stills,
+        erase: false,
     })
 }
 
 impl Running {
+    /// Forgets the unpinned identities not seen for `forget_after` (from memory now, from the
+    /// file and its backup at the save that follows).
+    fn forget(&mut self, forget_after: Option<Duration>, summary: &mut Summary) {
+        let Some(age) = forget_after else { return };
+        let before = Timestamp(Timestamp::now().0.saturating_sub(age.as_millis() as u64));
+        let n = self.pipeline.gallery_mut().forget_unseen(before);
+        if n > 0 {
+            log::info!("forgot {n} identities not seen for {age:?} (gallery.forget_after)");
+            summary.identities_forgotten += n as u64;
+            self.erase = true;
+        }
+    }
+
     fn save(&mut self, summary: &mut Summary) -> Result<(), DaemonError> {
         if let Some(path) = &self.gallery_path
-            && self.pipeline.is_dirty()
+            && (self.pipeline.is_dirty() || self.erase)
         {
-            file::save(self.pipeline.gallery(), &self.model_tag.name, path)?;
+            if std::mem::take(&mut self.erase) {
+                file::save_erasing(self.pipeline.gallery(), &self.model_tag.name, path)?;
+            } else {
+                file::save(self.pipeline.gallery(), &self.model_tag.name, path)?;
+            }
             self.pipeline.mark_saved();
             summary.gallery_saves += 1;
             log::debug!(
@@ -382,7 +404,8 @@ pub fn run_with_source(
             watchdog,
             &mut summary,
         );
-        // Whatever happened, keep what the gallery learnt.
+        // Whatever happened, keep what the gallery learnt (and forget what it must).
+        running.forget(config.forget_after, &mut summary);
         let saved = running.save(&mut summary);
         running.pipeline.flush_events().ok();
         let exit = exit?;
@@ -457,6 +480,8 @@ fn frame_loop(
     let mut pace = (config.detect_every.is_none() && (running.reopening || config.realtime))
         .then(DetectPace::default);
     summary.detect_every = running.pipeline.detect_every();
+    // Identities that went unseen while the daemon was off are forgotten at once.
+    running.forget(config.forget_after, summary);
     let exit = loop {
         if controls.stop.load(Ordering::Relaxed) {
             break Exit::Ended("stopped");
@@ -475,6 +500,7 @@ fn frame_loop(
             last_ping = Instant::now();
         }
         if last_save.elapsed() >= config.save_every {
+            running.forget(config.forget_after, summary);
             if let Err(e) = running.save(summary) {
                 log::error!("cannot save the gallery (will retry): {e}");
                 if let Some(led) = &mut running.led {

@@ -275,7 +275,8 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             gallery
                 .remove(PersonId(id))
                 .with_context(|| args.gallery.display().to_string())?;
-            file::save(&gallery, &tag.name, &args.gallery)?;
+            // The backup must not keep the person either.
+            file::save_erasing(&gallery, &tag.name, &args.gallery)?;
             out!("removed {id}; {} identities left", gallery.len());
         }
         Action::Export { output } => {

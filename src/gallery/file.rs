@@ -301,6 +301,15 @@ pub fn save(gallery: &Gallery, model: &str, path: &Path) -> Result<u64, FileErro
     Ok(len)
 }
 
+/// [`save`], then the backup made the new file too: after a removal (an erasure, forgotten
+/// identities) no copy of the removed people stays behind in `<file>.bak`.
+pub fn save_erasing(gallery: &Gallery, model: &str, path: &Path) -> Result<u64, FileError> {
+    let len = save(gallery, model, path)?;
+    keep_backup(path)?;
+    sync_parent(path)?;
+    Ok(len)
+}
+
 /// Makes `<file>.bak` the current `<file>`, atomically: the current file is hard-linked (or,
 /// where the filesystem has no hard links, copied and fsynced) to `<file>.bak.tmp`, which is then
 /// renamed over `<file>.bak`. The old backup stays in place until the new one replaces it.

@@ -616,6 +616,21 @@ impl Gallery {
         Ok(())
     }
 
+    /// Removes every unpinned identity last seen before `before` (`gallery.forget_after`);
+    /// returns how many.
+    pub fn forget_unseen(&mut self, before: Timestamp) -> usize {
+        let mut forgotten = 0;
+        for slot in &mut self.slots {
+            if slot.occupied && !slot.pinned && slot.last_seen < before {
+                slot.occupied = false;
+                slot.exemplars = 0;
+                self.len -= 1;
+                forgotten += 1;
+            }
+        }
+        forgotten
+    }
+
     /// Puts an identity read from a file or an import back, keeping its id. `exemplars` yields
     /// dequantised vectors; at most K are kept (the first K).
     pub fn restore<'v>(

@@ -370,3 +370,21 @@ fn ids_never_wrap_around() {
     ));
     assert!(g.is_empty());
 }
+
+#[test]
+fn forgetting_removes_only_unpinned_identities_last_seen_before() {
+    let mut g = gallery(8);
+    let (old, _) = g.insert(&direction(0, 0.0), at(1_000)).unwrap();
+    let (recent, _) = g.insert(&direction(1, 0.0), at(9_000)).unwrap();
+    let pinned = NewIdentity {
+        label: Some("staff"),
+        pinned: true,
+        now: Timestamp(1_000),
+    };
+    let (kept, _) = g.insert(&direction(2, 0.0), pinned).unwrap();
+    assert_eq!(g.forget_unseen(Timestamp(5_000)), 1);
+    assert!(g.get(old).is_none());
+    assert!(g.get(recent).is_some() && g.get(kept).is_some());
+    assert_eq!(g.len(), 2);
+    assert_eq!(g.forget_unseen(Timestamp(5_000)), 0);
+}

@@ -46,6 +46,34 @@ impl Topics {
         }
     }
 
+    /// The filter that matches this camera's person entities (to find stale ones).
+    pub fn people_filter(&self) -> Option<String> {
+        let dp = self.discovery_prefix.as_ref()?;
+        Some(format!("{dp}/binary_sensor/{}/+/config", self.node))
+    }
+
+    /// The discovery topic of identity `id`'s presence sensor.
+    pub fn person_config(&self, id: u32) -> Option<String> {
+        let dp = self.discovery_prefix.as_ref()?;
+        Some(format!(
+            "{dp}/binary_sensor/{}/person_{id}/config",
+            self.node
+        ))
+    }
+
+    /// The identity a discovery topic of this camera is about.
+    pub fn person_of(&self, topic: &str) -> Option<u32> {
+        let dp = self.discovery_prefix.as_ref()?;
+        topic
+            .strip_prefix(dp.as_str())?
+            .strip_prefix("/binary_sensor/")?
+            .strip_prefix(self.node.as_str())?
+            .strip_prefix("/person_")?
+            .strip_suffix("/config")?
+            .parse()
+            .ok()
+    }
+
     fn device(&self) -> serde_json::Value {
         json!({
             "identifiers": [self.node],
@@ -96,10 +124,7 @@ impl Topics {
             presence["value_template"] = json!(format!(
                 "{{{{ 'ON' if {id} in value_json.present else 'OFF' }}}}"
             ));
-            out.push((
-                format!("{dp}/binary_sensor/{}/{object}/config", self.node),
-                presence,
-            ));
+            out.push((self.person_config(*id).expect("discovery is on"), presence));
         }
         out.into_iter()
             .map(|(topic, payload)| (topic, payload.to_string().into_bytes()))
@@ -283,5 +308,13 @@ mod tests {
             "{{ 'ON' if 7 in value_json.present else 'OFF' }}"
         );
         assert!(Topics::new("r", "c", None).discovery(&[]).is_empty());
+        assert_eq!(topics.person_of(topic), Some(7));
+        for other in [
+            "homeassistant/binary_sensor/reidcam_other/person_7/config",
+            "homeassistant/binary_sensor/reidcam_front_door/person_x/config",
+            "homeassistant/sensor/reidcam_front_door/people/config",
+        ] {
+            assert_eq!(topics.person_of(other), None, "{other}");
+        }
     }
 }

@@ -43,6 +43,8 @@ const WINDOW: usize = 32;
 /// Event buffers made at start (more are made, once, if the queue holds more at a time).
 const POOL: usize = 64;
 const BUFFER_BYTES: usize = 1024;
+/// Person entities checked per connection at most (a broker holding more is misused).
+const MAX_DISCOVERED: usize = 100_000;
 /// Reconnection back-off.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LAST_RETRY: Duration = Duration::from_secs(10);
@@ -91,6 +93,10 @@ struct Inner {
     state: Vec<u8>,
     state_dirty: bool,
     labelled: Vec<(u32, String)>,
+    /// The gallery's labelled identities are known (set at start): stale entities may go.
+    labelled_known: bool,
+    /// Person entities of this camera the broker holds (retained), to check against `labelled`.
+    discovered: Vec<u32>,
     announce: bool,
     connected: bool,
     /// Incremented at each connection acknowledgement.
@@ -218,6 +224,8 @@ impl Mqtt {
                 state: b"{\"people\":0,\"present\":[],\"identities\":[]".to_vec(),
                 state_dirty: true,
                 labelled: Vec::new(),
+                labelled_known: false,
+                discovered: Vec::new(),
                 announce: true,
                 connected: false,
                 session: 0,
@@ -236,12 +244,12 @@ impl Mqtt {
         // Room for a window of events and every retained message of a (re)connection.
         let (client, connection) = Client::new(options, 1024);
         let where_ = format!("{}:{}", config.host, config.port);
-        let ha_status = topics.ha_status.clone();
+        let watch = topics.clone();
         let net = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("mqtt-net".into())
-                .spawn(move || network(connection, &shared, &where_, ha_status.as_deref()))
+                .spawn(move || network(connection, &shared, &where_, &watch))
                 .map_err(MqttError::Thread)?
         };
         let pump = {
@@ -288,6 +296,7 @@ impl Mqtt {
     pub fn set_labelled<'a>(&self, labelled: impl Iterator<Item = (u32, &'a str)>) {
         let mut inner = self.shared.lock();
         inner.labelled = labelled.map(|(id, l)| (id, l.to_owned())).collect();
+        inner.labelled_known = true;
         inner.announce = true;
         self.shared.wake.notify_all();
     }
@@ -341,7 +350,7 @@ impl Drop for Mqtt {
 }
 
 /// The network thread: polls the connection, reconnecting with back-off.
-fn network(mut connection: Connection, shared: &Shared, broker: &str, ha_status: Option<&str>) {
+fn network(mut connection: Connection, shared: &Shared, broker: &str, topics: &Topics) {
     let mut retry = FIRST_RETRY;
     let mut down_since: Option<Instant> = None;
     loop {
@@ -384,8 +393,15 @@ fn network(mut connection: Connection, shared: &Shared, broker: &str, ha_status:
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                 // Home Assistant restarted: it has forgotten the entities.
-                if ha_status == Some(p.topic.as_str()) && &p.payload[..] == b"online" {
-                    inner.announce = true;
+                if topics.ha_status.as_deref() == Some(p.topic.as_str()) {
+                    if &p.payload[..] == b"online" {
+                        inner.announce = true;
+                    }
+                } else if let Some(id) = topics.person_of(&p.topic)
+                    && !p.payload.is_empty()
+                    && inner.discovered.len() < MAX_DISCOVERED
+                {
+                    inner.discovered.push(id);
                 }
             }
             Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) if inner.stop => {
@@ -470,6 +486,7 @@ fn pump(
                 let work = !inner.inbox.is_empty()
                     || inner.acked > 0
                     || inner.stop
+                    || (inner.connected && inner.labelled_known && !inner.discovered.is_empty())
                     || (inner.connected
                         && (inner.session != session_seen
                             || inner.announce
@@ -543,10 +560,33 @@ fn pump(
                 if let Some(status) = &topics.ha_status {
                     client.try_subscribe(status, QoS::AtLeastOnce).ok();
                 }
+                // Retained person entities come back at once: those of identities no longer
+                // labelled in the gallery (erased, forgotten) are cleared below.
+                if let Some(filter) = topics.people_filter() {
+                    client.try_subscribe(filter, QoS::AtLeastOnce).ok();
+                }
             }
             if announce {
                 for (topic, payload) in topics.discovery(&labelled) {
                     publish(Tag::Other, &topic, true, payload);
+                }
+            }
+            let stale = {
+                let mut inner = shared.lock();
+                if inner.labelled_known && !inner.discovered.is_empty() {
+                    let found = std::mem::take(&mut inner.discovered);
+                    found
+                        .into_iter()
+                        .filter(|id| !inner.labelled.iter().any(|(l, _)| l == id))
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            };
+            for id in stale {
+                if let Some(topic) = topics.person_config(id) {
+                    log::info!("mqtt: identity {id} is no longer in the gallery: clearing {topic}");
+                    publish(Tag::Other, &topic, true, Vec::new());
                 }
             }
             if state_dirty {

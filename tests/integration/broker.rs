@@ -233,6 +233,13 @@ impl Broker {
         sub
     }
 
+    /// Publishes a retained message as the camera's user would.
+    pub fn publish_retained(&self, topic: &str, payload: &str) {
+        run(Command::new("mosquitto_pub")
+            .args(self.client_args((CAMERA_USER, CAMERA_PASSWORD)))
+            .args(["-q", "1", "-r", "-t", topic, "-m", payload]));
+    }
+
     /// The retained messages now held for `topic` (a fresh subscriber, read for a moment).
     pub fn retained(&self, topic: &str) -> Vec<Message> {
         let out = Command::new("mosquitto_sub")

@@ -842,6 +842,20 @@ fn gallery_command_line() {
 
     let (ok, out, _) = run(&["remove", "1"]);
     assert!(ok && out.contains("removed 1; 1 identities left"), "{out}");
+    // Erased everywhere: the backup holds no copy of alice either.
+    let bak = dir.join("g.bin.bak");
+    let (_, listed, err) = reidcam(&[
+        "gallery",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&bak),
+        "list",
+    ]);
+    assert!(
+        listed.contains("bob") && !listed.contains("alice"),
+        "{listed}{err}"
+    );
     let (ok, _, err) = run(&["remove", "1"]);
     assert!(!ok && err.contains("no identity 1"), "{err}");
 
@@ -890,4 +904,88 @@ fn a_locked_gallery_is_refused_by_the_command_line() {
     drop(lock);
     let (ok, _, err) = list();
     assert!(!ok && err.contains("no such gallery file"), "{err}");
+}
+
+/// `gallery.forget_after`: a passer-by not seen for longer is removed at the daemon's start from
+/// memory, the file and its backup; one seen more recently and the enrolled (pinned) are kept.
+#[test]
+fn forget_after_removes_unseen_passers_by_from_the_file_and_its_backup() {
+    let dir = scratch("gallery-forget");
+    let model = models().join("tiny_reid.onnx");
+    let gallery = dir.join("g.bin");
+    let unit = |axis: usize| {
+        let mut v = vec![0.0f32; 6];
+        v[axis] = 1.0;
+        v
+    };
+    let hour_ago = reidcam::gallery::Timestamp::now().0 - 3_600_000;
+    let doc = serde_json::json!({
+        "reidcam_gallery": 1, "model": "tiny_reid", "dim": 6, "format": "f32",
+        "exemplars_per_identity": 8, "next_id": 3,
+        "identities": [
+            {"id": 1, "pinned": false, "first_seen": 0, "last_seen": 1000, "times_seen": 1,
+             "exemplars": [unit(0)]},
+            {"id": 2, "label": "staff", "pinned": true, "first_seen": 0, "last_seen": 1000,
+             "times_seen": 1, "exemplars": [unit(1)]},
+            {"id": 3, "pinned": false, "first_seen": 0, "last_seen": hour_ago, "times_seen": 1,
+             "exemplars": [unit(2)]},
+        ]
+    });
+    let export = dir.join("in.json");
+    std::fs::write(&export, doc.to_string()).unwrap();
+    let base = ["gallery", "--model", s(&model), "--gallery", s(&gallery)];
+    let (ok, _, err) = reidcam(&[&base[..], &["import", s(&export)]].concat());
+    assert!(ok, "{err}");
+    // A second save (an enrolment): the backup holds the three imported identities.
+    let crops = write_crops(&dir, 1, 5);
+    let (ok, _, err) =
+        reidcam(&[&base[..], &["enroll", "--label", "visitor", s(&crops[0])]].concat());
+    assert!(ok, "{err}");
+    assert!(dir.join("g.bin.bak").exists());
+
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[detector]\nkind = \"motion\"\n[gallery]\nforget_after = \"1d\"\n",
+    )
+    .unwrap();
+    let summary = dir.join("s.json");
+    let (ok, _, err) = reidcam(&[
+        "run",
+        "--config",
+        s(&config),
+        "--source",
+        "synthetic:320x180",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&gallery),
+        "--max-frames",
+        "3",
+        "--events",
+        s(&dir.join("e.jsonl")),
+        "--summary-json",
+        s(&summary),
+    ]);
+    assert!(ok, "{err}");
+    let sm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(sm["identities_forgotten"], 1, "{err}");
+    for file in [gallery.clone(), dir.join("g.bin.bak")] {
+        let (_, listed, err) = reidcam(&[
+            "gallery",
+            "--model",
+            s(&model),
+            "--gallery",
+            s(&file),
+            "list",
+        ]);
+        let ids: Vec<&str> = listed
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        // 1 was last seen in 1970; 3 an hour ago (kept for a day); 2 and 4 are pinned.
+        assert_eq!(ids, ["2", "3", "4"], "{}: {listed}{err}", file.display());
+    }
 }

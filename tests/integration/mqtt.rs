@@ -178,21 +178,29 @@ fn events_arrive_byte_identical_over_tls_with_availability_discovery_and_last_wi
     assert_eq!(stats["delivered"], 0);
     assert_eq!(stats["undelivered"], wrong.lines().len() as u64);
 
-    // kill -9: the broker publishes the last will.
-    let watch = broker.subscribe(&["reidcam/door/availability"], None);
+    // An entity of an identity no longer in the gallery (erased while the daemon was off) is
+    // cleared when the daemon connects; then kill -9: the broker publishes the last will.
+    let stale = "homeassistant/binary_sensor/reidcam_door/person_99/config";
+    broker.publish_retained(stale, r#"{"name":"erased person"}"#);
+    assert_eq!(broker.retained(stale).len(), 1);
+    let watch = broker.subscribe(&["reidcam/door/availability", stale], None);
     let mut child = run
         .command(1_000_000)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     watch.wait_for(60, "online", |m| m.iter().any(|m| m.payload == "online"));
+    watch.wait_for(20, "the stale entity cleared", |m| {
+        m.iter().any(|m| m.topic == stale && m.payload.is_empty())
+    });
+    assert!(broker.retained(stale).is_empty());
     child.kill().unwrap();
     child.wait().unwrap();
     let killed = Instant::now();
     watch.wait_for(15, "the last will", |m| {
         m.iter()
             .skip_while(|m| m.payload != "online")
-            .any(|m| m.payload == "offline")
+            .any(|m| m.topic == "reidcam/door/availability" && m.payload == "offline")
     });
     eprintln!(
         "last will published {:.2} s after kill -9",

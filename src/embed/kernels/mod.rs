@@ -51,11 +51,30 @@ impl std::fmt::Display for Isa {
 }
 
 impl Isa {
-    /// The widest instruction set this CPU runs.
+    /// The widest instruction set this CPU runs, or a narrower one named by `REIDCAM_KERNELS`
+    /// (`baseline`/`neon`, `avx2+fma`, `avx512f`): an AVX-512 machine runs the AVX2 path an
+    /// AVX2-only machine runs (with `avx2+fma`, the int8 layers also lose VNNI, as there).
     pub fn detect() -> Isa {
-        *Isa::available()
-            .last()
-            .expect("baseline is always available")
+        let available = Isa::available();
+        let widest = *available.last().expect("baseline is always available");
+        match std::env::var("REIDCAM_KERNELS") {
+            Ok(name) if !name.is_empty() => available
+                .iter()
+                .copied()
+                .find(|isa| isa.to_string() == name)
+                .unwrap_or_else(|| {
+                    log::warn!(
+                        "REIDCAM_KERNELS={name}: not one this CPU runs ({}); using {widest}",
+                        available
+                            .iter()
+                            .map(Isa::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    widest
+                }),
+            _ => widest,
+        }
     }
 
     /// Every instruction set this CPU runs, narrowest first.

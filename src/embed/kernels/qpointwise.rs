@@ -60,9 +60,13 @@ impl std::fmt::Display for Dot {
 
 impl Dot {
     /// The dot-product instructions this CPU has, if any (`REIDCAM_INT8_DOT=none` pretends
-    /// it has none, to compare).
+    /// it has none, to compare; so does `REIDCAM_KERNELS` naming a set without them).
     pub fn detect() -> Option<Dot> {
         if std::env::var("REIDCAM_INT8_DOT").is_ok_and(|v| v == "none") {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::Isa::detect() != super::Isa::Avx512 {
             return None;
         }
         Dot::available().last().copied()
