@@ -43,6 +43,8 @@ const WINDOW: usize = 32;
 /// Event buffers made at start (more are made, once, if the queue holds more at a time).
 const POOL: usize = 64;
 const BUFFER_BYTES: usize = 1024;
+/// Largest message taken from the broker (ours are ≤ 1 KiB; a discovery configuration a few).
+const MAX_INCOMING: usize = 64 << 10;
 /// Person entities checked per connection at most (a broker holding more is misused).
 const MAX_DISCOVERED: usize = 100_000;
 /// Reconnection back-off.
@@ -97,6 +99,8 @@ struct Inner {
     labelled_known: bool,
     /// Person entities of this camera the broker holds (retained), to check against `labelled`.
     discovered: Vec<u32>,
+    /// The broker sent more than [`MAX_INCOMING`] on a subscribed topic: subscribe no more.
+    subscriptions_off: bool,
     announce: bool,
     connected: bool,
     /// Incremented at each connection acknowledgement.
@@ -181,7 +185,7 @@ impl Mqtt {
             .set_keep_alive(config.keep_alive)
             .set_clean_session(true)
             .set_inflight(u16::try_from(WINDOW * 4).unwrap_or(u16::MAX))
-            .set_max_packet_size(256 << 10, 256 << 10)
+            .set_max_packet_size(MAX_INCOMING, 256 << 10)
             .set_last_will(LastWill::new(
                 &topics.availability,
                 "offline",
@@ -226,6 +230,7 @@ impl Mqtt {
                 labelled: Vec::new(),
                 labelled_known: false,
                 discovered: Vec::new(),
+                subscriptions_off: false,
                 announce: true,
                 connected: false,
                 session: 0,
@@ -412,6 +417,17 @@ fn network(mut connection: Connection, shared: &Shared, broker: &str, topics: &T
             Ok(_) => {}
             Err(e) => {
                 inner.connected = false;
+                if oversized(&e) && !inner.subscriptions_off {
+                    // Retained, it would come back at every connection and break each one.
+                    log::error!(
+                        "mqtt: {broker} sent a message larger than {} KiB on a topic reidcam \
+                         subscribes to (Home Assistant's status or this camera's entities): \
+                         not subscribing any more (no re-announcement, no clean-up of stale \
+                         entities); events still flow",
+                        MAX_INCOMING >> 10
+                    );
+                    inner.subscriptions_off = true;
+                }
                 if inner.stop {
                     inner.net_done = true;
                     shared.wake.notify_all();
@@ -442,6 +458,15 @@ fn network(mut connection: Connection, shared: &Shared, broker: &str, topics: &T
     }
     shared.lock().net_done = true;
     shared.wake.notify_all();
+}
+
+fn oversized(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
 }
 
 /// Connection errors as a user reads them (never with credentials: rumqttc's errors carry none).
@@ -557,13 +582,15 @@ fn pump(
                 session_seen = session;
                 outbox.rewind();
                 publish(Tag::Other, &topics.availability, true, b"online".to_vec());
-                if let Some(status) = &topics.ha_status {
-                    client.try_subscribe(status, QoS::AtLeastOnce).ok();
-                }
-                // Retained person entities come back at once: those of identities no longer
-                // labelled in the gallery (erased, forgotten) are cleared below.
-                if let Some(filter) = topics.people_filter() {
-                    client.try_subscribe(filter, QoS::AtLeastOnce).ok();
+                if !shared.lock().subscriptions_off {
+                    if let Some(status) = &topics.ha_status {
+                        client.try_subscribe(status, QoS::AtLeastOnce).ok();
+                    }
+                    // Retained person entities come back at once: those of identities no
+                    // longer labelled in the gallery (erased, forgotten) are cleared below.
+                    if let Some(filter) = topics.people_filter() {
+                        client.try_subscribe(filter, QoS::AtLeastOnce).ok();
+                    }
                 }
             }
             if announce {

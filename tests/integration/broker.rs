@@ -235,9 +235,12 @@ impl Broker {
 
     /// Publishes a retained message as the camera's user would.
     pub fn publish_retained(&self, topic: &str, payload: &str) {
+        // From a file: a payload may be longer than one command-line argument can be.
+        let file = self.dir.join("payload");
+        std::fs::write(&file, payload).unwrap();
         run(Command::new("mosquitto_pub")
             .args(self.client_args((CAMERA_USER, CAMERA_PASSWORD)))
-            .args(["-q", "1", "-r", "-t", topic, "-m", payload]));
+            .args(["-q", "1", "-r", "-t", topic, "-f", file.to_str().unwrap()]));
     }
 
     /// The retained messages now held for `topic` (a fresh subscriber, read for a moment).

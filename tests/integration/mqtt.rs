@@ -321,3 +321,34 @@ fn a_broker_outage_loses_nothing_and_the_spool_keeps_events_across_a_restart() {
         "{state:?}"
     );
 }
+
+/// What others publish where the daemon listens: an oversized retained message under its own
+/// entities, garbage on Home Assistant's status topic. The daemon says so once, stops
+/// subscribing, and every event still arrives.
+#[test]
+fn hostile_messages_on_subscribed_topics_do_not_stop_events() {
+    let dir = scratch("mqtt-hostile");
+    let Some(broker) = Broker::start(&dir, false) else {
+        return;
+    };
+    let big = "x".repeat(300 << 10);
+    broker.publish_retained(
+        "homeassistant/binary_sensor/reidcam_door/person_5/config",
+        &big,
+    );
+    broker.publish_retained("homeassistant/status", "\u{1b}[2J not json \u{0}");
+    let sub = broker.subscribe(&["reidcam/door/events"], None);
+    let run = Run::new(&dir, "hostile", &broker.mqtt_section(""));
+    let err = run.run(40);
+    let lines = run.lines();
+    assert!(!lines.is_empty(), "{err}");
+    sub.wait_for(30, "every event", |_| {
+        first_occurrences(sub.on("reidcam/door/events")) == lines
+    });
+    assert_eq!(
+        err.matches("not subscribing any more").count(),
+        1,
+        "said once: {err}"
+    );
+    assert_eq!(run.mqtt()["delivered"], lines.len() as u64);
+}
