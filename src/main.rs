@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 mod cli;
+use cli::out;
 
 use reidcam::bench::{self, BenchOptions};
 use reidcam::embed::Kernels;
@@ -219,6 +220,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `reidcam … | head`: the reader has what it wanted.
+        Err(e) if cli::is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(io::stderr(), "reidcam: error: {}", one_line(&e));
             ExitCode::FAILURE
@@ -363,14 +366,14 @@ fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
         if let Some(ops) = &profile {
             value["profile_ms_per_run"] = serde_json::to_value(ops)?;
         }
-        println!("{value}");
+        out!("{value}");
     } else {
-        print_bench(&report);
+        print_bench(&report)?;
         if let Some(ops) = &profile {
             let total: f64 = ops.iter().map(|o| o.ms).sum();
-            println!("profile        {total:.3} ms/run in operators (timed per node):");
+            out!("profile        {total:.3} ms/run in operators (timed per node):");
             for o in ops {
-                println!(
+                out!(
                     "  {:>8.3} ms {:>5.1}%  {:>4} x {}",
                     o.ms,
                     100.0 * o.ms / total,
@@ -380,7 +383,7 @@ fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
             }
         }
         if let Some((profile, check)) = &budget {
-            println!(
+            out!(
                 "budget         {}: p50 ≤ {} ms, p99 ≤ {} ms: {}",
                 profile.board.name,
                 profile.budget.embed_p50_ms,
@@ -401,36 +404,46 @@ fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_bench(report: &bench::BenchReport) {
+fn print_bench(report: &bench::BenchReport) -> anyhow::Result<()> {
     let l = &report.latency_per_crop_ms;
-    println!("model          {} ({})", report.model, report.model_name);
-    println!(
+    out!("model          {} ({})", report.model, report.model_name);
+    out!(
         "input          {}x{}, dim {}, batch {}, threads {}",
-        report.input[0], report.input[1], report.dim, report.batch, report.threads
+        report.input[0],
+        report.input[1],
+        report.dim,
+        report.batch,
+        report.threads
     );
-    println!("load+optimise  {:.1} ms", report.load_ms);
-    println!(
+    out!("load+optimise  {:.1} ms", report.load_ms);
+    out!(
         "latency/crop   p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  (mean {:.3}, min {:.3}; {} runs)",
-        l.p50, l.p90, l.p99, l.mean, l.min, report.runs
+        l.p50,
+        l.p90,
+        l.p99,
+        l.mean,
+        l.min,
+        report.runs
     );
-    println!(
+    out!(
         "latency/batch  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms",
         report.latency_per_batch_ms.p50,
         report.latency_per_batch_ms.p90,
         report.latency_per_batch_ms.p99
     );
-    println!(
+    out!(
         "throughput     {:.1} crops/s",
         report.throughput_crops_per_s
     );
-    println!(
+    out!(
         "preprocess     {:.1} us/crop (96x240 -> model input)",
         report.preprocess_us_per_crop
     );
     match report.peak_rss_mib {
-        Some(mib) => println!("peak RSS       {mib:.1} MiB"),
-        None => println!("peak RSS       unavailable"),
+        Some(mib) => out!("peak RSS       {mib:.1} MiB"),
+        None => out!("peak RSS       unavailable"),
     }
+    Ok(())
 }
 
 fn inspect(args: ModelArgs) -> anyhow::Result<()> {
@@ -459,8 +472,9 @@ struct EmbeddedDataset {
 }
 
 impl EmbeddedDataset {
-    fn print_model_line(&self, model: &ModelArgs) {
-        println!("model      {} ({})", self.model_name, model.model.display());
+    fn print_model_line(&self, model: &ModelArgs) -> anyhow::Result<()> {
+        out!("model      {} ({})", self.model_name, model.model.display());
+        Ok(())
     }
 
     fn labels(&self) -> reidcam::eval::Labels<'_> {
@@ -574,11 +588,11 @@ fn eval_cmd(args: EvalArgs) -> anyhow::Result<()> {
                           "batch": args.model.batch, "threads": args.model.threads},
             "metrics": m,
         });
-        println!("{out}");
+        out!("{out}");
         return Ok(());
     }
-    d.print_model_line(&args.model);
-    println!(
+    d.print_model_line(&args.model)?;
+    out!(
         "data       {}: {} query, {} gallery images; {} junk dropped; {} unreadable",
         args.data.display(),
         d.set.query.len(),
@@ -586,30 +600,40 @@ fn eval_cmd(args: EvalArgs) -> anyhow::Result<()> {
         d.set.junk_dropped,
         d.unreadable.len()
     );
-    println!("protocol   {PROTOCOL}");
-    println!(
+    out!("protocol   {PROTOCOL}");
+    out!(
         "embedding  {} crops in {:.2} s ({per_s:.1} crops/s), batch {}, {} thread(s)",
-        d.crops, d.seconds, args.model.batch, args.model.threads
+        d.crops,
+        d.seconds,
+        args.model.batch,
+        args.model.threads
     );
-    println!(
+    out!(
         "queries without a valid gallery match: {} (not in the metrics)",
         m.queries_without_match
     );
-    println!(
+    out!(
         "rank1={:.2} rank5={:.2} rank10={:.2} mAP={:.2} mAP_official={:.2} mINP={:.2} queries={} gallery={}",
-        m.rank1, m.rank5, m.rank10, m.map, m.map_official, m.minp, m.queries, m.gallery
+        m.rank1,
+        m.rank5,
+        m.rank10,
+        m.map,
+        m.map_official,
+        m.minp,
+        m.queries,
+        m.gallery
     );
     if let Some(first) = identities.first() {
-        println!(
+        out!(
             "identities {} queries ranked over {} identities ({} exemplars, K = {}), gallery built from the other camera(s)",
             first.metrics.queries,
             first.metrics.identities,
             first.metrics.exemplars,
             args.exemplars
         );
-        println!("format  aggregation  rank1   rank5   heap bytes");
+        out!("format  aggregation  rank1   rank5   heap bytes");
         for row in &identities {
-            println!(
+            out!(
                 "{:<7} {:<12} {:<7.2} {:<7.2} {}",
                 row.format.name(),
                 format!("{:?}", row.aggregation).to_lowercase(),
@@ -721,18 +745,18 @@ fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
             "plot": args.plot,
             "config_snippet": snippet,
         });
-        println!("{out}");
+        out!("{out}");
         return Ok(());
     }
-    d.print_model_line(&args.model);
-    println!(
+    d.print_model_line(&args.model)?;
+    out!(
         "pairs      cross-camera: {} same-person, {} different-person",
         pairs.same.len(),
         pairs.different.len()
     );
-    println!("target FMR   threshold   FMR        TMR");
+    out!("target FMR   threshold   FMR        TMR");
     for p in &points {
-        println!(
+        out!(
             "{:<12} {:<11.4} {:<10} {:.2}%",
             format!("{}%", 100.0 * p.target_fmr),
             p.threshold,
@@ -740,8 +764,8 @@ fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
             100.0 * p.tmr
         );
     }
-    println!("plot       {}", args.plot.display());
-    println!(
+    out!("plot       {}", args.plot.display());
+    out!(
         "suggested [matching] section for the model's manifest ({}):\n{snippet}",
         d.model_name
     );

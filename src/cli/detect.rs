@@ -76,7 +76,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<()> {
             .iter()
             .map(|d| serde_json::json!([d.rect.x, d.rect.y, d.rect.width, d.rect.height, d.score]))
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::json!({"file": file.display().to_string(), "boxes": boxes})
         );

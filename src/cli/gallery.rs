@@ -72,20 +72,6 @@ enum Action {
 
 pub use reidcam::config::parse_bytes;
 
-/// Writes a line to standard output. A reader that went away (`reidcam gallery list | head -1`)
-/// ends the command quietly, where `println!` would panic; every write to the gallery file comes
-/// before the lines that report it, so nothing is lost by stopping there.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        match writeln!(std::io::stdout(), $($arg)*) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(anyhow::Error::new(e).context("writing to standard output")),
-        }
-    }};
-}
-
 /// A label as it may be shown on a terminal: control characters (escape sequences that could
 /// move the cursor, retitle the window or hide text) written as `\u{1b}`.
 fn printable(label: &str) -> std::borrow::Cow<'_, str> {

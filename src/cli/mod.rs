@@ -1,5 +1,26 @@
 //! Pieces of the command line that are not library material: progress display and plots.
 
+/// Writes a line to standard output, as `println!` would, but a reader that went away
+/// (`reidcam gallery list | head -1`) is an error (`main` ends the command quietly, exit 0, on
+/// it) where `println!` would panic. Commands write their files before the lines that report
+/// them, so nothing is lost by stopping there.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|e| anyhow::Error::new(e).context("writing to standard output"))?
+    }};
+}
+pub(crate) use out;
+
+/// Whether an error is a closed standard output (the reader went away).
+pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 pub mod capture;
 pub mod detect;
 pub mod gallery;

@@ -765,21 +765,32 @@ fn gallery_command_line() {
         "{out}"
     );
 
-    // Issue 22: a reader that went away (`reidcam gallery list | head -1`) ends the listing
-    // quietly: no panic, exit 0.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let closed = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
-        .args([&base[..], &["list"]].concat())
-        .stdout(writer)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&closed.stderr);
-    assert!(
-        closed.status.success() && !err.contains("panicked"),
-        "{}: {err}",
-        closed.status
-    );
+    // Issue 22: a reader that went away (`reidcam gallery list | head -1`) ends the command
+    // quietly: no panic, exit 0 — for every command that prints (one writer, `cli::out!`).
+    let bench = [
+        "bench",
+        "--model",
+        s(&model),
+        "--runs",
+        "1",
+        "--seconds",
+        "0",
+    ];
+    for args in [[&base[..], &["list"]].concat(), bench.to_vec()] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let closed = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&closed.stderr);
+        assert!(
+            closed.status.success() && !err.contains("panicked") && !err.contains("error"),
+            "{args:?}: {}: {err}",
+            closed.status
+        );
+    }
 
     // Export, import into an f32 gallery, compare listings.
     let export = dir.join("g.json");
