@@ -128,6 +128,9 @@ fn onnxruntime_library() -> PathBuf {
 
 #[derive(Serialize)]
 struct Row {
+    /// The CPU and reidcam's kernel sets (`bench::cpu_model`, `bench::kernel_sets`).
+    cpu: String,
+    kernels: String,
     model: String,
     batch: usize,
     threads: usize,
@@ -313,6 +316,8 @@ fn compare(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     Some(Row {
+        cpu: reidcam::bench::cpu_model(),
+        kernels: reidcam::bench::kernel_sets(),
         model: name,
         batch,
         threads,
@@ -383,9 +388,10 @@ fn main() {
         .build()
         .expect("onnxruntime environment");
     println!(
-        "onnxruntime: {} ; reidcam kernels: {}",
-        library.display(),
-        Kernels::Reidcam
+        "cpu: {} ; reidcam kernels: {} ; onnxruntime: {}",
+        reidcam::bench::cpu_model(),
+        reidcam::bench::kernel_sets(),
+        library.display()
     );
     println!(
         "{:<46} {:>5} {:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>11} {:>17}",

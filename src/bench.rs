@@ -84,6 +84,41 @@ pub struct BenchReport {
     pub preprocess_us_per_crop: f64,
     /// Peak resident set size of the process (VmHWM), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// The CPU and the kernel sets in use (figures mean nothing without them).
+    pub cpu: String,
+    pub kernels: String,
+}
+
+/// The CPU model as /proc/cpuinfo names it (`model name` on x86; the core from `CPU part` on
+/// ARM), or `unknown CPU`.
+pub fn cpu_model() -> String {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        text.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if let Some(name) = field("model name") {
+        return name;
+    }
+    match field("CPU part").as_deref() {
+        Some("0xd03") => "Arm Cortex-A53".into(),
+        Some("0xd04") => "Arm Cortex-A35".into(),
+        Some("0xd05") => "Arm Cortex-A55".into(),
+        Some("0xd08") => "Arm Cortex-A72".into(),
+        Some("0xd0b") => "Arm Cortex-A76".into(),
+        Some("0xd0c") => "Arm Neoverse-N1".into(),
+        Some(part) => format!("Arm CPU part {part}"),
+        None => "unknown CPU".into(),
+    }
+}
+
+/// The kernel sets the embedder uses here: `avx512f`, `avx2+fma`, `neon`, … and the int8 dot
+/// products (`avx512-vnni`, `neon-dotprod`, or none: int8 layers from dequantised weights).
+pub fn kernel_sets() -> String {
+    let dot = crate::embed::Dot::detect().map_or("none".to_owned(), |d| d.to_string());
+    format!("{}, int8 dot products: {dot}", crate::embed::Isa::detect())
 }
 
 /// Benchmarks `embedder` with its configured batch. `threads` is reported as given.
@@ -138,6 +173,8 @@ pub fn run(
         throughput_crops_per_s: (runs * batch) as f64 / total,
         preprocess_us_per_crop: Percentiles::of(&mut pre_samples).p50,
         peak_rss_mib: peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
+        cpu: cpu_model(),
+        kernels: kernel_sets(),
     })
 }
 

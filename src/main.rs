@@ -406,6 +406,7 @@ fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_bench(report: &bench::BenchReport) -> anyhow::Result<()> {
     let l = &report.latency_per_crop_ms;
+    out!("cpu            {} ({})", report.cpu, report.kernels);
     out!("model          {} ({})", report.model, report.model_name);
     out!(
         "input          {}x{}, dim {}, batch {}, threads {}",
