@@ -225,7 +225,12 @@ impl EventSink for JsonLines {
                     *file = open_append(path)?;
                     self.written = 0;
                 }
-                file.write_all(&self.line)?;
+                if let Err(e) = file.write_all(&self.line) {
+                    // No torn line for the next event to be glued onto: cut back to the last
+                    // whole one (best-effort: the disk may refuse that too).
+                    let _ = file.set_len(self.written);
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                }
                 self.written += len;
             }
         }

@@ -77,6 +77,8 @@ pub struct Stats {
     pub matches_known: u64,
     pub ambiguous: u64,
     pub events: u64,
+    /// Events the sink could not take (disk full, …): counted and logged, the camera runs on.
+    pub events_failed: u64,
     pub enrolled: u64,
     #[serde(serialize_with = "secs")]
     pub detect: Duration,
@@ -626,7 +628,15 @@ impl<E: CropEmbedder> Pipeline<E> {
             embeddings: s.embeddings,
             crop,
         };
-        self.sink.emit(&event)?;
+        // Events are best-effort beside the frame loop: a full disk must not stop the camera
+        // (nor a restart loop under systemd). Counted, and logged at the 1st, 2nd, 4th, 8th….
+        if let Err(e) = self.sink.emit(&event) {
+            self.stats.events_failed += 1;
+            let n = self.stats.events_failed;
+            if n.is_power_of_two() {
+                log::error!("events: cannot write an event: {e} ({n} lost so far)");
+            }
+        }
         self.stats.events += 1;
         self.stats.events_time += started.elapsed();
         Ok(())

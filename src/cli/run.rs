@@ -128,6 +128,12 @@ fn print_summary(s: &Summary) {
         "{} detections, {} tracks, {} crops embedded ({:.2} ms each), {} events",
         c.detections, c.tracks, c.crops_embedded, s.embed_per_crop_ms, c.events
     );
+    if c.events_failed > 0 {
+        eprintln!(
+            "events not written: {} (the output refused them; the camera ran on)",
+            c.events_failed
+        );
+    }
     eprintln!(
         "identities: {} new, {} known matches, {} ambiguous, {} enrolled; {} in the gallery",
         c.identities_new, c.matches_known, c.ambiguous, c.enrolled, s.identities

@@ -818,3 +818,48 @@ fn fixed_size_yolox_and_bytetrack_presets_find_people() {
         );
     }
 }
+
+/// Issue 22: a full disk under the events file does not stop the camera: the run goes to its
+/// end, the gallery is saved, the failures are counted and said.
+#[test]
+fn a_full_events_disk_is_counted_and_the_camera_runs_on() {
+    let dir = scratch("events-full");
+    let tiny = crate::common::models().join("tiny_reid.onnx");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[detector]\nkind = \"motion\"\n[quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n",
+    )
+    .unwrap();
+    let (gallery, sum) = (dir.join("g.bin"), dir.join("s.json"));
+    let (ok, _, err) = reidcam(&[
+        "run",
+        "--config",
+        s(&config),
+        "--source",
+        "synthetic:320x180",
+        "--model",
+        s(&tiny),
+        "--gallery",
+        s(&gallery),
+        "--events",
+        "/dev/full",
+        "--max-frames",
+        "120",
+        "--summary-json",
+        s(&sum),
+    ]);
+    assert!(ok, "{err}");
+    let sm = summary(&sum);
+    assert_eq!(sm["frames"], 120, "{err}");
+    let failed = sm["counts"]["events_failed"].as_u64().unwrap();
+    assert!(
+        failed > 0 && failed == sm["counts"]["events"].as_u64().unwrap(),
+        "{sm}"
+    );
+    assert!(
+        err.contains("cannot write an event") && err.contains("/dev/full"),
+        "{err}"
+    );
+    assert!(gallery.exists(), "the gallery is saved all the same");
+}
