@@ -17,6 +17,7 @@ use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
 use crate::events::{EventSink, JsonLines, Tee};
 use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
 use crate::gallery::{Gallery, MatchPolicy, Timestamp};
+use crate::mqtt::share::{Peers, RemoteUpdate, Sharing};
 use crate::mqtt::{Mqtt, MqttError, MqttStats};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
 use crate::quality::{BoxSource, CropGate};
@@ -129,6 +130,8 @@ struct Running {
     stills: bool,
     /// Identities were forgotten: the next save leaves no copy of them in the backup.
     erase: bool,
+    /// Enrolled identities shared through the broker (`mqtt.share_gallery`).
+    sharing: Option<Sharing>,
 }
 
 /// Builds everything from `config`; nothing is written until the first save. `custom` replaces
@@ -230,6 +233,15 @@ fn start(
         ),
         None => Box::new(JsonLines::stdout()),
     };
+    let sharing = mqtt.filter(|m| m.shares()).map(|m| {
+        let peers = config
+            .gallery_path
+            .as_deref()
+            .map(|p| Peers::load(&Peers::path_for(p)))
+            .unwrap_or_default();
+        m.set_share(&model_tag.name, model_tag.dim, gallery.config().exemplars);
+        Sharing::new(&config.camera, &model_tag.name, peers, &gallery)
+    });
     let sink: Box<dyn EventSink> = match mqtt {
         Some(m) => {
             m.set_labelled(
@@ -310,6 +322,7 @@ fn start(
         source_name,
         stills,
         erase: false,
+        sharing,
     })
 }
 
@@ -327,6 +340,41 @@ impl Running {
         }
     }
 
+    /// Applies the shared identities that arrived and, every `SHARE_EVERY`, publishes this
+    /// camera's changes. Between frames: the gallery belongs to the frame loop.
+    fn share(&mut self, mqtt: &Mqtt, updates: &mut Vec<RemoteUpdate>, publish: bool) {
+        let Some(sharing) = &mut self.sharing else {
+            return;
+        };
+        mqtt.take_remote(updates);
+        let mut changed = false;
+        for update in updates.drain(..) {
+            if let Some(erased) = sharing.apply(self.pipeline.gallery_mut(), update) {
+                changed = true;
+                self.erase |= erased;
+            }
+        }
+        if changed {
+            self.pipeline.mark_dirty();
+            let gallery = self.pipeline.gallery();
+            mqtt.set_labelled(
+                gallery
+                    .identities()
+                    .filter_map(|i| i.label.map(|l| (i.id.0, l))),
+            );
+        }
+        if mqtt.take_republish() {
+            sharing.republish();
+        }
+        // Offline, nothing is published: a connection asks for everything anyway.
+        if (publish || changed) && mqtt.connected() {
+            let out = sharing.outgoing(self.pipeline.gallery(), &mqtt.config().prefix);
+            if !out.is_empty() {
+                mqtt.publish_gallery(out);
+            }
+        }
+    }
+
     fn save(&mut self, summary: &mut Summary) -> Result<(), DaemonError> {
         if let Some(path) = &self.gallery_path
             && (self.pipeline.is_dirty() || self.erase)
@@ -335,6 +383,12 @@ impl Running {
                 file::save_erasing(self.pipeline.gallery(), &self.model_tag.name, path)?;
             } else {
                 file::save(self.pipeline.gallery(), &self.model_tag.name, path)?;
+            }
+            if let Some(sharing) = &self.sharing {
+                let peers = Peers::path_for(path);
+                if let Err(e) = sharing.peers.save(&peers) {
+                    log::error!("{}: cannot save: {e}", peers.display());
+                }
             }
             self.pipeline.mark_saved();
             summary.gallery_saves += 1;
@@ -362,6 +416,9 @@ fn start_mqtt(config: &RunConfig, current: Option<Mqtt>) -> Result<Option<Mqtt>,
         }
     }
 }
+
+/// How often own gallery changes are looked for and published (`mqtt.share_gallery`).
+const SHARE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the frame loop returned.
 enum Exit {
@@ -399,6 +456,7 @@ pub fn run_with_source(
         let exit = frame_loop(
             &config,
             &mut running,
+            mqtt.as_ref(),
             controls,
             &mut notify,
             watchdog,
@@ -455,6 +513,7 @@ pub fn run_with_source(
 fn frame_loop(
     config: &RunConfig,
     running: &mut Running,
+    mqtt: Option<&Mqtt>,
     controls: &Controls,
     notify: &mut impl FnMut(&str),
     watchdog: Option<Duration>,
@@ -482,7 +541,16 @@ fn frame_loop(
     summary.detect_every = running.pipeline.detect_every();
     // Identities that went unseen while the daemon was off are forgotten at once.
     running.forget(config.forget_after, summary);
+    let mut updates = Vec::new();
+    let mut last_share: Option<Instant> = None;
     let exit = loop {
+        if let Some(m) = mqtt {
+            let due = last_share.is_none_or(|t| t.elapsed() >= SHARE_EVERY);
+            running.share(m, &mut updates, due);
+            if due {
+                last_share = Some(Instant::now());
+            }
+        }
         if controls.stop.load(Ordering::Relaxed) {
             break Exit::Ended("stopped");
         }
@@ -595,8 +663,12 @@ fn frame_loop(
             summary.rss_max_kib = summary.rss_max_kib.max(rss_kib());
         }
     };
-    // Stop or reload: every track leaves (a reload starts a new pipeline).
+    // Stop or reload: every track leaves (a reload starts a new pipeline); the last gallery
+    // changes go out.
     running.pipeline.finish(frames, stream_time, "")?;
+    if let Some(m) = mqtt {
+        running.share(m, &mut updates, true);
+    }
     summary.camera_reopens = running.source.reopens();
     let seconds = started.elapsed().as_secs_f64();
     let stats = running.pipeline.stats().clone();

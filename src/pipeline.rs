@@ -270,6 +270,11 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.dirty
     }
 
+    /// The gallery was changed from outside (shared identities): save it.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     pub fn mark_saved(&mut self) {
         self.dirty = false;
     }

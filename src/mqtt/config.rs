@@ -39,6 +39,9 @@ pub struct MqttSection {
     pub discovery_prefix: String,
     /// At a clean stop, wait this long for the broker to take what is queued.
     pub drain_secs: u64,
+    /// Share enrolled identities (their embeddings) with the other cameras on this broker.
+    /// Off by default: biometric data leaves the device only when asked to.
+    pub share_gallery: bool,
 }
 
 impl Default for MqttSection {
@@ -57,6 +60,7 @@ impl Default for MqttSection {
             discovery: true,
             discovery_prefix: "homeassistant".into(),
             drain_secs: 5,
+            share_gallery: false,
         }
     }
 }
@@ -88,6 +92,7 @@ pub struct MqttConfig {
     pub spool_bytes: u64,
     pub discovery: Option<String>,
     pub drain: Duration,
+    pub share_gallery: bool,
 }
 
 impl fmt::Debug for MqttConfig {
@@ -285,6 +290,7 @@ impl MqttSection {
             spool_bytes: spool_bytes as u64,
             discovery: self.discovery.then(|| self.discovery_prefix.clone()),
             drain: Duration::from_secs(self.drain_secs),
+            share_gallery: self.share_gallery,
         }))
     }
 }

@@ -352,3 +352,139 @@ fn hostile_messages_on_subscribed_topics_do_not_stop_events() {
     );
     assert_eq!(run.mqtt()["delivered"], lines.len() as u64);
 }
+
+/// Gallery sharing (`mqtt.share_gallery`) between two cameras on one broker: a person enrolled
+/// at the door is named at the yard (a pinned copy, with its label); erased at the yard, the
+/// person disappears from the door's gallery, its file and its backup, even though the door was
+/// off when it happened (a retained tombstone). Bad gallery messages are refused and counted.
+#[test]
+fn an_enrolled_person_is_shared_and_an_erasure_reaches_every_camera() {
+    if std::env::var_os("REIDCAM_TEST_RUNNER").is_some() {
+        eprintln!(
+            "SKIPPED under emulation: timing-based (2.5 s runs); runs natively in the host suite"
+        );
+        return;
+    }
+    let dir = scratch("mqtt-share");
+    let Some(broker) = Broker::start(&dir, false) else {
+        return;
+    };
+    let model = models().join("tiny_reid.onnx");
+    let gallery_cli = |gallery: &Path, args: &[&str]| {
+        let base = ["gallery", "--model", s(&model), "--gallery", s(gallery)];
+        let (ok, out, err) = crate::common::reidcam(&[&base[..], args].concat());
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let listed = |gallery: &Path| -> Vec<(String, String)> {
+        gallery_cli(gallery, &["list"])
+            .lines()
+            .skip(2)
+            .map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next().unwrap().to_owned(), w.next().unwrap().to_owned())
+            })
+            .collect()
+    };
+    // Alice enrolled at the door from two crops.
+    let crops: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("alice{i}.png"));
+            let image = crate::common::pattern(48 + i * 8, 110);
+            std::fs::write(&p, crate::common::encode(&image, image::ImageFormat::Png)).unwrap();
+            p
+        })
+        .collect();
+    let (door_g, yard_g) = (dir.join("door.bin"), dir.join("yard.bin"));
+    let mut enrol = vec!["enroll", "--label", "alice"];
+    enrol.extend(crops.iter().map(|p| s(p)));
+    gallery_cli(&door_g, &enrol);
+
+    let camera = |name: &str, gallery: &Path| {
+        let section = broker.mqtt_section("share_gallery = true\n");
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "camera = \"{name}\"\n[detector]\nkind = \"motion\"\n[gallery]\npath = {gallery:?}\n{section}"
+            ),
+        )
+        .unwrap();
+        let summary = dir.join(format!("{name}.json"));
+        let out = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
+            .args([
+                "run",
+                "--config",
+                s(&config),
+                "--source",
+                "synthetic:320x180",
+                "--realtime",
+                "--model",
+                s(&model),
+                "--max-frames",
+                "25",
+                "--events",
+                s(&dir.join(format!("{name}.jsonl"))),
+                "--summary-json",
+                s(&summary),
+            ])
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let sm: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        (sm["mqtt"].clone(), err)
+    };
+    let (door, _) = camera("door", &door_g);
+    assert_eq!(door["gallery_published"], 1, "{door}");
+
+    // The yard, started later, copies alice from the retained message.
+    let (yard, err) = camera("yard", &yard_g);
+    assert_eq!(yard["gallery_received"], 1, "{yard}: {err}");
+    let at_yard = listed(&yard_g);
+    assert_eq!(at_yard.len(), 1, "{at_yard:?}");
+    assert_eq!(at_yard[0].1, "alice");
+    assert!(
+        err.contains("shared identity door/1 (alice) copied here"),
+        "{err}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let peers = dir.join("yard.bin.peers.json");
+        let mode = std::fs::metadata(&peers).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    // Erased at the yard (the operator, while the yard was off); the yard's next run tells
+    // everyone; the door, off meanwhile, learns it from the tombstone at its next start.
+    gallery_cli(&yard_g, &["remove", &at_yard[0].0]);
+    let (_, err) = camera("yard", &yard_g);
+    assert!(err.contains("erasing it everywhere"), "{err}");
+    let (door, err) = camera("door", &door_g);
+    assert!(
+        err.contains("shared identity door/1 erased"),
+        "{door}: {err}"
+    );
+    assert!(listed(&door_g).is_empty(), "gone from the door's gallery");
+    assert!(
+        listed(&dir.join("door.bin.bak")).is_empty(),
+        "and from its backup"
+    );
+
+    // Hostile or mistaken gallery messages: refused, counted, never applied.
+    let topic = |who: &str| format!("reidcam/gallery/tiny_reid/{who}/5");
+    broker.publish_retained(&topic("mallory"), "{not json");
+    broker.publish_retained(
+        &topic("eve"),
+        r#"{"reidcam_identity":1,"model":"tiny_reid","dim":512,"origin":"eve","id":5,"exemplars":[]}"#,
+    );
+    broker.publish_retained(
+        &topic("trent"),
+        r#"{"reidcam_identity":1,"model":"tiny_reid","dim":6,"origin":"door","id":5,"exemplars":[{"scale":1.0,"codes":"7f0000000000"}]}"#,
+    );
+    let (yard, err) = camera("yard", &yard_g);
+    assert_eq!(yard["gallery_rejected"], 3, "{yard}: {err}");
+    assert!(listed(&yard_g).is_empty(), "nothing applied");
+}
