@@ -172,10 +172,11 @@ fn events_arrive_byte_identical_over_tls_with_availability_discovery_and_last_wi
         .mqtt_section("")
         .replace(s(&dir.join("ca.crt")), s(&other));
     let wrong = Run::new(&dir, "wrong-ca", &section);
-    let err = wrong.run(20);
+    let err = wrong.run(40);
     assert!(err.contains("certificate"), "{err}");
     let stats = wrong.mqtt();
     assert_eq!(stats["delivered"], 0);
+    assert!(!wrong.lines().is_empty(), "the run made events: {err}");
     assert_eq!(stats["undelivered"], wrong.lines().len() as u64);
 
     // An entity of an identity no longer in the gallery (erased while the daemon was off) is
@@ -487,4 +488,58 @@ fn an_enrolled_person_is_shared_and_an_erasure_reaches_every_camera() {
     let (yard, err) = camera("yard", &yard_g);
     assert_eq!(yard["gallery_rejected"], 3, "{yard}: {err}");
     assert!(listed(&yard_g).is_empty(), "nothing applied");
+}
+
+/// The frame loop's MQTT sink allocates nothing per event once warm (recycled buffers, a
+/// preallocated view), broker or not: counted on the emitting thread.
+#[test]
+fn the_mqtt_sink_allocates_nothing_per_event_once_warm() {
+    use reidcam::events::{Event, EventKind, EventSink as _, Identity};
+    use reidcam::gallery::{PersonId, Timestamp};
+    // No broker at this port: events queue (4 at most, the oldest dropped and recycled).
+    let section = reidcam::mqtt::MqttSection {
+        url: "mqtt://127.0.0.1:9".into(),
+        queue: 4,
+        ..Default::default()
+    };
+    let config = section.validate("door").unwrap().unwrap();
+    let mqtt = reidcam::mqtt::Mqtt::start(&config, "door").unwrap();
+    let mut sink = mqtt.events();
+    let event = |kind: EventKind, track: u64| Event {
+        event: kind,
+        camera: "door",
+        track,
+        time: Timestamp(1_700_000_000_000),
+        stream_ms: 100 * track,
+        frame: track,
+        frame_name: "",
+        bbox: [1, 2, 30, 60],
+        identity: Identity::Known {
+            id: PersonId(3),
+            label: Some("alice"),
+            similarity: 0.9,
+            runner_up: None,
+        },
+        first_seen: Timestamp(1_700_000_000_000),
+        frames_seen: 4,
+        embeddings: 2,
+        crop: None,
+    };
+    let mut counted = 0;
+    for track in 0..200u64 {
+        for kind in [EventKind::Enter, EventKind::Leave] {
+            let (result, n) =
+                crate::alloc_count::allocations_during(|| sink.emit(&event(kind, track)));
+            result.unwrap();
+            if track >= 20 {
+                counted += n;
+            }
+        }
+        // Let the publisher thread take them (and recycle the dropped ones' buffers).
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(counted, 0, "allocations in 360 warm events");
+    let stats = mqtt.stop();
+    assert_eq!(stats.delivered, 0);
+    assert!(stats.dropped >= 390, "{stats:?}");
 }
