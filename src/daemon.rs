@@ -244,11 +244,7 @@ fn start(
     });
     let sink: Box<dyn EventSink> = match mqtt {
         Some(m) => {
-            m.set_labelled(
-                gallery
-                    .identities()
-                    .filter_map(|i| i.label.map(|l| (i.id.0, l))),
-            );
+            m.set_labelled(&gallery);
             Box::new(Tee(vec![sink, Box::new(m.events())]))
         }
         None => sink,
@@ -356,12 +352,7 @@ impl Running {
         }
         if changed {
             self.pipeline.mark_dirty();
-            let gallery = self.pipeline.gallery();
-            mqtt.set_labelled(
-                gallery
-                    .identities()
-                    .filter_map(|i| i.label.map(|l| (i.id.0, l))),
-            );
+            mqtt.set_labelled(self.pipeline.gallery());
         }
         if mqtt.take_republish() {
             sharing.republish();

@@ -173,16 +173,20 @@ fn open_append(path: &Path) -> io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "is a symbolic link: reidcam does not write through links",
-                )
-            } else {
-                e
-            }
-        })
+        .map_err(link_refused)
+}
+
+/// For a file opened with `O_NOFOLLOW`: its `ELOOP` said as what it means (a symbolic link is
+/// there, and reidcam does not write through one); any other error unchanged.
+pub(crate) fn link_refused(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a symbolic link: reidcam does not write through links",
+        )
+    } else {
+        e
+    }
 }
 
 fn rotated(path: &Path, n: u32) -> PathBuf {

@@ -199,31 +199,26 @@ impl View {
 
     /// The state payload without its closing brace: the publisher adds its own counters.
     pub fn write_open(&self, out: &mut Vec<u8>) {
+        // Each identity once (two tracks may hold the same one), in track order.
+        let unique = || {
+            self.tracks.iter().enumerate().filter_map(|(n, t)| {
+                let id = t.id?;
+                (!self.tracks[..n].iter().any(|o| o.id == Some(id))).then_some((id, t))
+            })
+        };
         out.clear();
         let _ = write!(out, "{{\"people\":{},\"present\":[", self.tracks.len());
-        let mut first = true;
-        for (n, t) in self.tracks.iter().enumerate() {
-            let Some(id) = t.id else { continue };
-            if self.tracks[..n].iter().any(|o| o.id == Some(id)) {
-                continue;
-            }
-            let _ = write!(out, "{}{id}", if first { "" } else { "," });
-            first = false;
+        for (n, (id, _)) in unique().enumerate() {
+            let _ = write!(out, "{}{id}", if n == 0 { "" } else { "," });
         }
         out.extend_from_slice(b"],\"identities\":[");
-        first = true;
-        for (n, t) in self.tracks.iter().enumerate() {
-            let Some(id) = t.id else { continue };
-            if self.tracks[..n].iter().any(|o| o.id == Some(id)) {
-                continue;
-            }
-            let _ = write!(out, "{}{{\"id\":{id}", if first { "" } else { "," });
+        for (n, (id, t)) in unique().enumerate() {
+            let _ = write!(out, "{}{{\"id\":{id}", if n == 0 { "" } else { "," });
             if !t.label.is_empty() {
                 out.extend_from_slice(b",\"label\":");
                 let _ = serde_json::to_writer(&mut *out, &t.label);
             }
             out.push(b'}');
-            first = false;
         }
         out.push(b']');
     }

@@ -326,10 +326,14 @@ impl Mqtt {
         }
     }
 
-    /// Identities with labels, announced to Home Assistant as presence sensors.
-    pub fn set_labelled<'a>(&self, labelled: impl Iterator<Item = (u32, &'a str)>) {
+    /// The gallery's identities with labels, announced to Home Assistant as presence sensors.
+    pub fn set_labelled(&self, gallery: &crate::gallery::Gallery) {
+        let labelled = gallery
+            .identities()
+            .filter_map(|i| i.label.map(|l| (i.id.0, l.to_owned())))
+            .collect();
         let mut inner = self.shared.lock();
-        inner.labelled = labelled.map(|(id, l)| (id, l.to_owned())).collect();
+        inner.labelled = labelled;
         inner.labelled_known = true;
         inner.announce = true;
         self.shared.wake.notify_all();

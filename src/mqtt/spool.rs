@@ -54,12 +54,8 @@ fn open_flags() -> OpenOptions {
 }
 
 fn named(path: &Path, what: &str, e: io::Error) -> io::Error {
-    let detail = if e.raw_os_error() == Some(libc::ELOOP) {
-        "is a symbolic link: reidcam does not write through links".to_owned()
-    } else {
-        e.to_string()
-    };
-    io::Error::new(e.kind(), format!("{}: {what}: {detail}", path.display()))
+    let e = crate::events::link_refused(e);
+    io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
 }
 
 impl Spool {
