@@ -34,6 +34,8 @@ pub struct ConfigFile {
     pub events: EventsSection,
     /// MQTT out (`docs/mqtt.md`). Off unless `mqtt.url` is set.
     pub mqtt: crate::mqtt::MqttSection,
+    /// HTTP API, `/metrics`, `/healthz` (`docs/http.md`). Off unless `http.enabled`.
+    pub http: crate::http::HttpSection,
 }
 
 /// `[source]`
@@ -254,6 +256,7 @@ pub struct RunConfig {
     pub keep: u32,
     pub crops_dir: Option<PathBuf>,
     pub mqtt: Option<crate::mqtt::MqttConfig>,
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// A configuration problem, naming the file (if any) and the field.
@@ -501,6 +504,10 @@ impl ConfigFile {
             .mqtt
             .validate(&camera)
             .map_err(|(field, problem)| invalid(field, problem))?;
+        let http = self
+            .http
+            .validate()
+            .map_err(|(field, problem)| invalid(field, problem))?;
         Ok(RunConfig {
             camera,
             board: nonempty(&self.board),
@@ -532,6 +539,7 @@ impl ConfigFile {
             keep: e.keep,
             crops_dir: nonempty(&e.crops_dir),
             mqtt,
+            http,
         })
     }
 }

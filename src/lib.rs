@@ -19,6 +19,7 @@ pub mod eval;
 pub mod events;
 pub mod frame;
 pub mod gallery;
+pub mod http;
 pub mod manifest;
 pub mod mqtt;
 pub mod npy;

@@ -252,6 +252,10 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.tracker.set_next_id(next);
     }
 
+    pub fn camera(&self) -> &String {
+        &self.config.camera
+    }
+
     pub fn detector_description(&self) -> String {
         self.detector.describe()
     }

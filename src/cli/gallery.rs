@@ -92,8 +92,18 @@ fn printable(label: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
-    // Held until we return: no other process (a running daemon) may save this file meanwhile.
-    let _lock = file::GalleryLock::acquire(&args.gallery)?;
+    // A change holds the lock until we return: no other process (a running daemon) may save
+    // this file meanwhile. Reading needs none: the daemon replaces the file whole (written
+    // beside it, then renamed), so a reader sees one saved state or the next.
+    let read_only = matches!(
+        args.action,
+        Action::List | Action::Show { .. } | Action::Export { .. }
+    );
+    let _lock = if read_only {
+        None
+    } else {
+        Some(file::GalleryLock::acquire(&args.gallery)?)
+    };
     let mut embedder = args.model.load()?;
     let manifest = embedder.manifest().clone();
     let tag = ModelTag {

@@ -607,6 +607,24 @@ impl Gallery {
         Ok(ExemplarUpdate::Replaced(worst))
     }
 
+    /// Changes an identity's label (`Some(None)` removes it) and/or pinned state (an
+    /// operator's action).
+    pub fn edit(
+        &mut self,
+        id: PersonId,
+        label: Option<Option<&str>>,
+        pinned: Option<bool>,
+    ) -> Result<(), GalleryError> {
+        let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;
+        if let Some(label) = label {
+            self.slots[slot].label = make_label(label)?;
+        }
+        if let Some(pinned) = pinned {
+            self.slots[slot].pinned = pinned;
+        }
+        Ok(())
+    }
+
     /// Removes an identity, pinned or not (an operator's action).
     pub fn remove(&mut self, id: PersonId) -> Result<(), GalleryError> {
         let slot = self.find(id).ok_or(GalleryError::UnknownId(id))?;

@@ -897,23 +897,21 @@ fn a_locked_gallery_is_refused_by_the_command_line() {
         "{again}"
     );
     let model = models().join("tiny_reid.onnx");
-    let list = || {
-        reidcam(&[
-            "gallery",
-            "--model",
-            s(&model),
-            "--gallery",
-            s(&path),
-            "list",
-        ])
+    let gallery = |action: &[&str]| {
+        let mut args = vec!["gallery", "--model", s(&model), "--gallery", s(&path)];
+        args.extend_from_slice(action);
+        reidcam(&args)
     };
-    let (ok, _, err) = list();
+    // A change waits for the holder; reading does not (the holder replaces the file whole).
+    let (ok, _, err) = gallery(&["remove", "1"]);
     assert!(
         !ok && err.contains("cam.gallery: in use by another reidcam process (it holds"),
         "{err}"
     );
+    let (ok, _, err) = gallery(&["list"]);
+    assert!(!ok && err.contains("no such gallery file"), "{err}");
     drop(lock);
-    let (ok, _, err) = list();
+    let (ok, _, err) = gallery(&["remove", "1"]);
     assert!(!ok && err.contains("no such gallery file"), "{err}");
 }
 

@@ -9,6 +9,7 @@ mod docs;
 mod errors;
 mod eval;
 mod gallery;
+mod http;
 mod kernels;
 mod mqtt;
 mod parity;

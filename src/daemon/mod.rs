@@ -17,6 +17,7 @@ use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
 use crate::events::{EventSink, JsonLines, Tee};
 use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
 use crate::gallery::{Gallery, MatchPolicy, Timestamp};
+use crate::http::{Http, HttpError};
 use crate::mqtt::share::{Peers, RemoteUpdate, Sharing};
 use crate::mqtt::{Mqtt, MqttError, MqttStats};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
@@ -52,6 +53,8 @@ pub enum DaemonError {
     Tracker(String),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// Requests from outside the loop (signal handlers set them).
@@ -115,6 +118,8 @@ pub struct Summary {
 pub fn rss_kib() -> u64 {
     crate::bench::proc_status_kib("VmRSS:").unwrap_or(0)
 }
+
+mod api;
 
 struct Running {
     source: Box<dyn FrameSource>,
@@ -411,6 +416,12 @@ fn start_mqtt(config: &RunConfig, current: Option<Mqtt>) -> Result<Option<Mqtt>,
 /// How often own gallery changes are looked for and published (`mqtt.share_gallery`).
 const SHARE_EVERY: Duration = Duration::from_secs(1);
 
+/// The services the frame loop talks to, when configured.
+struct Links<'a> {
+    mqtt: Option<&'a Mqtt>,
+    http: Option<&'a mut Http>,
+}
+
 /// Why the frame loop returned.
 enum Exit {
     Ended(&'static str),
@@ -441,13 +452,17 @@ pub fn run_with_source(
     let mut config = load()?;
     let mut mqtt = start_mqtt(&config, None)?;
     let mut running = start(&config, custom, mqtt.as_ref())?;
+    let mut http = api::start_http(&config, None, running.pipeline.gallery().capacity())?;
     let mut summary = Summary::default();
     loop {
         notify("READY=1");
         let exit = frame_loop(
             &config,
             &mut running,
-            mqtt.as_ref(),
+            Links {
+                mqtt: mqtt.as_ref(),
+                http: http.as_mut(),
+            },
             controls,
             &mut notify,
             watchdog,
@@ -464,6 +479,9 @@ pub fn run_with_source(
                 summary.ended_by = why.into();
                 notify("STOPPING=1");
                 summary.mqtt = mqtt.take().map(Mqtt::stop);
+                if let Some(h) = http.take() {
+                    h.stop();
+                }
                 return Ok(summary);
             }
             Exit::Reload => {
@@ -493,6 +511,14 @@ pub fn run_with_source(
                             }
                         }
                         running.pipeline.set_next_track_id(next_track);
+                        let capacity = running.pipeline.gallery().capacity();
+                        http = match api::start_http(&config, http.take(), capacity) {
+                            Ok(h) => h,
+                            Err(e) => {
+                                log::error!("http after reload: {e}; the API is off");
+                                None
+                            }
+                        };
                     }
                     Err(e) => log::error!("reload failed, keeping the previous configuration: {e}"),
                 }
@@ -504,12 +530,13 @@ pub fn run_with_source(
 fn frame_loop(
     config: &RunConfig,
     running: &mut Running,
-    mqtt: Option<&Mqtt>,
+    links: Links<'_>,
     controls: &Controls,
     notify: &mut impl FnMut(&str),
     watchdog: Option<Duration>,
     summary: &mut Summary,
 ) -> Result<Exit, DaemonError> {
+    let Links { mqtt, mut http } = links;
     let started = Instant::now();
     let mut last_save = Instant::now();
     let mut last_ping = Instant::now();
@@ -534,7 +561,12 @@ fn frame_loop(
     running.forget(config.forget_after, summary);
     let mut updates = Vec::new();
     let mut last_share: Option<Instant> = None;
+    let mut clock = api::StageClock::default();
     let exit = loop {
+        if let Some(h) = http.as_deref() {
+            h.beat();
+            running.serve_changes(h, mqtt, summary);
+        }
         if let Some(m) = mqtt {
             let due = last_share.is_none_or(|t| t.elapsed() >= SHARE_EVERY);
             running.share(m, &mut updates, due);
@@ -576,6 +608,9 @@ fn frame_loop(
                 let delay = backoff.next_delay();
                 log::warn!("{e}; reopening in {delay:?}");
                 camera_down = true;
+                if let Some(h) = http.as_deref() {
+                    h.set_camera_down(true);
+                }
                 if let Some(led) = &mut running.led {
                     led.set_error(true);
                     led.update(now).ok();
@@ -585,6 +620,9 @@ fn frame_loop(
                 let until = Instant::now() + delay;
                 while Instant::now() < until && !controls.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
+                    if let Some(h) = http.as_deref() {
+                        h.beat();
+                    }
                 }
                 continue;
             }
@@ -594,11 +632,15 @@ fn frame_loop(
             camera_down = false;
             backoff.reset();
             notify("STATUS=running");
+            if let Some(h) = http.as_deref() {
+                h.set_camera_down(false);
+            }
             if let Some(led) = &mut running.led {
                 led.set_error(false);
             }
         }
-        capture_time += t0.elapsed();
+        let capture = t0.elapsed();
+        capture_time += capture;
         let first = *first_stream.get_or_insert(frame.timestamp);
         stream_time = frame.timestamp.saturating_sub(first);
         if config.realtime {
@@ -607,6 +649,7 @@ fn frame_loop(
                 std::thread::sleep(wait);
             }
         }
+        let t1 = Instant::now();
         let outcome = running
             .pipeline
             .process(frame.image, frames, stream_time, frame.name)?;
@@ -615,6 +658,13 @@ fn frame_loop(
             running.pipeline.finish(frames, stream_time, frame.name)?;
         }
         frames += 1;
+        if let Some(h) = http.as_deref_mut() {
+            let times = clock.frame(running.pipeline.stats(), capture, capture + t1.elapsed());
+            h.frame(&times);
+            if h.publish_due() {
+                running.publish(h, mqtt, frames, started.elapsed(), summary);
+            }
+        }
         if let Some(p) = &mut pace
             && let Some(n) = p.observe(stream_time, running.pipeline.stats())
         {

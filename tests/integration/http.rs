@@ -1,0 +1,537 @@
+//! The HTTP API against a running daemon (a paced synthetic scene, a real gallery file): bearer
+//! token on every route but `/healthz`, status, `/metrics` in the Prometheus text format,
+//! identities listed, renamed (seen by `reidcam gallery list`), erased (gone from the file and
+//! its backup), bounded bodies, and a non-loopback address without a token refused at start-up.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::common::{command, models, reidcam, s, scratch};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// One request; returns (status, body). `HTTP/1.0`-style: one request per connection.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+         Content-Length: {}\r\nContent-Type: application/json\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // A refused body may be cut short by the server: that is its right.
+    stream.write_all(body).ok();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The daemon, its bound address (read from its log) and the rest of its log.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(dir: &Path, config: &Path, gallery: &Path) -> Daemon {
+        let mut child = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
+            .args([
+                "run",
+                "--config",
+                s(config),
+                "--source",
+                "synthetic:320x180",
+                "--realtime",
+                "--model",
+                s(&models().join("tiny_reid.onnx")),
+                "--gallery",
+                s(gallery),
+                "--events",
+                s(&dir.join("events.jsonl")),
+            ])
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let addr = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the daemon logs its HTTP address");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        Daemon {
+            child,
+            addr,
+            log: rx,
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        request(self.addr, "GET", path, Some(TOKEN), b"")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().ok();
+        while let Ok(line) = self.log.try_recv() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Checks the Prometheus text format (0.0.4) line by line: `# HELP`/`# TYPE` comments, then
+/// samples `name{label="value",...} number`, every sample's family typed before it. Returns
+/// (name with labels, value) of every sample.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut typed = std::collections::HashMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect(line);
+            assert!(
+                matches!(kind, "counter" | "gauge" | "histogram" | "info" | "untyped"),
+                "{line}"
+            );
+            typed.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment {line:?}");
+        let (series, value) = line.rsplit_once(' ').expect(line);
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value of {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        let labels = &series[name.len()..];
+        if !labels.is_empty() {
+            let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+            let inner = inner.unwrap_or_else(|| panic!("labels of {line:?}"));
+            for pair in inner.split(',') {
+                let (k, v) = pair.split_once('=').expect(line);
+                assert!(
+                    !k.is_empty() && v.starts_with('"') && v.ends_with('"'),
+                    "{line}"
+                );
+            }
+        }
+        let family = ["_bucket", "_sum", "_count", "_info"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains_key(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "{name}: no # TYPE before it");
+        samples.push((series.to_owned(), value));
+    }
+    samples
+}
+
+fn value(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .unwrap_or_else(|| panic!("no {series}"))
+        .1
+}
+
+fn listed_ids(model: &Path, gallery: &Path) -> Vec<String> {
+    let (ok, out, err) = reidcam(&[
+        "gallery",
+        "--model",
+        s(model),
+        "--gallery",
+        s(gallery),
+        "list",
+    ]);
+    assert!(ok, "{err}");
+    out.lines().skip(2).map(str::to_owned).collect()
+}
+
+#[test]
+fn a_non_loopback_address_without_a_token_is_refused_at_start_up() {
+    let dir = scratch("http-no-token");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[http]\nenabled = true\nlisten = \"0.0.0.0:8080\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = reidcam(&[
+        "run",
+        "--config",
+        s(&config),
+        "--source",
+        "synthetic:64x64",
+        "--model",
+        s(&models().join("tiny_reid.onnx")),
+        "--max-frames",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("http.listen") && err.contains("http.token_file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_api_serves_status_metrics_and_edits_the_gallery() {
+    let dir = scratch("http-api");
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "camera = \"door\"\n[detector]\nkind = \"motion\"\n\
+             [quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n\
+             [gallery]\nsave_every_secs = 1\n\
+             [http]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
+             max_body_bytes = 1024\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let gallery = dir.join("g.bin");
+    let model = models().join("tiny_reid.onnx");
+    let daemon = Daemon::start(&dir, &config, &gallery);
+    let addr = daemon.addr;
+
+    // Authentication: every route but /healthz.
+    for path in [
+        "/api/v1/status",
+        "/api/v1/identities",
+        "/metrics",
+        "/api/v1/identities/1",
+    ] {
+        assert_eq!(request(addr, "GET", path, None, b"").0, 401, "{path}");
+        assert_eq!(
+            request(addr, "GET", path, Some("wrong-token-0123456789"), b"").0,
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        request(addr, "DELETE", "/api/v1/identities/1", None, b"").0,
+        401
+    );
+
+    // Wait for people to be enrolled by the scene.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let identities = loop {
+        let (code, body) = daemon.get("/api/v1/identities");
+        assert_eq!(code, 200, "{body}");
+        let list = json(&body)["identities"].as_array().unwrap().clone();
+        if list.len() >= 2 {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no identities after 90 s: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (code, health) = request(addr, "GET", "/healthz", None, b"");
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(json(&health)["healthy"], true);
+
+    let (code, status) = daemon.get("/api/v1/status");
+    assert_eq!(code, 200);
+    let status = json(&status);
+    assert!(status["frames"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(status["camera"], "door");
+    assert!(
+        status["gallery"]["identities"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert!(
+        status["gallery"]["bytes"].as_u64() <= status["gallery"]["budget_bytes"].as_u64(),
+        "{status}"
+    );
+
+    let (code, text) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    let samples = parse_prometheus(&text);
+    assert!(value(&samples, "reidcam_frames_total") > 0.0, "{text}");
+    assert!(
+        value(
+            &samples,
+            "reidcam_frame_stage_seconds_count{stage=\"total\"}"
+        ) > 0.0,
+        "{text}"
+    );
+    assert!(
+        value(&samples, "reidcam_decisions_total{kind=\"new\"}") >= 2.0,
+        "{text}"
+    );
+    assert_eq!(value(&samples, "reidcam_camera_down"), 0.0);
+    // No person id or label in any metric.
+    assert!(
+        !text.contains("person") && !text.contains("label="),
+        "{text}"
+    );
+
+    // Rename, seen by the gallery file's reader.
+    let id = identities[0]["id"].as_u64().unwrap();
+    let other = identities[1]["id"].as_u64().unwrap();
+    let path = format!("/api/v1/identities/{id}");
+    let (code, body) = request(
+        addr,
+        "PATCH",
+        &path,
+        Some(TOKEN),
+        br#"{"label":"Alice","pinned":true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, one) = daemon.get(&path);
+    assert_eq!(code, 200);
+    assert_eq!(json(&one)["label"], "Alice");
+    assert_eq!(json(&one)["pinned"], true);
+    let rows = listed_ids(&model, &gallery);
+    assert!(
+        rows.iter()
+            .any(|r| r.split_whitespace().next() == Some(&id.to_string()) && r.contains("Alice")),
+        "{rows:?}"
+    );
+
+    // Bad requests: refused, nothing changed.
+    let big = vec![b' '; 4096];
+    assert_eq!(request(addr, "PATCH", &path, Some(TOKEN), &big).0, 413);
+    assert_eq!(
+        request(addr, "PATCH", &path, Some(TOKEN), b"{\"label\":7}").0,
+        400
+    );
+    assert_eq!(
+        request(addr, "PATCH", &path, Some(TOKEN), b"nonsense").0,
+        400
+    );
+    assert_eq!(
+        request(
+            addr,
+            "DELETE",
+            "/api/v1/identities/999999",
+            Some(TOKEN),
+            b""
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            "/api/v1/identities/../../etc/passwd",
+            Some(TOKEN),
+            b""
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        request(addr, "GET", "/api/v1/../../g.bin", Some(TOKEN), b"").0,
+        404
+    );
+    assert_eq!(
+        request(addr, "POST", "/api/v1/status", Some(TOKEN), b"").0,
+        405
+    );
+    assert_eq!(json(&daemon.get(&path).1)["label"], "Alice");
+
+    // Erasure: gone from memory, the file and its backup before the answer.
+    let (code, body) = request(
+        addr,
+        "DELETE",
+        &format!("/api/v1/identities/{other}"),
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(daemon.get(&format!("/api/v1/identities/{other}")).0, 404);
+    for file in [gallery.clone(), dir.join("g.bin.bak")] {
+        if !file.exists() {
+            continue;
+        }
+        let rows = listed_ids(&model, &file);
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.split_whitespace().next() == Some(&other.to_string())),
+            "{}: {rows:?}",
+            file.display()
+        );
+    }
+    drop(daemon);
+}
+
+/// A camera that can be unplugged and plugged back by the test.
+fn pluggable_camera(unplugged: Arc<AtomicBool>) -> reidcam::capture::Opener {
+    use reidcam::capture::{CaptureError, Frame, FrameSource, SyntheticConfig, SyntheticSource};
+    struct Camera {
+        scene: SyntheticSource,
+        unplugged: Arc<AtomicBool>,
+    }
+    impl FrameSource for Camera {
+        fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError> {
+            if self.unplugged.load(Ordering::SeqCst) {
+                return Err(CaptureError::Timeout {
+                    device: "/dev/test".into(),
+                    timeout: Duration::from_millis(10),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            self.scene.next_frame()
+        }
+        fn describe(&self) -> String {
+            "pluggable camera".into()
+        }
+        fn size(&self) -> (u32, u32) {
+            self.scene.size()
+        }
+    }
+    Box::new(move || {
+        if unplugged.load(Ordering::SeqCst) {
+            return Err(CaptureError::Open {
+                device: "/dev/test".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let config = SyntheticConfig {
+            width: 160,
+            height: 96,
+            ..SyntheticConfig::default()
+        };
+        Ok(Box::new(Camera {
+            scene: SyntheticSource::new(config)?,
+            unplugged: unplugged.clone(),
+        }))
+    })
+}
+
+/// Polls /healthz until it answers `code`; returns its body.
+fn health_becomes(addr: SocketAddr, code: u16, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if TcpStream::connect(addr).is_err() {
+            // Not listening yet (the models load first).
+            assert!(Instant::now() < deadline, "nothing listens on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let (got, body) = request(addr, "GET", "/healthz", None, b"");
+        if got == code {
+            return json(&body);
+        }
+        assert!(Instant::now() < deadline, "/healthz stayed {got}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn healthz_follows_the_camera_away_and_back() {
+    let dir = scratch("http-health");
+    // A free port: bound, read, released (the daemon binds it a moment later).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut file = reidcam::config::ConfigFile::default();
+    file.source.path = "synthetic".into();
+    file.model.path = s(&models().join("tiny_reid.onnx")).into();
+    file.events.output = s(&dir.join("e.jsonl")).into();
+    file.detector.kind = "zones".into();
+    file.http.enabled = true;
+    file.http.listen = format!("127.0.0.1:{port}");
+    let unplugged = Arc::new(AtomicBool::new(false));
+    let controls = reidcam::daemon::Controls::default();
+    let stop = controls.stop.clone();
+    let plug = unplugged.clone();
+    let daemon = std::thread::spawn(move || {
+        let camera = pluggable_camera(plug);
+        reidcam::daemon::run_with_source(
+            || file.validate("test"),
+            &controls,
+            |_| {},
+            None,
+            Some(camera),
+        )
+        .map(|s| s.camera_reopens)
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let wait = Duration::from_secs(60);
+    let healthy = health_becomes(addr, 200, wait);
+    assert_eq!(healthy["healthy"], true, "{healthy}");
+    unplugged.store(true, Ordering::SeqCst);
+    let down = health_becomes(addr, 503, wait);
+    assert_eq!(down["healthy"], false);
+    assert!(
+        down["reason"].as_str().unwrap().contains("camera lost"),
+        "{down}"
+    );
+    let (_, metrics) = request(addr, "GET", "/metrics", None, b"");
+    assert!(metrics.contains("reidcam_camera_down 1"), "{metrics}");
+    unplugged.store(false, Ordering::SeqCst);
+    health_becomes(addr, 200, wait);
+    stop.store(true, Ordering::SeqCst);
+    let reopens = daemon.join().unwrap().unwrap();
+    assert!(reopens >= 1, "{reopens}");
+}
