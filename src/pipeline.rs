@@ -92,6 +92,18 @@ pub struct Stats {
     pub events_time: Duration,
 }
 
+/// Time by stage of a frame, or its mean over frames, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StageMs {
+    pub capture: f64,
+    pub detect: f64,
+    pub track: f64,
+    pub embed: f64,
+    pub gallery: f64,
+    pub events: f64,
+    pub total: f64,
+}
+
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }

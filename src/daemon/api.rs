@@ -6,9 +6,9 @@ use std::time::Duration;
 use super::{DaemonError, Running, Summary};
 use crate::config::RunConfig;
 use crate::gallery::GalleryError;
-use crate::http::{Command, FrameTimes, Http, Op, Refusal};
+use crate::http::{Command, Http, Op, Refusal};
 use crate::mqtt::Mqtt;
-use crate::pipeline::Stats;
+use crate::pipeline::{StageMs, Stats};
 
 /// HTTP for `config`: `current` is kept when its configuration is the same (a reload does not
 /// close the port), else stopped and replaced.
@@ -42,18 +42,13 @@ pub(super) struct StageClock {
 }
 
 impl StageClock {
-    pub(super) fn frame(
-        &mut self,
-        stats: &Stats,
-        capture: Duration,
-        total: Duration,
-    ) -> FrameTimes {
+    pub(super) fn frame(&mut self, stats: &Stats, capture: Duration, total: Duration) -> StageMs {
         let ms = |now: Duration, before: &mut Duration| {
             let d = now.saturating_sub(*before);
             *before = now;
             d.as_secs_f64() * 1e3
         };
-        FrameTimes {
+        StageMs {
             capture: capture.as_secs_f64() * 1e3,
             detect: ms(stats.detect, &mut self.detect),
             track: ms(stats.track, &mut self.track),

@@ -66,17 +66,7 @@ pub struct Controls {
     pub reload: Arc<AtomicBool>,
 }
 
-/// Per-frame latency by stage, in milliseconds (averages over frames).
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct StageMs {
-    pub capture: f64,
-    pub detect: f64,
-    pub track: f64,
-    pub embed: f64,
-    pub gallery: f64,
-    pub events: f64,
-    pub total: f64,
-}
+pub use crate::pipeline::StageMs;
 
 /// What a run did.
 #[derive(Clone, Debug, Default, serde::Serialize)]

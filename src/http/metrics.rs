@@ -14,7 +14,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use super::{FrameTimes, Shared, Status};
+use super::{Shared, Status};
+use crate::pipeline::StageMs;
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -59,7 +60,7 @@ impl Metrics {
     }
 
     /// One frame's stage times (milliseconds in, seconds recorded).
-    pub fn observe(&self, t: &FrameTimes) {
+    pub fn observe(&self, t: &StageMs) {
         let values = [
             t.capture, t.detect, t.track, t.embed, t.gallery, t.events, t.total,
         ];

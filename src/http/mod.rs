@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::gallery::{Gallery, LABEL_CAPACITY, PersonId};
-use crate::pipeline::Stats;
+use crate::pipeline::{StageMs, Stats};
 
 /// The HTTP server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,18 +71,6 @@ pub struct IdentityRow {
     pub exemplars: usize,
 }
 
-/// Per-stage milliseconds of one frame.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct FrameTimes {
-    pub capture: f64,
-    pub detect: f64,
-    pub track: f64,
-    pub embed: f64,
-    pub gallery: f64,
-    pub events: f64,
-    pub total: f64,
-}
-
 /// What the frame loop publishes (about once a second).
 #[derive(Clone, Debug, Default)]
 pub struct Status {
@@ -93,7 +81,7 @@ pub struct Status {
     pub frames: u64,
     pub fps: f64,
     /// Mean per-stage times over the last published interval.
-    pub stage_ms: FrameTimes,
+    pub stage_ms: StageMs,
     pub counts: Stats,
     pub camera_reopens: u64,
     pub identities: usize,
@@ -128,7 +116,7 @@ pub struct Http {
     threads: Vec<JoinHandle<()>>,
     /// Frame-loop side: the last publication and what was summed since.
     last_publish: Instant,
-    since: FrameTimes,
+    since: StageMs,
     since_frames: u64,
 }
 
@@ -194,7 +182,7 @@ impl Http {
             server,
             threads,
             last_publish: Instant::now(),
-            since: FrameTimes::default(),
+            since: StageMs::default(),
             since_frames: 0,
         })
     }
@@ -219,7 +207,7 @@ impl Http {
     }
 
     /// Records one frame's stage times (histograms, and the means of the next snapshot).
-    pub fn frame(&mut self, t: &FrameTimes) {
+    pub fn frame(&mut self, t: &StageMs) {
         self.shared.metrics.observe(t);
         let s = &mut self.since;
         s.capture += t.capture;
@@ -241,7 +229,7 @@ impl Http {
     /// strings are set). Skipped, not waited for, while a request reads it.
     pub fn publish(&mut self, gallery: &Gallery, fill: impl FnOnce(&mut Status)) {
         let n = self.since_frames.max(1) as f64;
-        let means = FrameTimes {
+        let means = StageMs {
             capture: self.since.capture / n,
             detect: self.since.detect / n,
             track: self.since.track / n,
@@ -264,7 +252,7 @@ impl Http {
         drop(status);
         self.publish_identities(gallery);
         self.last_publish = Instant::now();
-        self.since = FrameTimes::default();
+        self.since = StageMs::default();
         self.since_frames = 0;
     }
 

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     mine_mod.add_args(sub.add_parser("mine", help="person crops from the shared videos and frames"))
     teacher_mod.add_args(sub.add_parser("teach", help="a teacher's embeddings of every view"))
     distill_mod.add_args(sub.add_parser("distill", help="train a student on a teacher's embeddings"))
+    from . import ensemble as ensemble_mod
+    ensemble_mod.add_args(sub.add_parser("ensemble", help="several students → one ONNX model"))
 
     args = ap.parse_args(argv)
     if args.command == "train":
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher_mod.run(args)
     elif args.command == "distill":
         distill_mod.run(args)
+    elif args.command == "ensemble":
+        ensemble_mod.run(args)
     return 0
 
 
