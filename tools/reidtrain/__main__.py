@@ -1,4 +1,4 @@
-"""`python -m reidtrain COMMAND`: train, prune, export, table, count."""
+"""`python -m reidtrain COMMAND`: train, prune, export, table, count, mine, teach, distill, ensemble."""
 import argparse
 import sys
 from pathlib import Path
