@@ -1,12 +1,13 @@
 //! The daemon's side of the HTTP API (`[http]`): starting the server, the frame loop's turn
 //! (heartbeat, changes asked for, stage times, the snapshot) and applying a change to the gallery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{DaemonError, Running, Summary};
 use crate::config::RunConfig;
 use crate::gallery::GalleryError;
-use crate::http::{Command, Http, Op, Refusal};
+use crate::http::{Command, Http, Op, Recent, Refusal};
 use crate::mqtt::Mqtt;
 use crate::pipeline::{StageMs, Stats};
 
@@ -16,6 +17,7 @@ pub(super) fn start_http(
     config: &RunConfig,
     current: Option<Http>,
     capacity: usize,
+    recent: &Arc<Recent>,
 ) -> Result<Option<Http>, DaemonError> {
     match (current, &config.http) {
         (Some(h), Some(c)) if h.config() == c => Ok(Some(h)),
@@ -25,7 +27,7 @@ pub(super) fn start_http(
             }
             Ok(wanted
                 .as_ref()
-                .map(|c| Http::start(c, capacity))
+                .map(|c| Http::start(c, capacity, recent.clone()))
                 .transpose()?)
         }
     }

@@ -17,7 +17,7 @@ use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
 use crate::events::{EventSink, JsonLines, Tee};
 use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
 use crate::gallery::{Gallery, MatchPolicy, Timestamp};
-use crate::http::{Http, HttpError};
+use crate::http::{Http, HttpError, Recent};
 use crate::mqtt::share::{Peers, RemoteUpdate, Sharing};
 use crate::mqtt::{Mqtt, MqttError, MqttStats};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
@@ -135,6 +135,7 @@ fn start(
     config: &RunConfig,
     custom: Option<Opener>,
     mqtt: Option<&Mqtt>,
+    recent: &Arc<Recent>,
 ) -> Result<Running, DaemonError> {
     // The camera (or recording) first: its size sizes the buffers.
     let spec = config.source.clone();
@@ -243,6 +244,12 @@ fn start(
             Box::new(Tee(vec![sink, Box::new(m.events())]))
         }
         None => sink,
+    };
+    // The API's recent events, when it is on.
+    let sink: Box<dyn EventSink> = if config.http.is_some() {
+        Box::new(Tee(vec![sink, Box::new(recent.sink())]))
+    } else {
+        sink
     };
     let stills = matches!(config.source, crate::capture::SourceSpec::Images { .. });
     let mut tracker_config = config.tracker.clone();
@@ -440,9 +447,16 @@ pub fn run_with_source(
     custom: Option<Opener>,
 ) -> Result<Summary, DaemonError> {
     let mut config = load()?;
+    // Kept across reloads: the API's recent events do not restart with the pipeline.
+    let recent = Recent::new();
     let mut mqtt = start_mqtt(&config, None)?;
-    let mut running = start(&config, custom, mqtt.as_ref())?;
-    let mut http = api::start_http(&config, None, running.pipeline.gallery().capacity())?;
+    let mut running = start(&config, custom, mqtt.as_ref(), &recent)?;
+    let mut http = api::start_http(
+        &config,
+        None,
+        running.pipeline.gallery().capacity(),
+        &recent,
+    )?;
     let mut summary = Summary::default();
     loop {
         notify("READY=1");
@@ -484,7 +498,7 @@ pub fn run_with_source(
                         drop(running);
                         let started = start_mqtt(&new, mqtt.take()).and_then(|m| {
                             mqtt = m;
-                            start(&new, None, mqtt.as_ref())
+                            start(&new, None, mqtt.as_ref(), &recent)
                         });
                         match started {
                             Ok(r) => {
@@ -497,12 +511,12 @@ pub fn run_with_source(
                                     "reload failed, keeping the previous configuration: {e}"
                                 );
                                 mqtt = start_mqtt(&config, mqtt.take())?;
-                                running = start(&config, None, mqtt.as_ref())?;
+                                running = start(&config, None, mqtt.as_ref(), &recent)?;
                             }
                         }
                         running.pipeline.set_next_track_id(next_track);
                         let capacity = running.pipeline.gallery().capacity();
-                        http = match api::start_http(&config, http.take(), capacity) {
+                        http = match api::start_http(&config, http.take(), capacity, &recent) {
                             Ok(h) => h,
                             Err(e) => {
                                 log::error!("http after reload: {e}; the API is off");

@@ -9,9 +9,11 @@
 
 mod config;
 mod metrics;
+mod recent;
 mod routes;
 
 pub use config::{HttpConfig, HttpSection, read_token};
+pub use recent::{Recent, RecentSink};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -106,6 +108,7 @@ pub(crate) struct Shared {
     identities: Mutex<Vec<IdentityRow>>,
     commands: SyncSender<Command>,
     metrics: metrics::Metrics,
+    recent: Arc<Recent>,
 }
 
 /// The running server, owned by the daemon.
@@ -129,8 +132,13 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 impl Http {
     /// Listens on `config.listen` and starts the request threads. `capacity`: the gallery's,
-    /// so that the identity snapshot never grows after start-up.
-    pub fn start(config: &HttpConfig, capacity: usize) -> Result<Http, HttpError> {
+    /// so that the identity snapshot never grows after start-up; `recent`: the ring the
+    /// pipeline's [`RecentSink`] feeds.
+    pub fn start(
+        config: &HttpConfig,
+        capacity: usize,
+        recent: Arc<Recent>,
+    ) -> Result<Http, HttpError> {
         let token = config
             .token_file
             .as_deref()
@@ -154,6 +162,7 @@ impl Http {
             identities: Mutex::new(Vec::with_capacity(capacity)),
             commands: tx,
             metrics: metrics::Metrics::new(),
+            recent,
         });
         let threads = (0..THREADS)
             .map(|i| {
@@ -262,7 +271,9 @@ impl Http {
             return;
         };
         rows.clear();
-        let room = rows.capacity();
+        // Sized at start-up; only a reload to a larger gallery grows it.
+        rows.reserve(gallery.capacity());
+        let room = gallery.capacity();
         rows.extend(gallery.identities().take(room).map(|i| {
             IdentityRow {
                 id: u64::from(i.id.0),

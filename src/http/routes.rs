@@ -89,6 +89,7 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
                 &json!({ "identities": rows.iter().map(identity_json).collect::<Vec<_>>() }),
             )
         }),
+        "/api/v1/events" => only(&method, "GET", || events(&url, shared)),
         _ => match path.strip_prefix("/api/v1/identities/") {
             Some(id) => identity(request, &method, id, shared),
             None => error(404, format!("no such resource: {path}")),
@@ -173,6 +174,36 @@ fn status(shared: &Shared) -> Value {
         },
         "mqtt": s.mqtt_delivered.map(|d| json!({ "delivered": d, "dropped": s.mqtt_dropped })),
     })
+}
+
+/// `?since=<seq>`: the kept events after that sequence number (0 or none: all kept).
+fn events(url: &str, shared: &Shared) -> Reply {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut since = 0u64;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("since", v)) => match v.parse() {
+                Ok(n) => since = n,
+                Err(_) => return error(400, format!("since={v:?}: expected a whole number")),
+            },
+            _ => {
+                return error(
+                    400,
+                    format!("unknown query parameter {pair:?}: expected since"),
+                );
+            }
+        }
+    }
+    let (kept, last) = shared.recent.since(since);
+    let events: Vec<Value> = kept
+        .iter()
+        .filter_map(|(seq, line)| {
+            let mut v: Value = serde_json::from_slice(line).ok()?;
+            v.as_object_mut()?.insert("seq".into(), json!(seq));
+            Some(v)
+        })
+        .collect();
+    json_reply(200, &json!({ "events": events, "last_seq": last }))
 }
 
 fn identity_json(r: &IdentityRow) -> Value {

@@ -330,6 +330,31 @@ fn the_api_serves_status_metrics_and_edits_the_gallery() {
         "{text}"
     );
 
+    // Recent events, numbered; `since` gives only the newer ones.
+    let (code, body) = daemon.get("/api/v1/events");
+    assert_eq!(code, 200, "{body}");
+    let recent = json(&body);
+    let events = recent["events"].as_array().unwrap();
+    assert!(!events.is_empty(), "{recent}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["camera"] == "door" && e["seq"].is_u64())
+    );
+    let first = events[0]["seq"].as_u64().unwrap();
+    let (_, newer) = daemon.get(&format!("/api/v1/events?since={first}"));
+    let newer = json(&newer);
+    assert!(
+        newer["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["seq"].as_u64().unwrap() > first),
+        "{newer}"
+    );
+    assert_eq!(daemon.get("/api/v1/events?since=x").0, 400);
+    assert_eq!(daemon.get("/api/v1/events?limit=3").0, 400);
+
     // Rename, seen by the gallery file's reader.
     let id = identities[0]["id"].as_u64().unwrap();
     let other = identities[1]["id"].as_u64().unwrap();
