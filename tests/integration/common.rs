@@ -115,3 +115,32 @@ pub fn encode(img: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
         .unwrap();
     bytes
 }
+
+/// An event of camera "door" naming known person 3 (`label`), for the sinks' allocation tests.
+pub fn known_event(
+    kind: reidcam::events::EventKind,
+    track: u64,
+    label: &'static str,
+) -> reidcam::events::Event<'static> {
+    use reidcam::gallery::{PersonId, Timestamp};
+    reidcam::events::Event {
+        event: kind,
+        camera: "door",
+        track,
+        time: Timestamp(1_700_000_000_000),
+        stream_ms: 100 * track,
+        frame: track,
+        frame_name: "",
+        bbox: [1, 2, 30, 60],
+        identity: reidcam::events::Identity::Known {
+            id: PersonId(3),
+            label: Some(label),
+            similarity: 0.9,
+            runner_up: None,
+        },
+        first_seen: Timestamp(1_700_000_000_000),
+        frames_seen: 4,
+        embeddings: 2,
+        crop: None,
+    }
+}

@@ -560,3 +560,111 @@ fn healthz_follows_the_camera_away_and_back() {
     let reopens = daemon.join().unwrap().unwrap();
     assert!(reopens >= 1, "{reopens}");
 }
+
+/// The frame loop's side of serving (heartbeat, stage histograms, the snapshot with its
+/// identities, the change queue, the recent-events sink) allocates nothing once warm, while
+/// clients read the API as fast as they can.
+#[test]
+fn the_frame_loop_side_of_serving_allocates_nothing_under_load() {
+    use reidcam::events::{EventKind, EventSink as _};
+    use reidcam::gallery::{
+        Gallery, GalleryConfig, MatchPolicy, NewIdentity, StorageFormat, Timestamp,
+    };
+    use reidcam::http::{Http, HttpSection, Recent};
+    use reidcam::pipeline::{StageMs, Stats};
+
+    let section = HttpSection {
+        enabled: true,
+        listen: "127.0.0.1:0".into(),
+        ..HttpSection::default()
+    };
+    let config = section.validate().unwrap().unwrap();
+    let mut gallery = Gallery::with_budget(
+        GalleryConfig {
+            dim: 8,
+            exemplars: 2,
+            format: StorageFormat::Int8,
+            budget_bytes: 64 << 10,
+        },
+        MatchPolicy::default(),
+    )
+    .unwrap();
+    for i in 0..20u8 {
+        let mut v = [0.0f32; 8];
+        v[usize::from(i % 8)] = 1.0;
+        v[usize::from((i / 8) % 8)] += 0.5;
+        let label = format!("person {i}");
+        let new = NewIdentity {
+            label: Some(&label),
+            pinned: i % 2 == 0,
+            now: Timestamp(1_700_000_000_000),
+        };
+        gallery.insert(&v, new).unwrap();
+    }
+    let recent = Recent::new();
+    let mut sink = recent.sink();
+    let mut http = Http::start(&config, gallery.capacity(), recent).unwrap();
+    let addr = http.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                let paths = [
+                    "/api/v1/status",
+                    "/metrics",
+                    "/api/v1/identities",
+                    "/api/v1/events",
+                ];
+                while !stop.load(Ordering::SeqCst) {
+                    let (code, _) = request(addr, "GET", paths[(n + i) % paths.len()], None, b"");
+                    assert_eq!(code, 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let stats = Stats::default();
+    let times = StageMs {
+        capture: 1.0,
+        detect: 20.0,
+        track: 0.1,
+        embed: 3.0,
+        gallery: 0.01,
+        events: 0.02,
+        total: 24.2,
+    };
+    let event = |frame: u64| crate::common::known_event(EventKind::Enter, frame, "person 3");
+    let mut turn = |frame: u64, http: &mut Http| {
+        http.beat();
+        while let Some(command) = http.next_command() {
+            command.reply(Ok(()));
+        }
+        http.frame(&times);
+        sink.emit(&event(frame)).unwrap();
+        // Every turn here (the daemon: once a second), to meet the readers often.
+        http.publish(&gallery, |s| {
+            s.frames = frame;
+            s.counts.clone_from(&stats);
+        });
+    };
+    // Warm-up: the status strings, the first publications.
+    for frame in 0..50 {
+        turn(frame, &mut http);
+    }
+    let mut counted = 0;
+    for frame in 50..2050 {
+        let ((), n) = crate::alloc_count::allocations_during(|| turn(frame, &mut http));
+        counted += n;
+        if frame % 100 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let served: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    http.stop();
+    assert!(served > 20, "the clients were served meanwhile: {served}");
+    assert_eq!(counted, 0, "allocations in 2,000 warm turns");
+}

@@ -494,8 +494,7 @@ fn an_enrolled_person_is_shared_and_an_erasure_reaches_every_camera() {
 /// preallocated view), broker or not: counted on the emitting thread.
 #[test]
 fn the_mqtt_sink_allocates_nothing_per_event_once_warm() {
-    use reidcam::events::{Event, EventKind, EventSink as _, Identity};
-    use reidcam::gallery::{PersonId, Timestamp};
+    use reidcam::events::{EventKind, EventSink as _};
     // No broker at this port: events queue (4 at most, the oldest dropped and recycled).
     let section = reidcam::mqtt::MqttSection {
         url: "mqtt://127.0.0.1:9".into(),
@@ -505,26 +504,7 @@ fn the_mqtt_sink_allocates_nothing_per_event_once_warm() {
     let config = section.validate("door").unwrap().unwrap();
     let mqtt = reidcam::mqtt::Mqtt::start(&config, "door").unwrap();
     let mut sink = mqtt.events();
-    let event = |kind: EventKind, track: u64| Event {
-        event: kind,
-        camera: "door",
-        track,
-        time: Timestamp(1_700_000_000_000),
-        stream_ms: 100 * track,
-        frame: track,
-        frame_name: "",
-        bbox: [1, 2, 30, 60],
-        identity: Identity::Known {
-            id: PersonId(3),
-            label: Some("alice"),
-            similarity: 0.9,
-            runner_up: None,
-        },
-        first_seen: Timestamp(1_700_000_000_000),
-        frames_seen: 4,
-        embeddings: 2,
-        crop: None,
-    };
+    let event = |kind: EventKind, track: u64| crate::common::known_event(kind, track, "alice");
     let mut counted = 0;
     for track in 0..200u64 {
         for kind in [EventKind::Enter, EventKind::Leave] {
