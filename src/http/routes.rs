@@ -40,6 +40,12 @@ pub(super) fn handle(mut request: Request, shared: &Shared) {
         ("Content-Type", reply.content_type),
         ("Cache-Control", "no-store"),
         ("X-Content-Type-Options", "nosniff"),
+        // Scripts, styles and requests only from this camera; never inside another site's frame.
+        (
+            "Content-Security-Policy",
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+        ("Referrer-Policy", "no-referrer"),
     ] {
         if let Ok(h) = Header::from_bytes(name, value) {
             response.add_header(h);
@@ -66,6 +72,15 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
     let method = request.method().clone();
     if path == "/healthz" {
         return only(&method, "GET", || health(shared));
+    }
+    // The page itself holds no data (it asks for the token, then reads the API): no auth.
+    if let Some((body, content_type)) = page(path) {
+        return only(&method, "GET", || Reply {
+            status: 200,
+            body: body.to_vec(),
+            content_type,
+            allow: None,
+        });
     }
     if !authorised(request, shared) {
         return error(401, "missing or wrong bearer token");
@@ -95,6 +110,19 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
             None => error(404, format!("no such resource: {path}")),
         },
     }
+}
+
+/// The web page's files, compiled into the binary (src/http/web/).
+fn page(path: &str) -> Option<(&'static [u8], &'static str)> {
+    Some(match path {
+        "/" | "/index.html" => (include_bytes!("web/index.html"), "text/html; charset=utf-8"),
+        "/app.js" => (
+            include_bytes!("web/app.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "/app.css" => (include_bytes!("web/app.css"), "text/css; charset=utf-8"),
+        _ => return None,
+    })
 }
 
 /// `GET` (and `HEAD`) only.

@@ -668,3 +668,94 @@ fn the_frame_loop_side_of_serving_allocates_nothing_under_load() {
     assert!(served > 20, "the clients were served meanwhile: {served}");
     assert_eq!(counted, 0, "allocations in 2,000 warm turns");
 }
+
+/// Debian's Chromium, if installed: under CI its absence is a failure (`.ci/run` installs it),
+/// elsewhere the test says it is skipped.
+fn chromium() -> Option<std::path::PathBuf> {
+    if std::env::var_os("REIDCAM_TEST_RUNNER").is_some() {
+        eprintln!("SKIPPED under emulation: the browser test runs in the host suite");
+        return None;
+    }
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium not installed (tools/ensure-packages.sh chromium)"
+        );
+        eprintln!("SKIPPED: chromium not installed (apt-get install chromium)");
+    }
+    found
+}
+
+/// The web page in a real browser (headless Chromium) against a running daemon: it shows the
+/// identities the API has (a rename included) and the status; a phone-sized screenshot is kept
+/// beside the test's files.
+#[test]
+fn the_web_page_shows_the_identities_in_a_real_browser() {
+    let Some(browser) = chromium() else { return };
+    let dir = scratch("http-page");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "camera = \"door\"\n[detector]\nkind = \"motion\"\n\
+         [quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n\
+         [http]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&dir, &config, &dir.join("g.bin"));
+    let addr = daemon.addr;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let id = loop {
+        let (_, body) = request(addr, "GET", "/api/v1/identities", None, b"");
+        if let Some(first) = json(&body)["identities"].as_array().unwrap().first() {
+            break first["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no identity after 90 s");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (code, _) = request(
+        addr,
+        "PATCH",
+        &format!("/api/v1/identities/{id}"),
+        None,
+        br#"{"label":"Alice"}"#,
+    );
+    assert_eq!(code, 200);
+    let (code, page) = request(addr, "GET", "/", None, b"");
+    assert_eq!(code, 200);
+    assert!(page.contains("<script src=\"/app.js\">"), "{page}");
+    let url = format!("http://{addr}/");
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(&browser);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=6000",
+            "--window-size=420,900",
+        ])
+        .args(extra)
+        .arg(&url);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    assert!(
+        dom.contains(&format!("data-id=\"{id}\"><b>Alice</b>")),
+        "the renamed identity is not on the page: {dom}"
+    );
+    assert!(dom.contains("frames "), "no status on the page: {dom}");
+    assert!(dom.contains(">healthy<"), "{dom}");
+    let shot = dir.join("web-page.png");
+    run(&[&format!("--screenshot={}", shot.display())]);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    drop(daemon);
+}
