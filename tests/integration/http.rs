@@ -566,6 +566,7 @@ fn healthz_follows_the_camera_away_and_back() {
 /// clients keep reading every route.
 #[test]
 fn the_frame_loop_side_of_serving_allocates_nothing_under_load() {
+    let _alone = crate::alloc_count::alone();
     use reidcam::events::{EventKind, EventSink as _};
     use reidcam::gallery::{
         Gallery, GalleryConfig, MatchPolicy, NewIdentity, StorageFormat, Timestamp,
@@ -606,13 +607,14 @@ fn the_frame_loop_side_of_serving_allocates_nothing_under_load() {
     let mut http = Http::start(&config, gallery.capacity(), recent).unwrap();
     let addr = http.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Under emulation every thread of this process is slow: fewer, gentler clients, so that the
     // tests running beside this one (the MQTT sink's allocation count) are not starved.
     let emulated = std::env::var_os("REIDCAM_TEST_RUNNER").is_some();
     let (count, pause) = if emulated { (2, 20) } else { (4, 1) };
     let clients: Vec<_> = (0..count)
         .map(|i| {
-            let stop = stop.clone();
+            let (stop, served) = (stop.clone(), served.clone());
             std::thread::spawn(move || {
                 let mut n = 0;
                 let paths = [
@@ -624,6 +626,7 @@ fn the_frame_loop_side_of_serving_allocates_nothing_under_load() {
                 while !stop.load(Ordering::SeqCst) {
                     let (code, _) = request(addr, "GET", paths[(n + i) % paths.len()], None, b"");
                     assert_eq!(code, 200);
+                    served.fetch_add(1, Ordering::SeqCst);
                     n += 1;
                     std::thread::sleep(Duration::from_millis(pause));
                 }
@@ -660,18 +663,25 @@ fn the_frame_loop_side_of_serving_allocates_nothing_under_load() {
         turn(frame, &mut http);
     }
     let mut counted = 0;
-    for frame in 50..2050 {
+    // 2,000 turns at least, and until the clients have been served 20 times meanwhile.
+    let before = served.load(Ordering::SeqCst);
+    let mut frame = 50;
+    while frame < 2050 || (served.load(Ordering::SeqCst) < before + 20 && frame < 1_000_000) {
         let ((), n) = crate::alloc_count::allocations_during(|| turn(frame, &mut http));
         counted += n;
         if frame % 100 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
+        frame += 1;
     }
     stop.store(true, Ordering::SeqCst);
-    let served: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let total: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     http.stop();
-    assert!(served > 10, "the clients were served meanwhile: {served}");
-    assert_eq!(counted, 0, "allocations in 2,000 warm turns");
+    assert!(
+        total >= before + 20,
+        "the clients were served meanwhile: {total}"
+    );
+    assert_eq!(counted, 0, "allocations in {} warm turns", frame - 50);
 }
 
 /// Debian's Chromium, if installed: under CI its absence is a failure (`.ci/run` installs it),

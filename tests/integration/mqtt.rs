@@ -494,6 +494,7 @@ fn an_enrolled_person_is_shared_and_an_erasure_reaches_every_camera() {
 /// preallocated view), broker or not: counted on the emitting thread.
 #[test]
 fn the_mqtt_sink_allocates_nothing_per_event_once_warm() {
+    let _alone = crate::alloc_count::alone();
     use reidcam::events::{EventKind, EventSink as _};
     // No broker at this port: events queue (4 at most, the oldest dropped and recycled).
     let section = reidcam::mqtt::MqttSection {
