@@ -41,8 +41,11 @@ use crate::events::{Event, EventSink};
 
 /// Events published at once before waiting for acknowledgements.
 const WINDOW: usize = 32;
-/// Event buffers made at start (more are made, once, if the queue holds more at a time).
-const POOL: usize = 64;
+/// Event buffers made at start, at most. A buffer is in the inbox (≤ queue), the pump's batch
+/// and the outbox (≤ queue + queue between them) or the free pool: 3 × queue + 1 buffers mean
+/// the sink never allocates, whatever the pump's timing. Queues above 1,024 grow the pool on
+/// demand beyond this (bounded by the same sum).
+const POOL: usize = 3 * 1024 + 1;
 const BUFFER_BYTES: usize = 1024;
 /// Largest message taken from the broker (ours are ≤ 1 KiB; a discovery configuration a few).
 const MAX_INCOMING: usize = 64 << 10;
@@ -245,7 +248,7 @@ impl Mqtt {
             inner: Mutex::new(Inner {
                 inbox: VecDeque::with_capacity(config.queue.min(4096)),
                 inbox_dropped: 0,
-                free: (0..POOL.min(config.queue))
+                free: (0..POOL.min(3 * config.queue + 1))
                     .map(|_| Vec::with_capacity(BUFFER_BYTES))
                     .collect(),
                 cap: config.queue,
