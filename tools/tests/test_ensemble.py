@@ -10,23 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import reference
-from reidtrain import ensemble, models
+from reidtrain import ensemble
 from reidtrain.train import Recipe, save_atomic
+from test_export import _trained_looking
 
 
 def _member(tmp_path, name, h, w, seed):
-    torch.manual_seed(seed)
-    net = models.build("osnet", 0.25, num_classes=10)
-    for m in net.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-            m.momentum = 0.5
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.randn(8, 3, h, w))
-    net.eval()
+    net = _trained_looking("osnet", h, w, seed)
     path = tmp_path / name / "last.pt"
     path.parent.mkdir()
     recipe = Recipe(arch="osnet", width=0.25, height_px=h, width_px=w)

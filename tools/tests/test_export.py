@@ -20,9 +20,9 @@ from reidtrain.train import Recipe, save_atomic
 H, W = 128, 64
 
 
-def _trained_looking(arch: str) -> torch.nn.Module:
+def _trained_looking(arch: str, h: int = H, w: int = W, seed: int = 0) -> torch.nn.Module:
     """A random net whose BN statistics and scales are not the identity (so folding matters)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = models.build(arch, 0.25, num_classes=10)
     for m in net.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
@@ -32,7 +32,7 @@ def _trained_looking(arch: str) -> torch.nn.Module:
     net.train()
     with torch.no_grad():
         for _ in range(4):
-            net(torch.randn(8, 3, H, W))
+            net(torch.randn(8, 3, h, w))
     return net.eval()
 
 
