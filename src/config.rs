@@ -173,6 +173,11 @@ pub struct GallerySection {
     /// Forget unpinned identities not seen for this long (`30d`, `12h`, `90m`, `45s`); empty:
     /// never. The privacy setting: how long a passer-by's embeddings are kept.
     pub forget_after: String,
+    /// Keep the best crop of each identity as a small JPEG in `<path>.thumbs/` (mode 0600,
+    /// erased with the identity; the web page shows them). false: no pictures are kept.
+    pub thumbnails: bool,
+    /// Bytes the thumbnails may take on disk, e.g. `4MiB`; identities beyond it get none.
+    pub thumbnail_budget: String,
 }
 
 impl Default for GallerySection {
@@ -188,6 +193,8 @@ impl Default for GallerySection {
             recovery: "backup".into(),
             save_every_secs: 60,
             forget_after: String::new(),
+            thumbnails: true,
+            thumbnail_budget: "4MiB".into(),
         }
     }
 }
@@ -255,6 +262,8 @@ pub struct RunConfig {
     pub rotate_bytes: u64,
     pub keep: u32,
     pub crops_dir: Option<PathBuf>,
+    /// `gallery.thumbnails` (None: off, or no gallery file to keep them beside).
+    pub thumbnails: Option<crate::thumbs::ThumbConfig>,
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     pub http: Option<crate::http::HttpConfig>,
 }
@@ -508,6 +517,15 @@ impl ConfigFile {
             .http
             .validate()
             .map_err(|(field, problem)| invalid(field, problem))?;
+        let thumbnail_budget =
+            parse_bytes(&g.thumbnail_budget).map_err(|e| invalid("gallery.thumbnail_budget", e))?;
+        let thumbnails = match nonempty(&g.path) {
+            Some(path) if g.thumbnails => Some(crate::thumbs::ThumbConfig {
+                dir: crate::thumbs::ThumbConfig::dir_for(&path),
+                budget_bytes: thumbnail_budget as u64,
+            }),
+            _ => None,
+        };
         Ok(RunConfig {
             camera,
             board: nonempty(&self.board),
@@ -538,6 +556,7 @@ impl ConfigFile {
             rotate_bytes: rotate_bytes as u64,
             keep: e.keep,
             crops_dir: nonempty(&e.crops_dir),
+            thumbnails,
             mqtt,
             http,
         })

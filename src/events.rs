@@ -103,6 +103,19 @@ pub struct Event<'a> {
     /// The crop saved as JPEG (`events.crops_dir`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crop: Option<&'a Path>,
+    /// The track's best crop so far, for sinks that keep pictures (thumbnails); never written
+    /// into the event itself.
+    #[serde(skip)]
+    pub pixels: Option<Pixels<'a>>,
+}
+
+/// A crop as packed RGB8 rows, with the quality it was chosen by (box height × score).
+#[derive(Clone, Copy, Debug)]
+pub struct Pixels<'a> {
+    pub rgb: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+    pub quality: f32,
 }
 
 /// Wall-clock times as RFC 3339 strings (UTC, milliseconds).
@@ -301,6 +314,7 @@ mod tests {
             frames_seen: 4,
             embeddings: 1,
             crop: None,
+            pixels: None,
         }
     }
 

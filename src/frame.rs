@@ -240,6 +240,26 @@ pub enum FrameError {
     Decode { path: PathBuf, reason: String },
 }
 
+/// Encodes packed RGB8 rows (`width × height × 3` bytes) as a baseline JPEG of `quality`
+/// (0–100). libjpeg's fatal errors unwind; they come back as an error.
+pub fn encode_jpeg(rgb: &[u8], width: u32, height: u32, quality: f32) -> std::io::Result<Vec<u8>> {
+    if rgb.len() != width as usize * height as usize * 3 || width == 0 || height == 0 {
+        return Err(std::io::Error::other(format!(
+            "JPEG encoder: {} bytes are not a {width}x{height} RGB image",
+            rgb.len()
+        )));
+    }
+    std::panic::catch_unwind(|| -> std::io::Result<Vec<u8>> {
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(width as usize, height as usize);
+        c.set_quality(quality);
+        let mut started = c.start_compress(Vec::new())?;
+        started.write_scanlines(rgb)?;
+        started.finish()
+    })
+    .map_err(|_| std::io::Error::other("JPEG encoder failed"))?
+}
+
 /// Decodes a JPEG or PNG file (format sniffed from the bytes, not the name) into RGB8.
 ///
 /// A JPEG whose data stops before its end-of-image marker is refused: decoders fill the missing

@@ -26,6 +26,7 @@ pub mod npy;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quality;
+pub mod thumbs;
 pub mod track;
 
 pub use embed::{EmbedConfig, EmbedError, Embedder, Embedding, Embeddings, ManifestChoice};

@@ -230,6 +230,11 @@ impl Preprocessor {
         self.width
     }
 
+    /// The latest resized crop (`H × W × 3`, packed RGB8).
+    pub fn resized(&self) -> &[u8] {
+        &self.resized
+    }
+
     /// Bytes of one resized crop (`H × W × 3`), as [`resize`](Self::resize) returns.
     pub fn resized_len(&self) -> usize {
         self.resized.len()

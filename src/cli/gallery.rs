@@ -271,8 +271,11 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             gallery
                 .remove(PersonId(id))
                 .with_context(|| args.gallery.display().to_string())?;
-            // The backup must not keep the person either.
+            // The backup must not keep the person either, nor the thumbnail directory.
             file::save_erasing(&gallery, &tag.name, &args.gallery)?;
+            let thumbs = reidcam::thumbs::ThumbConfig::dir_for(&args.gallery);
+            reidcam::thumbs::remove_file(&thumbs, PersonId(id))
+                .with_context(|| format!("{}: cannot remove thumbnail {id}", thumbs.display()))?;
             out!("removed {id}; {} identities left", gallery.len());
         }
         Action::Export { output } => {

@@ -2,35 +2,42 @@
 //! (heartbeat, changes asked for, stage times, the snapshot) and applying a change to the gallery.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{DaemonError, Running, Summary};
 use crate::config::RunConfig;
 use crate::gallery::GalleryError;
-use crate::http::{Command, Http, Op, Recent, Refusal};
+use crate::http::{Command, Http, Op, Outcome, Recent, Refusal};
 use crate::mqtt::Mqtt;
 use crate::pipeline::{StageMs, Stats};
 
 /// HTTP for `config`: `current` is kept when its configuration is the same (a reload does not
-/// close the port), else stopped and replaced.
+/// close the port), else stopped and replaced. Sized for `running`'s gallery; reads its
+/// thumbnails.
 pub(super) fn start_http(
     config: &RunConfig,
     current: Option<Http>,
-    capacity: usize,
+    running: &Running,
     recent: &Arc<Recent>,
 ) -> Result<Option<Http>, DaemonError> {
-    match (current, &config.http) {
-        (Some(h), Some(c)) if h.config() == c => Ok(Some(h)),
+    let capacity = running.pipeline.gallery().capacity();
+    let http = match (current, &config.http) {
+        (Some(h), Some(c)) if h.config() == c => Some(h),
         (current, wanted) => {
             if let Some(h) = current {
                 h.stop();
             }
-            Ok(wanted
+            wanted
                 .as_ref()
                 .map(|c| Http::start(c, capacity, recent.clone()))
-                .transpose()?)
+                .transpose()?
         }
+    };
+    if let Some(h) = &http {
+        h.set_thumbnails(running.thumbs.as_ref().map(|t| t.config().dir.as_path()));
     }
+    Ok(http)
 }
 
 /// Stage totals of the pipeline at the previous frame, to take one frame's share.
@@ -77,10 +84,11 @@ impl Running {
         &mut self,
         http: &Http,
         mqtt: Option<&Mqtt>,
+        at: (u64, Duration),
         summary: &mut Summary,
     ) {
         while let Some(command) = http.next_command() {
-            self.apply(command, http, mqtt, summary);
+            self.apply(command, http, mqtt, at, summary);
         }
     }
 
@@ -108,19 +116,27 @@ impl Running {
             s.camera_reopens = self.source.reopens();
             s.mqtt_delivered = mqtt_stats.as_ref().map(|m| m.delivered);
             s.mqtt_dropped = mqtt_stats.as_ref().map(|m| m.dropped);
+            s.thumbnails = self.thumbs.as_ref().map(|t| {
+                let stats = t.stats();
+                (
+                    stats.files.load(Ordering::Relaxed),
+                    stats.bytes.load(Ordering::Relaxed),
+                    t.config().budget_bytes,
+                )
+            });
         });
     }
 
-    fn apply(&mut self, command: Command, http: &Http, mqtt: Option<&Mqtt>, summary: &mut Summary) {
-        let gallery = self.pipeline.gallery_mut();
-        let outcome = match &command.op {
-            Op::Edit { id, label, pinned } => gallery
-                .edit(*id, label.as_ref().map(|l| l.as_deref()), *pinned)
-                .map_err(refusal),
-            Op::Erase(id) => gallery.remove(*id).map_err(refusal).map(|()| {
-                self.erase = true;
-            }),
-        };
+    /// One change; `at`: the frame number and stream time (for an enrol event).
+    fn apply(
+        &mut self,
+        command: Command,
+        http: &Http,
+        mqtt: Option<&Mqtt>,
+        at: (u64, Duration),
+        summary: &mut Summary,
+    ) {
+        let outcome = self.change(&command.op, at);
         if outcome.is_err() {
             command.reply(outcome);
             return;
@@ -137,6 +153,56 @@ impl Running {
                 format!("changed in memory, but the gallery file could not be written: {e}"),
             )
         });
-        command.reply(saved);
+        command.reply(saved.map(|()| outcome.ok().flatten()));
+    }
+
+    fn change(&mut self, op: &Op, (frame, stream_time): (u64, Duration)) -> Outcome {
+        let internal = |e: crate::pipeline::PipelineError| (500, e.to_string());
+        match op {
+            Op::Edit { id, label, pinned } => self
+                .pipeline
+                .gallery_mut()
+                .edit(*id, label.as_ref().map(|l| l.as_deref()), *pinned)
+                .map_err(refusal)
+                .map(|()| None),
+            Op::Erase(id) => {
+                self.pipeline.gallery_mut().remove(*id).map_err(refusal)?;
+                self.erase = true;
+                self.pipeline.release(*id);
+                if let Some(t) = &self.thumbs
+                    && let Err(e) = t.remove(*id)
+                {
+                    log::error!("thumbnail of {id}: {e}");
+                    return Err((
+                        500,
+                        format!("erased from the gallery, but its thumbnail: {e}"),
+                    ));
+                }
+                Ok(None)
+            }
+            Op::EnrolTrack { track, label } => {
+                match self
+                    .pipeline
+                    .enrol_track(*track, label.as_deref(), frame, stream_time)
+                    .map_err(internal)?
+                {
+                    Ok(id) => Ok(Some(id)),
+                    Err(why) => Err((409, why.to_string())),
+                }
+            }
+            Op::EnrolImage { image, label } => {
+                let id = self
+                    .pipeline
+                    .enrol_image(image.view(), label.as_deref())
+                    .map_err(|e| match e {
+                        crate::pipeline::PipelineError::Gallery(g) => refusal(g),
+                        other => internal(other),
+                    })?;
+                if let Some(t) = &self.thumbs {
+                    t.offer(id, &self.pipeline.last_resized());
+                }
+                Ok(Some(id))
+            }
+        }
     }
 }

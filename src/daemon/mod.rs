@@ -8,21 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::board::BoardProfile;
 use crate::board::io::{self, LinuxButton, LinuxLed};
-use crate::capture::{Backoff, CaptureError, FrameSource, Opener, Reopening};
-use crate::config::{ConfigError, DetectorChoice, RunConfig};
-use crate::detect::{Detector, MotionDetector, YoloxDetector, ZoneDetector};
-use crate::embed::{EmbedConfig, Embedder, ManifestChoice};
-use crate::events::{EventSink, JsonLines, Tee};
-use crate::gallery::file::{self, GalleryLock, ModelTag, Opened};
-use crate::gallery::{Gallery, MatchPolicy, Timestamp};
+use crate::capture::{Backoff, CaptureError, FrameSource, Opener};
+use crate::config::{ConfigError, RunConfig};
+use crate::embed::Embedder;
+use crate::gallery::Timestamp;
+use crate::gallery::file::{self, GalleryLock, ModelTag};
 use crate::http::{Http, HttpError, Recent};
 use crate::mqtt::share::{Peers, RemoteUpdate, Sharing};
 use crate::mqtt::{Mqtt, MqttError, MqttStats};
-use crate::pipeline::{Pipeline, PipelineConfig, PipelineError, Stats};
-use crate::quality::{BoxSource, CropGate};
-use crate::track::Tracker;
+use crate::pipeline::{Pipeline, PipelineError, Stats};
+use crate::thumbs::Thumbnails;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -110,6 +106,9 @@ pub fn rss_kib() -> u64 {
 }
 
 mod api;
+mod build;
+
+use build::{start, start_mqtt};
 
 struct Running {
     source: Box<dyn FrameSource>,
@@ -127,201 +126,8 @@ struct Running {
     erase: bool,
     /// Enrolled identities shared through the broker (`mqtt.share_gallery`).
     sharing: Option<Sharing>,
-}
-
-/// Builds everything from `config`; nothing is written until the first save. `custom` replaces
-/// the configured source by a live one (tests inject a camera that fails and recovers).
-fn start(
-    config: &RunConfig,
-    custom: Option<Opener>,
-    mqtt: Option<&Mqtt>,
-    recent: &Arc<Recent>,
-) -> Result<Running, DaemonError> {
-    // The camera (or recording) first: its size sizes the buffers.
-    let spec = config.source.clone();
-    let (source, reopening): (Box<dyn FrameSource>, bool) = if let Some(opener) = custom {
-        (Box::new(Reopening::open("injected source", opener)?), true)
-    } else if let crate::capture::SourceSpec::V4l2(camera) = &spec {
-        // A camera is reopened when lost; a recording ends.
-        let name = camera.device.display().to_string();
-        let opener = Box::new(move || spec.open());
-        (Box::new(Reopening::open(name, opener)?), true)
-    } else {
-        (spec.open()?, false)
-    };
-    let source_name = source.describe();
-    log::info!("source: {source_name}");
-    let frame_size = source.size();
-
-    let manifest = match &config.manifest {
-        Some(m) => ManifestChoice::File(m.clone()),
-        None => ManifestChoice::Sidecar,
-    };
-    let embedder = Embedder::load(
-        &config.model,
-        manifest,
-        &EmbedConfig {
-            batch: 1,
-            threads: config.threads,
-            ..EmbedConfig::default()
-        },
-    )?;
-    let detector: Box<dyn Detector> = match &config.detector {
-        DetectorChoice::Motion(m) => Box::new(MotionDetector::new(m.clone())?),
-        DetectorChoice::Zones(z) => {
-            Box::new(ZoneDetector::new(z.clone(), frame_size.0, frame_size.1)?)
-        }
-        DetectorChoice::Model(y) => Box::new(YoloxDetector::load(y.clone())?),
-    };
-    log::info!("detector: {}", detector.describe());
-
-    let defaults = MatchPolicy::default();
-    let policy = MatchPolicy {
-        threshold: config.threshold.unwrap_or_else(|| {
-            embedder
-                .manifest()
-                .matching
-                .as_ref()
-                .map_or(defaults.threshold, |m| m.threshold as f32)
-        }),
-        margin: config.margin,
-        aggregation: config.aggregation,
-    };
-    let gallery_config = crate::gallery::GalleryConfig {
-        dim: embedder.dim(),
-        ..config.gallery
-    };
-    let model_tag = ModelTag {
-        name: embedder.manifest().model.name.clone(),
-        dim: embedder.dim(),
-    };
-    let (gallery, lock) = match &config.gallery_path {
-        Some(path) => {
-            let lock = GalleryLock::acquire(path)?;
-            let (gallery, opened) =
-                file::open(path, &model_tag, gallery_config, policy, config.recovery)?;
-            match opened {
-                Opened::New => log::info!("{}: new gallery", path.display()),
-                Opened::Loaded => {
-                    log::info!("{}: {} identities loaded", path.display(), gallery.len())
-                }
-                other => log::warn!("{}: damaged, recovered: {other:?}", path.display()),
-            }
-            (gallery, Some(lock))
-        }
-        None => (Gallery::with_budget(gallery_config, policy)?, None),
-    };
-    log::info!(
-        "gallery: {} of {} identities, {} bytes",
-        gallery.len(),
-        gallery.capacity(),
-        gallery.heap_bytes()
-    );
-
-    let sink: Box<dyn EventSink> = match &config.events {
-        Some(path) => Box::new(
-            JsonLines::file(path, config.rotate_bytes, config.keep).map_err(|source| {
-                DaemonError::Events {
-                    path: path.clone(),
-                    source,
-                }
-            })?,
-        ),
-        None => Box::new(JsonLines::stdout()),
-    };
-    let sharing = mqtt.filter(|m| m.shares()).map(|m| {
-        let peers = config
-            .gallery_path
-            .as_deref()
-            .map(|p| Peers::load(&Peers::path_for(p)))
-            .unwrap_or_default();
-        m.set_share(&model_tag.name, model_tag.dim, gallery.config().exemplars);
-        Sharing::new(&config.camera, &model_tag.name, peers, &gallery)
-    });
-    let sink: Box<dyn EventSink> = match mqtt {
-        Some(m) => {
-            m.set_labelled(&gallery);
-            Box::new(Tee(vec![sink, Box::new(m.events())]))
-        }
-        None => sink,
-    };
-    // The API's recent events, when it is on.
-    let sink: Box<dyn EventSink> = if config.http.is_some() {
-        Box::new(Tee(vec![sink, Box::new(recent.sink())]))
-    } else {
-        sink
-    };
-    let stills = matches!(config.source, crate::capture::SourceSpec::Images { .. });
-    let mut tracker_config = config.tracker.clone();
-    if tracker_config.split_below < 0.0 {
-        tracker_config.split_below = embedder
-            .manifest()
-            .matching
-            .as_ref()
-            .and_then(|m| m.split_below)
-            .map_or(crate::track::DEFAULT_SPLIT_BELOW, |s| s as f32);
-    }
-    if stills {
-        // A person in a still is confirmed and embedded at once.
-        tracker_config.confirm_frames = 1;
-    }
-    let tracker = Tracker::new(tracker_config).map_err(DaemonError::Tracker)?;
-    let boxes = match config.detector {
-        DetectorChoice::Model(_) => BoxSource::Model,
-        DetectorChoice::Motion(_) => BoxSource::Motion,
-        DetectorChoice::Zones(_) => BoxSource::Zones,
-    };
-    let mut quality = config.quality.clone();
-    if stills {
-        // One crop per person in a still: decide on it.
-        quality.min_crops = 1;
-    }
-    let gate = CropGate::new(quality, boxes);
-    let pipeline = Pipeline::new(
-        PipelineConfig {
-            camera: config.camera.clone(),
-            crops_dir: config.crops_dir.clone(),
-            detect_every: config.detect_every.unwrap_or(1),
-        },
-        detector,
-        tracker,
-        gate,
-        embedder,
-        gallery,
-        sink,
-        frame_size,
-    );
-
-    let (mut led, mut button) = (None, None);
-    if let Some(board) = &config.board {
-        let profile = BoardProfile::load(board)?;
-        if let Some(line) = &profile.io.led {
-            led = Some(io::open_led(line)?);
-        }
-        if let Some(line) = &profile.io.button {
-            button = Some(io::open_button(line)?);
-        }
-        log::info!(
-            "board {}: LED {}, button {}",
-            profile.board.name,
-            if led.is_some() { "on" } else { "none" },
-            if button.is_some() { "on" } else { "none" }
-        );
-    }
-    Ok(Running {
-        source,
-        reopening,
-        pipeline,
-        model_tag,
-        gallery_path: config.gallery_path.clone(),
-        _lock: lock,
-        led,
-        button,
-        source_name,
-        stills,
-        erase: false,
-        sharing,
-    })
+    /// The identities' pictures (`gallery.thumbnails`).
+    thumbs: Option<Thumbnails>,
 }
 
 impl Running {
@@ -385,6 +191,10 @@ impl Running {
             }
             self.pipeline.mark_saved();
             summary.gallery_saves += 1;
+            // Pictures of identities that left the gallery since (evicted, forgotten, merged).
+            if let Some(t) = &self.thumbs {
+                t.keep_only(self.pipeline.gallery());
+            }
             log::debug!(
                 "{}: saved {} identities",
                 path.display(),
@@ -392,21 +202,6 @@ impl Running {
             );
         }
         Ok(())
-    }
-}
-
-/// MQTT for `config`: `current` is kept when its configuration and camera are the same
-/// (a reload does not drop the connection), else stopped and replaced.
-fn start_mqtt(config: &RunConfig, current: Option<Mqtt>) -> Result<Option<Mqtt>, DaemonError> {
-    match (current, &config.mqtt) {
-        (Some(m), Some(c)) if m.config() == c && m.camera() == config.camera => Ok(Some(m)),
-        (current, wanted) => {
-            drop(current);
-            Ok(wanted
-                .as_ref()
-                .map(|c| Mqtt::start(c, &config.camera))
-                .transpose()?)
-        }
     }
 }
 
@@ -451,12 +246,7 @@ pub fn run_with_source(
     let recent = Recent::new();
     let mut mqtt = start_mqtt(&config, None)?;
     let mut running = start(&config, custom, mqtt.as_ref(), &recent)?;
-    let mut http = api::start_http(
-        &config,
-        None,
-        running.pipeline.gallery().capacity(),
-        &recent,
-    )?;
+    let mut http = api::start_http(&config, None, &running, &recent)?;
     let mut summary = Summary::default();
     loop {
         notify("READY=1");
@@ -515,8 +305,7 @@ pub fn run_with_source(
                             }
                         }
                         running.pipeline.set_next_track_id(next_track);
-                        let capacity = running.pipeline.gallery().capacity();
-                        http = match api::start_http(&config, http.take(), capacity, &recent) {
+                        http = match api::start_http(&config, http.take(), &running, &recent) {
                             Ok(h) => h,
                             Err(e) => {
                                 log::error!("http after reload: {e}; the API is off");
@@ -569,7 +358,7 @@ fn frame_loop(
     let exit = loop {
         if let Some(h) = http.as_deref() {
             h.beat();
-            running.serve_changes(h, mqtt, summary);
+            running.serve_changes(h, mqtt, (frames, stream_time), summary);
         }
         if let Some(m) = mqtt {
             let due = last_share.is_none_or(|t| t.elapsed() >= SHARE_EVERY);
@@ -624,8 +413,11 @@ fn frame_loop(
                 let until = Instant::now() + delay;
                 while Instant::now() < until && !controls.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
+                    // The API stays served while the camera is away (rename, erase, enrol
+                    // answer at once instead of timing out).
                     if let Some(h) = http.as_deref() {
                         h.beat();
+                        running.serve_changes(h, mqtt, (frames, stream_time), summary);
                     }
                 }
                 continue;
@@ -663,6 +455,10 @@ fn frame_loop(
         }
         frames += 1;
         if let Some(h) = http.as_deref_mut() {
+            if h.live_due() {
+                let pipeline = &running.pipeline;
+                h.live_frame(frames, frame.image, |out| pipeline.shown(out));
+            }
             let times = clock.frame(running.pipeline.stats(), capture, capture + t1.elapsed());
             h.frame(&times);
             if h.publish_due() {
@@ -691,11 +487,12 @@ fn frame_loop(
         }
         if let Some(button) = &mut running.button {
             match button.poll(now) {
-                Ok(true) => match running.pipeline.enrol_current(None, frames, stream_time)? {
-                    Some(id) => log::info!("enrolled the current track as {id}"),
-                    None => {
-                        log::warn!("enroll button: no confirmed track with an embedding in view")
-                    }
+                Ok(true) => match running
+                    .pipeline
+                    .enrol_track(None, None, frames, stream_time)?
+                {
+                    Ok(id) => log::info!("enrolled the current track as {id}"),
+                    Err(why) => log::warn!("enroll button: {why}"),
                 },
                 Ok(false) => {}
                 Err(e) => log::warn!("{e}"),

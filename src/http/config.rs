@@ -22,6 +22,8 @@ pub struct HttpSection {
     pub stall_secs: u64,
     /// Largest request body taken (a label change is a few bytes).
     pub max_body_bytes: usize,
+    /// Largest picture taken by `POST /api/v1/enrol` (JPEG or PNG).
+    pub max_upload_bytes: usize,
 }
 
 impl Default for HttpSection {
@@ -32,6 +34,7 @@ impl Default for HttpSection {
             token_file: String::new(),
             stall_secs: 10,
             max_body_bytes: 16 << 10,
+            max_upload_bytes: 4 << 20,
         }
     }
 }
@@ -43,6 +46,8 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const MIN_STALL_SECS: u64 = 2;
 pub const MAX_STALL_SECS: u64 = 3600;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// A phone's photo is a few MB; decoded pictures are also limited in pixels (routes).
+pub const MAX_UPLOAD_BYTES: usize = 32 << 20;
 
 /// The checked `[http]`.
 #[derive(Clone, PartialEq)]
@@ -51,6 +56,7 @@ pub struct HttpConfig {
     pub token_file: Option<PathBuf>,
     pub stall: Duration,
     pub max_body: usize,
+    pub max_upload: usize,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -113,11 +119,21 @@ impl HttpSection {
                 format!("is {}: expected 64..{MAX_BODY_BYTES}", self.max_body_bytes),
             ));
         }
+        if !(1024..=MAX_UPLOAD_BYTES).contains(&self.max_upload_bytes) {
+            return Err((
+                "http.max_upload_bytes",
+                format!(
+                    "is {}: expected 1024..{MAX_UPLOAD_BYTES}",
+                    self.max_upload_bytes
+                ),
+            ));
+        }
         Ok(Some(HttpConfig {
             listen,
             token_file,
             stall: Duration::from_secs(self.stall_secs),
             max_body: self.max_body_bytes,
+            max_upload: self.max_upload_bytes,
         }))
     }
 }

@@ -195,9 +195,29 @@ impl Collector for Snapshot {
         gauge(
             e,
             "reidcam_gallery_bytes",
-            "Gallery memory in use",
+            "Gallery memory reserved (the arena for its whole capacity)",
             s.gallery_bytes as f64,
         )?;
+        gauge(
+            e,
+            "reidcam_gallery_used_bytes",
+            "Gallery memory its identities fill",
+            s.used_bytes as f64,
+        )?;
+        if let Some((files, bytes, _)) = s.thumbnails {
+            gauge(
+                e,
+                "reidcam_thumbnails",
+                "Thumbnail files kept",
+                files as f64,
+            )?;
+            gauge(
+                e,
+                "reidcam_thumbnail_bytes",
+                "Bytes of the thumbnails kept",
+                bytes as f64,
+            )?;
+        }
         gauge(
             e,
             "reidcam_gallery_budget_bytes",

@@ -1,5 +1,6 @@
 //! The camera's HTTP API (`[http]`, docs/http.md): status, the identities it knows (list,
-//! rename, pin, erase), Prometheus `/metrics` and `/healthz`.
+//! rename, pin, erase, thumbnails), enrolment (the person in view, or a picture), the live
+//! frame, recent events, Prometheus `/metrics`, `/healthz` and the web page.
 //!
 //! Served by tiny_http's blocking server on two threads of their own. The frame loop never waits
 //! for them: it publishes a snapshot about once a second with `try_lock` (a request holding the
@@ -8,6 +9,8 @@
 //! the frame loop's alone. A request waits for its change to be applied (or for a timeout).
 
 mod config;
+mod font;
+mod live;
 mod metrics;
 mod recent;
 mod routes;
@@ -42,21 +45,34 @@ pub enum Op {
         label: Option<Option<String>>,
         pinned: Option<bool>,
     },
-    /// Erase the identity: memory, gallery file and its backup.
+    /// Erase the identity: memory, gallery file and its backup, thumbnail.
     Erase(PersonId),
+    /// Enrol a track in view (None: the tallest) as a pinned identity.
+    EnrolTrack {
+        track: Option<u64>,
+        label: Option<String>,
+    },
+    /// Enrol the person in a picture (cropped to them) as a pinned identity.
+    EnrolImage {
+        image: crate::frame::RgbImage,
+        label: Option<String>,
+    },
 }
 
 /// Why a change was refused: an HTTP status and a message.
 pub type Refusal = (u16, String);
 
+/// What a change did: the identity it made, for an enrolment.
+pub type Outcome = Result<Option<PersonId>, Refusal>;
+
 /// A change and where its outcome goes.
 pub struct Command {
     pub op: Op,
-    reply: SyncSender<Result<(), Refusal>>,
+    reply: SyncSender<Outcome>,
 }
 
 impl Command {
-    pub fn reply(self, outcome: Result<(), Refusal>) {
+    pub fn reply(self, outcome: Outcome) {
         self.reply.send(outcome).ok();
     }
 }
@@ -88,8 +104,13 @@ pub struct Status {
     pub camera_reopens: u64,
     pub identities: usize,
     pub capacity: usize,
+    /// Memory the gallery reserved (its arena, made at start for the whole capacity).
     pub gallery_bytes: usize,
+    /// What its identities fill of it.
+    pub used_bytes: usize,
     pub budget_bytes: usize,
+    /// Thumbnails on disk: files, bytes, budget (None: kept nowhere).
+    pub thumbnails: Option<(u64, u64, u64)>,
     /// MQTT events the broker acknowledged and events dropped (queue full), when `[mqtt]` is on.
     pub mqtt_delivered: Option<u64>,
     pub mqtt_dropped: Option<u64>,
@@ -109,6 +130,9 @@ pub(crate) struct Shared {
     commands: SyncSender<Command>,
     metrics: metrics::Metrics,
     recent: Arc<Recent>,
+    live: live::Live,
+    /// Where the identities' thumbnails are (`gallery.thumbnails`), set by the daemon.
+    thumbs: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// The running server, owned by the daemon.
@@ -163,6 +187,8 @@ impl Http {
             commands: tx,
             metrics: metrics::Metrics::new(),
             recent,
+            live: live::Live::new(),
+            thumbs: Mutex::new(None),
         });
         let threads = (0..THREADS)
             .map(|i| {
@@ -256,6 +282,8 @@ impl Http {
         status.identities = gallery.len();
         status.capacity = gallery.capacity();
         status.gallery_bytes = gallery.heap_bytes();
+        status.used_bytes =
+            gallery.config().heap_bytes(gallery.len()) - gallery.config().heap_bytes(0);
         status.budget_bytes = gallery.config().budget_bytes;
         fill(&mut status);
         drop(status);
@@ -288,6 +316,33 @@ impl Http {
                 exemplars: i.exemplars,
             }
         }));
+    }
+
+    /// Where thumbnails are read from (None: kept nowhere).
+    pub fn set_thumbnails(&self, dir: Option<&std::path::Path>) {
+        if let Ok(mut d) = self.shared.thumbs.lock() {
+            *d = dir.map(std::path::Path::to_path_buf);
+        }
+    }
+
+    /// Whether a client watches the live frame and a copy is due (then call
+    /// [`live_frame`](Self::live_frame)).
+    pub fn live_due(&self) -> bool {
+        self.shared
+            .live
+            .due(self.shared.started.elapsed().as_millis() as u64)
+    }
+
+    /// Copies the frame and the tracks `fill` writes for the live view (no allocation once
+    /// the buffer has the frame's size).
+    pub fn live_frame(
+        &self,
+        frame: u64,
+        image: crate::frame::RgbView<'_>,
+        fill: impl FnOnce(&mut heapless::Vec<crate::pipeline::Shown, { crate::pipeline::MAX_SHOWN }>),
+    ) {
+        let now = self.shared.started.elapsed().as_millis() as u64;
+        self.shared.live.copy(now, frame, image, fill);
     }
 
     /// The next change the API asks for, if any (between frames).

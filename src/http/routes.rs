@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response};
 
-use super::{Command, IdentityRow, Op, Shared};
+use super::{Command, IdentityRow, Op, Shared, live};
 use crate::gallery::{LABEL_CAPACITY, PersonId};
 
 /// How long a change waits for the frame loop (a frame takes well under a second).
@@ -43,7 +43,8 @@ pub(super) fn handle(mut request: Request, shared: &Shared) {
         // Scripts, styles and requests only from this camera; never inside another site's frame.
         (
             "Content-Security-Policy",
-            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            "default-src 'self'; img-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; \
+             form-action 'none'",
         ),
         ("Referrer-Policy", "no-referrer"),
     ] {
@@ -99,14 +100,24 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
                 .lock()
                 .map(|r| r.clone())
                 .unwrap_or_default();
-            json_reply(
-                200,
-                &json!({ "identities": rows.iter().map(identity_json).collect::<Vec<_>>() }),
-            )
+            let list: Vec<Value> = rows.iter().map(|r| identity_json(r, shared)).collect();
+            json_reply(200, &json!({ "identities": list }))
         }),
         "/api/v1/events" => only(&method, "GET", || events(&url, shared)),
+        "/api/v1/frame.jpg" => only(&method, "GET", || frame_jpeg(shared)),
+        "/api/v1/frame" => only(&method, "GET", || frame_json(shared)),
+        "/api/v1/enrol" => match method {
+            Method::Post => enrol(request, &url, shared),
+            _ => Reply {
+                allow: Some("POST"),
+                ..error(405, format!("method {method} not allowed here"))
+            },
+        },
         _ => match path.strip_prefix("/api/v1/identities/") {
-            Some(id) => identity(request, &method, id, shared),
+            Some(rest) => match rest.strip_suffix("/thumbnail.jpg") {
+                Some(id) => only(&method, "GET", || thumbnail(id, shared)),
+                None => identity(request, &method, rest, shared),
+            },
             None => error(404, format!("no such resource: {path}")),
         },
     }
@@ -198,8 +209,14 @@ fn status(shared: &Shared) -> Value {
             "identities": s.identities,
             "capacity": s.capacity,
             "bytes": s.gallery_bytes,
+            "used_bytes": s.used_bytes,
             "budget_bytes": s.budget_bytes,
         },
+        "thumbnails": s.thumbnails.map(|(files, bytes, budget)| json!({
+            "files": files,
+            "bytes": bytes,
+            "budget_bytes": budget,
+        })),
         "mqtt": s.mqtt_delivered.map(|d| json!({ "delivered": d, "dropped": s.mqtt_dropped })),
     })
 }
@@ -234,7 +251,10 @@ fn events(url: &str, shared: &Shared) -> Reply {
     json_reply(200, &json!({ "events": events, "last_seq": last }))
 }
 
-fn identity_json(r: &IdentityRow) -> Value {
+fn identity_json(r: &IdentityRow, shared: &Shared) -> Value {
+    let thumbnail = thumbs_dir(shared)
+        .filter(|dir| crate::thumbs::file_of(dir, PersonId(r.id as u32)).is_file())
+        .map(|_| format!("/api/v1/identities/{}/thumbnail.jpg", r.id));
     json!({
         "id": r.id,
         "label": (!r.label.is_empty()).then_some(r.label.as_str()),
@@ -243,13 +263,227 @@ fn identity_json(r: &IdentityRow) -> Value {
         "last_seen_ms": r.last_seen_ms,
         "times_seen": r.times_seen,
         "exemplars": r.exemplars,
+        "thumbnail": thumbnail,
     })
 }
 
+fn thumbs_dir(shared: &Shared) -> Option<std::path::PathBuf> {
+    shared.thumbs.lock().ok().and_then(|d| d.clone())
+}
+
+fn parse_id(id: &str) -> Option<PersonId> {
+    match id.parse::<u32>() {
+        Ok(n) if !id.starts_with('+') => Some(PersonId(n)),
+        _ => None,
+    }
+}
+
+fn jpeg(body: Vec<u8>) -> Reply {
+    Reply {
+        status: 200,
+        body,
+        content_type: "image/jpeg",
+        allow: None,
+    }
+}
+
+/// `GET /api/v1/identities/<id>/thumbnail.jpg`.
+fn thumbnail(id: &str, shared: &Shared) -> Reply {
+    let Some(id) = parse_id(id) else {
+        return error(404, format!("no identity {id:?}: ids are whole numbers"));
+    };
+    let Some(dir) = thumbs_dir(shared) else {
+        return error(404, "no thumbnails are kept (gallery.thumbnails = false)");
+    };
+    match crate::thumbs::read(&dir, id) {
+        Ok(bytes) => jpeg(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            error(404, format!("no thumbnail for identity {}", id.0))
+        }
+        Err(e) => error(500, format!("thumbnail {}: {e}", id.0)),
+    }
+}
+
+/// `GET /api/v1/frame.jpg`: the latest frame with the tracks drawn.
+fn frame_jpeg(shared: &Shared) -> Reply {
+    let Some(still) = shared.live.latest(shared.started) else {
+        return error(503, "no frame in the last 2 s (camera away or stalled)");
+    };
+    match live::render(still) {
+        Ok(bytes) => jpeg(bytes),
+        Err(e) => error(500, format!("cannot encode the frame: {e}")),
+    }
+}
+
+/// `GET /api/v1/frame`: the tracks of the latest frame.
+fn frame_json(shared: &Shared) -> Reply {
+    let Some(still) = shared.live.latest(shared.started) else {
+        return error(503, "no frame in the last 2 s (camera away or stalled)");
+    };
+    let tracks: Vec<Value> = still
+        .shown
+        .iter()
+        .map(|s| {
+            json!({
+                "track": s.track,
+                "box": s.rect,
+                "kind": s.kind,
+                "id": s.id,
+                "label": (!s.label.is_empty()).then_some(s.label.as_str()),
+                "similarity": s.similarity,
+                "seen_now": s.seen_now,
+                "caption": live::caption(s),
+            })
+        })
+        .collect();
+    json_reply(
+        200,
+        &json!({
+            "frame": still.frame,
+            "width": still.width,
+            "height": still.height,
+            "age_ms": (shared.started.elapsed().as_millis() as u64).saturating_sub(still.at_ms),
+            "tracks": tracks,
+        }),
+    )
+}
+
+/// The largest picture taken for enrolment, in pixels (a 16-megapixel photo).
+const MAX_UPLOAD_PIXELS: u64 = 16 << 20;
+
+/// `POST /api/v1/enrol`: `{"track": 12, "label": "Alice"}` (both optional: the tallest person
+/// in view, no name), or a JPEG/PNG picture of the person (`Content-Type: image/jpeg` or
+/// `image/png`) with `?label=Alice`.
+fn enrol(request: &mut Request, url: &str, shared: &Shared) -> Reply {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str().to_ascii_lowercase())
+        .unwrap_or_default();
+    if content_type.starts_with("image/") {
+        let label = match query_label(url) {
+            Ok(l) => l,
+            Err(m) => return error(400, m),
+        };
+        let body = match read_body(request, shared.config.max_upload) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let image = match crate::frame::decode_image(&body) {
+            Ok(i) => i,
+            Err(e) => return error(400, format!("body: expected a JPEG or PNG picture: {e}")),
+        };
+        let pixels = u64::from(image.width()) * u64::from(image.height());
+        if pixels > MAX_UPLOAD_PIXELS {
+            return error(
+                413,
+                format!(
+                    "picture is {}x{}: at most {MAX_UPLOAD_PIXELS} pixels",
+                    image.width(),
+                    image.height()
+                ),
+            );
+        }
+        return apply(shared, Op::EnrolImage { image, label });
+    }
+    let body = match read_body(request, shared.config.max_body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match parse_enrol(&body) {
+        Ok(op) => apply(shared, op),
+        Err(message) => error(400, message),
+    }
+}
+
+/// `?label=` (percent-encoded, `+` for a space), checked as a label; absent: none.
+fn query_label(url: &str) -> Result<Option<String>, String> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut label = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("label", v)) => {
+                let decoded = percent_decode(v).ok_or("label: bad percent-encoding")?;
+                label = check_label(&decoded)?;
+            }
+            _ => return Err(format!("unknown query parameter {pair:?}: expected label")),
+        }
+    }
+    Ok(label)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A label as given: empty → none; too long or with control characters → refused.
+fn check_label(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > LABEL_CAPACITY || s.chars().any(char::is_control) {
+        return Err(format!(
+            "label: expected at most {LABEL_CAPACITY} bytes without control characters"
+        ));
+    }
+    Ok(Some(s.to_owned()))
+}
+
+/// `{"track": 12, "label": "Alice"}`, either or both (an empty body: the tallest, no name).
+pub(super) fn parse_enrol(body: &[u8]) -> Result<Op, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Op::EnrolTrack {
+            track: None,
+            label: None,
+        });
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("body: expected a JSON object: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err(
+            "body: expected a JSON object like {\"track\": 3, \"label\": \"Alice\"}".into(),
+        );
+    };
+    if let Some(key) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "label" | "track"))
+    {
+        return Err(format!(
+            "body: unknown field {key:?}: expected \"track\" and/or \"label\""
+        ));
+    }
+    let track = match object.get("track") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or("track: expected a track number (GET /api/v1/frame lists them)")?,
+        ),
+    };
+    let label = match object.get("label") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => check_label(s)?,
+        Some(_) => return Err("label: expected a string or null".into()),
+    };
+    Ok(Op::EnrolTrack { track, label })
+}
+
 fn identity(request: &mut Request, method: &Method, id: &str, shared: &Shared) -> Reply {
-    let id = match id.parse::<u32>() {
-        Ok(n) if !id.starts_with('+') => PersonId(n),
-        _ => return error(404, format!("no identity {id:?}: ids are whole numbers")),
+    let Some(id) = parse_id(id) else {
+        return error(404, format!("no identity {id:?}: ids are whole numbers"));
     };
     let current = shared
         .identities
@@ -258,7 +492,7 @@ fn identity(request: &mut Request, method: &Method, id: &str, shared: &Shared) -
         .and_then(|rows| rows.iter().find(|r| r.id == u64::from(id.0)).cloned());
     match method {
         Method::Get | Method::Head => match current {
-            Some(r) => json_reply(200, &identity_json(&r)),
+            Some(r) => json_reply(200, &identity_json(&r, shared)),
             None => error(404, format!("no identity {}", id.0)),
         },
         Method::Delete => apply(shared, Op::Erase(id)),
@@ -314,15 +548,7 @@ pub(super) fn parse_edit(id: PersonId, body: &[u8]) -> Result<Op, String> {
     let label = match object.get("label") {
         None => None,
         Some(Value::Null) => Some(None),
-        Some(Value::String(s)) if s.is_empty() => Some(None),
-        Some(Value::String(s)) => {
-            if s.len() > LABEL_CAPACITY || s.chars().any(char::is_control) {
-                return Err(format!(
-                    "label: expected at most {LABEL_CAPACITY} bytes without control characters"
-                ));
-            }
-            Some(Some(s.clone()))
-        }
+        Some(Value::String(s)) => Some(check_label(s)?),
         Some(_) => return Err("label: expected a string or null".into()),
     };
     let pinned = match object.get("pinned") {
@@ -339,14 +565,25 @@ pub(super) fn parse_edit(id: PersonId, body: &[u8]) -> Result<Op, String> {
 /// Hands a change to the frame loop and waits for its outcome.
 fn apply(shared: &Shared, op: Op) -> Reply {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let describe = format!("{op:?}");
+    let describe = match &op {
+        // Not the picture's pixels.
+        Op::EnrolImage { image, label } => format!(
+            "EnrolImage {{ {}x{}, label: {label:?} }}",
+            image.width(),
+            image.height()
+        ),
+        other => format!("{other:?}"),
+    };
     if shared.commands.try_send(Command { op, reply: tx }).is_err() {
         return error(503, "too many changes waiting: try again");
     }
     match rx.recv_timeout(APPLY_TIMEOUT) {
-        Ok(Ok(())) => {
+        Ok(Ok(made)) => {
             log::info!("http: applied {describe}");
-            json_reply(200, &json!({ "ok": true }))
+            match made {
+                Some(id) => json_reply(201, &json!({ "ok": true, "id": id.0 })),
+                None => json_reply(200, &json!({ "ok": true })),
+            }
         }
         Ok(Err((status, message))) => error(status, message),
         Err(_) => error(
@@ -400,6 +637,42 @@ mod tests {
                 .unwrap_err()
                 .contains("at most")
         );
+    }
+
+    #[test]
+    fn enrolments_are_parsed_strictly() {
+        let track = |t: Option<u64>, l: Option<&str>| Op::EnrolTrack {
+            track: t,
+            label: l.map(str::to_owned),
+        };
+        assert_eq!(parse_enrol(b""), Ok(track(None, None)));
+        assert_eq!(parse_enrol(b"{}"), Ok(track(None, None)));
+        assert_eq!(
+            parse_enrol(br#"{"track":12,"label":"Alice"}"#),
+            Ok(track(Some(12), Some("Alice")))
+        );
+        assert_eq!(parse_enrol(br#"{"label":""}"#), Ok(track(None, None)));
+        for bad in [
+            &br#"{"track":-1}"#[..],
+            br#"{"track":"3"}"#,
+            br#"{"label":5}"#,
+            br#"{"id":3}"#,
+            br#"[]"#,
+        ] {
+            assert!(
+                parse_enrol(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            query_label("/api/v1/enrol?label=Ana%20Mar%C3%ADa+B"),
+            Ok(Some("Ana María B".into()))
+        );
+        assert_eq!(query_label("/api/v1/enrol"), Ok(None));
+        assert!(query_label("/api/v1/enrol?label=%0Ax").is_err());
+        assert!(query_label("/api/v1/enrol?label=%zz").is_err());
+        assert!(query_label("/api/v1/enrol?name=x").is_err());
     }
 
     #[test]

@@ -244,6 +244,7 @@ mod tests {
             frames_seen: 1,
             embeddings: 1,
             crop: None,
+            pixels: None,
         }
     }
 

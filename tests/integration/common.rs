@@ -142,5 +142,6 @@ pub fn known_event(
         frames_seen: 4,
         embeddings: 2,
         crop: None,
+        pixels: None,
     }
 }

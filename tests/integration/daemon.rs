@@ -409,7 +409,8 @@ fn synthetic_quality() -> QualityConfig {
 }
 
 /// 200 frames of warm-up, then 600 of the synthetic scene through detection, tracking,
-/// embedding with `embedder`, matching (at `threshold`) and events: no allocation.
+/// embedding with `embedder`, matching (at `threshold`) and events (with thumbnails: their
+/// sink copies crops for the writer thread): no allocation on the frame loop's thread.
 fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32) {
     let config = SyntheticConfig {
         width: 320,
@@ -432,18 +433,33 @@ fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32
     .unwrap();
     let tracker = Tracker::new(TrackerConfig::default()).unwrap();
     let gate = CropGate::new(synthetic_quality(), BoxSource::Motion);
+    let spec = embedder.input_spec();
+    let thumbs = reidcam::thumbs::Thumbnails::start(
+        reidcam::thumbs::ThumbConfig {
+            dir: scratch("alloc-thumbs").join("g.thumbs"),
+            budget_bytes: 1 << 20,
+        },
+        (spec.width * spec.height * 3) as usize,
+        gallery.capacity(),
+    )
+    .unwrap();
+    let sink = reidcam::events::Tee(vec![
+        Box::new(LastLine(Vec::with_capacity(4096), 0)),
+        Box::new(thumbs.sink()),
+    ]);
     let mut pipeline = Pipeline::new(
         PipelineConfig {
             camera: "test".into(),
             crops_dir: None,
             detect_every: 1,
+            thumbnails: true,
         },
         Box::new(MotionDetector::new(MotionConfig::default()).unwrap()),
         tracker,
         gate,
         embedder,
         gallery,
-        Box::new(LastLine(Vec::with_capacity(4096), 0)),
+        Box::new(sink),
         (320, 180),
     );
     let mut frame_no = 0u64;
@@ -476,6 +492,11 @@ fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32
         allocations, 0,
         "allocations in 600 frames of detect/track/embed/match/events"
     );
+    let written = thumbs
+        .stats()
+        .written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(written > 0, "no thumbnail written");
 }
 
 #[test]

@@ -851,8 +851,14 @@ fn gallery_command_line() {
     );
     assert_eq!(std::fs::read(&copy).unwrap(), before);
 
+    // A thumbnail the daemon kept for identity 1 goes with it (the other one stays).
+    let thumbs = dir.join("g.bin.thumbs");
+    std::fs::create_dir_all(&thumbs).unwrap();
+    std::fs::write(thumbs.join("1.jpg"), b"jpeg").unwrap();
+    std::fs::write(thumbs.join("2.jpg"), b"jpeg").unwrap();
     let (ok, out, _) = run(&["remove", "1"]);
     assert!(ok && out.contains("removed 1; 1 identities left"), "{out}");
+    assert!(!thumbs.join("1.jpg").exists() && thumbs.join("2.jpg").exists());
     // Erased everywhere: the backup holds no copy of alice either.
     let bak = dir.join("g.bin.bak");
     let (_, listed, err) = reidcam(&[

@@ -22,6 +22,12 @@ use crate::preprocess::Preprocessor;
 use crate::quality::{CropGate, Rejections};
 use crate::track::{SlotChange, Tracker};
 
+mod enrol;
+mod view;
+
+pub use enrol::NotEnrolled;
+pub use view::{MAX_SHOWN, Shown, ShownKind};
+
 /// The embedding model as the pipeline sees it: one crop at a time. `Embedder` is the real one;
 /// tests may put a fake behind it.
 pub trait CropEmbedder {
@@ -153,6 +159,9 @@ struct TrackState {
     first_seen: Timestamp,
     /// The enter event went out.
     entered: bool,
+    /// The track's best crop over its whole life (for thumbnails; empty when they are off).
+    best: Vec<u8>,
+    best_quality: Option<f32>,
 }
 
 /// What one frame did, for the daemon's board I/O.
@@ -170,6 +179,8 @@ pub struct PipelineConfig {
     pub crops_dir: Option<PathBuf>,
     /// Run the detector on every this many frames (1: all).
     pub detect_every: u32,
+    /// Keep each track's best crop and hand it to the event sinks (thumbnails).
+    pub thumbnails: bool,
 }
 
 pub struct Pipeline<E> {
@@ -220,6 +231,12 @@ impl<E: CropEmbedder> Pipeline<E> {
                 created: None,
                 first_seen: Timestamp(0),
                 entered: false,
+                best: if config.thumbnails {
+                    vec![0; pre.resized_len()]
+                } else {
+                    Vec::new()
+                },
+                best_quality: None,
             })
             .collect();
         Pipeline {
@@ -291,6 +308,19 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.dirty = true;
     }
 
+    /// `id` was erased: tracks holding it keep no identity until they leave (their
+    /// embeddings came from before the erasure; they neither bring it back nor make a new one).
+    pub fn release(&mut self, id: PersonId) {
+        for s in &mut self.states {
+            if s.created == Some(id) {
+                s.created = None;
+            }
+            if s.held.and_then(|h| h.id()) == Some(id) {
+                s.held = Some(Held::Unstored { closest: None });
+            }
+        }
+    }
+
     pub fn mark_saved(&mut self) {
         self.dirty = false;
     }
@@ -346,6 +376,7 @@ impl<E: CropEmbedder> Pipeline<E> {
                 s.created = None;
                 s.first_seen = Timestamp::now();
                 s.entered = false;
+                s.best_quality = None;
             }
             if change == SlotChange::Ended {
                 log::debug!(
@@ -387,6 +418,10 @@ impl<E: CropEmbedder> Pipeline<E> {
                             s.crop.copy_from_slice(resized);
                             s.crop_quality = Some(quality);
                         }
+                        if !s.best.is_empty() && s.best_quality.is_none_or(|q| quality > q) {
+                            s.best.copy_from_slice(resized);
+                            s.best_quality = Some(quality);
+                        }
                     }
                     Err(why) => self.stats.crops_rejected.count(why),
                 }
@@ -417,6 +452,7 @@ impl<E: CropEmbedder> Pipeline<E> {
                     s.created = None;
                     s.first_seen = Timestamp::now();
                     s.entered = false;
+                    s.best_quality = None;
                 }
                 self.states[slot].last_embed = Some(frame);
                 self.accumulate(slot, split);
@@ -648,6 +684,15 @@ impl<E: CropEmbedder> Pipeline<E> {
             frames_seen: track.hits,
             embeddings: s.embeddings,
             crop,
+            pixels: s.best_quality.map(|quality| {
+                let spec = self.embedder.input_spec();
+                events::Pixels {
+                    rgb: &s.best,
+                    width: spec.width,
+                    height: spec.height,
+                    quality,
+                }
+            }),
         };
         // Events are best-effort beside the frame loop: a full disk must not stop the camera
         // (nor a restart loop under systemd). Counted, and logged at the 1st, 2nd, 4th, 8th….
@@ -680,46 +725,6 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.sink.flush()?;
         Ok(())
     }
-
-    /// Enrols the current track (confirmed, seen in this frame, the tallest) as a pinned
-    /// identity; returns its id, or None if no track has an embedding yet.
-    pub fn enrol_current(
-        &mut self,
-        label: Option<&str>,
-        frame: u64,
-        stream_time: Duration,
-    ) -> Result<Option<PersonId>, PipelineError> {
-        let best = self
-            .tracker
-            .tracks()
-            .filter(|(slot, t)| t.confirmed && t.seen_now && self.states[*slot].embeddings > 0)
-            .max_by_key(|(_, t)| t.rect.height)
-            .map(|(slot, _)| slot);
-        let Some(slot) = best else { return Ok(None) };
-        let s = &mut self.states[slot];
-        if !unit_mean(&s.sum, &mut self.query) {
-            return Ok(None);
-        }
-        if let Some(created) = s.created.take() {
-            let _ = self.gallery.remove(created);
-        }
-        let new = NewIdentity {
-            label,
-            pinned: true,
-            now: Timestamp::now(),
-        };
-        let (id, _) = self.gallery.insert(&self.query, new)?;
-        s.held = Some(Held::Known {
-            id,
-            similarity: 1.0,
-            runner_up: None,
-        });
-        self.dirty = true;
-        self.stats.enrolled += 1;
-        self.emit(EventKind::Enrol, slot, frame, stream_time, "")?;
-        self.states[slot].entered = true;
-        Ok(Some(id))
-    }
 }
 
 /// The direction of a track's embedding sum (its mean, L2-normalised) into `out`; false if the
@@ -740,15 +745,7 @@ fn unit_mean(sum: &[f32], out: &mut [f32]) -> bool {
 fn write_jpeg(path: &std::path::Path, rgb: &[u8], width: u32, height: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let encoded = std::panic::catch_unwind(|| -> std::io::Result<Vec<u8>> {
-        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
-        c.set_size(width as usize, height as usize);
-        c.set_quality(90.0);
-        let mut started = c.start_compress(Vec::new())?;
-        started.write_scanlines(rgb)?;
-        started.finish()
-    })
-    .map_err(|_| std::io::Error::other("JPEG encoder failed"))??;
+    let encoded = crate::frame::encode_jpeg(rgb, width, height, 90.0)?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -759,222 +756,4 @@ fn write_jpeg(path: &std::path::Path, rgb: &[u8], width: u32, height: u32) -> st
 }
 
 #[cfg(test)]
-mod tests {
-    use std::cell::RefCell;
-    use std::rc::Rc;
-
-    use super::*;
-    use crate::detect::{DetectError, Detection};
-    use crate::frame::{Rect, RgbImage};
-    use crate::gallery::{GalleryConfig, MatchPolicy, StorageFormat};
-    use crate::manifest::{ChannelOrder, IMAGENET_MEAN, IMAGENET_STD};
-    use crate::quality::QualityConfig;
-    use crate::track::TrackerConfig;
-
-    /// Boxes given per frame by the test.
-    struct Scripted(Rc<RefCell<Vec<Detection>>>);
-
-    impl Detector for Scripted {
-        fn detect(&mut self, _: RgbView<'_>, out: &mut Detections) -> Result<(), DetectError> {
-            out.clear();
-            out.extend(self.0.borrow().iter().copied());
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "scripted".into()
-        }
-    }
-
-    /// Embeds a crop as its mean colour, one-hot-ish: people of different colours differ.
-    struct MeanColour {
-        spec: InputSpec,
-        input: Vec<f32>,
-        out: Vec<f32>,
-    }
-
-    impl CropEmbedder for MeanColour {
-        fn input_spec(&self) -> &InputSpec {
-            &self.spec
-        }
-        fn dim(&self) -> usize {
-            3
-        }
-        fn input(&mut self) -> &mut [f32] {
-            &mut self.input
-        }
-        fn run(&mut self) -> Result<&[f32], EmbedError> {
-            let plane = self.input.len() / 3;
-            for (c, o) in self.out.iter_mut().enumerate() {
-                let mean: f32 = self.input[c * plane..(c + 1) * plane].iter().sum::<f32>();
-                *o = (mean / plane as f32 + 3.0).max(0.0);
-            }
-            let n = crate::embed::dot(&self.out, &self.out).sqrt();
-            self.out.iter_mut().for_each(|v| *v /= n);
-            Ok(&self.out)
-        }
-    }
-
-    #[derive(Default)]
-    struct Recorded(Rc<RefCell<Vec<(EventKind, u64, u32)>>>);
-
-    impl EventSink for Recorded {
-        fn emit(&mut self, e: &Event<'_>) -> std::io::Result<()> {
-            self.0.borrow_mut().push((e.event, e.frame, e.embeddings));
-            Ok(())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    type Events = Rc<RefCell<Vec<(EventKind, u64, u32)>>>;
-
-    fn pipeline(boxes: Rc<RefCell<Vec<Detection>>>) -> (Pipeline<MeanColour>, Events) {
-        let spec = InputSpec {
-            name: "x".into(),
-            height: 64,
-            width: 32,
-            channel_order: ChannelOrder::Rgb,
-            pixel_divisor: 255.0,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        };
-        let embedder = MeanColour {
-            input: vec![0.0; 3 * 64 * 32],
-            out: vec![0.0; 3],
-            spec,
-        };
-        let gallery = Gallery::with_budget(
-            GalleryConfig {
-                dim: 3,
-                exemplars: 4,
-                format: StorageFormat::F32,
-                budget_bytes: 1 << 16,
-            },
-            MatchPolicy {
-                threshold: 0.99,
-                ..MatchPolicy::default()
-            },
-        )
-        .unwrap();
-        let tracker = Tracker::new(TrackerConfig {
-            confirm_frames: 2,
-            embed_every: 1,
-            split_below: 0.0,
-            ..TrackerConfig::default()
-        })
-        .unwrap();
-        let quality = QualityConfig {
-            min_height: 40,
-            min_sharpness: 0.0,
-            min_crops: 4,
-            ..QualityConfig::default()
-        };
-        let events = Events::default();
-        let p = Pipeline::new(
-            PipelineConfig {
-                camera: "t".into(),
-                crops_dir: None,
-                detect_every: 1,
-            },
-            Box::new(Scripted(boxes)),
-            tracker,
-            CropGate::new(quality, crate::quality::BoxSource::Model),
-            embedder,
-            gallery,
-            Box::new(Recorded(events.clone())),
-            (320, 180),
-        );
-        (p, events)
-    }
-
-    fn frame() -> RgbImage {
-        let mut img = RgbImage::black(320, 180).unwrap();
-        // A red person at x 100..140, a green one at x 200..240.
-        for (y, row) in img.as_bytes_mut().chunks_exact_mut(320 * 3).enumerate() {
-            for (x, px) in row.chunks_exact_mut(3).enumerate() {
-                if (20..140).contains(&y) && (100..140).contains(&x) {
-                    px.copy_from_slice(&[200, 30, 30]);
-                } else if (20..140).contains(&y) && (200..240).contains(&x) {
-                    px.copy_from_slice(&[30, 200, 30]);
-                }
-            }
-        }
-        img
-    }
-
-    #[test]
-    fn a_track_is_decided_only_after_min_crops_good_crops() {
-        let person = Detection {
-            rect: Rect::new(100, 20, 40, 120),
-            score: 0.9,
-        };
-        let boxes = Rc::new(RefCell::new(vec![person]));
-        let (mut p, events) = pipeline(boxes.clone());
-        let img = frame();
-        for f in 0..10 {
-            p.process(img.view(), f, Duration::ZERO, "").unwrap();
-        }
-        let e = events.borrow().clone();
-        // embedded from frame 0 on, confirmed at frame 1, decided at the 4th crop: frame 3
-        assert_eq!(e, vec![(EventKind::Enter, 3, 4)]);
-        assert_eq!(p.stats().crops_embedded, 10);
-        assert_eq!(p.gallery().len(), 1);
-    }
-
-    #[test]
-    fn crops_that_fail_the_gate_are_never_embedded_nor_make_identities() {
-        // Cut by the left edge, low score, and two people overlapping: nothing is embedded.
-        let cut = Detection {
-            rect: Rect::new(0, 20, 40, 120),
-            score: 0.9,
-        };
-        let faint = Detection {
-            rect: Rect::new(200, 20, 40, 120),
-            score: 0.4,
-        };
-        let boxes = Rc::new(RefCell::new(vec![cut, faint]));
-        let (mut p, events) = pipeline(boxes.clone());
-        let img = frame();
-        for f in 0..10 {
-            p.process(img.view(), f, Duration::ZERO, "").unwrap();
-        }
-        *boxes.borrow_mut() = vec![
-            Detection {
-                rect: Rect::new(100, 20, 40, 120),
-                score: 0.9,
-            },
-            Detection {
-                rect: Rect::new(110, 20, 40, 120),
-                score: 0.9,
-            },
-        ];
-        for f in 10..20 {
-            p.process(img.view(), f, Duration::ZERO, "").unwrap();
-        }
-        assert!(events.borrow().is_empty(), "{:?}", events.borrow());
-        assert_eq!(p.stats().crops_embedded, 0);
-        assert_eq!(p.gallery().len(), 0);
-        let r = &p.stats().crops_rejected;
-        assert_eq!((r.edge, r.score, r.overlap), (10, 10, 20), "{r:?}");
-    }
-
-    #[test]
-    fn between_detections_boxes_are_carried_and_nothing_is_embedded() {
-        let person = Detection {
-            rect: Rect::new(100, 20, 40, 120),
-            score: 0.9,
-        };
-        let boxes = Rc::new(RefCell::new(vec![person]));
-        let (mut p, events) = pipeline(boxes);
-        p.set_detect_every(3);
-        let img = frame();
-        for f in 0..30 {
-            p.process(img.view(), f, Duration::ZERO, "").unwrap();
-        }
-        // detector on frames 0, 3, …, 27: ten runs, ten crops; decided at the 4th (frame 9)
-        assert_eq!(p.stats().detector_runs, 10);
-        assert_eq!(p.stats().crops_embedded, 10);
-        assert_eq!(events.borrow().first(), Some(&(EventKind::Enter, 9, 4)));
-    }
-}
+mod tests;

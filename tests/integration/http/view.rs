@@ -1,0 +1,178 @@
+//! The API's pictures and enrolment against a running daemon (the paced synthetic scene, a real
+//! gallery file and thumbnail directory): the live frame with its tracks, thumbnails kept 0600
+//! and erased with their identity, enrolment of a track in view and of an uploaded picture.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Daemon, exchange, json, listed_ids, request, scene_config};
+use crate::common::{models, scratch};
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Polls `f` every 200 ms until it gives a value (at most `secs`).
+fn within<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A row of `reidcam gallery list` for `id`: (label, pinned).
+fn listed(gallery: &Path, id: u64) -> Option<(String, bool)> {
+    listed_ids(&models().join("tiny_reid.onnx"), gallery)
+        .iter()
+        .map(|r| r.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&id.to_string().as_str()))
+        .map(|w| (w[1].to_owned(), w[2] == "yes"))
+}
+
+#[test]
+fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
+    let dir = scratch("http-view");
+    let config = scene_config(&dir);
+    let gallery = dir.join("g.bin");
+    let thumbs = dir.join("g.bin.thumbs");
+    let daemon = Daemon::start(&dir, &config, &gallery);
+    let addr = daemon.addr;
+
+    // The live frame: the camera's size, with the tracks it shows.
+    let (code, head, jpeg) = exchange(addr, "GET", "/api/v1/frame.jpg", None, "", b"");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&jpeg));
+    assert!(head.contains("image/jpeg"), "{head}");
+    let picture = image::load_from_memory(&jpeg).unwrap();
+    assert_eq!((picture.width(), picture.height()), (320, 180));
+    let tracks = within(60, "a track in the live frame", || {
+        let (code, body) = request(addr, "GET", "/api/v1/frame", None, b"");
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(320), Some(180))
+        );
+        let tracks = v["tracks"].as_array().unwrap().clone();
+        (!tracks.is_empty()).then_some(tracks)
+    });
+    let b = tracks[0]["box"].as_array().unwrap();
+    assert!(
+        b[0].as_u64().unwrap() + b[2].as_u64().unwrap() <= 320,
+        "{b:?}"
+    );
+    assert!(tracks[0]["caption"].as_str().is_some(), "{tracks:?}");
+
+    // Thumbnails: the identities the scene made get one, private, readable through the API.
+    let (id, url) = within(90, "an identity with a thumbnail", || {
+        let (_, body) = request(addr, "GET", "/api/v1/identities", None, b"");
+        json(&body)["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["thumbnail"].is_string())
+            .map(|p| {
+                (
+                    p["id"].as_u64().unwrap(),
+                    p["thumbnail"].as_str().unwrap().to_owned(),
+                )
+            })
+    });
+    assert_eq!(url, format!("/api/v1/identities/{id}/thumbnail.jpg"));
+    let (code, head, thumb) = exchange(addr, "GET", &url, None, "", b"");
+    assert_eq!(code, 200);
+    assert!(head.contains("image/jpeg"), "{head}");
+    let file = thumbs.join(format!("{id}.jpg"));
+    assert_eq!(std::fs::read(&file).unwrap(), thumb);
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&thumbs), 0o700);
+    let crop = image::load_from_memory(&thumb).unwrap();
+    assert!(crop.height() > crop.width(), "a person-shaped crop");
+
+    // Enrol the person in view: a pinned, named identity in the gallery file.
+    let enrolled = within(60, "an enrolment of a track in view", || {
+        let (_, body) = request(addr, "GET", "/api/v1/frame", None, b"");
+        let track = json(&body)["tracks"].as_array()?.first()?["track"].as_u64()?;
+        let ask = format!(r#"{{"track":{track},"label":"Bob"}}"#);
+        let (code, body) = request(addr, "POST", "/api/v1/enrol", None, ask.as_bytes());
+        // 409: that track left (or has no embedding yet) meanwhile.
+        assert!(code == 201 || code == 409, "{code} {body}");
+        (code == 201).then(|| json(&body)["id"].as_u64().unwrap())
+    });
+    assert_eq!(listed(&gallery, enrolled), Some(("Bob".into(), true)));
+    let (code, body) = request(addr, "POST", "/api/v1/enrol", None, br#"{"track":999999}"#);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("track 999999"), "{body}");
+
+    // Enrol from a picture of a person (the thumbnail, as a phone would send a photo).
+    let (code, _, body) = exchange(
+        addr,
+        "POST",
+        "/api/v1/enrol?label=Carol%20D",
+        None,
+        "image/jpeg",
+        &thumb,
+    );
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(code, 201, "{body}");
+    let carol = json(&body)["id"].as_u64().unwrap();
+    let row = listed_ids(&models().join("tiny_reid.onnx"), &gallery)
+        .into_iter()
+        .find(|r| r.split_whitespace().next() == Some(&carol.to_string()))
+        .unwrap();
+    assert!(row.contains("Carol D") && row.contains("yes"), "{row}");
+    within(10, "Carol's thumbnail", || {
+        thumbs.join(format!("{carol}.jpg")).is_file().then_some(())
+    });
+    // Not a picture: refused, nothing enrolled.
+    let (code, _, body) = exchange(
+        addr,
+        "POST",
+        "/api/v1/enrol",
+        None,
+        "image/jpeg",
+        b"\xFF\xD8 not really",
+    );
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+
+    // Erasure takes the thumbnail with it, before the answer.
+    let (code, body) = request(
+        addr,
+        "DELETE",
+        &format!("/api/v1/identities/{carol}"),
+        None,
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(!thumbs.join(format!("{carol}.jpg")).exists());
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            &format!("/api/v1/identities/{carol}/thumbnail.jpg"),
+            None,
+            b""
+        )
+        .0,
+        404
+    );
+    assert_eq!(listed(&gallery, carol), None);
+    drop(daemon);
+    // Every thumbnail left belongs to an identity still in the gallery.
+    let ids: Vec<String> = listed_ids(&models().join("tiny_reid.onnx"), &gallery)
+        .iter()
+        .filter_map(|r| r.split_whitespace().next().map(str::to_owned))
+        .collect();
+    for entry in std::fs::read_dir(&thumbs).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let id = name.strip_suffix(".jpg").unwrap_or(&name);
+        assert!(
+            ids.iter().any(|i| i == id),
+            "{name} without identity: {ids:?}"
+        );
+    }
+}
