@@ -53,6 +53,12 @@ enum Command {
     /// The camera daemon: frames → people → tracks → embeddings → gallery → events (JSON lines).
     /// With no config and no options it runs on built-in defaults.
     Run(cli::run::RunArgs),
+    /// Print an `http.users_file` line for NAME: the password is read from standard input (its
+    /// first line) and stored as an argon2id hash with a random salt.
+    HttpPassword {
+        /// The user name (printable, no ':').
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -202,6 +208,15 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+fn http_password(name: &str) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    let line = reidcam::http::hash_line(name, password).map_err(anyhow::Error::msg)?;
+    println!("{line}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
@@ -217,6 +232,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => cli::capture::run(args),
         Command::Detect(args) => cli::detect::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::HttpPassword { name } => http_password(&name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,9 @@ pub struct HttpSection {
     /// File whose first line is the bearer token every request but `/healthz` must carry
     /// (`Authorization: Bearer <token>`). Empty: no authentication, loopback only.
     pub token_file: String,
+    /// File of `name:<argon2id hash>` lines (`reidcam http-password NAME`): HTTP Basic logins,
+    /// beside or instead of the token. Empty: none.
+    pub users_file: String,
     /// `/healthz` reports unhealthy when the frame loop has not advanced for this long.
     pub stall_secs: u64,
     /// Largest request body taken (a label change is a few bytes).
@@ -32,6 +35,7 @@ impl Default for HttpSection {
             enabled: false,
             listen: "127.0.0.1:8080".into(),
             token_file: String::new(),
+            users_file: String::new(),
             stall_secs: 10,
             max_body_bytes: 16 << 10,
             max_upload_bytes: 4 << 20,
@@ -54,6 +58,7 @@ pub const MAX_UPLOAD_BYTES: usize = 32 << 20;
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
+    pub users_file: Option<PathBuf>,
     pub stall: Duration,
     pub max_body: usize,
     pub max_upload: usize,
@@ -66,10 +71,11 @@ impl std::fmt::Debug for HttpConfig {
             f,
             "http://{} ({})",
             self.listen,
-            if self.token_file.is_some() {
-                "token"
-            } else {
-                "no auth"
+            match (&self.token_file, &self.users_file) {
+                (Some(_), Some(_)) => "token, users",
+                (Some(_), None) => "token",
+                (None, Some(_)) => "users",
+                (None, None) => "no auth",
             }
         )
     }
@@ -91,15 +97,19 @@ impl HttpSection {
             )
         })?;
         let token_file = (!self.token_file.is_empty()).then(|| PathBuf::from(&self.token_file));
-        if token_file.is_none() && !is_loopback(listen.ip()) {
+        let users_file = (!self.users_file.is_empty()).then(|| PathBuf::from(&self.users_file));
+        if token_file.is_none() && users_file.is_none() && !is_loopback(listen.ip()) {
             return Err((
                 "http.listen",
                 format!(
-                    "is {}: a non-loopback address needs authentication (set http.token_file); \
-                     without it only 127.0.0.1 or ::1 is allowed",
+                    "is {}: a non-loopback address needs authentication (set http.token_file \
+                     or http.users_file); without it only 127.0.0.1 or ::1 is allowed",
                     self.listen
                 ),
             ));
+        }
+        if let Some(path) = &users_file {
+            super::users::read_users(path).map_err(|e| ("http.users_file", e))?;
         }
         if let Some(path) = &token_file {
             read_token(path).map_err(|e| ("http.token_file", e))?;
@@ -131,6 +141,7 @@ impl HttpSection {
         Ok(Some(HttpConfig {
             listen,
             token_file,
+            users_file,
             stall: Duration::from_secs(self.stall_secs),
             max_body: self.max_body_bytes,
             max_upload: self.max_upload_bytes,
@@ -199,6 +210,22 @@ mod tests {
                 "{listen}"
             );
         }
+        // Password logins are authentication too; a bad users file is named.
+        let dir = std::env::temp_dir().join(format!("reidcam-http-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        let line = super::super::hash_line("ana", "correct horse").unwrap();
+        std::fs::write(&users, format!("{line}\n")).unwrap();
+        let with_users = |listen: &str| HttpSection {
+            users_file: users.to_str().unwrap().into(),
+            ..section(listen, "")
+        };
+        assert!(with_users("0.0.0.0:8080").validate().unwrap().is_some());
+        std::fs::write(&users, "ana:plain-text-password\n").unwrap();
+        let (field, problem) = with_users("0.0.0.0:8080").validate().unwrap_err();
+        assert_eq!(field, "http.users_file");
+        assert!(problem.contains("line 1"), "{problem}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -14,9 +14,11 @@ mod live;
 mod metrics;
 mod recent;
 mod routes;
+mod users;
 
 pub use config::{HttpConfig, HttpSection, read_token};
 pub use recent::{Recent, RecentSink};
+pub use users::{Users, hash_line, read_users};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -34,6 +36,8 @@ pub enum HttpError {
     Listen { addr: String, reason: String },
     #[error("http.token_file: {0}")]
     Token(String),
+    #[error("http.users_file: {0}")]
+    Users(String),
 }
 
 /// What the API asks the frame loop to change.
@@ -120,6 +124,7 @@ pub struct Status {
 pub(crate) struct Shared {
     config: HttpConfig,
     token: Option<String>,
+    users: Option<Users>,
     started: Instant,
     /// Milliseconds since `started` at the frame loop's last turn.
     heartbeat_ms: AtomicU64,
@@ -169,6 +174,12 @@ impl Http {
             .map(read_token)
             .transpose()
             .map_err(HttpError::Token)?;
+        let users = config
+            .users_file
+            .as_deref()
+            .map(read_users)
+            .transpose()
+            .map_err(HttpError::Users)?;
         let server = tiny_http::Server::http(config.listen).map_err(|e| HttpError::Listen {
             addr: config.listen.to_string(),
             reason: e.to_string(),
@@ -178,6 +189,7 @@ impl Http {
         let shared = Arc::new(Shared {
             config: config.clone(),
             token,
+            users,
             started: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             camera_down: AtomicBool::new(false),
@@ -205,10 +217,11 @@ impl Http {
             .map_or_else(|| config.listen.to_string(), |a| a.to_string());
         log::info!(
             "http: listening on http://{bound} ({})",
-            if shared.token.is_some() {
-                "bearer token required"
-            } else {
-                "loopback, no authentication"
+            match (&shared.token, &shared.users) {
+                (Some(_), Some(_)) => "bearer token or password required",
+                (Some(_), None) => "bearer token required",
+                (None, Some(_)) => "password required",
+                (None, None) => "loopback, no authentication",
             }
         );
         Ok(Http {

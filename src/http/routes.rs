@@ -57,10 +57,19 @@ pub(super) fn handle(mut request: Request, shared: &Shared) {
     {
         response.add_header(h);
     }
-    if reply.status == 401
-        && let Ok(h) = Header::from_bytes("WWW-Authenticate", "Bearer realm=\"reidcam\"")
-    {
-        response.add_header(h);
+    if reply.status == 401 {
+        let schemes = [
+            (shared.token.is_some(), "Bearer realm=\"reidcam\""),
+            (
+                shared.users.is_some(),
+                "Basic realm=\"reidcam\", charset=\"UTF-8\"",
+            ),
+        ];
+        for (_, scheme) in schemes.iter().filter(|(on, _)| *on) {
+            if let Ok(h) = Header::from_bytes("WWW-Authenticate", *scheme) {
+                response.add_header(h);
+            }
+        }
     }
     if let Err(e) = request.respond(response) {
         log::debug!("http: cannot answer: {e}");
@@ -84,7 +93,7 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
         });
     }
     if !authorised(request, shared) {
-        return error(401, "missing or wrong bearer token");
+        return error(401, "missing or wrong bearer token or password");
     }
     match path {
         "/metrics" => only(&method, "GET", || Reply {
@@ -147,24 +156,46 @@ fn only(method: &Method, allowed: &'static str, f: impl FnOnce() -> Reply) -> Re
     }
 }
 
-/// The bearer token, compared in constant time; no token configured → loopback, allowed.
+/// The bearer token (compared in constant time) or a user's password (`http.users_file`);
+/// neither configured → loopback, allowed. A wrong password waits [`super::users::PENALTY`].
 fn authorised(request: &Request, shared: &Shared) -> bool {
-    let Some(token) = &shared.token else {
+    if shared.token.is_none() && shared.users.is_none() {
         return true;
-    };
-    request
+    }
+    let mut wrong_password = false;
+    for h in request
         .headers()
         .iter()
         .filter(|h| h.field.equiv("Authorization"))
-        .any(|h| {
-            h.value
-                .as_str()
-                .strip_prefix("Bearer ")
-                .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
-        })
+    {
+        let value = h.value.as_str();
+        if let (Some(token), Some(given)) = (&shared.token, value.strip_prefix("Bearer "))
+            && same(given.trim().as_bytes(), token.as_bytes())
+        {
+            return true;
+        }
+        if let Some(users) = &shared.users
+            && value.starts_with("Basic ")
+        {
+            if users.check(value).is_some() {
+                return true;
+            }
+            wrong_password = true;
+        }
+    }
+    if wrong_password {
+        log::warn!(
+            "http: wrong user name or password from {}",
+            request
+                .remote_addr()
+                .map_or_else(|| "?".to_owned(), |a| a.ip().to_string())
+        );
+        std::thread::sleep(super::users::PENALTY);
+    }
+    false
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use base64ct::Encoding as _;
 use serde_json::{Value, json};
 
 use super::{Daemon, exchange, listed_ids, scene_config};
@@ -185,28 +186,6 @@ impl Drop for Session {
     }
 }
 
-/// Standard base64 (the screenshot).
-fn base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let clean: Vec<u8> = text.bytes().filter(|c| *c != b'=' && *c != b'\n').collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let bits = chunk.iter().enumerate().fold(0u32, |acc, (i, c)| {
-            acc | u32::from(value(*c)) << (18 - 6 * i)
-        });
-        for i in 0..chunk.len() - 1 {
-            out.push((bits >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
-}
-
 /// The model the page is shown with: ours, so that the screenshot's names are right.
 fn model() -> PathBuf {
     repo().join("models/default.onnx")
@@ -326,11 +305,8 @@ fn the_web_page_is_driven_in_a_real_browser() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let png = base64(
-        web.call("GET", "/screenshot", &Value::Null)
-            .as_str()
-            .unwrap(),
-    );
+    let encoded = web.call("GET", "/screenshot", &Value::Null);
+    let png = base64ct::Base64::decode_vec(encoded.as_str().unwrap()).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     let shot = dir.join("web-page.png");
     std::fs::write(&shot, &png).unwrap();

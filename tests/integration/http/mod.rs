@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use base64ct::Encoding as _;
+
 use crate::common::{command, models, reidcam, s, scratch};
 
 mod browser;
@@ -509,6 +511,76 @@ fn the_api_serves_status_metrics_and_edits_the_gallery() {
             file.display()
         );
     }
+    drop(daemon);
+}
+
+/// Password logins through the real daemon: a users file made by `reidcam http-password`, HTTP
+/// Basic credentials checked (argon2id), a wrong password refused after a delay, a browser told
+/// to ask (`WWW-Authenticate: Basic`).
+#[test]
+fn password_logins_are_checked_by_the_daemon() {
+    let dir = scratch("http-users");
+    let mut child = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
+        .args(["http-password", "ana"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let users = dir.join("users");
+    std::fs::write(&users, &out.stdout).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detector]\nkind = \"zones\"\n[http]\nenabled = true\nlisten = \"127.0.0.1:0\"\n\
+             users_file = \"{}\"\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&dir, &config, &dir.join("g.bin"));
+    let basic = |credentials: &str| {
+        let mut stream = TcpStream::connect(daemon.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let encoded = base64ct::Base64::encode_string(credentials.as_bytes());
+        write!(
+            stream,
+            "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Basic {encoded}\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).ok();
+        raw
+    };
+    let ok = basic("ana:correct horse battery");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let asked = Instant::now();
+    let wrong = basic("ana:wrong horse battery");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        asked.elapsed()
+    );
+    let (code, head, _) = exchange(daemon.addr, "GET", "/api/v1/identities", None, "", b"");
+    assert_eq!(code, 401);
+    assert!(
+        head.contains("WWW-Authenticate: Basic realm=\"reidcam\""),
+        "{head}"
+    );
+    // /healthz and the page need no login.
+    assert_eq!(request(daemon.addr, "GET", "/healthz", None, b"").0, 200);
     drop(daemon);
 }
 
