@@ -329,8 +329,14 @@ impl Writer {
             match job {
                 Job::Offer { id, quality, crop } => {
                     if let Err(e) = self.offer(id, quality, &crop) {
-                        self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("{}: cannot write a thumbnail: {e}", self.dir.display());
+                        // A full or read-only disk: logged at the 1st, 2nd, 4th, 8th… failure.
+                        let n = self.shared.stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            log::warn!(
+                                "{}: cannot write a thumbnail: {e} ({n} failures so far)",
+                                self.dir.display()
+                            );
+                        }
                     }
                     if let Ok(mut pool) = self.shared.pool.lock() {
                         pool.push(crop.rgb);
