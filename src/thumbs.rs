@@ -53,6 +53,23 @@ pub fn file_of(dir: &Path, id: PersonId) -> PathBuf {
     dir.join(format!("{}.jpg", id.0))
 }
 
+/// The id whose thumbnail `name` is (`<id>.jpg`, as [`file_of`] names it), if it is one.
+fn id_of(name: &str) -> Option<u32> {
+    name.strip_suffix(".jpg")?.parse().ok()
+}
+
+/// The ids with a thumbnail file in `dir`: one directory read (none if it cannot be read).
+pub fn listed(dir: &Path) -> HashSet<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| id_of(&e.file_name().to_string_lossy()))
+        .collect()
+}
+
 /// Removes `id`'s thumbnail (the CLI's `gallery remove`); absent is fine.
 pub fn remove_file(dir: &Path, id: PersonId) -> io::Result<()> {
     match std::fs::remove_file(file_of(dir, id)) {
@@ -293,10 +310,7 @@ impl Writer {
                 std::fs::remove_file(entry.path()).ok();
                 continue;
             }
-            let Some(id) = name
-                .strip_suffix(".jpg")
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
+            let Some(id) = id_of(&name) else {
                 continue;
             };
             let meta = entry.metadata()?;

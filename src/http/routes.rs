@@ -1,5 +1,6 @@
 //! Request handling: authentication, routing, bounded bodies, JSON out.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -109,7 +110,11 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
                 .lock()
                 .map(|r| r.clone())
                 .unwrap_or_default();
-            let list: Vec<Value> = rows.iter().map(|r| identity_json(r, shared)).collect();
+            let pictured = pictured(shared);
+            let list: Vec<Value> = rows
+                .iter()
+                .map(|r| identity_json(r, pictured.as_ref()))
+                .collect();
             json_reply(200, &json!({ "identities": list }))
         }),
         "/api/v1/events" => only(&method, "GET", || events(&url, shared)),
@@ -282,9 +287,10 @@ fn events(url: &str, shared: &Shared) -> Reply {
     json_reply(200, &json!({ "events": events, "last_seq": last }))
 }
 
-fn identity_json(r: &IdentityRow, shared: &Shared) -> Value {
-    let thumbnail = thumbs_dir(shared)
-        .filter(|dir| crate::thumbs::file_of(dir, PersonId(r.id as u32)).is_file())
+/// `pictured`: the ids with a thumbnail on disk (None: none are kept).
+fn identity_json(r: &IdentityRow, pictured: Option<&HashSet<u32>>) -> Value {
+    let thumbnail = pictured
+        .filter(|ids| ids.contains(&(r.id as u32)))
         .map(|_| format!("/api/v1/identities/{}/thumbnail.jpg", r.id));
     json!({
         "id": r.id,
@@ -300,6 +306,11 @@ fn identity_json(r: &IdentityRow, shared: &Shared) -> Value {
 
 fn thumbs_dir(shared: &Shared) -> Option<std::path::PathBuf> {
     shared.thumbs.lock().ok().and_then(|d| d.clone())
+}
+
+/// The ids with a thumbnail: one directory read for a whole listing.
+fn pictured(shared: &Shared) -> Option<HashSet<u32>> {
+    thumbs_dir(shared).map(|dir| crate::thumbs::listed(&dir))
 }
 
 fn parse_id(id: &str) -> Option<PersonId> {
@@ -482,21 +493,11 @@ pub(super) fn parse_enrol(body: &[u8]) -> Result<Op, String> {
             label: None,
         });
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("body: expected a JSON object: {e}"))?;
-    let Some(object) = value.as_object() else {
-        return Err(
-            "body: expected a JSON object like {\"track\": 3, \"label\": \"Alice\"}".into(),
-        );
-    };
-    if let Some(key) = object
-        .keys()
-        .find(|k| !matches!(k.as_str(), "label" | "track"))
-    {
-        return Err(format!(
-            "body: unknown field {key:?}: expected \"track\" and/or \"label\""
-        ));
-    }
+    let object = strict_object(
+        body,
+        ["track", "label"],
+        r#"{"track": 3, "label": "Alice"}"#,
+    )?;
     let track = match object.get("track") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -523,7 +524,7 @@ fn identity(request: &mut Request, method: &Method, id: &str, shared: &Shared) -
         .and_then(|rows| rows.iter().find(|r| r.id == u64::from(id.0)).cloned());
     match method {
         Method::Get | Method::Head => match current {
-            Some(r) => json_reply(200, &identity_json(&r, shared)),
+            Some(r) => json_reply(200, &identity_json(&r, pictured(shared).as_ref())),
             None => error(404, format!("no identity {}", id.0)),
         },
         Method::Delete => apply(shared, Op::Erase(id)),
@@ -561,21 +562,29 @@ fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, Reply> {
     Ok(body)
 }
 
-/// `{"label": "name" | null, "pinned": true | false}`, either or both.
-pub(super) fn parse_edit(id: PersonId, body: &[u8]) -> Result<Op, String> {
+/// A JSON object with no field but `fields` (the error shows `example`).
+fn strict_object(
+    body: &[u8],
+    fields: [&str; 2],
+    example: &str,
+) -> Result<serde_json::Map<String, Value>, String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("body: expected a JSON object: {e}"))?;
-    let Some(object) = value.as_object() else {
-        return Err("body: expected a JSON object like {\"label\": \"Alice\"}".into());
+    let Value::Object(object) = value else {
+        return Err(format!("body: expected a JSON object like {example}"));
     };
-    if let Some(key) = object
-        .keys()
-        .find(|k| !matches!(k.as_str(), "label" | "pinned"))
-    {
+    if let Some(key) = object.keys().find(|k| !fields.contains(&k.as_str())) {
         return Err(format!(
-            "body: unknown field {key:?}: expected \"label\" and/or \"pinned\""
+            "body: unknown field {key:?}: expected {:?} and/or {:?}",
+            fields[0], fields[1]
         ));
     }
+    Ok(object)
+}
+
+/// `{"label": "name" | null, "pinned": true | false}`, either or both.
+pub(super) fn parse_edit(id: PersonId, body: &[u8]) -> Result<Op, String> {
+    let object = strict_object(body, ["label", "pinned"], r#"{"label": "Alice"}"#)?;
     let label = match object.get("label") {
         None => None,
         Some(Value::Null) => Some(None),
