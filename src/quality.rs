@@ -198,6 +198,27 @@ impl CropGate {
         Ok(())
     }
 
+    /// The tests a picture an operator uploads must pass to be enrolled as a person (it has no
+    /// detector score, frame edge or neighbours): at least `min_height` pixels tall, and shaped
+    /// like a whole person (`min_aspect`..`max_aspect`). The error says what was expected.
+    pub fn check_picture(&self, width: u32, height: u32) -> Result<(), String> {
+        let c = &self.config;
+        if height < c.min_height {
+            return Err(format!(
+                "the picture is {width}×{height} pixels: a person's picture must be at least {} pixels tall (quality.min_height)",
+                c.min_height
+            ));
+        }
+        let aspect = height as f32 / width.max(1) as f32;
+        if !(c.min_aspect..=c.max_aspect).contains(&aspect) {
+            return Err(format!(
+                "the picture is {width}×{height} pixels (height / width {aspect:.2}): a whole person's picture is {}–{} times as tall as wide (quality.min_aspect, max_aspect); crop it to the person",
+                c.min_aspect, c.max_aspect
+            ));
+        }
+        Ok(())
+    }
+
     /// The sharpness test on the resized crop (RGB8, `width` pixels per row).
     pub fn check_sharpness(&self, rgb: &[u8], width: usize) -> Result<f32, Rejection> {
         let s = sharpness(rgb, width);

@@ -196,6 +196,7 @@ impl Running {
                     .enrol_image(image.view(), label.as_deref())
                     .map_err(|e| match e {
                         crate::pipeline::PipelineError::Gallery(g) => refusal(g),
+                        crate::pipeline::PipelineError::Picture(why) => (422, why),
                         other => internal(other),
                     })?;
                 if let Some(t) = &self.thumbs {

@@ -107,7 +107,10 @@ impl<E: CropEmbedder> Pipeline<E> {
 
     /// Enrols the person in `image`, a picture cropped to them (as `reidcam gallery enroll`
     /// takes), as a pinned identity. Not on the per-frame path: a larger picture than the
-    /// camera's frame grows the resize buffers once.
+    /// camera's frame grows the resize buffers once. The picture must pass the crop gate's size
+    /// and shape tests ([`CropGate::check_picture`](crate::quality::CropGate::check_picture)) and its sharpness test, as a crop of the
+    /// camera's would: a thumbnail-sized or blurred picture would make an identity that matches
+    /// strangers.
     pub fn enrol_image(
         &mut self,
         image: RgbView<'_>,
@@ -119,7 +122,21 @@ impl<E: CropEmbedder> Pipeline<E> {
             width: image.width(),
             height: image.height(),
         };
+        self.gate
+            .check_picture(image.width(), image.height())
+            .map_err(PipelineError::Picture)?;
         self.pre.run(image, rect, self.embedder.input())?;
+        let spec = self.embedder.input_spec();
+        if let Err(why) = self
+            .gate
+            .check_sharpness(self.pre.resized(), spec.width as usize)
+        {
+            debug_assert_eq!(why, crate::quality::Rejection::Blur);
+            return Err(PipelineError::Picture(format!(
+                "the picture is too blurred to enrol (sharpness below quality.min_sharpness = {})",
+                self.gate.config().min_sharpness
+            )));
+        }
         let embedding = self.embedder.run()?;
         self.query.copy_from_slice(embedding);
         let new = NewIdentity {

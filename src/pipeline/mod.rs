@@ -66,6 +66,9 @@ pub enum PipelineError {
     Events(#[from] std::io::Error),
     #[error("crop: {0}")]
     Crop(#[from] crate::frame::FrameError),
+    /// A picture offered for enrolment is not a usable view of a person (the message says why).
+    #[error("{0}")]
+    Picture(String),
 }
 
 /// Time spent per stage, and counts, since start.

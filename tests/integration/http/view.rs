@@ -108,14 +108,22 @@ fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("track 999999"), "{body}");
 
-    // Enrol from a picture of a person (the thumbnail, as a phone would send a photo).
+    // Enrol from a picture of a person (the thumbnail, at the tiny model's 8×16, enlarged to
+    // pass the crop gate's least height, as a phone would send a photo).
+    let mut photo = Vec::new();
+    crop.resize_exact(48, 96, image::imageops::FilterType::Nearest)
+        .write_to(
+            &mut std::io::Cursor::new(&mut photo),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
     let (code, _, body) = exchange(
         addr,
         "POST",
         "/api/v1/enrol?label=Carol%20D",
         None,
         "image/jpeg",
-        &thumb,
+        &photo,
     );
     let body = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(code, 201, "{body}");
@@ -138,6 +146,30 @@ fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
         b"\xFF\xD8 not really",
     );
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    // A picture, but not one a person could be recognised from: a 1×1 PNG, and a landscape
+    // (the crop gate's size and shape tests): refused with the reason, nothing enrolled.
+    for (width, height, expected) in [(1, 1, "pixels tall"), (400, 200, "times as tall as wide")] {
+        let mut png = Vec::new();
+        image::RgbImage::from_pixel(width, height, image::Rgb([90, 120, 40]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let (code, _, body) = exchange(
+            addr,
+            "POST",
+            "/api/v1/enrol?label=Refused",
+            None,
+            "image/png",
+            &png,
+        );
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 422, "{width}x{height}: {body}");
+        assert!(body.contains(expected), "{width}x{height}: {body}");
+    }
+    assert!(
+        !listed_ids(&models().join("tiny_reid.onnx"), &gallery)
+            .iter()
+            .any(|r| r.contains("Refused"))
+    );
 
     // Erasure takes the thumbnail with it, before the answer.
     let (code, body) = request(
