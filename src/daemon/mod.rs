@@ -15,7 +15,7 @@ use crate::embed::Embedder;
 use crate::gallery::Timestamp;
 use crate::gallery::file::{self, GalleryLock, ModelTag};
 use crate::http::{Http, HttpError, Recent};
-use crate::mqtt::share::{Peers, RemoteUpdate, Sharing};
+use crate::mqtt::share::{Applied, Peers, RemoteUpdate, Sharing};
 use crate::mqtt::{Mqtt, MqttError, MqttStats};
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::thumbs::Thumbnails;
@@ -153,9 +153,25 @@ impl Running {
         mqtt.take_remote(updates);
         let mut changed = false;
         for update in updates.drain(..) {
-            if let Some(erased) = sharing.apply(self.pipeline.gallery_mut(), update) {
-                changed = true;
-                self.erase |= erased;
+            match sharing.apply(self.pipeline.gallery_mut(), update) {
+                None => {}
+                Some(Applied::Stored) => changed = true,
+                Some(Applied::Erased(id)) => {
+                    changed = true;
+                    self.erase = true;
+                    // As an erasure through the API: no track keeps naming the person, and
+                    // their picture goes now, not at the next save's sweep.
+                    self.pipeline.release(id);
+                    match self.thumbs.as_ref().map(|t| t.remove(id)) {
+                        Some(Err(e)) => {
+                            log::error!("thumbnail of erased {id}: {e} (the next save retries)")
+                        }
+                        Some(Ok(())) => {
+                            log::info!("{id} erased: tracks released, thumbnail deleted")
+                        }
+                        None => log::info!("{id} erased: tracks released"),
+                    }
+                }
             }
         }
         if changed {

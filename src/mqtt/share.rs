@@ -40,6 +40,21 @@ pub struct IdentityMessage {
     /// A tombstone: erased then (ms since the epoch); no label, no exemplars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<u64>,
+    /// With `erased_at`: the origin withdrew the identity from sharing (unpinned it) but keeps
+    /// it. Other cameras erase their copies as for any tombstone; the origin keeps its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
+}
+
+/// What [`Sharing::apply`] changed in the gallery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// An identity was copied from a peer, replaced by a newer copy, or taken back.
+    Stored,
+    /// This local identity was erased (a peer's or our own erasure): the next save erases it
+    /// from the file and its backup, and the caller releases the tracks holding it and deletes
+    /// its thumbnail.
+    Erased(PersonId),
 }
 
 /// How long a tombstone stays retained (cameras that were off meanwhile learn of the erasure
@@ -63,10 +78,12 @@ pub enum RemoteUpdate {
         label: Option<String>,
         exemplars: Vec<Vec<f32>>,
     },
-    /// Someone erased it; `clear`: the tombstone is past its grace period (clear it).
+    /// Someone erased it (or its origin withdrew it: `withdrawn`); `clear`: the tombstone is
+    /// past its grace period (clear it).
     Erase {
         origin: String,
         id: u32,
+        withdrawn: bool,
         clear: bool,
     },
 }
@@ -131,12 +148,13 @@ pub fn encode(gallery: &Gallery, id: PersonId, model: &str, origin: &str) -> Opt
         label: info.label.map(str::to_owned),
         exemplars,
         erased_at: None,
+        withdrawn: false,
     };
     serde_json::to_vec(&message).ok()
 }
 
-/// The tombstone of `origin`'s identity `id`, erased now.
-pub fn tombstone(model: &str, dim: usize, origin: &str, id: u32) -> Vec<u8> {
+/// The tombstone of `origin`'s identity `id`, erased (or `withdrawn` from sharing) now.
+pub fn tombstone(model: &str, dim: usize, origin: &str, id: u32, withdrawn: bool) -> Vec<u8> {
     let message = IdentityMessage {
         reidcam_identity: VERSION,
         model: model.to_owned(),
@@ -146,6 +164,7 @@ pub fn tombstone(model: &str, dim: usize, origin: &str, id: u32) -> Vec<u8> {
         label: None,
         exemplars: Vec::new(),
         erased_at: Some(Timestamp::now().0),
+        withdrawn,
     };
     serde_json::to_vec(&message).expect("serialises")
 }
@@ -163,6 +182,7 @@ pub fn decode(
         return Ok(RemoteUpdate::Erase {
             origin,
             id,
+            withdrawn: false,
             clear: false,
         });
     }
@@ -186,6 +206,9 @@ pub fn decode(
             m.origin, m.id
         ));
     }
+    if m.withdrawn && m.erased_at.is_none() {
+        return Err("withdrawn without erased_at".into());
+    }
     if let Some(at) = m.erased_at {
         if !m.exemplars.is_empty() || m.label.is_some() {
             return Err("a tombstone with a label or exemplars".into());
@@ -194,6 +217,7 @@ pub fn decode(
         return Ok(RemoteUpdate::Erase {
             origin,
             id,
+            withdrawn: m.withdrawn,
             clear: u128::from(age) > TOMBSTONE_GRACE.as_millis(),
         });
     }
@@ -306,8 +330,9 @@ pub struct Sharing {
     pub peers: Peers,
     /// Own identities as last published (a digest of the message).
     published: BTreeMap<u32, u64>,
-    /// Erasures to publish (own identities gone while we were off, copies the operator removed).
-    erase: Vec<(String, u32)>,
+    /// Tombstones to publish: own identities gone (or withdrawn: the flag), copies the
+    /// operator removed.
+    erase: Vec<(String, u32, bool)>,
     /// Tombstones past their grace period, to clear (an empty retained message).
     clear: Vec<(String, u32)>,
     dim: usize,
@@ -335,7 +360,14 @@ impl Sharing {
             failed: 0,
         };
         // A copy the operator removed while the daemon was off is erased everywhere.
-        let gone: Vec<String> = sharing
+        sharing.copies_removed(gallery);
+        sharing
+    }
+
+    /// Copies no longer in `gallery` (the operator removed them: the CLI while the daemon was
+    /// off, or the API) are forgotten here and erased everywhere.
+    fn copies_removed(&mut self, gallery: &Gallery) {
+        let gone: Vec<String> = self
             .peers
             .copies
             .iter()
@@ -343,15 +375,14 @@ impl Sharing {
             .map(|(key, _)| key.clone())
             .collect();
         for key in gone {
-            sharing.peers.copies.remove(&key);
+            self.peers.copies.remove(&key);
             if let Some((origin, id)) = key.split_once('/')
                 && let Ok(id) = id.parse()
             {
                 log::info!("shared identity {key} was removed here: erasing it everywhere");
-                sharing.erase.push((origin.to_owned(), id));
+                self.erase.push((origin.to_owned(), id, false));
             }
         }
-        sharing
     }
 
     /// Publish everything again (a new connection: the broker may have lost its retained
@@ -360,16 +391,22 @@ impl Sharing {
         self.published.clear();
     }
 
-    /// Applies one update; true if the gallery changed (an erasure: save erasing).
-    pub fn apply(&mut self, gallery: &mut Gallery, update: RemoteUpdate) -> Option<bool> {
+    /// Applies one update; `None` if the gallery did not change.
+    pub fn apply(&mut self, gallery: &mut Gallery, update: RemoteUpdate) -> Option<Applied> {
         match update {
-            RemoteUpdate::Erase { origin, id, clear } => {
+            RemoteUpdate::Erase {
+                origin,
+                id,
+                withdrawn,
+                clear,
+            } => {
                 if clear {
                     self.clear.push((origin.clone(), id));
                 }
                 let local = if origin == self.origin {
                     self.published.remove(&id);
-                    Some(PersonId(id)).filter(|l| !self.peers.is_copy(*l))
+                    // Our own withdrawal (unpinned here): the identity stays.
+                    Some(PersonId(id)).filter(|l| !withdrawn && !self.peers.is_copy(*l))
                 } else {
                     let l = self.peers.local(&origin, id);
                     self.peers.copies.remove(&Peers::key(&origin, id));
@@ -378,7 +415,7 @@ impl Sharing {
                 let local = local.filter(|l| gallery.get(*l).is_some())?;
                 gallery.remove(local).ok()?;
                 log::info!("shared identity {origin}/{id} erased (here: {local})");
-                Some(true)
+                Some(Applied::Erased(local))
             }
             RemoteUpdate::Upsert {
                 origin,
@@ -392,11 +429,18 @@ impl Sharing {
                     // Our own, from the broker. Still here: nothing to do. Issued by this
                     // gallery and gone: removed while we were off, erase it everywhere. Never
                     // issued by it (a new or recovered gallery file): take it back.
-                    if gallery.get(PersonId(id)).is_some() || self.peers.is_copy(PersonId(id)) {
+                    if let Some(info) = gallery.get(PersonId(id)) {
+                        // Unpinned while off or offline: withdraw it from sharing.
+                        if !info.pinned && !self.peers.is_copy(info.id) {
+                            self.erase.push((origin, id, true));
+                        }
+                        return None;
+                    }
+                    if self.peers.is_copy(PersonId(id)) {
                         return None;
                     }
                     if id < gallery.next_id().0 {
-                        self.erase.push((origin, id));
+                        self.erase.push((origin, id, false));
                         return None;
                     }
                     gallery.reserve_ids_below(PersonId(id.saturating_add(1)));
@@ -426,7 +470,7 @@ impl Sharing {
                 match gallery.restore(&info, exemplars.iter().map(|e| &e[..])) {
                     Ok(()) if own => {
                         log::info!("own identity {id} taken back from the broker");
-                        Some(false)
+                        Some(Applied::Stored)
                     }
                     Ok(()) => {
                         self.peers.copies.insert(Peers::key(&origin, id), local.0);
@@ -434,7 +478,7 @@ impl Sharing {
                             "shared identity {origin}/{id}{} copied here as {local}",
                             label.map(|l| format!(" ({l})")).unwrap_or_default()
                         );
-                        Some(false)
+                        Some(Applied::Stored)
                     }
                     Err(e) => {
                         self.peers.copies.remove(&Peers::key(&origin, id));
@@ -475,10 +519,13 @@ impl Sharing {
             self.published.remove(id);
         }
         for id in gone {
-            self.erase.push((self.origin.clone(), id));
+            // Still here but unpinned: withdrawn from sharing, not erased.
+            let withdrawn = gallery.get(PersonId(id)).is_some();
+            self.erase.push((self.origin.clone(), id, withdrawn));
         }
-        for (origin, id) in self.erase.drain(..) {
-            let stone = tombstone(&self.model, self.dim, &origin, id);
+        self.copies_removed(gallery);
+        for (origin, id, withdrawn) in self.erase.drain(..) {
+            let stone = tombstone(&self.model, self.dim, &origin, id, withdrawn);
             out.push((topic(prefix, &self.model, &origin, id), stone));
         }
         for (origin, id) in self.clear.drain(..) {
@@ -530,7 +577,7 @@ mod tests {
         let mut at_yard = Sharing::new("yard", "m", Peers::default(), &yard);
         let got = parse_topic("reidcam", "m", &out[0].0).unwrap();
         let update = decode(&out[0].1, got, "m", 4, 4).unwrap();
-        assert_eq!(at_yard.apply(&mut yard, update), Some(false));
+        assert_eq!(at_yard.apply(&mut yard, update), Some(Applied::Stored));
         let copy = at_yard.peers.local("door", alice.0).unwrap();
         let info = yard.get(copy).unwrap();
         assert_eq!((info.label, info.pinned), (Some("alice"), true));
@@ -555,10 +602,90 @@ mod tests {
         assert!(stone.erased_at.is_some() && stone.exemplars.is_empty());
         let update = decode(&erase.1, ("door".into(), 1), "m", 4, 4).unwrap();
         assert!(matches!(update, RemoteUpdate::Erase { clear: false, .. }));
-        assert_eq!(at_door.apply(&mut door, update), Some(true));
+        assert_eq!(
+            at_door.apply(&mut door, update),
+            Some(Applied::Erased(alice))
+        );
         assert!(door.get(alice).is_none());
         let out = at_door.outgoing(&door, "reidcam");
         assert!(out.is_empty(), "already erased: {out:?}");
+    }
+
+    /// Unpinning an own identity withdraws it from sharing: the other cameras erase their
+    /// copies, the origin keeps it (its own tombstone coming back does not erase it). Unpinned
+    /// while offline, it is withdrawn when its retained message comes back.
+    #[test]
+    fn an_unpinned_identity_is_withdrawn_not_erased() {
+        let mut door = gallery();
+        let alice = enrol(&mut door, [0.6, 0.8, 0.0, 0.0], "alice");
+        let mut at_door = Sharing::new("door", "m", Peers::default(), &door);
+        let shared = at_door.outgoing(&door, "reidcam");
+        let mut yard = gallery();
+        let mut at_yard = Sharing::new("yard", "m", Peers::default(), &yard);
+        let update = decode(&shared[0].1, ("door".into(), 1), "m", 4, 4).unwrap();
+        assert_eq!(at_yard.apply(&mut yard, update), Some(Applied::Stored));
+        let copy = at_yard.peers.local("door", 1).unwrap();
+
+        door.edit(alice, None, Some(false)).unwrap();
+        let out = at_door.outgoing(&door, "reidcam");
+        assert_eq!(out.len(), 1, "{out:?}");
+        let stone: IdentityMessage = serde_json::from_slice(&out[0].1).unwrap();
+        assert!(stone.withdrawn && stone.erased_at.is_some(), "{stone:?}");
+        // Back at the door: kept.
+        let update = decode(&out[0].1, ("door".into(), 1), "m", 4, 4).unwrap();
+        assert_eq!(at_door.apply(&mut door, update.clone()), None);
+        assert!(door.get(alice).is_some_and(|i| !i.pinned));
+        // At the yard: the copy is erased.
+        assert_eq!(
+            at_yard.apply(&mut yard, update),
+            Some(Applied::Erased(copy))
+        );
+        assert!(yard.get(copy).is_none());
+
+        // Re-pinned: shared again. Unpinned while the door was off: a new run's Sharing has
+        // published nothing, and withdraws it when the old retained message arrives.
+        door.edit(alice, None, Some(true)).unwrap();
+        let again = at_door.outgoing(&door, "reidcam");
+        assert_eq!(again.len(), 1);
+        door.edit(alice, None, Some(false)).unwrap();
+        let mut next_run = Sharing::new("door", "m", Peers::default(), &door);
+        assert!(next_run.outgoing(&door, "reidcam").is_empty());
+        let update = decode(&again[0].1, ("door".into(), 1), "m", 4, 4).unwrap();
+        assert_eq!(next_run.apply(&mut door, update), None);
+        let out = next_run.outgoing(&door, "reidcam");
+        let stone: IdentityMessage = serde_json::from_slice(&out[0].1).unwrap();
+        assert!(stone.withdrawn, "{stone:?}");
+        assert!(door.get(alice).is_some());
+
+        // A plain erasure of the door's identity (from a peer) still erases it at the door.
+        let erased = tombstone("m", 4, "door", 1, false);
+        let update = decode(&erased, ("door".into(), 1), "m", 4, 4).unwrap();
+        assert_eq!(
+            next_run.apply(&mut door, update),
+            Some(Applied::Erased(alice))
+        );
+    }
+
+    /// A shared copy removed through the API while the daemon runs is erased everywhere at the
+    /// next publication (not only at the next start).
+    #[test]
+    fn a_copy_removed_while_running_is_erased_everywhere() {
+        let mut door = gallery();
+        enrol(&mut door, [0.6, 0.8, 0.0, 0.0], "alice");
+        let shared = Sharing::new("door", "m", Peers::default(), &door).outgoing(&door, "reidcam");
+        let mut yard = gallery();
+        let mut at_yard = Sharing::new("yard", "m", Peers::default(), &yard);
+        let update = decode(&shared[0].1, ("door".into(), 1), "m", 4, 4).unwrap();
+        at_yard.apply(&mut yard, update).unwrap();
+        assert!(at_yard.outgoing(&yard, "reidcam").is_empty());
+        let copy = at_yard.peers.local("door", 1).unwrap();
+        yard.remove(copy).unwrap();
+        let out = at_yard.outgoing(&yard, "reidcam");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, "reidcam/gallery/m/door/1");
+        let stone: IdentityMessage = serde_json::from_slice(&out[0].1).unwrap();
+        assert!(stone.erased_at.is_some() && !stone.withdrawn);
+        assert!(at_yard.peers.local("door", 1).is_none());
     }
 
     #[test]

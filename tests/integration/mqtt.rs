@@ -463,11 +463,23 @@ fn an_enrolled_person_is_shared_and_an_erasure_reaches_every_camera() {
     gallery_cli(&yard_g, &["remove", &at_yard[0].0]);
     let (_, err) = camera("yard", &yard_g);
     assert!(err.contains("erasing it everywhere"), "{err}");
+    // Alice's picture at the door goes with her, as soon as the erasure arrives.
+    let thumb = dir.join("door.bin.thumbs/1.jpg");
+    std::fs::write(
+        &thumb,
+        crate::common::encode(&crate::common::pattern(32, 64), image::ImageFormat::Jpeg),
+    )
+    .unwrap();
     let (door, err) = camera("door", &door_g);
     assert!(
         err.contains("shared identity door/1 erased"),
         "{door}: {err}"
     );
+    assert!(
+        err.contains("1 erased: tracks released, thumbnail deleted"),
+        "{err}"
+    );
+    assert!(!thumb.exists());
     assert!(listed(&door_g).is_empty(), "gone from the door's gallery");
     assert!(
         listed(&dir.join("door.bin.bak")).is_empty(),
