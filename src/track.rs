@@ -185,12 +185,13 @@ impl Tracker {
             .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
     }
 
-    /// Advances one frame: continues tracks with overlapping detections (best overlaps first),
-    /// starts tracks for the rest, ends tracks missed for too long. Ended tracks stay readable
-    /// (change `Ended`) until the next update.
-    pub fn update(&mut self, frame: u64, detections: &Detections) {
+    /// Advances one frame of `width × height`: continues tracks with overlapping detections
+    /// (best overlaps first), starts tracks for the rest, ends tracks missed for too long. Ended
+    /// tracks stay readable (change `Ended`) until the next update. A missed track's box is its
+    /// prediction, kept inside the frame.
+    pub fn update(&mut self, frame: u64, (width, height): (u32, u32), detections: &Detections) {
         self.clear_changes();
-        self.move_to(frame);
+        self.move_to(frame, width, height);
         self.used[..detections.len()].fill(false);
         for track in self.slots.iter_mut().flatten() {
             track.seen_now = false;
@@ -300,14 +301,9 @@ impl Tracker {
     /// inside a `width × height` frame); nothing is hit, missed, started or ended.
     pub fn predict(&mut self, frame: u64, width: u32, height: u32) {
         self.clear_changes();
-        self.move_to(frame);
+        self.move_to(frame, width, height);
         for track in self.slots.iter_mut().flatten() {
             track.seen_now = false;
-            let r = &mut track.rect;
-            r.width = r.width.min(width);
-            r.height = r.height.min(height);
-            r.x = r.x.min(width - r.width);
-            r.y = r.y.min(height - r.height);
         }
     }
 
@@ -321,8 +317,10 @@ impl Tracker {
         }
     }
 
-    /// Moves each track's box to where its velocity puts it at `frame`.
-    fn move_to(&mut self, frame: u64) {
+    /// Moves each track's box to where its velocity puts it at `frame`, kept inside a
+    /// `width × height` frame (a person walking out stops at the edge: a box past it would be
+    /// drawn, reported and cropped where there is no picture).
+    fn move_to(&mut self, frame: u64, width: u32, height: u32) {
         for track in self.slots.iter_mut().flatten() {
             let (px, py, pf) = track.seen_at;
             let dt = frame.saturating_sub(pf) as f32;
@@ -331,8 +329,10 @@ impl Tracker {
             }
             let (cx, cy) = (px + track.velocity.0 * dt, py + track.velocity.1 * dt);
             let r = &mut track.rect;
-            r.x = (cx - r.width as f32 / 2.0).round().max(0.0) as u32;
-            r.y = (cy - r.height as f32 / 2.0).round().max(0.0) as u32;
+            r.width = r.width.min(width);
+            r.height = r.height.min(height);
+            r.x = ((cx - r.width as f32 / 2.0).round().max(0.0) as u32).min(width - r.width);
+            r.y = ((cy - r.height as f32 / 2.0).round().max(0.0) as u32).min(height - r.height);
         }
     }
 
@@ -383,7 +383,7 @@ mod tests {
         for f in 0..20u32 {
             let a = Rect::new(10 + f * 8, 20, 40, 100);
             let b = Rect::new(300 - f * 8, 30, 40, 100);
-            tracker.update(u64::from(f), &dets(&[a, b]));
+            tracker.update(u64::from(f), (640, 480), &dets(&[a, b]));
             for (_, t) in tracker.tracks() {
                 if t.rect == a {
                     ids_a.push(t.id);
@@ -402,13 +402,13 @@ mod tests {
         assert_eq!(confirmed, 2);
         // Nobody for 3 frames: both end on the third.
         for f in 20..23 {
-            tracker.update(f, &Detections::new());
+            tracker.update(f, (640, 480), &Detections::new());
         }
         let ended = (0..tracker.capacity())
             .filter(|&s| tracker.change(s) == SlotChange::Ended)
             .count();
         assert_eq!(ended, 2);
-        tracker.update(23, &Detections::new());
+        tracker.update(23, (640, 480), &Detections::new());
         assert_eq!(tracker.tracks().count(), 0);
     }
 
@@ -421,7 +421,7 @@ mod tests {
         let mut ids = Vec::new();
         for f in 0..24u32 {
             if f % 4 == 0 {
-                tracker.update(u64::from(f), &dets(&[at(f)]));
+                tracker.update(u64::from(f), (640, 480), &dets(&[at(f)]));
             } else {
                 tracker.predict(u64::from(f), 640, 480);
             }
@@ -444,6 +444,23 @@ mod tests {
         assert!(t.rect.x + t.rect.width <= 640, "{:?}", t.rect);
     }
 
+    /// A walker leaving through the right edge: the missed rounds' predicted boxes stay inside
+    /// the frame (they are reported in the leave event and drawn on the live view).
+    #[test]
+    fn a_walker_leaving_the_frame_is_not_predicted_past_its_edge() {
+        let mut tracker = Tracker::new(TrackerConfig::default()).unwrap();
+        for f in 0..10u32 {
+            let r = Rect::new(500 + f * 10, 100, 40, 100);
+            tracker.update(u64::from(f), (640, 480), &dets(&[r]));
+        }
+        for f in 10..14 {
+            tracker.update(f, (640, 480), &Detections::new());
+            let (_, t) = tracker.tracks().next().expect("still tracked");
+            assert!(t.rect.x + t.rect.width <= 640, "frame {f}: {:?}", t.rect);
+            assert_eq!((t.rect.width, t.rect.height), (40, 100));
+        }
+    }
+
     #[test]
     fn a_full_table_ignores_extra_people() {
         let mut tracker = Tracker::new(TrackerConfig {
@@ -452,7 +469,7 @@ mod tests {
         })
         .unwrap();
         let people: Vec<Rect> = (0..4).map(|i| Rect::new(i * 100, 0, 50, 100)).collect();
-        tracker.update(0, &dets(&people));
+        tracker.update(0, (640, 480), &dets(&people));
         assert_eq!(tracker.tracks().count(), 2);
         assert_eq!(tracker.started(), 2);
     }

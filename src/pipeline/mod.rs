@@ -355,7 +355,7 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.stats.frames += 1;
         self.stats.detections += self.detections.len() as u64;
         if detect_now {
-            self.tracker.update(frame, &self.detections);
+            self.tracker.update(frame, (fw, fh), &self.detections);
         } else {
             self.tracker.predict(frame, fw, fh);
         }
