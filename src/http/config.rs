@@ -27,6 +27,11 @@ pub struct HttpSection {
     pub max_body_bytes: usize,
     /// Largest picture taken by `POST /api/v1/enrol` (JPEG or PNG).
     pub max_upload_bytes: usize,
+    /// PEM certificate chain (the server's first): serve HTTPS instead of HTTP. Needs
+    /// `tls_key_file`. Empty: plain HTTP.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`'s certificate (keep it 0600).
+    pub tls_key_file: String,
 }
 
 impl Default for HttpSection {
@@ -39,6 +44,8 @@ impl Default for HttpSection {
             stall_secs: 10,
             max_body_bytes: 16 << 10,
             max_upload_bytes: 4 << 20,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -62,6 +69,8 @@ pub struct HttpConfig {
     pub stall: Duration,
     pub max_body: usize,
     pub max_upload: usize,
+    /// Certificate chain and key files (HTTPS), checked at validation and read again at start.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -69,7 +78,8 @@ impl std::fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "http://{} ({})",
+            "{}://{} ({})",
+            if self.tls.is_some() { "https" } else { "http" },
             self.listen,
             match (&self.token_file, &self.users_file) {
                 (Some(_), Some(_)) => "token, users",
@@ -138,6 +148,29 @@ impl HttpSection {
                 ),
             ));
         }
+        let tls = match (self.tls_cert_file.is_empty(), self.tls_key_file.is_empty()) {
+            (true, true) => None,
+            (false, false) => {
+                let files = (
+                    PathBuf::from(&self.tls_cert_file),
+                    PathBuf::from(&self.tls_key_file),
+                );
+                super::tls::server_config(&files.0, &files.1)?;
+                Some(files)
+            }
+            (false, true) => {
+                return Err((
+                    "http.tls_key_file",
+                    "is empty: tls_cert_file needs the certificate's private key".into(),
+                ));
+            }
+            (true, false) => {
+                return Err((
+                    "http.tls_cert_file",
+                    "is empty: tls_key_file needs its certificate".into(),
+                ));
+            }
+        };
         Ok(Some(HttpConfig {
             listen,
             token_file,
@@ -145,6 +178,7 @@ impl HttpSection {
             stall: Duration::from_secs(self.stall_secs),
             max_body: self.max_body_bytes,
             max_upload: self.max_upload_bytes,
+            tls,
         }))
     }
 }

@@ -14,6 +14,7 @@ mod live;
 mod metrics;
 mod recent;
 mod routes;
+mod tls;
 mod users;
 
 pub use config::{HttpConfig, HttpSection, read_token};
@@ -38,6 +39,8 @@ pub enum HttpError {
     Token(String),
     #[error("http.users_file: {0}")]
     Users(String),
+    #[error("{0}: {1}")]
+    Tls(&'static str, String),
 }
 
 /// What the API asks the frame loop to change.
@@ -146,6 +149,9 @@ pub struct Http {
     commands: Receiver<Command>,
     server: Arc<tiny_http::Server>,
     threads: Vec<JoinHandle<()>>,
+    /// HTTPS (`http.tls_cert_file`): the TLS front end, and the private directory of the
+    /// plain-HTTP socket it relays to.
+    tls: Option<(tls::TlsFront, std::path::PathBuf)>,
     /// Frame-loop side: the last publication and what was summed since.
     last_publish: Instant,
     since: StageMs,
@@ -180,10 +186,36 @@ impl Http {
             .map(read_users)
             .transpose()
             .map_err(HttpError::Users)?;
-        let server = tiny_http::Server::http(config.listen).map_err(|e| HttpError::Listen {
+        let listen_error = |reason: String| HttpError::Listen {
             addr: config.listen.to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let (server, tls) = match &config.tls {
+            None => (
+                tiny_http::Server::http(config.listen).map_err(|e| listen_error(e.to_string()))?,
+                None,
+            ),
+            Some((cert, key)) => {
+                let tls_config =
+                    tls::server_config(cert, key).map_err(|(f, e)| HttpError::Tls(f, e))?;
+                let dir = tls::socket_dir().map_err(|e| listen_error(e.to_string()))?;
+                let socket = dir.join("http.sock");
+                let started = tiny_http::Server::http_unix(&socket)
+                    .map_err(|e| e.to_string())
+                    .and_then(|server| {
+                        let front = tls::TlsFront::start(config.listen, tls_config, socket)
+                            .map_err(|e| e.to_string())?;
+                        Ok((server, front))
+                    });
+                match started {
+                    Ok((server, front)) => (server, Some((front, dir))),
+                    Err(e) => {
+                        std::fs::remove_dir_all(&dir).ok();
+                        return Err(listen_error(e));
+                    }
+                }
+            }
+        };
         let server = Arc::new(server);
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Shared {
@@ -211,12 +243,18 @@ impl Http {
                     .expect("spawn an HTTP thread")
             })
             .collect();
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .map_or_else(|| config.listen.to_string(), |a| a.to_string());
+        let bound = match &tls {
+            Some((front, _)) => format!("https://{}", front.local_addr()),
+            None => format!(
+                "http://{}",
+                server
+                    .server_addr()
+                    .to_ip()
+                    .map_or_else(|| config.listen.to_string(), |a| a.to_string())
+            ),
+        };
         log::info!(
-            "http: listening on http://{bound} ({})",
+            "http: listening on {bound} ({})",
             match (&shared.token, &shared.users) {
                 (Some(_), Some(_)) => "bearer token or password required",
                 (Some(_), None) => "bearer token required",
@@ -229,6 +267,7 @@ impl Http {
             commands: rx,
             server,
             threads,
+            tls,
             last_publish: Instant::now(),
             since: StageMs::default(),
             since_frames: 0,
@@ -241,7 +280,10 @@ impl Http {
 
     /// The address actually bound (port 0 in the configuration picks a free one).
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.server.server_addr().to_ip()
+        match &self.tls {
+            Some((front, _)) => Some(front.local_addr()),
+            None => self.server.server_addr().to_ip(),
+        }
     }
 
     /// The frame loop is alive (each turn, frame or not).
@@ -370,9 +412,15 @@ impl Http {
 
     fn shutdown(&mut self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
+        if let Some((front, _)) = &mut self.tls {
+            front.stop();
+        }
         self.server.unblock();
         for t in self.threads.drain(..) {
             t.join().ok();
+        }
+        if let Some((_, dir)) = self.tls.take() {
+            std::fs::remove_dir_all(&dir).ok();
         }
     }
 }

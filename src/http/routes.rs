@@ -193,7 +193,7 @@ fn authorised(request: &Request, shared: &Shared) -> bool {
             "http: wrong user name or password from {}",
             request
                 .remote_addr()
-                .map_or_else(|| "?".to_owned(), |a| a.ip().to_string())
+                .map_or_else(|| "an HTTPS client".to_owned(), |a| a.ip().to_string())
         );
         std::thread::sleep(super::users::PENALTY);
     }

@@ -327,8 +327,23 @@ impl Drop for Subscriber {
     }
 }
 
-/// A CA and a server certificate for localhost / 127.0.0.1, signed by it.
-fn make_certificates(dir: &Path) {
+/// openssl is installed (tests that make certificates); under CI its absence is a failure.
+pub fn openssl_present() -> bool {
+    let found = Command::new("sh")
+        .args(["-c", "command -v openssl"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "openssl missing: tools/setup.sh installs it"
+    );
+    found
+}
+
+/// A CA and a server certificate for localhost / 127.0.0.1, signed by it (`ca.crt`,
+/// `server.crt`, `server.key`), and a second CA that signed nothing (`other-ca.crt`).
+pub fn make_certificates(dir: &Path) {
     let d = |f: &str| dir.join(f).to_str().unwrap().to_owned();
     std::fs::write(
         dir.join("san.ext"),

@@ -16,9 +16,13 @@ use base64ct::Encoding as _;
 use crate::common::{command, models, reidcam, s, scratch};
 
 mod browser;
+mod tls;
 mod view;
 
 pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
+
+pub(crate) trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// One request; returns (status, body). `HTTP/1.0`-style: one request per connection.
 pub(crate) fn request(
@@ -45,6 +49,19 @@ pub(crate) fn exchange(
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    talk(&mut stream, addr, method, path, token, content_type, body)
+}
+
+/// [`exchange`] over an open connection (plain or TLS).
+pub(crate) fn talk(
+    stream: &mut impl ReadWrite,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
@@ -96,6 +113,18 @@ pub(crate) fn exchange(
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("{method} {path}: no status line in {head:?}"));
     (status, head, raw[split + 4..].to_vec())
+}
+
+/// Polls `f` every 200 ms until it gives a value (at most `secs`).
+pub(crate) fn within<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 pub(crate) fn json(body: &str) -> serde_json::Value {
@@ -151,8 +180,10 @@ impl Daemon {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("the daemon logs its HTTP address");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1)
+                && let Some((_, addr)) = rest.split_once("://")
+            {
+                break addr.split_whitespace().next().unwrap().parse().unwrap();
             }
         };
         Daemon {
@@ -160,6 +191,10 @@ impl Daemon {
             addr,
             log: rx,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

@@ -4,25 +4,12 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use super::{Daemon, exchange, json, listed_ids, request, scene_config};
+use super::{Daemon, exchange, json, listed_ids, request, scene_config, within};
 use crate::common::{models, scratch};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// Polls `f` every 200 ms until it gives a value (at most `secs`).
-fn within<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A row of `reidcam gallery list` for `id`: (label, pinned).
