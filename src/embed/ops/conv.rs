@@ -1,0 +1,301 @@
+//! [`Depthwise`] 3×3 and [`FullConv`] convolutions (+ ReLU), and the rules that fuse them.
+
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use crate::embed::kernels::{Isa, conv, depthwise};
+
+use super::graph::*;
+use super::parallel::*;
+use super::recycle::*;
+
+/// A fused depthwise 3×3 stride-1 convolution: bias, optional ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Depthwise {
+    isa: Isa,
+    shape: depthwise::Shape,
+    weights: Floats,
+    bias: Floats,
+    relu: bool,
+    pub(super) output: Output,
+}
+
+impl Depthwise {
+    fn describe(&self) -> String {
+        format!("{:?} relu {} {}", self.shape, self.relu, self.isa)
+    }
+}
+
+reidcam_op!(Depthwise, "ReidcamDepthwise3x3");
+
+impl Depthwise {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let shape = self.shape;
+        let plane = shape.height * shape.width;
+        let batch = x.len() / (shape.channels * plane);
+        let run =
+            |shape: depthwise::Shape, batch, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    depthwise::depthwise3x3(self.isa, shape, batch, x, w, b, self.relu, y, scratch)
+                })
+            };
+        if batch > 1 {
+            let image = shape.channels * plane;
+            split_units(y, image, batch, 9 * y.len(), |images, y| {
+                let x = &x[images.start * image..images.end * image];
+                run(shape, images.len(), x, &self.weights.0, &self.bias.0, y)
+            });
+        } else {
+            split_units(y, plane, shape.channels, 9 * y.len(), |channels, y| {
+                let part = depthwise::Shape {
+                    channels: channels.len(),
+                    ..shape
+                };
+                let x = &x[channels.start * plane..channels.end * plane];
+                let w = &self.weights.0[channels.start * 9..channels.end * 9];
+                run(part, 1, x, w, &self.bias.0[channels], y)
+            });
+        }
+    }
+}
+
+/// A fused full (one-group) convolution: bias, optional ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullConv {
+    isa: Isa,
+    shape: conv::Shape,
+    offsets: Arc<[usize]>,
+    weights: Floats,
+    bias: Floats,
+    relu: bool,
+    pub(super) output: Output,
+}
+
+impl FullConv {
+    fn describe(&self) -> String {
+        format!("{:?} relu {} {}", self.shape, self.relu, self.isa)
+    }
+}
+
+reidcam_op!(FullConv, "ReidcamConv");
+
+impl FullConv {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let shape = self.shape;
+        let (oh, ow) = shape.output().expect("checked when the op was made");
+        let (x_len, plane) = (shape.inputs * shape.height * shape.width, oh * ow);
+        let y_len = shape.outputs * plane;
+        for (image, y) in x.chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let phases = conv::phase_split(shape, image, scratch);
+                // Output channels to threads, all reading the same phase-split image.
+                split_units(
+                    y,
+                    plane,
+                    shape.outputs,
+                    y.len() * self.offsets.len(),
+                    |outputs, y| {
+                        let taps = self.offsets.len();
+                        conv::convolve(
+                            self.isa,
+                            shape,
+                            &self.offsets,
+                            phases,
+                            &self.weights.0[outputs.start * taps..outputs.end * taps],
+                            &self.bias.0[outputs],
+                            self.relu,
+                            y,
+                        )
+                    },
+                );
+            });
+        }
+    }
+}
+
+/// A `Conv` our kernels may take: f32, NCHW (or CHW), OIHW constant kernel and bias, no
+/// dilation, concrete shapes, and read by someone.
+pub(super) struct ConvNode<'a> {
+    conv: &'a Conv,
+    kernel: Arc<Tensor>,
+    bias: Arc<Tensor>,
+    data_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+    /// (top, left, bottom, right).
+    padding: (usize, usize, usize, usize),
+    /// Equal along both axes.
+    stride: usize,
+}
+
+/// The stride (equal along both axes) and padding (top, left, bottom, right) of a 2-D `conv` our
+/// kernels can take: NCHW (or CHW), OIHW weights, no dilation, explicit padding.
+pub(super) fn conv_layout(conv: &Conv) -> Option<(usize, (usize, usize, usize, usize))> {
+    let spec = &conv.pool_spec;
+    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+    let undilated = spec
+        .dilations
+        .as_ref()
+        .is_none_or(|d| d.iter().all(|&d| d == 1));
+    let fits = spec.kernel_shape.len() == 2
+        && strides.len() == 2
+        && strides[0] == strides[1]
+        && undilated
+        && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        && conv.kernel_fmt == KernelFormat::OIHW;
+    explicit_padding(&spec.padding, true)
+        .filter(|_| fits)
+        .map(|padding| (strides[0], padding))
+}
+
+pub(crate) fn conv_node(model: &TypedModel, id: usize) -> TractResult<Option<ConvNode<'_>>> {
+    let node = model.node(id);
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let ours = conv.q_params.is_none()
+        && node.inputs.len() == 3
+        && !model.outlet_successors(OutletId::new(id, 0)).is_empty();
+    let Some((stride, padding)) = conv_layout(conv).filter(|_| ours) else {
+        return Ok(None);
+    };
+    let (Some(kernel), Some(bias)) = (konst(model, node.inputs[1])?, konst(model, node.inputs[2])?)
+    else {
+        return Ok(None);
+    };
+    let data = model.outlet_fact(node.inputs[0])?;
+    let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
+    let (Some(data_shape), Some(out_shape)) =
+        (data.shape.as_concrete(), out_fact.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    if data.datum_type != f32::datum_type()
+        || batch_of(data_shape).is_none()
+        || batch_of(out_shape) != batch_of(data_shape)
+    {
+        return Ok(None);
+    }
+    Ok(Some(ConvNode {
+        conv,
+        kernel,
+        bias,
+        data_shape: data_shape.to_vec(),
+        out_shape: out_shape.to_vec(),
+        padding,
+        stride,
+    }))
+}
+
+/// The conv's output, or its trailing ReLU's when it has one: (last outlet, relu, nodes).
+pub(super) fn conv_output(
+    model: &TypedModel,
+    id: usize,
+    shape: &[usize],
+) -> TractResult<(OutletId, bool, usize)> {
+    let conv_out = OutletId::new(id, 0);
+    Ok(match trailing_relu(model, conv_out, shape)? {
+        Some(r) => (r, true, 2),
+        None => (conv_out, false, 1),
+    })
+}
+
+pub(crate) fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let Some(c) = conv_node(model, id)? else {
+        return Ok(None);
+    };
+    let spec = &c.conv.pool_spec;
+    let channels = spec.input_channels;
+    let r = c.data_shape.len();
+    let fits = c.conv.group == channels
+        && spec.output_channels == channels
+        && spec.kernel_shape.as_slice() == [3, 3]
+        && c.stride == 1
+        && c.padding == (1, 1, 1, 1)
+        && c.out_shape == c.data_shape
+        && c.data_shape[r - 3] == channels
+        && c.kernel.len() == channels * 9;
+    let Some(bias) = values(&c.bias, channels)?.filter(|_| fits) else {
+        return Ok(None);
+    };
+    let shape = depthwise::Shape {
+        channels,
+        height: c.data_shape[r - 2],
+        width: c.data_shape[r - 1],
+    };
+    let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;
+    let op = Depthwise {
+        isa,
+        shape,
+        weights: Floats(flushed_weights(&c.kernel)?.into()),
+        bias: Floats(bias.into()),
+        relu,
+        output: Output::new(c.out_shape.into()),
+    };
+    Ok(Some((
+        fuse(model, &[model.node(id).inputs[0]], last, op)?,
+        replaced,
+    )))
+}
+
+/// The geometry of `conv` as a one-group convolution our kernels take (`kernels::conv`, and
+/// `kernels::qconv` for a quantised one) from `data_shape` to `out_shape` (`[N,] C, H, W`):
+/// one group, the layout of [`conv_layout`].
+pub(crate) fn full_conv_shape(
+    conv: &Conv,
+    data_shape: &[usize],
+    out_shape: &[usize],
+) -> Option<conv::Shape> {
+    let spec = &conv.pool_spec;
+    let (stride, padding) = conv_layout(conv)?;
+    let batch = batch_of(data_shape)?;
+    if conv.group != 1 || batch_of(out_shape) != Some(batch) {
+        return None;
+    }
+    let (r, ro) = (data_shape.len(), out_shape.len());
+    let shape = conv::Shape {
+        inputs: spec.input_channels,
+        outputs: spec.output_channels,
+        height: data_shape[r - 2],
+        width: data_shape[r - 1],
+        kernel: (spec.kernel_shape[0], spec.kernel_shape[1]),
+        stride,
+        padding,
+    };
+    let fits = data_shape[r - 3] == shape.inputs
+        && out_shape[ro - 3] == shape.outputs
+        && shape.output() == Some((out_shape[ro - 2], out_shape[ro - 1]));
+    fits.then_some(shape)
+}
+
+pub(crate) fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let Some(c) = conv_node(model, id)? else {
+        return Ok(None);
+    };
+    let Some(shape) = full_conv_shape(c.conv, &c.data_shape, &c.out_shape).filter(|shape| {
+        c.kernel.len() == shape.outputs * shape.inputs * shape.kernel.0 * shape.kernel.1
+    }) else {
+        return Ok(None);
+    };
+    let Some(bias) = values(&c.bias, shape.outputs)? else {
+        return Ok(None);
+    };
+    let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;
+    let op = FullConv {
+        isa,
+        shape,
+        offsets: shape.offsets().into(),
+        weights: Floats(flushed_weights(&c.kernel)?.into()),
+        bias: Floats(bias.into()),
+        relu,
+        output: Output::new(c.out_shape.into()),
+    };
+    Ok(Some((
+        fuse(model, &[model.node(id).inputs[0]], last, op)?,
+        replaced,
+    )))
+}

@@ -1,0 +1,197 @@
+//! The int8 ops, [`QuantPointwise`] and [`QuantFullConv`], and the rule that puts the first in
+//! place (the second is made by `embed::int8`).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+
+use crate::embed::kernels::qconv;
+use crate::embed::kernels::qpointwise::{self, Dot};
+
+use super::graph::*;
+use super::recycle::*;
+
+/// An int8 1×1 convolution between f32 edges (made by `embed::int8` from a quantised model):
+/// quantises its input, multiplies in int8, stores dequantised values; then an optional residual
+/// (second input) and ReLU, fused by [`use_reidcam_kernels`].
+#[derive(Clone, Debug)]
+pub struct QuantPointwise {
+    dot: Dot,
+    layer: Arc<qpointwise::Layer>,
+    residual: bool,
+    relu: bool,
+    pub(super) output: Output,
+}
+
+impl PartialEq for QuantPointwise {
+    fn eq(&self, other: &Self) -> bool {
+        // Layers are made once per model node: the same layer or not.
+        Arc::ptr_eq(&self.layer, &other.layer)
+            && (self.dot, self.residual, self.relu) == (other.dot, other.residual, other.relu)
+            && self.output == other.output
+    }
+}
+
+impl Eq for QuantPointwise {}
+
+thread_local! {
+    /// The int8 kernel's scratch (the quantised input words): grown to the largest layer once
+    /// per thread, then reused.
+    static QUANT_SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl QuantPointwise {
+    pub(crate) fn new(dot: Dot, layer: Arc<qpointwise::Layer>, output_shape: TVec<usize>) -> Self {
+        QuantPointwise {
+            dot,
+            layer,
+            residual: false,
+            relu: false,
+            output: Output::new(output_shape),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:?} residual {} relu {} {}",
+            self.layer.shape, self.residual, self.relu, self.dot
+        )
+    }
+}
+
+reidcam_op!(QuantPointwise, "ReidcamQuantPointwise");
+
+impl QuantPointwise {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let shape = self.layer.shape;
+        let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
+        let residual = inputs.get(1).copied();
+        QUANT_SCRATCH.with_borrow_mut(|words| {
+            for (n, (x, y)) in inputs[0]
+                .chunks_exact(x_len)
+                .zip(y.chunks_exact_mut(y_len))
+                .enumerate()
+            {
+                let res = residual.map(|r| &r[n * y_len..][..y_len]);
+                self.layer.run(self.dot, x, res, self.relu, y, words);
+            }
+        });
+    }
+}
+
+/// An int8 full convolution between f32 edges (a quantised model's stem, made by `embed::int8`):
+/// quantises its input image, multiplies in int8 (`kernels::qconv`), stores dequantised values;
+/// then an optional ReLU, fused by [`use_reidcam_kernels`].
+#[derive(Clone, Debug)]
+pub struct QuantFullConv {
+    dot: Dot,
+    layer: Arc<qconv::ConvLayer>,
+    relu: bool,
+    pub(super) output: Output,
+}
+
+impl PartialEq for QuantFullConv {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.layer, &other.layer)
+            && (self.dot, self.relu) == (other.dot, other.relu)
+            && self.output == other.output
+    }
+}
+
+impl Eq for QuantFullConv {}
+
+thread_local! {
+    /// The int8 convolution's scratch (codes, words): grown to the largest layer once per
+    /// thread, then reused.
+    static QUANT_CONV_SCRATCH: RefCell<qconv::Scratch> = RefCell::new(qconv::Scratch::default());
+}
+
+impl QuantFullConv {
+    pub(crate) fn new(dot: Dot, layer: Arc<qconv::ConvLayer>, output_shape: TVec<usize>) -> Self {
+        QuantFullConv {
+            dot,
+            layer,
+            relu: false,
+            output: Output::new(output_shape),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:?} relu {} {}",
+            self.layer.geometry(),
+            self.relu,
+            self.dot
+        )
+    }
+}
+
+reidcam_op!(QuantFullConv, "ReidcamQuantConv");
+
+impl QuantFullConv {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let g = self.layer.geometry();
+        let (oh, ow) = g.output().expect("checked when the layer was made");
+        let (x_len, y_len) = (g.inputs * g.height * g.width, g.outputs * oh * ow);
+        QUANT_CONV_SCRATCH.with_borrow_mut(|scratch| {
+            for (x, y) in inputs[0].chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
+                self.layer.run(self.dot, x, self.relu, y, scratch);
+            }
+        });
+    }
+}
+
+/// Our int8 1×1 convolution (not yet fused) followed by a residual `Add` and/or a ReLU, or our
+/// int8 full convolution followed by a ReLU: the same op with them fused.
+// Where `Dot` has no variant (armv7) there is no such op, and the code after the match is dead.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unreachable_code, unused_variables, unused_mut)
+)]
+pub(super) fn quant_pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
+    let node = model.node(id);
+    if let Some(op) = node.op_as::<QuantFullConv>() {
+        let shape = op.output.shape.to_vec();
+        return Ok(match trailing_relu(model, OutletId::new(id, 0), &shape)? {
+            Some(last) if !op.relu => {
+                let fused = QuantFullConv {
+                    relu: true,
+                    ..op.clone()
+                };
+                Some((fuse(model, &[node.inputs[0]], last, fused)?, 1))
+            }
+            _ => None,
+        });
+    }
+    let Some(op) = node.op_as::<QuantPointwise>() else {
+        return Ok(None);
+    };
+    if op.residual || op.relu {
+        return Ok(None);
+    }
+    let shape = op.output.shape.to_vec();
+    let mut fused = op.clone();
+    let mut last = OutletId::new(id, 0);
+    let mut replaced = 0;
+    let mut residual = None;
+    if let Some(next) = sole_reader(model, last.node)?
+        && let Some(r) = residual_add(model, next, last, &shape)?
+    {
+        residual = Some(r);
+        fused.residual = true;
+        last = OutletId::new(next.id, 0);
+        replaced += 1;
+    }
+    if let Some(r) = trailing_relu(model, last, &shape)? {
+        fused.relu = true;
+        last = r;
+        replaced += 1;
+    }
+    if replaced == 0 {
+        return Ok(None);
+    }
+    let mut inputs = vec![node.inputs[0]];
+    inputs.extend(residual);
+    Ok(Some((fuse(model, &inputs, last, fused)?, replaced)))
+}
