@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-
 /// Below this many multiply-adds (or pooled values) an op runs on one thread: waking a pool
 /// thread and waiting for it costs tens of microseconds (measured on the 2-core CI machine:
 /// splitting every layer of OSNet x0.25 made a crop 30% slower), more than a small layer takes.
