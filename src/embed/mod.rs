@@ -117,11 +117,16 @@ mod int8;
 pub mod kernels;
 mod network;
 mod ops;
+mod profile;
+mod vector;
 
 pub use kernels::Isa;
 pub use kernels::qpointwise::Dot;
 pub use network::Network;
 pub use ops::Rewritten;
+pub use profile::{OpTime, flush_subnormal_weights};
+use vector::l2_normalise;
+pub use vector::{Embedding, Embeddings, cosine, dot};
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -725,195 +730,6 @@ impl Embedder {
             data: &self.output[..n * dim],
             dim,
         })
-    }
-}
-
-/// Rewrites an ONNX model with its subnormal f32 initializer values (|w| < 2⁻¹²⁶) set to zero,
-/// which is what our kernels do at load time (see `embed::ops`): engines without that step pay a
-/// microcode assist per product on x86 (onnxruntime's NCHWc kernels run OSNet x0.25 4× slower
-/// with torchreid's weights). Returns the new model and how many values changed.
-pub fn flush_subnormal_weights(bytes: &[u8], label: &str) -> Result<(Vec<u8>, usize), EmbedError> {
-    use prost::Message;
-    use tract_onnx::pb::{ModelProto, tensor_proto::DataType};
-    let mut model = ModelProto::decode(bytes).map_err(|e| EmbedError::NotOnnx {
-        model: label.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let mut flushed = 0;
-    if let Some(graph) = model.graph.as_mut() {
-        for tensor in &mut graph.initializer {
-            if tensor.data_type != DataType::Float as i32 {
-                continue;
-            }
-            flushed += ops::flush_subnormals(&mut tensor.float_data);
-            for chunk in tensor.raw_data.chunks_exact_mut(4) {
-                let v = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-                if v.is_subnormal() {
-                    chunk.copy_from_slice(&0f32.to_le_bytes());
-                    flushed += 1;
-                }
-            }
-        }
-    }
-    Ok((model.encode_to_vec(), flushed))
-}
-
-/// Time spent in one kind of operator over a profiled run (see [`Embedder::profile`]).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct OpTime {
-    /// tract's name for the operator, ours start with `Reidcam`.
-    pub op: String,
-    /// Nodes of this kind in the plan.
-    pub nodes: usize,
-    /// Mean time per run, ms.
-    pub ms: f64,
-}
-
-impl Embedder {
-    /// Runs the model's first part `runs` times (after one untimed run) on this thread, timing
-    /// every node, and returns the time per operator kind, most expensive first (per node, with
-    /// the op's parameters, when `REIDCAM_PROFILE_NODES` is set). The timing itself adds a little
-    /// per node.
-    pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
-        let runs = runs.max(1);
-        let per_node = std::env::var_os("REIDCAM_PROFILE_NODES").is_some();
-        let mut times: std::collections::HashMap<String, (usize, f64)> = Default::default();
-        let label = self.label.clone();
-        let part = &mut self.parts[0];
-        for run in 0..=runs {
-            let input = TValue::from_const(Arc::clone(&part.input));
-            let mut seen = std::collections::HashSet::new();
-            part.state
-                .run_plan_with_eval(tvec![input], |ctx, state, node, inputs| {
-                    let started = Instant::now();
-                    let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
-                    if run > 0 {
-                        let key = if per_node {
-                            format!(
-                                "{} {}",
-                                node.op().name(),
-                                node.op().info().unwrap_or_default().join(" ")
-                            )
-                        } else {
-                            node.op().name().to_string()
-                        };
-                        let entry = times.entry(key).or_default();
-                        entry.1 += started.elapsed().as_secs_f64() * 1e3;
-                        if run == 1 && seen.insert(node.id) {
-                            entry.0 += 1;
-                        }
-                    }
-                    outputs
-                })
-                .map_err(|e| EmbedError::Run {
-                    model: label.clone(),
-                    reason: reason_line(&e),
-                })?;
-        }
-        let mut ops: Vec<OpTime> = times
-            .into_iter()
-            .map(|(op, (nodes, ms))| OpTime {
-                op,
-                nodes,
-                ms: ms / runs as f64,
-            })
-            .collect();
-        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-        Ok(ops)
-    }
-}
-
-/// Embeddings of one run, borrowed from the embedder: `len()` rows of `dim()` values.
-#[derive(Clone, Copy, Debug)]
-pub struct Embeddings<'a> {
-    data: &'a [f32],
-    dim: usize,
-}
-
-impl<'a> Embeddings<'a> {
-    pub fn len(&self) -> usize {
-        self.data.len() / self.dim
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    /// Embedding `i` as a slice.
-    pub fn row(&self, i: usize) -> &'a [f32] {
-        &self.data[i * self.dim..(i + 1) * self.dim]
-    }
-
-    pub fn rows(&self) -> impl Iterator<Item = &'a [f32]> + 'a {
-        self.data.chunks_exact(self.dim)
-    }
-
-    /// The rows as an `len() × dim()` matrix view.
-    pub fn as_array(&self) -> ndarray::ArrayView2<'a, f32> {
-        ndarray::ArrayView2::from_shape((self.len(), self.dim), self.data)
-            .expect("rows are dim long")
-    }
-
-    /// All rows, flat (`len() × dim()`).
-    pub fn as_flat(&self) -> &'a [f32] {
-        self.data
-    }
-
-    /// An owned copy of embedding `i`.
-    pub fn to_embedding(&self, i: usize) -> Embedding {
-        Embedding(self.row(i).to_vec())
-    }
-}
-
-/// An owned, L2-normalised embedding (all zeros if the model produced a zero vector).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Embedding(Vec<f32>);
-
-impl Embedding {
-    /// Normalises `values` and wraps them.
-    pub fn from_raw(mut values: Vec<f32>) -> Self {
-        l2_normalise(&mut values);
-        Self(values)
-    }
-
-    pub fn as_slice(&self) -> &[f32] {
-        &self.0
-    }
-
-    pub fn dim(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Cosine similarity; both sides are unit vectors, so this is their dot product.
-    pub fn cosine(&self, other: &Embedding) -> f32 {
-        dot(&self.0, &other.0)
-    }
-}
-
-/// Dot product of two equally long slices.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot of different lengths");
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// Cosine similarity of two vectors of any norm (0 if either is zero).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (na, nb) = (dot(a, a).sqrt(), dot(b, b).sqrt());
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot(a, b) / (na * nb)
-    }
-}
-
-fn l2_normalise(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 && norm.is_finite() {
-        v.iter_mut().for_each(|x| *x /= norm);
     }
 }
 
