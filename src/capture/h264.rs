@@ -160,8 +160,16 @@ impl H264Source {
                             .map_err(|e| bad(format!("cannot read MP4 sample {next_sample}: {e}")))?
                             .ok_or_else(|| bad(format!("MP4 sample {next_sample} is missing")))?;
                         *next_sample += 1;
-                        avcc_to_annexb(&sample.bytes, *length_size, &mut self.packet)
-                            .map_err(|e| bad(format!("MP4 sample {}: {e}", *next_sample - 1)))?;
+                        if let Err(e) =
+                            avcc_to_annexb(&sample.bytes, *length_size, &mut self.packet)
+                        {
+                            // That sample is skipped; the next starts clean.
+                            self.packet.clear();
+                            return Err(CaptureError::bad_frame(
+                                path,
+                                format!("frame {sequence}: MP4 sample {}: {e}", *next_sample - 1),
+                            ));
+                        }
                         true
                     }
                 }
@@ -170,12 +178,16 @@ impl H264Source {
                     .map_err(|e| bad(format!("cannot read: {e}")))?,
             };
             let decoded = if more {
-                let d = self
-                    .decoder
-                    .decode(&self.packet)
-                    .map_err(|e| bad(format!("H.264 decoding failed: {e}")))?;
+                let d = self.decoder.decode(&self.packet);
                 self.packet.clear();
-                d
+                // The decoder goes on with the next access unit (pictures that referred to
+                // the damaged one may show artefacts until the next key frame).
+                d.map_err(|e| {
+                    CaptureError::bad_frame(
+                        path,
+                        format!("frame {sequence}: H.264 decoding failed: {e}"),
+                    )
+                })?
             } else {
                 // End of the file: the pictures still in the reorder buffer, one per call.
                 if self.flushed >= MAX_FLUSHED {

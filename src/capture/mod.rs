@@ -97,6 +97,11 @@ pub enum CaptureError {
     Timeout { device: PathBuf, timeout: Duration },
     #[error("{}: {problem}", path.display())]
     Replay { path: PathBuf, problem: String },
+    /// One frame of a replay could not be read or decoded; the source has moved past it (the
+    /// next call reads the next frame). The daemon skips and counts these, as a camera drops a
+    /// bad frame.
+    #[error("{}: damaged frame skipped: {problem}", path.display())]
+    BadFrame { path: PathBuf, problem: String },
     #[error("{source_name}: end of stream")]
     Ended { source_name: String },
     #[error("{device}: frame {sequence}: {source}")]
@@ -119,6 +124,13 @@ impl CaptureError {
 }
 
 impl CaptureError {
+    pub(crate) fn bad_frame(path: &Path, problem: impl Into<String>) -> Self {
+        CaptureError::BadFrame {
+            path: path.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
     pub(crate) fn replay(path: &Path, problem: impl Into<String>) -> Self {
         CaptureError::Replay {
             path: path.to_owned(),

@@ -138,11 +138,17 @@ impl FrameSource for ImageDirSource {
         if index >= self.files.len() {
             return Err(ended(&self.dir));
         }
-        // Image 0 was decoded when opening (to learn the size).
-        if index > 0 {
-            self.load(index)?;
-        }
         self.next += 1;
+        // Image 0 was decoded when opening (to learn the size). A later one that cannot be
+        // read or decoded is skipped (the error says which).
+        if index > 0
+            && let Err(e) = self.load(index)
+        {
+            return Err(match e {
+                CaptureError::Replay { path, problem } => CaptureError::BadFrame { path, problem },
+                other => other,
+            });
+        }
         Ok(Frame {
             image: self.rgb.view(),
             sequence: index as u64,
@@ -214,8 +220,9 @@ impl MjpegSource {
             return Ok(false);
         }
         self.offset += self.bytes.len() as u64;
+        // The frame's bytes are read: a frame that does not decode is skipped.
         decode_image_into(&self.bytes, &mut self.rgb).map_err(|e| {
-            CaptureError::replay(
+            CaptureError::bad_frame(
                 &self.path,
                 format!("frame {} at byte {at}: {e}", self.numbering.sequence()),
             )

@@ -164,4 +164,14 @@ fn print_summary(s: &Summary) {
         s.gallery_saves,
         s.camera_reopens
     );
+    if s.bad_frames > 0 || s.damaged.is_some() {
+        eprintln!(
+            "replay: {} damaged frame(s) skipped{}",
+            s.bad_frames,
+            s.damaged
+                .as_deref()
+                .map(|d| format!("; ended at a damaged part: {d}"))
+                .unwrap_or_default()
+        );
+    }
 }

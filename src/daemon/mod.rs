@@ -81,6 +81,12 @@ pub struct Summary {
     /// Milliseconds per embedded crop.
     pub embed_per_crop_ms: f64,
     pub camera_reopens: u64,
+    /// Replay frames that could not be decoded and were skipped.
+    pub bad_frames: u64,
+    /// A replay that broke off at a damaged part (the run ended there, as at the end of the
+    /// stream, with everything saved and reported): what was wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
     pub reloads: u64,
     /// Resident memory (KiB) after warm-up (frame `warmup_frames`), at the end, and the most
     /// seen after warm-up (sampled every 100 frames).
@@ -89,7 +95,7 @@ pub struct Summary {
     pub rss_end_kib: u64,
     pub rss_max_kib: u64,
     pub gallery_saves: u64,
-    /// Why the loop ended: `end of stream`, `frame limit`, `stopped`.
+    /// Why the loop ended: `end of stream`, `damaged stream`, `frame limit`, `stopped`.
     pub ended_by: String,
     /// The detector ran on every this many frames (the last value in force).
     pub detect_every: u32,
@@ -220,6 +226,10 @@ impl Running {
         Ok(())
     }
 }
+
+/// Damaged replay frames in a row after which the stream is given up (a file that is damaged
+/// throughout, or not video at all past its header).
+const MAX_BAD_IN_A_ROW: u32 = 100;
 
 /// How often own gallery changes are looked for and published (`mqtt.share_gallery`).
 const SHARE_EVERY: Duration = Duration::from_secs(1);
@@ -361,6 +371,8 @@ fn frame_loop(
     summary.model = format!("{} ({})", running.model_tag.name, config.model.display());
     let frame_limit = config.max_frames.unwrap_or(u64::MAX);
     let mut camera_down = false;
+    // Damaged replay frames in a row: past MAX_BAD_IN_A_ROW the stream is given up.
+    let mut bad_in_a_row = 0u32;
     // Detect every N-th frame: configured, or measured over the first frames where the frame
     // rate matters (a camera, a paced replay); as fast as possible, every frame.
     let mut pace = (config.detect_every.is_none() && (running.reopening || config.realtime))
@@ -413,6 +425,26 @@ fn frame_loop(
         let frame = match running.source.next_frame() {
             Ok(frame) => frame,
             Err(CaptureError::Ended { .. }) => break Exit::Ended("end of stream"),
+            Err(e @ CaptureError::BadFrame { .. }) => {
+                summary.bad_frames += 1;
+                bad_in_a_row += 1;
+                if summary.bad_frames.is_power_of_two() {
+                    log::warn!("{e} ({} damaged frames so far)", summary.bad_frames);
+                }
+                if bad_in_a_row > MAX_BAD_IN_A_ROW {
+                    log::error!("{MAX_BAD_IN_A_ROW} damaged frames in a row: ending the replay");
+                    summary.damaged = Some(e.to_string());
+                    break Exit::Ended("damaged stream");
+                }
+                continue;
+            }
+            // A replay that breaks off after it played (a truncated recording): ends as at
+            // its end, with the tracks' leave events, the gallery saved and the summary.
+            Err(e @ CaptureError::Replay { .. }) if frames > 0 => {
+                log::error!("{e}: ending the replay here");
+                summary.damaged = Some(e.to_string());
+                break Exit::Ended("damaged stream");
+            }
             Err(e) if running.reopening && e.is_transient() => {
                 let delay = backoff.next_delay();
                 log::warn!("{e}; reopening in {delay:?}");
@@ -451,6 +483,7 @@ fn frame_loop(
                 led.set_error(false);
             }
         }
+        bad_in_a_row = 0;
         let capture = t0.elapsed();
         capture_time += capture;
         let first = *first_stream.get_or_insert(frame.timestamp);

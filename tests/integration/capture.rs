@@ -286,3 +286,92 @@ fn shared_h264_videos_play_to_the_end() {
         assert_eq!(n, frames, "{file}");
     }
 }
+
+/// A replay plays past a damaged frame (skipped and counted, as a camera drops one), and a
+/// recording cut off in the middle ends as at its end: exit 0, the summary written, with what
+/// was damaged. The same for an unreadable picture in a directory of stills.
+#[test]
+fn a_damaged_replay_frame_is_skipped_and_a_truncated_replay_ends_with_its_summary() {
+    use crate::common::{models, reidcam, s, scratch};
+    let dir = scratch("replay-damaged");
+    let mut file = Vec::new();
+    for i in 0..6u32 {
+        let mut jpeg = crate::common::encode(
+            &crate::common::pattern(64 + 8 * i, 48),
+            image::ImageFormat::Jpeg,
+        );
+        if i == 2 {
+            // The frame header's sample precision set to 0: the markers and lengths still
+            // hold (the stream stays readable), the picture does not decode.
+            let sof = jpeg
+                .windows(2)
+                .position(|w| w == [0xFF, 0xC0])
+                .expect("a baseline JPEG");
+            jpeg[sof + 4] = 0;
+            assert!(reidcam::frame::decode_image(&jpeg).is_err());
+        }
+        file.extend_from_slice(&jpeg);
+    }
+    let run = |source: &std::path::Path| -> serde_json::Value {
+        let summary = dir.join("summary.json");
+        let (ok, _, err) = reidcam(&[
+            "run",
+            "--source",
+            s(source),
+            "--detector",
+            "motion",
+            "--model",
+            s(&models().join("tiny_reid.onnx")),
+            "--events",
+            s(&dir.join("events.jsonl")),
+            "--summary-json",
+            s(&summary),
+        ]);
+        assert!(ok, "{}: {err}", source.display());
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap()
+    };
+    let clip = dir.join("clip.mjpeg");
+    std::fs::write(&clip, &file).unwrap();
+    let s1 = run(&clip);
+    assert_eq!(
+        (s1["frames"].as_u64(), s1["bad_frames"].as_u64()),
+        (Some(5), Some(1)),
+        "{s1}"
+    );
+    assert_eq!(s1["ended_by"], "end of stream");
+    assert!(s1.get("damaged").is_none(), "{s1}");
+
+    // Cut inside the last frame: the four good ones before it, then the end.
+    std::fs::write(&clip, &file[..file.len() - 100]).unwrap();
+    let s2 = run(&clip);
+    assert_eq!(
+        (s2["frames"].as_u64(), s2["bad_frames"].as_u64()),
+        (Some(4), Some(1)),
+        "{s2}"
+    );
+    assert_eq!(s2["ended_by"], "damaged stream");
+    let damaged = s2["damaged"].as_str().unwrap();
+    assert!(
+        damaged.contains("clip.mjpeg") && damaged.contains("truncated"),
+        "{damaged}"
+    );
+
+    // Stills: an unreadable picture between two good ones.
+    let stills = dir.join("stills");
+    std::fs::create_dir_all(&stills).unwrap();
+    for name in ["a.png", "c.png"] {
+        let img = crate::common::pattern(40, 80);
+        std::fs::write(
+            stills.join(name),
+            crate::common::encode(&img, image::ImageFormat::Png),
+        )
+        .unwrap();
+    }
+    std::fs::write(stills.join("b.png"), b"\x89PNG\r\n\x1a\n damaged").unwrap();
+    let s3 = run(&stills);
+    assert_eq!(
+        (s3["frames"].as_u64(), s3["bad_frames"].as_u64()),
+        (Some(2), Some(1)),
+        "{s3}"
+    );
+}
