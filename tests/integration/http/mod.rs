@@ -308,6 +308,23 @@ pub(crate) fn listed_ids(model: &Path, gallery: &Path) -> Vec<String> {
     out.lines().skip(2).map(str::to_owned).collect()
 }
 
+/// Runs the daemon with `config` for one synthetic frame; it must refuse to start. Its stderr.
+pub(crate) fn refused_at_start(config: &Path) -> String {
+    let (ok, _, err) = reidcam(&[
+        "run",
+        "--config",
+        s(config),
+        "--source",
+        "synthetic:64x64",
+        "--model",
+        s(&models().join("tiny_reid.onnx")),
+        "--max-frames",
+        "1",
+    ]);
+    assert!(!ok, "{} started: {err}", config.display());
+    err
+}
+
 #[test]
 fn a_non_loopback_address_without_a_token_is_refused_at_start_up() {
     let dir = scratch("http-no-token");
@@ -317,18 +334,7 @@ fn a_non_loopback_address_without_a_token_is_refused_at_start_up() {
         "[http]\nenabled = true\nlisten = \"0.0.0.0:8080\"\n",
     )
     .unwrap();
-    let (ok, _, err) = reidcam(&[
-        "run",
-        "--config",
-        s(&config),
-        "--source",
-        "synthetic:64x64",
-        "--model",
-        s(&models().join("tiny_reid.onnx")),
-        "--max-frames",
-        "1",
-    ]);
-    assert!(!ok);
+    let err = refused_at_start(&config);
     assert!(
         err.contains("http.listen") && err.contains("http.token_file"),
         "{err}"

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Daemon, TOKEN, json, talk, within};
-use crate::common::{models, reidcam, s, scratch};
+use crate::common::scratch;
 
 fn client(ca: &Path) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
@@ -92,18 +92,7 @@ fn the_api_is_served_over_tls_with_the_configured_certificate() {
     ] {
         let config = dir.join("bad.toml");
         std::fs::write(&config, section(&cert, &key)).unwrap();
-        let (ok, _, err) = reidcam(&[
-            "run",
-            "--config",
-            s(&config),
-            "--source",
-            "synthetic:64x64",
-            "--model",
-            s(&models().join("tiny_reid.onnx")),
-            "--max-frames",
-            "1",
-        ]);
-        assert!(!ok, "{cert} {key}");
+        let err = super::refused_at_start(&config);
         assert!(err.contains(field), "{cert} {key}: {err}");
     }
 
