@@ -145,3 +145,64 @@ pub fn known_event(
         pixels: None,
     }
 }
+
+/// A synthetic camera of `width × height` for the tests of a camera that goes away. At each
+/// opening `open()` says whether it is there (else: not found). Once open it delivers at most
+/// `frames` frames (None: any number), each after `pace`, while `present()` holds; then its
+/// frames time out, as an unplugged camera's do.
+pub fn test_camera(
+    (width, height): (u32, u32),
+    pace: std::time::Duration,
+    frames: Option<usize>,
+    mut open: impl FnMut() -> bool + 'static,
+    present: impl Fn() -> bool + Clone + 'static,
+) -> reidcam::capture::Opener {
+    use reidcam::capture::{CaptureError, Frame, FrameSource, SyntheticConfig, SyntheticSource};
+    const DEVICE: &str = "/dev/test-camera";
+    struct Camera<P> {
+        scene: SyntheticSource,
+        left: Option<usize>,
+        pace: std::time::Duration,
+        present: P,
+    }
+    impl<P: Fn() -> bool> FrameSource for Camera<P> {
+        fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError> {
+            if self.left == Some(0) || !(self.present)() {
+                return Err(CaptureError::Timeout {
+                    device: DEVICE.into(),
+                    timeout: std::time::Duration::from_millis(10),
+                });
+            }
+            if let Some(left) = &mut self.left {
+                *left -= 1;
+            }
+            std::thread::sleep(self.pace);
+            self.scene.next_frame()
+        }
+        fn describe(&self) -> String {
+            "test camera".into()
+        }
+        fn size(&self) -> (u32, u32) {
+            self.scene.size()
+        }
+    }
+    Box::new(move || {
+        if !open() {
+            return Err(CaptureError::Open {
+                device: DEVICE.into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let config = SyntheticConfig {
+            width,
+            height,
+            ..SyntheticConfig::default()
+        };
+        Ok(Box::new(Camera {
+            scene: SyntheticSource::new(config)?,
+            left: frames,
+            pace,
+            present: present.clone(),
+        }))
+    })
+}

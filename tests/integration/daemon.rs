@@ -631,47 +631,11 @@ fn flaky_camera(
     frames: usize,
     opens: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> reidcam::capture::Opener {
-    use reidcam::capture::CaptureError;
-    struct Flaky {
-        scene: SyntheticSource,
-        left: usize,
-    }
-    impl FrameSource for Flaky {
-        fn next_frame(&mut self) -> Result<reidcam::capture::Frame<'_>, CaptureError> {
-            if self.left == 0 {
-                return Err(CaptureError::Timeout {
-                    device: "/dev/flaky".into(),
-                    timeout: Duration::from_millis(10),
-                });
-            }
-            self.left -= 1;
-            self.scene.next_frame()
-        }
-        fn describe(&self) -> String {
-            "flaky camera".into()
-        }
-        fn size(&self) -> (u32, u32) {
-            self.scene.size()
-        }
-    }
-    Box::new(move || {
+    let open = move || {
         let n = opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if n.is_multiple_of(3) {
-            return Err(CaptureError::Open {
-                device: "/dev/flaky".into(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
-        }
-        let config = SyntheticConfig {
-            width: 320,
-            height: 180,
-            ..SyntheticConfig::default()
-        };
-        Ok(Box::new(Flaky {
-            scene: SyntheticSource::new(config)?,
-            left: frames,
-        }))
-    })
+        !n.is_multiple_of(3)
+    };
+    crate::common::test_camera((320, 180), Duration::ZERO, Some(frames), open, || true)
 }
 
 #[test]

@@ -627,46 +627,9 @@ fn password_logins_are_checked_by_the_daemon() {
 
 /// A camera that can be unplugged and plugged back by the test.
 fn pluggable_camera(unplugged: Arc<AtomicBool>) -> reidcam::capture::Opener {
-    use reidcam::capture::{CaptureError, Frame, FrameSource, SyntheticConfig, SyntheticSource};
-    struct Camera {
-        scene: SyntheticSource,
-        unplugged: Arc<AtomicBool>,
-    }
-    impl FrameSource for Camera {
-        fn next_frame(&mut self) -> Result<Frame<'_>, CaptureError> {
-            if self.unplugged.load(Ordering::SeqCst) {
-                return Err(CaptureError::Timeout {
-                    device: "/dev/test".into(),
-                    timeout: Duration::from_millis(10),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            self.scene.next_frame()
-        }
-        fn describe(&self) -> String {
-            "pluggable camera".into()
-        }
-        fn size(&self) -> (u32, u32) {
-            self.scene.size()
-        }
-    }
-    Box::new(move || {
-        if unplugged.load(Ordering::SeqCst) {
-            return Err(CaptureError::Open {
-                device: "/dev/test".into(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
-        }
-        let config = SyntheticConfig {
-            width: 160,
-            height: 96,
-            ..SyntheticConfig::default()
-        };
-        Ok(Box::new(Camera {
-            scene: SyntheticSource::new(config)?,
-            unplugged: unplugged.clone(),
-        }))
-    })
+    let plugged = move || !unplugged.load(Ordering::SeqCst);
+    let open = plugged.clone();
+    crate::common::test_camera((160, 96), Duration::from_millis(20), None, open, plugged)
 }
 
 /// Polls /healthz until it answers `code`; returns its body.
