@@ -28,6 +28,9 @@ pub fn write_f32_2d(mut out: impl Write, rows: usize, cols: usize, data: &[f32])
     out.write_all(&bytes)
 }
 
+/// Largest array [`read_f32_2d`] takes: 1 GiB of data.
+pub const MAX_BYTES: usize = 1 << 30;
+
 /// Reads a C-order 2-D `<f4` array written by NumPy or [`write_f32_2d`]: `(rows, cols, data)`.
 pub fn read_f32_2d(mut input: impl Read) -> io::Result<(usize, usize, Vec<f32>)> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("npy: {what}"));
@@ -60,8 +63,26 @@ pub fn read_f32_2d(mut input: impl Read) -> io::Result<(usize, usize, Vec<f32>)>
     let [rows, cols] = dims[..] else {
         return Err(bad(&format!("expected 2 dimensions, got {dims:?}")));
     };
-    let mut bytes = vec![0u8; rows * cols * 4];
-    input.read_exact(&mut bytes)?;
+    // The shape is the file's word: check it before trusting it with memory (found by the `npy`
+    // fuzz target: a shape of 3 × 5555…5 asked for petabytes and aborted the process).
+    let len = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(4))
+        .filter(|&n| n <= MAX_BYTES)
+        .ok_or_else(|| {
+            bad(&format!(
+                "shape ({rows}, {cols}) is over {MAX_BYTES} bytes of data"
+            ))
+        })?;
+    // Read what is there (at most `len`), not a buffer of the declared size up front.
+    let mut bytes = Vec::new();
+    input.take(len as u64).read_to_end(&mut bytes)?;
+    if bytes.len() != len {
+        return Err(bad(&format!(
+            "data cut short: {} of {len} bytes",
+            bytes.len()
+        )));
+    }
     let data = bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -72,6 +93,27 @@ pub fn read_f32_2d(mut input: impl Read) -> io::Result<(usize, usize, Vec<f32>)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `npy` fuzz target: a shape whose size overflows, or is huge, or data
+    /// shorter than the shape says, is an error — without allocating what the header claims.
+    #[test]
+    fn a_lying_shape_is_refused_without_allocating_it() {
+        for (shape, expected) in [
+            ("(3, 5555555555555555555)", "over"),
+            ("(100000, 100000)", "over"),
+            ("(3, 4)", "cut short"),
+        ] {
+            let header =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&[1, 0]);
+            bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend_from_slice(&[0; 8]);
+            let err = read_f32_2d(&bytes[..]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{shape}: {err}");
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -383,31 +383,34 @@ impl Y4mSource {
         let (mut width, mut height, mut fps) = (0u32, 0u32, 25.0f64);
         let (mut subsampled, mut range) = (true, YuvRange::Limited);
         for field in fields.filter(|f| !f.is_empty()) {
-            let (tag, value) = field.split_at(1);
+            // The tag is the first character (not byte: the header is any UTF-8).
+            let mut chars = field.chars();
+            let tag = chars.next().unwrap_or(' ');
+            let value = chars.as_str();
             match tag {
-                "W" => {
+                'W' => {
                     width = value
                         .parse()
                         .map_err(|_| bad(format!("bad width {field:?}")))?
                 }
-                "H" => {
+                'H' => {
                     height = value
                         .parse()
                         .map_err(|_| bad(format!("bad height {field:?}")))?
                 }
-                "F" => {
+                'F' => {
                     let (n, d) = value.split_once(':').unwrap_or((value, "1"));
                     match (n.parse::<f64>(), d.parse::<f64>()) {
                         (Ok(n), Ok(d)) if n > 0.0 && d > 0.0 => fps = n / d,
                         _ => return Err(bad(format!("bad frame rate {field:?}"))),
                     }
                 }
-                "I" if value != "p" && value != "?" => {
+                'I' if value != "p" && value != "?" => {
                     return Err(bad(format!(
                         "interlaced video ({field}) is not supported: expected Ip"
                     )));
                 }
-                "C" => {
+                'C' => {
                     subsampled = match value {
                         "420" | "420jpeg" | "420mpeg2" | "420paldv" => true,
                         "444" => false,
@@ -418,7 +421,7 @@ impl Y4mSource {
                         }
                     }
                 }
-                "X" if value == "COLORRANGE=FULL" => range = YuvRange::Full,
+                'X' if value == "COLORRANGE=FULL" => range = YuvRange::Full,
                 _ => {}
             }
         }

@@ -554,6 +554,12 @@ pub struct GalleryFile {
 impl GalleryFile {
     pub fn read(path: &Path) -> Result<Self, FileError> {
         let bytes = fs::read(path).map_err(io_error(path, "read"))?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// A gallery file's bytes, checked (magic, version, length, checksum, header), `path` only
+    /// naming it in errors (the fuzz target `gallery_file` feeds this).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, FileError> {
         let header = check_envelope(path, &bytes)?;
         Ok(GalleryFile {
             path: path.to_owned(),

@@ -225,6 +225,11 @@ fn y4m_frames_convert_with_bt601() {
     std::fs::write(&path, b"YUV4MPEG2 W6 H4 C422\n").unwrap();
     let err = Y4mSource::open(&path).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("C422 is not supported"), "{err}");
+    // Found by the `replay` fuzz target: a header field starting with a character of more than
+    // one byte used to panic (the tag was cut at byte 1). Now it is an unknown tag, ignored.
+    std::fs::write(&path, "YUV4MPEG2 W8 Ϲ: H8\n".as_bytes()).unwrap();
+    let source = Y4mSource::open(&path).map(|s| s.size());
+    assert_eq!(source.unwrap(), (8, 8));
 }
 
 #[test]
