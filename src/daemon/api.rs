@@ -167,17 +167,13 @@ impl Running {
                 .map(|()| None),
             Op::Erase(id) => {
                 self.pipeline.gallery_mut().remove(*id).map_err(refusal)?;
-                self.erase = true;
-                self.pipeline.release(*id);
-                if let Some(t) = &self.thumbs
-                    && let Err(e) = t.remove(*id)
-                {
+                self.erased(*id).map_err(|e| {
                     log::error!("thumbnail of {id}: {e}");
-                    return Err((
+                    (
                         500,
                         format!("erased from the gallery, but its thumbnail: {e}"),
-                    ));
-                }
+                    )
+                })?;
                 Ok(None)
             }
             Op::EnrolTrack { track, label } => {

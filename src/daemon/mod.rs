@@ -150,6 +150,15 @@ impl Running {
         }
     }
 
+    /// `id` has just been removed from the gallery (through the API, or by a peer's erasure):
+    /// the next save leaves no copy in the backup, no track keeps naming the person, and the
+    /// thumbnail goes now, not at the next save's sweep. Errors: the thumbnail's.
+    fn erased(&mut self, id: crate::gallery::PersonId) -> std::io::Result<()> {
+        self.erase = true;
+        self.pipeline.release(id);
+        self.thumbs.as_ref().map_or(Ok(()), |t| t.remove(id))
+    }
+
     /// Applies the shared identities that arrived and, every `SHARE_EVERY`, publishes this
     /// camera's changes. Between frames: the gallery belongs to the frame loop.
     fn share(&mut self, mqtt: &Mqtt, updates: &mut Vec<RemoteUpdate>, publish: bool) {
@@ -158,25 +167,15 @@ impl Running {
         };
         mqtt.take_remote(updates);
         let mut changed = false;
+        let mut erased = Vec::new();
         for update in updates.drain(..) {
             match sharing.apply(self.pipeline.gallery_mut(), update) {
                 None => {}
                 Some(Applied::Stored) => changed = true,
                 Some(Applied::Erased(id)) => {
                     changed = true;
-                    self.erase = true;
-                    // As an erasure through the API: no track keeps naming the person, and
-                    // their picture goes now, not at the next save's sweep.
-                    self.pipeline.release(id);
-                    match self.thumbs.as_ref().map(|t| t.remove(id)) {
-                        Some(Err(e)) => {
-                            log::error!("thumbnail of erased {id}: {e} (the next save retries)")
-                        }
-                        Some(Ok(())) => {
-                            log::info!("{id} erased: tracks released, thumbnail deleted")
-                        }
-                        None => log::info!("{id} erased: tracks released"),
-                    }
+                    // Rare: this allocates only when someone erased a shared person.
+                    erased.push(id);
                 }
             }
         }
@@ -192,6 +191,15 @@ impl Running {
             let out = sharing.outgoing(self.pipeline.gallery(), &mqtt.config().prefix);
             if !out.is_empty() {
                 mqtt.publish_gallery(out);
+            }
+        }
+        for id in erased {
+            match self.erased(id) {
+                Err(e) => log::error!("thumbnail of erased {id}: {e} (the next save retries)"),
+                Ok(()) if self.thumbs.is_some() => {
+                    log::info!("{id} erased: tracks released, thumbnail deleted")
+                }
+                Ok(()) => log::info!("{id} erased: tracks released"),
             }
         }
     }
