@@ -3,11 +3,15 @@
 //!
 //! Nothing happens while nobody looks. A request marks the frame as wanted; for the next
 //! [`WATCH`] the frame loop copies a frame (pixels and the tracks it shows) into one buffer at
-//! most every [`EVERY`], under `try_lock` (a request reading it only makes it skip one). Drawing
-//! and JPEG encoding happen on the request's thread.
+//! most every [`EVERY`], under `try_lock` (a request reading it only makes it skip one).
+//!
+//! Drawing and JPEG encoding happen on a request's thread, once per copied frame however many
+//! clients watch: the first request after a copy encodes it, the others wait for it on the
+//! encoder's lock and are all served the same JPEG ([`Picture`], shared by `Arc`). Twenty
+//! clients at 5 Hz thus cost at most 5 encodes a second, not 100.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::font;
@@ -34,6 +38,8 @@ pub(super) struct Still {
     /// Milliseconds since the server started when copied (0: never).
     pub at_ms: u64,
     pub frame: u64,
+    /// Which copy this is (1, 2, …; 0: none yet).
+    pub copy: u64,
     pub shown: heapless::Vec<Shown, MAX_SHOWN>,
 }
 
@@ -43,6 +49,19 @@ pub(super) struct Live {
     still: Mutex<Still>,
     /// Frame-loop side: when it last copied, ms since start.
     copied_ms: AtomicU64,
+    /// Copies made so far (numbers each [`Still`]: 0 is none).
+    copies: AtomicU64,
+    /// The last JPEG made, for the copy it was made from; its lock also makes concurrent
+    /// requests for a new copy wait for one encoding instead of each making its own.
+    picture: Mutex<Option<Picture>>,
+}
+
+/// One encoded live frame.
+#[derive(Clone)]
+pub(super) struct Picture {
+    /// The [`Still::copy`] it shows (the `ETag`).
+    pub copy: u64,
+    pub jpeg: Arc<Vec<u8>>,
 }
 
 impl Live {
@@ -51,6 +70,8 @@ impl Live {
             wanted_ms: AtomicU64::new(0),
             still: Mutex::new(Still::default()),
             copied_ms: AtomicU64::new(0),
+            copies: AtomicU64::new(0),
+            picture: Mutex::new(None),
         }
     }
 
@@ -85,12 +106,14 @@ impl Live {
         still.height = h;
         still.at_ms = now_ms.max(1);
         still.frame = frame;
+        still.copy = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
         fill(&mut still.shown);
         self.copied_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// Request side: a recent frame (waiting up to [`WAIT`] for one), or None.
-    pub fn latest(&self, started: Instant) -> Option<Still> {
+    /// Request side: a recent frame (waiting up to [`WAIT`] for one), or None. `take` reads
+    /// what the request needs from it, under the lock (the frame loop skips a copy meanwhile).
+    fn latest<T>(&self, started: Instant, take: impl Fn(&Still) -> T) -> Option<T> {
         let asked = Instant::now();
         let now_ms = || started.elapsed().as_millis() as u64;
         self.wanted_ms.store(now_ms() + 1, Ordering::Relaxed);
@@ -99,13 +122,45 @@ impl Live {
                 && still.at_ms != 0
                 && now_ms().saturating_sub(still.at_ms) <= FRESH.as_millis() as u64
             {
-                return Some(still.clone());
+                return Some(take(&still));
             }
             if asked.elapsed() >= WAIT {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Request side: the latest frame's tracks and size, without its pixels.
+    pub fn tracks(&self, started: Instant) -> Option<Still> {
+        self.latest(started, |s| Still {
+            rgb: Vec::new(),
+            shown: s.shown.clone(),
+            ..*s
+        })
+    }
+
+    /// Request side: the latest frame drawn and encoded, made once per copy and shared by
+    /// every request for it. None: no recent frame (see [`WAIT`]).
+    pub fn picture(&self, started: Instant) -> Option<std::io::Result<Picture>> {
+        // Held while encoding: requests arriving meanwhile wait here, then find it made.
+        let mut made = self.picture.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = self.latest(started, |s| s.copy)?;
+        if let Some(p) = made.as_ref()
+            && p.copy == newest
+        {
+            return Some(Ok(p.clone()));
+        }
+        let still = self.latest(started, Still::clone)?;
+        let copy = still.copy;
+        Some(render(still).map(|jpeg| {
+            let p = Picture {
+                copy,
+                jpeg: Arc::new(jpeg),
+            };
+            *made = Some(p.clone());
+            p
+        }))
     }
 }
 
@@ -247,6 +302,7 @@ mod tests {
             height: h,
             at_ms: 1,
             frame: 1,
+            copy: 1,
             shown: heapless::Vec::new(),
         };
         // One box inside, one hanging over the right and bottom edges.
@@ -281,5 +337,36 @@ mod tests {
             above.iter().zip(green).all(|(a, b)| a.abs_diff(b) < 60),
             "{above:?}"
         );
+    }
+
+    #[test]
+    fn one_encoding_per_copy_shared_by_every_request() {
+        let live = Live::new();
+        let started = Instant::now();
+        let (w, h) = (32u32, 24u32);
+        let rgb = vec![90u8; (w * h * 3) as usize];
+        let image = RgbView::new(&rgb, w, h, w as usize * 3).unwrap();
+        let now = || started.elapsed().as_millis() as u64;
+        live.copy(now(), 7, image, |_| {});
+        let first = live.picture(started).unwrap().unwrap();
+        let again = live.picture(started).unwrap().unwrap();
+        assert_eq!(first.copy, 1);
+        assert!(Arc::ptr_eq(&first.jpeg, &again.jpeg), "encoded twice");
+        // Many requests at once: still one encoding.
+        let pictures: Vec<Picture> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| live.picture(started).unwrap().unwrap()))
+                .collect();
+            handles.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(pictures.iter().all(|p| Arc::ptr_eq(&p.jpeg, &first.jpeg)));
+        // A new copy → a new picture.
+        live.copy(now(), 8, image, |_| {});
+        let next = live.picture(started).unwrap().unwrap();
+        assert_eq!(next.copy, 2);
+        assert!(!Arc::ptr_eq(&next.jpeg, &first.jpeg));
+        // The tracks' reader takes no pixels.
+        let t = live.tracks(started).unwrap();
+        assert_eq!((t.frame, t.width, t.copy, t.rgb.len()), (8, w, 2, 0));
     }
 }

@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     token: Option<String>,
     users: Option<Users>,
     started: Instant,
+    /// When the server started, in ms since 1970: tells this run's `ETag`s from an earlier one's.
+    boot_id: u64,
     /// Milliseconds since `started` at the frame loop's last turn.
     heartbeat_ms: AtomicU64,
     camera_down: AtomicBool,
@@ -223,6 +225,9 @@ impl Http {
             token,
             users,
             started: Instant::now(),
+            boot_id: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             heartbeat_ms: AtomicU64::new(0),
             camera_down: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

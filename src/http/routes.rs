@@ -19,6 +19,8 @@ struct Reply {
     body: Vec<u8>,
     content_type: &'static str,
     allow: Option<&'static str>,
+    /// The `ETag` of what the body shows (the live frame).
+    etag: Option<String>,
 }
 
 fn json_reply(status: u16, value: &Value) -> Reply {
@@ -27,6 +29,7 @@ fn json_reply(status: u16, value: &Value) -> Reply {
         body: serde_json::to_vec_pretty(value).unwrap_or_default(),
         content_type: "application/json",
         allow: None,
+        etag: None,
     }
 }
 
@@ -55,6 +58,11 @@ pub(super) fn handle(mut request: Request, shared: &Shared) {
     }
     if let Some(allow) = reply.allow
         && let Ok(h) = Header::from_bytes("Allow", allow)
+    {
+        response.add_header(h);
+    }
+    if let Some(tag) = &reply.etag
+        && let Ok(h) = Header::from_bytes("ETag", tag.as_bytes())
     {
         response.add_header(h);
     }
@@ -91,6 +99,7 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
             body: body.to_vec(),
             content_type,
             allow: None,
+            etag: None,
         });
     }
     if !authorised(request, shared) {
@@ -102,6 +111,7 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
             body: shared.metrics.encode(shared).into_bytes(),
             content_type: super::metrics::CONTENT_TYPE,
             allow: None,
+            etag: None,
         }),
         "/api/v1/status" => only(&method, "GET", || json_reply(200, &status(shared))),
         "/api/v1/identities" => only(&method, "GET", || {
@@ -118,7 +128,7 @@ fn route(request: &mut Request, shared: &Shared) -> Reply {
             json_reply(200, &json!({ "identities": list }))
         }),
         "/api/v1/events" => only(&method, "GET", || events(&url, shared)),
-        "/api/v1/frame.jpg" => only(&method, "GET", || frame_jpeg(shared)),
+        "/api/v1/frame.jpg" => only(&method, "GET", || frame_jpeg(request, shared)),
         "/api/v1/frame" => only(&method, "GET", || frame_json(shared)),
         "/api/v1/enrol" => match method {
             Method::Post => enrol(request, &url, shared),
@@ -326,6 +336,7 @@ fn jpeg(body: Vec<u8>) -> Reply {
         body,
         content_type: "image/jpeg",
         allow: None,
+        etag: None,
     }
 }
 
@@ -346,20 +357,34 @@ fn thumbnail(id: &str, shared: &Shared) -> Reply {
     }
 }
 
-/// `GET /api/v1/frame.jpg`: the latest frame with the tracks drawn.
-fn frame_jpeg(shared: &Shared) -> Reply {
-    let Some(still) = shared.live.latest(shared.started) else {
-        return error(503, "no frame in the last 2 s (camera away or stalled)");
+/// `GET /api/v1/frame.jpg`: the latest frame with the tracks drawn, encoded once per copied
+/// frame for all clients. Its `ETag` names the copy; `If-None-Match` with it → 304, no body.
+fn frame_jpeg(request: &Request, shared: &Shared) -> Reply {
+    let picture = match shared.live.picture(shared.started) {
+        None => return error(503, "no frame in the last 2 s (camera away or stalled)"),
+        Some(Err(e)) => return error(500, format!("cannot encode the frame: {e}")),
+        Some(Ok(p)) => p,
     };
-    match live::render(still) {
-        Ok(bytes) => jpeg(bytes),
-        Err(e) => error(500, format!("cannot encode the frame: {e}")),
+    // Unique across restarts of the daemon, so a browser never keeps an earlier run's frame.
+    let etag = format!("\"{}-{}\"", shared.boot_id, picture.copy);
+    let unchanged = request.headers().iter().any(|h| {
+        h.field.equiv("If-None-Match") && h.value.as_str().split(',').any(|t| t.trim() == etag)
+    });
+    Reply {
+        status: if unchanged { 304 } else { 200 },
+        body: if unchanged {
+            Vec::new()
+        } else {
+            picture.jpeg.to_vec()
+        },
+        etag: Some(etag),
+        ..jpeg(Vec::new())
     }
 }
 
 /// `GET /api/v1/frame`: the tracks of the latest frame.
 fn frame_json(shared: &Shared) -> Reply {
-    let Some(still) = shared.live.latest(shared.started) else {
+    let Some(still) = shared.live.tracks(shared.started) else {
         return error(503, "no frame in the last 2 s (camera away or stalled)");
     };
     let tracks: Vec<Value> = still

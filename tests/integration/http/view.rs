@@ -21,6 +21,35 @@ fn listed(gallery: &Path, id: u64) -> Option<(String, bool)> {
         .map(|w| (w[1].to_owned(), w[2] == "yes"))
 }
 
+/// A header's value in a response head (name in any case).
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// A GET with `If-None-Match: tag`: (status, head, body).
+fn conditional(addr: std::net::SocketAddr, path: &str, tag: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nIf-None-Match: {tag}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, head, raw[end + 4..].to_vec())
+}
+
 #[test]
 fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
     let dir = scratch("http-view");
@@ -36,6 +65,23 @@ fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
     assert!(head.contains("image/jpeg"), "{head}");
     let picture = image::load_from_memory(&jpeg).unwrap();
     assert_eq!((picture.width(), picture.height()), (320, 180));
+    // Asked again with its ETag: 304 and no body while no newer frame is copied (a new frame
+    // comes at most every 200 ms: a newer one answers 200 with another tag).
+    let etag = header(&head, "etag").expect("the live frame has an ETag");
+    within(20, "a 304 for an unchanged live frame", || {
+        let (code, again, body) = conditional(addr, "/api/v1/frame.jpg", &etag);
+        match code {
+            304 => {
+                assert!(body.is_empty(), "a 304 with {} bytes", body.len());
+                Some(())
+            }
+            200 => {
+                assert_ne!(header(&again, "etag").as_deref(), Some(etag.as_str()));
+                None
+            }
+            other => panic!("{other}: {}", String::from_utf8_lossy(&body)),
+        }
+    });
     let tracks = within(60, "a track in the live frame", || {
         let (code, body) = request(addr, "GET", "/api/v1/frame", None, b"");
         assert_eq!(code, 200, "{body}");
