@@ -43,6 +43,9 @@ pub enum Identity<'a> {
     /// Nobody matched: stored as a new provisional identity.
     New {
         id: PersonId,
+        /// The name an operator gave it since (a later event of the same track: its leave).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<&'a str>,
         /// The closest stored identity's similarity (below the threshold), if any.
         #[serde(skip_serializing_if = "Option::is_none")]
         closest: Option<Candidate>,

@@ -179,7 +179,7 @@ impl View {
         }
         let (id, label) = match event.identity {
             Identity::Known { id, label, .. } => (Some(id.0), label),
-            Identity::New { id, .. } => (Some(id.0), None),
+            Identity::New { id, label, .. } => (Some(id.0), label),
             Identity::Ambiguous { .. } | Identity::Unstored { .. } => (None, None),
         };
         let slot = match pos {
@@ -270,6 +270,7 @@ mod tests {
         );
         let new = Identity::New {
             id: PersonId(4),
+            label: None,
             closest: None,
         };
         assert_eq!(view.apply(&event(EventKind::Enter, 2, new)), None);

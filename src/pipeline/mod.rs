@@ -634,7 +634,11 @@ impl<E: CropEmbedder> Pipeline<E> {
                 similarity,
                 runner_up,
             },
-            Held::New { id, closest } => Identity::New { id, closest },
+            Held::New { id, closest } => Identity::New {
+                id,
+                label: label_of(id),
+                closest,
+            },
             Held::Ambiguous { best, runner_up } => Identity::Ambiguous { best, runner_up },
             Held::Unstored { closest } => Identity::Unstored { closest },
         };

@@ -145,13 +145,24 @@ impl Daemon {
 
     /// With `model` instead of the tiny test model.
     pub fn start_with(dir: &Path, config: &Path, gallery: &Path, model: &Path) -> Daemon {
+        Daemon::start_on(dir, config, gallery, model, "synthetic:320x180")
+    }
+
+    /// On `source` (paced at its own rate) instead of the synthetic scene.
+    pub fn start_on(
+        dir: &Path,
+        config: &Path,
+        gallery: &Path,
+        model: &Path,
+        source: &str,
+    ) -> Daemon {
         let mut child = command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
             .args([
                 "run",
                 "--config",
                 s(config),
                 "--source",
-                "synthetic:320x180",
+                source,
                 "--realtime",
                 "--model",
                 s(model),
