@@ -1,0 +1,310 @@
+//! Enrolled identities shared between cameras through the broker (`mqtt.share_gallery`,
+//! `docs/mqtt.md` "Shared identities"): each camera publishes its enrolled (pinned) identities as
+//! retained messages, one topic per identity, and copies the other cameras' into its gallery.
+//!
+//! - An identity is known everywhere by its *origin* (the camera that enrolled it) and its id
+//!   there: `<prefix>/gallery/<model>/<origin>/<id>`. No coordination is needed to make one.
+//! - Only the origin publishes an identity's content; any camera may erase it (an empty retained
+//!   message on its topic), and every camera — the origin included — then removes it, from its
+//!   gallery, its file and the file's backup.
+//! - A copy is pinned like its original (an enrolled person is never evicted) and labelled like
+//!   it; [`Peers`] (`<gallery>.peers.json`) remembers which local identity copies which remote one.
+//! - Messages are validated (model, dimension, exemplar count and values, label, the origin in the
+//!   payload against the topic) before anything is applied; a refused one is logged and counted.
+
+mod wire;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::gallery::{Gallery, IdentityInfo, PersonId, Timestamp};
+
+pub use wire::{
+    IdentityMessage, Int8Exemplar, RemoteUpdate, TOMBSTONE_GRACE, decode, encode, filter,
+    model_level, parse_topic, tombstone, topic,
+};
+
+/// What [`Sharing::apply`] changed in the gallery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// An identity was copied from a peer, replaced by a newer copy, or taken back.
+    Stored,
+    /// This local identity was erased (a peer's or our own erasure): the next save erases it
+    /// from the file and its backup, and the caller releases the tracks holding it and deletes
+    /// its thumbnail.
+    Erased(PersonId),
+}
+
+/// Which local identity copies which remote one (`<gallery>.peers.json`, 0600).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Peers {
+    /// `"<origin>/<id>"` → local id.
+    pub copies: BTreeMap<String, u32>,
+}
+
+impl Peers {
+    pub fn path_for(gallery: &Path) -> PathBuf {
+        PathBuf::from(format!("{}.peers.json", gallery.display()))
+    }
+
+    /// Reads the map; a missing file is an empty map, a damaged one is reported and ignored
+    /// (the copies are then made again from the broker's retained messages).
+    pub fn load(path: &Path) -> Peers {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                log::error!("{}: damaged ({e}): starting an empty map", path.display());
+                Peers::default()
+            }),
+            Err(_) => Peers::default(),
+        }
+    }
+
+    /// Writes the map atomically (a new file renamed over the old), 0600, not through links.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    fn key(origin: &str, id: u32) -> String {
+        format!("{origin}/{id}")
+    }
+
+    pub fn local(&self, origin: &str, id: u32) -> Option<PersonId> {
+        self.copies
+            .get(&Peers::key(origin, id))
+            .map(|&l| PersonId(l))
+    }
+
+    fn is_copy(&self, local: PersonId) -> bool {
+        self.copies.values().any(|&l| l == local.0)
+    }
+}
+
+/// The daemon's side of sharing: applies what arrives, says what to publish.
+#[derive(Debug)]
+pub struct Sharing {
+    pub origin: String,
+    pub model: String,
+    pub peers: Peers,
+    /// Own identities as last published (a digest of the message).
+    published: BTreeMap<u32, u64>,
+    /// Tombstones to publish: own identities gone (or withdrawn: the flag), copies the
+    /// operator removed.
+    erase: Vec<(String, u32, bool)>,
+    /// Tombstones past their grace period, to clear (an empty retained message).
+    clear: Vec<(String, u32)>,
+    dim: usize,
+    /// Updates refused at application (gallery full, …), for the summary.
+    pub failed: u64,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+impl Sharing {
+    pub fn new(origin: &str, model: &str, peers: Peers, gallery: &Gallery) -> Sharing {
+        let mut sharing = Sharing {
+            origin: origin.to_owned(),
+            model: model.to_owned(),
+            peers,
+            published: BTreeMap::new(),
+            erase: Vec::new(),
+            clear: Vec::new(),
+            dim: gallery.config().dim,
+            failed: 0,
+        };
+        // A copy the operator removed while the daemon was off is erased everywhere.
+        sharing.copies_removed(gallery);
+        sharing
+    }
+
+    /// Copies no longer in `gallery` (the operator removed them: the CLI while the daemon was
+    /// off, or the API) are forgotten here and erased everywhere.
+    fn copies_removed(&mut self, gallery: &Gallery) {
+        let gone: Vec<String> = self
+            .peers
+            .copies
+            .iter()
+            .filter(|(_, local)| gallery.get(PersonId(**local)).is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            self.peers.copies.remove(&key);
+            if let Some((origin, id)) = key.split_once('/')
+                && let Ok(id) = id.parse()
+            {
+                log::info!("shared identity {key} was removed here: erasing it everywhere");
+                self.erase.push((origin.to_owned(), id, false));
+            }
+        }
+    }
+
+    /// Publish everything again (a new connection: the broker may have lost its retained
+    /// messages).
+    pub fn republish(&mut self) {
+        self.published.clear();
+    }
+
+    /// Applies one update; `None` if the gallery did not change.
+    pub fn apply(&mut self, gallery: &mut Gallery, update: RemoteUpdate) -> Option<Applied> {
+        match update {
+            RemoteUpdate::Erase {
+                origin,
+                id,
+                withdrawn,
+                clear,
+            } => {
+                if clear {
+                    self.clear.push((origin.clone(), id));
+                }
+                let local = if origin == self.origin {
+                    self.published.remove(&id);
+                    // Our own withdrawal (unpinned here): the identity stays.
+                    Some(PersonId(id)).filter(|l| !withdrawn && !self.peers.is_copy(*l))
+                } else {
+                    let l = self.peers.local(&origin, id);
+                    self.peers.copies.remove(&Peers::key(&origin, id));
+                    l
+                };
+                let local = local.filter(|l| gallery.get(*l).is_some())?;
+                gallery.remove(local).ok()?;
+                log::info!("shared identity {origin}/{id} erased (here: {local})");
+                Some(Applied::Erased(local))
+            }
+            RemoteUpdate::Upsert {
+                origin,
+                id,
+                label,
+                exemplars,
+            } => {
+                let now = Timestamp::now();
+                let own = origin == self.origin;
+                let local = if own {
+                    // Our own, from the broker. Still here: nothing to do. Issued by this
+                    // gallery and gone: removed while we were off, erase it everywhere. Never
+                    // issued by it (a new or recovered gallery file): take it back.
+                    if let Some(info) = gallery.get(PersonId(id)) {
+                        // Unpinned while off or offline: withdraw it from sharing.
+                        if !info.pinned && !self.peers.is_copy(info.id) {
+                            self.erase.push((origin, id, true));
+                        }
+                        return None;
+                    }
+                    if self.peers.is_copy(PersonId(id)) {
+                        return None;
+                    }
+                    if id < gallery.next_id().0 {
+                        self.erase.push((origin, id, false));
+                        return None;
+                    }
+                    gallery.reserve_ids_below(PersonId(id.saturating_add(1)));
+                    PersonId(id)
+                } else {
+                    match self.peers.local(&origin, id) {
+                        Some(l) if gallery.get(l).is_some() => {
+                            gallery.remove(l).ok()?;
+                            l
+                        }
+                        _ => {
+                            let l = gallery.next_id();
+                            gallery.reserve_ids_below(PersonId(l.0.saturating_add(1)));
+                            l
+                        }
+                    }
+                };
+                let info = IdentityInfo {
+                    id: local,
+                    label: label.as_deref(),
+                    first_seen: now,
+                    last_seen: now,
+                    times_seen: 0,
+                    pinned: true,
+                    exemplars: exemplars.len(),
+                };
+                match gallery.restore(&info, exemplars.iter().map(|e| &e[..])) {
+                    Ok(()) if own => {
+                        log::info!("own identity {id} taken back from the broker");
+                        Some(Applied::Stored)
+                    }
+                    Ok(()) => {
+                        self.peers.copies.insert(Peers::key(&origin, id), local.0);
+                        log::info!(
+                            "shared identity {origin}/{id}{} copied here as {local}",
+                            label.map(|l| format!(" ({l})")).unwrap_or_default()
+                        );
+                        Some(Applied::Stored)
+                    }
+                    Err(e) => {
+                        self.peers.copies.remove(&Peers::key(&origin, id));
+                        self.failed += 1;
+                        log::warn!("shared identity {origin}/{id} not copied: {e}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Messages to publish (retained): own enrolled identities that changed since last time,
+    /// and erasures (empty payloads).
+    pub fn outgoing(&mut self, gallery: &Gallery, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let own: Vec<PersonId> = gallery
+            .identities()
+            .filter(|i| i.pinned && !self.peers.is_copy(i.id))
+            .map(|i| i.id)
+            .collect();
+        for id in &own {
+            if let Some(payload) = encode(gallery, *id, &self.model, &self.origin) {
+                let d = digest(&payload);
+                if self.published.get(&id.0) != Some(&d) {
+                    self.published.insert(id.0, d);
+                    out.push((topic(prefix, &self.model, &self.origin, id.0), payload));
+                }
+            }
+        }
+        let gone: Vec<u32> = self
+            .published
+            .keys()
+            .copied()
+            .filter(|id| !own.contains(&PersonId(*id)))
+            .collect();
+        for id in &gone {
+            self.published.remove(id);
+        }
+        for id in gone {
+            // Still here but unpinned: withdrawn from sharing, not erased.
+            let withdrawn = gallery.get(PersonId(id)).is_some();
+            self.erase.push((self.origin.clone(), id, withdrawn));
+        }
+        self.copies_removed(gallery);
+        for (origin, id, withdrawn) in self.erase.drain(..) {
+            let stone = tombstone(&self.model, self.dim, &origin, id, withdrawn);
+            out.push((topic(prefix, &self.model, &origin, id), stone));
+        }
+        for (origin, id) in self.clear.drain(..) {
+            out.push((topic(prefix, &self.model, &origin, id), Vec::new()));
+        }
+        out
+    }
+}
+
