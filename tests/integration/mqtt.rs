@@ -355,7 +355,8 @@ fn hostile_messages_on_subscribed_topics_do_not_stop_events() {
 }
 
 /// Gallery sharing (`mqtt.share_gallery`) between two cameras on one broker: a person enrolled
-/// at the door is named at the yard (a pinned copy, with its label); erased at the yard, the
+/// at the door is named at the yard (a pinned copy, with its label); renamed at the yard, she is
+/// renamed at the door (which was off when it happened); erased at the yard, the
 /// person disappears from the door's gallery, its file and its backup, even though the door was
 /// off when it happened (a retained tombstone). Bad gallery messages are refused and counted.
 #[test]
@@ -457,6 +458,49 @@ fn an_enrolled_person_is_shared_and_an_erasure_reaches_every_camera() {
         let mode = std::fs::metadata(&peers).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
+
+    // Renamed at the yard through its web API while it runs: the yard asks the door (a retained
+    // request), and the door, off meanwhile, renames alice at its next start, republishes her
+    // and clears the request.
+    {
+        let config = dir.join("yard-http.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "camera = \"yard\"\n[detector]\nkind = \"motion\"\n\
+                 [http]\nenabled = true\nlisten = \"127.0.0.1:0\"\n{}",
+                broker.mqtt_section("share_gallery = true\n")
+            ),
+        )
+        .unwrap();
+        let yard =
+            crate::http::Daemon::start_on(&dir, &config, &yard_g, &model, "synthetic:320x180");
+        let path = format!("/api/v1/identities/{}", at_yard[0].0);
+        let (code, body) =
+            crate::http::request(yard.addr, "PATCH", &path, None, br#"{"label": "alicia"}"#);
+        assert_eq!(code, 200, "{body}");
+        let request = "reidcam/gallery/tiny_reid/door/1/label";
+        crate::http::within(20, "the yard's rename request", || {
+            let held = broker.retained(request);
+            held.first()
+                .filter(|m| json(&m.payload)["label"] == "alicia")
+                .map(|_| ())
+        });
+    }
+    let (door, err) = camera("door", &door_g);
+    assert!(
+        err.contains("renamed alicia as yard asked"),
+        "{door}: {err}"
+    );
+    assert_eq!(listed(&door_g)[0].1, "alicia");
+    assert!(
+        broker
+            .retained("reidcam/gallery/tiny_reid/door/1/label")
+            .is_empty(),
+        "the request is cleared"
+    );
+    let shared = broker.retained("reidcam/gallery/tiny_reid/door/1");
+    assert_eq!(json(&shared[0].payload)["label"], "alicia", "{shared:?}");
 
     // Erased at the yard (the operator, while the yard was off); the yard's next run tells
     // everyone; the door, off meanwhile, learns it from the tombstone at its next start.

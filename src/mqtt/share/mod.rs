@@ -12,9 +12,9 @@
 //! - Messages are validated (model, dimension, exemplar count and values, label, the origin in the
 //!   payload against the topic) before anything is applied; a refused one is logged and counted.
 
-mod wire;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::gallery::{Gallery, IdentityInfo, PersonId, Timestamp};
 
 pub use wire::{
-    IdentityMessage, Int8Exemplar, RemoteUpdate, TOMBSTONE_GRACE, decode, encode, filter,
-    model_level, parse_topic, tombstone, topic,
+    IdentityMessage, Int8Exemplar, LabelMessage, RemoteUpdate, Subject, TOMBSTONE_GRACE, decode,
+    encode, filter, label_topic, model_level, parse_topic, rename_request, tombstone, topic,
 };
 
 /// What [`Sharing::apply`] changed in the gallery.
@@ -44,6 +44,13 @@ pub enum Applied {
 pub struct Peers {
     /// `"<origin>/<id>"` → local id.
     pub copies: BTreeMap<String, u32>,
+    /// `"<origin>/<id>"` → when this camera learnt it was erased (ms since the epoch). An
+    /// origin never reuses an id, so an erased identity stays erased: content for it arriving
+    /// later (published concurrently with the erasure, which the broker then kept instead of
+    /// the tombstone) is refused and the tombstone published again. Kept for
+    /// [`TOMBSTONE_GRACE`].
+    #[serde(default)]
+    pub erased: BTreeMap<String, u64>,
 }
 
 impl Peers {
@@ -108,9 +115,27 @@ pub struct Sharing {
     erase: Vec<(String, u32, bool)>,
     /// Tombstones past their grace period, to clear (an empty retained message).
     clear: Vec<(String, u32)>,
+    /// Own identities: when their label was set (ms; 0: unknown) and the label this side last
+    /// knew (published, or set by a request), to tell an operator's rename here.
+    label_at: BTreeMap<u32, u64>,
+    known_label: BTreeMap<u32, Option<String>>,
+    /// Own identities whose rename request was handled: clear it (an empty retained message).
+    requests_done: Vec<u32>,
+    /// Copies (`origin/id`): the label and stamp their origin last published.
+    received: BTreeMap<String, (Option<String>, u64)>,
+    /// Copies renamed here: the label asked of the origin, when, and whether to (re)send it.
+    asked: BTreeMap<String, Asked>,
     dim: usize,
     /// Updates refused at application (gallery full, …), for the summary.
     pub failed: u64,
+}
+
+/// A rename of a copy, asked of its origin.
+#[derive(Clone, Debug, PartialEq)]
+struct Asked {
+    label: Option<String>,
+    at: u64,
+    send: bool,
 }
 
 fn digest(bytes: &[u8]) -> u64 {
@@ -129,11 +154,22 @@ impl Sharing {
             published: BTreeMap::new(),
             erase: Vec::new(),
             clear: Vec::new(),
+            label_at: BTreeMap::new(),
+            known_label: BTreeMap::new(),
+            requests_done: Vec::new(),
+            received: BTreeMap::new(),
+            asked: BTreeMap::new(),
             dim: gallery.config().dim,
             failed: 0,
         };
         // A copy the operator removed while the daemon was off is erased everywhere.
         sharing.copies_removed(gallery);
+        let now = Timestamp::now().0;
+        let grace = TOMBSTONE_GRACE.as_millis() as u64;
+        sharing
+            .peers
+            .erased
+            .retain(|_, at| now.saturating_sub(*at) <= grace);
         sharing
     }
 
@@ -149,6 +185,8 @@ impl Sharing {
             .collect();
         for key in gone {
             self.peers.copies.remove(&key);
+            self.received.remove(&key);
+            self.asked.remove(&key);
             if let Some((origin, id)) = key.split_once('/')
                 && let Ok(id) = id.parse()
             {
@@ -159,9 +197,15 @@ impl Sharing {
     }
 
     /// Publish everything again (a new connection: the broker may have lost its retained
-    /// messages).
+    /// messages). What was published stays known, so an identity erased or unpinned before the
+    /// next publication still gets its tombstone.
     pub fn republish(&mut self) {
-        self.published.clear();
+        for digest in self.published.values_mut() {
+            *digest = 0;
+        }
+        for asked in self.asked.values_mut() {
+            asked.send = true;
+        }
     }
 
     /// Applies one update; `None` if the gallery did not change.
@@ -176,8 +220,18 @@ impl Sharing {
                 if clear {
                     self.clear.push((origin.clone(), id));
                 }
+                let key = Peers::key(&origin, id);
+                self.received.remove(&key);
+                self.asked.remove(&key);
+                if !withdrawn {
+                    self.peers.erased.insert(key, Timestamp::now().0);
+                }
                 let local = if origin == self.origin {
                     self.published.remove(&id);
+                    if !withdrawn {
+                        self.label_at.remove(&id);
+                        self.known_label.remove(&id);
+                    }
                     // Our own withdrawal (unpinned here): the identity stays.
                     Some(PersonId(id)).filter(|l| !withdrawn && !self.peers.is_copy(*l))
                 } else {
@@ -190,14 +244,54 @@ impl Sharing {
                 log::info!("shared identity {origin}/{id} erased (here: {local})");
                 Some(Applied::Erased(local))
             }
+            RemoteUpdate::RenameCleared => None,
+            RemoteUpdate::Rename {
+                origin,
+                id,
+                label,
+                at,
+                from,
+            } => {
+                if origin != self.origin {
+                    return None; // for its origin to decide
+                }
+                self.requests_done.push(id);
+                let local = PersonId(id);
+                let info = gallery.get(local)?;
+                let newer = at > self.label_at.get(&id).copied().unwrap_or(0);
+                if !info.pinned || self.peers.is_copy(local) || !newer {
+                    log::info!("rename of {id} asked by {from} not applied (older, or not shared)");
+                    // The asker keeps its name until it sees ours, newer: publish it again.
+                    if let Some(d) = self.published.get_mut(&id) {
+                        *d = 0;
+                    }
+                    return None;
+                }
+                gallery.edit(local, Some(label.as_deref()), None).ok()?;
+                self.label_at.insert(id, at);
+                self.known_label.insert(id, label.clone());
+                log::info!(
+                    "{local} renamed {} as {from} asked",
+                    label.as_deref().unwrap_or("(no name)")
+                );
+                Some(Applied::Stored)
+            }
             RemoteUpdate::Upsert {
                 origin,
                 id,
                 label,
+                label_at,
                 exemplars,
             } => {
+                if self.peers.erased.contains_key(&Peers::key(&origin, id)) {
+                    // Erased, and this came after (or raced) the tombstone: erased it stays,
+                    // and the broker gets the tombstone again.
+                    self.erase.push((origin, id, false));
+                    return None;
+                }
                 let now = Timestamp::now();
                 let own = origin == self.origin;
+                let mut label = label;
                 let local = if own {
                     // Our own, from the broker. Still here: nothing to do. Issued by this
                     // gallery and gone: removed while we were off, erase it everywhere. Never
@@ -206,6 +300,15 @@ impl Sharing {
                         // Unpinned while off or offline: withdraw it from sharing.
                         if !info.pinned && !self.peers.is_copy(info.id) {
                             self.erase.push((origin, id, true));
+                        } else if info.label == label.as_deref() {
+                            // The stamp of the label it has (a restart forgets it).
+                            let at = self.label_at.entry(id).or_insert(0);
+                            *at = (*at).max(label_at);
+                        } else {
+                            // The broker has another label than ours: publish ours again.
+                            if let Some(d) = self.published.get_mut(&id) {
+                                *d = 0;
+                            }
                         }
                         return None;
                     }
@@ -219,12 +322,22 @@ impl Sharing {
                     gallery.reserve_ids_below(PersonId(id.saturating_add(1)));
                     PersonId(id)
                 } else {
+                    let key = Peers::key(&origin, id);
+                    let before = self.received.insert(key.clone(), (label.clone(), label_at));
                     match self.peers.local(&origin, id) {
-                        Some(l) if gallery.get(l).is_some() => {
+                        Some(l) if let Some(info) = gallery.get(l) => {
+                            let here = info.label.map(str::to_owned);
+                            label = self.settle_label(&key, here, before, label, label_at);
                             gallery.remove(l).ok()?;
                             l
                         }
-                        _ => {
+                        // Removed here (the API) since the last publication turn: that is an
+                        // erasure, not a reason to copy it again.
+                        Some(_) => {
+                            self.copies_removed(gallery);
+                            return None;
+                        }
+                        None => {
                             let l = gallery.next_id();
                             gallery.reserve_ids_below(PersonId(l.0.saturating_add(1)));
                             l
@@ -264,8 +377,84 @@ impl Sharing {
         }
     }
 
+    /// The label a copy keeps when its origin's message arrives: the origin's, unless the copy
+    /// was renamed here later than the origin's label was set (then the rename is asked of the
+    /// origin again: it may never have seen it). `before`: what the origin had published.
+    fn settle_label(
+        &mut self,
+        key: &str,
+        here: Option<String>,
+        before: Option<(Option<String>, u64)>,
+        theirs: Option<String>,
+        their_at: u64,
+    ) -> Option<String> {
+        if here == theirs {
+            self.asked.remove(key);
+            return theirs;
+        }
+        let asked = match self.asked.get(key) {
+            Some(a) if a.label == here => Some(a.at),
+            // Renamed here and not asked yet.
+            _ if before.is_some_and(|(l, _)| l != here) => Some(Timestamp::now().0),
+            _ => None,
+        };
+        match asked {
+            Some(at) if at > their_at => {
+                self.asked.insert(
+                    key.to_owned(),
+                    Asked {
+                        label: here.clone(),
+                        at,
+                        send: true,
+                    },
+                );
+                here
+            }
+            _ => {
+                self.asked.remove(key);
+                theirs
+            }
+        }
+    }
+
+    /// Renames of copies made here since their origin's last message: asked of the origin.
+    fn renames(&mut self, gallery: &Gallery, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) {
+        for (key, local) in &self.peers.copies {
+            let Some(info) = gallery.get(PersonId(*local)) else {
+                continue;
+            };
+            let Some((theirs, _)) = self.received.get(key) else {
+                continue; // nothing from the origin yet this run: nothing to compare
+            };
+            let here = info.label.map(str::to_owned);
+            if &here == theirs {
+                self.asked.remove(key);
+                continue;
+            }
+            let asked = self.asked.entry(key.clone()).or_insert_with(|| Asked {
+                label: here.clone(),
+                at: Timestamp::now().0,
+                send: true,
+            });
+            if asked.label != here {
+                *asked = Asked {
+                    label: here.clone(),
+                    at: Timestamp::now().0,
+                    send: true,
+                };
+            }
+            if std::mem::take(&mut asked.send)
+                && let Some((origin, id)) = key.split_once('/')
+                && let Ok(id) = id.parse()
+            {
+                let request = rename_request(origin, id, here.as_deref(), asked.at, &self.origin);
+                out.push((label_topic(prefix, &self.model, origin, id), request));
+            }
+        }
+    }
+
     /// Messages to publish (retained): own enrolled identities that changed since last time,
-    /// and erasures (empty payloads).
+    /// renames of copies (asked of their origin), and erasures (empty payloads).
     pub fn outgoing(&mut self, gallery: &Gallery, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         let own: Vec<PersonId> = gallery
@@ -274,7 +463,17 @@ impl Sharing {
             .map(|i| i.id)
             .collect();
         for id in &own {
-            if let Some(payload) = encode(gallery, *id, &self.model, &self.origin) {
+            let label = gallery.get(*id).and_then(|i| i.label).map(str::to_owned);
+            match self.known_label.get(&id.0) {
+                // Renamed here by the operator since: the newest label.
+                Some(known) if *known != label => {
+                    self.label_at.insert(id.0, Timestamp::now().0);
+                }
+                _ => {}
+            }
+            self.known_label.insert(id.0, label);
+            let label_at = self.label_at.get(&id.0).copied().unwrap_or(0);
+            if let Some(payload) = encode(gallery, *id, &self.model, &self.origin, label_at) {
                 let d = digest(&payload);
                 if self.published.get(&id.0) != Some(&d) {
                     self.published.insert(id.0, d);
@@ -297,7 +496,18 @@ impl Sharing {
             self.erase.push((self.origin.clone(), id, withdrawn));
         }
         self.copies_removed(gallery);
+        self.renames(gallery, prefix, &mut out);
+        for id in self.requests_done.drain(..) {
+            out.push((
+                label_topic(prefix, &self.model, &self.origin, id),
+                Vec::new(),
+            ));
+        }
         for (origin, id, withdrawn) in self.erase.drain(..) {
+            if !withdrawn {
+                let key = Peers::key(&origin, id);
+                self.peers.erased.insert(key, Timestamp::now().0);
+            }
             let stone = tombstone(&self.model, self.dim, &origin, id, withdrawn);
             out.push((topic(prefix, &self.model, &origin, id), stone));
         }
@@ -307,4 +517,3 @@ impl Sharing {
         out
     }
 }
-

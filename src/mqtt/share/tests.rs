@@ -1,7 +1,7 @@
 //! Sharing between cameras, one step at a time (no broker: the messages are handed over).
 
 use super::*;
-use crate::gallery::{GalleryConfig, MatchPolicy, NewIdentity, StorageFormat};
+use crate::gallery::{GalleryConfig, LABEL_CAPACITY, MatchPolicy, NewIdentity, StorageFormat};
 
 fn gallery() -> Gallery {
     let config = GalleryConfig {
@@ -151,11 +151,72 @@ fn a_copy_removed_while_running_is_erased_everywhere() {
     assert!(at_yard.peers.local("door", 1).is_none());
 }
 
+/// A copy renamed at another camera is renamed at its origin, and so everywhere: the copy's
+/// camera asks (a retained request on the label topic), the origin applies it if it is newer
+/// than its own label, republishes and clears the request; an older request is refused and the
+/// origin's label, republished, wins at the asker too.
+#[test]
+fn a_copy_renamed_elsewhere_is_renamed_at_its_origin() {
+    let hand = |out: &[(String, Vec<u8>)], to: &mut Sharing, g: &mut Gallery| {
+        let mut applied = Vec::new();
+        for (topic, payload) in out {
+            let subject = parse_topic("reidcam", "m", topic).unwrap();
+            let update = decode(payload, subject, "m", 4, 4).unwrap();
+            applied.push(to.apply(g, update));
+        }
+        applied
+    };
+    let mut door = gallery();
+    let alice = enrol(&mut door, [0.6, 0.8, 0.0, 0.0], "alice");
+    let mut at_door = Sharing::new("door", "m", Peers::default(), &door);
+    let mut yard = gallery();
+    let mut at_yard = Sharing::new("yard", "m", Peers::default(), &yard);
+    let out = at_door.outgoing(&door, "reidcam");
+    hand(&out, &mut at_yard, &mut yard);
+    let copy = at_yard.peers.local("door", 1).unwrap();
+
+    yard.edit(copy, Some(Some("alicia")), None).unwrap();
+    let ask = at_yard.outgoing(&yard, "reidcam");
+    assert_eq!(ask.len(), 1, "{ask:?}");
+    assert_eq!(ask[0].0, "reidcam/gallery/m/door/1/label");
+    assert!(at_yard.outgoing(&yard, "reidcam").is_empty(), "asked once");
+    assert_eq!(hand(&ask, &mut at_door, &mut door), [Some(Applied::Stored)]);
+    assert_eq!(door.get(alice).unwrap().label, Some("alicia"));
+    let out = at_door.outgoing(&door, "reidcam");
+    let topics: Vec<&str> = out.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        ["reidcam/gallery/m/door/1", "reidcam/gallery/m/door/1/label"]
+    );
+    assert!(out[1].1.is_empty(), "the request is cleared");
+    let content: IdentityMessage = serde_json::from_slice(&out[0].1).unwrap();
+    assert!(content.label_at.is_some_and(|at| at > 0));
+    hand(&out, &mut at_yard, &mut yard);
+    assert_eq!(yard.get(copy).unwrap().label, Some("alicia"));
+    assert!(at_yard.outgoing(&yard, "reidcam").is_empty(), "settled");
+
+    // A request older than the origin's label: refused, and the origin's label published again.
+    door.edit(alice, Some(Some("ali")), None).unwrap();
+    let out = at_door.outgoing(&door, "reidcam");
+    let stale = rename_request("door", 1, Some("old"), 1, "yard");
+    let request = vec![("reidcam/gallery/m/door/1/label".to_owned(), stale)];
+    assert_eq!(hand(&request, &mut at_door, &mut door), [None]);
+    assert_eq!(door.get(alice).unwrap().label, Some("ali"));
+    let again = at_door.outgoing(&door, "reidcam");
+    assert!(
+        again
+            .iter()
+            .any(|(t, p)| t == "reidcam/gallery/m/door/1" && !p.is_empty())
+    );
+    hand(&out, &mut at_yard, &mut yard);
+    assert_eq!(yard.get(copy).unwrap().label, Some("ali"));
+}
+
 #[test]
 fn bad_messages_are_refused_with_the_reason() {
     let mut door = gallery();
     enrol(&mut door, [1.0, 0.0, 0.0, 0.0], "alice");
-    let good = encode(&door, PersonId(1), "m", "door").unwrap();
+    let good = encode(&door, PersonId(1), "m", "door", 0).unwrap();
     let from = || ("door".to_owned(), 1);
     assert!(decode(&good, from(), "m", 4, 4).is_ok());
     type Case<'a> = (&'a [u8], &'a str, usize, (String, u32), &'a str);
@@ -179,9 +240,286 @@ fn bad_messages_are_refused_with_the_reason() {
         let err = decode(bad.as_bytes(), from(), "m", 4, 4).unwrap_err();
         assert!(err.contains(why), "{err}");
     }
+    // Rename requests: for the identity of their topic, from a camera name, a valid label.
+    let label = |origin: &str, id: u32| Subject {
+        origin: origin.into(),
+        id,
+        rename: true,
+    };
+    let ok = rename_request("door", 1, Some("al"), 5, "yard");
+    assert!(decode(&ok, label("door", 1), "m", 4, 4).is_ok());
+    let long = "x".repeat(LABEL_CAPACITY + 1);
+    let cases: [(Vec<u8>, Subject, &str); 4] = [
+        (ok.clone(), label("door", 2), "published for"),
+        (
+            rename_request("door", 1, Some(&long), 5, "yard"),
+            label("door", 1),
+            "label of",
+        ),
+        (
+            rename_request("door", 1, None, 5, "../x"),
+            label("door", 1),
+            "from",
+        ),
+        (b"[1]".to_vec(), label("door", 1), "not a rename request"),
+    ];
+    for (payload, subject, why) in cases {
+        let err = decode(&payload, subject, "m", 4, 4).unwrap_err();
+        assert!(err.contains(why), "{err}");
+    }
     assert!(parse_topic("reidcam", "m", "reidcam/gallery/m/../1").is_none());
     assert_eq!(
         parse_topic("reidcam", "m", "reidcam/gallery/m/door/7"),
-        Some(("door".into(), 7))
+        Some(Subject::from(("door".to_owned(), 7)))
     );
+    let rename = parse_topic("reidcam", "m", "reidcam/gallery/m/door/7/label").unwrap();
+    assert!(rename.rename && rename.id == 7);
+    assert!(parse_topic("reidcam", "m", "reidcam/gallery/m/door/7/other").is_none());
+}
+
+/// A broker as far as sharing needs one: retained messages by topic (an empty payload clears
+/// one), and each publication delivered in order to every connected camera, the publisher too.
+/// Disconnecting loses what was in flight (a clean session); connecting delivers the retained
+/// messages. The real broker is exercised by the MQTT integration tests; this one lets a test
+/// try thousands of interleavings.
+struct Net {
+    retained: BTreeMap<String, Vec<u8>>,
+    cams: Vec<Cam>,
+}
+
+struct Cam {
+    gallery: Gallery,
+    sharing: Sharing,
+    online: bool,
+    inbox: std::collections::VecDeque<(String, Vec<u8>)>,
+}
+
+/// xorshift64*: a fixed sequence per seed, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+impl Net {
+    fn new(names: &[&str]) -> Net {
+        let cams = names
+            .iter()
+            .map(|n| {
+                let gallery = gallery();
+                let sharing = Sharing::new(n, "m", Peers::default(), &gallery);
+                Cam {
+                    gallery,
+                    sharing,
+                    online: false,
+                    inbox: Default::default(),
+                }
+            })
+            .collect();
+        Net {
+            retained: BTreeMap::new(),
+            cams,
+        }
+    }
+
+    fn publish(&mut self, messages: Vec<(String, Vec<u8>)>) {
+        for (topic, payload) in messages {
+            if payload.is_empty() {
+                self.retained.remove(&topic);
+            } else {
+                self.retained.insert(topic.clone(), payload.clone());
+            }
+            for c in self.cams.iter_mut().filter(|c| c.online) {
+                c.inbox.push_back((topic.clone(), payload.clone()));
+            }
+        }
+    }
+
+    /// The daemon's publication turn (it runs only while connected).
+    fn tick(&mut self, i: usize) {
+        let c = &mut self.cams[i];
+        if c.online {
+            let out = c.sharing.outgoing(&c.gallery, "reidcam");
+            self.publish(out);
+        }
+    }
+
+    fn deliver(&mut self, i: usize) -> bool {
+        let c = &mut self.cams[i];
+        let Some((topic, payload)) = c.inbox.pop_front() else {
+            return false;
+        };
+        let subject = parse_topic("reidcam", "m", &topic).unwrap();
+        let update = decode(&payload, subject, "m", 4, 4).unwrap();
+        c.sharing.apply(&mut c.gallery, update);
+        true
+    }
+
+    fn connect(&mut self, i: usize, rng: &mut Rng) {
+        let c = &mut self.cams[i];
+        if c.online {
+            return;
+        }
+        c.online = true;
+        c.sharing.republish();
+        // Retained messages come in the broker's order, whatever that is.
+        let mut retained: Vec<_> = self.retained.clone().into_iter().collect();
+        for k in (1..retained.len()).rev() {
+            retained.swap(k, rng.below(k + 1));
+        }
+        c.inbox.extend(retained);
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        let c = &mut self.cams[i];
+        c.online = false;
+        c.inbox.clear();
+    }
+
+    /// Everyone connected, every message delivered, every change published, until quiet.
+    fn heal(&mut self, rng: &mut Rng) {
+        for i in 0..self.cams.len() {
+            self.connect(i, rng);
+        }
+        for _ in 0..1000 {
+            let mut busy = false;
+            for i in 0..self.cams.len() {
+                self.tick(i);
+                while self.deliver(i) {
+                    busy = true;
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("sharing does not settle");
+    }
+
+    /// What camera `i` shares, as `origin/id → label`: its own enrolled identities and its
+    /// copies of the others'.
+    fn shared(&self, i: usize) -> BTreeMap<String, Option<String>> {
+        let c = &self.cams[i];
+        let mut all = BTreeMap::new();
+        for info in c.gallery.identities().filter(|i| i.pinned) {
+            let key = match c
+                .sharing
+                .peers
+                .copies
+                .iter()
+                .find(|(_, l)| **l == info.id.0)
+            {
+                Some((key, _)) => key.clone(),
+                None => format!("{}/{}", c.sharing.origin, info.id.0),
+            };
+            all.insert(key, info.label.map(str::to_owned));
+        }
+        all
+    }
+}
+
+/// Random operations on three cameras (enrol, rename an own identity or a copy, erase either,
+/// unpin), with cameras leaving and joining the broker and messages delivered in random
+/// interleavings; after everyone is back and the messages settle, every camera shares the same
+/// identities under the same names, and nothing erased anywhere came back.
+#[test]
+fn galleries_converge_after_partitions_whatever_the_order() {
+    const NAMES: [&str; 3] = ["door", "yard", "hall"];
+    const LABELS: [Option<&str>; 4] = [None, Some("ann"), Some("bo"), Some("cy")];
+    for seed in 1..=2000u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut net = Net::new(&NAMES);
+        for i in 0..NAMES.len() {
+            net.connect(i, &mut rng);
+        }
+        let mut erased: Vec<String> = Vec::new();
+        let mut log = Vec::new();
+        for _ in 0..60 {
+            let i = rng.below(NAMES.len());
+            let pinned: Vec<PersonId> = net.cams[i]
+                .gallery
+                .identities()
+                .filter(|x| x.pinned)
+                .map(|x| x.id)
+                .collect();
+            let pick = (!pinned.is_empty()).then(|| pinned[rng.below(pinned.len())]);
+            match rng.below(10) {
+                0 => {
+                    let v = [1.0, (rng.below(9) as f32) - 4.0, rng.below(5) as f32, 0.5];
+                    let label = LABELS[rng.below(LABELS.len())];
+                    let new = NewIdentity {
+                        label,
+                        pinned: true,
+                        now: Timestamp(1),
+                    };
+                    let id = net.cams[i].gallery.insert(&v, new).unwrap().0;
+                    log.push(format!("{} enrols {id} {label:?}", NAMES[i]));
+                }
+                1 | 2 => {
+                    if let Some(id) = pick {
+                        let label = LABELS[rng.below(LABELS.len())];
+                        net.cams[i].gallery.edit(id, Some(label), None).unwrap();
+                        log.push(format!("{} renames {id} {label:?}", NAMES[i]));
+                    }
+                }
+                3 => {
+                    if let Some(id) = pick {
+                        let key = net.shared(i).into_iter().find(|(k, _)| {
+                            net.cams[i].sharing.peers.copies.get(k) == Some(&id.0)
+                                || *k == format!("{}/{}", NAMES[i], id.0)
+                        });
+                        net.cams[i].gallery.remove(id).unwrap();
+                        erased.extend(key.map(|(k, _)| k));
+                        log.push(format!("{} erases {id}", NAMES[i]));
+                    }
+                }
+                4 => {
+                    if let Some(id) = pick
+                        && !net.cams[i].sharing.peers.is_copy(id)
+                    {
+                        net.cams[i].gallery.edit(id, None, Some(false)).unwrap();
+                        log.push(format!("{} unpins {id}", NAMES[i]));
+                    }
+                }
+                5 => {
+                    net.disconnect(i);
+                    log.push(format!("{} leaves", NAMES[i]));
+                }
+                6 => {
+                    net.connect(i, &mut rng);
+                    log.push(format!("{} joins", NAMES[i]));
+                }
+                7 => net.tick(i),
+                _ => {
+                    for _ in 0..rng.below(4) {
+                        net.deliver(i);
+                    }
+                }
+            }
+        }
+        net.heal(&mut rng);
+        let first = net.shared(0);
+        for (i, name) in NAMES.iter().enumerate().skip(1) {
+            assert_eq!(
+                net.shared(i),
+                first,
+                "seed {seed}: {} and {name} differ after: {log:#?}",
+                NAMES[0],
+            );
+        }
+        for key in &erased {
+            assert!(
+                !first.contains_key(key),
+                "seed {seed}: {key} was erased but is back: {log:#?}"
+            );
+        }
+    }
 }

@@ -31,6 +31,48 @@ pub struct IdentityMessage {
     /// it. Other cameras erase their copies as for any tombstone; the origin keeps its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub withdrawn: bool,
+    /// When the label was last set (ms since the epoch; absent: never renamed since sharing
+    /// began). The stamp of a rename asked by another camera ([`LabelMessage`]), or the
+    /// origin's own rename: the newest wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_at: Option<u64>,
+}
+
+/// A camera holding a copy asks the origin to rename its identity (retained, on
+/// [`label_topic`]); the origin applies it when it is newer than the label it has
+/// (`label_at`), republishes the identity and clears the request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelMessage {
+    pub reidcam_label: u32,
+    pub origin: String,
+    pub id: u32,
+    /// The new name (absent: remove the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// When the operator renamed the copy (ms since the epoch).
+    pub at: u64,
+    /// The camera that asks.
+    pub from: String,
+}
+
+/// Which identity a gallery topic is about, and whether it is the identity itself or a rename
+/// request for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub origin: String,
+    pub id: u32,
+    pub rename: bool,
+}
+
+impl From<(String, u32)> for Subject {
+    fn from((origin, id): (String, u32)) -> Subject {
+        Subject {
+            origin,
+            id,
+            rename: false,
+        }
+    }
 }
 
 /// How long a tombstone stays retained (cameras that were off meanwhile learn of the erasure
@@ -52,8 +94,20 @@ pub enum RemoteUpdate {
         origin: String,
         id: u32,
         label: Option<String>,
+        /// When the label was set (0: unknown, older than any rename).
+        label_at: u64,
         exemplars: Vec<Vec<f32>>,
     },
+    /// Another camera asks `origin` to rename its identity `id`.
+    Rename {
+        origin: String,
+        id: u32,
+        label: Option<String>,
+        at: u64,
+        from: String,
+    },
+    /// A rename request was cleared (it was applied or refused): nothing to do.
+    RenameCleared,
     /// Someone erased it (or its origin withdrew it: `withdrawn`); `clear`: the tombstone is
     /// past its grace period (clear it).
     Erase {
@@ -82,12 +136,17 @@ pub fn topic(prefix: &str, model: &str, origin: &str, id: u32) -> String {
     format!("{prefix}/gallery/{}/{origin}/{id}", model_level(model))
 }
 
+/// Where cameras ask `origin` to rename its identity `id`.
+pub fn label_topic(prefix: &str, model: &str, origin: &str, id: u32) -> String {
+    format!("{}/label", topic(prefix, model, origin, id))
+}
+
 pub fn filter(prefix: &str, model: &str) -> String {
     format!("{prefix}/gallery/{}/#", model_level(model))
 }
 
-/// `(origin, id)` of a topic under [`filter`].
-pub fn parse_topic(prefix: &str, model: &str, topic: &str) -> Option<(String, u32)> {
+/// What a topic under [`filter`] is about: `<origin>/<id>` or `<origin>/<id>/label`.
+pub fn parse_topic(prefix: &str, model: &str, topic: &str) -> Option<Subject> {
     let rest = topic
         .strip_prefix(prefix)?
         .strip_prefix("/gallery/")?
@@ -95,11 +154,27 @@ pub fn parse_topic(prefix: &str, model: &str, topic: &str) -> Option<(String, u3
         .strip_prefix('/')?;
     let (origin, id) = rest.split_once('/')?;
     crate::config::check_camera_name(origin).ok()?;
-    Some((origin.to_owned(), id.parse().ok()?))
+    let (id, rename) = match id.split_once('/') {
+        Some((id, "label")) => (id, true),
+        Some(_) => return None,
+        None => (id, false),
+    };
+    Some(Subject {
+        origin: origin.to_owned(),
+        id: id.parse().ok()?,
+        rename,
+    })
 }
 
-/// The message for `id` of `gallery`, as `origin` publishes it.
-pub fn encode(gallery: &Gallery, id: PersonId, model: &str, origin: &str) -> Option<Vec<u8>> {
+/// The message for `id` of `gallery`, as `origin` publishes it; its label set at `label_at`
+/// (0: unknown).
+pub fn encode(
+    gallery: &Gallery,
+    id: PersonId,
+    model: &str,
+    origin: &str,
+    label_at: u64,
+) -> Option<Vec<u8>> {
     let info = gallery.get(id)?;
     let dim = gallery.config().dim;
     let mut values = vec![0.0f32; dim];
@@ -125,6 +200,7 @@ pub fn encode(gallery: &Gallery, id: PersonId, model: &str, origin: &str) -> Opt
         exemplars,
         erased_at: None,
         withdrawn: false,
+        label_at: (label_at != 0).then_some(label_at),
     };
     serde_json::to_vec(&message).ok()
 }
@@ -141,19 +217,77 @@ pub fn tombstone(model: &str, dim: usize, origin: &str, id: u32, withdrawn: bool
         exemplars: Vec::new(),
         erased_at: Some(Timestamp::now().0),
         withdrawn,
+        label_at: None,
     };
     serde_json::to_vec(&message).expect("serialises")
 }
 
-/// Checks a message received on `topic` (`(origin, id)` from [`parse_topic`]) for a gallery of
+/// A rename request from `from` for `origin`'s identity `id`, asked at `at`.
+pub fn rename_request(origin: &str, id: u32, label: Option<&str>, at: u64, from: &str) -> Vec<u8> {
+    let message = LabelMessage {
+        reidcam_label: VERSION,
+        origin: origin.to_owned(),
+        id,
+        label: label.map(str::to_owned),
+        at,
+        from: from.to_owned(),
+    };
+    serde_json::to_vec(&message).expect("serialises")
+}
+
+fn check_label(label: Option<&str>) -> Result<(), String> {
+    match label {
+        Some(l) if l.len() > LABEL_CAPACITY || l.is_empty() => Err(format!(
+            "label of {} bytes: expected 1..{LABEL_CAPACITY}",
+            l.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a rename request received on `origin`/`id`'s label topic.
+fn decode_rename(payload: &[u8], origin: String, id: u32) -> Result<RemoteUpdate, String> {
+    if payload.is_empty() {
+        return Ok(RemoteUpdate::RenameCleared);
+    }
+    let m: LabelMessage =
+        serde_json::from_slice(payload).map_err(|e| format!("not a rename request: {e}"))?;
+    if m.reidcam_label != VERSION {
+        return Err(format!(
+            "format version {}, expected {VERSION}",
+            m.reidcam_label
+        ));
+    }
+    if m.origin != origin || m.id != id {
+        return Err(format!(
+            "says it renames {}/{} but was published for {origin}/{id}",
+            m.origin, m.id
+        ));
+    }
+    crate::config::check_camera_name(&m.from).map_err(|e| format!("from: {e}"))?;
+    check_label(m.label.as_deref())?;
+    Ok(RemoteUpdate::Rename {
+        origin,
+        id,
+        label: m.label,
+        at: m.at,
+        from: m.from,
+    })
+}
+
+/// Checks a message received on a topic ([`Subject`] from [`parse_topic`]) for a gallery of
 /// `dim` and at most `k` exemplars of `model`. Errors say what was wrong.
 pub fn decode(
     payload: &[u8],
-    (origin, id): (String, u32),
+    subject: impl Into<Subject>,
     model: &str,
     dim: usize,
     k: usize,
 ) -> Result<RemoteUpdate, String> {
+    let Subject { origin, id, rename } = subject.into();
+    if rename {
+        return decode_rename(payload, origin, id);
+    }
     if payload.is_empty() {
         return Ok(RemoteUpdate::Erase {
             origin,
@@ -197,14 +331,7 @@ pub fn decode(
             clear: u128::from(age) > TOMBSTONE_GRACE.as_millis(),
         });
     }
-    if let Some(label) = &m.label
-        && (label.len() > LABEL_CAPACITY || label.is_empty())
-    {
-        return Err(format!(
-            "label of {} bytes: expected 1..{LABEL_CAPACITY}",
-            label.len()
-        ));
-    }
+    check_label(m.label.as_deref())?;
     if m.exemplars.is_empty() || m.exemplars.len() > k.min(MAX_EXEMPLARS) {
         return Err(format!(
             "{} exemplars: expected 1..{}",
@@ -238,7 +365,7 @@ pub fn decode(
         origin,
         id,
         label: m.label,
+        label_at: m.label_at.unwrap_or(0),
         exemplars,
     })
 }
-
