@@ -176,11 +176,13 @@ impl Sharing {
     /// Copies no longer in `gallery` (the operator removed them: the CLI while the daemon was
     /// off, or the API) are forgotten here and erased everywhere.
     fn copies_removed(&mut self, gallery: &Gallery) {
+        let present: std::collections::BTreeSet<u32> =
+            gallery.identities().map(|i| i.id.0).collect();
         let gone: Vec<String> = self
             .peers
             .copies
             .iter()
-            .filter(|(_, local)| gallery.get(PersonId(**local)).is_none())
+            .filter(|(_, local)| !present.contains(local))
             .map(|(key, _)| key.clone())
             .collect();
         for key in gone {
@@ -419,14 +421,16 @@ impl Sharing {
 
     /// Renames of copies made here since their origin's last message: asked of the origin.
     fn renames(&mut self, gallery: &Gallery, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) {
+        let labels: BTreeMap<u32, Option<&str>> =
+            gallery.identities().map(|i| (i.id.0, i.label)).collect();
         for (key, local) in &self.peers.copies {
-            let Some(info) = gallery.get(PersonId(*local)) else {
+            let Some(label) = labels.get(local) else {
                 continue;
             };
             let Some((theirs, _)) = self.received.get(key) else {
                 continue; // nothing from the origin yet this run: nothing to compare
             };
-            let here = info.label.map(str::to_owned);
+            let here = label.map(str::to_owned);
             if &here == theirs {
                 self.asked.remove(key);
                 continue;
@@ -457,9 +461,11 @@ impl Sharing {
     /// renames of copies (asked of their origin), and erasures (empty payloads).
     pub fn outgoing(&mut self, gallery: &Gallery, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
+        // Once per call: a copy test per identity would be quadratic in the gallery.
+        let copies: std::collections::BTreeSet<u32> = self.peers.copies.values().copied().collect();
         let own: Vec<PersonId> = gallery
             .identities()
-            .filter(|i| i.pinned && !self.peers.is_copy(i.id))
+            .filter(|i| i.pinned && !copies.contains(&i.id.0))
             .map(|i| i.id)
             .collect();
         for id in &own {

@@ -1,0 +1,190 @@
+//! The aarch64 product: NEON `sdot` (i8 × i8, the input codes shifted by −128).
+
+use std::arch::aarch64::*;
+
+use super::Layer;
+
+/// `acc += Σ x.bytes[4i..4i+4] · w.bytes[4L..4L+4]` per lane `i` (`sdot` by element).
+#[inline(always)]
+unsafe fn sdot<const L: i32>(mut acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+    // SAFETY: register-only instruction; the caller's function enables `dotprod`.
+    unsafe {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {x:v}.16b, {w:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            x = in(vreg) x,
+            w = in(vreg_low16) w,
+            lane = const L,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    acc
+}
+
+/// Pixels per register tile (two vectors of four words).
+const STEP: usize = 8;
+
+/// # Safety
+/// The CPU must have the dot-product extension; `words` is `[groups][pixels]` of i8 codes
+/// (u8 code − 128), `out` (and `residual`) `[outputs][pixels]`.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) unsafe fn product(
+    layer: &Layer,
+    words: &[u32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { with_store_variants!(outputs_of, layer, words, residual, relu, out) }
+}
+
+#[inline(always)]
+unsafe fn outputs_of<const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let outputs = layer.shape.outputs;
+    let mut o = 0;
+    while o + 8 <= outputs {
+        unsafe { tile::<8, RES, RELU>(layer, o, words, residual, out) };
+        o += 8;
+    }
+    while o < outputs {
+        unsafe { tile::<4, RES, RELU>(layer, o, words, residual, out) };
+        o += 4;
+    }
+}
+
+/// Words `[p, p + 4)` of `row` (fewer at the end of the row, the rest zero).
+#[inline(always)]
+unsafe fn load_words(row: &[u32], p: usize) -> int8x16_t {
+    let mut lanes = [0u32; 4];
+    for (lane, &w) in lanes.iter_mut().zip(row.iter().skip(p)) {
+        *lane = w;
+    }
+    unsafe { vreinterpretq_s8_u32(vld1q_u32(lanes.as_ptr())) }
+}
+
+/// The exact int32 sums of outputs `o0..o0 + N` (`N` = 4 or 8, `o0` a multiple of 4) at
+/// pixels `p..p + 8`, each started from its correction (bias − (z_x − 128)·Σw; 0 past the
+/// layer's outputs, whose weights are zero). `load(g, p)` reads words `p..p + 4` of row `g`.
+#[inline(always)]
+unsafe fn sums<const N: usize>(
+    layer: &Layer,
+    o0: usize,
+    p: usize,
+    load: impl Fn(usize, usize) -> int8x16_t,
+) -> [[int32x4_t; 2]; N] {
+    let groups = layer.groups;
+    // SAFETY (whole function): `words_by4` holds 4 words per (block of 4 outputs, group),
+    // its blocks padded to a multiple of 4 outputs; `N == 8` reads blocks o0/4 and o0/4 + 1.
+    let blocks = unsafe { layer.words_by4.as_ptr().add(o0 / 4 * groups * 4) };
+    let mut acc = [[unsafe { vdupq_n_s32(0) }; 2]; N];
+    for (j, a) in acc.iter_mut().enumerate() {
+        let corr = layer.corr_i8.get(o0 + j).copied().unwrap_or(0);
+        *a = [unsafe { vdupq_n_s32(corr) }; 2];
+    }
+    for g in 0..groups {
+        let (xa, xb) = (load(g, p), load(g, p + 4));
+        let w0 = unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add(g * 4))) };
+        let w1 = if N == 8 {
+            unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add((groups + g) * 4))) }
+        } else {
+            w0
+        };
+        macro_rules! lane {
+            ($j:literal, $w:ident, $l:literal) => {
+                if $j < N {
+                    acc[$j][0] = unsafe { sdot::<$l>(acc[$j][0], xa, $w) };
+                    acc[$j][1] = unsafe { sdot::<$l>(acc[$j][1], xb, $w) };
+                }
+            };
+        }
+        lane!(0, w0, 0);
+        lane!(1, w0, 1);
+        lane!(2, w0, 2);
+        lane!(3, w0, 3);
+        lane!(4, w1, 0);
+        lane!(5, w1, 1);
+        lane!(6, w1, 2);
+        lane!(7, w1, 3);
+    }
+    acc
+}
+
+/// `N` outputs from `o0` over every pixel: whole 8-pixel tiles stored straight from the
+/// registers, then the row's tail (and a block of outputs past the layer's) value by value.
+#[inline(always)]
+unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    o0: usize,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let pixels = layer.shape.pixels;
+    let outputs = layer.shape.outputs;
+    let whole = if o0 + N <= outputs {
+        pixels / STEP * STEP
+    } else {
+        0
+    };
+    assert!(
+        words.len() >= layer.groups * pixels,
+        "int8 pointwise scratch"
+    );
+    let needed = (outputs - 1) * layer.y_stride + pixels;
+    assert!(out.len() >= needed && (!RES || residual.len() >= needed));
+    // SAFETY: a whole tile's loads stay inside its rows (`p + 8 ≤ pixels`; length asserted).
+    let direct = |g: usize, p: usize| unsafe {
+        vreinterpretq_s8_u32(vld1q_u32(words.as_ptr().add(g * pixels + p)))
+    };
+    let mut p = 0;
+    while p < whole {
+        let acc = unsafe { sums::<N>(layer, o0, p, direct) };
+        for (j, a) in acc.iter().enumerate() {
+            let o = o0 + j;
+            // SAFETY: `o < outputs` for a whole tile.
+            let mult = unsafe { vdupq_n_f32(*layer.multiplier.get_unchecked(o)) };
+            for (h, &sum) in a.iter().enumerate() {
+                let at = o * layer.y_stride + p + 4 * h;
+                // Same arithmetic as `Layer::store`, four lanes at once.
+                // SAFETY: four values from `at` are inside row `o` (`p + 8 ≤ pixels`), and
+                // the rows inside `out` and `residual` (lengths asserted).
+                unsafe {
+                    let mut v = vmulq_f32(vcvtq_f32_s32(sum), mult);
+                    if RES {
+                        v = vaddq_f32(v, vld1q_f32(residual.as_ptr().add(at)));
+                    }
+                    if RELU {
+                        v = vmaxq_f32(v, vdupq_n_f32(0.0));
+                    }
+                    vst1q_f32(out.as_mut_ptr().add(at), v);
+                }
+            }
+        }
+        p += STEP;
+    }
+    while p < pixels {
+        let row = |g: usize| &words[g * pixels..][..pixels];
+        let acc = unsafe { sums::<N>(layer, o0, p, |g, p| load_words(row(g), p)) };
+        for (j, a) in acc.iter().enumerate().take(outputs.saturating_sub(o0)) {
+            let o = o0 + j;
+            let mut lanes = [0i32; STEP];
+            // SAFETY: two vectors of four into eight lanes.
+            unsafe {
+                vst1q_s32(lanes.as_mut_ptr(), a[0]);
+                vst1q_s32(lanes.as_mut_ptr().add(4), a[1]);
+            }
+            for (i, &sum) in lanes.iter().enumerate().take(pixels - p) {
+                let at = o * layer.y_stride + p + i;
+                let r = RES.then(|| residual[at]);
+                out[at] = layer.store(sum as f32, o, r, RELU);
+            }
+        }
+        p += STEP;
+    }
+}

@@ -1,0 +1,127 @@
+//! The x86-64 product: AVX-512 VNNI (`vpdpbusd`, u8 × i8) over the quantised input words.
+
+use std::arch::x86_64::*;
+
+use super::Layer;
+
+/// Output channels per register tile (two 16-pixel registers each: 16 accumulators).
+const OUTS: usize = 8;
+
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512 VNNI; `words` is `[groups][pixels]`, `out` (and
+/// `residual`) `[outputs][pixels]`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn product(
+    layer: &Layer,
+    words: &[u32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let (outputs, pixels) = (layer.shape.outputs, layer.shape.pixels);
+    assert!(
+        words.len() >= layer.groups * pixels,
+        "int8 pointwise scratch"
+    );
+    assert!(
+        out.len() >= (outputs - 1) * layer.y_stride + pixels,
+        "int8 pointwise output"
+    );
+    // SAFETY: the caller's contract, passed on.
+    unsafe { with_store_variants!(outputs_of, layer, words, residual, relu, out) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn outputs_of<const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let outputs = layer.shape.outputs;
+    assert!(
+        !RES || residual.len() >= (outputs - 1) * layer.y_stride + layer.shape.pixels,
+        "int8 pointwise residual"
+    );
+    let mut o = 0;
+    while o + OUTS <= outputs {
+        unsafe { tile::<OUTS, RES, RELU>(layer, o, words, residual, out) };
+        o += OUTS;
+    }
+    while o < outputs {
+        unsafe { tile::<1, RES, RELU>(layer, o, words, residual, out) };
+        o += 1;
+    }
+}
+
+/// Outputs `o0..o0 + N` over every pixel, 32 pixels per step (two registers, the last
+/// ones masked): sums started from each output's correction (bias − z_x·Σw), stored
+/// straight from the registers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    o0: usize,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let pixels = layer.shape.pixels;
+    let groups = layer.groups;
+    let x = words.as_ptr();
+    // SAFETY (whole function): o0 + N ≤ outputs (the caller's loops), so every weight word
+    // `(o0 + j)·groups + g`, correction and multiplier read is inside its vector; the
+    // masks keep loads and stores inside the rows, whose lengths `product` asserted.
+    let w = unsafe { layer.words.as_ptr().add(o0 * groups) };
+    let mut p = 0;
+    while p < pixels {
+        let left = pixels - p;
+        let m0: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+        let m1: __mmask16 = if left >= 32 {
+            0xffff
+        } else if left > 16 {
+            (1 << (left - 16)) - 1
+        } else {
+            0
+        };
+        let mut acc = [[_mm512_setzero_si512(); 2]; N];
+        for (j, a) in acc.iter_mut().enumerate() {
+            let corr = _mm512_set1_epi32(unsafe { *layer.corr_u8.get_unchecked(o0 + j) });
+            *a = [corr; 2];
+        }
+        for g in 0..groups {
+            let (xa, xb) = unsafe {
+                let row = x.add(g * pixels + p);
+                (
+                    _mm512_maskz_loadu_epi32(m0, row.cast()),
+                    _mm512_maskz_loadu_epi32(m1, row.add(16).cast()),
+                )
+            };
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wj = _mm512_set1_epi32(unsafe { *w.add(j * groups + g) } as i32);
+                a[0] = _mm512_dpbusd_epi32(a[0], xa, wj);
+                a[1] = _mm512_dpbusd_epi32(a[1], xb, wj);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let o = o0 + j;
+            let mult = _mm512_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
+            for (h, mask) in [m0, m1].into_iter().enumerate() {
+                let at = o * layer.y_stride + p + 16 * h;
+                // Same arithmetic as `Layer::store`. A zero mask loads and stores nothing.
+                let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(a[h]), mult);
+                if RES {
+                    v = _mm512_add_ps(v, unsafe {
+                        _mm512_maskz_loadu_ps(mask, residual.as_ptr().add(at))
+                    });
+                }
+                if RELU {
+                    v = _mm512_max_ps(v, _mm512_setzero_ps());
+                }
+                unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), mask, v) };
+            }
+        }
+        p += 32;
+    }
+}
