@@ -14,6 +14,7 @@ mod kernels;
 mod mqtt;
 mod parity;
 mod resize;
+mod share;
 
 #[global_allocator]
 static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
