@@ -81,10 +81,12 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A private directory for the plain-HTTP socket: only this user may connect to it.
+/// A private directory for the plain-HTTP socket: only this user may connect to it. Those a
+/// killed daemon left behind (`kill -9`: no stop to remove it) are removed first.
 pub fn socket_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt as _;
     let base = std::env::temp_dir();
+    remove_stale(&base);
     let pid = std::process::id();
     for n in 0..100u32 {
         let dir = base.join(format!("reidcam-https-{pid}-{n}"));
@@ -98,6 +100,42 @@ pub fn socket_dir() -> io::Result<PathBuf> {
         "{}: no free reidcam-https-{pid}-N name",
         base.display()
     )))
+}
+
+/// Removes `reidcam-https-<pid>-<n>` directories under `base` that belong to this user and
+/// whose process is gone. A live process (even another program that reuses the pid) keeps its
+/// own; links and other users' entries are never touched.
+fn remove_stale(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("reidcam-https-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if meta.is_dir() && meta.uid() == me && gone {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => log::info!("removed {} (left by a killed daemon)", path.display()),
+                Err(e) => log::warn!("{}: cannot remove: {e}", path.display()),
+            }
+        }
+    }
 }
 
 /// The TLS listener and its connections.
@@ -365,5 +403,40 @@ fn relay(
         if backend_done && !tls.wants_write() {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_of_killed_daemons_are_removed_and_nothing_else() {
+        let base = std::env::temp_dir().join(format!("reidcam-tls-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        // A process that has exited: its pid is free (not reused this fast in practice; if
+        // it were, the directory would be kept, which the test would report).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = base.join(format!("reidcam-https-{dead}-0"));
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("http.sock"), b"").unwrap();
+        let live = base.join(format!("reidcam-https-{}-0", std::process::id()));
+        std::fs::create_dir_all(&live).unwrap();
+        // A link with a stale name: neither it nor what it points to is removed.
+        let target = base.join("elsewhere");
+        std::fs::create_dir_all(&target).unwrap();
+        let link = base.join(format!("reidcam-https-{dead}-1"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let other = base.join("not-ours");
+        std::fs::create_dir_all(&other).unwrap();
+
+        remove_stale(&base);
+        assert!(!stale.exists(), "the killed daemon's directory is removed");
+        assert!(live.is_dir(), "a live process keeps its directory");
+        assert!(std::fs::symlink_metadata(&link).is_ok() && target.is_dir());
+        assert!(other.is_dir());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
