@@ -20,6 +20,7 @@ async function picture(img, path) {
   if (old.startsWith("blob:")) URL.revokeObjectURL(old);
 }
 const thumbs = new Map(); // id -> { url, at }
+let pictured = new Map(); // id -> identity with a thumbnail (the last list)
 async function thumbnail(img, p) {
   let t = thumbs.get(p.id);
   if (!t || Date.now() - t.at > 30000) {
@@ -37,6 +38,7 @@ function when(ms) { return new Date(ms).toLocaleString(); }
 async function people() {
   const { identities } = await api("/api/v1/identities");
   text($("count"), "(" + identities.length + ")");
+  pictured = new Map(identities.filter((p) => p.thumbnail).map((p) => [p.id, p]));
   const grid = $("people");
   grid.replaceChildren(...identities.map((p) => {
     const card = el("div"); card.className = "card"; card.dataset.id = p.id;
@@ -102,7 +104,15 @@ async function events() {
   const box = $("events");
   for (const e of r.events) {
     const who = e.identity ? (e.identity.label || (e.identity.id !== undefined ? "person " + e.identity.id : e.identity.decision)) : "";
-    box.prepend(el("div", e.time.slice(11, 19) + " " + e.event + " track " + e.track + " " + who));
+    const row = el("div"); row.className = "event";
+    const p = e.identity && pictured.get(e.identity.id);
+    if (p) {
+      const img = el("img"); img.className = "mini"; img.alt = "";
+      thumbnail(img, p).catch(() => {});
+      row.append(img);
+    }
+    row.append(el("span", e.time.slice(11, 19) + " " + e.event + " track " + e.track + " " + who));
+    box.prepend(row);
   }
   while (box.childElementCount > 100) box.lastChild.remove();
 }

@@ -313,6 +313,12 @@ fn drive(chromium: &Path, chromedriver: &Path, dir: &Path, scene: &Scene) {
         "an event naming Alice",
         "document.getElementById('events').innerText.includes('Alice')",
     );
+    // Events of people with a picture show it.
+    web.until(
+        30,
+        "an event with its person's thumbnail",
+        "[...document.querySelectorAll('#events img.mini')].some((i) => i.naturalWidth > 0)",
+    );
 
     // Delete another one, after the confirmation: gone from the file and from disk.
     let other = id_of(web.until(
