@@ -235,6 +235,14 @@ pub fn rename_request(origin: &str, id: u32, label: Option<&str>, at: u64, from:
     serde_json::to_vec(&message).expect("serialises")
 }
 
+fn check_version(found: u32) -> Result<(), String> {
+    if found == VERSION {
+        Ok(())
+    } else {
+        Err(format!("format version {found}, expected {VERSION}"))
+    }
+}
+
 fn check_label(label: Option<&str>) -> Result<(), String> {
     match label {
         Some(l) if l.len() > LABEL_CAPACITY || l.is_empty() => Err(format!(
@@ -252,12 +260,7 @@ fn decode_rename(payload: &[u8], origin: String, id: u32) -> Result<RemoteUpdate
     }
     let m: LabelMessage =
         serde_json::from_slice(payload).map_err(|e| format!("not a rename request: {e}"))?;
-    if m.reidcam_label != VERSION {
-        return Err(format!(
-            "format version {}, expected {VERSION}",
-            m.reidcam_label
-        ));
-    }
+    check_version(m.reidcam_label)?;
     if m.origin != origin || m.id != id {
         return Err(format!(
             "says it renames {}/{} but was published for {origin}/{id}",
@@ -298,12 +301,7 @@ pub fn decode(
     }
     let m: IdentityMessage =
         serde_json::from_slice(payload).map_err(|e| format!("not an identity message: {e}"))?;
-    if m.reidcam_identity != VERSION {
-        return Err(format!(
-            "format version {}, expected {VERSION}",
-            m.reidcam_identity
-        ));
-    }
+    check_version(m.reidcam_identity)?;
     if m.model != model || m.dim != dim {
         return Err(format!(
             "for model {:?} of dimension {}, this camera runs {model:?} of {dim}",
