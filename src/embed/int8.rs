@@ -3,8 +3,9 @@
 //! a graph with f32 edges, where each quantised convolution quantises its own input.
 //!
 //! - A quantised 1×1 convolution (tract's `EinSum` with quantisation parameters) becomes our
-//!   [`QuantPointwise`](super::ops::QuantPointwise) when the CPU has int8 dot-product
-//!   instructions ([`Dot`]): input quantised on the fly, int8 products, exact int32 sums, stored
+//!   [`QuantPointwise`](super::ops::QuantPointwise) when the CPU has int8 product
+//!   instructions ([`Dot`]: AVX-512 VNNI, AVX2's 16-bit multiply-adds, Armv8.2 `sdot`): input
+//!   quantised on the fly, int8 products, exact int32 sums (the same on each), stored
 //!   dequantised in f32 (`kernels::qpointwise`). Without them it becomes a float 1×1
 //!   convolution from its dequantised weights, like the others below: int8 products would cost
 //!   as much as float ones, plus the quantisation.

@@ -308,3 +308,62 @@ fn embedding_allocates_nothing_once_warm() {
         }
     }
 }
+
+/// Our int8 model gives the same embeddings, bit for bit, whatever x86 kernel set runs it:
+/// AVX-512 VNNI and AVX2's 16-bit multiply-adds make the same integer sums, and the float ops
+/// between them sum in the same order on both. Runs `reidcam embed` with each set the CPU has
+/// (`REIDCAM_KERNELS`); needs two of them (an AVX-512 machine), else says it is skipped.
+#[test]
+fn int8_embeddings_are_the_same_bits_on_every_x86_kernel_set() {
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIPPED: x86 kernel sets only (aarch64: the qemu int8 tests)");
+        return;
+    }
+    let sets: Vec<&str> = ["avx2+fma", "avx512f"]
+        .into_iter()
+        .filter(|s| match *s {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            _ => std::arch::is_x86_feature_detected!("avx2"),
+        })
+        .collect();
+    if sets.len() < 2 {
+        eprintln!("SKIPPED: one int8 kernel set on this CPU ({sets:?}): nothing to compare");
+        return;
+    }
+    let dir = crate::common::scratch("int8-bits");
+    let crops: Vec<String> = (0..4)
+        .map(|i| {
+            let p = dir.join(format!("c{i}.png"));
+            let image = pattern(40 + 9 * i, 100 + 7 * i);
+            std::fs::write(&p, crate::common::encode(&image, image::ImageFormat::Png)).unwrap();
+            p.to_str().unwrap().to_owned()
+        })
+        .collect();
+    let model = repo().join("models/default_int8.onnx");
+    let outputs: Vec<(String, String)> = sets
+        .iter()
+        .map(|set| {
+            let out = crate::common::command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
+                .env("REIDCAM_KERNELS", set)
+                .env("RUST_LOG", "info")
+                .args(["embed", "--model", model.to_str().unwrap()])
+                .args(&crops)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{set}: {err}");
+            (String::from_utf8(out.stdout).unwrap(), err)
+        })
+        .collect();
+    for ((set, (out, err)), want) in sets.iter().zip(&outputs).zip(["avx2-madd", "avx512-vnni"]) {
+        assert!(
+            err.contains(want),
+            "{set} should multiply with {want}: {err}"
+        );
+        assert_eq!(out.lines().count(), crops.len(), "{out}");
+    }
+    assert_eq!(
+        outputs[0].0, outputs[1].0,
+        "int8 embeddings differ by kernel set"
+    );
+}

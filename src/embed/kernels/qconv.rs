@@ -92,6 +92,9 @@ impl ConvLayer {
         // The image's codes, then the phase-split layout of them with the padding's code.
         let plain = &mut scratch.codes[..image.len()];
         match dot {
+            // SAFETY: the CPU has AVX2 (`Dot::Avx2` is checked by the product).
+            #[cfg(target_arch = "x86_64")]
+            Dot::Avx2 => unsafe { x86::quantise_avx2(layer, image, plain, flip) },
             // SAFETY: the CPU has AVX-512F and BW (`Dot::Vnni512` implies them).
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => unsafe { x86::quantise(layer, image, plain, flip) },
@@ -113,6 +116,8 @@ impl ConvLayer {
                 match (run(0), run(1), run(2), run(3)) {
                     (Some(a), Some(b), Some(c), Some(d)) => match dot {
                         // SAFETY: as above.
+                        #[cfg(target_arch = "x86_64")]
+                        Dot::Avx2 => unsafe { x86::interleave_avx2(dst, a, b, c, d) },
                         #[cfg(target_arch = "x86_64")]
                         Dot::Vnni512 => unsafe { x86::interleave(dst, a, b, c, d) },
                         #[cfg(target_arch = "aarch64")]
@@ -152,7 +157,7 @@ fn interleave(dst: &mut [u32], a: &[u8], b: &[u8], c: &[u8], d: &[u8]) {
     }
 }
 
-/// The two loops above compiled for AVX-512 (LLVM vectorises them 16 lanes wide there; at the
+/// The two loops above compiled for AVX-512 and for AVX2 (LLVM vectorises them 16 or 8 lanes wide; at the
 /// x86-64 baseline, rounding half to even is a library call).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -165,6 +170,16 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn interleave(dst: &mut [u32], a: &[u8], b: &[u8], c: &[u8], d: &[u8]) {
+        super::interleave(dst, a, b, c, d)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantise_avx2(layer: &Layer, image: &[f32], codes: &mut [u8], flip: u8) {
+        super::quantise(layer, image, codes, flip)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn interleave_avx2(dst: &mut [u32], a: &[u8], b: &[u8], c: &[u8], d: &[u8]) {
         super::interleave(dst, a, b, c, d)
     }
 }

@@ -38,6 +38,10 @@ pub struct Grid {
 /// The dot-product instructions a CPU has for int8 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dot {
+    /// AVX2 without dot products: codes widened to 16 bits, `vpmaddwd` (i16 pairs → i32, 16
+    /// multiply-adds per instruction, exact like the others).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     /// AVX-512 VNNI (`vpdpbusd` on 512-bit registers).
     #[cfg(target_arch = "x86_64")]
     Vnni512,
@@ -50,6 +54,8 @@ impl std::fmt::Display for Dot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // By value: on targets without any kind the match is empty.
         f.write_str(match *self {
+            #[cfg(target_arch = "x86_64")]
+            Dot::Avx2 => "avx2-madd",
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => "avx512-vnni",
             #[cfg(target_arch = "aarch64")]
@@ -65,10 +71,15 @@ impl Dot {
         if std::env::var("REIDCAM_INT8_DOT").is_ok_and(|v| v == "none") {
             return None;
         }
+        // On x86 the kernel set decides (`REIDCAM_KERNELS=avx2+fma` runs what an AVX2-only
+        // machine runs): VNNI with AVX-512, 16-bit multiply-adds with AVX2, none below.
         #[cfg(target_arch = "x86_64")]
-        if super::Isa::detect() != super::Isa::Avx512 {
-            return None;
-        }
+        return match super::Isa::detect() {
+            super::Isa::Avx512 => Dot::available().last().copied(),
+            super::Isa::Avx2Fma => Some(Dot::Avx2).filter(|d| d.is_available()),
+            super::Isa::Baseline => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
         Dot::available().last().copied()
     }
 
@@ -88,6 +99,8 @@ impl Dot {
         // By value: on targets without any kind the match is empty.
         match self {
             #[cfg(target_arch = "x86_64")]
+            Dot::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
@@ -99,6 +112,8 @@ impl Dot {
 
     /// Every kind this build has code for.
     const ALL: &[Dot] = &[
+        #[cfg(target_arch = "x86_64")]
+        Dot::Avx2,
         #[cfg(target_arch = "x86_64")]
         Dot::Vnni512,
         #[cfg(target_arch = "aarch64")]
@@ -116,6 +131,11 @@ pub struct Layer {
     /// broadcasts one word per output).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     words: Vec<u32>,
+    /// `[outputs][groups][2]`: the weights as 16-bit pairs for `vpmaddwd`, channels `4g` and
+    /// `4g + 2` in the first word, `4g + 1` and `4g + 3` in the second (the input word's even
+    /// and odd bytes, masked out in place).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pairs: Vec<u32>,
     /// `[outputs / 4 (rounded up)][groups][4]`: the same words, four outputs side by side (NEON
     /// multiplies by one of four lanes).
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
@@ -176,6 +196,14 @@ impl Layer {
             corr_u8.push(bias[o] - x.zero * sum);
             corr_i8.push(bias[o] - (x.zero - 128) * sum);
         }
+        let pair = |w: u32, a: u32, b: u32| {
+            let half = |j: u32| u32::from(((w >> (8 * j)) as u8 as i8) as i16 as u16);
+            half(a) | half(b) << 16
+        };
+        let pairs = words
+            .iter()
+            .flat_map(|&w| [pair(w, 0, 2), pair(w, 1, 3)])
+            .collect();
         let mut words_by4 = vec![0u32; outputs.div_ceil(4) * groups * 4];
         for o in 0..outputs {
             for g in 0..groups {
@@ -186,6 +214,7 @@ impl Layer {
             shape,
             groups,
             words,
+            pairs,
             words_by4,
             corr_u8,
             corr_i8,
@@ -232,6 +261,9 @@ impl Layer {
         assert!(dot.is_available(), "{dot} not on this CPU");
         let words = self.words_for(words);
         match dot {
+            // SAFETY: the CPU has AVX2 (checked above).
+            #[cfg(target_arch = "x86_64")]
+            Dot::Avx2 => unsafe { quantise_avx2(self, input, words, self.flip(dot)) },
             // SAFETY: the CPU has AVX-512F and VNNI (checked above).
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => unsafe { quantise_avx512(self, input, words, self.flip(dot)) },
@@ -242,12 +274,12 @@ impl Layer {
         self.product(dot, words, residual, relu, out);
     }
 
-    /// What the input words are XORed with for `dot`: 0 for VNNI (u8 codes), 0x80 per byte for
-    /// `sdot` (i8 codes, `code − 128`).
+    /// What the input words are XORed with for `dot`: 0 for VNNI and AVX2 (u8 codes), 0x80 per
+    /// byte for `sdot` (i8 codes, `code − 128`).
     pub fn flip(&self, dot: Dot) -> u32 {
         match dot {
             #[cfg(target_arch = "x86_64")]
-            Dot::Vnni512 => 0,
+            Dot::Avx2 | Dot::Vnni512 => 0,
             #[cfg(target_arch = "aarch64")]
             Dot::NeonDot => 0x8080_8080,
         }
@@ -275,6 +307,9 @@ impl Layer {
             assert!(r.len() >= needed, "int8 product residual length");
         }
         match dot {
+            // SAFETY: the CPU has AVX2 (checked above); lengths checked above.
+            #[cfg(target_arch = "x86_64")]
+            Dot::Avx2 => unsafe { x86::product_avx2(self, words, residual, relu, out) },
             // SAFETY: the CPU has AVX-512F and VNNI (checked above); lengths checked above.
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => unsafe { x86::product(self, words, residual, relu, out) },
@@ -347,6 +382,13 @@ fn quantise_words(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
             }
         }
     }
+}
+
+/// [`quantise_words`] compiled for AVX2 (LLVM vectorises it; rounding is one instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn quantise_avx2(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
+    quantise_words(layer, input, words, flip)
 }
 
 /// [`quantise_words`] in AVX-512 registers, 16 pixels at a time with a masked tail (LLVM's own

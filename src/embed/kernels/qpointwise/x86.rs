@@ -1,4 +1,6 @@
-//! The x86-64 product: AVX-512 VNNI (`vpdpbusd`, u8 × i8) over the quantised input words.
+//! The x86-64 products over the quantised input words: AVX-512 VNNI (`vpdpbusd`, u8 × i8, 64
+//! multiply-adds per instruction) and, for CPUs without it, AVX2 (`vpmaddwd` on the codes and
+//! weights widened to 16 bits in place: 16 multiply-adds per instruction). Both are exact.
 
 use std::arch::x86_64::*;
 
@@ -123,5 +125,147 @@ unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
             }
         }
         p += 32;
+    }
+}
+
+/// Output channels per AVX2 register tile (two 8-pixel accumulators each).
+const OUTS2: usize = 4;
+
+/// # Safety
+/// The CPU must have AVX2; `words` is `[groups][pixels]`, `out` (and `residual`)
+/// `[outputs][pixels]`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn product_avx2(
+    layer: &Layer,
+    words: &[u32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let (outputs, pixels) = (layer.shape.outputs, layer.shape.pixels);
+    assert!(
+        words.len() >= layer.groups * pixels,
+        "int8 pointwise scratch"
+    );
+    assert!(
+        out.len() >= (outputs - 1) * layer.y_stride + pixels,
+        "int8 pointwise output"
+    );
+    // SAFETY: the caller's contract, passed on.
+    unsafe { with_store_variants!(outputs_avx2, layer, words, residual, relu, out) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn outputs_avx2<const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let outputs = layer.shape.outputs;
+    assert!(
+        !RES || residual.len() >= (outputs - 1) * layer.y_stride + layer.shape.pixels,
+        "int8 pointwise residual"
+    );
+    let mut o = 0;
+    while o + OUTS2 <= outputs {
+        unsafe { tile_avx2::<OUTS2, RES, RELU>(layer, o, words, residual, out) };
+        o += OUTS2;
+    }
+    while o < outputs {
+        unsafe { tile_avx2::<1, RES, RELU>(layer, o, words, residual, out) };
+        o += 1;
+    }
+}
+
+/// Outputs `o0..o0 + N` over every pixel, 16 pixels per step (two registers, the tail
+/// masked). Each input word holds four u8 codes; masking its even and odd bytes gives two
+/// words of 16-bit pairs (channels 0 and 2, 1 and 3), which `vpmaddwd` multiplies by the
+/// weights' pairs (`Layer::pairs`) into exact int32 sums: at most 255 · 128 · 2 per
+/// instruction, far from overflow.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    o0: usize,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let pixels = layer.shape.pixels;
+    let groups = layer.groups;
+    let x = words.as_ptr();
+    // SAFETY (whole function): o0 + N ≤ outputs (the caller's loops), so every weight pair
+    // `((o0 + j)·groups + g)·2 + h`, correction and multiplier read is inside its vector;
+    // the lane masks keep loads and stores inside the rows, whose lengths `product_avx2`
+    // asserted (a masked-off lane is neither read nor written).
+    let w = unsafe { layer.pairs.as_ptr().add(2 * o0 * groups) };
+    let even = _mm256_set1_epi32(0x00ff_00ff);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut p = 0;
+    while p < pixels {
+        let left = (pixels - p).min(16) as i32;
+        let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
+        let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(left - 8), lane);
+        let mut acc = [[_mm256_setzero_si256(); 2]; N];
+        for (j, a) in acc.iter_mut().enumerate() {
+            let corr = _mm256_set1_epi32(unsafe { *layer.corr_u8.get_unchecked(o0 + j) });
+            *a = [corr; 2];
+        }
+        for g in 0..groups {
+            let (xa, xb) = unsafe {
+                let row = x.add(g * pixels + p).cast::<i32>();
+                (
+                    _mm256_maskload_epi32(row, m0),
+                    _mm256_maskload_epi32(row.wrapping_add(8), m1),
+                )
+            };
+            let (ea, oa) = (
+                _mm256_and_si256(xa, even),
+                _mm256_and_si256(_mm256_srli_epi32::<8>(xa), even),
+            );
+            let (eb, ob) = (
+                _mm256_and_si256(xb, even),
+                _mm256_and_si256(_mm256_srli_epi32::<8>(xb), even),
+            );
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = 2 * (j * groups + g);
+                let (we, wo) = unsafe {
+                    (
+                        _mm256_set1_epi32(*w.add(at) as i32),
+                        _mm256_set1_epi32(*w.add(at + 1) as i32),
+                    )
+                };
+                a[0] = _mm256_add_epi32(
+                    a[0],
+                    _mm256_add_epi32(_mm256_madd_epi16(ea, we), _mm256_madd_epi16(oa, wo)),
+                );
+                a[1] = _mm256_add_epi32(
+                    a[1],
+                    _mm256_add_epi32(_mm256_madd_epi16(eb, we), _mm256_madd_epi16(ob, wo)),
+                );
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let o = o0 + j;
+            let mult = _mm256_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
+            for (h, mask) in [m0, m1].into_iter().enumerate() {
+                let at = o * layer.y_stride + p + 8 * h;
+                // Same arithmetic as `Layer::store`. Masked-off lanes touch no memory (the
+                // pointer may point past the row: `wrapping_add`, never dereferenced there).
+                let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(a[h]), mult);
+                if RES {
+                    v = _mm256_add_ps(v, unsafe {
+                        _mm256_maskload_ps(residual.as_ptr().wrapping_add(at), mask)
+                    });
+                }
+                if RELU {
+                    v = _mm256_max_ps(v, _mm256_setzero_ps());
+                }
+                unsafe { _mm256_maskstore_ps(out.as_mut_ptr().wrapping_add(at), mask, v) };
+            }
+        }
+        p += 16;
     }
 }
