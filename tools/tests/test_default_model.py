@@ -22,9 +22,9 @@ def test_default_model_accuracy_on_cuhk03_val(variant):
     got = report["metrics"]
     want, tol = EXPECTED[variant], EXPECTED["tolerance_points"]
     if variant == "int8":
-        # Without int8 dot products (x86 without VNNI, Cortex-A72) the int8 model runs from
-        # dequantised weights, and gives other embeddings than the integer kernels: each path has
-        # its figures (issue 23 makes the integers the same on every CPU).
+        # Without int8 product instructions (x86 below AVX2, Cortex-A72) the int8 model runs
+        # from dequantised weights, and gives other embeddings than the integer kernels: each
+        # path has its figures (AVX-512 VNNI, AVX2 and NEON sdot give the same integers).
         want = want[report["int8_path"]]
     assert abs(got["rank1"] - want["rank1"]) <= tol, (got["rank1"], want)
     assert abs(got["map"] - want["mAP"]) <= tol, (got["map"], want)
