@@ -49,8 +49,6 @@ pub(super) struct Live {
     still: Mutex<Still>,
     /// Frame-loop side: when it last copied, ms since start.
     copied_ms: AtomicU64,
-    /// Copies made so far (numbers each [`Still`]: 0 is none).
-    copies: AtomicU64,
     /// The last JPEG made, for the copy it was made from; its lock also makes concurrent
     /// requests for a new copy wait for one encoding instead of each making its own.
     picture: Mutex<Option<Picture>>,
@@ -70,7 +68,6 @@ impl Live {
             wanted_ms: AtomicU64::new(0),
             still: Mutex::new(Still::default()),
             copied_ms: AtomicU64::new(0),
-            copies: AtomicU64::new(0),
             picture: Mutex::new(None),
         }
     }
@@ -106,7 +103,7 @@ impl Live {
         still.height = h;
         still.at_ms = now_ms.max(1);
         still.frame = frame;
-        still.copy = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
+        still.copy += 1;
         fill(&mut still.shown);
         self.copied_ms.store(now_ms, Ordering::Relaxed);
     }
@@ -145,13 +142,12 @@ impl Live {
     pub fn picture(&self, started: Instant) -> Option<std::io::Result<Picture>> {
         // Held while encoding: requests arriving meanwhile wait here, then find it made.
         let mut made = self.picture.lock().unwrap_or_else(|e| e.into_inner());
-        let newest = self.latest(started, |s| s.copy)?;
-        if let Some(p) = made.as_ref()
-            && p.copy == newest
-        {
-            return Some(Ok(p.clone()));
-        }
-        let still = self.latest(started, Still::clone)?;
+        let cached = made.as_ref().map(|p| p.copy);
+        // One look at the frame: its pixels are copied only when they are not encoded yet.
+        let fresh = self.latest(started, |s| (Some(s.copy) != cached).then(|| s.clone()))?;
+        let Some(still) = fresh else {
+            return made.clone().map(Ok);
+        };
         let copy = still.copy;
         Some(render(still).map(|jpeg| {
             let p = Picture {
