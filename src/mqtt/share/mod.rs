@@ -51,6 +51,11 @@ pub struct Peers {
     /// [`TOMBSTONE_GRACE`].
     #[serde(default)]
     pub erased: BTreeMap<String, u64>,
+    /// Copies (`origin/id`): the label and stamp their origin last published, kept across
+    /// restarts so that a copy renamed before the origin's message comes back is told from one
+    /// the origin renamed.
+    #[serde(default)]
+    pub received: BTreeMap<String, (Option<String>, u64)>,
 }
 
 impl Peers {
@@ -121,8 +126,6 @@ pub struct Sharing {
     known_label: BTreeMap<u32, Option<String>>,
     /// Own identities whose rename request was handled: clear it (an empty retained message).
     requests_done: Vec<u32>,
-    /// Copies (`origin/id`): the label and stamp their origin last published.
-    received: BTreeMap<String, (Option<String>, u64)>,
     /// Copies renamed here: the label asked of the origin, when, and whether to (re)send it.
     asked: BTreeMap<String, Asked>,
     dim: usize,
@@ -157,7 +160,6 @@ impl Sharing {
             label_at: BTreeMap::new(),
             known_label: BTreeMap::new(),
             requests_done: Vec::new(),
-            received: BTreeMap::new(),
             asked: BTreeMap::new(),
             dim: gallery.config().dim,
             failed: 0,
@@ -187,7 +189,7 @@ impl Sharing {
             .collect();
         for key in gone {
             self.peers.copies.remove(&key);
-            self.received.remove(&key);
+            self.peers.received.remove(&key);
             self.asked.remove(&key);
             if let Some((origin, id)) = key.split_once('/')
                 && let Ok(id) = id.parse()
@@ -223,7 +225,7 @@ impl Sharing {
                     self.clear.push((origin.clone(), id));
                 }
                 let key = Peers::key(&origin, id);
-                self.received.remove(&key);
+                self.peers.received.remove(&key);
                 self.asked.remove(&key);
                 if !withdrawn {
                     self.peers.erased.insert(key, Timestamp::now().0);
@@ -325,7 +327,10 @@ impl Sharing {
                     PersonId(id)
                 } else {
                     let key = Peers::key(&origin, id);
-                    let before = self.received.insert(key.clone(), (label.clone(), label_at));
+                    let before = self
+                        .peers
+                        .received
+                        .insert(key.clone(), (label.clone(), label_at));
                     match self.peers.local(&origin, id) {
                         Some(l) if let Some(info) = gallery.get(l) => {
                             let here = info.label.map(str::to_owned);
@@ -427,7 +432,7 @@ impl Sharing {
             let Some(label) = labels.get(local) else {
                 continue;
             };
-            let Some((theirs, _)) = self.received.get(key) else {
+            let Some((theirs, _)) = self.peers.received.get(key) else {
                 continue; // nothing from the origin yet this run: nothing to compare
             };
             let here = label.map(str::to_owned);
