@@ -115,7 +115,8 @@ pub fn cpu_model() -> String {
 }
 
 /// The kernel sets the embedder uses here: `avx512f`, `avx2+fma`, `neon`, … and the int8 dot
-/// products (`avx512-vnni`, `neon-dotprod`, or none: int8 layers from dequantised weights).
+/// products (`avx512-vnni`, `avx2-madd`, `neon-dotprod`, `neon-smlal`, or none: int8 layers
+/// from dequantised weights).
 pub fn kernel_sets() -> String {
     let dot = crate::embed::Dot::detect().map_or("none".to_owned(), |d| d.to_string());
     format!("{}, int8 dot products: {dot}", crate::embed::Isa::detect())

@@ -23,8 +23,10 @@ and per embedding of the default model, and what a frame with one and with three
 --int8 instead compares int8 models with their float ones through reidcam (our default model,
 and each --int8-model with its float `X.onnx` beside it, as tools/int8_check.py --out leaves
 them) on a CPU with the dot-product extension (cortex-a76: sdot, the int8 kernel) and one
-without (cortex-a72: the int8 model runs from dequantised weights). Fails unless int8 costs
-fewer instructions than float on the first, and at most 5% more on the second.
+without (cortex-a72: the int8 model runs from dequantised weights by default, and through NEON's
+widening multiplies with REIDCAM_INT8_DOT=neon-smlal). Fails unless int8 costs fewer
+instructions than float on the first, at most 5% more on the second, and at most 8% more with
+the widening product.
 """
 import argparse
 import json
@@ -58,12 +60,12 @@ def plugin() -> Path:
 
 
 def instructions(binary: Path, lib: Path, model: Path, manifest: Path, runs: int, kernels: str,
-                 cpu: str = CPU) -> int:
-    """Guest instructions of one process of `reidcam bench --runs RUNS`."""
+                 cpu: str = CPU, env: dict[str, str] | None = None) -> int:
+    """Guest instructions of one process of `reidcam bench --runs RUNS` (`env`: more variables)."""
     cmd = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", str(binary), "bench",
            "--model", str(model), "--manifest", str(manifest), "--runs", str(runs), "--seconds", "0", "--json",
            "--kernels", kernels]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         sys.exit(f"qemu_cost: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     report = json.loads(proc.stdout)
@@ -191,19 +193,25 @@ def int8_vs_float(binary: Path, extra: list[Path]) -> int:
         pairs.append((float_model, int8))
     failed = 0
     for float_model, int8 in pairs:
-        # With sdot int8 must be cheaper; without, it runs from dequantised weights: as float.
-        for cpu, most, need in (("cortex-a76", 0.999, "below 1"), ("cortex-a72", 1.05, "at most 1.05")):
-            per = {}
-            for variant, model in (("float", float_model), ("int8", int8)):
-                counts = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu)
+        # With sdot int8 must be cheaper; without, it runs from dequantised weights by default:
+        # as float. The widening product (REIDCAM_INT8_DOT=neon-smlal: the same embeddings as
+        # sdot) costs more there (1.052 measured 2026-12-04); its limit catches a regression.
+        float_counts: dict[str, float] = {}
+        for cpu, dot, most in (("cortex-a76", None, 0.999), ("cortex-a72", None, 1.05),
+                               ("cortex-a72", "neon-smlal", 1.08)):
+            def per_embedding(model: Path, env: dict[str, str]) -> float:
+                counts = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu, env)
                           for n in RUNS}
-                per[variant] = (counts[RUNS[1]] - counts[RUNS[0]]) / (RUNS[1] - RUNS[0])
-            ratio = per["int8"] / per["float"]
+                return (counts[RUNS[1]] - counts[RUNS[0]]) / (RUNS[1] - RUNS[0])
+            if cpu not in float_counts:
+                float_counts[cpu] = per_embedding(float_model, {})
+            per_int8 = per_embedding(int8, {"REIDCAM_INT8_DOT": dot} if dot else {})
+            ratio = per_int8 / float_counts[cpu]
             ok = ratio <= most
             failed += not ok
-            print(f"qemu_cost: {float_model.stem} on {cpu}: float {per['float'] / 1e6:.2f} M, int8 "
-                  f"{per['int8'] / 1e6:.2f} M guest instructions per embedding: int8 / float {ratio:.4f}"
-                  + ("" if ok else f": FAILED (must be {need})"))
+            print(f"qemu_cost: {float_model.stem} on {cpu}: float {float_counts[cpu] / 1e6:.2f} M, int8 "
+                  f"({dot or 'default product'}) {per_int8 / 1e6:.2f} M guest instructions per embedding: "
+                  f"int8 / float {ratio:.4f}" + ("" if ok else f": FAILED (must be at most {most})"))
     return 1 if failed else 0
 
 

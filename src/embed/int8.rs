@@ -4,11 +4,11 @@
 //!
 //! - A quantised 1×1 convolution (tract's `EinSum` with quantisation parameters) becomes our
 //!   [`QuantPointwise`](super::ops::QuantPointwise) when the CPU has int8 product
-//!   instructions ([`Dot`]: AVX-512 VNNI, AVX2's 16-bit multiply-adds, Armv8.2 `sdot`): input
-//!   quantised on the fly, int8 products, exact int32 sums (the same on each), stored
-//!   dequantised in f32 (`kernels::qpointwise`). Without them it becomes a float 1×1
-//!   convolution from its dequantised weights, like the others below: int8 products would cost
-//!   as much as float ones, plus the quantisation.
+//!   instructions ([`Dot`]: AVX-512 VNNI, AVX2's 16-bit multiply-adds, Armv8.2 `sdot`, NEON's
+//!   widening multiplies when asked for): input quantised on the fly, int8 products, exact
+//!   int32 sums (the same on each), stored dequantised in f32 (`kernels::qpointwise`). Without
+//!   them (x86 below AVX2, armv7, aarch64 cores without `sdot` by default) it becomes a float
+//!   1×1 convolution from its dequantised weights, like the others below.
 //! - A quantised one-group convolution of any kernel (OSNet's 7×7/2 stem) becomes our
 //!   [`QuantFullConv`](super::ops::QuantFullConv) on CPUs with [`Dot`]: the image quantised once,
 //!   its taps gathered four to a word, the same int8 product (`kernels::qconv`).

@@ -150,8 +150,8 @@ fn prepare(typed: TypedModel, kernels: Kernels) -> TractResult<(Plan, Rewritten)
             if int8::is_quantised(&model) {
                 if dot.is_none() {
                     log::info!(
-                        "no int8 product instructions on this CPU (AVX2, AVX-512 VNNI, Armv8.2 \
-                         dotprod): the quantised model runs in float from its dequantised \
+                        "no int8 product instructions on this CPU (AVX2, AVX-512 VNNI, aarch64 \
+                         NEON): the quantised model runs in float from its dequantised \
                          weights, about as fast as the float model"
                     );
                 }

@@ -313,7 +313,7 @@ fn embedding_allocates_nothing_once_warm() {
 /// AVX-512 VNNI and AVX2's 16-bit multiply-adds make the same integer sums, and the float ops
 /// between them sum in the same order on both. Runs `reidcam embed` with each set the CPU has
 /// (`REIDCAM_KERNELS`); needs two of them (an AVX-512 machine), else says it is skipped. x86
-/// only (aarch64's NEON `sdot` is checked against the same integer reference under qemu).
+/// only (the next test compares the int8 products of any CPU, NEON's two among them).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn int8_embeddings_are_the_same_bits_on_every_x86_kernel_set() {
@@ -328,6 +328,36 @@ fn int8_embeddings_are_the_same_bits_on_every_x86_kernel_set() {
         eprintln!("SKIPPED: one int8 kernel set on this CPU ({sets:?}): nothing to compare");
         return;
     }
+    let runs: Vec<(&str, &str)> = sets.iter().map(|&set| ("REIDCAM_KERNELS", set)).collect();
+    same_int8_embeddings(&runs, &["avx2-madd", "avx512-vnni"]);
+}
+
+/// The same with every int8 product this CPU runs, under one kernel set (`REIDCAM_INT8_DOT`):
+/// on aarch64 the widening multiplies that Cortex-A72 and A53 cores get (`neon-smlal`) and
+/// `sdot` (qemu's default CPU has both); on an AVX-512 machine VNNI and AVX2's multiply-adds
+/// beside the AVX-512 float kernels. Needs two kinds, else says it is skipped.
+#[test]
+fn int8_embeddings_are_the_same_bits_with_every_int8_product() {
+    let kinds: Vec<String> = reidcam::embed::Dot::available()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    if kinds.len() < 2 {
+        eprintln!("SKIPPED: {kinds:?}: fewer than two int8 products on this CPU to compare");
+        return;
+    }
+    let runs: Vec<(&str, &str)> = kinds
+        .iter()
+        .map(|k| ("REIDCAM_INT8_DOT", k.as_str()))
+        .collect();
+    let names: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    same_int8_embeddings(&runs, &names);
+}
+
+/// Runs `reidcam embed` on our int8 model and four crops once per `(variable, value)` of
+/// `runs`, checks that run `i` multiplied with `products[i]` (its log says so), and that every
+/// run printed the same embeddings.
+fn same_int8_embeddings(runs: &[(&str, &str)], products: &[&str]) {
     let dir = crate::common::scratch("int8-bits");
     let crops: Vec<String> = (0..4)
         .map(|i| {
@@ -338,30 +368,33 @@ fn int8_embeddings_are_the_same_bits_on_every_x86_kernel_set() {
         })
         .collect();
     let model = repo().join("models/default_int8.onnx");
-    let outputs: Vec<(String, String)> = sets
+    let outputs: Vec<String> = runs
         .iter()
-        .map(|set| {
+        .zip(products)
+        .map(|(&(var, value), want)| {
             let out = crate::common::command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
-                .env("REIDCAM_KERNELS", set)
+                .env(var, value)
                 .env("RUST_LOG", "info")
                 .args(["embed", "--model", model.to_str().unwrap()])
                 .args(&crops)
                 .output()
                 .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(out.status.success(), "{set}: {err}");
-            (String::from_utf8(out.stdout).unwrap(), err)
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{var}={value}: {err}");
+            assert!(
+                err.contains(want),
+                "{var}={value} should multiply with {want}: {err}"
+            );
+            let out = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(out.lines().count(), crops.len(), "{out}");
+            out
         })
         .collect();
-    for ((set, (out, err)), want) in sets.iter().zip(&outputs).zip(["avx2-madd", "avx512-vnni"]) {
-        assert!(
-            err.contains(want),
-            "{set} should multiply with {want}: {err}"
+    for (run, out) in runs.iter().zip(&outputs).skip(1) {
+        assert_eq!(
+            &outputs[0], out,
+            "int8 embeddings differ: {:?} against {run:?}",
+            runs[0]
         );
-        assert_eq!(out.lines().count(), crops.len(), "{out}");
     }
-    assert_eq!(
-        outputs[0].0, outputs[1].0,
-        "int8 embeddings differ by kernel set"
-    );
 }

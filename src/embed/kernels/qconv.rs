@@ -6,7 +6,8 @@
 //! padding is the code of 0.0, the zero point), where every tap of an output row is a contiguous
 //! run. The taps of each output pixel are then gathered four at a time into words — the input
 //! layout of `qpointwise`, taps in the place of channels — and `qpointwise`'s dot-product
-//! product (AVX-512 VNNI, NEON `sdot`) makes the exact int32 sums and the dequantised f32 store.
+//! product (AVX-512 VNNI, AVX2 `vpmaddwd`, NEON `sdot` or `smull`/`smlal`) makes the exact int32
+//! sums and the dequantised f32 store.
 //! The result is bit for bit [`reference`]'s.
 
 // Without x86-64 or aarch64 there is no `Dot` (the enum has no variant), and nothing here runs.
@@ -99,7 +100,7 @@ impl ConvLayer {
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => unsafe { x86::quantise(layer, image, plain, flip) },
             #[cfg(target_arch = "aarch64")]
-            Dot::NeonDot => quantise(layer, image, plain, flip),
+            Dot::NeonWiden | Dot::NeonDot => quantise(layer, image, plain, flip),
         }
         let pad = layer.quantise(0.0) as u8 ^ flip;
         let codes = conv::phase_split_as(g, plain, pad, |c| c, &mut scratch.phases);
@@ -121,7 +122,7 @@ impl ConvLayer {
                         #[cfg(target_arch = "x86_64")]
                         Dot::Vnni512 => unsafe { x86::interleave(dst, a, b, c, d) },
                         #[cfg(target_arch = "aarch64")]
-                        Dot::NeonDot => interleave(dst, a, b, c, d),
+                        Dot::NeonWiden | Dot::NeonDot => interleave(dst, a, b, c, d),
                     },
                     (a, b, c, d) => {
                         for (i, w) in dst.iter_mut().enumerate() {

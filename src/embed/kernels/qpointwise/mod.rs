@@ -13,12 +13,15 @@
 //! saves four instructions per value in a store that, at OSNet's 16–128 input channels, costs as
 //! much as the product.
 //!
-//! Either way the result is bit for bit [`reference`]'s. CPUs without such instructions (x86
-//! without AVX-512 VNNI, ARM cores before Armv8.2 such as the Raspberry Pi 4's Cortex-A72,
-//! armv7) have no [`Dot`]: there an int8 product costs as much as a float one, plus the
-//! quantisation, so `embed::int8` runs the model's convolutions in float from their dequantised
-//! weights instead (measured: 2.2× slower than the float model on x86 through this kernel's
-//! float-tile fallback, 1.15× more guest instructions on a Cortex-A72; dequantised, 0.99×).
+//! Without dot products, AVX2 multiplies codes widened to 16 bits (`vpmaddwd`) and aarch64
+//! NEON widening multiplies (`smull`/`smlal` i8 × i8 → i16, `sadalp` into i32). Every kind
+//! gives bit for bit [`reference`]'s result, so an int8 model gives the same embeddings on every
+//! CPU that runs one of them. [`Dot::detect`] does not pick NEON's widening product by
+//! itself: on a Cortex-A72 (Raspberry Pi 4) it costs 1.05× the float model's guest
+//! instructions, the dequantised path 1.00× (`REIDCAM_INT8_DOT=neon-smlal` picks it, for the
+//! same embeddings as everywhere else). CPUs with no [`Dot`] (x86 below AVX2, armv7, and
+//! aarch64 by default without `sdot`) run the model's convolutions in float from their
+//! dequantised weights (`embed::int8`).
 
 // Without x86-64 or aarch64 there is no `Dot` (the enum has no variant), and nothing here runs.
 #![cfg_attr(
@@ -45,6 +48,11 @@ pub enum Dot {
     /// AVX-512 VNNI (`vpdpbusd` on 512-bit registers).
     #[cfg(target_arch = "x86_64")]
     Vnni512,
+    /// NEON without dot products (Armv8.0: the Raspberry Pi 4's Cortex-A72, the A53):
+    /// widening multiplies (`smull`/`smlal`, i8 × i8 → i16, 8 per instruction) summed
+    /// pairwise into i32 (`sadalp`). Exact like the others.
+    #[cfg(target_arch = "aarch64")]
+    NeonWiden,
     /// Armv8.2 dot product (`sdot`).
     #[cfg(target_arch = "aarch64")]
     NeonDot,
@@ -59,17 +67,37 @@ impl std::fmt::Display for Dot {
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => "avx512-vnni",
             #[cfg(target_arch = "aarch64")]
+            Dot::NeonWiden => "neon-smlal",
+            #[cfg(target_arch = "aarch64")]
             Dot::NeonDot => "neon-dotprod",
         })
     }
 }
 
 impl Dot {
-    /// The dot-product instructions this CPU has, if any (`REIDCAM_INT8_DOT=none` pretends
-    /// it has none, to compare; so does `REIDCAM_KERNELS` naming a set without them).
+    /// The dot-product instructions this CPU has, if any. `REIDCAM_INT8_DOT` chooses, to
+    /// compare: `none` pretends there are none (so does `REIDCAM_KERNELS` naming a set
+    /// without them), a kind's name (as displayed: `neon-smlal`) picks that kind if the CPU
+    /// runs it (a warning and the usual choice if not).
     pub fn detect() -> Option<Dot> {
-        if std::env::var("REIDCAM_INT8_DOT").is_ok_and(|v| v == "none") {
-            return None;
+        if let Ok(wanted) = std::env::var("REIDCAM_INT8_DOT") {
+            if wanted == "none" {
+                return None;
+            }
+            match Dot::available()
+                .into_iter()
+                .find(|d| d.to_string() == wanted)
+            {
+                Some(dot) => return Some(dot),
+                None => log::warn!(
+                    "REIDCAM_INT8_DOT={wanted}: not an int8 product this CPU runs (it runs: \
+                     none{}); using the usual choice",
+                    Dot::available()
+                        .iter()
+                        .map(|d| format!(", {d}"))
+                        .collect::<String>()
+                ),
+            }
         }
         // On x86 the kernel set decides (`REIDCAM_KERNELS=avx2+fma` runs what an AVX2-only
         // machine runs): VNNI with AVX-512, 16-bit multiply-adds with AVX2, none below.
@@ -79,8 +107,14 @@ impl Dot {
             super::Isa::Avx2Fma => Some(Dot::Avx2).filter(|d| d.is_available()),
             super::Isa::Baseline => None,
         };
-        #[cfg(not(target_arch = "x86_64"))]
-        Dot::available().last().copied()
+        // On aarch64 `sdot` where the core has it. Without it (Cortex-A72, A53) the widening
+        // product is exact but costs more than the float model (measured on cortex-a72: 1.05×
+        // its guest instructions, the dequantised path 1.00×), so it runs only when asked for:
+        // `REIDCAM_INT8_DOT=neon-smlal`, for the same embeddings as every other int8 product.
+        #[cfg(target_arch = "aarch64")]
+        return Some(Dot::NeonDot).filter(|d| d.is_available());
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        None
     }
 
     /// Every kind this CPU runs (none on many).
@@ -105,6 +139,9 @@ impl Dot {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            // NEON is part of every aarch64 CPU.
+            #[cfg(target_arch = "aarch64")]
+            Dot::NeonWiden => true,
             #[cfg(target_arch = "aarch64")]
             Dot::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
         }
@@ -116,6 +153,8 @@ impl Dot {
         Dot::Avx2,
         #[cfg(target_arch = "x86_64")]
         Dot::Vnni512,
+        #[cfg(target_arch = "aarch64")]
+        Dot::NeonWiden,
         #[cfg(target_arch = "aarch64")]
         Dot::NeonDot,
     ];
@@ -152,6 +191,10 @@ pub struct Layer {
     y_stride: usize,
     x_inv: f32,
     x_zero: i32,
+    /// Every weight is in [−127, 127]: two i8 × i8 products (the codes in [−128, 127]) then fit
+    /// one i16 lane (|sum| ≤ 32,512), so the widening NEON product adds two before widening.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    narrow: bool,
 }
 
 impl Layer {
@@ -222,6 +265,7 @@ impl Layer {
             y_stride: shape.pixels,
             x_inv: 1.0 / x.scale,
             x_zero: x.zero,
+            narrow: weights.iter().all(|&w| w != i8::MIN),
         })
     }
 
@@ -267,21 +311,23 @@ impl Layer {
             // SAFETY: the CPU has AVX-512F and VNNI (checked above).
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => unsafe { quantise_avx512(self, input, words, self.flip(dot)) },
-            // SAFETY: the CPU has the dot-product extension (checked above).
+            // SAFETY: NEON is on every aarch64 CPU.
             #[cfg(target_arch = "aarch64")]
-            Dot::NeonDot => unsafe { quantise_neon(self, input, words, self.flip(dot)) },
+            Dot::NeonWiden | Dot::NeonDot => unsafe {
+                quantise_neon(self, input, words, self.flip(dot))
+            },
         }
         self.product(dot, words, residual, relu, out);
     }
 
     /// What the input words are XORed with for `dot`: 0 for VNNI and AVX2 (u8 codes), 0x80 per
-    /// byte for `sdot` (i8 codes, `code − 128`).
+    /// byte on NEON (i8 codes, `code − 128`).
     pub fn flip(&self, dot: Dot) -> u32 {
         match dot {
             #[cfg(target_arch = "x86_64")]
             Dot::Avx2 | Dot::Vnni512 => 0,
             #[cfg(target_arch = "aarch64")]
-            Dot::NeonDot => 0x8080_8080,
+            Dot::NeonWiden | Dot::NeonDot => 0x8080_8080,
         }
     }
 
@@ -313,6 +359,9 @@ impl Layer {
             // SAFETY: the CPU has AVX-512F and VNNI (checked above); lengths checked above.
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => unsafe { x86::product(self, words, residual, relu, out) },
+            // SAFETY: lengths checked above (NEON is on every aarch64 CPU).
+            #[cfg(target_arch = "aarch64")]
+            Dot::NeonWiden => unsafe { arm::product_widen(self, words, residual, relu, out) },
             // SAFETY: the CPU has the dot-product extension (checked above); lengths checked.
             #[cfg(target_arch = "aarch64")]
             Dot::NeonDot => unsafe { arm::product(self, words, residual, relu, out) },
@@ -435,7 +484,7 @@ fn quantise_avx512(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
 /// float (round half to even, shift, clamp; NaN → 0 as `Layer::quantise`), converted exactly,
 /// packed into words by shift-and-insert.
 #[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon,dotprod")]
+#[target_feature(enable = "neon")]
 fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
     use std::arch::aarch64::*;
     let Shape { inputs, pixels, .. } = layer.shape;
@@ -531,9 +580,14 @@ mod tests {
             .iter()
             .map(|v| v * 3.0)
             .collect();
-        let weights: Vec<i8> = (0..shape.inputs * shape.outputs)
+        let mut weights: Vec<i8> = (0..shape.inputs * shape.outputs)
             .map(|_| (rng.below(255) as i32 - 127) as i8)
             .collect();
+        // Now and then a −128 (not `narrow`: the widening NEON product's other loop).
+        if rng.below(3) == 0 {
+            let at = rng.below(weights.len());
+            weights[at] = i8::MIN;
+        }
         // Biases up to 2²⁶: a dead channel's tiny weight scale makes its int32 bias huge.
         let bias: Vec<i32> = (0..shape.outputs)
             .map(|_| (rng.below(20_001) as i32 - 10_000) << (2 * rng.below(9)))
