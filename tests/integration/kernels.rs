@@ -333,9 +333,10 @@ fn int8_embeddings_are_the_same_bits_on_every_x86_kernel_set() {
 }
 
 /// The same with every int8 product this CPU runs, under one kernel set (`REIDCAM_INT8_DOT`):
-/// on aarch64 the widening multiplies that Cortex-A72 and A53 cores get (`neon-smlal`) and
-/// `sdot` (qemu's default CPU has both); on an AVX-512 machine VNNI and AVX2's multiply-adds
-/// beside the AVX-512 float kernels. Needs two kinds, else says it is skipped.
+/// the portable one everywhere; on aarch64 the widening multiplies that Cortex-A72 and A53
+/// cores can use (`neon-smlal`) and, on cortex-a76, `sdot`; on an AVX-512 machine VNNI and
+/// AVX2's multiply-adds beside the AVX-512 float kernels. Needs two kinds, else says it is
+/// skipped.
 #[test]
 fn int8_embeddings_are_the_same_bits_with_every_int8_product() {
     let kinds: Vec<String> = reidcam::embed::Dot::available()

@@ -10,11 +10,6 @@
 //! sums and the dequantised f32 store.
 //! The result is bit for bit [`reference`]'s.
 
-// Without x86-64 or aarch64 there is no `Dot` (the enum has no variant), and nothing here runs.
-#![cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code, unused_variables, unreachable_code)
-)]
 
 use super::conv;
 use super::pointwise;
@@ -101,6 +96,7 @@ impl ConvLayer {
             Dot::Vnni512 => unsafe { x86::quantise(layer, image, plain, flip) },
             #[cfg(target_arch = "aarch64")]
             Dot::NeonWiden | Dot::NeonDot => quantise(layer, image, plain, flip),
+            Dot::Portable => quantise(layer, image, plain, flip),
         }
         let pad = layer.quantise(0.0) as u8 ^ flip;
         let codes = conv::phase_split_as(g, plain, pad, |c| c, &mut scratch.phases);
@@ -123,6 +119,7 @@ impl ConvLayer {
                         Dot::Vnni512 => unsafe { x86::interleave(dst, a, b, c, d) },
                         #[cfg(target_arch = "aarch64")]
                         Dot::NeonWiden | Dot::NeonDot => interleave(dst, a, b, c, d),
+                        Dot::Portable => interleave(dst, a, b, c, d),
                     },
                     (a, b, c, d) => {
                         for (i, w) in dst.iter_mut().enumerate() {

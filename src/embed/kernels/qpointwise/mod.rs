@@ -19,15 +19,11 @@
 //! CPU that runs one of them. [`Dot::detect`] does not pick NEON's widening product by
 //! itself: on a Cortex-A72 (Raspberry Pi 4) it costs 1.05× the float model's guest
 //! instructions, the dequantised path 1.00× (`REIDCAM_INT8_DOT=neon-smlal` picks it, for the
-//! same embeddings as everywhere else). CPUs with no [`Dot`] (x86 below AVX2, armv7, and
-//! aarch64 by default without `sdot`) run the model's convolutions in float from their
-//! dequantised weights (`embed::int8`).
-
-// Without x86-64 or aarch64 there is no `Dot` (the enum has no variant), and nothing here runs.
-#![cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code, unused_variables, unreachable_code)
-)]
+//! same embeddings as everywhere else). A portable product in plain Rust (`portable.rs`) makes
+//! the same integers on any CPU, for checking and on request (`REIDCAM_INT8_DOT=portable`;
+//! 2.48× the float model's instructions on a Cortex-A72). CPUs with nothing better (x86 below
+//! AVX2, armv7, and aarch64 by default without `sdot`) run the model's convolutions in float
+//! from their dequantised weights (`embed::int8`).
 
 use super::pointwise::Shape;
 
@@ -41,6 +37,10 @@ pub struct Grid {
 /// The dot-product instructions a CPU has for int8 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dot {
+    /// Plain Rust integer products (`portable.rs`), on every CPU: never chosen by itself (the
+    /// dequantised float path is faster wherever there is nothing better), but the same
+    /// integers as the others, for checking them and for `REIDCAM_INT8_DOT=portable`.
+    Portable,
     /// AVX2 without dot products: codes widened to 16 bits, `vpmaddwd` (i16 pairs → i32, 16
     /// multiply-adds per instruction, exact like the others).
     #[cfg(target_arch = "x86_64")]
@@ -62,6 +62,7 @@ impl std::fmt::Display for Dot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // By value: on targets without any kind the match is empty.
         f.write_str(match *self {
+            Dot::Portable => "portable",
             #[cfg(target_arch = "x86_64")]
             Dot::Avx2 => "avx2-madd",
             #[cfg(target_arch = "x86_64")]
@@ -132,6 +133,7 @@ impl Dot {
     pub fn is_available(self) -> bool {
         // By value: on targets without any kind the match is empty.
         match self {
+            Dot::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Dot::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
@@ -149,6 +151,7 @@ impl Dot {
 
     /// Every kind this build has code for.
     const ALL: &[Dot] = &[
+        Dot::Portable,
         #[cfg(target_arch = "x86_64")]
         Dot::Avx2,
         #[cfg(target_arch = "x86_64")]
@@ -167,8 +170,7 @@ pub struct Layer {
     /// Input channels in groups of four (the last one padded with zero weights).
     groups: usize,
     /// `[outputs][groups]`: four i8 weights per word, channel `4g + j` in byte `j` (VNNI
-    /// broadcasts one word per output).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    /// broadcasts one word per output; the portable product reads them too).
     words: Vec<u32>,
     /// `[outputs][groups][2]`: the weights as 16-bit pairs for `vpmaddwd`, channels `4g` and
     /// `4g + 2` in the first word, `4g + 1` and `4g + 3` in the second (the input word's even
@@ -180,7 +182,6 @@ pub struct Layer {
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     words_by4: Vec<u32>,
     /// Per output: bias − z_x·Σw (u8 input: VNNI) and bias − (z_x − 128)·Σw (i8 input: sdot).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     corr_u8: Vec<i32>,
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     corr_i8: Vec<i32>,
@@ -305,6 +306,7 @@ impl Layer {
         assert!(dot.is_available(), "{dot} not on this CPU");
         let words = self.words_for(words);
         match dot {
+            Dot::Portable => quantise_words(self, input, words, self.flip(dot)),
             // SAFETY: the CPU has AVX2 (checked above).
             #[cfg(target_arch = "x86_64")]
             Dot::Avx2 => unsafe { quantise_avx2(self, input, words, self.flip(dot)) },
@@ -326,6 +328,7 @@ impl Layer {
         match dot {
             #[cfg(target_arch = "x86_64")]
             Dot::Avx2 | Dot::Vnni512 => 0,
+            Dot::Portable => 0,
             #[cfg(target_arch = "aarch64")]
             Dot::NeonWiden | Dot::NeonDot => 0x8080_8080,
         }
@@ -353,6 +356,7 @@ impl Layer {
             assert!(r.len() >= needed, "int8 product residual length");
         }
         match dot {
+            Dot::Portable => portable::product(self, words, residual, relu, out),
             // SAFETY: the CPU has AVX2 (checked above); lengths checked above.
             #[cfg(target_arch = "x86_64")]
             Dot::Avx2 => unsafe { x86::product_avx2(self, words, residual, relu, out) },
@@ -517,7 +521,6 @@ fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
 
 /// Calls `$outputs::<RES, RELU>(layer, words, residual, out)` with the residual and the ReLU as
 /// constants, so that each product's store is straight-line code without branches.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! with_store_variants {
     ($outputs:ident, $layer:expr, $words:expr, $residual:expr, $relu:expr, $out:expr) => {
         match ($residual, $relu) {
@@ -528,6 +531,8 @@ macro_rules! with_store_variants {
         }
     };
 }
+
+mod portable;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
