@@ -10,7 +10,6 @@
 //! sums and the dequantised f32 store.
 //! The result is bit for bit [`reference`]'s.
 
-
 use super::conv;
 use super::pointwise;
 use super::qpointwise::{Dot, Grid, Layer};
