@@ -120,7 +120,7 @@ fn memory_per_identity() {
 
 fn match_one_query(c: &mut Criterion) {
     memory_per_identity();
-    println!("kernels: {}", Kernels::detect().isa());
+    println!("kernels: {}", Kernels::detect().name());
     let query = unit_rows(vectors(1, 99));
     let query_i8 = quantise(&query);
     let mut top = [Candidate::default(); 1];

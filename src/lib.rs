@@ -26,6 +26,7 @@ pub mod npy;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quality;
+pub mod simd;
 pub mod thumbs;
 pub mod track;
 

@@ -1,32 +1,18 @@
 //! Dot products for gallery matching: `f32·f32` and `i8·i8 → i32`.
 //!
-//! One implementation per CPU family, chosen once at run time ([`Kernels::detect`]): AVX2 + FMA on
-//! x86_64, NEON on aarch64 (part of the base ISA there), and a portable scalar fallback that is also
-//! the reference the SIMD versions are tested against. This module holds all of the gallery's
-//! `unsafe` code.
+//! One implementation per CPU family, chosen once at run time ([`Kernels::detect`], from the
+//! crate's [`Isa::detect`]: `REIDCAM_KERNELS` moves the embedder and the gallery together): AVX2
+//! and FMA on x86_64 (AVX-512 machines too: a dot product of a few hundred values gains nothing
+//! from wider registers), NEON on aarch64 (part of the base ISA there), and a portable scalar
+//! fallback that is also the reference the SIMD versions are tested against. This module holds
+//! all of the gallery's `unsafe` code.
 //!
 //! Equality with the scalar version: the integer kernels are exact, so they must agree bit for bit.
 //! The float kernels sum in a different order (eight or sixteen partial sums, fused multiply-add),
 //! so they agree within the rounding bound of a length-`n` dot product,
 //! `n · ε · Σ|aᵢ·bᵢ|`; the tests check both.
 
-/// Which instruction set the chosen kernels use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    Scalar,
-    Avx2Fma,
-    Neon,
-}
-
-impl std::fmt::Display for Isa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Isa::Scalar => "scalar",
-            Isa::Avx2Fma => "avx2+fma",
-            Isa::Neon => "neon",
-        })
-    }
-}
+use crate::simd::Isa;
 
 /// The longest vector the integer kernel accepts: `i8·i8` products are at most 2¹⁴, so an `i32`
 /// sum of 2¹⁶ of them cannot overflow.
@@ -35,55 +21,58 @@ pub const MAX_I8_LEN: usize = 1 << 16;
 /// A set of dot-product kernels for this CPU. Cheap to copy (two function pointers).
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    isa: Isa,
+    /// `avx2+fma`, `neon` or `scalar`.
+    name: &'static str,
     f32_dot: fn(&[f32], &[f32]) -> f32,
     i8_dot: fn(&[i8], &[i8]) -> i32,
 }
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernels").field("isa", &self.isa).finish()
+        f.debug_struct("Kernels").field("name", &self.name).finish()
     }
 }
 
 impl Kernels {
-    /// The fastest kernels this CPU supports.
+    /// The kernels for the crate's instruction set ([`Isa::detect`]).
     pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Kernels {
-                    isa: Isa::Avx2Fma,
-                    f32_dot: x86::dot_f32,
-                    i8_dot: x86::dot_i8,
-                };
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            return Kernels {
-                isa: Isa::Neon,
+        Kernels::for_isa(Isa::detect())
+    }
+
+    /// The kernels for `isa` (which this CPU must run: it comes from [`Isa::detect`] or
+    /// [`Isa::available`]).
+    pub fn for_isa(isa: Isa) -> Self {
+        assert!(isa.is_available(), "{isa} is not available on this CPU");
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma | Isa::Avx512 => Kernels {
+                name: "avx2+fma",
+                f32_dot: x86::dot_f32,
+                i8_dot: x86::dot_i8,
+            },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Baseline => Kernels {
+                name: "neon",
                 f32_dot: neon::dot_f32,
                 i8_dot: neon::dot_i8,
-            };
+            },
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Baseline => Kernels::scalar(),
         }
-        #[allow(unreachable_code)]
-        Kernels::scalar()
     }
 
     /// The portable reference kernels.
     pub fn scalar() -> Self {
         Kernels {
-            isa: Isa::Scalar,
+            name: "scalar",
             f32_dot: scalar::dot_f32,
             i8_dot: scalar::dot_i8,
         }
     }
 
-    pub fn isa(&self) -> Isa {
-        self.isa
+    /// `avx2+fma`, `neon` or `scalar`.
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// `Σ aᵢ·bᵢ`. Panics if the lengths differ.
@@ -121,9 +110,10 @@ pub mod scalar {
 mod x86 {
     use std::arch::x86_64::*;
 
-    // Safe entry points: `Kernels::detect` only hands these out after checking AVX2 and FMA.
+    // Safe entry points: `Kernels::for_isa` only hands these out for an available AVX2 + FMA
+    // (or AVX-512, which implies them) instruction set.
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: reached only through `Kernels::detect`, which verified avx2 and fma.
+        // SAFETY: reached only through `Kernels::for_isa`, which verified avx2 and fma.
         unsafe { dot_f32_avx2(a, b) }
     }
 
@@ -348,14 +338,25 @@ mod tests {
 
     #[test]
     fn detection_picks_simd_where_the_cpu_has_it() {
-        let isa = Kernels::detect().isa();
-        #[cfg(target_arch = "aarch64")]
-        assert_eq!(isa, Isa::Neon);
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            assert_eq!(isa, Isa::Avx2Fma);
+        // Every instruction set this CPU runs, whatever `REIDCAM_KERNELS` says.
+        for isa in Isa::available() {
+            let want = match isa.to_string().as_str() {
+                "avx2+fma" | "avx512f" => "avx2+fma",
+                "neon" => "neon",
+                _ => "scalar",
+            };
+            assert_eq!(Kernels::for_isa(isa).name(), want, "{isa}");
         }
-        let _ = isa;
+    }
+
+    #[test]
+    fn every_kernel_set_equals_scalar_on_integers() {
+        let mut rng = Rng::new(0x5eed);
+        let a: Vec<i8> = (0..1029).map(|_| rng.i8()).collect();
+        let b: Vec<i8> = (0..1029).map(|_| rng.i8()).collect();
+        for isa in Isa::available() {
+            let kernels = Kernels::for_isa(isa);
+            assert_eq!(kernels.dot_i8(&a, &b), scalar::dot_i8(&a, &b), "{isa}");
+        }
     }
 }

@@ -25,7 +25,7 @@ mod vectors;
 
 use std::fmt;
 
-pub use kernels::{Isa, Kernels};
+pub use kernels::Kernels;
 pub use types::{
     Aggregation, Candidate, Decision, ExemplarUpdate, GalleryConfig, GalleryError, IdentityInfo,
     MatchPolicy, NewIdentity, Observation, PersonId, Similarity, Timestamp,
