@@ -386,17 +386,7 @@ fn bench_cmd(mut args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print_bench(&report)?;
         if let Some(ops) = &profile {
-            let total: f64 = ops.iter().map(|o| o.ms).sum();
-            out!("profile        {total:.3} ms/run in operators (timed per node):");
-            for o in ops {
-                out!(
-                    "  {:>8.3} ms {:>5.1}%  {:>4} x {}",
-                    o.ms,
-                    100.0 * o.ms / total,
-                    o.nodes,
-                    o.op
-                );
-            }
+            out!("{}", reidcam::embed::profile_table(ops));
         }
         if let Some((profile, check)) = &budget {
             out!(

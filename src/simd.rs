@@ -41,7 +41,9 @@ impl Isa {
     /// constructor calls it, and its allocations are counted to the byte.
     pub fn detect() -> Isa {
         let available = || Isa::ALL.iter().copied().filter(|isa| isa.is_available());
-        let widest = available().next_back().expect("baseline is always available");
+        let widest = available()
+            .next_back()
+            .expect("baseline is always available");
         match std::env::var("REIDCAM_KERNELS") {
             Ok(name) if !name.is_empty() => available()
                 .find(|isa| isa.name() == name)

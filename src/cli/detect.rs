@@ -22,6 +22,9 @@ pub struct DetectArgs {
     /// Least score (objectness × person).
     #[arg(long, default_value_t = 0.5)]
     score: f32,
+    /// Then time the network per operator kind on the last image, 20 runs, on stderr.
+    #[arg(long)]
+    profile: bool,
     /// Images (JPEG/PNG), or directories of them (name order).
     #[arg(required = true, value_name = "IMAGE|DIR")]
     inputs: Vec<PathBuf>,
@@ -87,6 +90,9 @@ pub fn run(args: DetectArgs) -> anyhow::Result<()> {
             files.len(),
             total.as_secs_f64() * 1e3 / files.len() as f64
         );
+    }
+    if args.profile {
+        eprintln!("{}", reidcam::embed::profile_table(&detector.profile(20)?));
     }
     Ok(())
 }

@@ -247,6 +247,15 @@ impl YoloxDetector {
         &self.network
     }
 
+    /// Time per operator kind of the network on the last frame's input
+    /// ([`Network::profile`]).
+    pub fn profile(
+        &mut self,
+        runs: usize,
+    ) -> Result<Vec<crate::embed::OpTime>, crate::embed::EmbedError> {
+        self.network.profile(runs)
+    }
+
     /// Letterboxes `frame` into the network input.
     fn fill_input(&mut self, frame: RgbView<'_>) -> Result<f32, DetectError> {
         let (fw, fh) = (frame.width(), frame.height());

@@ -124,7 +124,7 @@ pub use kernels::Isa;
 pub use kernels::qpointwise::Dot;
 pub use network::Network;
 pub use ops::Rewritten;
-pub use profile::{OpTime, flush_subnormal_weights};
+pub use profile::{OpTime, flush_subnormal_weights, profile_table};
 use vector::l2_normalise;
 pub use vector::{Embedding, Embeddings, cosine, dot};
 

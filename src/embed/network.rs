@@ -145,6 +145,11 @@ impl Network {
         })
     }
 
+    /// What [`profile`](Self::profile) runs (`embed::profile`).
+    pub(super) fn profile_parts(&mut self) -> (&mut TypedSimpleState, &Arc<Tensor>, &str) {
+        (&mut self.state, &self.input, &self.label)
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }

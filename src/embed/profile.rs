@@ -56,50 +56,83 @@ impl Embedder {
     /// the op's parameters, when `REIDCAM_PROFILE_NODES` is set). The timing itself adds a little
     /// per node.
     pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
-        let runs = runs.max(1);
-        let per_node = std::env::var_os("REIDCAM_PROFILE_NODES").is_some();
-        let mut times: std::collections::HashMap<String, (usize, f64)> = Default::default();
-        let label = self.label.clone();
         let part = &mut self.parts[0];
-        for run in 0..=runs {
-            let input = TValue::from_const(Arc::clone(&part.input));
-            let mut seen = std::collections::HashSet::new();
-            part.state
-                .run_plan_with_eval(tvec![input], |ctx, state, node, inputs| {
-                    let started = Instant::now();
-                    let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
-                    if run > 0 {
-                        let key = if per_node {
-                            format!(
-                                "{} {}",
-                                node.op().name(),
-                                node.op().info().unwrap_or_default().join(" ")
-                            )
-                        } else {
-                            node.op().name().to_string()
-                        };
-                        let entry = times.entry(key).or_default();
-                        entry.1 += started.elapsed().as_secs_f64() * 1e3;
-                        if run == 1 && seen.insert(node.id) {
-                            entry.0 += 1;
-                        }
-                    }
-                    outputs
-                })
-                .map_err(|e| EmbedError::Run {
-                    model: label.clone(),
-                    reason: reason_line(&e),
-                })?;
-        }
-        let mut ops: Vec<OpTime> = times
-            .into_iter()
-            .map(|(op, (nodes, ms))| OpTime {
-                op,
-                nodes,
-                ms: ms / runs as f64,
-            })
-            .collect();
-        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-        Ok(ops)
+        profile_plan(&mut part.state, &part.input, &self.label, runs)
     }
+}
+
+impl super::Network {
+    /// As [`Embedder::profile`], for a network (the detector) on its current input.
+    pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
+        let (state, input, label) = self.profile_parts();
+        profile_plan(state, input, label, runs)
+    }
+}
+
+/// `profile` lines for a report: the total, then each operator kind's time, share and nodes.
+pub fn profile_table(ops: &[OpTime]) -> String {
+    let total: f64 = ops.iter().map(|o| o.ms).sum();
+    let mut table = format!("profile        {total:.3} ms/run in operators (timed per node):");
+    for o in ops {
+        table += &format!(
+            "\n  {:>8.3} ms {:>5.1}%  {:>4} x {}",
+            o.ms,
+            100.0 * o.ms / total,
+            o.nodes,
+            o.op
+        );
+    }
+    table
+}
+
+/// Runs `state`'s plan on `input` `runs` times (after one untimed run), timing every node.
+fn profile_plan(
+    state: &mut TypedSimpleState,
+    input: &Arc<Tensor>,
+    label: &str,
+    runs: usize,
+) -> Result<Vec<OpTime>, EmbedError> {
+    let runs = runs.max(1);
+    let per_node = std::env::var_os("REIDCAM_PROFILE_NODES").is_some();
+    let mut times: std::collections::HashMap<String, (usize, f64)> = Default::default();
+    for run in 0..=runs {
+        let input = TValue::from_const(Arc::clone(input));
+        let mut seen = std::collections::HashSet::new();
+        state
+            .run_plan_with_eval(tvec![input], |ctx, state, node, inputs| {
+                let started = Instant::now();
+                let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                if run > 0 {
+                    let key = if per_node {
+                        format!(
+                            "{} {}",
+                            node.op().name(),
+                            node.op().info().unwrap_or_default().join(" ")
+                        )
+                    } else {
+                        node.op().name().to_string()
+                    };
+                    let entry = times.entry(key).or_default();
+                    entry.1 += started.elapsed().as_secs_f64() * 1e3;
+                    if run == 1 && seen.insert(node.id) {
+                        entry.0 += 1;
+                    }
+                }
+                outputs
+            })
+            .map_err(|e| EmbedError::Run {
+                model: label.to_owned(),
+                reason: reason_line(&e),
+            })?;
+    }
+    let mut ops: Vec<OpTime> = times
+        .into_iter()
+        .map(|(op, (nodes, ms))| OpTime {
+            op,
+            nodes,
+            ms: ms / runs as f64,
+        })
+        .collect();
+    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(ops)
 }

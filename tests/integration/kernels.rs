@@ -399,3 +399,36 @@ fn same_int8_embeddings(runs: &[(&str, &str)], products: &[&str]) {
         );
     }
 }
+
+/// `reidcam detect --profile` times the default detector per operator kind, and the table shows
+/// our kernels carrying its 1×1 convolutions (what is left to tract is listed beside them:
+/// docs/speed.md).
+#[test]
+fn detect_profile_shows_our_kernels_in_the_detector() {
+    let dir = crate::common::scratch("detect-profile");
+    let image = dir.join("frame.png");
+    std::fs::write(
+        &image,
+        crate::common::encode(&pattern(320, 180), image::ImageFormat::Png),
+    )
+    .unwrap();
+    let out = crate::common::command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
+        .args(["detect", "--profile", "--size", "320x192"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("ms/run in operators"), "{err}");
+    let pointwise = err
+        .lines()
+        .find(|l| l.ends_with("x ReidcamPointwise"))
+        .unwrap_or_else(|| panic!("no ReidcamPointwise line: {err}"));
+    let nodes: usize = pointwise
+        .split_whitespace()
+        .rev()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{pointwise}"));
+    assert!(nodes > 50, "{pointwise}");
+}
