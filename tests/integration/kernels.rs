@@ -123,8 +123,9 @@ fn the_tiny_fixture_model_embeds_as_with_tracts_own_ops() {
 
 #[test]
 fn detector_networks_compute_as_with_tracts_own_ops() {
-    // YOLOX-Nano: full 3×3 convolutions (ours), stride-2 depthwise and SiLU (tract's), on a
-    // synthetic frame; raw head outputs compared, with 2 threads (its large layers shared).
+    // YOLOX-Nano: full 3×3 convolutions and depthwise ones of stride 1 and 2 (ours), SiLU
+    // (tract's), on a synthetic frame; raw head outputs compared, with 2 threads (its large
+    // layers shared).
     let Some(shared) = shared() else { return };
     for name in ["yolox_nano.onnx", "bytetrack_nano_dynhw.onnx"] {
         let path = shared.join("models").join(name);
@@ -401,8 +402,8 @@ fn same_int8_embeddings(runs: &[(&str, &str)], products: &[&str]) {
 }
 
 /// `reidcam detect --profile` times the default detector per operator kind, and the table shows
-/// our kernels carrying its 1×1 convolutions (what is left to tract is listed beside them:
-/// docs/speed.md).
+/// our kernels carrying its 1×1 convolutions and every depthwise one, stride 2 included (what
+/// is left to tract is listed beside them: docs/speed.md).
 #[test]
 fn detect_profile_shows_our_kernels_in_the_detector() {
     let dir = crate::common::scratch("detect-profile");
@@ -431,4 +432,9 @@ fn detect_profile_shows_our_kernels_in_the_detector() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{pointwise}"));
     assert!(nodes > 50, "{pointwise}");
+    assert!(err.contains("x ReidcamDepthwise3x3"), "{err}");
+    assert!(
+        !err.contains("x DepthWiseConv"),
+        "tract still runs a depthwise: {err}"
+    );
 }

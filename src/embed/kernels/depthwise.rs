@@ -1,5 +1,6 @@
 //! Depthwise 3×3 convolution, stride 1, zero padding 1 (OSNet's `LightConv3x3`, SCL-net's dw
-//! layers), with the folded batch-norm as a per-channel bias and an optional ReLU.
+//! layers), with the folded batch-norm as a per-channel bias and an optional ReLU; stride 2
+//! (YOLOX) as its output subsampled ([`subsample2`]).
 //!
 //! Each channel plane is copied once into a zero-bordered `(H+2) × (W+2)` scratch plane, so that
 //! every tap of an output row is a plain (unaligned) vector load. Output rows are computed four
@@ -233,6 +234,33 @@ unsafe fn copy<V: Lanes>(src: *const f32, dst: *mut f32, n: usize) {
     }
 }
 
+/// Output height and width of a 3×3, padding-1 convolution with `stride` over `h × w`.
+pub fn output_size(h: usize, w: usize, stride: usize) -> (usize, usize) {
+    let out = |n: usize| n.saturating_sub(1) / stride.max(1) + 1;
+    (out(h), out(w))
+}
+
+/// Every other row and column of `full` (planes of `h × w`) from the first: a stride-1 3×3
+/// padding-1 output made into the stride-2 one (whose `(y, x)` is centred where the stride-1
+/// output's `(2y, 2x)` is). `out` holds as many planes of `output_size(h, w, 2)`.
+pub fn subsample2(full: &[f32], h: usize, w: usize, out: &mut [f32]) {
+    let (oh, ow) = output_size(h, w, 2);
+    assert_eq!(full.len() % (h * w), 0, "subsample2: whole planes");
+    assert_eq!(
+        full.len() / (h * w) * oh * ow,
+        out.len(),
+        "subsample2: output length"
+    );
+    for (plane, out) in full.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        for (oy, row) in out.chunks_exact_mut(ow).enumerate() {
+            let src = &plane[2 * oy * w..][..w];
+            for (ox, v) in row.iter_mut().enumerate() {
+                *v = src[2 * ox];
+            }
+        }
+    }
+}
+
 /// The naive reference: direct loops with bounds tests, in `f64`.
 pub fn reference(
     shape: Shape,
@@ -345,6 +373,63 @@ mod tests {
                 let batch = 1 + rng.below(3);
                 let with_relu = rng.below(2) == 1;
                 check(isa, shape, batch, with_relu, &mut rng);
+            }
+        }
+    }
+
+    /// Stride 2 as the op makes it (the stride-1 kernel, then `subsample2`) against a direct
+    /// stride-2 convolution, on odd and even sizes down to 1×1.
+    #[test]
+    fn stride_two_is_the_subsampled_stride_one() {
+        let mut rng = Rng::new(0x52);
+        for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 9), (8, 8), (13, 6)] {
+            let shape = Shape {
+                channels: 3,
+                height: h,
+                width: w,
+            };
+            let input = rng.vec(3 * h * w);
+            let weights = rng.vec(27);
+            let bias = rng.vec(3);
+            let (oh, ow) = output_size(h, w, 2);
+            assert_eq!((oh, ow), (h.div_ceil(2), w.div_ceil(2)));
+            assert_eq!(output_size(h, w, 1), (h, w));
+            let mut full = vec![0.0; input.len()];
+            let mut scratch = Vec::new();
+            let isa = Isa::detect();
+            depthwise3x3(
+                isa,
+                shape,
+                1,
+                &input,
+                &weights,
+                &bias,
+                true,
+                &mut full,
+                &mut scratch,
+            );
+            let mut got = vec![f32::NAN; 3 * oh * ow];
+            subsample2(&full, h, w, &mut got);
+            for c in 0..3 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut want = f64::from(bias[c]);
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                let (y, x) = (2 * oy + dy, 2 * ox + dx);
+                                if (1..=h).contains(&y) && (1..=w).contains(&x) {
+                                    want += f64::from(weights[c * 9 + dy * 3 + dx])
+                                        * f64::from(input[c * h * w + (y - 1) * w + x - 1]);
+                                }
+                            }
+                        }
+                        let got = f64::from(got[(c * oh + oy) * ow + ox]);
+                        assert!(
+                            (got - want.max(0.0)).abs() < 1e-5,
+                            "{h}×{w} c{c} ({oy}, {ox}): {got} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }
