@@ -145,9 +145,10 @@ impl Network {
         })
     }
 
-    /// What [`profile`](Self::profile) runs (`embed::profile`).
-    pub(super) fn profile_parts(&mut self) -> (&mut TypedSimpleState, &Arc<Tensor>, &str) {
-        (&mut self.state, &self.input, &self.label)
+    /// As [`Embedder::profile`](super::Embedder::profile), for a network (the detector) on
+    /// its current input.
+    pub fn profile(&mut self, runs: usize) -> Result<Vec<super::OpTime>, EmbedError> {
+        super::profile::profile_plan(&mut self.state, &self.input, &self.label, runs)
     }
 
     pub fn label(&self) -> &str {

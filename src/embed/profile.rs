@@ -61,14 +61,6 @@ impl Embedder {
     }
 }
 
-impl super::Network {
-    /// As [`Embedder::profile`], for a network (the detector) on its current input.
-    pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
-        let (state, input, label) = self.profile_parts();
-        profile_plan(state, input, label, runs)
-    }
-}
-
 /// `profile` lines for a report: the total, then each operator kind's time, share and nodes.
 pub fn profile_table(ops: &[OpTime]) -> String {
     let total: f64 = ops.iter().map(|o| o.ms).sum();
@@ -86,7 +78,7 @@ pub fn profile_table(ops: &[OpTime]) -> String {
 }
 
 /// Runs `state`'s plan on `input` `runs` times (after one untimed run), timing every node.
-fn profile_plan(
+pub(super) fn profile_plan(
     state: &mut TypedSimpleState,
     input: &Arc<Tensor>,
     label: &str,

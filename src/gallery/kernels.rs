@@ -340,7 +340,7 @@ mod tests {
     fn detection_picks_simd_where_the_cpu_has_it() {
         // Every instruction set this CPU runs, whatever `REIDCAM_KERNELS` says.
         for isa in Isa::available() {
-            let want = match isa.to_string().as_str() {
+            let want = match isa.name() {
                 "avx2+fma" | "avx512f" => "avx2+fma",
                 "neon" => "neon",
                 _ => "scalar",

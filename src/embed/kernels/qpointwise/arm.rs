@@ -266,6 +266,24 @@ unsafe fn sums_widen<const N: usize>(
 
 /// `N` outputs from `o0` over every pixel: whole 8-pixel tiles stored straight from the
 /// registers, then the row's tail (and a block of outputs past the layer's) value by value.
+/// The sums of [`sums_widen`] if `WIDE`, else of `sdot` ([`sums`]).
+#[inline(always)]
+unsafe fn sums_by<const N: usize, const WIDE: bool>(
+    layer: &Layer,
+    o0: usize,
+    p: usize,
+    load: impl Fn(usize, usize) -> int8x16_t,
+) -> [[int32x4_t; 2]; N] {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if WIDE {
+            sums_widen::<N>(layer, o0, p, load)
+        } else {
+            sums::<N>(layer, o0, p, load)
+        }
+    }
+}
+
 /// `WIDE`: sums by [`sums_widen`], else by `sdot` ([`sums`]).
 #[inline(always)]
 unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bool>(
@@ -294,13 +312,7 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
     };
     let mut p = 0;
     while p < whole {
-        let acc = unsafe {
-            if WIDE {
-                sums_widen::<N>(layer, o0, p, direct)
-            } else {
-                sums::<N>(layer, o0, p, direct)
-            }
-        };
+        let acc = unsafe { sums_by::<N, WIDE>(layer, o0, p, direct) };
         for (j, a) in acc.iter().enumerate() {
             let o = o0 + j;
             // SAFETY: `o < outputs` for a whole tile.
@@ -327,13 +339,7 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
     while p < pixels {
         let row = |g: usize| &words[g * pixels..][..pixels];
         let tail = |g: usize, p: usize| unsafe { load_words(row(g), p) };
-        let acc = unsafe {
-            if WIDE {
-                sums_widen::<N>(layer, o0, p, tail)
-            } else {
-                sums::<N>(layer, o0, p, tail)
-            }
-        };
+        let acc = unsafe { sums_by::<N, WIDE>(layer, o0, p, tail) };
         for (j, a) in acc.iter().enumerate().take(outputs.saturating_sub(o0)) {
             let o = o0 + j;
             let mut lanes = [0i32; STEP];
