@@ -291,8 +291,9 @@ mod tests {
     fn every_isa_matches_the_reference_on_random_shapes() {
         let mut rng = Rng::new(0xc04e_7777);
         for isa in Isa::available() {
-            // The stems of the models we ship and the references.
-            for (h, w) in [(256, 128), (128, 64)] {
+            // The stems of the models we ship and the references; at 160×80 an output row is 40
+            // pixels, not a whole number of vectors (the overlapping last vector of `tile`).
+            for (h, w) in [(256, 128), (160, 80), (128, 64)] {
                 let stem = Shape {
                     inputs: 3,
                     outputs: 16,
