@@ -273,6 +273,33 @@ pub(crate) fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
     )))
 }
 
+/// A depthwise convolution whose kernel covers its whole input with no padding — a learnt global
+/// pooling (retail-0267's `global_avgpool`): its per-channel H·W weights and its bias.
+pub(super) fn global_depthwise(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<(Vec<f32>, Vec<f32>)>> {
+    let Some(c) = conv_node(model, id)? else {
+        return Ok(None);
+    };
+    let spec = &c.conv.pool_spec;
+    let channels = spec.input_channels;
+    let r = c.data_shape.len();
+    let (h, w) = (c.data_shape[r - 2], c.data_shape[r - 1]);
+    let fits = c.conv.group == channels
+        && spec.output_channels == channels
+        && spec.kernel_shape.as_slice() == [h, w]
+        && c.padding == (0, 0, 0, 0)
+        && c.data_shape[r - 3] == channels
+        && c.out_shape.len() == r
+        && c.out_shape[r - 2..] == [1, 1]
+        && c.kernel.len() == channels * h * w;
+    let Some(bias) = values(&c.bias, channels)?.filter(|_| fits) else {
+        return Ok(None);
+    };
+    Ok(Some((flushed_weights(&c.kernel)?, bias)))
+}
+
 /// The geometry of `conv` as a one-group convolution our kernels take (`kernels::conv`, and
 /// `kernels::qconv` for a quantised one) from `data_shape` to `out_shape` (`[N,] C, H, W`):
 /// one group, the layout of [`conv_layout`].

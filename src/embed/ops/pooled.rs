@@ -8,6 +8,7 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Sigmoid};
 
+use super::conv::global_depthwise;
 use super::graph::*;
 use super::parallel::*;
 use super::recycle::*;
@@ -27,11 +28,13 @@ pub(super) enum Step {
     Sigmoid,
 }
 
-/// The per-channel sums of each image over H×W, then a chain of [`Step`]s on that vector.
+/// The per-channel sums of each image over H×W (weighted by `spatial`, `[channels][H·W]`, when
+/// the pooling is a learnt one), then a chain of [`Step`]s on that vector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Pooled {
     channels: usize,
     batch: usize,
+    spatial: Option<Floats>,
     steps: Vec<Step>,
 }
 
@@ -63,8 +66,18 @@ impl Pooled {
                 .zip(y.chunks_exact_mut(per_image))
             {
                 let mut len = self.channels;
-                for (a, p) in v.iter_mut().zip(image.chunks_exact(plane)) {
-                    *a = plane_sum(p);
+                match &self.spatial {
+                    None => {
+                        for (a, p) in v.iter_mut().zip(image.chunks_exact(plane)) {
+                            *a = plane_sum(p);
+                        }
+                    }
+                    Some(w) => {
+                        let planes = image.chunks_exact(plane).zip(w.0.chunks_exact(plane));
+                        for (a, (p, w)) in v.iter_mut().zip(planes) {
+                            *a = lane_dot(p, w);
+                        }
+                    }
                 }
                 for step in &self.steps {
                     let live = &mut v[..len];
@@ -224,25 +237,34 @@ pub(super) fn matrix_vector_axes(data: &str, w: &str, out: &str, batch: usize) -
 /// step: a gate when the chain ends in a sigmoid of one value per channel, else a head.
 pub(super) fn pooled_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     let node = model.node(id);
-    let Some(reduce) = node.op_as::<Reduce>() else {
+    let Some(&input) = node.inputs.first() else {
         return Ok(None);
     };
-    let data = model.outlet_fact(node.inputs[0])?;
+    let data = model.outlet_fact(input)?;
     let Some(shape) = data.shape.as_concrete() else {
         return Ok(None);
     };
     let r = shape.len();
-    if reduce.reducer != Reducer::Sum
-        || data.datum_type != f32::datum_type()
-        || !(r == 3 || r == 4)
-        || reduce.axes.as_slice() != [r - 2, r - 1]
-    {
+    if data.datum_type != f32::datum_type() || !(r == 3 || r == 4) {
         return Ok(None);
     }
     let batch = batch_of(shape).expect("rank 3 or 4");
     let channels = shape[r - 3];
-    let mut width = channels;
     let mut steps = Vec::new();
+    // The chain starts with a global pooling: a sum over H×W, or a learnt one (its bias the
+    // first step).
+    let spatial = if let Some(reduce) = node.op_as::<Reduce>() {
+        if reduce.reducer != Reducer::Sum || reduce.axes.as_slice() != [r - 2, r - 1] {
+            return Ok(None);
+        }
+        None
+    } else if let Some((weights, bias)) = global_depthwise(model, id)? {
+        steps.push(Step::Bias(Floats(bias.into())));
+        Some(Floats(weights.into()))
+    } else {
+        return Ok(None);
+    };
+    let mut width = channels;
     let mut last = OutletId::new(id, 0);
     let mut replaced = 1;
     let mut sigmoid = false;
@@ -291,7 +313,11 @@ pub(super) fn pooled_patch(model: &TypedModel, id: usize) -> TractResult<Patch> 
             break;
         }
     }
-    if !steps.iter().any(|s| matches!(s, Step::Linear { .. })) {
+    // A chain is a head if it has a linear step, a gate if it ends in one sigmoid per channel
+    // (an SE gate has both; a group-norm gate made constant, `scale · mean + shift`, only the
+    // second); anything else (a lone mean) is left to tract.
+    let gate = sigmoid && width == channels;
+    if !gate && !steps.iter().any(|s| matches!(s, Step::Linear { .. })) {
         return Ok(None);
     }
     let Some(output_shape) = model
@@ -305,11 +331,12 @@ pub(super) fn pooled_patch(model: &TypedModel, id: usize) -> TractResult<Patch> 
     let pooled = Pooled {
         channels,
         batch,
+        spatial,
         steps,
     };
     let op = PooledChain {
         pooled,
-        gate: sigmoid && width == channels,
+        gate,
         output: Output::new(output_shape.into()),
     };
     Ok(Some((fuse(model, &[node.inputs[0]], last, op)?, replaced)))
