@@ -163,6 +163,12 @@ pub struct GallerySection {
     pub threshold: f32,
     /// A match must beat the runner-up by this.
     pub margin: f32,
+    /// Short-term re-identification: an identity seen at most this many seconds ago matches
+    /// from `recent_threshold` on (a track broken as people cross); 0: off.
+    pub recent_seconds: f32,
+    /// Threshold of that rule; negative: the model manifest's `[matching] recent_threshold`
+    /// (no such value: the rule is off).
+    pub recent_threshold: f32,
     /// `mean` or `max` over an identity's exemplars.
     pub aggregation: Aggregation,
     /// Damaged file at start: `backup` (load `.bak`), `empty`, or `fail`. The damaged file is
@@ -189,6 +195,8 @@ impl Default for GallerySection {
             format: "int8".into(),
             threshold: -1.0,
             margin: crate::gallery::MatchPolicy::default().margin,
+            recent_seconds: 2.0,
+            recent_threshold: -1.0,
             aggregation: Aggregation::Mean,
             recovery: "backup".into(),
             save_every_secs: 60,
@@ -251,6 +259,10 @@ pub struct RunConfig {
     /// None: the manifest's threshold.
     pub threshold: Option<f32>,
     pub margin: f32,
+    /// `gallery.recent_seconds`, in ms (0: off).
+    pub recent_ms: u64,
+    /// None: the manifest's `recent_threshold`.
+    pub recent_threshold: Option<f32>,
     pub aggregation: Aggregation,
     pub recovery: Recovery,
     pub save_every: std::time::Duration,
@@ -453,6 +465,21 @@ impl ConfigFile {
                 format!("is {}: expected 0 ≤ margin < 1", g.margin),
             ));
         }
+        if !(0.0..=60.0).contains(&g.recent_seconds) {
+            return Err(invalid(
+                "gallery.recent_seconds",
+                format!("is {}: expected 0 (off) to 60 seconds", g.recent_seconds),
+            ));
+        }
+        if g.recent_threshold.is_nan() || g.recent_threshold > 1.0 {
+            return Err(invalid(
+                "gallery.recent_threshold",
+                format!(
+                    "is {}: a cosine threshold is at most 1 (negative: the manifest's)",
+                    g.recent_threshold
+                ),
+            ));
+        }
         if g.threshold > 1.0 {
             return Err(invalid(
                 "gallery.threshold",
@@ -546,6 +573,8 @@ impl ConfigFile {
             },
             threshold: (g.threshold >= 0.0).then_some(g.threshold),
             margin: g.margin,
+            recent_ms: (g.recent_seconds * 1000.0).round() as u64,
+            recent_threshold: (g.recent_threshold >= 0.0).then_some(g.recent_threshold),
             aggregation: g.aggregation,
             recovery,
             save_every: std::time::Duration::from_secs(g.save_every_secs.max(1)),
@@ -786,6 +815,39 @@ mod tests {
         for (field, spoil) in cases {
             let mut file = good();
             spoil(&mut file);
+            let err = file.validate("t.toml").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("t.toml: {field}:")), "{err}");
+        }
+    }
+
+    #[test]
+    fn short_term_reidentification_settings_are_checked() {
+        let good = || {
+            let mut file = ConfigFile::default();
+            file.source.path = "synthetic".into();
+            file.detector.kind = "motion".into();
+            file
+        };
+        let config = good().validate("t.toml").expect("the defaults are valid");
+        assert_eq!((config.recent_ms, config.recent_threshold), (2_000, None));
+        let mut file = good();
+        file.gallery.recent_seconds = 0.5;
+        file.gallery.recent_threshold = 0.55;
+        let config = file.validate("t.toml").unwrap();
+        assert_eq!(
+            (config.recent_ms, config.recent_threshold),
+            (500, Some(0.55))
+        );
+        for (field, seconds, threshold) in [
+            ("gallery.recent_seconds", -1.0, -1.0),
+            ("gallery.recent_seconds", 61.0, -1.0),
+            ("gallery.recent_seconds", f32::NAN, -1.0),
+            ("gallery.recent_threshold", 2.0, 1.5),
+            ("gallery.recent_threshold", 2.0, f32::NAN),
+        ] {
+            let mut file = good();
+            file.gallery.recent_seconds = seconds;
+            file.gallery.recent_threshold = threshold;
             let err = file.validate("t.toml").unwrap_err().to_string();
             assert!(err.starts_with(&format!("t.toml: {field}:")), "{err}");
         }

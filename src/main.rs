@@ -740,6 +740,7 @@ fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
                 100.0 * chosen.tmr
             ),
             split_below: None,
+            recent_threshold: None,
         },
     })?;
     if args.json {

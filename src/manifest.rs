@@ -70,6 +70,10 @@ pub struct MatchingSpec {
     /// daemon splits the track); the tracker's default when its own `split_below` is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_below: Option<f64>,
+    /// The short-term re-identification threshold (`gallery.recent_seconds`): an identity seen
+    /// moments ago matches from here on; calibrated on a video of people crossing each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_threshold: Option<f64>,
 }
 
 /// `[model]`: identity of the model.

@@ -14,6 +14,10 @@ good crops), the daemon's case. The threshold proposed for the manifest is the h
 track-mean thresholds — false matches at most `--fmr` in every domain measured — with each
 domain's true-match rate at it: the trade-off, in figures.
 
+The short-term threshold (`[matching] recent_threshold`, for identities seen within
+`gallery.recent_seconds`): the people-detection video's track threshold — the people around
+someone whose track broke are those walking beside them, that video's case.
+
 The split threshold (`[matching] split_below`: a new crop whose cosine to its track's mean is
 below it is someone else) comes from the videos: each crop against the mean of the `--window`
 crops of the same person before it (a track going on) and against the means of other people's
@@ -38,11 +42,14 @@ from eval_reference import cmc_map_torchreid
 CACHE = Path(os.environ.get("REIDTRAIN_CACHE") or Path.home() / ".cache/reidcam/reidtrain")
 
 
+CROWD = "people-detection video"  # the domain of people walking side by side
+
+
 def domains(shared: Path) -> dict[str, Path]:
     return {
         "cuhk03-val": shared / "data/cuhk03-val",
         "one-by-one video": CACHE / "mined/one-by-one-market",
-        "people-detection video": CACHE / "mined/people-detection-market",
+        CROWD: CACHE / "mined/people-detection-market",
     }
 
 
@@ -177,12 +184,21 @@ def main() -> int:
           f"{split:.3f}, median {np.median(same):.3f}; to another person's track: median "
           f"{np.median(diff):.3f}, {100 * (diff < split).mean():.1f}% below {split:.3f}")
     print(f"proposed [matching] split_below: {split:.4f}")
+    # Short-term re-identification (`gallery.recent_seconds`) only weighs the people seen moments
+    # ago: the people around someone whose track broke — the crowd of a multi-person video.
+    crowd = results[CROWD]
+    recent = min(crowd["track_threshold"], chosen)
+    print(f"short-term: the {CROWD}'s track threshold, people side by side and crossing "
+          f"({100 * float((crowd['track_same'] >= recent).mean()):.1f}% of its same-person "
+          f"track pairs at or above it)")
+    print(f"proposed [matching] recent_threshold: {recent:.4f}")
     if args.json:
         for r in results.values():
             for k in ("track_same", "track_diff", "split_same", "split_diff"):
                 r.pop(k)
         args.json.write_text(json.dumps({"model": str(args.model), "fmr": args.fmr,
                                          "threshold": chosen, "split_below": split,
+                                         "recent_threshold": recent,
                                          "domains": results}, indent=1))
     return 0
 

@@ -69,16 +69,19 @@ pub(super) fn start(
     log::info!("detector: {}", detector.describe());
 
     let defaults = MatchPolicy::default();
+    let matching = embedder.manifest().matching.as_ref();
+    let recent_threshold = config
+        .recent_threshold
+        .or_else(|| matching.and_then(|m| m.recent_threshold).map(|t| t as f32));
     let policy = MatchPolicy {
-        threshold: config.threshold.unwrap_or_else(|| {
-            embedder
-                .manifest()
-                .matching
-                .as_ref()
-                .map_or(defaults.threshold, |m| m.threshold as f32)
-        }),
+        threshold: config
+            .threshold
+            .unwrap_or_else(|| matching.map_or(defaults.threshold, |m| m.threshold as f32)),
         margin: config.margin,
         aggregation: config.aggregation,
+        // No threshold for it (configured or calibrated): the rule is off.
+        recent_ms: recent_threshold.map_or(0, |_| config.recent_ms),
+        recent_threshold: recent_threshold.unwrap_or(defaults.recent_threshold),
     };
     let gallery_config = crate::gallery::GalleryConfig {
         dim: embedder.dim(),

@@ -182,14 +182,22 @@ impl Gallery {
     pub fn decide(&mut self, query: &[f32]) -> Result<Decision, GalleryError> {
         let mut top = [Candidate::default(); 2];
         let n = self.best_matches(query, &mut top)?;
-        Ok(self.decision(&top[..n]))
+        Ok(self.decision(&top[..n], None))
+    }
+
+    /// [`decide`](Self::decide) at time `now`: an identity seen within the policy's
+    /// `recent_ms` also matches from `recent_threshold` on.
+    pub fn decide_at(&mut self, query: &[f32], now: Timestamp) -> Result<Decision, GalleryError> {
+        let mut top = [Candidate::default(); 2];
+        let n = self.best_matches(query, &mut top)?;
+        Ok(self.decision(&top[..n], Some(now)))
     }
 
     /// The camera's policy in one call: decide, then refresh a confident match, store an unknown
     /// person as a new provisional identity (evicting the least recently seen unpinned one when
     /// full), and leave ambiguous queries alone.
     pub fn observe(&mut self, query: &[f32], now: Timestamp) -> Result<Observation, GalleryError> {
-        match self.decide(query)? {
+        match self.decide_at(query, now)? {
             Decision::Match { best, .. } => {
                 let exemplar = self.refresh(best.id, query, now)?;
                 Ok(Observation::Known { best, exemplar })
@@ -545,12 +553,12 @@ impl Gallery {
         filled
     }
 
-    fn decision(&self, top: &[Candidate]) -> Decision {
+    fn decision(&self, top: &[Candidate], now: Option<Timestamp>) -> Decision {
         let Some(&best) = top.first() else {
             return Decision::Unknown { best: None };
         };
         let runner_up = top.get(1).copied();
-        if best.similarity.0 < self.policy.threshold {
+        if best.similarity.0 < self.policy.threshold && !self.recent_match(best, now) {
             return Decision::Unknown { best: Some(best) };
         }
         match runner_up {
@@ -559,6 +567,22 @@ impl Gallery {
             }
             _ => Decision::Match { best, runner_up },
         }
+    }
+
+    /// Whether `best` passes the short-term rule: seen at most `recent_ms` before `now`, at or
+    /// above `recent_threshold`.
+    fn recent_match(&self, best: Candidate, now: Option<Timestamp>) -> bool {
+        let p = &self.policy;
+        let (Some(now), true) = (
+            now,
+            p.recent_ms > 0 && best.similarity.0 >= p.recent_threshold,
+        ) else {
+            return false;
+        };
+        self.slots
+            .iter()
+            .find(|s| s.occupied && s.id == best.id)
+            .is_some_and(|s| now.0.saturating_sub(s.last_seen.0) <= p.recent_ms)
     }
 }
 

@@ -98,6 +98,51 @@ fn bad_configs_and_embeddings_are_refused() {
     assert_eq!(g.next_id(), PersonId(1), "failed inserts use no id");
 }
 
+/// Short-term re-identification: below the threshold, an identity seen at most `recent_ms` ago
+/// still matches from `recent_threshold` on; one seen longer ago does not, nor a weaker match,
+/// and `decide` (no time) never applies the rule.
+#[test]
+fn recently_seen_identities_match_from_the_recent_threshold() {
+    let mut g = gallery(4);
+    g.set_policy(MatchPolicy {
+        threshold: 0.9,
+        margin: 0.05,
+        aggregation: Aggregation::Max,
+        recent_ms: 2_000,
+        recent_threshold: 0.5,
+    });
+    let (a, _) = g.insert(&direction(0, 0.0), at(10_000)).unwrap();
+    let (_, _) = g.insert(&direction(8, 0.0), at(0)).unwrap();
+    // cosine 1/√1.64 ≈ 0.78: under 0.9, over 0.5.
+    let query = direction(0, 0.8);
+    match g.decide_at(&query, Timestamp(11_500)).unwrap() {
+        Decision::Match { best, .. } => assert_eq!(best.id, a),
+        other => panic!("seen 1.5 s ago: expected a match, got {other:?}"),
+    }
+    assert!(matches!(
+        g.decide_at(&query, Timestamp(12_001)).unwrap(),
+        Decision::Unknown { .. }
+    ));
+    assert!(matches!(
+        g.decide(&query).unwrap(),
+        Decision::Unknown { .. }
+    ));
+    // cosine 1/√7.25 ≈ 0.37: under the recent threshold too.
+    assert!(matches!(
+        g.decide_at(&direction(0, 2.5), Timestamp(10_500)).unwrap(),
+        Decision::Unknown { .. }
+    ));
+    // Off (recent_ms 0): only the threshold counts.
+    g.set_policy(MatchPolicy {
+        recent_ms: 0,
+        ..*g.policy()
+    });
+    assert!(matches!(
+        g.decide_at(&query, Timestamp(10_500)).unwrap(),
+        Decision::Unknown { .. }
+    ));
+}
+
 #[test]
 fn decisions_follow_threshold_and_margin() {
     let mut g = gallery(4);
@@ -105,6 +150,7 @@ fn decisions_follow_threshold_and_margin() {
         threshold: 0.8,
         margin: 0.05,
         aggregation: Aggregation::Max,
+        ..MatchPolicy::default()
     });
     assert_eq!(
         g.decide(&direction(0, 0.0)).unwrap(),

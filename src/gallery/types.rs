@@ -134,6 +134,10 @@ pub struct MatchPolicy {
     /// A match must beat the runner-up identity by at least this much, else it is ambiguous.
     pub margin: f32,
     pub aggregation: Aggregation,
+    /// Short-term re-identification: an identity last seen at most `recent_ms` ago matches from
+    /// `recent_threshold` on (a person whose track broke as they crossed someone); 0: off.
+    pub recent_ms: u64,
+    pub recent_threshold: f32,
 }
 
 impl Default for MatchPolicy {
@@ -142,6 +146,8 @@ impl Default for MatchPolicy {
             threshold: 0.7,
             margin: 0.05,
             aggregation: Aggregation::Mean,
+            recent_ms: 0,
+            recent_threshold: 1.0,
         }
     }
 }

@@ -550,7 +550,7 @@ impl<E: CropEmbedder> Pipeline<E> {
                 s.held = Some(held);
                 true
             }
-            Some(held) => match self.gallery.decide(&self.query)? {
+            Some(held) => match self.gallery.decide_at(&self.query, now)? {
                 Decision::Match { best, .. } if Some(best.id) == held.id() => {
                     // Still the same person: a new view of them for the gallery.
                     self.gallery.refresh(best.id, &self.query, now)?;
