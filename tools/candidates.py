@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 from PIL import Image
 
 import reference
@@ -39,22 +39,28 @@ def spec_of(model: Path) -> reference.InputSpec:
 
 
 def params_and_macs(model: Path, spec: reference.InputSpec) -> tuple[int, int]:
+    """Float parameters, and multiply-accumulates of the convolutions and matrix products on one
+    crop. Output shapes come from running the graph (onnxruntime, every conv's output exposed):
+    static shape inference stops at data-dependent reshapes (retail-0267's group norms)."""
     m = onnx.load(str(model))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     params = sum(a.size for a in inits.values() if a.dtype.kind == "f")
-    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, (1, 3, spec.height, spec.width)):
-        d.ClearField("dim_param")
-        d.dim_value = v
-    m = shape_inference.infer_shapes(m)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(m.graph.value_info) + list(m.graph.output)}
+    convs = [n for n in m.graph.node if n.op_type in ("Conv", "QLinearConv")]
+    known = {o.name for o in m.graph.output}
+    for n in convs:
+        if n.output[0] not in known:
+            m.graph.output.append(onnx.ValueInfoProto(name=n.output[0]))
+    sess = reference.session(m.SerializeToString())
+    x = np.zeros((1, 3, spec.height, spec.width), np.float32)
+    names = [n.output[0] for n in convs]
+    shapes = dict(zip(names, (o.shape for o in sess.run(names, {sess.get_inputs()[0].name: x}))))
     macs = 0
+    for n in convs:
+        w = inits.get(n.input[3 if n.op_type == "QLinearConv" else 1])
+        if w is not None:
+            macs += int(np.prod(shapes[n.output[0]])) * int(np.prod(w.shape[1:]))
     for n in m.graph.node:
-        if n.op_type in ("Conv", "QLinearConv") and n.output[0] in shapes:
-            w = inits.get(n.input[3 if n.op_type == "QLinearConv" else 1])
-            if w is not None:
-                macs += int(np.prod(shapes[n.output[0]])) * int(np.prod(w.shape[1:]))
-        elif n.op_type in ("Gemm", "MatMul") and n.input[1] in inits:
+        if n.op_type in ("Gemm", "MatMul") and n.input[1] in inits:
             macs += int(np.prod(inits[n.input[1]].shape))
     return params, macs
 

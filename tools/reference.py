@@ -116,14 +116,16 @@ def reidcam_eval(model: Path, data: Path, manifest: Path | None = None, batch: i
     return json.loads(run.stdout)
 
 
-def session(model: Path, threads: int = 1):
+def session(model: Path | bytes, threads: int = 1):
+    """An onnxruntime CPU session of a model file (or serialised model)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: torchreid exports carry unused initializers
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def run_tensors(sess, tensors: np.ndarray, input_name: str | None = None) -> np.ndarray:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "count":
         print("| architecture | parameters (no classifier) | MACs @256×128 | MACs @128×64 | embedding |")
         print("|---|---:|---:|---:|---:|")
-        for arch in models.ARCHS:
+        for arch in models.WIDTH_ARCHS:
             widths = (1.0, 0.75, 0.5, 0.25)
             for w in widths:
                 net = models.build(arch, w, args.classes)

@@ -37,7 +37,6 @@ from .data import Images, load_dir, train_dir
 from .distill_data import EVAL_SETS, unlabelled_set
 from .evaluate import Evaluator, market_metrics
 from .losses import batch_hard_triplet
-from .pretrained import load_torchreid
 from .sampler import PKSampler
 from .train import Recipe, load_checkpoint, lr_at, save_atomic
 
@@ -166,11 +165,16 @@ def distill(recipe: DistillRecipe, data: Path, mined: Path, out: Path, val: Path
     classes, labels = np.unique(labelled.pids, return_inverse=True)
     targets = torch.from_numpy(labels)
     torch.manual_seed(recipe.seed)
-    net = models.build(recipe.arch, recipe.width, len(classes), recipe.bnneck, recipe.last_stride,
-                       proj_dim=t_labelled.shape[2])
-    if recipe.torchreid_init:
-        log(f"initialised {load_torchreid(net, Path(recipe.torchreid_init))} tensors from "
-            f"{recipe.torchreid_init}")
+    sample = None
+    if recipe.arch == "retail" and recipe.plain:
+        # the crops a plain network's norms are measured on (view 0 of 256 labelled crops)
+        pick = np.random.default_rng([recipe.seed, 3]).choice(len(labelled), 256, replace=False)
+        sample = views_mod.resize(views_mod.render(
+            torch.from_numpy(labelled.pixels[pick]),
+            [views_mod.params(view_seed, int(i), 0) for i in pick]),
+            recipe.height_px, recipe.width_px)
+    net = models.create(recipe, len(classes), proj_dim=t_labelled.shape[2], log=log,
+                        sample=sample)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sampler = PKSampler(labels, recipe.p, recipe.k, recipe.seed)
     rng = np.random.default_rng([recipe.seed, 7])
@@ -195,7 +199,8 @@ def distill(recipe: DistillRecipe, data: Path, mined: Path, out: Path, val: Path
         history, start_epoch = ck["history"], ck["epoch"]
         log(f"resumed from {last} at epoch {start_epoch}")
     held_out = HeldOut(teacher, mined, val, recipe.height_px, recipe.width_px)
-    log(f"{recipe.arch} x{recipe.width} → {net.embed_dim}-d ({models.count_params(net):,} "
+    shape = f"{recipe.streams} streams" if recipe.arch == "retail" else f"x{recipe.width}"
+    log(f"{recipe.arch} {shape} → {net.embed_dim}-d ({models.count_params(net):,} "
         f"parameters) at {recipe.height_px}x{recipe.width_px}: {len(labelled)} labelled crops of "
         f"{len(classes)} identities + {len(unlabelled)} unlabelled, {n_views} views, "
         f"{recipe.epochs} epochs")

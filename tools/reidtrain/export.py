@@ -101,9 +101,10 @@ def export_onnx(net: models.EmbeddingNet, out: Path, height: int, width: int,
     torch.onnx.export(net, (x,), str(out), **kwargs)
 
 
-def manifest_text(name: str, version: str, height: int, width: int, dim: int) -> str:
-    mean = ", ".join(f"{v}" for v in IMAGENET_MEAN)
-    std = ", ".join(f"{v}" for v in IMAGENET_STD)
+def manifest_text(name: str, version: str, height: int, width: int, dim: int,
+                  mean_std: tuple[list[float], list[float]] = (IMAGENET_MEAN, IMAGENET_STD)) -> str:
+    mean = ", ".join(f"{v}" for v in mean_std[0])
+    std = ", ".join(f"{v}" for v in mean_std[1])
     return (f'[model]\nname = "{name}"\nversion = "{version}"\n\n'
             f'[input]\nname = "input"\nheight = {height}\nwidth = {width}\n'
             f'channel_order = "rgb"\npixel_divisor = 255.0\nmean = [{mean}]\nstd = [{std}]\n\n'
@@ -130,6 +131,9 @@ def export_model(ck: dict, out: Path, name: str | None = None, dynamic_batch: bo
     net, recipe = ck["model"], ck["recipe"]
     h, w = recipe["height_px"], recipe["width_px"]
     net.eval()
+    # A plain retail network's input affine goes into the manifest's mean/std (models/retail.py).
+    mean_std = (net.take_input_affine(IMAGENET_MEAN, IMAGENET_STD)
+                if hasattr(net, "take_input_affine") else (IMAGENET_MEAN, IMAGENET_STD))
     with torch.no_grad():
         probe = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, h, w)).astype(np.float32))
         before = net(probe)
@@ -141,15 +145,20 @@ def export_model(ck: dict, out: Path, name: str | None = None, dynamic_batch: bo
     ort_err = check_onnx(net, out, h, w)
     name = name or out.stem
     epochs = len(ck.get("history", [])) or recipe["epochs"]
-    version = (f"reidtrain {recipe['arch']} x{recipe['width']} "
-               f"{'BNNeck' if recipe['bnneck'] else 'no neck'}, {h}x{w}, {epochs} epochs"
+    shape = (f"retail-0267's network{' (plain)' if recipe.get('plain') else ''}, "
+             f"{recipe['streams']} streams per block"
+             if recipe["arch"] == "retail" else
+             f"{recipe['arch']} x{recipe['width']} {'BNNeck' if recipe['bnneck'] else 'no neck'}")
+    version = (f"reidtrain {shape}, {h}x{w}, {epochs} epochs"
                + (f", pruned {ck['ratio']:.0%}" if "ratio" in ck else "")
                + (f", from {Path(recipe['init']).parent.name}" if recipe.get("init") else "")
                + (f", from {Path(recipe['torchreid_init']).name}"
                   if recipe.get("torchreid_init") else "")
+               + (f", from {Path(recipe['onnx_init']).name}" if recipe.get("onnx_init") else "")
                + (f", distilled from {Path(recipe['teacher']).stem}" if recipe.get("teacher") else "")
                + f", exported {date.today().isoformat()}")
-    out.with_suffix(".toml").write_text(manifest_text(name, version, h, w, net.embed_dim))
+    out.with_suffix(".toml").write_text(manifest_text(name, version, h, w, net.embed_dim,
+                                                      mean_std))
     return {"folded": folded, "flushed": flushed, "fold_error": fold_err, "onnxruntime_error": ort_err,
             "params": models.count_params(net), "dim": net.embed_dim, "height": h, "width": w}
 

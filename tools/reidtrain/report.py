@@ -21,6 +21,8 @@ def _init(recipe: dict) -> str:
         return Path(recipe["init"]).parent.name
     if recipe.get("torchreid_init"):
         return Path(recipe["torchreid_init"]).name
+    if recipe.get("onnx_init"):
+        return Path(recipe["onnx_init"]).name
     return "scratch"
 
 

@@ -20,7 +20,6 @@ from .augment import Augment
 from .data import load_dir, train_dir
 from .evaluate import Evaluator
 from .losses import ReidLoss
-from .pretrained import load_torchreid
 from .sampler import PKSampler
 
 
@@ -44,6 +43,9 @@ class Recipe:
     center_lr: float = 0.5
     seed: int = 1
     torchreid_init: str = ""  # start from these torchreid weights (OSNet only)
+    onnx_init: str = ""       # start from retail-0267's ONNX graph (`retail` only)
+    streams: int = 4          # `retail`: streams kept in every block
+    plain: bool = False       # `retail`: the form reidcam's kernels run whole (models/retail.py)
     init: str = ""            # start from this checkpoint's module (e.g. a pruned network)
 
 
@@ -94,11 +96,7 @@ def train(recipe: Recipe, data: Path, out: Path, val: Path | None = None, eval_e
                          bnneck=theirs["bnneck"], last_stride=theirs["last_stride"],
                          init=str(init))
     else:
-        net = models.build(recipe.arch, recipe.width, len(classes), recipe.bnneck,
-                           recipe.last_stride)
-        if recipe.torchreid_init:
-            n = load_torchreid(net, Path(recipe.torchreid_init))
-            log(f"initialised {n} tensors from {recipe.torchreid_init}")
+        net = models.create(recipe, len(classes), log=log)
     criterion = ReidLoss(len(classes), [c.in_features for c in net.classifiers],
                          recipe.label_smoothing, recipe.margin, recipe.center_weight)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -196,6 +194,12 @@ def recipe_args(parser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--torchreid-init", default="", metavar="PTH",
                         help="initialise an OSNet from torchreid weights (fine-tuning)")
+    parser.add_argument("--onnx-init", default="", metavar="ONNX",
+                        help="initialise `--arch retail` from person-reidentification-retail-0267")
+    parser.add_argument("--streams", type=int, choices=(1, 2, 3, 4), default=d.streams,
+                        help="`--arch retail`: streams kept in every block")
+    parser.add_argument("--plain", action="store_true",
+                        help="`--arch retail`: norms as constant affines, every op reidcam's own")
 
 
 def recipe_from(args) -> Recipe:
@@ -207,4 +211,5 @@ def recipe_from(args) -> Recipe:
                   bnneck=not args.no_bnneck, last_stride=args.last_stride, epochs=args.epochs,
                   p=args.p, k=args.k, lr=args.lr, warmup=args.warmup,
                   center_weight=args.center_weight, seed=args.seed,
-                  torchreid_init=args.torchreid_init)
+                  torchreid_init=args.torchreid_init, onnx_init=args.onnx_init,
+                  streams=args.streams, plain=args.plain)

@@ -48,7 +48,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", models.WIDTH_ARCHS)
 def test_pytorch_onnxruntime_and_reidcam_agree(tmp_path, arch):
     import onnxruntime as ort
     binary = reidcam_or_skip()

@@ -9,7 +9,7 @@ from reidtrain import models
 PARAMS = {("osnet", 1.0): 2_170_532, ("osnet", 0.25): 202_888, ("sclnet", 1.0): 2_305_968}
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", models.WIDTH_ARCHS)
 @pytest.mark.parametrize("width", [1.0, 0.75, 0.5, 0.25])
 def test_shapes(arch, width):
     net = models.build(arch, width, num_classes=10)

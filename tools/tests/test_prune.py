@@ -8,7 +8,7 @@ from reidtrain.models.osnet import OSBlock
 from reidtrain.models.sclnet import SCUnit
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", models.WIDTH_ARCHS)
 def test_pruning_keeps_the_network_runnable_and_smaller(arch):
     net = models.build(arch, 0.5, num_classes=10)
     params, macs = models.count_params(net), models.count_flops(net, 128, 64)
@@ -44,7 +44,7 @@ def _kill_low_channels(net: nn.Module, ratio: float) -> None:
                 kill(part[1])
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", models.WIDTH_ARCHS)
 def test_pruning_dead_channels_changes_nothing(arch):
     torch.manual_seed(0)
     net = models.build(arch, 0.25, num_classes=10).eval()

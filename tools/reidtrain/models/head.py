@@ -13,7 +13,8 @@ from torch import nn
 from .osnet import OSNet, WIDTHS as OSNET_WIDTHS
 from .sclnet import SCLNet
 
-ARCHS = ("osnet", "sclnet")
+ARCHS = ("osnet", "sclnet", "retail")
+WIDTH_ARCHS = ("osnet", "sclnet")  # the ones built by width multiplier
 
 
 @dataclass
@@ -84,9 +85,40 @@ def build(arch: str, width: float = 1.0, num_classes: int = 751, bnneck: bool = 
     elif arch == "sclnet":
         backbone = SCLNet(width, last_stride)
     else:
-        raise ValueError(f"unknown architecture {arch!r}: expected one of {ARCHS}")
+        raise ValueError(f"unknown architecture {arch!r}: expected one of {WIDTH_ARCHS}")
     return EmbeddingNet(backbone, num_classes, bnneck, FC_DIM[arch] if fc_dim is None else fc_dim,
                         proj_dim)
+
+
+def create(recipe, num_classes: int, proj_dim: int = 0, log=print,
+           sample: torch.Tensor | None = None) -> nn.Module:
+    """The network a training recipe asks for, initialised as it says (torchreid weights for an
+    OSNet; the teacher's ONNX graph for `retail`, converted with `sample` crops if plain)."""
+    from pathlib import Path
+
+    if recipe.arch == "retail":
+        from .retail import RetailNet, load_onnx
+
+        net = RetailNet(recipe.height_px, recipe.width_px, recipe.streams, num_classes,
+                        recipe.plain)
+        if proj_dim and proj_dim != net.embed_dim:
+            raise SystemExit(f"retail: its embedding is {net.embed_dim}-d, the teacher's "
+                             f"{proj_dim}-d: it can only learn a teacher of its own space")
+        if recipe.onnx_init:
+            log(f"initialised {load_onnx(net, Path(recipe.onnx_init), sample)} tensors from "
+                f"{recipe.onnx_init} ({recipe.streams} streams per block"
+                f"{', plain' if recipe.plain else ''})")
+        return net
+    if recipe.onnx_init:
+        raise SystemExit("--onnx-init: only for --arch retail")
+    net = build(recipe.arch, recipe.width, num_classes, recipe.bnneck, recipe.last_stride,
+                proj_dim=proj_dim)
+    if recipe.torchreid_init:
+        from ..pretrained import load_torchreid
+
+        log(f"initialised {load_torchreid(net, Path(recipe.torchreid_init))} tensors from "
+            f"{recipe.torchreid_init}")
+    return net
 
 
 def count_params(net: EmbeddingNet, classifier: bool = False) -> int:
@@ -126,5 +158,5 @@ def count_flops(net: nn.Module, height: int = 256, width: int = 128) -> int:
     return macs
 
 
-__all__ = ["ARCHS", "EmbeddingNet", "Output", "build", "count_params", "count_flops",
-           "OSNET_WIDTHS"]
+__all__ = ["ARCHS", "WIDTH_ARCHS", "EmbeddingNet", "Output", "build", "create", "count_params",
+           "count_flops", "OSNET_WIDTHS"]
