@@ -78,9 +78,9 @@ fn check_model(model: &Path) -> Rewritten {
 #[test]
 fn our_default_model_embeds_as_with_tracts_own_ops() {
     let fused = check_model(&repo().join("models/default.onnx"));
-    // OSNet x0.25: stem conv, max pool + 2 average pools, 78 1×1, 60 depthwise, 6 aggregations
-    // of 4 gated streams, the head (global pool, fc, ReLU): every node ours, every output
-    // recycled.
+    // retail-0267's network in its plain form (an OSNet x0.5): stem conv, max pool + 2 average
+    // pools, 78 1×1, 60 depthwise, 6 aggregations of 4 gated streams (SE and per-channel affine
+    // gates), the head (the learnt global pooling, fc): every node ours, every output recycled.
     assert_eq!(
         (
             fused.conv,
@@ -202,10 +202,10 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
                 "batch {batch} threads {threads} slot {slot}: cosine to float {c}"
             );
         }
-        // 187 QLinearConv: all 78 1×1 and the stem in int8; from dequantised weights 60
-        // depthwise and 48 gate fcs. (The previous default model had one 1×1 whose saturated
-        // int32 bias could overflow the sums: dequantised too.) Without dot-product
-        // instructions, all 187 from dequantised weights.
+        // 164 QLinearConv: all 78 1×1 and the stem in int8; from dequantised weights 60
+        // depthwise, the 24 uses of the 6 SE gates' fcs (the other 6 gates are per-channel
+        // affine) and the learnt global pooling. Without dot-product instructions, all 164
+        // from dequantised weights.
         let (int8, stem) = if Dot::detect().is_some() {
             (78, 1)
         } else {
@@ -219,7 +219,7 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
                 done.dequantised,
                 done.dot
             ),
-            (true, int8, stem, 187 - int8 - stem, Dot::detect()),
+            (true, int8, stem, 164 - int8 - stem, Dot::detect()),
             "{done:?}"
         );
         // Then fused: residual adds and ReLUs into 16 of the int8 ones (each block's conv1 +

@@ -28,7 +28,7 @@ def test_default_model_accuracy_on_cuhk03_val(variant):
         want = want[report["int8_path"]]
     assert abs(got["rank1"] - want["rank1"]) <= tol, (got["rank1"], want)
     assert abs(got["map"] - want["mAP"]) <= tol, (got["map"], want)
-    # trained in part on cuhk03-train, it must beat the best reference of its size that was not
+    # issue 19: at least its teacher's accuracy (trained in part on cuhk03-train, the teacher was not)
     ref_rank1, ref_map = EXPECTED["beats"]["rank1"], EXPECTED["beats"]["mAP"]
     assert got["rank1"] > ref_rank1 and got["map"] > ref_map
 
