@@ -788,14 +788,17 @@ mod tests {
 
     /// Issue 22: settings that made the daemon panic, hang beyond one SIGTERM, or rename files
     /// billions of times are refused at start-up, naming the field.
+    /// A file that validates: the defaults on synthetic frames with motion detection.
+    fn valid_file() -> ConfigFile {
+        let mut file = ConfigFile::default();
+        file.source.path = "synthetic".into();
+        file.detector.kind = "motion".into();
+        file
+    }
+
     #[test]
     fn settings_that_hung_or_panicked_are_bounded() {
-        let good = || {
-            let mut file = ConfigFile::default();
-            file.source.path = "synthetic".into();
-            file.detector.kind = "motion".into();
-            file
-        };
+        let good = valid_file;
         good().validate("t.toml").expect("the base config is valid");
         type Spoil = fn(&mut ConfigFile);
         let cases: [(&str, Spoil); 8] = [
@@ -822,12 +825,7 @@ mod tests {
 
     #[test]
     fn short_term_reidentification_settings_are_checked() {
-        let good = || {
-            let mut file = ConfigFile::default();
-            file.source.path = "synthetic".into();
-            file.detector.kind = "motion".into();
-            file
-        };
+        let good = valid_file;
         let config = good().validate("t.toml").expect("the defaults are valid");
         assert_eq!((config.recent_ms, config.recent_threshold), (2_000, None));
         let mut file = good();

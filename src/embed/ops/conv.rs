@@ -230,32 +230,49 @@ pub(super) fn conv_output(
     })
 }
 
-pub(crate) fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+impl ConvNode<'_> {
+    /// The input's (height, width).
+    fn input_size(&self) -> (usize, usize) {
+        let r = self.data_shape.len();
+        (self.data_shape[r - 2], self.data_shape[r - 1])
+    }
+}
+
+/// A depthwise convolution: one group per channel, as many outputs as inputs.
+fn depthwise_node(model: &TypedModel, id: usize) -> TractResult<Option<ConvNode<'_>>> {
     let Some(c) = conv_node(model, id)? else {
         return Ok(None);
     };
     let spec = &c.conv.pool_spec;
     let channels = spec.input_channels;
     let r = c.data_shape.len();
-    let (h, w) = (c.data_shape[r - 2], c.data_shape[r - 1]);
-    let (oh, ow) = depthwise::output_size(h, w, c.stride);
-    let fits = c.conv.group == channels
+    let depthwise = c.conv.group == channels
         && spec.output_channels == channels
-        && spec.kernel_shape.as_slice() == [3, 3]
+        && c.data_shape[r - 3] == channels
+        && c.out_shape.len() == r;
+    Ok(depthwise.then_some(c))
+}
+
+pub(crate) fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
+    let Some(c) = depthwise_node(model, id)? else {
+        return Ok(None);
+    };
+    let (channels, (h, w)) = (c.conv.pool_spec.input_channels, c.input_size());
+    let r = c.data_shape.len();
+    let (oh, ow) = depthwise::output_size(h, w, c.stride);
+    let fits = c.conv.pool_spec.kernel_shape.as_slice() == [3, 3]
         && (c.stride == 1 || c.stride == 2)
         && c.padding == (1, 1, 1, 1)
-        && c.out_shape.len() == r
         && c.out_shape[..r - 2] == c.data_shape[..r - 2]
         && c.out_shape[r - 2..] == [oh, ow]
-        && c.data_shape[r - 3] == channels
         && c.kernel.len() == channels * 9;
     let Some(bias) = values(&c.bias, channels)?.filter(|_| fits) else {
         return Ok(None);
     };
     let shape = depthwise::Shape {
         channels,
-        height: c.data_shape[r - 2],
-        width: c.data_shape[r - 1],
+        height: h,
+        width: w,
     };
     let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;
     let op = Depthwise {
@@ -279,19 +296,13 @@ pub(super) fn global_depthwise(
     model: &TypedModel,
     id: usize,
 ) -> TractResult<Option<(Vec<f32>, Vec<f32>)>> {
-    let Some(c) = conv_node(model, id)? else {
+    let Some(c) = depthwise_node(model, id)? else {
         return Ok(None);
     };
-    let spec = &c.conv.pool_spec;
-    let channels = spec.input_channels;
+    let (channels, (h, w)) = (c.conv.pool_spec.input_channels, c.input_size());
     let r = c.data_shape.len();
-    let (h, w) = (c.data_shape[r - 2], c.data_shape[r - 1]);
-    let fits = c.conv.group == channels
-        && spec.output_channels == channels
-        && spec.kernel_shape.as_slice() == [h, w]
+    let fits = c.conv.pool_spec.kernel_shape.as_slice() == [h, w]
         && c.padding == (0, 0, 0, 0)
-        && c.data_shape[r - 3] == channels
-        && c.out_shape.len() == r
         && c.out_shape[r - 2..] == [1, 1]
         && c.kernel.len() == channels * h * w;
     let Some(bias) = values(&c.bias, channels)?.filter(|_| fits) else {
