@@ -25,7 +25,6 @@ the deepest: 4, then 3 Lite convolutions); the input size resizes the pooling ke
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -272,10 +271,9 @@ def convert_to_plain(net: RetailNet, path: Path, sample: torch.Tensor) -> int:
     k = ref.in_first.weight / sd.mean(0)
     ours["in_first.scale"] = k.view(1, 3, 1, 1)
     ours["in_first.shift"] = (ref.in_first.bias - k * mu.mean(0)).view(1, 3, 1, 1)
-    # Stem instance norm → BatchNorm with the average per-image statistics.
+    # Stem instance norm → BatchNorm with the average per-image statistics (its affine weight
+    # and bias are copied above, with the pooling kernel, already at `net`'s size).
     y = stats["stem"][0]
-    ours["conv1.bn.weight"] = ref.conv1.bn.weight.clone()
-    ours["conv1.bn.bias"] = ref.conv1.bn.bias.clone()
     ours["conv1.bn.running_mean"] = y.mean((2, 3)).mean(0)
     ours["conv1.bn.running_var"] = y.var((2, 3), unbiased=False).mean(0)
     # Group-norm gates → per-channel affine gates, over all streams' pooled vectors.
@@ -290,16 +288,6 @@ def convert_to_plain(net: RetailNet, path: Path, sample: torch.Tensor) -> int:
         scale = mod.gn.weight / std
         ours[f"{name}.scale"] = scale.view(1, -1, 1, 1)
         ours[f"{name}.shift"] = (mod.gn.bias - scale * mean).view(1, -1, 1, 1)
-    ours["global_avgpool.weight"] = resize_pool(ref.global_avgpool.weight,
-                                                tuple(ours["global_avgpool.weight"].shape[2:]))
     net.load_state_dict(ours)
     return loaded
 
-
-def count(height: int, width: int, streams: int) -> tuple[int, np.int64]:
-    """(parameters, MACs) of the inference network."""
-    from .head import count_flops
-
-    net = RetailNet(height, width, streams)
-    params = sum(p.numel() for p in net.parameters())
-    return params, count_flops(net, height, width)
