@@ -24,6 +24,9 @@ pub enum EventKind {
     Leave,
     /// An operator enrolled the track as a pinned identity (the enroll button).
     Enrol,
+    /// Two identities were found to be one person (shared identities, `docs/mqtt.md`
+    /// "Merges"): not about a track (`track` 0, no box); `identity` says which into which.
+    Merge,
 }
 
 /// Who the track is, as the gallery decided.
@@ -59,6 +62,16 @@ pub enum Identity<'a> {
     Unstored {
         #[serde(skip_serializing_if = "Option::is_none")]
         closest: Option<Candidate>,
+    },
+    /// A `merge` event's: identity `merged` is now `id` (it is gone from the gallery).
+    Merged {
+        id: PersonId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<&'a str>,
+        merged: PersonId,
+        /// The match that decided it, when this camera decided (the other cameras follow).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        similarity: Option<f32>,
     },
 }
 

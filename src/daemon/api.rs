@@ -167,6 +167,9 @@ impl Running {
                 .map(|()| None),
             Op::Erase(id) => {
                 self.pipeline.gallery_mut().remove(*id).map_err(refusal)?;
+                if let Some(sharing) = &mut self.sharing {
+                    sharing.erased_by_operator(*id);
+                }
                 self.erased(*id).map_err(|e| {
                     log::error!("thumbnail of {id}: {e}");
                     (

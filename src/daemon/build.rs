@@ -91,7 +91,7 @@ pub(super) fn start(
         name: embedder.manifest().model.name.clone(),
         dim: embedder.dim(),
     };
-    let (gallery, lock) = match &config.gallery_path {
+    let (mut gallery, lock) = match &config.gallery_path {
         Some(path) => {
             let lock = GalleryLock::acquire(path)?;
             let (gallery, opened) =
@@ -132,8 +132,20 @@ pub(super) fn start(
             .map(|p| Peers::load(&Peers::path_for(p)))
             .unwrap_or_default();
         m.set_share(&model_tag.name, model_tag.dim, gallery.config().exemplars);
-        Sharing::new(&config.camera, &model_tag.name, peers, &gallery)
+        let mut sharing = Sharing::new(&config.camera, &model_tag.name, peers, &gallery);
+        sharing.merge_at = m.config().merge_threshold.map(|t| {
+            if t > 0.0 {
+                t
+            } else {
+                (gallery.policy().threshold + crate::mqtt::MERGE_ABOVE_MATCH).min(0.99)
+            }
+        });
+        sharing.passers_by = m.config().share_passers_by;
+        sharing
     });
+    if let Some(sharing) = &sharing {
+        sharing.mark_copies(&mut gallery);
+    }
     let sink: Box<dyn EventSink> = match mqtt {
         Some(m) => {
             m.set_labelled(&gallery);

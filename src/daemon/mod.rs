@@ -172,13 +172,18 @@ impl Running {
             match sharing.apply(self.pipeline.gallery_mut(), update) {
                 None => {}
                 Some(Applied::Stored) => changed = true,
-                Some(Applied::Erased(id)) => {
+                Some(gone) => {
                     changed = true;
-                    // Rare: this allocates only when someone erased a shared person.
-                    erased.push(id);
+                    // Rare: this allocates only when someone erased or merged a shared person.
+                    erased.push(gone);
                 }
             }
         }
+        // Own identities that are another camera's person too (allocates only when one of
+        // them changed since the last turn).
+        let merged = sharing.merges(self.pipeline.gallery_mut());
+        changed |= !merged.is_empty();
+        erased.extend(merged);
         if changed {
             self.pipeline.mark_dirty();
             mqtt.set_labelled(self.pipeline.gallery());
@@ -193,7 +198,19 @@ impl Running {
                 mqtt.publish_gallery(out);
             }
         }
-        for id in erased {
+        for gone in erased {
+            let id = match gone {
+                Applied::Merged {
+                    from,
+                    into,
+                    similarity,
+                } => {
+                    self.pipeline.merged(from, into, similarity);
+                    from
+                }
+                Applied::Erased(id) => id,
+                Applied::Stored => continue,
+            };
             match self.erased(id) {
                 Err(e) => log::error!("thumbnail of erased {id}: {e} (the next save retries)"),
                 Ok(()) if self.thumbs.is_some() => {

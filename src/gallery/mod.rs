@@ -49,6 +49,9 @@ pub const IDENTITY_SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 struct Slot {
     occupied: bool,
     pinned: bool,
+    /// Another camera's identity (a copy, `mqtt.share_gallery`): evicted before this camera's
+    /// own. Not in the file: the sharing side marks its copies at start.
+    remote: bool,
     exemplars: u8,
     id: PersonId,
     times_seen: u32,
@@ -241,6 +244,7 @@ impl Gallery {
             Slot {
                 occupied: true,
                 pinned: new.pinned,
+                remote: false,
                 exemplars: 0,
                 id,
                 times_seen: 1,
@@ -387,6 +391,38 @@ impl Gallery {
         Ok(())
     }
 
+    /// Marks `id` as another camera's (a shared copy): evicted first when room is needed.
+    pub fn set_remote(&mut self, id: PersonId, remote: bool) {
+        if let Some(slot) = self.find(id) {
+            self.slots[slot].remote = remote;
+        }
+    }
+
+    /// Makes room for one identity if the gallery is full: removes the least recently seen
+    /// unpinned remote identity, else (unless `only_remote`) the least recently seen unpinned
+    /// one. Returns what was removed; `None` when there was room or nothing may go.
+    pub fn make_room(&mut self, only_remote: bool) -> Option<PersonId> {
+        if self.len < self.slots.len() {
+            return None;
+        }
+        let victim = self
+            .victim()
+            .filter(|&v| !only_remote || self.slots[v].remote)?;
+        let id = self.slots[victim].id;
+        self.remove(id).ok()?;
+        Some(id)
+    }
+
+    /// The slot eviction takes: unpinned, remote before own, then the least recently seen.
+    fn victim(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.occupied && !s.pinned)
+            .min_by_key(|(_, s)| (!s.remote, s.last_seen, s.times_seen, s.id))
+            .map(|(i, _)| i)
+    }
+
     /// Ensures the next new identity gets at least `next`.
     pub fn reserve_ids_below(&mut self, next: PersonId) {
         self.next_id = self.next_id.max(next.0);
@@ -409,6 +445,7 @@ impl Gallery {
             Slot {
                 occupied: true,
                 pinned: info.pinned,
+                remote: false,
                 exemplars: 0,
                 id: info.id,
                 times_seen: info.times_seen,
@@ -509,16 +546,9 @@ impl Gallery {
         if let Some(slot) = self.slots.iter().position(|s| !s.occupied) {
             return Ok((slot, None));
         }
-        let victim = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.pinned)
-            .min_by_key(|(_, s)| (s.last_seen, s.times_seen, s.id))
-            .map(|(i, _)| i)
-            .ok_or(GalleryError::FullOfPinned {
-                capacity: self.capacity(),
-            })?;
+        let victim = self.victim().ok_or(GalleryError::FullOfPinned {
+            capacity: self.capacity(),
+        })?;
         let evicted = self.slots[victim].id;
         log::debug!("gallery full: evicting identity {evicted}");
         Ok((victim, Some(evicted)))

@@ -42,6 +42,14 @@ pub struct MqttSection {
     /// Share enrolled identities (their embeddings) with the other cameras on this broker.
     /// Off by default: biometric data leaves the device only when asked to.
     pub share_gallery: bool,
+    /// With `share_gallery`: share passers-by's provisional identities too (their embeddings
+    /// leave the device: off by default).
+    pub share_passers_by: bool,
+    /// With `share_gallery`: merge an own identity into another camera's identity of the same
+    /// person (`docs/mqtt.md`, "Merges").
+    pub merge: bool,
+    /// The similarity a merge needs; 0: the model's `[matching] threshold` + 0.1.
+    pub merge_threshold: f32,
 }
 
 impl Default for MqttSection {
@@ -61,6 +69,9 @@ impl Default for MqttSection {
             discovery_prefix: "homeassistant".into(),
             drain_secs: 5,
             share_gallery: false,
+            share_passers_by: false,
+            merge: true,
+            merge_threshold: 0.0,
         }
     }
 }
@@ -74,6 +85,9 @@ pub const MAX_QUEUE: usize = 100_000;
 pub const MIN_SPOOL_BYTES: usize = 64 << 10;
 pub const MAX_SPOOL_BYTES: usize = 1 << 30;
 pub const MAX_DRAIN_SECS: u64 = 60;
+/// How far above the model's match threshold a merge is decided by default: a merge cannot be
+/// undone by the cameras, so it asks for a clearer match than a sighting does.
+pub const MERGE_ABOVE_MATCH: f32 = 0.1;
 
 /// The checked `[mqtt]`.
 #[derive(Clone, PartialEq)]
@@ -93,6 +107,9 @@ pub struct MqttConfig {
     pub discovery: Option<String>,
     pub drain: Duration,
     pub share_gallery: bool,
+    pub share_passers_by: bool,
+    /// Merges: `None` off; `Some(0.0)` the model's threshold + [`MERGE_ABOVE_MATCH`].
+    pub merge_threshold: Option<f32>,
 }
 
 impl fmt::Debug for MqttConfig {
@@ -275,6 +292,22 @@ impl MqttSection {
                 format!("is {}: expected 0 to {MAX_DRAIN_SECS}", self.drain_secs),
             ));
         }
+        if !(0.0..=1.0).contains(&self.merge_threshold) {
+            return Err((
+                "mqtt.merge_threshold",
+                format!(
+                    "is {}: expected a cosine similarity 0 to 1 (0: the model's threshold + {MERGE_ABOVE_MATCH})",
+                    self.merge_threshold
+                ),
+            ));
+        }
+        if self.share_passers_by && !self.share_gallery {
+            return Err((
+                "mqtt.share_passers_by",
+                "is true but mqtt.share_gallery is false: passers-by are shared with the gallery"
+                    .into(),
+            ));
+        }
         Ok(Some(MqttConfig {
             host,
             port,
@@ -291,6 +324,8 @@ impl MqttSection {
             discovery: self.discovery.then(|| self.discovery_prefix.clone()),
             drain: Duration::from_secs(self.drain_secs),
             share_gallery: self.share_gallery,
+            share_passers_by: self.share_passers_by,
+            merge_threshold: self.merge.then_some(self.merge_threshold),
         }))
     }
 }

@@ -169,6 +169,18 @@ impl Default for View {
 impl View {
     /// Applies an event; returns the labelled identity it names, if any.
     pub fn apply<'e>(&mut self, event: &Event<'e>) -> Option<(u32, &'e str)> {
+        if let Identity::Merged {
+            id, label, merged, ..
+        } = event.identity
+        {
+            // Not a track's event: the tracks naming `merged` name `id` now.
+            for t in self.tracks.iter_mut().filter(|t| t.id == Some(merged.0)) {
+                t.id = Some(id.0);
+                t.label.clear();
+                t.label.push_str(label.unwrap_or(""));
+            }
+            return label.map(|l| (id.0, l));
+        }
         let pos = self.tracks.iter().position(|t| t.track == event.track);
         if event.event == EventKind::Leave {
             if let Some(p) = pos {
@@ -180,7 +192,9 @@ impl View {
         let (id, label) = match event.identity {
             Identity::Known { id, label, .. } => (Some(id.0), label),
             Identity::New { id, label, .. } => (Some(id.0), label),
-            Identity::Ambiguous { .. } | Identity::Unstored { .. } => (None, None),
+            Identity::Ambiguous { .. } | Identity::Unstored { .. } | Identity::Merged { .. } => {
+                (None, None)
+            }
         };
         let slot = match pos {
             Some(p) => &mut self.tracks[p],

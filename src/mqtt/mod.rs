@@ -32,7 +32,7 @@ use std::time::Duration;
 use rumqttc::{Client, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use serde::Serialize;
 
-pub use config::{MqttConfig, MqttSection};
+pub use config::{MERGE_ABOVE_MATCH, MqttConfig, MqttSection};
 use discovery::{Topics, View};
 use outbox::Outbox;
 use spool::Spool;

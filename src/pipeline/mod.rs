@@ -23,6 +23,7 @@ use crate::quality::{CropGate, Rejections};
 use crate::track::{SlotChange, Tracker};
 
 mod enrol;
+mod identities;
 mod view;
 
 pub use enrol::NotEnrolled;
@@ -206,6 +207,8 @@ pub struct Pipeline<E> {
     stats: Stats,
     /// The gallery changed since the last [`Pipeline::mark_saved`].
     dirty: bool,
+    /// The latest frame's number and stream time (for events between frames).
+    last_frame: (u64, Duration),
 }
 
 impl<E: CropEmbedder> Pipeline<E> {
@@ -259,6 +262,7 @@ impl<E: CropEmbedder> Pipeline<E> {
             run_started: Timestamp::now(),
             stats: Stats::default(),
             dirty: false,
+            last_frame: (0, Duration::ZERO),
         }
     }
 
@@ -311,19 +315,6 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.dirty = true;
     }
 
-    /// `id` was erased: tracks holding it keep no identity until they leave (their
-    /// embeddings came from before the erasure; they neither bring it back nor make a new one).
-    pub fn release(&mut self, id: PersonId) {
-        for s in &mut self.states {
-            if s.created == Some(id) {
-                s.created = None;
-            }
-            if s.held.and_then(|h| h.id()) == Some(id) {
-                s.held = Some(Held::Unstored { closest: None });
-            }
-        }
-    }
-
     pub fn mark_saved(&mut self) {
         self.dirty = false;
     }
@@ -341,6 +332,7 @@ impl<E: CropEmbedder> Pipeline<E> {
         frame_name: &str,
     ) -> Result<FrameOutcome, PipelineError> {
         let started = Instant::now();
+        self.last_frame = (frame, stream_time);
         let (fw, fh) = (image.width(), image.height());
         let detect_now = frame.is_multiple_of(u64::from(self.config.detect_every.max(1)));
         if detect_now {

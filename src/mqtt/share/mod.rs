@@ -12,6 +12,7 @@
 //! - Messages are validated (model, dimension, exemplar count and values, label, the origin in the
 //!   payload against the topic) before anything is applied; a refused one is logged and counted.
 
+mod merge;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -22,14 +23,16 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::gallery::{Gallery, IdentityInfo, PersonId, Timestamp};
+use merge::absorb;
 
 pub use wire::{
-    IdentityMessage, Int8Exemplar, LabelMessage, RemoteUpdate, Subject, TOMBSTONE_GRACE, decode,
-    encode, filter, label_topic, model_level, parse_topic, rename_request, tombstone, topic,
+    IdentityMessage, Int8Exemplar, LabelMessage, MergedInto, RemoteUpdate, Subject,
+    TOMBSTONE_GRACE, decode, encode, filter, label_topic, model_level, parse_topic, rename_request,
+    tombstone, topic,
 };
 
 /// What [`Sharing::apply`] changed in the gallery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Applied {
     /// An identity was copied from a peer, replaced by a newer copy, or taken back.
     Stored,
@@ -37,6 +40,36 @@ pub enum Applied {
     /// from the file and its backup, and the caller releases the tracks holding it and deletes
     /// its thumbnail.
     Erased(PersonId),
+    /// `from` was merged into `into` (the same person, created separately at two cameras): it
+    /// is gone as for [`Applied::Erased`], and the tracks naming it now name `into`.
+    /// `similarity`: the match that decided it, when this camera decided.
+    Merged {
+        from: PersonId,
+        into: PersonId,
+        similarity: Option<f32>,
+    },
+}
+
+/// A tombstone to publish.
+#[derive(Clone, Debug, PartialEq)]
+struct Stone {
+    origin: String,
+    id: u32,
+    /// Unpinned at its origin, which keeps it: withdrawn from sharing, not erased.
+    withdrawn: bool,
+    /// Merged into this identity (`origin`, `id`).
+    merged_into: Option<(String, u32)>,
+}
+
+impl Stone {
+    fn erased(origin: String, id: u32) -> Stone {
+        Stone {
+            origin,
+            id,
+            withdrawn: false,
+            merged_into: None,
+        }
+    }
 }
 
 /// Which local identity copies which remote one (`<gallery>.peers.json`, 0600).
@@ -56,6 +89,11 @@ pub struct Peers {
     /// the origin renamed.
     #[serde(default)]
     pub received: BTreeMap<String, (Option<String>, u64)>,
+    /// Copies of passers-by's provisional identities (`origin/id`): evicted and forgotten
+    /// here like this camera's own passers-by, which erases them nowhere else. Only an
+    /// operator's erasure (the API) erases one everywhere.
+    #[serde(default)]
+    pub provisional: std::collections::BTreeSet<String>,
 }
 
 impl Peers {
@@ -115,9 +153,9 @@ pub struct Sharing {
     pub peers: Peers,
     /// Own identities as last published (a digest of the message).
     published: BTreeMap<u32, u64>,
-    /// Tombstones to publish: own identities gone (or withdrawn: the flag), copies the
-    /// operator removed.
-    erase: Vec<(String, u32, bool)>,
+    /// Tombstones to publish: own identities gone (withdrawn, or merged), copies the operator
+    /// removed.
+    erase: Vec<Stone>,
     /// Tombstones past their grace period, to clear (an empty retained message).
     clear: Vec<(String, u32)>,
     /// Own identities: when their label was set (ms; 0: unknown) and the label this side last
@@ -131,6 +169,24 @@ pub struct Sharing {
     dim: usize,
     /// Updates refused at application (gallery full, …), for the summary.
     pub failed: u64,
+    /// Merge an own identity into another camera's when they match from this similarity on
+    /// (`mqtt.merge_threshold`; `None`: never).
+    pub merge_at: Option<f32>,
+    /// Local identities whose content changed since the last [`Sharing::merges`]: the ones to
+    /// test.
+    unchecked: std::collections::BTreeSet<u32>,
+    /// Own identities that have duplicates but were not merged (two names; the survivor is
+    /// this camera's): tested again whenever the gallery's identities or names change.
+    waiting: std::collections::BTreeSet<u32>,
+    /// The gallery's identities, names and pins when `waiting` was last tested.
+    fingerprint: u64,
+    /// Own identities this camera merged into another's, for the summary.
+    pub merged: u64,
+    /// Share passers-by's provisional identities too (`mqtt.share_passers_by`).
+    pub passers_by: bool,
+    /// Copies of passers-by an operator erased here (the API) since the last turn: erased
+    /// everywhere, unlike those evicted or forgotten.
+    erased_here: Vec<u32>,
 }
 
 /// A rename of a copy, asked of its origin.
@@ -163,6 +219,13 @@ impl Sharing {
             asked: BTreeMap::new(),
             dim: gallery.config().dim,
             failed: 0,
+            merge_at: None,
+            unchecked: std::collections::BTreeSet::new(),
+            waiting: std::collections::BTreeSet::new(),
+            fingerprint: 0,
+            merged: 0,
+            passers_by: false,
+            erased_here: Vec::new(),
         };
         // A copy the operator removed while the daemon was off is erased everywhere.
         sharing.copies_removed(gallery);
@@ -175,8 +238,23 @@ impl Sharing {
         sharing
     }
 
-    /// Copies no longer in `gallery` (the operator removed them: the CLI while the daemon was
-    /// off, or the API) are forgotten here and erased everywhere.
+    /// Marks the copies in `gallery` as remote (evicted first: the file does not keep it).
+    pub fn mark_copies(&self, gallery: &mut Gallery) {
+        for local in self.peers.copies.values() {
+            gallery.set_remote(PersonId(*local), true);
+        }
+    }
+
+    /// The operator erased `local` here (the API): if it is a copy of a passer-by, that is
+    /// an erasure to publish, not a local eviction.
+    pub fn erased_by_operator(&mut self, local: PersonId) {
+        self.erased_here.push(local.0);
+    }
+
+    /// Copies no longer in `gallery` are forgotten here. An enrolled person's copy was removed
+    /// by the operator (the CLI while the daemon was off, or the API): erased everywhere. A
+    /// passer-by's was evicted or forgotten (`gallery.forget_after`) here, which concerns no
+    /// other camera, unless the operator erased it ([`Sharing::erased_by_operator`]).
     fn copies_removed(&mut self, gallery: &Gallery) {
         let present: std::collections::BTreeSet<u32> =
             gallery.identities().map(|i| i.id.0).collect();
@@ -188,14 +266,19 @@ impl Sharing {
             .map(|(key, _)| key.clone())
             .collect();
         for key in gone {
-            self.peers.copies.remove(&key);
+            let local = self.peers.copies.remove(&key);
             self.peers.received.remove(&key);
             self.asked.remove(&key);
+            let by_operator = local.is_some_and(|l| self.erased_here.contains(&l));
+            if self.peers.provisional.remove(&key) && !by_operator {
+                log::debug!("copy of passer-by {key} evicted or forgotten here");
+                continue;
+            }
             if let Some((origin, id)) = key.split_once('/')
                 && let Ok(id) = id.parse()
             {
                 log::info!("shared identity {key} was removed here: erasing it everywhere");
-                self.erase.push((origin.to_owned(), id, false));
+                self.erase.push(Stone::erased(origin.to_owned(), id));
             }
         }
     }
@@ -220,6 +303,7 @@ impl Sharing {
                 id,
                 withdrawn,
                 clear,
+                merged_into,
             } => {
                 if clear {
                     self.clear.push((origin.clone(), id));
@@ -244,7 +328,28 @@ impl Sharing {
                     l
                 };
                 let local = local.filter(|l| gallery.get(*l).is_some())?;
+                if let Some((into_origin, into_id)) = merged_into
+                    && let Some(into) = self.merge_target(gallery, &into_origin, into_id)
+                {
+                    if into_origin == self.origin {
+                        // Ours: it takes the merged identity's views, and is published again.
+                        absorb(gallery, local, into);
+                        self.unchecked.insert(into.0);
+                    }
+                    gallery.remove(local).ok()?;
+                    self.unchecked.remove(&local.0);
+                    log::info!(
+                        "shared identity {origin}/{id} merged into {into_origin}/{into_id} \
+                         (here: {local} into {into})"
+                    );
+                    return Some(Applied::Merged {
+                        from: local,
+                        into,
+                        similarity: None,
+                    });
+                }
                 gallery.remove(local).ok()?;
+                self.unchecked.remove(&local.0);
                 log::info!("shared identity {origin}/{id} erased (here: {local})");
                 Some(Applied::Erased(local))
             }
@@ -263,7 +368,8 @@ impl Sharing {
                 let local = PersonId(id);
                 let info = gallery.get(local)?;
                 let newer = at > self.label_at.get(&id).copied().unwrap_or(0);
-                if !info.pinned || self.peers.is_copy(local) || !newer {
+                let shared = info.pinned || self.passers_by;
+                if !shared || self.peers.is_copy(local) || !newer {
                     log::info!("rename of {id} asked by {from} not applied (older, or not shared)");
                     // The asker keeps its name until it sees ours, newer: publish it again.
                     if let Some(d) = self.published.get_mut(&id) {
@@ -286,11 +392,12 @@ impl Sharing {
                 label,
                 label_at,
                 exemplars,
+                pinned,
             } => {
                 if self.peers.erased.contains_key(&Peers::key(&origin, id)) {
                     // Erased, and this came after (or raced) the tombstone: erased it stays,
                     // and the broker gets the tombstone again.
-                    self.erase.push((origin, id, false));
+                    self.erase.push(Stone::erased(origin, id));
                     return None;
                 }
                 let now = Timestamp::now();
@@ -302,8 +409,11 @@ impl Sharing {
                     // issued by it (a new or recovered gallery file): take it back.
                     if let Some(info) = gallery.get(PersonId(id)) {
                         // Unpinned while off or offline: withdraw it from sharing.
-                        if !info.pinned && !self.peers.is_copy(info.id) {
-                            self.erase.push((origin, id, true));
+                        if !info.pinned && !self.passers_by && !self.peers.is_copy(info.id) {
+                            self.erase.push(Stone {
+                                withdrawn: true,
+                                ..Stone::erased(origin, id)
+                            });
                         } else if info.label == label.as_deref() {
                             // The stamp of the label it has (a restart forgets it).
                             let at = self.label_at.entry(id).or_insert(0);
@@ -320,7 +430,7 @@ impl Sharing {
                         return None;
                     }
                     if id < gallery.next_id().0 {
-                        self.erase.push((origin, id, false));
+                        self.erase.push(Stone::erased(origin, id));
                         return None;
                     }
                     gallery.reserve_ids_below(PersonId(id.saturating_add(1)));
@@ -357,16 +467,29 @@ impl Sharing {
                     first_seen: now,
                     last_seen: now,
                     times_seen: 0,
-                    pinned: true,
+                    pinned: pinned || own,
                     exemplars: exemplars.len(),
                 };
+                // Full: a remote passer-by makes room (the least recently seen); an enrolled
+                // person, any passer-by (remote first).
+                if let Some(gone) = gallery.make_room(!info.pinned) {
+                    log::info!("gallery full: {gone} evicted for shared identity {origin}/{id}");
+                }
                 match gallery.restore(&info, exemplars.iter().map(|e| &e[..])) {
                     Ok(()) if own => {
                         log::info!("own identity {id} taken back from the broker");
                         Some(Applied::Stored)
                     }
                     Ok(()) => {
-                        self.peers.copies.insert(Peers::key(&origin, id), local.0);
+                        let key = Peers::key(&origin, id);
+                        if pinned {
+                            self.peers.provisional.remove(&key);
+                        } else {
+                            self.peers.provisional.insert(key.clone());
+                        }
+                        self.peers.copies.insert(key, local.0);
+                        gallery.set_remote(local, true);
+                        self.unchecked.insert(local.0);
                         log::info!(
                             "shared identity {origin}/{id}{} copied here as {local}",
                             label.map(|l| format!(" ({l})")).unwrap_or_default()
@@ -470,7 +593,7 @@ impl Sharing {
         let copies: std::collections::BTreeSet<u32> = self.peers.copies.values().copied().collect();
         let own: Vec<PersonId> = gallery
             .identities()
-            .filter(|i| i.pinned && !copies.contains(&i.id.0))
+            .filter(|i| (i.pinned || self.passers_by) && !copies.contains(&i.id.0))
             .map(|i| i.id)
             .collect();
         for id in &own {
@@ -487,7 +610,10 @@ impl Sharing {
             if let Some(payload) = encode(gallery, *id, &self.model, &self.origin, label_at) {
                 let d = digest(&payload);
                 if self.published.get(&id.0) != Some(&d) {
-                    self.published.insert(id.0, d);
+                    if self.published.insert(id.0, d) != Some(0) {
+                        // New content (not a republication): test it for a merge.
+                        self.unchecked.insert(id.0);
+                    }
                     out.push((topic(prefix, &self.model, &self.origin, id.0), payload));
                 }
             }
@@ -504,9 +630,13 @@ impl Sharing {
         for id in gone {
             // Still here but unpinned: withdrawn from sharing, not erased.
             let withdrawn = gallery.get(PersonId(id)).is_some();
-            self.erase.push((self.origin.clone(), id, withdrawn));
+            self.erase.push(Stone {
+                withdrawn,
+                ..Stone::erased(self.origin.clone(), id)
+            });
         }
         self.copies_removed(gallery);
+        self.erased_here.clear();
         self.renames(gallery, prefix, &mut out);
         for id in self.requests_done.drain(..) {
             out.push((
@@ -514,13 +644,21 @@ impl Sharing {
                 Vec::new(),
             ));
         }
-        for (origin, id, withdrawn) in self.erase.drain(..) {
-            if !withdrawn {
-                let key = Peers::key(&origin, id);
+        for stone in self.erase.drain(..) {
+            if !stone.withdrawn {
+                let key = Peers::key(&stone.origin, stone.id);
                 self.peers.erased.insert(key, Timestamp::now().0);
             }
-            let stone = tombstone(&self.model, self.dim, &origin, id, withdrawn);
-            out.push((topic(prefix, &self.model, &origin, id), stone));
+            let into = stone.merged_into.as_ref().map(|(o, i)| (o.as_str(), *i));
+            let payload = tombstone(
+                &self.model,
+                self.dim,
+                &stone.origin,
+                stone.id,
+                stone.withdrawn,
+                into,
+            );
+            out.push((topic(prefix, &self.model, &stone.origin, stone.id), payload));
         }
         for (origin, id) in self.clear.drain(..) {
             out.push((topic(prefix, &self.model, &origin, id), Vec::new()));

@@ -36,6 +36,32 @@ pub struct IdentityMessage {
     /// origin's own rename: the newest wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_at: Option<u64>,
+    /// With `erased_at`: the identity was merged into this one (the same person, created
+    /// separately at two cameras; `docs/mqtt.md`, "Merges"). Other cameras move the tracks
+    /// naming it to that identity, and its origin takes the exemplars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<MergedInto>,
+    /// Enrolled (absent: true). A passer-by's provisional identity (`mqtt.share_passers_by`)
+    /// is `false`: other cameras store it unpinned, evicted first, forgotten by
+    /// `gallery.forget_after`.
+    #[serde(default = "enrolled", skip_serializing_if = "is_enrolled")]
+    pub pinned: bool,
+}
+
+fn enrolled() -> bool {
+    true
+}
+
+fn is_enrolled(pinned: &bool) -> bool {
+    *pinned
+}
+
+/// The identity another was merged into.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergedInto {
+    pub origin: String,
+    pub id: u32,
 }
 
 /// A camera holding a copy asks the origin to rename its identity (retained, on
@@ -97,6 +123,8 @@ pub enum RemoteUpdate {
         /// When the label was set (0: unknown, older than any rename).
         label_at: u64,
         exemplars: Vec<Vec<f32>>,
+        /// Enrolled; `false`: a passer-by's provisional identity.
+        pinned: bool,
     },
     /// Another camera asks `origin` to rename its identity `id`.
     Rename {
@@ -108,13 +136,14 @@ pub enum RemoteUpdate {
     },
     /// A rename request was cleared (it was applied or refused): nothing to do.
     RenameCleared,
-    /// Someone erased it (or its origin withdrew it: `withdrawn`); `clear`: the tombstone is
-    /// past its grace period (clear it).
+    /// Someone erased it (or its origin withdrew it: `withdrawn`, or merged it into another
+    /// identity: `merged_into`); `clear`: the tombstone is past its grace period (clear it).
     Erase {
         origin: String,
         id: u32,
         withdrawn: bool,
         clear: bool,
+        merged_into: Option<(String, u32)>,
     },
 }
 
@@ -201,12 +230,22 @@ pub fn encode(
         erased_at: None,
         withdrawn: false,
         label_at: (label_at != 0).then_some(label_at),
+        merged_into: None,
+        pinned: info.pinned,
     };
     serde_json::to_vec(&message).ok()
 }
 
-/// The tombstone of `origin`'s identity `id`, erased (or `withdrawn` from sharing) now.
-pub fn tombstone(model: &str, dim: usize, origin: &str, id: u32, withdrawn: bool) -> Vec<u8> {
+/// The tombstone of `origin`'s identity `id`, erased (or `withdrawn` from sharing, or merged
+/// into `merged_into`) now.
+pub fn tombstone(
+    model: &str,
+    dim: usize,
+    origin: &str,
+    id: u32,
+    withdrawn: bool,
+    merged_into: Option<(&str, u32)>,
+) -> Vec<u8> {
     let message = IdentityMessage {
         reidcam_identity: VERSION,
         model: model.to_owned(),
@@ -218,6 +257,11 @@ pub fn tombstone(model: &str, dim: usize, origin: &str, id: u32, withdrawn: bool
         erased_at: Some(Timestamp::now().0),
         withdrawn,
         label_at: None,
+        merged_into: merged_into.map(|(origin, id)| MergedInto {
+            origin: origin.to_owned(),
+            id,
+        }),
+        pinned: true,
     };
     serde_json::to_vec(&message).expect("serialises")
 }
@@ -297,6 +341,7 @@ pub fn decode(
             id,
             withdrawn: false,
             clear: false,
+            merged_into: None,
         });
     }
     let m: IdentityMessage =
@@ -314,11 +359,23 @@ pub fn decode(
             m.origin, m.id
         ));
     }
-    if m.withdrawn && m.erased_at.is_none() {
-        return Err("withdrawn without erased_at".into());
+    if (m.withdrawn || m.merged_into.is_some()) && m.erased_at.is_none() {
+        return Err("withdrawn or merged_into without erased_at".into());
     }
+    let merged_into = match m.merged_into {
+        Some(_) if m.withdrawn => return Err("both withdrawn and merged_into".into()),
+        Some(into) => {
+            crate::config::check_camera_name(&into.origin)
+                .map_err(|e| format!("merged_into.origin: {e}"))?;
+            if into.origin == origin && into.id == id {
+                return Err("merged into itself".into());
+            }
+            Some((into.origin, into.id))
+        }
+        None => None,
+    };
     if let Some(at) = m.erased_at {
-        if !m.exemplars.is_empty() || m.label.is_some() {
+        if !m.exemplars.is_empty() || m.label.is_some() || !m.pinned {
             return Err("a tombstone with a label or exemplars".into());
         }
         let age = Timestamp::now().0.saturating_sub(at);
@@ -327,6 +384,7 @@ pub fn decode(
             id,
             withdrawn: m.withdrawn,
             clear: u128::from(age) > TOMBSTONE_GRACE.as_millis(),
+            merged_into,
         });
     }
     check_label(m.label.as_deref())?;
@@ -365,5 +423,6 @@ pub fn decode(
         label: m.label,
         label_at: m.label_at.unwrap_or(0),
         exemplars,
+        pinned: m.pinned,
     })
 }

@@ -1,5 +1,7 @@
 //! Sharing between cameras, one step at a time (no broker: the messages are handed over).
 
+mod network;
+
 use super::*;
 use crate::gallery::{GalleryConfig, LABEL_CAPACITY, MatchPolicy, NewIdentity, StorageFormat};
 
@@ -121,7 +123,7 @@ fn an_unpinned_identity_is_withdrawn_not_erased() {
     assert!(door.get(alice).is_some());
 
     // A plain erasure of the door's identity (from a peer) still erases it at the door.
-    let erased = tombstone("m", 4, "door", 1, false);
+    let erased = tombstone("m", 4, "door", 1, false, None);
     let update = decode(&erased, ("door".into(), 1), "m", 4, 4).unwrap();
     assert_eq!(
         next_run.apply(&mut door, update),
@@ -277,249 +279,147 @@ fn bad_messages_are_refused_with_the_reason() {
     assert!(parse_topic("reidcam", "m", "reidcam/gallery/m/door/7/other").is_none());
 }
 
-/// A broker as far as sharing needs one: retained messages by topic (an empty payload clears
-/// one), and each publication delivered in order to every connected camera, the publisher too.
-/// Disconnecting loses what was in flight (a clean session); connecting delivers the retained
-/// messages. The real broker is exercised by the MQTT integration tests; this one lets a test
-/// try thousands of interleavings.
-struct Net {
-    retained: BTreeMap<String, Vec<u8>>,
-    cams: Vec<Cam>,
-}
-
-struct Cam {
-    gallery: Gallery,
-    sharing: Sharing,
-    online: bool,
-    inbox: std::collections::VecDeque<(String, Vec<u8>)>,
-}
-
-/// xorshift64*: a fixed sequence per seed, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-impl Net {
-    fn new(names: &[&str]) -> Net {
-        let cams = names
-            .iter()
-            .map(|n| {
-                let gallery = gallery();
-                let sharing = Sharing::new(n, "m", Peers::default(), &gallery);
-                Cam {
-                    gallery,
-                    sharing,
-                    online: false,
-                    inbox: Default::default(),
-                }
-            })
-            .collect();
-        Net {
-            retained: BTreeMap::new(),
-            cams,
-        }
-    }
-
-    fn publish(&mut self, messages: Vec<(String, Vec<u8>)>) {
-        for (topic, payload) in messages {
-            if payload.is_empty() {
-                self.retained.remove(&topic);
-            } else {
-                self.retained.insert(topic.clone(), payload.clone());
-            }
-            for c in self.cams.iter_mut().filter(|c| c.online) {
-                c.inbox.push_back((topic.clone(), payload.clone()));
-            }
-        }
-    }
-
-    /// The daemon's publication turn (it runs only while connected).
-    fn tick(&mut self, i: usize) {
-        let c = &mut self.cams[i];
-        if c.online {
-            let out = c.sharing.outgoing(&c.gallery, "reidcam");
-            self.publish(out);
-        }
-    }
-
-    fn deliver(&mut self, i: usize) -> bool {
-        let c = &mut self.cams[i];
-        let Some((topic, payload)) = c.inbox.pop_front() else {
-            return false;
-        };
-        let subject = parse_topic("reidcam", "m", &topic).unwrap();
-        let update = decode(&payload, subject, "m", 4, 4).unwrap();
-        c.sharing.apply(&mut c.gallery, update);
-        true
-    }
-
-    fn connect(&mut self, i: usize, rng: &mut Rng) {
-        let c = &mut self.cams[i];
-        if c.online {
-            return;
-        }
-        c.online = true;
-        c.sharing.republish();
-        // Retained messages come in the broker's order, whatever that is.
-        let mut retained: Vec<_> = self.retained.clone().into_iter().collect();
-        for k in (1..retained.len()).rev() {
-            retained.swap(k, rng.below(k + 1));
-        }
-        c.inbox.extend(retained);
-    }
-
-    fn disconnect(&mut self, i: usize) {
-        let c = &mut self.cams[i];
-        c.online = false;
-        c.inbox.clear();
-    }
-
-    /// Everyone connected, every message delivered, every change published, until quiet.
-    fn heal(&mut self, rng: &mut Rng) {
-        for i in 0..self.cams.len() {
-            self.connect(i, rng);
-        }
-        for _ in 0..1000 {
-            let mut busy = false;
-            for i in 0..self.cams.len() {
-                self.tick(i);
-                while self.deliver(i) {
-                    busy = true;
-                }
-            }
-            if !busy {
-                return;
-            }
-        }
-        panic!("sharing does not settle");
-    }
-
-    /// What camera `i` shares, as `origin/id → label`: its own enrolled identities and its
-    /// copies of the others'.
-    fn shared(&self, i: usize) -> BTreeMap<String, Option<String>> {
-        let c = &self.cams[i];
-        let mut all = BTreeMap::new();
-        for info in c.gallery.identities().filter(|i| i.pinned) {
-            let key = match c
-                .sharing
-                .peers
-                .copies
-                .iter()
-                .find(|(_, l)| **l == info.id.0)
-            {
-                Some((key, _)) => key.clone(),
-                None => format!("{}/{}", c.sharing.origin, info.id.0),
-            };
-            all.insert(key, info.label.map(str::to_owned));
-        }
-        all
-    }
-}
-
-/// Random operations on three cameras (enrol, rename an own identity or a copy, erase either,
-/// unpin), with cameras leaving and joining the broker and messages delivered in random
-/// interleavings; after everyone is back and the messages settle, every camera shares the same
-/// identities under the same names, and nothing erased anywhere came back.
+/// Passers-by shared (`mqtt.share_passers_by`): a provisional identity travels unpinned and is
+/// stored as a remote copy; evicted or forgotten at another camera it concerns no one else; the
+/// origin forgetting it (`gallery.forget_after`) erases it everywhere, and so does an operator's
+/// erasure at any camera. Unpinning an enrolled person no longer withdraws them.
 #[test]
-fn galleries_converge_after_partitions_whatever_the_order() {
-    const NAMES: [&str; 3] = ["door", "yard", "hall"];
-    const LABELS: [Option<&str>; 4] = [None, Some("ann"), Some("bo"), Some("cy")];
-    for seed in 1..=2000u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut net = Net::new(&NAMES);
-        for i in 0..NAMES.len() {
-            net.connect(i, &mut rng);
-        }
-        let mut erased: Vec<String> = Vec::new();
-        let mut log = Vec::new();
-        for _ in 0..60 {
-            let i = rng.below(NAMES.len());
-            let pinned: Vec<PersonId> = net.cams[i]
-                .gallery
-                .identities()
-                .filter(|x| x.pinned)
-                .map(|x| x.id)
-                .collect();
-            let pick = (!pinned.is_empty()).then(|| pinned[rng.below(pinned.len())]);
-            match rng.below(10) {
-                0 => {
-                    let v = [1.0, (rng.below(9) as f32) - 4.0, rng.below(5) as f32, 0.5];
-                    let label = LABELS[rng.below(LABELS.len())];
-                    let new = NewIdentity {
-                        label,
-                        pinned: true,
-                        now: Timestamp(1),
-                    };
-                    let id = net.cams[i].gallery.insert(&v, new).unwrap().0;
-                    log.push(format!("{} enrols {id} {label:?}", NAMES[i]));
-                }
-                1 | 2 => {
-                    if let Some(id) = pick {
-                        let label = LABELS[rng.below(LABELS.len())];
-                        net.cams[i].gallery.edit(id, Some(label), None).unwrap();
-                        log.push(format!("{} renames {id} {label:?}", NAMES[i]));
-                    }
-                }
-                3 => {
-                    if let Some(id) = pick {
-                        let key = net.shared(i).into_iter().find(|(k, _)| {
-                            net.cams[i].sharing.peers.copies.get(k) == Some(&id.0)
-                                || *k == format!("{}/{}", NAMES[i], id.0)
-                        });
-                        net.cams[i].gallery.remove(id).unwrap();
-                        erased.extend(key.map(|(k, _)| k));
-                        log.push(format!("{} erases {id}", NAMES[i]));
-                    }
-                }
-                4 => {
-                    if let Some(id) = pick
-                        && !net.cams[i].sharing.peers.is_copy(id)
-                    {
-                        net.cams[i].gallery.edit(id, None, Some(false)).unwrap();
-                        log.push(format!("{} unpins {id}", NAMES[i]));
-                    }
-                }
-                5 => {
-                    net.disconnect(i);
-                    log.push(format!("{} leaves", NAMES[i]));
-                }
-                6 => {
-                    net.connect(i, &mut rng);
-                    log.push(format!("{} joins", NAMES[i]));
-                }
-                7 => net.tick(i),
-                _ => {
-                    for _ in 0..rng.below(4) {
-                        net.deliver(i);
-                    }
-                }
-            }
-        }
-        net.heal(&mut rng);
-        let first = net.shared(0);
-        for (i, name) in NAMES.iter().enumerate().skip(1) {
-            assert_eq!(
-                net.shared(i),
-                first,
-                "seed {seed}: {} and {name} differ after: {log:#?}",
-                NAMES[0],
-            );
-        }
-        for key in &erased {
-            assert!(
-                !first.contains_key(key),
-                "seed {seed}: {key} was erased but is back: {log:#?}"
-            );
-        }
-    }
+fn passers_by_travel_and_are_forgotten_everywhere_by_their_origin() {
+    let hand = |out: &[(String, Vec<u8>)], to: &mut Sharing, g: &mut Gallery| {
+        out.iter()
+            .map(|(topic, payload)| {
+                let subject = parse_topic("reidcam", "m", topic).unwrap();
+                to.apply(g, decode(payload, subject, "m", 4, 4).unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let passer = |g: &mut Gallery, v: [f32; 4], at: u64| {
+        let new = NewIdentity {
+            label: None,
+            pinned: false,
+            now: Timestamp(at),
+        };
+        g.insert(&v, new).unwrap().0
+    };
+    let mut door = gallery();
+    let mut at_door = Sharing::new("door", "m", Peers::default(), &door);
+    at_door.passers_by = true;
+    let mut yard = gallery();
+    let mut at_yard = Sharing::new("yard", "m", Peers::default(), &yard);
+    at_yard.passers_by = true;
+    let now = Timestamp::now().0;
+    let p1 = passer(&mut door, [1.0, 0.0, 0.0, 0.0], now);
+    let p2 = passer(&mut door, [0.0, 1.0, 0.0, 0.0], now);
+    let out = at_door.outgoing(&door, "reidcam");
+    assert_eq!(out.len(), 2, "{out:?}");
+    let m: IdentityMessage = serde_json::from_slice(&out[0].1).unwrap();
+    assert!(!m.pinned, "{m:?}");
+    assert!(String::from_utf8_lossy(&out[0].1).contains(r#""pinned":false"#));
+    hand(&out, &mut at_yard, &mut yard);
+    let c1 = at_yard.peers.local("door", p1.0).unwrap();
+    let c2 = at_yard.peers.local("door", p2.0).unwrap();
+    assert!(!yard.get(c1).unwrap().pinned);
+    assert_eq!(at_yard.peers.provisional.len(), 2);
+    // Not shared without the option: the yard's own passer-by stays home.
+    at_yard.passers_by = false;
+    passer(&mut yard, [0.0, 0.0, 1.0, 0.0], now);
+    assert!(at_yard.outgoing(&yard, "reidcam").is_empty());
+    at_yard.passers_by = true;
+    let own = at_yard.outgoing(&yard, "reidcam");
+    assert_eq!(own.len(), 1, "{own:?}");
+
+    // Forgotten at the yard (not seen there for forget_after): nothing is published.
+    yard.forget_unseen(Timestamp(now + 1));
+    assert!(yard.get(c1).is_none() && yard.get(c2).is_none());
+    let out = at_yard.outgoing(&yard, "reidcam");
+    assert!(
+        out.iter().all(|(t, _)| !t.contains("/door/")),
+        "a local forgetting erased a passer-by elsewhere: {out:?}"
+    );
+    assert!(at_yard.peers.provisional.is_empty());
+    // The door republishes (a new connection): copied again.
+    at_door.republish();
+    let again = at_door.outgoing(&door, "reidcam");
+    hand(&again, &mut at_yard, &mut yard);
+    let c1 = at_yard.peers.local("door", p1.0).unwrap();
+    let c2 = at_yard.peers.local("door", p2.0).unwrap();
+
+    // The door forgets p1: erased everywhere.
+    door.remove(p1).unwrap();
+    let out = at_door.outgoing(&door, "reidcam");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        hand(&out, &mut at_yard, &mut yard),
+        [Some(Applied::Erased(c1))]
+    );
+    // An operator erases the yard's copy of p2: erased at the door too.
+    yard.remove(c2).unwrap();
+    at_yard.erased_by_operator(c2);
+    let out = at_yard.outgoing(&yard, "reidcam");
+    let stones: Vec<_> = out.iter().filter(|(t, _)| t.ends_with("/door/2")).collect();
+    assert_eq!(stones.len(), 1, "{out:?}");
+    assert_eq!(
+        hand(&out, &mut at_door, &mut door)
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+        [Applied::Erased(p2)]
+    );
+
+    // An enrolled person unpinned: still shared, now as a passer-by (no withdrawal).
+    let alice = enrol(&mut door, [0.6, 0.8, 0.0, 0.0], "alice");
+    hand(&at_door.outgoing(&door, "reidcam"), &mut at_yard, &mut yard);
+    let copy = at_yard.peers.local("door", alice.0).unwrap();
+    assert!(yard.get(copy).unwrap().pinned);
+    door.edit(alice, None, Some(false)).unwrap();
+    let out = at_door.outgoing(&door, "reidcam");
+    let m: IdentityMessage = serde_json::from_slice(&out[0].1).unwrap();
+    assert!(m.erased_at.is_none() && !m.pinned, "{m:?}");
+    hand(&out, &mut at_yard, &mut yard);
+    assert!(!yard.get(copy).unwrap().pinned);
+}
+
+/// Full: a remote passer-by makes room by evicting another remote one, never this camera's
+/// own; an enrolled person's copy evicts a remote passer-by first.
+#[test]
+fn copies_are_evicted_before_own_identities() {
+    let config = GalleryConfig {
+        dim: 4,
+        exemplars: 1,
+        format: StorageFormat::Int8,
+        budget_bytes: 0,
+    };
+    let bytes = config.heap_bytes(3);
+    let config = GalleryConfig {
+        budget_bytes: bytes,
+        ..config
+    };
+    let mut g = Gallery::with_budget(config, MatchPolicy::default()).unwrap();
+    assert_eq!(g.capacity(), 3);
+    let new = |at: u64| NewIdentity {
+        label: None,
+        pinned: false,
+        now: Timestamp(at),
+    };
+    let own = g.insert(&[1.0, 0.0, 0.0, 0.0], new(1)).unwrap().0;
+    let remote_old = g.insert(&[0.0, 1.0, 0.0, 0.0], new(5)).unwrap().0;
+    let remote_new = g.insert(&[0.0, 0.0, 1.0, 0.0], new(9)).unwrap().0;
+    g.set_remote(remote_old, true);
+    g.set_remote(remote_new, true);
+    // Own is the least recently seen, but the remote ones go first.
+    assert_eq!(g.make_room(true), Some(remote_old));
+    assert_eq!(g.make_room(true), None, "room now");
+    g.insert(&[0.0, 0.0, 0.0, 1.0], new(10)).unwrap();
+    assert_eq!(g.make_room(false), Some(remote_new));
+    g.insert(&[0.5, 0.5, 0.0, 0.0], new(11)).unwrap();
+    // No remote passer-by left: a remote one may not evict the camera's own...
+    assert_eq!(g.make_room(true), None);
+    assert!(g.get(own).is_some());
+    // ...an enrolled person's copy may (the least recently seen).
+    assert_eq!(g.make_room(false), Some(own));
+    // And the gallery's own eviction takes a remote passer-by first too.
+    let r = g.insert(&[0.1, 0.9, 0.0, 0.0], new(12)).unwrap().0;
+    g.set_remote(r, true);
+    let (_, evicted) = g.insert(&[0.9, 0.1, 0.0, 0.0], new(13)).unwrap();
+    assert_eq!(evicted, Some(r));
 }
