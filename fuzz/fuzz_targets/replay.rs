@@ -1,5 +1,6 @@
-//! Replay files (`capture`): the first byte picks MJPEG, Y4M or H.264 Annex B, the rest is the
-//! file. It is opened and played to its end (at most 64 frames): every damaged part must be an
+//! Replay files (`capture`): the first byte picks MJPEG, Y4M or H.264 (Annex B, or MP4 when
+//! the file starts with an `ftyp` box: the `mp4` crate's parser; seed `two.mp4`), the rest is
+//! the file. It is opened and played to its end (at most 64 frames): every damaged part must be an
 //! error or a skipped frame, never a panic, a hang or an endless run of frames.
 #![no_main]
 

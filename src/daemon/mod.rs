@@ -199,24 +199,22 @@ impl Running {
             }
         }
         for gone in erased {
-            let id = match gone {
+            let (id, what) = match gone {
                 Applied::Merged {
                     from,
                     into,
                     similarity,
                 } => {
                     self.pipeline.merged(from, into, similarity);
-                    from
+                    (from, "merged: its tracks moved")
                 }
-                Applied::Erased(id) => id,
+                Applied::Erased(id) => (id, "erased: tracks released"),
                 Applied::Stored => continue,
             };
             match self.erased(id) {
-                Err(e) => log::error!("thumbnail of erased {id}: {e} (the next save retries)"),
-                Ok(()) if self.thumbs.is_some() => {
-                    log::info!("{id} erased: tracks released, thumbnail deleted")
-                }
-                Ok(()) => log::info!("{id} erased: tracks released"),
+                Err(e) => log::error!("thumbnail of {id}: {e} (the next save retries)"),
+                Ok(()) if self.thumbs.is_some() => log::info!("{id} {what}, thumbnail deleted"),
+                Ok(()) => log::info!("{id} {what}"),
             }
         }
     }
