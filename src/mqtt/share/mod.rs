@@ -256,13 +256,21 @@ impl Sharing {
     /// passer-by's was evicted or forgotten (`gallery.forget_after`) here, which concerns no
     /// other camera, unless the operator erased it ([`Sharing::erased_by_operator`]).
     fn copies_removed(&mut self, gallery: &Gallery) {
-        let present: std::collections::BTreeSet<u32> =
-            gallery.identities().map(|i| i.id.0).collect();
+        let present: BTreeMap<u32, bool> =
+            gallery.identities().map(|i| (i.id.0, i.pinned)).collect();
+        // A copy unpinned here (the API) is a passer-by here too.
+        for (key, local) in &self.peers.copies {
+            match present.get(local) {
+                Some(false) => self.peers.provisional.insert(key.clone()),
+                Some(true) => self.peers.provisional.remove(key),
+                None => continue,
+            };
+        }
         let gone: Vec<String> = self
             .peers
             .copies
             .iter()
-            .filter(|(_, local)| !present.contains(local))
+            .filter(|(_, local)| !present.contains_key(local))
             .map(|(key, _)| key.clone())
             .collect();
         for key in gone {
@@ -467,7 +475,7 @@ impl Sharing {
                     first_seen: now,
                     last_seen: now,
                     times_seen: 0,
-                    pinned: pinned || own,
+                    pinned,
                     exemplars: exemplars.len(),
                 };
                 // Full: a remote passer-by makes room (the least recently seen); an enrolled

@@ -377,6 +377,18 @@ fn passers_by_travel_and_are_forgotten_everywhere_by_their_origin() {
     assert!(m.erased_at.is_none() && !m.pinned, "{m:?}");
     hand(&out, &mut at_yard, &mut yard);
     assert!(!yard.get(copy).unwrap().pinned);
+
+    // An enrolled person's copy unpinned here by the operator is a passer-by here: forgotten
+    // here, it is not erased at its origin.
+    let bob = enrol(&mut door, [0.0, 0.0, 0.6, 0.8], "bob");
+    hand(&at_door.outgoing(&door, "reidcam"), &mut at_yard, &mut yard);
+    let copy = at_yard.peers.local("door", bob.0).unwrap();
+    yard.edit(copy, None, Some(false)).unwrap();
+    assert!(at_yard.outgoing(&yard, "reidcam").is_empty());
+    yard.forget_unseen(Timestamp(u64::MAX));
+    let out = at_yard.outgoing(&yard, "reidcam");
+    assert!(out.is_empty(), "{out:?}");
+    assert!(door.get(bob).is_some());
 }
 
 /// Full: a remote passer-by makes room by evicting another remote one, never this camera's
