@@ -434,3 +434,10 @@ fn forgetting_removes_only_unpinned_identities_last_seen_before() {
     assert_eq!(g.len(), 2);
     assert_eq!(g.forget_unseen(Timestamp(5_000)), 0);
 }
+
+/// docs/gallery.md's capacity table assumes 88 bytes per identity slot on 64-bit targets.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn an_identity_slot_takes_the_documented_88_bytes() {
+    assert_eq!(IDENTITY_SLOT_BYTES, 88);
+}
