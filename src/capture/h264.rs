@@ -8,8 +8,10 @@
 //! The first picture is decoded when the file is opened, so a corrupt file fails at start-up.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openh264::OpenH264API;
 use openh264::decoder::{DecodeOptions, Decoder, DecoderConfig, Flush};
@@ -20,9 +22,48 @@ use super::replay::{Numbering, ended};
 use super::{CaptureError, Frame, FrameSource};
 use crate::frame::RgbImage;
 
+/// The MP4 file as the `mp4` crate reads it, with a budget for reading its header: the crate's
+/// box loops make no progress on a child box whose size is below its header's (a size of 0
+/// seeks back to the same header, forever: found by fuzzing, `replay` target). Every read
+/// (its bytes, at least 1) and seek (8) spends the budget; spent, reads fail, which ends the
+/// loop with an error. Set to unbounded once the header is read (samples are read once each).
+struct Bounded {
+    inner: BufReader<File>,
+    budget: Arc<AtomicU64>,
+}
+
+impl Bounded {
+    fn spend(&self, units: u64) -> std::io::Result<()> {
+        let left = self.budget.load(Ordering::Relaxed);
+        if left < units {
+            return Err(std::io::Error::other(
+                "its boxes loop (a box smaller than its own header?): gave up reading the header",
+            ));
+        }
+        if left != u64::MAX {
+            self.budget.store(left - units, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.spend(buf.len().max(1) as u64)?;
+        self.inner.read(buf)
+    }
+}
+
+impl Seek for Bounded {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.spend(8)?;
+        self.inner.seek(to)
+    }
+}
+
 enum Demux {
     Mp4 {
-        reader: Box<mp4::Mp4Reader<BufReader<File>>>,
+        reader: Box<mp4::Mp4Reader<Bounded>>,
         track: u32,
         next_sample: u32,
         samples: u32,
@@ -74,8 +115,17 @@ impl H264Source {
         .map_err(|e| bad(format!("cannot start the H.264 decoder: {e}")))?;
         let mut packet = Vec::with_capacity(1 << 16);
         let (demux, fps, container) = if n == 8 && &head[4..8] == b"ftyp" {
-            let reader = mp4::Mp4Reader::read_header(BufReader::new(file), size)
+            // Reading a header takes about its size (the media data is skipped by seeking).
+            let budget = Arc::new(AtomicU64::new(
+                size.saturating_mul(16).saturating_add(1 << 20),
+            ));
+            let bounded = Bounded {
+                inner: BufReader::new(file),
+                budget: Arc::clone(&budget),
+            };
+            let reader = mp4::Mp4Reader::read_header(bounded, size)
                 .map_err(|e| bad(format!("not a readable MP4 file: {e}")))?;
+            budget.store(u64::MAX, Ordering::Relaxed);
             let (id, track) = reader
                 .tracks()
                 .iter()

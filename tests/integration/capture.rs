@@ -380,3 +380,25 @@ fn a_damaged_replay_frame_is_skipped_and_a_truncated_replay_ends_with_its_summar
         "{s3}"
     );
 }
+
+/// An MP4 whose `udta` box holds a box of size 0 (`tests/fixtures/replay/box-loop.mp4`, found
+/// by fuzzing: the `replay` target from a 2-frame seed) made the `mp4` crate seek back to the
+/// same box header forever while opening it: a hostile file hung the daemon at start-up, where
+/// no stop request is looked at. Now it is refused at once, with the file named.
+#[test]
+fn an_mp4_whose_boxes_loop_is_refused_not_read_forever() {
+    let path = repo().join("tests/fixtures/replay/box-loop.mp4");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opened = reidcam::capture::H264Source::open(&path, 25.0).map(|_| ());
+        let _ = tx.send(opened.map_err(|e| e.to_string()));
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("still opening after 30 s")
+        .unwrap_err();
+    assert!(
+        err.contains("box-loop.mp4") && err.contains("loop"),
+        "{err}"
+    );
+}
