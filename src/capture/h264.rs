@@ -61,6 +61,26 @@ impl Seek for Bounded {
     }
 }
 
+/// What the `mp4` crate divides by when it times the track and finds its samples, checked
+/// first: it panics on a zero (found by fuzzing: a chunk of 0 samples in `stsc`).
+fn check_track(track: &mp4::Mp4Track) -> Result<(), String> {
+    let mdhd = &track.trak.mdia.mdhd;
+    if mdhd.timescale == 0 {
+        return Err("mdhd: a timescale of 0".into());
+    }
+    if mdhd.duration > u64::MAX / 1_000_000 {
+        return Err(format!("mdhd: a duration of {} is too long", mdhd.duration));
+    }
+    let stsc = &track.trak.mdia.minf.stbl.stsc;
+    if let Some(e) = stsc.entries.iter().find(|e| e.samples_per_chunk == 0) {
+        return Err(format!("stsc: chunk {} holds 0 samples", e.first_chunk));
+    }
+    if !track.trafs.is_empty() && (track.sample_count() as usize) < track.trafs.len() {
+        return Err("fewer samples than track fragments".into());
+    }
+    Ok(())
+}
+
 enum Demux {
     Mp4 {
         reader: Box<mp4::Mp4Reader<Bounded>>,
@@ -131,6 +151,7 @@ impl H264Source {
                 .iter()
                 .find(|(_, t)| t.trak.mdia.minf.stbl.stsd.avc1.is_some())
                 .ok_or_else(|| bad("no H.264 (avc1) video track in this MP4 file".into()))?;
+            check_track(track).map_err(|e| bad(format!("not a playable MP4 track: {e}")))?;
             let avcc = &track
                 .trak
                 .mdia

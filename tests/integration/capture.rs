@@ -402,3 +402,21 @@ fn an_mp4_whose_boxes_loop_is_refused_not_read_forever() {
         "{err}"
     );
 }
+
+/// An MP4 whose `stsc` says a chunk holds 0 samples (`tests/fixtures/replay/empty-chunk.mp4`,
+/// found by fuzzing after the fix above) made the `mp4` crate divide by zero when the first
+/// sample was read: the daemon panicked at start-up. Now it is refused with the box named
+/// (as are a track timescale of 0, which the crate divides by too, and fewer samples than
+/// track fragments).
+#[test]
+fn an_mp4_track_the_mp4_crate_would_divide_by_zero_on_is_refused() {
+    let path = repo().join("tests/fixtures/replay/empty-chunk.mp4");
+    let err = reidcam::capture::H264Source::open(&path, 25.0)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("empty-chunk.mp4") && err.contains("stsc: chunk"),
+        "{err}"
+    );
+}
