@@ -16,6 +16,7 @@ use base64ct::Encoding as _;
 use crate::common::{command, models, reidcam, s, scratch};
 
 mod browser;
+mod protocol;
 mod tls;
 mod view;
 
