@@ -17,7 +17,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    #[error("{}: line {line}: {reason} (check the board profile's [io] section and that this user may open the GPIO chip)", chip.display())]
+    #[error("{}: line {line}: {reason} (check the board profile's [io] section and that this user may open the GPIO chip: under systemd, board/systemd/gpio.conf)", chip.display())]
     Open {
         chip: std::path::PathBuf,
         line: u32,
