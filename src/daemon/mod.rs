@@ -180,8 +180,13 @@ impl Running {
             }
         }
         // Own identities that are another camera's person too (allocates only when one of
-        // them changed since the last turn).
-        let merged = sharing.merges(self.pipeline.gallery_mut());
+        // them changed since the last look), looked for when something arrived and on the
+        // publication turns, not every frame.
+        let merged = if publish || changed {
+            sharing.merges(self.pipeline.gallery_mut())
+        } else {
+            Vec::new()
+        };
         changed |= !merged.is_empty();
         erased.extend(merged);
         if changed {

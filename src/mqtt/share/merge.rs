@@ -7,13 +7,9 @@ use super::{Applied, Sharing, Stone};
 use crate::gallery::{Candidate, Gallery, PersonId};
 
 impl Sharing {
-    /// The local identity `origin`'s `id` is here, if this camera has it (its own, or a copy).
-    pub(super) fn merge_target(
-        &self,
-        gallery: &Gallery,
-        origin: &str,
-        id: u32,
-    ) -> Option<PersonId> {
+    /// The local identity `origin`'s `id` is here, if this camera has it: its own (not a copy
+    /// that happens to carry the id), or its copy of another camera's.
+    pub(super) fn local_of(&self, gallery: &Gallery, origin: &str, id: u32) -> Option<PersonId> {
         let local = if origin == self.origin {
             Some(PersonId(id)).filter(|l| !self.peers.is_copy(*l))
         } else {

@@ -180,7 +180,8 @@ pub struct Sharing {
     waiting: std::collections::BTreeSet<u32>,
     /// The gallery's identities, names and pins when `waiting` was last tested.
     fingerprint: u64,
-    /// Own identities this camera merged into another's, for the summary.
+    /// Own identities this camera merged into another's (each also a `merge` event and a log
+    /// line).
     pub merged: u64,
     /// Share passers-by's provisional identities too (`mqtt.share_passers_by`).
     pub passers_by: bool,
@@ -322,22 +323,25 @@ impl Sharing {
                 if !withdrawn {
                     self.peers.erased.insert(key, Timestamp::now().0);
                 }
-                let local = if origin == self.origin {
+                let own = origin == self.origin;
+                // Our own withdrawal (unpinned here): the identity stays.
+                let local = if own && withdrawn {
+                    None
+                } else {
+                    self.local_of(gallery, &origin, id)
+                };
+                if own {
                     self.published.remove(&id);
                     if !withdrawn {
                         self.label_at.remove(&id);
                         self.known_label.remove(&id);
                     }
-                    // Our own withdrawal (unpinned here): the identity stays.
-                    Some(PersonId(id)).filter(|l| !withdrawn && !self.peers.is_copy(*l))
                 } else {
-                    let l = self.peers.local(&origin, id);
                     self.peers.copies.remove(&Peers::key(&origin, id));
-                    l
-                };
-                let local = local.filter(|l| gallery.get(*l).is_some())?;
+                }
+                let local = local?;
                 if let Some((into_origin, into_id)) = merged_into
-                    && let Some(into) = self.merge_target(gallery, &into_origin, into_id)
+                    && let Some(into) = self.local_of(gallery, &into_origin, into_id)
                 {
                     if into_origin == self.origin {
                         // Ours: it takes the merged identity's views, and is published again.
