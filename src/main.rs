@@ -694,6 +694,14 @@ fn identity_table(d: &EmbeddedDataset, exemplars: usize) -> anyhow::Result<Vec<I
 }
 
 fn calibrate_cmd(args: CalibrateArgs) -> anyhow::Result<()> {
+    // Before minutes of embedding, not after.
+    if !cfg!(feature = "tools") {
+        bail!(
+            "{}: calibrate writes a plot, and this build has none (built without the Cargo \
+             feature `tools`: a board build)",
+            args.plot.display()
+        );
+    }
     if args.fmr.is_empty() || args.fmr.iter().any(|f| !(*f > 0.0 && *f < 1.0)) {
         bail!(
             "--fmr takes rates between 0 and 1 (e.g. 0.01,0.001), got {:?}",

@@ -7,6 +7,7 @@
 //! is theirs).
 
 pub mod convert;
+#[cfg(feature = "h264")]
 mod h264;
 mod reopen;
 mod replay;
@@ -14,6 +15,7 @@ mod spec;
 mod synthetic;
 pub mod v4l2;
 
+#[cfg(feature = "h264")]
 pub use h264::H264Source;
 pub use reopen::{Backoff, Opener, Reopening};
 pub use replay::{ImageDirSource, MjpegSource, Y4mSource};

@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "h264")]
+use super::H264Source;
 use super::v4l2::{V4l2Config, V4l2Source};
 use super::{
-    CaptureError, FrameSource, H264Source, ImageDirSource, MjpegSource, SyntheticConfig,
-    SyntheticSource, Y4mSource,
+    CaptureError, FrameSource, ImageDirSource, MjpegSource, SyntheticConfig, SyntheticSource,
+    Y4mSource,
 };
 
 /// A frame source, chosen but not yet opened.
@@ -88,7 +90,17 @@ impl SourceSpec {
             SourceSpec::Images { dir, fps } => Box::new(ImageDirSource::open(dir, *fps)?),
             SourceSpec::Mjpeg { path, fps } => Box::new(MjpegSource::open(path, *fps)?),
             SourceSpec::Y4m { path } => Box::new(Y4mSource::open(path)?),
+            #[cfg(feature = "h264")]
             SourceSpec::H264 { path, fps } => Box::new(H264Source::open(path, *fps)?),
+            #[cfg(not(feature = "h264"))]
+            SourceSpec::H264 { path, .. } => {
+                return Err(CaptureError::Replay {
+                    path: path.clone(),
+                    problem: "an H.264 replay, and this build has none (built without the Cargo \
+                              feature `h264`: a board build)"
+                        .into(),
+                });
+            }
             SourceSpec::Synthetic(config) => Box::new(SyntheticSource::new(config.clone())?),
         })
     }

@@ -24,21 +24,64 @@ pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
 pub mod capture;
 pub mod detect;
 pub mod gallery;
+#[cfg(feature = "tools")]
 pub mod plot;
+/// A build without the `tools` feature has no plots (`calibrate` refuses to start).
+#[cfg(not(feature = "tools"))]
+pub mod plot {
+    pub fn similarity_distributions(
+        path: &std::path::Path,
+        _title: &str,
+        _pairs: &reidcam::eval::PairSimilarities,
+        _points: &[reidcam::eval::OperatingPoint],
+    ) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "{}: this build has no plots (Cargo feature `tools`)",
+            path.display()
+        )
+    }
+}
 pub mod run;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+/// A progress bar on stderr (drawn only when stderr is a terminal; none in a build without the
+/// `tools` feature).
+pub struct Progress {
+    #[cfg(feature = "tools")]
+    bar: indicatif::ProgressBar,
+}
 
-/// A progress bar on stderr (drawn only when stderr is a terminal).
-pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_owned());
-    bar
+impl Progress {
+    pub fn set_position(&self, done: u64) {
+        #[cfg(feature = "tools")]
+        self.bar.set_position(done);
+        #[cfg(not(feature = "tools"))]
+        let _ = done;
+    }
+
+    pub fn finish_and_clear(&self) {
+        #[cfg(feature = "tools")]
+        self.bar.finish_and_clear();
+    }
+}
+
+pub fn progress_bar(total: u64, what: &str) -> Progress {
+    #[cfg(feature = "tools")]
+    {
+        use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_owned());
+        Progress { bar }
+    }
+    #[cfg(not(feature = "tools"))]
+    {
+        let _ = (total, what);
+        Progress {}
+    }
 }
 
 /// The matching policy for a model: its calibrated `[matching] threshold` if the manifest has
