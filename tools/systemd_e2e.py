@@ -20,17 +20,16 @@ tools/setup-cross.sh.
 """
 import argparse
 import gzip
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import reference
-from vivid_e2e import CACHE, EXIT_MARKER, ROOT, VIVID_ARGS, extract_deb, guest_assets, run
+import vivid_e2e
+from vivid_e2e import CACHE, ROOT, VIVID_ARGS, extract_deb, guest_assets, run
 
 # The unit's score under the systemd it runs on (the test on the unit file asks the same of the
 # host's systemd-analyze, offline).
@@ -216,25 +215,9 @@ def build_initramfs(modules_dir: Path, order: list[str], out: Path) -> None:
 
 
 def boot(vmlinuz: Path, initramfs: Path, shared: Path, timeout: float) -> tuple[int | None, str, float]:
-    cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1536", "-nographic",
-           "-nic", "none", "-no-reboot", "-kernel", str(vmlinuz), "-initrd", str(initramfs),
-           "-append", "console=ttyAMA0 panic=-1 quiet systemd.unit=e2e.target systemd.show_status=0 "
-                      "systemd.log_target=console systemd.log_level=warning",
-           "-virtfs", f"local,path={shared},mount_tag=host0,security_model=none"]
-    started = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
-        console = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout or b""
-        console = out.decode(errors="replace") if isinstance(out, bytes) else out
-        print(console[-4000:])
-        sys.exit(f"systemd_e2e: FAILED: the guest did not finish within {timeout:.0f} s")
-    status = None
-    for line in console.splitlines():
-        if line.startswith(EXIT_MARKER):
-            status = int(line.split()[1])
-    return status, console, time.monotonic() - started
+    return vivid_e2e.boot(vmlinuz, initramfs, shared, timeout, memory_mb=1536, tool="systemd_e2e",
+                          append="systemd.unit=e2e.target systemd.show_status=0 "
+                                 "systemd.log_target=console systemd.log_level=warning")
 
 
 def props(path: Path) -> dict:
@@ -347,10 +330,7 @@ def main() -> int:
         sys.exit(f"systemd_e2e: FAILED: the guest never reported an exit status ({seconds:.1f} s); output in {out}")
     problems = check(out)
     print(f"guest boot + job: {seconds:.1f} s; output in {out}")
-    for p in problems:
-        print(f"FAILED: {p}")
-    print("systemd_e2e: " + ("FAILED" if problems else "ok"))
-    return 1 if problems else 0
+    return vivid_e2e.verdict("systemd_e2e", problems)
 
 
 if __name__ == "__main__":

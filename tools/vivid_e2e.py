@@ -241,10 +241,13 @@ def check_run(out: Path) -> list[str]:
     return problems
 
 
-def boot(vmlinuz: Path, initramfs: Path, shared: Path, timeout: float) -> tuple[int | None, str, float]:
-    cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024", "-nographic",
-           "-nic", "none", "-no-reboot", "-kernel", str(vmlinuz), "-initrd", str(initramfs),
-           "-append", "console=ttyAMA0 panic=-1 quiet",
+def boot(vmlinuz: Path, initramfs: Path, shared: Path, timeout: float, append: str = "",
+         memory_mb: int = 1024, tool: str = "vivid_e2e") -> tuple[int | None, str, float]:
+    """Boots the guest (2 cortex-a72 cores, no network, `shared` as 9p tag host0) to its power-off;
+    returns the exit status it printed after EXIT_MARKER (None: none), its console and the time."""
+    cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", str(memory_mb),
+           "-nographic", "-nic", "none", "-no-reboot", "-kernel", str(vmlinuz), "-initrd", str(initramfs),
+           "-append", f"console=ttyAMA0 panic=-1 quiet {append}".strip(),
            "-virtfs", f"local,path={shared},mount_tag=host0,security_model=none"]
     started = time.monotonic()
     try:
@@ -254,7 +257,7 @@ def boot(vmlinuz: Path, initramfs: Path, shared: Path, timeout: float) -> tuple[
         out = (e.stdout or b"")
         console = out.decode(errors="replace") if isinstance(out, bytes) else out
         print(console[-3000:])
-        sys.exit(f"vivid_e2e: FAILED: the guest did not finish within {timeout:.0f} s")
+        sys.exit(f"{tool}: FAILED: the guest did not finish within {timeout:.0f} s")
     seconds = time.monotonic() - started
     status = None
     for line in console.splitlines():
@@ -370,9 +373,14 @@ def main() -> int:
     print(f"bench --board qemu-virt in the guest: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms per crop "
           f"(emulated), load {bench['load_ms']:.0f} ms; budget exceeded: {bench['budget']['exceeded'] or 'no'}")
     print(f"guest boot + capture: {seconds:.1f} s")
+    return verdict("vivid_e2e", problems)
+
+
+def verdict(tool: str, problems: list[str]) -> int:
+    """Prints each problem and the verdict; the exit status."""
     for p in problems:
         print(f"FAILED: {p}")
-    print("vivid_e2e: " + ("FAILED" if problems else "ok"))
+    print(f"{tool}: " + ("FAILED" if problems else "ok"))
     return 1 if problems else 0
 
 
