@@ -331,6 +331,9 @@ fn a_damaged_replay_frame_is_skipped_and_a_truncated_replay_ends_with_its_summar
             s(&dir.join("events.jsonl")),
             "--summary-json",
             s(&summary),
+            // No gallery file: not the working directory's default (another run may hold it).
+            "--gallery",
+            "",
         ]);
         assert!(ok, "{}: {err}", source.display());
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap()
