@@ -63,7 +63,7 @@ impl Seek for Bounded {
 
 /// What the `mp4` crate divides by when it times the track and finds its samples, checked
 /// first: it panics on a zero (found by fuzzing: a chunk of 0 samples in `stsc`).
-fn check_track(track: &mp4::Mp4Track) -> Result<(), String> {
+fn check_track(track: &mp4::Mp4Track, file_size: u64) -> Result<(), String> {
     let mdhd = &track.trak.mdia.mdhd;
     if mdhd.timescale == 0 {
         return Err("mdhd: a timescale of 0".into());
@@ -77,6 +77,47 @@ fn check_track(track: &mp4::Mp4Track) -> Result<(), String> {
     }
     if !track.trafs.is_empty() && (track.sample_count() as usize) < track.trafs.len() {
         return Err("fewer samples than track fragments".into());
+    }
+    let stbl = &track.trak.mdia.minf.stbl;
+    // The crate unwraps the time of every sample it reads: stts must cover them all (a
+    // fragmented track is timed by its default duration instead).
+    if track.trafs.is_empty() {
+        let timed: u64 = stbl
+            .stts
+            .entries
+            .iter()
+            .map(|e| u64::from(e.sample_count))
+            .sum();
+        if timed < u64::from(track.sample_count()) {
+            return Err(format!(
+                "stts: times {timed} of the {} samples",
+                track.sample_count()
+            ));
+        }
+    } else if track.trafs.iter().any(|t| t.trun.is_none()) {
+        // ... and a fragment's sample sizes come from its trun, unwrapped too.
+        return Err("traf: a track fragment without a trun box".into());
+    }
+    // It allocates each sample at the size the file gives before reading it: none may be larger
+    // than the file.
+    let largest = stbl
+        .stsz
+        .sample_sizes
+        .iter()
+        .chain(
+            track
+                .trafs
+                .iter()
+                .flat_map(|t| t.trun.iter().flat_map(|r| &r.sample_sizes)),
+        )
+        .copied()
+        .chain([stbl.stsz.sample_size])
+        .max()
+        .unwrap_or(0);
+    if u64::from(largest) > file_size {
+        return Err(format!(
+            "stsz/trun: a sample of {largest} bytes in a file of {file_size}"
+        ));
     }
     Ok(())
 }
@@ -151,7 +192,7 @@ impl H264Source {
                 .iter()
                 .find(|(_, t)| t.trak.mdia.minf.stbl.stsd.avc1.is_some())
                 .ok_or_else(|| bad("no H.264 (avc1) video track in this MP4 file".into()))?;
-            check_track(track).map_err(|e| bad(format!("not a playable MP4 track: {e}")))?;
+            check_track(track, size).map_err(|e| bad(format!("not a playable MP4 track: {e}")))?;
             let avcc = &track
                 .trak
                 .mdia

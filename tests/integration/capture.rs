@@ -423,3 +423,18 @@ fn an_mp4_track_the_mp4_crate_would_divide_by_zero_on_is_refused() {
         "{err}"
     );
 }
+
+/// Found by fuzzing (the `replay` target): an MP4 whose `stts` times fewer samples than the
+/// track has made the `mp4` crate panic on an unwrap when the first untimed sample was read.
+#[test]
+fn an_mp4_with_samples_stts_does_not_time_is_refused() {
+    let path = repo().join("tests/fixtures/replay/untimed-sample.mp4");
+    let err = reidcam::capture::H264Source::open(&path, 25.0)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("untimed-sample.mp4") && err.contains("stts: times"),
+        "{err}"
+    );
+}
