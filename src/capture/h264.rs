@@ -165,7 +165,7 @@ impl H264Source {
             .read(&mut head)
             .map_err(|e| bad(format!("cannot read: {e}")))?;
         drop(file);
-        let file = File::open(path).map_err(|e| bad(format!("cannot reopen: {e}")))?;
+        let mut file = File::open(path).map_err(|e| bad(format!("cannot reopen: {e}")))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         // No flush after each packet: with B-frames (Main/High profile) pictures come out in
         // display order a few packets later, and forced flushes corrupt the reference lists.
@@ -176,6 +176,9 @@ impl H264Source {
         .map_err(|e| bad(format!("cannot start the H.264 decoder: {e}")))?;
         let mut packet = Vec::with_capacity(1 << 16);
         let (demux, fps, container) = if n == 8 && &head[4..8] == b"ftyp" {
+            super::mp4_boxes::check_boxes(&mut file, size)
+                .and_then(|()| file.rewind().map_err(|e| e.to_string()))
+                .map_err(|e| bad(format!("not a readable MP4 file: {e}")))?;
             // Reading a header takes about its size (the media data is skipped by seeking).
             let budget = Arc::new(AtomicU64::new(
                 size.saturating_mul(16).saturating_add(1 << 20),

@@ -9,6 +9,8 @@
 pub mod convert;
 #[cfg(feature = "h264")]
 mod h264;
+#[cfg(feature = "h264")]
+mod mp4_boxes;
 mod reopen;
 mod replay;
 mod spec;

@@ -424,6 +424,22 @@ fn an_mp4_track_the_mp4_crate_would_divide_by_zero_on_is_refused() {
     );
 }
 
+/// Found by fuzzing (the `replay` target): a box inside `trak/meta` declaring more bytes than
+/// the file has made the `mp4` crate allocate that size while reading the header (a panic, or
+/// an abort where it cannot be allocated) — at start-up.
+#[test]
+fn an_mp4_box_larger_than_the_file_is_refused_before_it_is_allocated() {
+    let path = repo().join("tests/fixtures/replay/oversized-box.mp4");
+    let err = reidcam::capture::H264Source::open(&path, 25.0)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("oversized-box.mp4") && err.contains("declares"),
+        "{err}"
+    );
+}
+
 /// Found by fuzzing (the `replay` target): an MP4 whose `stts` times fewer samples than the
 /// track has made the `mp4` crate panic on an unwrap when the first untimed sample was read.
 #[test]

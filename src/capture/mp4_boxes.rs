@@ -1,0 +1,137 @@
+//! The box sizes of an MP4 header, checked before the `mp4` crate reads it: the crate allocates
+//! some boxes' contents at the size the file declares before reading them (a `meta` child, for
+//! one), so a size past the file's end made it panic (capacity overflow) or abort the process
+//! (an allocation that cannot be made). Found by fuzzing (docs/fuzzing.md).
+
+use std::io::{Read, Seek, SeekFrom};
+
+/// The largest `moov` or `moof` box read: a header, not media (an hour at 30 fps is ~2 MB).
+const MAX_HEADER_BOX: u64 = 64 << 20;
+/// Nesting deeper than any header the crate reads.
+const MAX_DEPTH: u32 = 16;
+
+/// Whether a box's payload is a sequence of boxes (after this many bytes of its own fields), in
+/// the parts of a header the crate reads.
+fn children_at(name: &[u8]) -> Option<usize> {
+    match name {
+        b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"dinf" | b"edts" | b"udta" | b"mvex"
+        | b"moof" | b"traf" | b"ilst" => Some(0),
+        // A full box: version and flags first.
+        b"meta" => Some(4),
+        _ => None,
+    }
+}
+
+/// Every box of `data` (and of the boxes inside it, for containers) within `data`. `items`: the
+/// children of an `ilst`, each a container of `data` boxes whatever its name.
+fn check_level(data: &[u8], items: bool, depth: u32) -> Result<(), String> {
+    let mut at = 0usize;
+    while data.len() - at >= 8 {
+        let left = (data.len() - at) as u64;
+        let word = |i: usize| u32::from_be_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
+        let name = &data[at + 4..at + 8];
+        let (size, header) = match word(at) {
+            0 => (left, 8),
+            1 if left >= 16 => (
+                (u64::from(word(at + 8)) << 32) | u64::from(word(at + 12)),
+                16,
+            ),
+            1 => return Err(format!("box {}: cut short", String::from_utf8_lossy(name))),
+            s => (u64::from(s), 8),
+        };
+        if size < header as u64 || size > left {
+            return Err(format!(
+                "box {} declares {size} bytes where its parent has {left} left",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        let body = &data[at + header..at + size as usize];
+        let inner = if items { Some(0) } else { children_at(name) };
+        if let Some(skip) = inner
+            && depth < MAX_DEPTH
+            && body.len() >= skip
+        {
+            check_level(&body[skip..], name == b"ilst", depth + 1)?;
+        }
+        at += size as usize;
+    }
+    Ok(())
+}
+
+/// Checks the `moov` and `moof` boxes of an MP4 file of `file_size` bytes (each read whole,
+/// at most [`MAX_HEADER_BOX`]); the other top-level boxes must end within the file.
+pub(super) fn check_boxes(file: &mut (impl Read + Seek), file_size: u64) -> Result<(), String> {
+    let mut at = 0u64;
+    while file_size - at >= 8 {
+        file.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        let mut head = [0u8; 16];
+        file.read_exact(&mut head[..8]).map_err(|e| e.to_string())?;
+        let name = [head[4], head[5], head[6], head[7]];
+        let left = file_size - at;
+        let (size, header) = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
+            0 => (left, 8u64),
+            1 => {
+                file.read_exact(&mut head[8..]).map_err(|e| e.to_string())?;
+                (
+                    u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")),
+                    16,
+                )
+            }
+            s => (u64::from(s), 8),
+        };
+        let shown = String::from_utf8_lossy(&name);
+        if size < header || size > left {
+            return Err(format!(
+                "box {shown} declares {size} bytes where the file has {left} left"
+            ));
+        }
+        if &name == b"moov" || &name == b"moof" {
+            if size > MAX_HEADER_BOX {
+                return Err(format!(
+                    "box {shown} of {size} bytes: too large for a header"
+                ));
+            }
+            let mut body = vec![0u8; (size - header) as usize];
+            file.read_exact(&mut body).map_err(|e| e.to_string())?;
+            check_level(&body, false, 1)?;
+        }
+        at += size;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mp4_box(name: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut b = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(name);
+        b.extend_from_slice(body);
+        b
+    }
+
+    #[test]
+    fn a_box_larger_than_its_parent_is_found_at_any_depth() {
+        let hdlr = mp4_box(b"hdlr", &[0; 24]);
+        let good_meta = [&[0u8; 4][..], &hdlr].concat();
+        let good = [
+            mp4_box(b"ftyp", b"isom"),
+            mp4_box(b"moov", &mp4_box(b"trak", &mp4_box(b"meta", &good_meta))),
+        ]
+        .concat();
+        let mut cursor = std::io::Cursor::new(&good);
+        assert_eq!(check_boxes(&mut cursor, good.len() as u64), Ok(()));
+        // A child of meta declaring 2^31 bytes: what made the crate allocate that much.
+        let mut bad = good.clone();
+        let at = bad.len() - hdlr.len();
+        bad[at..at + 4].copy_from_slice(&(1u32 << 31).to_be_bytes());
+        let mut cursor = std::io::Cursor::new(&bad);
+        let err = check_boxes(&mut cursor, bad.len() as u64).unwrap_err();
+        assert!(err.contains("box hdlr declares 2147483648 bytes"), "{err}");
+        // A top-level box past the end of the file.
+        let cut = &good[..good.len() - 1];
+        let mut cursor = std::io::Cursor::new(cut);
+        assert!(check_boxes(&mut cursor, cut.len() as u64).is_err());
+    }
+}
