@@ -59,7 +59,8 @@ fn check_level(data: &[u8], items: bool, depth: u32) -> Result<(), String> {
 }
 
 /// Checks the `moov` and `moof` boxes of an MP4 file of `file_size` bytes (each read whole,
-/// at most [`MAX_HEADER_BOX`]); the other top-level boxes must end within the file.
+/// at most [`MAX_HEADER_BOX`], within the file). Another top-level box running past the end
+/// (the media of a recording cut short) ends the scan.
 pub(super) fn check_boxes(file: &mut (impl Read + Seek), file_size: u64) -> Result<(), String> {
     let mut at = 0u64;
     while file_size - at >= 8 {
@@ -80,12 +81,18 @@ pub(super) fn check_boxes(file: &mut (impl Read + Seek), file_size: u64) -> Resu
             s => (u64::from(s), 8),
         };
         let shown = String::from_utf8_lossy(&name);
-        if size < header || size > left {
+        let is_header = &name == b"moov" || &name == b"moof";
+        if size < header || (is_header && size > left) {
             return Err(format!(
                 "box {shown} declares {size} bytes where the file has {left} left"
             ));
         }
-        if &name == b"moov" || &name == b"moof" {
+        if size > left {
+            // A recording cut short (its `mdat` runs past the end): it plays to where it breaks
+            // off; nothing after it is read.
+            break;
+        }
+        if is_header {
             if size > MAX_HEADER_BOX {
                 return Err(format!(
                     "box {shown} of {size} bytes: too large for a header"
@@ -129,9 +136,13 @@ mod tests {
         let mut cursor = std::io::Cursor::new(&bad);
         let err = check_boxes(&mut cursor, bad.len() as u64).unwrap_err();
         assert!(err.contains("box hdlr declares 2147483648 bytes"), "{err}");
-        // A top-level box past the end of the file.
+        // A header past the end of the file; media past it is a recording cut short.
         let cut = &good[..good.len() - 1];
         let mut cursor = std::io::Cursor::new(cut);
         assert!(check_boxes(&mut cursor, cut.len() as u64).is_err());
+        let cut_media = [good.clone(), mp4_box(b"mdat", &[7; 64])].concat();
+        let cut_media = &cut_media[..cut_media.len() - 10];
+        let mut cursor = std::io::Cursor::new(cut_media);
+        assert_eq!(check_boxes(&mut cursor, cut_media.len() as u64), Ok(()));
     }
 }
