@@ -71,14 +71,13 @@ fn check_track(track: &mp4::Mp4Track, file_size: u64) -> Result<(), String> {
     if mdhd.duration > u64::MAX / 1_000_000 {
         return Err(format!("mdhd: a duration of {} is too long", mdhd.duration));
     }
-    let stsc = &track.trak.mdia.minf.stbl.stsc;
-    if let Some(e) = stsc.entries.iter().find(|e| e.samples_per_chunk == 0) {
+    let stbl = &track.trak.mdia.minf.stbl;
+    if let Some(e) = stbl.stsc.entries.iter().find(|e| e.samples_per_chunk == 0) {
         return Err(format!("stsc: chunk {} holds 0 samples", e.first_chunk));
     }
     if !track.trafs.is_empty() && (track.sample_count() as usize) < track.trafs.len() {
         return Err("fewer samples than track fragments".into());
     }
-    let stbl = &track.trak.mdia.minf.stbl;
     // The crate unwraps the time of every sample it reads: stts must cover them all (a
     // fragmented track is timed by its default duration instead).
     if track.trafs.is_empty() {

@@ -22,23 +22,30 @@ fn children_at(name: &[u8]) -> Option<usize> {
     }
 }
 
+/// A box header's size and length (8 bytes, or 16 with a 64-bit size) from its first 16 bytes
+/// (`head[8..16]` read only for a 64-bit size); `left`: the bytes from the box's start to the
+/// end of its parent (a size of 0 means all of them).
+fn size_and_header(head: &[u8], left: u64) -> (u64, u64) {
+    let word = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    match word(0) {
+        0 => (left, 8),
+        1 => ((u64::from(word(8)) << 32) | u64::from(word(12)), 16),
+        s => (u64::from(s), 8),
+    }
+}
+
 /// Every box of `data` (and of the boxes inside it, for containers) within `data`. `items`: the
 /// children of an `ilst`, each a container of `data` boxes whatever its name.
 fn check_level(data: &[u8], items: bool, depth: u32) -> Result<(), String> {
     let mut at = 0usize;
     while data.len() - at >= 8 {
         let left = (data.len() - at) as u64;
-        let word = |i: usize| u32::from_be_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
         let name = &data[at + 4..at + 8];
-        let (size, header) = match word(at) {
-            0 => (left, 8),
-            1 if left >= 16 => (
-                (u64::from(word(at + 8)) << 32) | u64::from(word(at + 12)),
-                16,
-            ),
-            1 => return Err(format!("box {}: cut short", String::from_utf8_lossy(name))),
-            s => (u64::from(s), 8),
-        };
+        if data[at..at + 4] == 1u32.to_be_bytes() && left < 16 {
+            return Err(format!("box {}: cut short", String::from_utf8_lossy(name)));
+        }
+        let (size, header) = size_and_header(&data[at..], left);
+        let header = header as usize;
         if size < header as u64 || size > left {
             return Err(format!(
                 "box {} declares {size} bytes where its parent has {left} left",
@@ -69,17 +76,10 @@ pub(super) fn check_boxes(file: &mut (impl Read + Seek), file_size: u64) -> Resu
         file.read_exact(&mut head[..8]).map_err(|e| e.to_string())?;
         let name = [head[4], head[5], head[6], head[7]];
         let left = file_size - at;
-        let (size, header) = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
-            0 => (left, 8u64),
-            1 => {
-                file.read_exact(&mut head[8..]).map_err(|e| e.to_string())?;
-                (
-                    u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")),
-                    16,
-                )
-            }
-            s => (u64::from(s), 8),
-        };
+        if head[..4] == 1u32.to_be_bytes() {
+            file.read_exact(&mut head[8..]).map_err(|e| e.to_string())?;
+        }
+        let (size, header) = size_and_header(&head, left);
         let shown = String::from_utf8_lossy(&name);
         let is_header = &name == b"moov" || &name == b"moof";
         if size < header || (is_header && size > left) {

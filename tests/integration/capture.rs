@@ -406,6 +406,17 @@ fn an_mp4_whose_boxes_loop_is_refused_not_read_forever() {
     );
 }
 
+/// `H264Source::open` refuses the fixture `tests/fixtures/replay/<name>` with an error naming
+/// the file and saying `why`.
+fn mp4_refused(name: &str, why: &str) {
+    let path = repo().join("tests/fixtures/replay").join(name);
+    let err = reidcam::capture::H264Source::open(&path, 25.0)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(name) && err.contains(why), "{err}");
+}
+
 /// An MP4 whose `stsc` says a chunk holds 0 samples (`tests/fixtures/replay/empty-chunk.mp4`,
 /// found by fuzzing after the fix above) made the `mp4` crate divide by zero when the first
 /// sample was read: the daemon panicked at start-up. Now it is refused with the box named
@@ -413,15 +424,7 @@ fn an_mp4_whose_boxes_loop_is_refused_not_read_forever() {
 /// track fragments).
 #[test]
 fn an_mp4_track_the_mp4_crate_would_divide_by_zero_on_is_refused() {
-    let path = repo().join("tests/fixtures/replay/empty-chunk.mp4");
-    let err = reidcam::capture::H264Source::open(&path, 25.0)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("empty-chunk.mp4") && err.contains("stsc: chunk"),
-        "{err}"
-    );
+    mp4_refused("empty-chunk.mp4", "stsc: chunk");
 }
 
 /// Found by fuzzing (the `replay` target): a box inside `trak/meta` declaring more bytes than
@@ -429,28 +432,12 @@ fn an_mp4_track_the_mp4_crate_would_divide_by_zero_on_is_refused() {
 /// an abort where it cannot be allocated) — at start-up.
 #[test]
 fn an_mp4_box_larger_than_the_file_is_refused_before_it_is_allocated() {
-    let path = repo().join("tests/fixtures/replay/oversized-box.mp4");
-    let err = reidcam::capture::H264Source::open(&path, 25.0)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("oversized-box.mp4") && err.contains("declares"),
-        "{err}"
-    );
+    mp4_refused("oversized-box.mp4", "declares");
 }
 
 /// Found by fuzzing (the `replay` target): an MP4 whose `stts` times fewer samples than the
 /// track has made the `mp4` crate panic on an unwrap when the first untimed sample was read.
 #[test]
 fn an_mp4_with_samples_stts_does_not_time_is_refused() {
-    let path = repo().join("tests/fixtures/replay/untimed-sample.mp4");
-    let err = reidcam::capture::H264Source::open(&path, 25.0)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("untimed-sample.mp4") && err.contains("stts: times"),
-        "{err}"
-    );
+    mp4_refused("untimed-sample.mp4", "stts: times");
 }
