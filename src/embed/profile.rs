@@ -53,7 +53,8 @@ pub struct OpTime {
 impl Embedder {
     /// Runs the model's first part `runs` times (after one untimed run) on this thread, timing
     /// every node, and returns the time per operator kind, most expensive first (per node, with
-    /// the op's parameters, when `REIDCAM_PROFILE_NODES` is set). The timing itself adds a little
+    /// the op's parameters, its input shapes and the node's name, when `REIDCAM_PROFILE_NODES` is
+    /// set). The timing itself adds a little
     /// per node.
     pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
         let part = &mut self.parts[0];
@@ -92,14 +93,23 @@ pub(super) fn profile_plan(
         let mut seen = std::collections::HashSet::new();
         state
             .run_plan_with_eval(tvec![input], |ctx, state, node, inputs| {
+                let shapes = if per_node {
+                    let shapes: Vec<String> =
+                        inputs.iter().map(|i| format!("{:?}", i.shape())).collect();
+                    shapes.join(" ")
+                } else {
+                    String::new()
+                };
                 let started = Instant::now();
                 let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
                 if run > 0 {
                     let key = if per_node {
                         format!(
-                            "{} {}",
+                            "{} {} <- {} [{}]",
                             node.op().name(),
-                            node.op().info().unwrap_or_default().join(" ")
+                            node.op().info().unwrap_or_default().join(" "),
+                            shapes,
+                            node.name
                         )
                     } else {
                         node.op().name().to_string()

@@ -123,13 +123,19 @@ fn the_tiny_fixture_model_embeds_as_with_tracts_own_ops() {
 
 #[test]
 fn detector_networks_compute_as_with_tracts_own_ops() {
-    // YOLOX-Nano: full 3×3 convolutions and depthwise ones of stride 1 and 2 (ours), SiLU
-    // (tract's), on a synthetic frame; raw head outputs compared, with 2 threads (its large
-    // layers shared).
+    // YOLOX-Nano: the Focus stem folded into one stride-2 convolution, depthwise layers of
+    // stride 1 and 2, SiLU fused into every convolution, the SPP's "same"-padded max pools, 1×1
+    // convolutions of a Concat (tract splits them; the bias comes after the sum) — all ours; on a
+    // synthetic frame, raw head outputs compared, with 2 threads (its large layers shared).
     let Some(shared) = shared() else { return };
-    for name in ["yolox_nano.onnx", "bytetrack_nano_dynhw.onnx"] {
-        let path = shared.join("models").join(name);
-        let load = |kernels| Network::load_with_kernels(&path, 416, 416, 2, kernels).unwrap();
+    let ours_now = [
+        (shared.join("models/yolox_nano.onnx"), 416, 416),
+        (shared.join("models/bytetrack_nano_dynhw.onnx"), 416, 416),
+        (repo().join("models/detector.onnx"), 736, 416),
+    ];
+    for (path, w, h) in ours_now {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let load = |kernels| Network::load_with_kernels(&path, w, h, 2, kernels).unwrap();
         let (mut ours, mut stock) = (load(Kernels::Reidcam), load(Kernels::Tract));
         for (i, (a, b)) in ours
             .input_mut()
@@ -152,6 +158,28 @@ fn detector_networks_compute_as_with_tracts_own_ops() {
             worst <= 1e-4 * scale.max(1.0),
             "{name}: max |Δ| {worst} (outputs up to {scale})"
         );
+        // What is left to tract: the residual adds after a SiLU, the upsampling, the head's
+        // concatenations and reshapes — none of the convolutions, activations or pools.
+        let left: Vec<String> = ours
+            .profile(1)
+            .unwrap()
+            .into_iter()
+            .map(|op| op.op)
+            .filter(|op| !op.starts_with("Reidcam"))
+            .collect();
+        for gone in [
+            "Silu",
+            "MaxPool",
+            "Downsample",
+            "AddByScalar",
+            "Conv",
+            "EinSum",
+        ] {
+            assert!(
+                !left.iter().any(|op| op.contains(gone)),
+                "{name}: tract still runs {gone}: {left:?}"
+            );
+        }
     }
 }
 

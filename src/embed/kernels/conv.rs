@@ -1,5 +1,5 @@
 //! Full (one-group) `kh × kw` convolution with stride `s` and zero padding, e.g. the 7×7/2 stem
-//! of OSNet, with bias and optional ReLU, without im2col.
+//! of OSNet, with bias and an activation (ReLU, SiLU), without im2col.
 //!
 //! Each image is copied once into a zero-padded, phase-split buffer: padded row `r` of channel
 //! `c` is stored as `s` phase rows, phase `φ` holding columns `φ, φ+s, φ+2s…`. Output pixel
@@ -8,8 +8,8 @@
 //! tiles in `tile`, with one row offset per tap, the same for every output row up to
 //! `oy · row_step`.
 
-use super::Isa;
 use super::tile::Product;
+use super::{Act, Isa};
 
 /// One layer's geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,7 +81,7 @@ pub fn conv(
     input: &[f32],
     weights: &[f32],
     bias: &[f32],
-    with_relu: bool,
+    act: Act,
     out: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
@@ -93,7 +93,7 @@ pub fn conv(
     assert_eq!(out.len(), input.len() / x_len * y_len, "conv output length");
     for (x, y) in input.chunks_exact(x_len).zip(out.chunks_exact_mut(y_len)) {
         let phases = phase_split(shape, x, scratch);
-        convolve(isa, shape, offsets, phases, weights, bias, with_relu, y);
+        convolve(isa, shape, offsets, phases, weights, bias, act, y);
     }
 }
 
@@ -180,7 +180,7 @@ pub fn convolve(
     phases: &[f32],
     weights: &[f32],
     bias: &[f32],
-    with_relu: bool,
+    act: Act,
     y: &mut [f32],
 ) {
     let (oh, ow) = shape.output().expect("the kernel fits the padded input");
@@ -197,7 +197,7 @@ pub fn convolve(
         x: phases,
         y_stride: oh * ow,
         res: None,
-        relu: with_relu,
+        act,
     };
     for oy in 0..oh {
         product.run(isa, oy * shape.row_step(), oy * ow, ow, y);
@@ -210,7 +210,7 @@ pub fn reference(
     input: &[f32],
     weights: &[f32],
     bias: &[f32],
-    with_relu: bool,
+    act: Act,
 ) -> (Vec<f32>, Vec<f32>) {
     let (oh, ow) = shape.output().expect("the kernel fits");
     let (h, w) = (shape.height, shape.width);
@@ -244,7 +244,7 @@ pub fn reference(
                         }
                     }
                     let at = ((n * shape.outputs + o) * oh + oy) * ow + ox;
-                    out[at] = if with_relu { acc.max(0.0) } else { acc } as f32;
+                    out[at] = act.reference(acc) as f32;
                     magnitude[at] = mag as f32;
                 }
             }
@@ -255,15 +255,15 @@ pub fn reference(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{Rng, assert_close};
+    use super::super::test_support::{Rng, act_bound, assert_close};
     use super::*;
 
-    fn check(isa: Isa, shape: Shape, batch: usize, with_relu: bool, rng: &mut Rng) {
+    fn check(isa: Isa, shape: Shape, batch: usize, act: Act, rng: &mut Rng) {
         let input = rng.vec(batch * shape.inputs * shape.height * shape.width);
         let (kh, kw) = shape.kernel;
         let weights = rng.vec(shape.outputs * shape.inputs * kh * kw);
         let bias = rng.vec(shape.outputs);
-        let (want, magnitude) = reference(shape, &input, &weights, &bias, with_relu);
+        let (want, magnitude) = reference(shape, &input, &weights, &bias, act);
         let mut got = vec![f32::NAN; want.len()];
         let mut scratch = vec![f32::NAN; 5];
         conv(
@@ -273,17 +273,19 @@ mod tests {
             &input,
             &weights,
             &bias,
-            with_relu,
+            act,
             &mut got,
             &mut scratch,
         );
-        let terms = shape.inputs * kh * kw + 2;
+        let (factor, extra) = act_bound(act);
+        let scale: Vec<f32> = magnitude.iter().map(|m| m * factor).collect();
+        let terms = shape.inputs * kh * kw + 2 + extra;
         assert_close(
             &got,
             &want,
-            &magnitude,
+            &scale,
             terms,
-            &format!("{isa} {shape:?} batch {batch}"),
+            &format!("{isa} {shape:?} batch {batch} {act:?}"),
         );
     }
 
@@ -303,7 +305,8 @@ mod tests {
                     stride: 2,
                     padding: (3, 3, 3, 3),
                 };
-                check(isa, stem, 1, true, &mut rng);
+                check(isa, stem, 1, Act::Relu, &mut rng);
+                check(isa, stem, 1, Act::Silu, &mut rng);
             }
             for _ in 0..60 {
                 let kernel = (1 + rng.below(5), 1 + rng.below(5));
@@ -317,7 +320,8 @@ mod tests {
                     stride: 1 + rng.below(3),
                     padding,
                 };
-                check(isa, shape, 1 + rng.below(2), rng.below(2) == 1, &mut rng);
+                let act = super::super::test_support::act(&mut rng);
+                check(isa, shape, 1 + rng.below(2), act, &mut rng);
             }
         }
     }

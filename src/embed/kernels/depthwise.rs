@@ -1,5 +1,5 @@
 //! Depthwise 3×3 convolution, stride 1, zero padding 1 (OSNet's `LightConv3x3`, SCL-net's dw
-//! layers), with the folded batch-norm as a per-channel bias and an optional ReLU; stride 2
+//! layers), with the folded batch-norm as a per-channel bias and an activation (ReLU, SiLU); stride 2
 //! (YOLOX) as its output subsampled ([`subsample2`]).
 //!
 //! Each channel plane is copied once into a zero-bordered `(H+2) × (W+2)` scratch plane, so that
@@ -9,10 +9,10 @@
 //! late stages are 8 or 4 pixels wide, less than one AVX-512 register). Copies go through masked
 //! vector moves too: `copy_from_slice` calls `memcpy` per row, which costs more than the row.
 
-use super::Isa;
 use super::simd::Lanes;
 #[cfg(not(target_arch = "aarch64"))]
 use super::simd::Portable;
+use super::{Act, Isa};
 
 /// The widest vector (AVX-512: 16 floats).
 const MAX_LANES: usize = 16;
@@ -47,7 +47,7 @@ pub fn depthwise3x3(
     input: &[f32],
     weights: &[f32],
     bias: &[f32],
-    with_relu: bool,
+    act: Act,
     out: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
@@ -70,7 +70,7 @@ pub fn depthwise3x3(
         input,
         weights,
         bias,
-        with_relu,
+        act,
     };
     // SAFETY: `is_available` checked that the CPU has the features each copy uses.
     match isa {
@@ -95,7 +95,7 @@ struct Args<'a> {
     input: &'a [f32],
     weights: &'a [f32],
     bias: &'a [f32],
-    with_relu: bool,
+    act: Act,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -155,16 +155,13 @@ unsafe fn body<V: Lanes>(args: &Args, out: &mut [f32], scratch: &mut [f32]) {
                 kv,
                 taps,
                 bias: V::splat(args.bias[c]),
-                relu: args.with_relu,
+                act: args.act,
             };
-            let mut y = 0;
-            while y + 4 <= h {
-                rows.compute::<4>(y);
-                y += 4;
-            }
-            while y < h {
-                rows.compute::<1>(y);
-                y += 1;
+            // SiLU compiled apart (see `tile::drive`).
+            if args.act == Act::Silu {
+                rows.all::<true>(h);
+            } else {
+                rows.all::<false>(h);
             }
         }
     }
@@ -180,16 +177,36 @@ struct Rows<V> {
     kv: [V; 9],
     taps: [usize; 9],
     bias: V,
-    relu: bool,
+    act: Act,
 }
 
 impl<V: Lanes> Rows<V> {
+    /// Every output row of the plane, four at a time.
+    ///
+    /// # Safety
+    /// As in `body`.
+    #[inline(always)]
+    unsafe fn all<const SILU: bool>(&self, h: usize) {
+        let mut y = 0;
+        // SAFETY: as the caller's.
+        unsafe {
+            while y + 4 <= h {
+                self.compute::<4, SILU>(y);
+                y += 4;
+            }
+            while y < h {
+                self.compute::<1, SILU>(y);
+                y += 1;
+            }
+        }
+    }
+
     /// Output rows `y..y+R`, all vectors of each.
     ///
     /// # Safety
     /// As in `body`.
     #[inline(always)]
-    unsafe fn compute<const R: usize>(&self, y: usize) {
+    unsafe fn compute<const R: usize, const SILU: bool>(&self, y: usize) {
         let mut x = 0;
         while x < self.w {
             let n = (self.w - x).min(V::N);
@@ -202,7 +219,13 @@ impl<V: Lanes> Rows<V> {
                     }
                 }
                 for (u, a) in acc.iter().enumerate() {
-                    let a = if self.relu { a.relu() } else { *a };
+                    let a = if SILU {
+                        a.silu()
+                    } else if self.act == Act::Relu {
+                        a.relu()
+                    } else {
+                        *a
+                    };
                     let to = self.dst.add((y + u) * self.w + x);
                     if n == V::N {
                         a.store(to);
@@ -268,7 +291,7 @@ pub fn reference(
     input: &[f32],
     weights: &[f32],
     bias: &[f32],
-    with_relu: bool,
+    act: Act,
 ) -> (Vec<f32>, Vec<f32>) {
     let Shape {
         channels,
@@ -297,7 +320,7 @@ pub fn reference(
                             mag += p.abs();
                         }
                     }
-                    let v = if with_relu { acc.max(0.0) } else { acc };
+                    let v = act.reference(acc);
                     out[base + y * w + x] = v as f32;
                     magnitude[base + y * w + x] = mag as f32;
                 }
@@ -309,15 +332,15 @@ pub fn reference(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{Rng, assert_close};
+    use super::super::test_support::{Rng, act_bound, assert_close};
     use super::*;
 
-    fn check(isa: Isa, shape: Shape, batch: usize, with_relu: bool, rng: &mut Rng) {
+    fn check(isa: Isa, shape: Shape, batch: usize, act: Act, rng: &mut Rng) {
         let len = batch * shape.channels * shape.height * shape.width;
         let input = rng.vec(len);
         let weights = rng.vec(shape.channels * 9);
         let bias = rng.vec(shape.channels);
-        let (want, magnitude) = reference(shape, batch, &input, &weights, &bias, with_relu);
+        let (want, magnitude) = reference(shape, batch, &input, &weights, &bias, act);
         let mut got = vec![f32::NAN; len];
         let mut scratch = Vec::new();
         depthwise3x3(
@@ -327,16 +350,18 @@ mod tests {
             &input,
             &weights,
             &bias,
-            with_relu,
+            act,
             &mut got,
             &mut scratch,
         );
+        let (factor, extra) = act_bound(act);
+        let scale: Vec<f32> = magnitude.iter().map(|m| m * factor).collect();
         assert_close(
             &got,
             &want,
-            &magnitude,
-            10,
-            &format!("{isa} {shape:?} batch {batch} relu {with_relu}"),
+            &scale,
+            10 + extra,
+            &format!("{isa} {shape:?} batch {batch} {act:?}"),
         );
     }
 
@@ -360,7 +385,7 @@ mod tests {
                         width: w,
                     },
                     1,
-                    true,
+                    Act::Relu,
                     &mut rng,
                 );
             }
@@ -371,8 +396,8 @@ mod tests {
                     width: 1 + rng.below(40),
                 };
                 let batch = 1 + rng.below(3);
-                let with_relu = rng.below(2) == 1;
-                check(isa, shape, batch, with_relu, &mut rng);
+                let act = super::super::test_support::act(&mut rng);
+                check(isa, shape, batch, act, &mut rng);
             }
         }
     }
@@ -404,7 +429,7 @@ mod tests {
                 &input,
                 &weights,
                 &bias,
-                true,
+                Act::Relu,
                 &mut full,
                 &mut scratch,
             );
@@ -454,11 +479,11 @@ mod tests {
             &input,
             &weights,
             &bias,
-            false,
+            Act::Identity,
             &mut got,
             &mut scratch,
         );
-        let (want, magnitude) = reference(shape, 1, &input, &weights, &bias, false);
+        let (want, magnitude) = reference(shape, 1, &input, &weights, &bias, Act::Identity);
         assert_close(&got, &want, &magnitude, 10, "dirty scratch");
     }
 }

@@ -26,6 +26,72 @@ mod tile;
 
 pub use crate::simd::Isa;
 
+/// The activation a kernel applies as it stores its outputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Act {
+    #[default]
+    Identity,
+    /// `max(x, 0)` (OSNet, SCL-net).
+    Relu,
+    /// `x · sigmoid(x)` (YOLOX): `x / (1 + e^(−x))` for `x ≥ −87` (below, the value at −87, 1e-36)
+    /// with the exponential of [`exp`], within a few ulp of the exact value.
+    Silu,
+}
+
+impl Act {
+    /// On one value, as the vector kernels compute it.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Act::Identity => x,
+            Act::Relu => x.max(0.0),
+            Act::Silu => {
+                // Below −87 SiLU is within 1.5e-36 of 0: clamped there, x / (1 + e^87) would
+                // otherwise grow with |x| (−5 at −3e38).
+                let x = x.max(-EXP_LIMIT);
+                x / (1.0 + exp(-x))
+            }
+        }
+    }
+
+    /// On one value, exactly (the references of the kernels' tests).
+    pub fn reference(self, x: f64) -> f64 {
+        match self {
+            Act::Identity => x,
+            Act::Relu => x.max(0.0),
+            Act::Silu => x / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+/// `e^x` for `x` clamped to ±[`EXP_LIMIT`] (the result stays a normal f32): `x = n·ln 2 + r`,
+/// `|r| ≤ ln 2 / 2`, `e^r` by Cephes' degree-6 polynomial (≤ 2 ulp), times `2^n` put in the
+/// exponent bits. The vector copies in `simd` follow the same steps.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-EXP_LIMIT, EXP_LIMIT);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
+    let p = p * r * r + r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Where [`exp`] clamps its argument: `e^±87` are normal floats.
+pub(crate) const EXP_LIMIT: f32 = 87.0;
+/// ln 2 split so that `n · LN2_HI` is exact for |n| < 2⁹ (Cephes).
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+/// `e^r ≈ 1 + r + r²·P(r)`, `P` highest power first (Cephes' `expf`).
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5, // Cephes: 5.0000001201e-1, which is 0.5 in f32
+];
+
 #[cfg(test)]
 mod test_support {
     /// Deterministic test data (the crate's xorshift generator), so failures reproduce.
@@ -44,6 +110,20 @@ mod test_support {
         pub fn vec(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.0.signed_unit()).collect()
         }
+    }
+
+    /// The bound [`assert_close`] needs after `act`: its scale factor and extra terms (SiLU's
+    /// slope is at most 1.1; its exponential adds a few ulp of the output, itself ≤ the scale).
+    pub fn act_bound(act: super::Act) -> (f32, usize) {
+        match act {
+            super::Act::Silu => (1.1, 8),
+            _ => (1.0, 0),
+        }
+    }
+
+    /// One of the three activations, at random.
+    pub fn act(rng: &mut Rng) -> super::Act {
+        [super::Act::Identity, super::Act::Relu, super::Act::Silu][rng.below(3)]
     }
 
     /// Asserts `got ≈ want` within `terms · ε · scale` (+ a tiny absolute floor), element-wise.

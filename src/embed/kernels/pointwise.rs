@@ -6,8 +6,8 @@
 //! tiles in `tile` with row offsets `k · pixels`. Bias, residual and ReLU are applied as the tiles
 //! are stored, so OSNet's `conv + BN (+ add) + ReLU` is one pass over memory.
 
-use super::Isa;
 use super::tile::Product;
+use super::{Act, Isa};
 
 /// One layer: `inputs → outputs` channels over `pixels` (H·W) per image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,7 +36,7 @@ pub fn pointwise(
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
-    with_relu: bool,
+    act: Act,
     out: &mut [f32],
 ) {
     let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
@@ -61,7 +61,7 @@ pub fn pointwise(
             x,
             y_stride: shape.pixels,
             res: residual.map(|r| &r[n * y_len..][..y_len]),
-            relu: with_relu,
+            act,
         };
         product.run(isa, 0, 0, shape.pixels, y);
     }
@@ -75,7 +75,7 @@ pub fn reference(
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
-    with_relu: bool,
+    act: Act,
 ) -> (Vec<f32>, Vec<f32>) {
     let Shape {
         inputs,
@@ -100,7 +100,7 @@ pub fn reference(
                     acc += f64::from(r[at]);
                     mag += f64::from(r[at]).abs();
                 }
-                out[at] = if with_relu { acc.max(0.0) } else { acc } as f32;
+                out[at] = act.reference(acc) as f32;
                 magnitude[at] = mag as f32;
             }
         }
@@ -110,10 +110,10 @@ pub fn reference(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{Rng, assert_close};
+    use super::super::test_support::{Rng, act_bound, assert_close};
     use super::*;
 
-    fn check(isa: Isa, shape: Shape, batch: usize, with_res: bool, with_relu: bool, rng: &mut Rng) {
+    fn check(isa: Isa, shape: Shape, batch: usize, with_res: bool, act: Act, rng: &mut Rng) {
         let input = rng.vec(batch * shape.inputs * shape.pixels);
         let weights = rng.vec(shape.outputs * shape.inputs);
         let bias = rng.vec(shape.outputs);
@@ -125,7 +125,7 @@ mod tests {
             &weights,
             &bias,
             residual.as_deref(),
-            with_relu,
+            act,
         );
         let mut got = vec![f32::NAN; want.len()];
         pointwise(
@@ -136,16 +136,55 @@ mod tests {
             &weights,
             &bias,
             residual.as_deref(),
-            with_relu,
+            act,
             &mut got,
         );
+        let (factor, extra) = act_bound(act);
+        let scale: Vec<f32> = magnitude.iter().map(|m| m * factor).collect();
         assert_close(
             &got,
             &want,
-            &magnitude,
-            shape.inputs + 2,
-            &format!("{isa} {shape:?} batch {batch} residual {with_res} relu {with_relu}"),
+            &scale,
+            shape.inputs + 2 + extra,
+            &format!("{isa} {shape:?} batch {batch} residual {with_res} {act:?}"),
         );
+    }
+
+    /// SiLU as every instruction set stores it (a 1×1 identity layer), against `f64`, from
+    /// values whose exponential would overflow or underflow to ones near 0.
+    #[test]
+    fn silu_is_within_a_few_ulp_on_every_isa() {
+        let mut x: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).collect();
+        x.extend([
+            0.0, -0.0, 1e-30, -1e-30, 87.5, -87.5, 88.8, -88.8, 1e4, -1e4, 3e38, -3e38,
+        ]);
+        let shape = Shape {
+            inputs: 1,
+            outputs: 1,
+            pixels: x.len(),
+        };
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; x.len()];
+            pointwise(
+                isa,
+                shape,
+                &[0],
+                &x,
+                &[1.0],
+                &[0.0],
+                None,
+                Act::Silu,
+                &mut got,
+            );
+            for (&v, &g) in x.iter().zip(&got) {
+                let want = Act::Silu.reference(f64::from(v));
+                let error = (f64::from(g) - want).abs();
+                assert!(
+                    error <= 4.0 * f64::from(f32::EPSILON) * want.abs() + 1e-35,
+                    "{isa}: silu({v}) = {g}, want {want}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -164,7 +203,8 @@ mod tests {
                     outputs: o,
                     pixels: p,
                 };
-                check(isa, shape, 1, true, true, &mut rng);
+                check(isa, shape, 1, true, Act::Relu, &mut rng);
+                check(isa, shape, 1, false, Act::Silu, &mut rng);
             }
             for _ in 0..80 {
                 let shape = Shape {
@@ -173,14 +213,9 @@ mod tests {
                     pixels: 1 + rng.below(300),
                 };
                 let batch = 1 + rng.below(3);
-                check(
-                    isa,
-                    shape,
-                    batch,
-                    rng.below(2) == 1,
-                    rng.below(2) == 1,
-                    &mut rng,
-                );
+                let (residual, act) =
+                    (rng.below(2) == 1, super::super::test_support::act(&mut rng));
+                check(isa, shape, batch, residual, act, &mut rng);
             }
         }
     }

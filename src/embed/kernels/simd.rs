@@ -2,6 +2,8 @@
 //! a kernel is written once and instantiated per instruction set inside a `#[target_feature]`
 //! function (where these `#[inline(always)]` wrappers inline to single instructions).
 
+use super::Act;
+
 /// A vector of `N` f32 lanes.
 ///
 /// # Safety
@@ -17,6 +19,8 @@ pub trait Lanes: Copy {
     unsafe fn add(self, other: Self) -> Self;
     /// `max(self, 0)`.
     unsafe fn relu(self) -> Self;
+    /// `Act::Silu` per lane, in the same steps.
+    unsafe fn silu(self) -> Self;
     /// The first `n < N` lanes from `p` (the others zero); reads only those `n` floats.
     unsafe fn load_n(p: *const f32, n: usize) -> Self;
     /// Writes the first `n < N` lanes to `p`, and nothing else.
@@ -56,6 +60,10 @@ impl Lanes for Portable {
         Portable(self.0.map(|v| if v < 0.0 { 0.0 } else { v }))
     }
     #[inline(always)]
+    unsafe fn silu(self) -> Self {
+        Portable(self.0.map(|v| Act::Silu.apply(v)))
+    }
+    #[inline(always)]
     unsafe fn load_n(p: *const f32, n: usize) -> Self {
         let mut v = [0.0; 4];
         for (i, lane) in v.iter_mut().enumerate().take(n) {
@@ -74,7 +82,9 @@ impl Lanes for Portable {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::f32::consts::LOG2_E;
 
+    use super::super::{EXP_LIMIT, EXP_POLY, LN2_HI, LN2_LO};
     use super::Lanes;
 
     impl Lanes for __m256 {
@@ -102,6 +112,35 @@ mod x86 {
         #[inline(always)]
         unsafe fn relu(self) -> Self {
             unsafe { _mm256_max_ps(self, _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn silu(self) -> Self {
+            unsafe {
+                let x = _mm256_max_ps(self, _mm256_set1_ps(-EXP_LIMIT));
+                let t = _mm256_max_ps(
+                    _mm256_sub_ps(_mm256_setzero_ps(), x),
+                    _mm256_set1_ps(-EXP_LIMIT),
+                );
+                let n = _mm256_cvtps_epi32(_mm256_mul_ps(t, _mm256_set1_ps(LOG2_E)));
+                let nf = _mm256_cvtepi32_ps(n);
+                let r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(LN2_HI), t);
+                let r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(LN2_LO), r);
+                let mut p = _mm256_set1_ps(EXP_POLY[0]);
+                for c in &EXP_POLY[1..] {
+                    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+                }
+                let p = _mm256_fmadd_ps(
+                    _mm256_mul_ps(p, r),
+                    r,
+                    _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+                );
+                let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                    n,
+                    _mm256_set1_epi32(127),
+                )));
+                let e = _mm256_mul_ps(p, scale);
+                _mm256_div_ps(x, _mm256_add_ps(e, _mm256_set1_ps(1.0)))
+            }
         }
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
@@ -151,6 +190,35 @@ mod x86 {
             unsafe { _mm512_max_ps(self, _mm512_setzero_ps()) }
         }
         #[inline(always)]
+        unsafe fn silu(self) -> Self {
+            unsafe {
+                let x = _mm512_max_ps(self, _mm512_set1_ps(-EXP_LIMIT));
+                let t = _mm512_max_ps(
+                    _mm512_sub_ps(_mm512_setzero_ps(), x),
+                    _mm512_set1_ps(-EXP_LIMIT),
+                );
+                let n = _mm512_cvtps_epi32(_mm512_mul_ps(t, _mm512_set1_ps(LOG2_E)));
+                let nf = _mm512_cvtepi32_ps(n);
+                let r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(LN2_HI), t);
+                let r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(LN2_LO), r);
+                let mut p = _mm512_set1_ps(EXP_POLY[0]);
+                for c in &EXP_POLY[1..] {
+                    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+                }
+                let p = _mm512_fmadd_ps(
+                    _mm512_mul_ps(p, r),
+                    r,
+                    _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+                );
+                let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                    n,
+                    _mm512_set1_epi32(127),
+                )));
+                let e = _mm512_mul_ps(p, scale);
+                _mm512_div_ps(x, _mm512_add_ps(e, _mm512_set1_ps(1.0)))
+            }
+        }
+        #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
             unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p) }
         }
@@ -164,7 +232,9 @@ mod x86 {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use std::arch::aarch64::*;
+    use std::f32::consts::LOG2_E;
 
+    use super::super::{EXP_LIMIT, EXP_POLY, LN2_HI, LN2_LO};
     use super::Lanes;
 
     impl Lanes for float32x4_t {
@@ -192,6 +262,26 @@ mod neon {
         #[inline(always)]
         unsafe fn relu(self) -> Self {
             unsafe { vmaxq_f32(self, vdupq_n_f32(0.0)) }
+        }
+        #[inline(always)]
+        unsafe fn silu(self) -> Self {
+            unsafe {
+                let x = vmaxq_f32(self, vdupq_n_f32(-EXP_LIMIT));
+                let t = vmaxq_f32(vnegq_f32(x), vdupq_n_f32(-EXP_LIMIT));
+                let n = vcvtnq_s32_f32(vmulq_n_f32(t, LOG2_E));
+                let nf = vcvtq_f32_s32(n);
+                let r = vfmsq_f32(t, nf, vdupq_n_f32(LN2_HI));
+                let r = vfmsq_f32(r, nf, vdupq_n_f32(LN2_LO));
+                let mut p = vdupq_n_f32(EXP_POLY[0]);
+                for c in &EXP_POLY[1..] {
+                    p = vfmaq_f32(vdupq_n_f32(*c), p, r);
+                }
+                let p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), vmulq_f32(p, r), r);
+                let scale =
+                    vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n, vdupq_n_s32(127))));
+                let e = vmulq_f32(p, scale);
+                vdivq_f32(x, vaddq_f32(e, vdupq_n_f32(1.0)))
+            }
         }
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {

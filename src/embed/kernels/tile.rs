@@ -7,17 +7,17 @@
 //! convolution (the input planes as they are), or a tap of a phase-split padded image for a
 //! strided `kh × kw` convolution (see `conv`), so neither needs packing nor im2col. The run is
 //! cut into `OB` output channels × `NV` vectors tiles held in registers while `k` streams; bias,
-//! residual and ReLU are applied as a tile is stored.
+//! residual and the activation (ReLU, SiLU) are applied as a tile is stored.
 //!
 //! Tiles per instruction set (sums in registers + input vectors): AVX-512 8×32 (16 + 2 zmm),
 //! AVX2 6×16 (12 + 2 ymm), NEON 8×8 (16 + 2 q), portable 4×8 (eight 4-lane arrays); outputs
 //! left over by those are done in tiles of 4, 2 and 1. (AVX2 4×24, which would leave nothing
 //! over at OSNet's widths, measured 1.4× slower than 6×16: spills.)
 
-use super::Isa;
 use super::simd::Lanes;
 #[cfg(not(target_arch = "aarch64"))]
 use super::simd::Portable;
+use super::{Act, Isa};
 
 /// How a vector type takes the products of a tile: one `k` at a time, each weight broadcast
 /// (AVX-512 folds the broadcast into the FMA's memory operand, AVX2 loads it with
@@ -100,7 +100,7 @@ pub(super) struct Product<'a> {
     /// Distance between output channels in `y` (and `res`).
     pub y_stride: usize,
     pub res: Option<&'a [f32]>,
-    pub relu: bool,
+    pub act: Act,
 }
 
 impl Product<'_> {
@@ -134,11 +134,19 @@ impl Product<'_> {
         unsafe {
             match isa {
                 #[cfg(target_arch = "aarch64")]
-                Isa::Baseline => {
-                    drive::<std::arch::aarch64::float32x4_t, 8, 2>(self, xb, yb, len, y)
-                }
+                Isa::Baseline => match self.act {
+                    Act::Silu => {
+                        drive::<std::arch::aarch64::float32x4_t, 8, 2, true>(self, xb, yb, len, y)
+                    }
+                    _ => {
+                        drive::<std::arch::aarch64::float32x4_t, 8, 2, false>(self, xb, yb, len, y)
+                    }
+                },
                 #[cfg(not(target_arch = "aarch64"))]
-                Isa::Baseline => drive::<Portable, 4, 2>(self, xb, yb, len, y),
+                Isa::Baseline => match self.act {
+                    Act::Silu => drive::<Portable, 4, 2, true>(self, xb, yb, len, y),
+                    _ => drive::<Portable, 4, 2, false>(self, xb, yb, len, y),
+                },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2Fma => x86::avx2(self, xb, yb, len, y),
                 #[cfg(target_arch = "x86_64")]
@@ -152,28 +160,40 @@ impl Product<'_> {
 mod x86 {
     use std::arch::x86_64::{__m256, __m512};
 
-    use super::{Product, drive};
+    use super::{Act, Product, drive};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe { drive::<__m256, 6, 2>(p, xb, yb, len, y) }
+        unsafe {
+            match p.act {
+                Act::Silu => drive::<__m256, 6, 2, true>(p, xb, yb, len, y),
+                _ => drive::<__m256, 6, 2, false>(p, xb, yb, len, y),
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn avx512(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe { drive::<__m512, 8, 2>(p, xb, yb, len, y) }
+        unsafe {
+            match p.act {
+                Act::Silu => drive::<__m512, 8, 2, true>(p, xb, yb, len, y),
+                _ => drive::<__m512, 8, 2, false>(p, xb, yb, len, y),
+            }
+        }
     }
 }
 
-/// Full `OB × NV` tiles, then single-vector tiles, then the last pixels as one vector that
+/// `SILU`: the tiles apply SiLU (`p.act`), compiled apart so that its code and constants stay out
+/// of the other tiles (a run-time choice among three activations per stored vector cost OSNet
+/// x0.25 11% more instructions on cortex-a72). Full `OB × NV` tiles, then single-vector tiles, then the last pixels as one vector that
 /// overlaps the stored ones; one pixel at a time only in runs shorter than a vector.
 ///
 /// # Safety
 /// As `Product::run` checked: every access in bounds, `V` supported.
 #[inline(always)]
-unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
+unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool>(
     p: &Product,
     xb: usize,
     yb: usize,
@@ -186,16 +206,16 @@ unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
     unsafe {
         while i + NV * V::N <= len {
             for o0 in (0..full_o).step_by(OB) {
-                tile::<V, OB, NV>(p, o0, xb + i, yb + i, y);
+                tile::<V, OB, NV, SILU>(p, o0, xb + i, yb + i, y);
             }
-            rest::<V, NV>(p, full_o, xb + i, yb + i, y);
+            rest::<V, NV, SILU>(p, full_o, xb + i, yb + i, y);
             i += NV * V::N;
         }
         while i + V::N <= len {
             for o0 in (0..full_o).step_by(OB) {
-                tile::<V, OB, 1>(p, o0, xb + i, yb + i, y);
+                tile::<V, OB, 1, SILU>(p, o0, xb + i, yb + i, y);
             }
-            rest::<V, 1>(p, full_o, xb + i, yb + i, y);
+            rest::<V, 1, SILU>(p, full_o, xb + i, yb + i, y);
             i += V::N;
         }
         if i < len && len >= V::N {
@@ -205,9 +225,9 @@ unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
             // a whole number of vectors (40 pixels at a 160×80 input) spent 14× its time there.
             let last = len - V::N;
             for o0 in (0..full_o).step_by(OB) {
-                tile::<V, OB, 1>(p, o0, xb + last, yb + last, y);
+                tile::<V, OB, 1, SILU>(p, o0, xb + last, yb + last, y);
             }
-            rest::<V, 1>(p, full_o, xb + last, yb + last, y);
+            rest::<V, 1, SILU>(p, full_o, xb + last, yb + last, y);
             i = len;
         }
         while i < len {
@@ -225,7 +245,7 @@ unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
 /// default model, per crop): 2.06–2.25 ms with single-output tails, 1.77–1.84 ms so. The sums
 /// are the same either way: each output's `k`s are added in the same order whatever the tile.
 #[inline(always)]
-unsafe fn rest<V: Accumulate, const NV: usize>(
+unsafe fn rest<V: Accumulate, const NV: usize, const SILU: bool>(
     p: &Product,
     mut o0: usize,
     xb: usize,
@@ -235,22 +255,22 @@ unsafe fn rest<V: Accumulate, const NV: usize>(
     let outputs = p.outputs();
     unsafe {
         while outputs - o0 >= 4 {
-            tile::<V, 4, NV>(p, o0, xb, yb, y);
+            tile::<V, 4, NV, SILU>(p, o0, xb, yb, y);
             o0 += 4;
         }
         if outputs - o0 >= 2 {
-            tile::<V, 2, NV>(p, o0, xb, yb, y);
+            tile::<V, 2, NV, SILU>(p, o0, xb, yb, y);
             o0 += 2;
         }
         if o0 < outputs {
-            tile::<V, 1, NV>(p, o0, xb, yb, y);
+            tile::<V, 1, NV, SILU>(p, o0, xb, yb, y);
         }
     }
 }
 
 /// Outputs `o0..o0+OB` × pixels `xb..xb + NV·V::N`.
 #[inline(always)]
-unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize>(
+unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool>(
     p: &Product,
     o0: usize,
     xb: usize,
@@ -283,7 +303,9 @@ unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize>(
                 if let Some(r) = p.res {
                     a = a.add(V::load(r.as_ptr().add(at + v * V::N)));
                 }
-                if p.relu {
+                if SILU {
+                    a = a.silu();
+                } else if p.act == Act::Relu {
                     a = a.relu();
                 }
                 a.store(y.add(at + v * V::N));
@@ -306,6 +328,6 @@ unsafe fn single(p: &Product, o: usize, xb: usize, yb: usize, y: *mut f32) {
         if let Some(r) = p.res {
             acc += r.get_unchecked(at);
         }
-        *y.add(at) = if p.relu { acc.max(0.0) } else { acc };
+        *y.add(at) = p.act.apply(acc);
     }
 }

@@ -1,4 +1,4 @@
-//! [`Depthwise`] 3×3 and [`FullConv`] convolutions (+ ReLU), and the rules that fuse them.
+//! [`Depthwise`] 3×3 and [`FullConv`] convolutions (+ ReLU or SiLU), and the rules that fuse them.
 
 use std::sync::Arc;
 
@@ -6,13 +6,13 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::embed::kernels::{Isa, conv, depthwise};
+use crate::embed::kernels::{Act, Isa, conv, depthwise};
 
 use super::graph::*;
 use super::parallel::*;
 use super::recycle::*;
 
-/// A fused depthwise 3×3 convolution, padding 1, stride 1 or 2: bias, optional ReLU.
+/// A fused depthwise 3×3 convolution, padding 1, stride 1 or 2: bias, activation.
 ///
 /// Stride 2 (YOLOX's downsampling depthwise layers) runs the stride-1 kernel and keeps every
 /// other row and column (`depthwise::subsample2`): four times the multiply-adds of a direct
@@ -25,15 +25,15 @@ pub struct Depthwise {
     stride: usize,
     weights: Floats,
     bias: Floats,
-    relu: bool,
+    act: Act,
     pub(super) output: Output,
 }
 
 impl Depthwise {
     fn describe(&self) -> String {
         format!(
-            "{:?} stride {} relu {} {}",
-            self.shape, self.stride, self.relu, self.isa
+            "{:?} stride {} {:?} {}",
+            self.shape, self.stride, self.act, self.isa
         )
     }
 }
@@ -51,7 +51,7 @@ impl Depthwise {
         let kernel =
             |shape: depthwise::Shape, batch, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]| {
                 SCRATCH.with_borrow_mut(|scratch| {
-                    depthwise::depthwise3x3(self.isa, shape, batch, x, w, b, self.relu, y, scratch)
+                    depthwise::depthwise3x3(self.isa, shape, batch, x, w, b, self.act, y, scratch)
                 })
             };
         let run =
@@ -89,7 +89,7 @@ impl Depthwise {
     }
 }
 
-/// A fused full (one-group) convolution: bias, optional ReLU.
+/// A fused full (one-group) convolution: bias, activation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FullConv {
     isa: Isa,
@@ -97,13 +97,34 @@ pub struct FullConv {
     offsets: Arc<[usize]>,
     weights: Floats,
     bias: Floats,
-    relu: bool,
+    act: Act,
     pub(super) output: Output,
 }
 
 impl FullConv {
+    /// The op for `shape` with OIHW `weights` (subnormals already flushed), producing
+    /// `out_shape`.
+    pub(super) fn new(
+        isa: Isa,
+        shape: conv::Shape,
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+        act: Act,
+        out_shape: Vec<usize>,
+    ) -> Self {
+        FullConv {
+            isa,
+            shape,
+            offsets: shape.offsets().into(),
+            weights: Floats(weights.into()),
+            bias: Floats(bias.into()),
+            act,
+            output: Output::new(out_shape.into()),
+        }
+    }
+
     fn describe(&self) -> String {
-        format!("{:?} relu {} {}", self.shape, self.relu, self.isa)
+        format!("{:?} {:?} {}", self.shape, self.act, self.isa)
     }
 }
 
@@ -134,7 +155,7 @@ impl FullConv {
                             phases,
                             &self.weights.0[outputs.start * taps..outputs.end * taps],
                             &self.bias.0[outputs],
-                            self.relu,
+                            self.act,
                             y,
                         )
                     },
@@ -147,11 +168,11 @@ impl FullConv {
 /// A `Conv` our kernels may take: f32, NCHW (or CHW), OIHW constant kernel and bias, no
 /// dilation, concrete shapes, and read by someone.
 pub(super) struct ConvNode<'a> {
-    conv: &'a Conv,
-    kernel: Arc<Tensor>,
-    bias: Arc<Tensor>,
-    data_shape: Vec<usize>,
-    out_shape: Vec<usize>,
+    pub(super) conv: &'a Conv,
+    pub(super) kernel: Arc<Tensor>,
+    pub(super) bias: Arc<Tensor>,
+    pub(super) data_shape: Vec<usize>,
+    pub(super) out_shape: Vec<usize>,
     /// (top, left, bottom, right).
     padding: (usize, usize, usize, usize),
     /// Equal along both axes.
@@ -217,16 +238,17 @@ pub(crate) fn conv_node(model: &TypedModel, id: usize) -> TractResult<Option<Con
     }))
 }
 
-/// The conv's output, or its trailing ReLU's when it has one: (last outlet, relu, nodes).
+/// The conv's output, or its trailing activation's when it has one: (last outlet, activation,
+/// nodes).
 pub(super) fn conv_output(
     model: &TypedModel,
     id: usize,
     shape: &[usize],
-) -> TractResult<(OutletId, bool, usize)> {
+) -> TractResult<(OutletId, Act, usize)> {
     let conv_out = OutletId::new(id, 0);
-    Ok(match trailing_relu(model, conv_out, shape)? {
-        Some(r) => (r, true, 2),
-        None => (conv_out, false, 1),
+    Ok(match trailing_act(model, conv_out, shape)? {
+        Some((last, act)) => (last, act, 2),
+        None => (conv_out, Act::Identity, 1),
     })
 }
 
@@ -274,14 +296,14 @@ pub(crate) fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         height: h,
         width: w,
     };
-    let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;
+    let (last, act, replaced) = conv_output(model, id, &c.out_shape)?;
     let op = Depthwise {
         isa,
         shape,
         stride: c.stride,
         weights: Floats(flushed_weights(&c.kernel)?.into()),
         bias: Floats(bias.into()),
-        relu,
+        act,
         output: Output::new(c.out_shape.into()),
     };
     Ok(Some((
@@ -353,16 +375,15 @@ pub(crate) fn conv_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult
     let Some(bias) = values(&c.bias, shape.outputs)? else {
         return Ok(None);
     };
-    let (last, relu, replaced) = conv_output(model, id, &c.out_shape)?;
-    let op = FullConv {
+    let (last, act, replaced) = conv_output(model, id, &c.out_shape)?;
+    let op = FullConv::new(
         isa,
         shape,
-        offsets: shape.offsets().into(),
-        weights: Floats(flushed_weights(&c.kernel)?.into()),
-        bias: Floats(bias.into()),
-        relu,
-        output: Output::new(c.out_shape.into()),
-    };
+        flushed_weights(&c.kernel)?,
+        bias,
+        act,
+        c.out_shape.clone(),
+    );
     Ok(Some((
         fuse(model, &[model.node(id).inputs[0]], last, op)?,
         replaced,

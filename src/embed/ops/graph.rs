@@ -1,12 +1,16 @@
 //! Graph matching helpers shared by the rewrite rules: constants, sole readers, bias / residual /
-//! ReLU steps, padding, and the `Floats` constant operand.
+//! activation steps, padding, and the `Floats` constant operand.
 
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::PaddingSpec;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::{Add, Max};
+use tract_onnx::tract_core::ops::nn::Silu;
+
+use crate::embed::kernels::Act;
 
 /// Constant f32 operands of an op, compared bit for bit (tract wants ops to be `Eq`).
 #[derive(Clone, Debug)]
@@ -231,6 +235,30 @@ pub(super) fn fuse(
     let fused = patch.wire_node(name, op, &taps)?;
     patch.shunt_outside(model, last, fused[0])?;
     Ok(patch)
+}
+
+/// `last`'s sole reader if it is a `Max(·, 0)` or tract's `Silu` (its fusion of
+/// `x · Sigmoid(x)`) keeping `shape`: its output and the activation.
+pub(super) fn trailing_act(
+    model: &TypedModel,
+    last: OutletId,
+    shape: &[usize],
+) -> TractResult<Option<(OutletId, Act)>> {
+    let Some(next) = sole_reader(model, last.node)? else {
+        return Ok(None);
+    };
+    let silu = next
+        .op_as::<ElementWiseOp>()
+        .is_some_and(|op| op.0.is::<Silu>() && op.1.is_none())
+        && next.inputs.as_slice() == [last]
+        && keeps(model, next, shape)?;
+    Ok(if silu {
+        Some((OutletId::new(next.id, 0), Act::Silu))
+    } else if relu_max(model, next, last, shape)? {
+        Some((OutletId::new(next.id, 0), Act::Relu))
+    } else {
+        None
+    })
 }
 
 /// `last`'s sole reader if it is a `Max(·, 0)` keeping `shape`: its output.

@@ -7,8 +7,10 @@
 //!   Max(0)`, each step optional, into one [`Pointwise`];
 //! - `Conv` depthwise 3×3, stride 1, padding 1 (bias = folded batch-norm) `→ Max(0)` into one
 //!   [`Depthwise`];
-//! - one-group `Conv` of any kernel, stride and padding `→ Max(0)` into one [`FullConv`];
-//! - `MaxPool` and averaging `SumPool` into [`Pool`];
+//! - one-group `Conv` of any kernel, stride and padding `→ Max(0)` into one [`FullConv`], and
+//!   YOLOX's Focus stem (`Downsample`s by 2 → `Concat` → `Conv`) into one of stride 2 (`focus`);
+//! - the activation after a convolution — `Max(0)` or tract's `Silu` — into the convolution;
+//! - `MaxPool` and averaging `SumPool` (explicit or "same" padding) into [`Pool`];
 //! - a channel gate, `Reduce<Sum>` over H×W → scale → fc → bias → ReLU → fc → bias → sigmoid,
 //!   into one [`PooledChain`] (`ReidcamGate`); any other such chain of per-image vector steps
 //!   with an fc in it (a network's head: global average pool → fc → bias → ReLU, a BNNeck's
@@ -78,6 +80,7 @@ macro_rules! reidcam_op {
 }
 
 mod conv;
+mod focus;
 mod gated_sum;
 mod graph;
 mod parallel;
@@ -90,6 +93,7 @@ mod recycle;
 pub(crate) use conv::full_conv_shape;
 pub use conv::{Depthwise, FullConv};
 use conv::{conv_patch, depthwise_patch};
+use focus::focus_patch;
 pub use gated_sum::GatedSum;
 use gated_sum::gated_sum_patch;
 pub(crate) use graph::flush_subnormals;
@@ -175,6 +179,8 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
             let found = if let Some(found) = pointwise_patch(model, id, isa)? {
                 found
             } else if let Some(found) = depthwise_patch(model, id, isa)? {
+                found
+            } else if let Some(found) = focus_patch(model, id, isa)? {
                 found
             } else if let Some(found) = conv_patch(model, id, isa)? {
                 found

@@ -1,18 +1,18 @@
-//! [`Pointwise`]: a 1×1 convolution (tract's `EinSum`) with its bias, residual and ReLU, and the
-//! rule that fuses it.
+//! [`Pointwise`]: a 1×1 convolution (tract's `EinSum`) with its bias, residual and activation
+//! (ReLU, SiLU), and the rule that fuses it.
 
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use crate::embed::kernels::{Isa, pointwise};
+use crate::embed::kernels::{Act, Isa, pointwise};
 
 use super::graph::*;
 use super::parallel::*;
 use super::recycle::*;
 
-/// A fused 1×1 convolution: bias, optional residual (second input), optional ReLU.
+/// A fused 1×1 convolution: bias, optional residual (second input), activation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pointwise {
     isa: Isa,
@@ -21,15 +21,15 @@ pub struct Pointwise {
     weights: Floats,
     bias: Floats,
     residual: bool,
-    relu: bool,
+    act: Act,
     pub(super) output: Output,
 }
 
 impl Pointwise {
     fn describe(&self) -> String {
         format!(
-            "{:?} residual {} relu {} {}",
-            self.shape, self.residual, self.relu, self.isa
+            "{:?} residual {} {:?} {}",
+            self.shape, self.residual, self.act, self.isa
         )
     }
 }
@@ -59,7 +59,7 @@ impl Pointwise {
                         &self.weights.0,
                         &self.bias.0,
                         residual.map(|r| &r[images.start * y_len..images.end * y_len]),
-                        self.relu,
+                        self.act,
                         y,
                     )
                 },
@@ -85,7 +85,7 @@ impl Pointwise {
                         &self.weights.0[outputs.start * shape.inputs..outputs.end * shape.inputs],
                         &self.bias.0[outputs.clone()],
                         residual.map(|r| &r[rows]),
-                        self.relu,
+                        self.act,
                         y,
                     )
                 },
@@ -149,16 +149,18 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
     }
     let shape = out_shape.to_vec();
 
-    // Follow the chain: bias, residual, ReLU.
+    // Follow the chain: bias, residual, activation.
     let mut last = OutletId::new(id, 0);
     let mut replaced = 1;
     let mut bias = vec![0.0; outputs];
     let mut residual = None;
-    let mut relu = false;
+    let mut act = Act::Identity;
+    let mut biased = false;
     if let Some(next) = sole_reader(model, last.node)?
         && let Some(b) = bias_add(model, next, last, outputs, &shape)?
     {
         bias = b;
+        biased = true;
         last = OutletId::new(next.id, 0);
         replaced += 1;
     }
@@ -169,8 +171,19 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         last = OutletId::new(next.id, 0);
         replaced += 1;
     }
-    if let Some(r) = trailing_relu(model, last, &shape)? {
-        relu = true;
+    // A bias after the residual: tract splits a 1×1 convolution of a `Concat` into one product
+    // per part, summed, then adds the bias (YOLOX's CSP blocks); the sum is the same.
+    if !biased
+        && residual.is_some()
+        && let Some(next) = sole_reader(model, last.node)?
+        && let Some(b) = bias_add(model, next, last, outputs, &shape)?
+    {
+        bias = b;
+        last = OutletId::new(next.id, 0);
+        replaced += 1;
+    }
+    if let Some((r, a)) = trailing_act(model, last, &shape)? {
+        act = a;
         last = r;
         replaced += 1;
     }
@@ -186,7 +199,7 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         weights: Floats(flushed_weights(&weights)?.into()),
         bias: Floats(bias.into()),
         residual: residual.is_some(),
-        relu,
+        act,
         output: Output::new(shape.into()),
     };
     let mut inputs = vec![node.inputs[0]];

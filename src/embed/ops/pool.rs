@@ -1,7 +1,7 @@
 //! [`Pool`]: max and average pooling, and its rule.
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cnn::{MaxPool, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::embed::kernels::pool;
@@ -56,25 +56,6 @@ pub(crate) fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     } else {
         return Ok(None);
     };
-    let Some(padding) = explicit_padding(&spec.padding, false) else {
-        return Ok(None);
-    };
-    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
-    let dilated = spec
-        .dilations
-        .as_ref()
-        .is_some_and(|d| d.iter().any(|&d| d != 1));
-    if dilated
-        || spec.kernel_shape.len() != 2
-        || strides.len() != 2
-        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        || padding.0 >= spec.kernel_shape[0]
-        || padding.2 >= spec.kernel_shape[0]
-        || padding.1 >= spec.kernel_shape[1]
-        || padding.3 >= spec.kernel_shape[1]
-    {
-        return Ok(None);
-    }
     let data = model.outlet_fact(node.inputs[0])?;
     let out_fact = model.outlet_fact(OutletId::new(id, 0))?;
     let (Some(data_shape), Some(out_shape)) =
@@ -88,7 +69,47 @@ pub(crate) fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
     {
         return Ok(None);
     }
+    let strides: TVec<usize> = spec.strides.clone().unwrap_or_else(|| tvec![1, 1]);
+    let dilated = spec
+        .dilations
+        .as_ref()
+        .is_some_and(|d| d.iter().any(|&d| d != 1));
+    if dilated
+        || spec.kernel_shape.len() != 2
+        || strides.len() != 2
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+    {
+        return Ok(None);
+    }
     let r = data_shape.len();
+    let padding = match &spec.padding {
+        // "Same" padding (YOLOX's SPP pools) made explicit for this input size.
+        PaddingSpec::SameUpper | PaddingSpec::SameLower => {
+            let axis = |a: usize| {
+                let d = spec.padding.compute_one(
+                    a,
+                    &data_shape[r - 2 + a],
+                    spec.kernel_shape[a],
+                    1,
+                    strides[a],
+                );
+                (d.pad_before, d.pad_after)
+            };
+            let ((t, b), (l, rt)) = (axis(0), axis(1));
+            Some((t, l, b, rt))
+        }
+        other => explicit_padding(other, false),
+    };
+    let Some(padding) = padding else {
+        return Ok(None);
+    };
+    if padding.0 >= spec.kernel_shape[0]
+        || padding.2 >= spec.kernel_shape[0]
+        || padding.1 >= spec.kernel_shape[1]
+        || padding.3 >= spec.kernel_shape[1]
+    {
+        return Ok(None);
+    }
     let shape = pool::Shape {
         height: data_shape[r - 2],
         width: data_shape[r - 1],
