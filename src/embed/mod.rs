@@ -13,8 +13,8 @@
 //! (thread-local, grown once) are made once; our ops recycle their output tensors from run to run
 //! (`ops::with_output`). A model whose every node is one of our ops — OSNet, our default model,
 //! their int8 versions — embeds without allocating once warm (`tests/integration/kernels.rs`
-//! counts). tract's own ops still allocate their outputs (it has no arena on CPU), and a run with
-//! several parts on several threads hands them to the pool as one boxed job per thread.
+//! counts). tract's own ops still allocate their outputs (it has no arena on CPU); the thread
+//! pool (`spin_pool`) allocates nothing per job.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -118,6 +118,7 @@ pub mod kernels;
 mod network;
 mod ops;
 mod profile;
+mod spin_pool;
 mod vector;
 
 pub use kernels::Isa;
@@ -125,6 +126,7 @@ pub use kernels::qpointwise::Dot;
 pub use network::Network;
 pub use ops::Rewritten;
 pub use profile::{OpTime, flush_subnormal_weights, profile_table};
+use spin_pool::SpinPool;
 use vector::l2_normalise;
 pub use vector::{Embedding, Embeddings, cosine, dot};
 
@@ -185,21 +187,19 @@ fn prepare(typed: TypedModel, kernels: Kernels) -> TractResult<(Plan, Rewritten)
 
 /// The extra threads of a model run with `threads > 1`: `threads - 1` pool workers, the calling
 /// thread being the last one. The embedder runs whole parts of a batch on them (see
-/// [`Embedder`]); a [`Network`] shares its largest layers (`ops::split_units`). tract's own ops
-/// stay on the calling thread: with tract's multithreaded executor every small op is split, and
-/// OSNet x0.25 ran 30% slower on 2 threads than on 1 on the 2-core CI machine.
+/// [`Embedder`]); a single crop and a [`Network`] share their largest layers
+/// (`ops::split_units`). tract's own ops stay on the calling thread: with tract's multithreaded
+/// executor every small op is split, and OSNet x0.25 ran 30% slower on 2 threads than on 1 on
+/// the 2-core CI machine.
 #[derive(Clone, Debug)]
-struct KernelPool(Option<Arc<rayon::ThreadPool>>);
+struct KernelPool(Option<Arc<SpinPool>>);
 
 impl KernelPool {
     fn new(threads: usize, label: &str) -> Result<Self, EmbedError> {
         if threads < 2 {
             return Ok(KernelPool(None));
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads - 1)
-            .thread_name(|i| format!("reidcam-embed-{i}"))
-            .build()
+        SpinPool::new(threads - 1, "reidcam-embed")
             .map(|pool| KernelPool(Some(Arc::new(pool))))
             .map_err(|e| EmbedError::Unsupported {
                 model: label.to_owned(),
@@ -258,7 +258,7 @@ impl Part {
 /// Each crop of a batch is a part with its own tract state of batch 1 (a model that fixes its
 /// batch: one part). With `threads > 1` the parts of a batch run side by side, each taken by
 /// the next free thread: one fork and join per batch instead of one per layer. A single crop
-/// runs on the calling thread.
+/// runs on the calling thread and shares its largest layers with the pool (`ops::split_units`).
 pub struct Embedder {
     label: String,
     manifest: ModelManifest,
@@ -700,20 +700,15 @@ impl Embedder {
                         part.run(out);
                     }
                 };
-                pool.in_place_scope(|scope| {
-                    for _ in 0..pool.current_num_threads() {
-                        scope.spawn(|_| drain());
-                    }
-                    drain();
-                });
+                pool.run(pool.workers() + 1, &|_| drain());
             }
-            // A single crop runs on this thread: sharing its layers with the pool was slower on
-            // the 2-core CI machine (OSNet x0.25: 2.6 → 4.0 ms a crop; only the layers of ≥ 8 M
-            // multiply-adds, as the detector does: 2.9 → 3.1 ms, retail-0267 11.5 → 15 ms),
-            // wake-ups cost more than the layers.
-            _ => {
+            // A single crop runs on this thread and shares its largest layers with the pool's
+            // spinning workers (with rayon's sleeping ones that was slower than one thread:
+            // OSNet x0.25 2.9 → 3.1 ms; with ours, 2 cores of an AMD EPYC: 1.05 → 0.89 ms,
+            // retail-0267 4.9 → 4.1 ms, our default model 1.30 → 1.06 ms).
+            pool => {
                 for (part, out) in parts.iter_mut().zip(outputs) {
-                    part.run(out);
+                    ops::with_kernel_pool(pool.as_ref(), || part.run(out));
                 }
             }
         }
