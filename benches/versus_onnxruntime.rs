@@ -29,15 +29,17 @@
 //! `tools/.venv` (`tools/setup-python.sh`); the default models are the shared references
 //! (`$REIDCAM_SHARED`, default `../shared`) and ours in `models/`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use serde::Serialize;
 
-use reidcam::bench::{Percentiles, synthetic_crop};
+use common::median;
+use reidcam::bench::synthetic_crop;
 use reidcam::embed::{Kernels, cosine};
 use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 
@@ -47,17 +49,6 @@ struct Options {
     threads: Vec<usize>,
     seconds: f64,
     json: Option<PathBuf>,
-}
-
-fn list(value: &str, flag: &str) -> Vec<usize> {
-    value
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{flag}: expected numbers like 1,8, got {value:?}"))
-        })
-        .collect()
 }
 
 fn options() -> Options {
@@ -74,8 +65,8 @@ fn options() -> Options {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
             "--model" => o.models.push(PathBuf::from(value())),
-            "--batch" => o.batches = list(&value(), "--batch"),
-            "--threads" => o.threads = list(&value(), "--threads"),
+            "--batch" => o.batches = common::list(&value(), "--batch"),
+            "--threads" => o.threads = common::list(&value(), "--threads"),
             "--seconds" => {
                 o.seconds = value()
                     .parse()
@@ -90,9 +81,7 @@ fn options() -> Options {
         }
     }
     if o.models.is_empty() {
-        let shared = std::env::var_os("REIDCAM_SHARED")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join("../shared"));
+        let shared = common::shared();
         o.models = vec![
             shared.join("models/osnet_x0_25_msmt17.onnx"),
             shared.join("models/person-reidentification-retail-0267.onnx"),
@@ -101,29 +90,6 @@ fn options() -> Options {
         ];
     }
     o
-}
-
-/// The onnxruntime shared library: `$ORT_DYLIB_PATH`, else the one in the tools venv's wheel.
-fn onnxruntime_library() -> PathBuf {
-    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
-        return PathBuf::from(path);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/.venv/lib");
-    let found = std::fs::read_dir(&venv).ok().and_then(|pythons| {
-        pythons.flatten().find_map(|python| {
-            let capi = python.path().join("site-packages/onnxruntime/capi");
-            std::fs::read_dir(capi).ok()?.flatten().find_map(|f| {
-                let name = f.file_name().to_string_lossy().into_owned();
-                name.starts_with("libonnxruntime.so").then(|| f.path())
-            })
-        })
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "no libonnxruntime.so under {}: run tools/setup-python.sh, or set ORT_DYLIB_PATH",
-            venv.display()
-        )
-    })
 }
 
 #[derive(Serialize)]
@@ -161,10 +127,6 @@ struct Row {
     /// What our kernels replaced.
     fused_pointwise: usize,
     fused_depthwise: usize,
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    Percentiles::of(samples).p50
 }
 
 fn compare(
@@ -263,54 +225,29 @@ fn compare(
         ours.run(batch).expect("reidcam run");
     }
 
-    // Turns of ~100 ms per engine (at least 3 batches), rotating: short enough that machine noise
-    // hits every engine, long enough that an engine's idle threads (onnxruntime's spin after a
-    // run) only touch the first batch of the next turn; the medians drop those.
-    let (mut t_ours, mut t_stock, mut t_ort) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut t_as_is, mut t_float) = (Vec::new(), Vec::new());
+    // Turns of ~100 ms per engine (see `common::in_turns`); times per crop.
     let engines = if float.is_some() { 5 } else { 4 };
-    let started = Instant::now();
-    let mut round = 0;
-    let turn_time = Duration::from_millis(100);
-    while started.elapsed() < Duration::from_secs_f64(seconds) || round < 3 {
-        for turn in 0..engines {
-            let engine = (round + turn) % engines;
-            let turn_started = Instant::now();
-            let mut runs = 0;
-            while runs < 3 || turn_started.elapsed() < turn_time {
-                let t = Instant::now();
-                match engine {
-                    0 => drop(ours.run(batch).expect("reidcam run")),
-                    1 => drop(stock.run(batch).expect("tract run")),
-                    2 => drop(run_ort(&mut session)),
-                    3 => drop(run_ort(&mut as_is)),
-                    _ => drop(
-                        float
-                            .as_mut()
-                            .expect("5 engines")
-                            .run(batch)
-                            .expect("float run"),
-                    ),
-                }
-                let ms = t.elapsed().as_secs_f64() * 1e3 / batch as f64;
-                [
-                    &mut t_ours,
-                    &mut t_stock,
-                    &mut t_ort,
-                    &mut t_as_is,
-                    &mut t_float,
-                ][engine]
-                    .push(ms);
-                runs += 1;
-            }
-        }
-        round += 1;
+    let (mut times, round) = common::in_turns(engines, seconds, |engine| match engine {
+        0 => drop(ours.run(batch).expect("reidcam run")),
+        1 => drop(stock.run(batch).expect("tract run")),
+        2 => drop(run_ort(&mut session)),
+        3 => drop(run_ort(&mut as_is)),
+        _ => drop(
+            float
+                .as_mut()
+                .expect("5 engines")
+                .run(batch)
+                .expect("float run"),
+        ),
+    });
+    for t in times.iter_mut().flatten() {
+        *t /= batch as f64;
     }
-    let (reidcam_ms, tract_ms, onnxruntime_ms) = (
-        median(&mut t_ours),
-        median(&mut t_stock),
-        median(&mut t_ort),
-    );
+    times.resize(5, Vec::new());
+    let [t_ours, t_stock, t_ort, t_as_is, t_float] = &mut times[..] else {
+        unreachable!("five engines")
+    };
+    let (reidcam_ms, tract_ms, onnxruntime_ms) = (median(t_ours), median(t_stock), median(t_ort));
     let name = model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -324,12 +261,12 @@ fn compare(
         reidcam_ms,
         tract_ms,
         onnxruntime_ms,
-        onnxruntime_as_is_ms: median(&mut t_as_is),
+        onnxruntime_as_is_ms: median(t_as_is),
         flushed_weights,
         ratio: reidcam_ms / onnxruntime_ms,
         tract_ratio: tract_ms / onnxruntime_ms,
-        float_ms: float.is_some().then(|| median(&mut t_float)),
-        int8_vs_float: float.is_some().then(|| reidcam_ms / median(&mut t_float)),
+        float_ms: float.is_some().then(|| median(t_float)),
+        int8_vs_float: float.is_some().then(|| reidcam_ms / median(t_float)),
         int8_to_float,
         onnxruntime_int8_to_float,
         min_cosine,
@@ -381,18 +318,7 @@ fn is_int8(row: &Row) -> bool {
 
 fn main() {
     let o = options();
-    let library = onnxruntime_library();
-    let env = ort::init_from(&library)
-        .unwrap_or_else(|e| panic!("cannot load onnxruntime from {}: {e}", library.display()))
-        .with_name("reidcam-bench")
-        .build()
-        .expect("onnxruntime environment");
-    println!(
-        "cpu: {} ; reidcam kernels: {} ; onnxruntime: {}",
-        reidcam::bench::cpu_model(),
-        reidcam::bench::kernel_sets(),
-        library.display()
-    );
+    let env = common::onnxruntime_environment();
     println!(
         "{:<46} {:>5} {:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>11} {:>17}",
         "model",
@@ -443,11 +369,7 @@ fn main() {
             }
         }
     }
-    if let Some(path) = &o.json {
-        let text = serde_json::to_string_pretty(&rows).expect("rows serialise");
-        std::fs::write(path, text)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-    }
+    common::write_json(o.json.as_deref(), &rows);
     // Not a speed gate (these machines are noisy), but a wrong answer fails the run.
     let mut failed = 0;
     for row in &rows {

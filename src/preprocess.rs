@@ -338,6 +338,21 @@ fn horizontal_pass<'a>(
     x_offset: usize,
     out: &mut [u8],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2::horizontal(coeffs, row, x_offset, out) };
+    }
+    horizontal_body(coeffs, row, x_offset, out)
+}
+
+#[inline(always)]
+fn horizontal_body<'a>(
+    coeffs: &AxisCoeffs,
+    row: impl Fn(usize) -> &'a [u8],
+    x_offset: usize,
+    out: &mut [u8],
+) {
     let out_w = coeffs.bounds.len();
     for (r, dst_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
         let line = row(r);
@@ -364,6 +379,21 @@ fn vertical_pass<'a>(
     out: &mut [u8],
     acc: &mut [i32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2::vertical(coeffs, row, out, acc) };
+    }
+    vertical_body(coeffs, row, out, acc)
+}
+
+#[inline(always)]
+fn vertical_body<'a>(
+    coeffs: &AxisCoeffs,
+    row: impl Fn(usize) -> &'a [u8],
+    out: &mut [u8],
+    acc: &mut [i32],
+) {
     for (y, dst_row) in out.chunks_exact_mut(acc.len()).enumerate() {
         let (start, k) = coeffs.taps(y);
         acc.fill(HALF);
@@ -375,6 +405,34 @@ fn vertical_pass<'a>(
         for (dst, &a) in dst_row.iter_mut().zip(acc.iter()) {
             *dst = clip8(a);
         }
+    }
+}
+
+/// The two passes compiled for AVX2: the same integer arithmetic (so the same bytes), but the
+/// baseline x86-64 build (SSE2) has no 32-bit vector multiply, so its vertical pass ran mostly
+/// scalar — a 1920×1080 frame letterboxed to 736×414 for the detector took ~10 ms.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::AxisCoeffs;
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn horizontal<'a>(
+        coeffs: &AxisCoeffs,
+        row: impl Fn(usize) -> &'a [u8],
+        x_offset: usize,
+        out: &mut [u8],
+    ) {
+        super::horizontal_body(coeffs, row, x_offset, out)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn vertical<'a>(
+        coeffs: &AxisCoeffs,
+        row: impl Fn(usize) -> &'a [u8],
+        out: &mut [u8],
+        acc: &mut [i32],
+    ) {
+        super::vertical_body(coeffs, row, out, acc)
     }
 }
 

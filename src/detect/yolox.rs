@@ -247,6 +247,16 @@ impl YoloxDetector {
         &self.network
     }
 
+    /// The network, e.g. to run it again on the input [`letterbox`](Self::letterbox) made.
+    pub fn network_mut(&mut self) -> &mut Network {
+        &mut self.network
+    }
+
+    /// How the head's rows are decoded ([`decode_yolox`]).
+    pub fn decoding(&self) -> Decode {
+        self.decode
+    }
+
     /// Time per operator kind of the network on the last frame's input
     /// ([`Network::profile`]).
     pub fn profile(
@@ -256,8 +266,9 @@ impl YoloxDetector {
         self.network.profile(runs)
     }
 
-    /// Letterboxes `frame` into the network input.
-    fn fill_input(&mut self, frame: RgbView<'_>) -> Result<f32, DetectError> {
+    /// Letterboxes `frame` into the network input (the first step of `detect`); returns the
+    /// scale from frame to network pixels.
+    pub fn letterbox(&mut self, frame: RgbView<'_>) -> Result<f32, DetectError> {
         let (fw, fh) = (frame.width(), frame.height());
         let (nw, nh) = self.network.input_size();
         if !matches!(&self.letterbox, Some((w, h, ..)) if (*w, *h) == (fw, fh)) {
@@ -380,7 +391,7 @@ pub fn decode_yolox(
 
 impl Detector for YoloxDetector {
     fn detect(&mut self, frame: RgbView<'_>, out: &mut Detections) -> Result<(), DetectError> {
-        let ratio = self.fill_input(frame)?;
+        let ratio = self.letterbox(frame)?;
         let output = self.network.run()?;
         decode_yolox(
             output,

@@ -1,0 +1,110 @@
+//! What the benchmarks against onnxruntime share: finding its library, and timing engines in
+//! rotating turns.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The onnxruntime shared library: `$ORT_DYLIB_PATH`, else the one in the tools venv's wheel.
+pub fn onnxruntime_library() -> PathBuf {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/.venv/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|pythons| {
+        pythons.flatten().find_map(|python| {
+            let capi = python.path().join("site-packages/onnxruntime/capi");
+            std::fs::read_dir(capi).ok()?.flatten().find_map(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                name.starts_with("libonnxruntime.so").then(|| f.path())
+            })
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no libonnxruntime.so under {}: run tools/setup-python.sh, or set ORT_DYLIB_PATH",
+            venv.display()
+        )
+    })
+}
+
+/// The onnxruntime environment, loaded from [`onnxruntime_library`]; prints the CPU, our kernel
+/// sets and the library, the header every table of these benchmarks starts with.
+pub fn onnxruntime_environment() -> ort::environment::Environment {
+    let library = onnxruntime_library();
+    let env = ort::init_from(&library)
+        .unwrap_or_else(|e| panic!("cannot load onnxruntime from {}: {e}", library.display()))
+        .with_name("reidcam-bench")
+        .build()
+        .expect("onnxruntime environment");
+    println!(
+        "cpu: {} ; reidcam kernels: {} ; onnxruntime: {}",
+        reidcam::bench::cpu_model(),
+        reidcam::bench::kernel_sets(),
+        library.display()
+    );
+    env
+}
+
+/// Runs `engines` engines (`run(engine)` runs engine `engine` once) in turns of ~100 ms each,
+/// the order rotating, until `seconds` have passed (at least 3 rounds), so that machine noise
+/// hits all of them alike: short enough that noise hits every engine, long enough that an
+/// engine's idle threads (onnxruntime's spin after a run) only touch the first run of the next
+/// turn. Returns each engine's run times (ms) and the rounds.
+pub fn in_turns(
+    engines: usize,
+    seconds: f64,
+    mut run: impl FnMut(usize),
+) -> (Vec<Vec<f64>>, usize) {
+    let mut times = vec![Vec::new(); engines];
+    let started = Instant::now();
+    let mut round = 0;
+    let turn_time = Duration::from_millis(100);
+    while started.elapsed() < Duration::from_secs_f64(seconds) || round < 3 {
+        for turn in 0..engines {
+            let engine = (round + turn) % engines;
+            let turn_started = Instant::now();
+            let mut runs = 0;
+            while runs < 3 || turn_started.elapsed() < turn_time {
+                let t = Instant::now();
+                run(engine);
+                times[engine].push(t.elapsed().as_secs_f64() * 1e3);
+                runs += 1;
+            }
+        }
+        round += 1;
+    }
+    (times, round)
+}
+
+/// The median of `samples`.
+pub fn median(samples: &mut [f64]) -> f64 {
+    reidcam::bench::Percentiles::of(samples).p50
+}
+
+/// `1,8` as numbers, for `flag`.
+pub fn list(value: &str, flag: &str) -> Vec<usize> {
+    value
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{flag}: expected numbers like 1,8, got {value:?}"))
+        })
+        .collect()
+}
+
+/// The shared data: `$REIDCAM_SHARED`, else `../shared` beside the repository.
+pub fn shared() -> PathBuf {
+    std::env::var_os("REIDCAM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+/// Writes the rows to `path` as JSON, if one was asked for (`--json`).
+pub fn write_json(path: Option<&Path>, rows: &impl serde::Serialize) {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(rows).expect("rows serialise");
+        std::fs::write(path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+}
