@@ -209,6 +209,10 @@ pub struct Pipeline<E> {
     dirty: bool,
     /// The latest frame's number and stream time (for events between frames).
     last_frame: (u64, Duration),
+    /// The gallery's clock ([`Pipeline::gallery_time`]): its start, set at the first decision,
+    /// and the latest time it gave.
+    gallery_base: Option<Timestamp>,
+    gallery_clock: Timestamp,
 }
 
 impl<E: CropEmbedder> Pipeline<E> {
@@ -263,7 +267,28 @@ impl<E: CropEmbedder> Pipeline<E> {
             stats: Stats::default(),
             dirty: false,
             last_frame: (0, Duration::ZERO),
+            gallery_base: None,
+            gallery_clock: Timestamp::default(),
         }
+    }
+
+    /// The time the gallery is told a track was seen: the run's start plus the frame's stream
+    /// time, never going back. For a camera that is the wall clock; a replay is timed as it was
+    /// filmed, so its decisions — the short-term window `recent_ms` above all — do not depend on
+    /// how fast this machine plays it (with the wall clock, a faster detector made two people
+    /// who left and entered 4.8 s apart in the video 0.9 s apart, and merged them). The run's
+    /// start is moved past every identity the gallery already holds by more than `recent_ms`,
+    /// so that no one from an earlier run (whose replay may have been timed ahead of the wall
+    /// clock) counts as seen moments ago.
+    fn gallery_time(&mut self) -> Timestamp {
+        let base = *self.gallery_base.get_or_insert_with(|| {
+            let gap = self.gallery.policy().recent_ms + 1;
+            let after_all = self.gallery.identities().map(|i| i.last_seen.0 + gap).max();
+            Timestamp(self.run_started.0.max(after_all.unwrap_or(0)))
+        });
+        let at = Timestamp(base.0 + self.last_frame.1.as_millis() as u64);
+        self.gallery_clock = self.gallery_clock.max(at);
+        self.gallery_clock
     }
 
     pub fn stats(&self) -> &Stats {
@@ -506,11 +531,11 @@ impl<E: CropEmbedder> Pipeline<E> {
     /// decision, or a different one).
     fn decide(&mut self, slot: usize) -> Result<bool, PipelineError> {
         let started = Instant::now();
+        let now = self.gallery_time();
         let s = &mut self.states[slot];
         if !unit_mean(&s.sum, &mut self.query) {
             return Ok(false);
         }
-        let now = Timestamp::now();
         let news = match s.held {
             None => {
                 let held = match self.gallery.observe(&self.query, now)? {

@@ -267,3 +267,47 @@ fn enrolling_a_known_person_pins_them_and_a_stranger_gets_a_new_identity() {
     assert!(p.gallery().get(again).unwrap().pinned);
     assert_eq!(p.gallery().len(), 1);
 }
+
+/// The gallery is told the stream's time, not the wall clock's: a replay decides as it was
+/// filmed however fast it plays, and nobody from an earlier run counts as seen moments ago.
+#[test]
+fn the_gallery_is_timed_by_the_stream_and_after_every_earlier_run() {
+    let person = Detection {
+        rect: Rect::new(100, 20, 40, 120),
+        score: 0.9,
+    };
+    let boxes = Rc::new(RefCell::new(vec![person]));
+    let (mut p, _) = pipeline(boxes);
+    // Someone from an earlier run, seen (by a replay timed ahead of the wall clock) an hour
+    // from now; in green, so the red person is not them.
+    let later = Timestamp(Timestamp::now().0 + 3_600_000);
+    let earlier_run = crate::gallery::NewIdentity {
+        label: None,
+        pinned: false,
+        now: later,
+    };
+    let (earlier, _) = p
+        .gallery_mut()
+        .insert(&[0.0, 1.0, 0.0], earlier_run)
+        .unwrap();
+    let img = frame();
+    let started = Timestamp::now();
+    // Frames 10 s apart in the stream, played at once: decided at the 4th, 30 s in.
+    for f in 0..4 {
+        p.process(img.view(), f, Duration::from_secs(10 * f), "")
+            .unwrap();
+    }
+    let new = p
+        .gallery()
+        .identities()
+        .find(|i| i.id != earlier)
+        .expect("the red person has an identity");
+    let recent = p.gallery().policy().recent_ms;
+    assert!(
+        new.last_seen.0 >= later.0 + recent + 30_000,
+        "last seen {} ms after the earlier run's {}",
+        new.last_seen.0 as i64 - later.0 as i64,
+        later.0
+    );
+    assert!(new.last_seen.0 <= later.0 + recent + 1 + 30_000 + (Timestamp::now().0 - started.0));
+}
