@@ -163,8 +163,8 @@ pub struct GallerySection {
     pub threshold: f32,
     /// A match must beat the runner-up by this.
     pub margin: f32,
-    /// Short-term re-identification: an identity seen at most this many seconds ago matches
-    /// from `recent_threshold` on (a track broken as people cross); 0: off.
+    /// Short-term re-identification: an identity seen at most this many seconds ago (stream
+    /// time) matches from `recent_threshold` on (a track broken as people cross); 0: off.
     pub recent_seconds: f32,
     /// Threshold of that rule; negative: the model manifest's `[matching] recent_threshold`
     /// (no such value: the rule is off).
