@@ -35,39 +35,29 @@ use reidcam::frame::{RgbImage, load_image};
 
 struct Options {
     models: Vec<(PathBuf, u32, u32)>,
-    threads: Vec<usize>,
-    seconds: f64,
-    json: Option<PathBuf>,
+    common: common::Common,
 }
 
 fn options() -> Options {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut o = Options {
         models: Vec::new(),
-        threads: vec![1, 2],
-        seconds: 3.0,
-        json: None,
+        common: common::Common::default(),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
+    for (flag, value) in common::flags() {
+        match flag.as_str() {
             "--model" => {
-                let v = value();
-                let parsed = v.rsplit_once('@').and_then(|(path, size)| {
+                let parsed = value.rsplit_once('@').and_then(|(path, size)| {
                     let (w, h) = size.split_once('x')?;
                     Some((PathBuf::from(path), w.parse().ok()?, h.parse().ok()?))
                 });
                 o.models.push(parsed.unwrap_or_else(|| {
                     panic!(
-                        "--model: expected PATH@WxH (e.g. models/detector.onnx@736x416), got {v:?}"
+                        "--model: expected PATH@WxH (e.g. models/detector.onnx@736x416), got {value:?}"
                     )
                 }));
             }
-            "--threads" => o.threads = common::list(&value(), "--threads"),
-            "--seconds" => o.seconds = value().parse().expect("--seconds: a number of seconds"),
-            "--json" => o.json = Some(PathBuf::from(value())),
-            "--bench" => {}
+            other if o.common.take(other, &value) => {}
             other => {
                 panic!("unknown argument {other:?}; expected --model, --threads, --seconds, --json")
             }
@@ -266,8 +256,8 @@ fn main() {
             eprintln!("{}: missing, skipped", model.0.display());
             continue;
         }
-        for &threads in &o.threads {
-            let row = compare(&env, model, threads, o.seconds, &frames);
+        for &threads in &o.common.threads {
+            let row = compare(&env, model, threads, o.common.seconds, &frames);
             println!(
                 "{:<22} {:>8} {:>7} {:>11.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>6} {:>9.2e}",
                 row.model,
@@ -284,7 +274,7 @@ fn main() {
             rows.push(row);
         }
     }
-    common::write_json(o.json.as_deref(), &rows);
+    common::write_json(o.common.json.as_deref(), &rows);
     // Not a speed gate (these machines are noisy), but a wrong answer fails the run.
     let wrong: Vec<_> = rows.iter().filter(|r| r.mismatch.is_some()).collect();
     for row in &wrong {

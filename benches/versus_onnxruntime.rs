@@ -46,9 +46,7 @@ use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 struct Options {
     models: Vec<PathBuf>,
     batches: Vec<usize>,
-    threads: Vec<usize>,
-    seconds: f64,
-    json: Option<PathBuf>,
+    common: common::Common,
 }
 
 fn options() -> Options {
@@ -56,25 +54,13 @@ fn options() -> Options {
     let mut o = Options {
         models: Vec::new(),
         batches: vec![1, 8],
-        threads: vec![1, 2],
-        seconds: 3.0,
-        json: None,
+        common: common::Common::default(),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--model" => o.models.push(PathBuf::from(value())),
-            "--batch" => o.batches = common::list(&value(), "--batch"),
-            "--threads" => o.threads = common::list(&value(), "--threads"),
-            "--seconds" => {
-                o.seconds = value()
-                    .parse()
-                    .expect("--seconds: expected a number of seconds")
-            }
-            "--json" => o.json = Some(PathBuf::from(value())),
-            // cargo bench passes --bench to harness-less benches.
-            "--bench" => {}
+    for (flag, value) in common::flags() {
+        match flag.as_str() {
+            "--model" => o.models.push(PathBuf::from(value)),
+            "--batch" => o.batches = common::list(&value, "--batch"),
+            other if o.common.take(other, &value) => {}
             other => panic!(
                 "unknown argument {other:?}; expected --model, --batch, --threads, --seconds, --json"
             ),
@@ -341,8 +327,8 @@ fn main() {
             continue;
         }
         for &batch in &o.batches {
-            for &threads in &o.threads {
-                let Some(row) = compare(&env, model, batch, threads, o.seconds) else {
+            for &threads in &o.common.threads {
+                let Some(row) = compare(&env, model, batch, threads, o.common.seconds) else {
                     continue;
                 };
                 println!(
@@ -369,7 +355,7 @@ fn main() {
             }
         }
     }
-    common::write_json(o.json.as_deref(), &rows);
+    common::write_json(o.common.json.as_deref(), &rows);
     // Not a speed gate (these machines are noisy), but a wrong answer fails the run.
     let mut failed = 0;
     for row in &rows {

@@ -21,6 +21,7 @@
 
 use crate::frame::{FrameError, Rect, RgbView};
 use crate::manifest::{ChannelOrder, InputSpec};
+use crate::simd::Isa;
 
 /// Fixed-point precision of Pillow's 8-bit resampler: 32 bits − 8 bits of pixel − 2 of headroom.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -170,6 +171,8 @@ pub struct Preprocessor {
     resized: Vec<u8>,
     /// One output row of vertical-pass accumulators.
     accumulator: Vec<i32>,
+    /// The passes' instruction set (`crate::simd`), chosen once.
+    isa: Isa,
 }
 
 impl Preprocessor {
@@ -185,6 +188,7 @@ impl Preprocessor {
             intermediate: Vec::new(),
             resized: vec![0; height * width * 3],
             accumulator: vec![0; width * 3],
+            isa: Isa::detect(),
         }
     }
 
@@ -272,6 +276,7 @@ impl Preprocessor {
         self.horizontal.compute(in_w, out_w);
         self.vertical.compute(in_h, out_h);
         let row = |r: usize| src.row(r as u32);
+        let isa = self.isa;
 
         match (need_horizontal, need_vertical) {
             (false, false) => {
@@ -279,8 +284,9 @@ impl Preprocessor {
                     dst.copy_from_slice(row(y));
                 }
             }
-            (true, false) => horizontal_pass(&self.horizontal, row, 0, &mut self.resized),
+            (true, false) => horizontal_pass(isa, &self.horizontal, row, 0, &mut self.resized),
             (false, true) => vertical_pass(
+                isa,
                 &self.vertical,
                 row,
                 &mut self.resized,
@@ -297,6 +303,7 @@ impl Preprocessor {
                 self.intermediate.resize(out_h * cols, 0);
                 self.accumulator.resize(self.accumulator.len().max(cols), 0);
                 vertical_pass(
+                    isa,
                     &self.vertical,
                     |r| &row(r)[x0 * 3..x1 * 3],
                     &mut self.intermediate,
@@ -304,6 +311,7 @@ impl Preprocessor {
                 );
                 let intermediate = &self.intermediate;
                 horizontal_pass(
+                    isa,
                     &self.horizontal,
                     |r| &intermediate[r * cols..(r + 1) * cols],
                     x0,
@@ -316,9 +324,16 @@ impl Preprocessor {
                 let stride = out_w * 3;
                 self.intermediate.clear();
                 self.intermediate.resize((y1 - y0) * stride, 0);
-                horizontal_pass(&self.horizontal, |r| row(y0 + r), 0, &mut self.intermediate);
+                horizontal_pass(
+                    isa,
+                    &self.horizontal,
+                    |r| row(y0 + r),
+                    0,
+                    &mut self.intermediate,
+                );
                 let intermediate = &self.intermediate;
                 vertical_pass(
+                    isa,
                     &self.vertical,
                     |r| &intermediate[(r - y0) * stride..(r - y0 + 1) * stride],
                     &mut self.resized,
@@ -333,14 +348,15 @@ impl Preprocessor {
 /// Pillow's horizontal pass: output row `r` of `out` is source row `row(r)` (whose first pixel
 /// is source column `x_offset`) filtered by `coeffs`.
 fn horizontal_pass<'a>(
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] isa: Isa,
     coeffs: &AxisCoeffs,
     row: impl Fn(usize) -> &'a [u8],
     x_offset: usize,
     out: &mut [u8],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
+    if isa != Isa::Baseline && isa.is_available() {
+        // SAFETY: every set above the baseline has AVX2, and the CPU runs it.
         return unsafe { avx2::horizontal(coeffs, row, x_offset, out) };
     }
     horizontal_body(coeffs, row, x_offset, out)
@@ -374,14 +390,15 @@ fn horizontal_body<'a>(
 /// Pillow's vertical pass: each output row is a weighted sum of source rows `row(r)`,
 /// accumulated row by row in `acc` (one i32 per output byte) so the inner loop vectorises.
 fn vertical_pass<'a>(
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] isa: Isa,
     coeffs: &AxisCoeffs,
     row: impl Fn(usize) -> &'a [u8],
     out: &mut [u8],
     acc: &mut [i32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
+    if isa != Isa::Baseline && isa.is_available() {
+        // SAFETY: every set above the baseline has AVX2, and the CPU runs it.
         return unsafe { avx2::vertical(coeffs, row, out, acc) };
     }
     vertical_body(coeffs, row, out, acc)
@@ -408,9 +425,10 @@ fn vertical_body<'a>(
     }
 }
 
-/// The two passes compiled for AVX2: the same integer arithmetic (so the same bytes), but the
-/// baseline x86-64 build (SSE2) has no 32-bit vector multiply, so its vertical pass ran mostly
-/// scalar — a 1920×1080 frame letterboxed to 736×414 for the detector took ~10 ms.
+/// The two passes compiled for AVX2, taken when the crate's instruction set (`crate::simd::Isa`,
+/// `REIDCAM_KERNELS`) is above the baseline: the same integer arithmetic (so the same bytes), but
+/// the baseline x86-64 build (SSE2) has no 32-bit vector multiply, so its vertical pass ran
+/// mostly scalar — a 1920×1080 frame letterboxed to 736×414 for the detector took ~10 ms.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::AxisCoeffs;

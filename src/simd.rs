@@ -1,6 +1,7 @@
 //! The crate's one choice of SIMD instruction set, made once at run time: the embedder's
-//! kernels (`embed::kernels`, a copy per set) and the gallery's dot products
-//! (`gallery::kernels`) both follow [`Isa::detect`], so `REIDCAM_KERNELS` moves them together.
+//! kernels (`embed::kernels`, a copy per set), the gallery's dot products (`gallery::kernels`)
+//! and the resize passes (`preprocess`, an AVX2 copy) all follow [`Isa::detect`], so
+//! `REIDCAM_KERNELS` moves them together.
 
 /// The instruction set a kernel copy was compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

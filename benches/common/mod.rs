@@ -108,3 +108,52 @@ pub fn write_json(path: Option<&Path>, rows: &impl serde::Serialize) {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
 }
+
+/// The options every benchmark here takes: `--threads 1,2`, `--seconds S` (per row, in turns),
+/// `--json out.json`.
+pub struct Common {
+    pub threads: Vec<usize>,
+    pub seconds: f64,
+    pub json: Option<PathBuf>,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            threads: vec![1, 2],
+            seconds: 3.0,
+            json: None,
+        }
+    }
+}
+
+impl Common {
+    /// Takes `flag`'s `value` if the flag is one of these; false if it is not.
+    pub fn take(&mut self, flag: &str, value: &str) -> bool {
+        match flag {
+            "--threads" => self.threads = list(value, flag),
+            "--seconds" => {
+                self.seconds = value
+                    .parse()
+                    .expect("--seconds: expected a number of seconds")
+            }
+            "--json" => self.json = Some(PathBuf::from(value)),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The command line's `--flag value` pairs (cargo's own `--bench`, which it passes to
+/// harness-less benches, left out).
+pub fn flags() -> Vec<(String, String)> {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut pairs = Vec::new();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        pairs.push((flag, value));
+    }
+    pairs
+}

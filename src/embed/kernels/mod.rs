@@ -112,13 +112,22 @@ mod test_support {
         }
     }
 
-    /// The bound [`assert_close`] needs after `act`: its scale factor and extra terms (SiLU's
-    /// slope is at most 1.1; its exponential adds a few ulp of the output, itself ≤ the scale).
-    pub fn act_bound(act: super::Act) -> (f32, usize) {
-        match act {
+    /// [`assert_close`] for outputs after `act`, which widens the bound for SiLU: its slope is at
+    /// most 1.1, and its exponential adds a few ulp of the output (itself ≤ the scale).
+    pub fn assert_close_after(
+        act: super::Act,
+        got: &[f32],
+        want: &[f32],
+        scale: &[f32],
+        terms: usize,
+        what: &str,
+    ) {
+        let (factor, extra) = match act {
             super::Act::Silu => (1.1, 8),
             _ => (1.0, 0),
-        }
+        };
+        let scale: Vec<f32> = scale.iter().map(|s| s * factor).collect();
+        assert_close(got, want, &scale, terms + extra, &format!("{what} {act:?}"));
     }
 
     /// One of the three activations, at random.

@@ -21,6 +21,20 @@ pub trait Lanes: Copy {
     unsafe fn relu(self) -> Self;
     /// `Act::Silu` per lane, in the same steps.
     unsafe fn silu(self) -> Self;
+    /// The kernels' activation: SiLU when `SILU` (a kernel compiled apart for it, so that its
+    /// code and constants stay out of the other copy), else ReLU or nothing as `act` says.
+    #[inline(always)]
+    unsafe fn activate<const SILU: bool>(self, act: Act) -> Self {
+        unsafe {
+            if SILU {
+                self.silu()
+            } else if act == Act::Relu {
+                self.relu()
+            } else {
+                self
+            }
+        }
+    }
     /// The first `n < N` lanes from `p` (the others zero); reads only those `n` floats.
     unsafe fn load_n(p: *const f32, n: usize) -> Self;
     /// Writes the first `n < N` lanes to `p`, and nothing else.

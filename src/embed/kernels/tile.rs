@@ -134,19 +134,11 @@ impl Product<'_> {
         unsafe {
             match isa {
                 #[cfg(target_arch = "aarch64")]
-                Isa::Baseline => match self.act {
-                    Act::Silu => {
-                        drive::<std::arch::aarch64::float32x4_t, 8, 2, true>(self, xb, yb, len, y)
-                    }
-                    _ => {
-                        drive::<std::arch::aarch64::float32x4_t, 8, 2, false>(self, xb, yb, len, y)
-                    }
-                },
+                Isa::Baseline => {
+                    drive::<std::arch::aarch64::float32x4_t, 8, 2>(self, xb, yb, len, y)
+                }
                 #[cfg(not(target_arch = "aarch64"))]
-                Isa::Baseline => match self.act {
-                    Act::Silu => drive::<Portable, 4, 2, true>(self, xb, yb, len, y),
-                    _ => drive::<Portable, 4, 2, false>(self, xb, yb, len, y),
-                },
+                Isa::Baseline => drive::<Portable, 4, 2>(self, xb, yb, len, y),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2Fma => x86::avx2(self, xb, yb, len, y),
                 #[cfg(target_arch = "x86_64")]
@@ -160,40 +152,51 @@ impl Product<'_> {
 mod x86 {
     use std::arch::x86_64::{__m256, __m512};
 
-    use super::{Act, Product, drive};
+    use super::{Product, drive};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe {
-            match p.act {
-                Act::Silu => drive::<__m256, 6, 2, true>(p, xb, yb, len, y),
-                _ => drive::<__m256, 6, 2, false>(p, xb, yb, len, y),
-            }
-        }
+        unsafe { drive::<__m256, 6, 2>(p, xb, yb, len, y) }
     }
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn avx512(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe {
-            match p.act {
-                Act::Silu => drive::<__m512, 8, 2, true>(p, xb, yb, len, y),
-                _ => drive::<__m512, 8, 2, false>(p, xb, yb, len, y),
-            }
-        }
+        unsafe { drive::<__m512, 8, 2>(p, xb, yb, len, y) }
     }
 }
 
-/// `SILU`: the tiles apply SiLU (`p.act`), compiled apart so that its code and constants stay out
-/// of the other tiles (a run-time choice among three activations per stored vector cost OSNet
-/// x0.25 11% more instructions on cortex-a72). Full `OB × NV` tiles, then single-vector tiles, then the last pixels as one vector that
-/// overlaps the stored ones; one pixel at a time only in runs shorter than a vector.
+/// The run's tiles with SiLU (`p.act`) or without, compiled apart so that its code and constants
+/// stay out of the other tiles (a run-time choice among three activations per stored vector cost
+/// OSNet x0.25 11% more instructions on cortex-a72).
 ///
 /// # Safety
 /// As `Product::run` checked: every access in bounds, `V` supported.
 #[inline(always)]
-unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool>(
+unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
+    p: &Product,
+    xb: usize,
+    yb: usize,
+    len: usize,
+    y: *mut f32,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match p.act {
+            Act::Silu => tiles::<V, OB, NV, true>(p, xb, yb, len, y),
+            _ => tiles::<V, OB, NV, false>(p, xb, yb, len, y),
+        }
+    }
+}
+
+/// Full `OB × NV` tiles, then single-vector tiles, then the last pixels as one vector that
+/// overlaps the stored ones; one pixel at a time only in runs shorter than a vector.
+///
+/// # Safety
+/// As `drive`.
+#[inline(always)]
+unsafe fn tiles<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool>(
     p: &Product,
     xb: usize,
     yb: usize,
@@ -303,12 +306,7 @@ unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool
                 if let Some(r) = p.res {
                     a = a.add(V::load(r.as_ptr().add(at + v * V::N)));
                 }
-                if SILU {
-                    a = a.silu();
-                } else if p.act == Act::Relu {
-                    a = a.relu();
-                }
-                a.store(y.add(at + v * V::N));
+                a.activate::<SILU>(p.act).store(y.add(at + v * V::N));
             }
         }
     }

@@ -149,36 +149,25 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
     }
     let shape = out_shape.to_vec();
 
-    // Follow the chain: bias, residual, activation.
+    // Follow the chain: a bias and a residual add, in either order — tract splits a 1×1
+    // convolution of a `Concat` into one product per part, sums them, then adds the bias
+    // (YOLOX's CSP blocks); the sum is the same — then an activation.
     let mut last = OutletId::new(id, 0);
     let mut replaced = 1;
-    let mut bias = vec![0.0; outputs];
-    let mut residual = None;
+    let (mut bias, mut residual) = (None, None);
     let mut act = Act::Identity;
-    let mut biased = false;
-    if let Some(next) = sole_reader(model, last.node)?
-        && let Some(b) = bias_add(model, next, last, outputs, &shape)?
-    {
-        bias = b;
-        biased = true;
-        last = OutletId::new(next.id, 0);
-        replaced += 1;
-    }
-    if let Some(next) = sole_reader(model, last.node)?
-        && let Some(r) = residual_add(model, next, last, &shape)?
-    {
-        residual = Some(r);
-        last = OutletId::new(next.id, 0);
-        replaced += 1;
-    }
-    // A bias after the residual: tract splits a 1×1 convolution of a `Concat` into one product
-    // per part, summed, then adds the bias (YOLOX's CSP blocks); the sum is the same.
-    if !biased
-        && residual.is_some()
-        && let Some(next) = sole_reader(model, last.node)?
-        && let Some(b) = bias_add(model, next, last, outputs, &shape)?
-    {
-        bias = b;
+    while let Some(next) = sole_reader(model, last.node)? {
+        if bias.is_none()
+            && let Some(b) = bias_add(model, next, last, outputs, &shape)?
+        {
+            bias = Some(b);
+        } else if residual.is_none()
+            && let Some(r) = residual_add(model, next, last, &shape)?
+        {
+            residual = Some(r);
+        } else {
+            break;
+        }
         last = OutletId::new(next.id, 0);
         replaced += 1;
     }
@@ -197,7 +186,7 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         shape: layer,
         offsets: layer.offsets().into(),
         weights: Floats(flushed_weights(&weights)?.into()),
-        bias: Floats(bias.into()),
+        bias: Floats(bias.unwrap_or_else(|| vec![0.0; outputs]).into()),
         residual: residual.is_some(),
         act,
         output: Output::new(shape.into()),
