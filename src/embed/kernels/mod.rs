@@ -21,6 +21,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod qconv;
 pub mod qpointwise;
+pub mod sigmoid;
 mod simd;
 mod tile;
 

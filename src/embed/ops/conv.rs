@@ -12,17 +12,12 @@ use super::graph::*;
 use super::parallel::*;
 use super::recycle::*;
 
-/// A fused depthwise 3×3 convolution, padding 1, stride 1 or 2: bias, activation.
-///
-/// Stride 2 (YOLOX's downsampling depthwise layers) runs the stride-1 kernel and keeps every
-/// other row and column (`depthwise::subsample2`): four times the multiply-adds of a direct
-/// stride-2 kernel, but through the vectorised one (measured on YOLOX-Nano at 736×416: tract's
-/// own stride-2 depthwise took 6.8 ms of 30.9 per frame).
+/// A fused depthwise 3×3 convolution, padding 1, stride 1 or 2 (YOLOX's downsampling layers):
+/// bias, activation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Depthwise {
     isa: Isa,
     shape: depthwise::Shape,
-    stride: usize,
     weights: Floats,
     bias: Floats,
     act: Act,
@@ -31,10 +26,7 @@ pub struct Depthwise {
 
 impl Depthwise {
     fn describe(&self) -> String {
-        format!(
-            "{:?} stride {} {:?} {}",
-            self.shape, self.stride, self.act, self.isa
-        )
+        format!("{:?} {:?} {}", self.shape, self.act, self.isa)
     }
 }
 
@@ -46,29 +38,15 @@ impl Depthwise {
         let shape = self.shape;
         let plane = shape.height * shape.width;
         let batch = x.len() / (shape.channels * plane);
-        let (oh, ow) = depthwise::output_size(shape.height, shape.width, self.stride);
+        let (oh, ow) = shape.output();
         let out_plane = oh * ow;
-        let kernel =
+        let run =
             |shape: depthwise::Shape, batch, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]| {
                 SCRATCH.with_borrow_mut(|scratch| {
                     depthwise::depthwise3x3(self.isa, shape, batch, x, w, b, self.act, y, scratch)
                 })
             };
-        let run =
-            |shape: depthwise::Shape, batch, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]| {
-                if self.stride == 1 {
-                    return kernel(shape, batch, x, w, b, y);
-                }
-                FULL.with_borrow_mut(|full| {
-                    if full.len() < x.len() {
-                        full.resize(x.len(), 0.0);
-                    }
-                    let full = &mut full[..x.len()];
-                    kernel(shape, batch, x, w, b, full);
-                    depthwise::subsample2(full, shape.height, shape.width, y);
-                })
-            };
-        let work = 9 * plane * shape.channels * batch;
+        let work = 9 * out_plane * shape.channels * batch;
         if batch > 1 {
             let (image, out_image) = (shape.channels * plane, shape.channels * out_plane);
             split_units(y, out_image, batch, work, |images, y| {
@@ -295,12 +273,12 @@ pub(crate) fn depthwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         channels,
         height: h,
         width: w,
+        stride: c.stride,
     };
     let (last, act, replaced) = conv_output(model, id, &c.out_shape)?;
     let op = Depthwise {
         isa,
         shape,
-        stride: c.stride,
         weights: Floats(flushed_weights(&c.kernel)?.into()),
         bias: Floats(bias.into()),
         act,

@@ -87,8 +87,9 @@ pub(super) fn gated_term<'m>(
     Ok(None)
 }
 
-/// `Mul(x, gate(x))` (see [`gated_term`]) into a one-term [`GatedSum`], and `Add(a, b)` where `a`
-/// or `b` is a [`GatedSum`] only the `Add` reads into one [`GatedSum`] of all their terms.
+/// `Mul(x, gate(x))` (see [`gated_term`]) into a one-term [`GatedSum`]; `Add(a, b)` where `a`
+/// or `b` is a [`GatedSum`] only the `Add` reads into one [`GatedSum`] of all their terms; and
+/// `Add(a, b)` of two same-shape outputs of our ops into an ungated two-term one.
 pub(super) fn gated_sum_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
     let node = model.node(id);
     let out = model.outlet_fact(OutletId::new(id, 0))?;
@@ -137,7 +138,10 @@ pub(super) fn gated_sum_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
                 }
             }
         }
-        if merged == 0 || gates.len() > gated_sum::MAX_TERMS {
+        // A plain sum of two values our ops compute (YOLOX's residual adds after a SiLU) is a
+        // two-term sum without gates: ours, so that its operands' outputs are recycled too.
+        let ours = |o: &OutletId| model.node(o.node).op.name().starts_with("Reidcam");
+        if (merged == 0 && !inputs.iter().all(ours)) || gates.len() > gated_sum::MAX_TERMS {
             return Ok(None);
         }
         (inputs, gates)

@@ -16,13 +16,17 @@
 //!   with an fc in it (a network's head: global average pool → fc → bias → ReLU, a BNNeck's
 //!   multiply-add) into one [`PooledChain`] too (`ReidcamHead`);
 //! - `Mul(x, gate(x))` and the `Add`s summing such terms (OSNet's `Σₜ gate(xₜ) ⊙ xₜ`), the gates
-//!   included, into one [`GatedSum`].
+//!   included, into one [`GatedSum`]; and an `Add` of two of our ops' outputs (YOLOX's residual
+//!   after a SiLU) into an ungated one;
+//! - nearest upsampling by integer factors (YOLOX's feature pyramid) into [`Upsample`];
+//! - chains of `Concat`, reshapes and axis moves, and `Sigmoid`s, over our ops' outputs (YOLOX's
+//!   head) into one [`Gather`], a copy through an index table made at load.
 //!
 //! A step is fused only when the value it consumes has no other reader, the constants have the
 //! shapes the kernels expect and everything is f32; anything else is left to tract untouched.
 //! After tract's optimisation, [`recycle_outputs`] lets the ops whose readers are all ours reuse
-//! their output tensors from run to run (see [`with_output`]): an OSNet, whose every node is then
-//! ours, embeds a crop without allocating.
+//! their output tensors from run to run (see [`with_output`]): an OSNet or a YOLOX, whose every
+//! node is then ours, embeds a crop or finds the people in a frame without allocating.
 
 use tract_onnx::tract_core::internal::*;
 
@@ -82,6 +86,7 @@ macro_rules! reidcam_op {
 mod conv;
 mod focus;
 mod gated_sum;
+mod gather;
 mod graph;
 mod parallel;
 mod pointwise;
@@ -89,6 +94,7 @@ mod pool;
 mod pooled;
 mod quant;
 mod recycle;
+mod upsample;
 
 pub(crate) use conv::full_conv_shape;
 pub use conv::{Depthwise, FullConv};
@@ -96,6 +102,8 @@ use conv::{conv_patch, depthwise_patch};
 use focus::focus_patch;
 pub use gated_sum::GatedSum;
 use gated_sum::gated_sum_patch;
+pub use gather::Gather;
+use gather::gather_patch;
 pub(crate) use graph::flush_subnormals;
 pub(crate) use parallel::with_kernel_pool;
 pub use pointwise::Pointwise;
@@ -107,6 +115,8 @@ use pooled::pooled_patch;
 use quant::quant_pointwise_patch;
 pub use quant::{QuantFullConv, QuantPointwise};
 use recycle::Output;
+pub use upsample::Upsample;
+use upsample::upsample_patch;
 
 /// How many nodes of each kind the rewrite put in place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,6 +130,10 @@ pub struct Rewritten {
     /// Heads (global pooling and the layers after it) and gated sums.
     pub head: usize,
     pub gated_sum: usize,
+    /// Nearest upsamplings, and chains of concatenations, reshapes, axis moves and sigmoids
+    /// (YOLOX's head) each as one copy through an index table.
+    pub upsample: usize,
+    pub gather: usize,
     /// Quantised 1×1 and one-group (the stem) convolutions run by our int8 kernels, and
     /// quantised convolutions run in float from dequantised weights (`embed::int8`; 0 for float
     /// models).
@@ -142,8 +156,8 @@ impl std::fmt::Display for Rewritten {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} fused 1x1, {} depthwise, {} conv, {} pooling, {} gated-sum ({} channel gates) and \
-             {} head ops for {} tract nodes; {} outputs recycled",
+            "{} fused 1x1, {} depthwise, {} conv, {} pooling, {} gated-sum ({} channel gates), \
+             {} head, {} upsample and {} gather ops for {} tract nodes; {} outputs recycled",
             self.pointwise,
             self.depthwise,
             self.conv,
@@ -151,6 +165,8 @@ impl std::fmt::Display for Rewritten {
             self.gated_sum,
             self.gate,
             self.head,
+            self.upsample,
+            self.gather,
             self.replaced,
             self.recycled
         )?;
@@ -193,6 +209,10 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
             } else if let Some(found) = quant_pointwise_patch(model, id)? {
                 done.quant_fused += 1;
                 found
+            } else if let Some(found) = upsample_patch(model, id)? {
+                found
+            } else if let Some(found) = gather_patch(model, id, isa)? {
+                found
             } else {
                 continue;
             };
@@ -215,6 +235,8 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
             "ReidcamGate" => &mut done.gate,
             "ReidcamHead" => &mut done.head,
             "ReidcamGatedSum" => &mut done.gated_sum,
+            "ReidcamUpsample" => &mut done.upsample,
+            "ReidcamGather" => &mut done.gather,
             _ => continue,
         };
         *count += 1;
@@ -239,7 +261,9 @@ fn output_of(node: &mut TypedNode) -> Option<&mut Output> {
         FullConv,
         Pool,
         PooledChain,
-        GatedSum
+        GatedSum,
+        Upsample,
+        Gather
     );
     None
 }

@@ -73,6 +73,4 @@ thread_local! {
     /// Our kernels' scratch (padded planes, phase-split images, pooled rows): grown to the
     /// largest layer once per thread, then reused.
     pub(super) static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// A stride-2 depthwise convolution's stride-1 planes before subsampling (`ops::conv`).
-    pub(super) static FULL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
