@@ -13,7 +13,8 @@ more than the baseline's tolerance; --update rewrites the baseline.
 
     tools/.venv/bin/python tools/qemu_cost.py --binary ... --int8 [--int8-model DIR/X_int8.onnx]...
 
-    tools/.venv/bin/python tools/qemu_cost.py --binary ... --frame [--cpu cortex-a72]
+    tools/.venv/bin/python tools/qemu_cost.py --binary ... --frame [--cpu cortex-a72] \
+        [--detector D.onnx --detector-size WxH]
 
 --frame instead counts the daemon's per-frame work with its defaults: guest instructions per
 detector frame (`reidcam detect` with models/detector.onnx on a 768×432 frame, the shared
@@ -88,13 +89,16 @@ def main() -> int:
     ap.add_argument("--cpu", default=CPU, help="with --frame: the emulated CPU")
     ap.add_argument("--frame-model", type=Path, default=ROOT / "models" / "default.onnx",
                     help="with --frame: the ReID model (default: models/default.onnx)")
+    ap.add_argument("--detector", type=Path, default=ROOT / "models" / "detector.onnx",
+                    help="with --frame: the detector (default: models/detector.onnx)")
+    ap.add_argument("--detector-size", help="with --frame: the detector's input WxH (default: its manifest's)")
     ap.add_argument("--int8-model", type=Path, action="append", default=[],
                     help="with --int8: another X_int8.onnx (float X.onnx and manifests beside it)")
     args = ap.parse_args()
     if args.int8:
         return int8_vs_float(args.binary, args.int8_model)
     if args.frame:
-        return per_frame(args.binary, args.cpu, args.frame_model)
+        return per_frame(args.binary, args.cpu, args.frame_model, args.detector, args.detector_size)
     shared = reference.require_shared("qemu_cost")
     if shared is None:
         return 0
@@ -144,10 +148,11 @@ def main() -> int:
     return 0
 
 
-def detect_instructions(binary: Path, lib: Path, image: Path, frames: int, cpu: str) -> int:
+def detect_instructions(binary: Path, lib: Path, image: Path, frames: int, cpu: str,
+                        detector: Path, size: str | None) -> int:
     """Guest instructions of one `reidcam detect` process over `frames` copies of `image`."""
     cmd = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", str(binary), "detect",
-           "--detector", str(ROOT / "models" / "detector.onnx"), *[str(image)] * frames]
+           "--detector", str(detector), *(["--size", size] if size else []), *[str(image)] * frames]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"qemu_cost: {' '.join(cmd[:8])} ... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -157,7 +162,7 @@ def detect_instructions(binary: Path, lib: Path, image: Path, frames: int, cpu: 
     return int(found[-1])
 
 
-def per_frame(binary: Path, cpu: str, model: Path) -> int:
+def per_frame(binary: Path, cpu: str, model: Path, detector: Path, size: str | None) -> int:
     """The default detector per frame and the default model per embedding (see the module docs)."""
     import tempfile
 
@@ -171,13 +176,14 @@ def per_frame(binary: Path, cpu: str, model: Path) -> int:
         y, x = np.mgrid[0:432, 0:768]
         pixels = np.stack([x * 255 // 768, y * 255 // 432, (x + y) % 256], 2) + rng.integers(0, 30, (432, 768, 3))
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(image, quality=90)
-        counts = {n: detect_instructions(binary, lib, image, n, cpu) for n in (1, 3)}
-    detector = (counts[3] - counts[1]) / 2
+        counts = {n: detect_instructions(binary, lib, image, n, cpu, detector, size) for n in (1, 3)}
+    per_detection = (counts[3] - counts[1]) / 2
     runs = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu) for n in RUNS}
     embed = (runs[RUNS[1]] - runs[RUNS[0]]) / (RUNS[1] - RUNS[0])
-    print(f"qemu_cost: {cpu}: default detector {detector / 1e6:.1f} M guest instructions per "
-          f"768x432 frame; {model.name} {embed / 1e6:.2f} M per embedding; a frame with one "
-          f"person {(detector + embed) / 1e6:.1f} M, with three {(detector + 3 * embed) / 1e6:.1f} M")
+    print(f"qemu_cost: {cpu}: detector {detector.name} at {size or 'its manifest size'} "
+          f"{per_detection / 1e6:.1f} M guest instructions per 768x432 frame (letterbox, network, "
+          f"decoding); {model.name} {embed / 1e6:.2f} M per embedding; a frame with one person "
+          f"{(per_detection + embed) / 1e6:.1f} M, with three {(per_detection + 3 * embed) / 1e6:.1f} M")
     return 0
 
 

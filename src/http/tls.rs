@@ -110,6 +110,7 @@ fn remove_stale(base: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     for entry in entries.flatten() {
         let name = entry.file_name();

@@ -72,6 +72,52 @@ fn a_detector_frame_allocates_nothing_once_warm() {
     }
 }
 
+/// With two threads per network (the detector's and the embedder's large layers shared with a
+/// pool thread) nothing allocates on any thread once warm: counted for the whole process, in a
+/// child process running only [`two_threads_allocate_nothing_alone`].
+#[test]
+fn with_two_threads_nothing_allocates_on_any_thread() {
+    crate::alloc_count::run_alone("kernels::two_threads_allocate_nothing_alone");
+}
+
+#[test]
+#[ignore = "run alone in a child process by with_two_threads_nothing_allocates_on_any_thread"]
+fn two_threads_allocate_nothing_alone() {
+    use crate::alloc_count::{alone_in_process, process_allocations_during};
+    assert!(
+        alone_in_process(),
+        "counts the whole process: run it through its parent test"
+    );
+    let mut detector = Network::load(&repo().join("models/detector.onnx"), 416, 256, 2).unwrap();
+    for (i, v) in detector.input_mut().iter_mut().enumerate() {
+        *v = ((i * 7919) % 251) as f32 / 251.0;
+    }
+    let config = EmbedConfig {
+        batch: 1,
+        threads: 2,
+        kernels: Kernels::Reidcam,
+    };
+    let model = repo().join("models/default.onnx");
+    let mut embedder = Embedder::load(&model, ManifestChoice::Sidecar, &config).unwrap();
+    let mut pre = Preprocessor::with_max_source(&embedder.manifest().input, 120, 260);
+    let crop = pattern(90, 230);
+    let mut turn = || {
+        detector.run().unwrap();
+        embed_all(&mut embedder, &mut pre, &crop);
+    };
+    // Warm-up: each thread's scratch grows to the largest part it has claimed.
+    for _ in 0..20 {
+        turn();
+    }
+    let ((), n) = process_allocations_during(|| {
+        for _ in 0..20 {
+            turn();
+        }
+    });
+    eprintln!("two threads: {n} allocations in the process in 20 detector frames and embeddings");
+    assert_eq!(n, 0, "allocations on some thread with two threads");
+}
+
 /// Embeds `batch` different crops with each engine and compares them.
 fn same_embeddings(model: &Path, batch: usize, threads: usize) -> Rewritten {
     close_embeddings(model, batch, threads, 0.99999, 1e-4)

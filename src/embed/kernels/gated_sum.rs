@@ -102,6 +102,7 @@ unsafe fn body<V: Lanes>(args: &Args, out: &mut [f32]) {
     let pixels = args.pixels;
     let terms = args.tensors.len();
     let full = pixels / V::N * V::N;
+    // SAFETY: `V` is supported (the caller's contract).
     let mut scale = [unsafe { V::splat(1.0) }; MAX_TERMS];
     let mut from = [std::ptr::null::<f32>(); MAX_TERMS];
     for (plane, y) in out.chunks_exact_mut(pixels).enumerate() {
@@ -109,6 +110,7 @@ unsafe fn body<V: Lanes>(args: &Args, out: &mut [f32]) {
         for t in 0..terms {
             // SAFETY: `at` is inside every term (each as long as `out`).
             from[t] = unsafe { args.tensors[t].as_ptr().add(at) };
+            // SAFETY: `V` is supported (the caller's contract).
             scale[t] = unsafe { V::splat(args.scales[t].map_or(1.0, |g| g[plane])) };
         }
         let y = y.as_mut_ptr();

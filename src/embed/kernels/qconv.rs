@@ -115,6 +115,8 @@ impl ConvLayer {
                         #[cfg(target_arch = "x86_64")]
                         Dot::Avx2 => unsafe { x86::interleave_avx2(dst, a, b, c, d) },
                         #[cfg(target_arch = "x86_64")]
+                        // SAFETY: as above: the dot-product kind was checked against the CPU, the
+                        // rows are in bounds.
                         Dot::Vnni512 => unsafe { x86::interleave(dst, a, b, c, d) },
                         #[cfg(target_arch = "aarch64")]
                         Dot::NeonWiden | Dot::NeonDot => interleave(dst, a, b, c, d),

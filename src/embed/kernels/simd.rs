@@ -25,6 +25,8 @@ pub trait Lanes: Copy {
     /// code and constants stay out of the other copy), else ReLU or nothing as `act` says.
     #[inline(always)]
     unsafe fn activate<const SILU: bool>(self, act: Act) -> Self {
+        // SAFETY: the trait's contract: the CPU supports these instructions; pointers are valid
+        // for the lanes read or written.
         unsafe {
             if SILU {
                 self.silu()
@@ -55,10 +57,14 @@ impl Lanes for Portable {
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the trait's contract: the CPU supports these instructions; pointers are valid
+        // for the lanes read or written.
         Portable(unsafe { p.cast::<[f32; 4]>().read_unaligned() })
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the trait's contract: the CPU supports these instructions; pointers are valid
+        // for the lanes read or written.
         unsafe { p.cast::<[f32; 4]>().write_unaligned(self.0) }
     }
     #[inline(always)]
@@ -81,6 +87,8 @@ impl Lanes for Portable {
     unsafe fn load_n(p: *const f32, n: usize) -> Self {
         let mut v = [0.0; 4];
         for (i, lane) in v.iter_mut().enumerate().take(n) {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             *lane = unsafe { *p.add(i) };
         }
         Portable(v)
@@ -88,6 +96,8 @@ impl Lanes for Portable {
     #[inline(always)]
     unsafe fn store_n(self, p: *mut f32, n: usize) {
         for (i, lane) in self.0.iter().enumerate().take(n) {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { *p.add(i) = *lane };
         }
     }
@@ -105,30 +115,44 @@ mod x86 {
         const N: usize = 8;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_set1_ps(v) }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_loadu_ps(p) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_storeu_ps(p, self) }
         }
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_fmadd_ps(a, b, c) }
         }
         #[inline(always)]
         unsafe fn add(self, other: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_add_ps(self, other) }
         }
         #[inline(always)]
         unsafe fn relu(self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_max_ps(self, _mm256_setzero_ps()) }
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe {
                 let x = _mm256_max_ps(self, _mm256_set1_ps(-EXP_LIMIT));
                 let t = _mm256_max_ps(
@@ -158,10 +182,14 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_maskload_ps(p, lanes_below(n)) }
         }
         #[inline(always)]
         unsafe fn store_n(self, p: *mut f32, n: usize) {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm256_maskstore_ps(p, lanes_below(n), self) }
         }
     }
@@ -169,6 +197,8 @@ mod x86 {
     /// A mask of the first `n` of 8 lanes.
     #[inline(always)]
     unsafe fn lanes_below(n: usize) -> __m256i {
+        // SAFETY: the trait's contract: the CPU supports these instructions; pointers are valid
+        // for the lanes read or written.
         unsafe {
             _mm256_cmpgt_epi32(
                 _mm256_set1_epi32(n as i32),
@@ -181,30 +211,44 @@ mod x86 {
         const N: usize = 16;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_set1_ps(v) }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_loadu_ps(p) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_storeu_ps(p, self) }
         }
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_fmadd_ps(a, b, c) }
         }
         #[inline(always)]
         unsafe fn add(self, other: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_add_ps(self, other) }
         }
         #[inline(always)]
         unsafe fn relu(self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_max_ps(self, _mm512_setzero_ps()) }
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe {
                 let x = _mm512_max_ps(self, _mm512_set1_ps(-EXP_LIMIT));
                 let t = _mm512_max_ps(
@@ -234,10 +278,14 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p) }
         }
         #[inline(always)]
         unsafe fn store_n(self, p: *mut f32, n: usize) {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, self) }
         }
     }
@@ -255,30 +303,44 @@ mod neon {
         const N: usize = 4;
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vdupq_n_f32(v) }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vld1q_f32(p) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vst1q_f32(p, self) }
         }
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vfmaq_f32(c, a, b) }
         }
         #[inline(always)]
         unsafe fn add(self, other: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vaddq_f32(self, other) }
         }
         #[inline(always)]
         unsafe fn relu(self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vmaxq_f32(self, vdupq_n_f32(0.0)) }
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe {
                 let x = vmaxq_f32(self, vdupq_n_f32(-EXP_LIMIT));
                 let t = vmaxq_f32(vnegq_f32(x), vdupq_n_f32(-EXP_LIMIT));
@@ -301,15 +363,23 @@ mod neon {
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
             let mut v = [0.0f32; 4];
             for (i, lane) in v.iter_mut().enumerate().take(n) {
+                // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+                // valid for the lanes read or written.
                 *lane = unsafe { *p.add(i) };
             }
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vld1q_f32(v.as_ptr()) }
         }
         #[inline(always)]
         unsafe fn store_n(self, p: *mut f32, n: usize) {
             let mut v = [0.0f32; 4];
+            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+            // valid for the lanes read or written.
             unsafe { vst1q_f32(v.as_mut_ptr(), self) };
             for (i, lane) in v.iter().enumerate().take(n) {
+                // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
+                // valid for the lanes read or written.
                 unsafe { *p.add(i) = *lane };
             }
         }

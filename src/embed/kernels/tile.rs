@@ -206,6 +206,7 @@ unsafe fn tiles<V: Accumulate, const OB: usize, const NV: usize, const SILU: boo
     let outputs = p.outputs();
     let full_o = outputs / OB * OB;
     let mut i = 0;
+    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
     unsafe {
         while i + NV * V::N <= len {
             for o0 in (0..full_o).step_by(OB) {
@@ -256,6 +257,7 @@ unsafe fn rest<V: Accumulate, const NV: usize, const SILU: bool>(
     y: *mut f32,
 ) {
     let outputs = p.outputs();
+    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
     unsafe {
         while outputs - o0 >= 4 {
             tile::<V, 4, NV, SILU>(p, o0, xb, yb, y);
@@ -282,6 +284,7 @@ unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool
 ) {
     let k_len = p.offsets.len();
     let (w, x, offsets) = (p.weights.as_ptr(), p.x.as_ptr(), p.offsets.as_ptr());
+    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
     unsafe {
         let mut acc = [[V::splat(0.0); NV]; OB];
         for (j, row) in acc.iter_mut().enumerate() {
@@ -316,6 +319,7 @@ unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool
 #[inline(always)]
 unsafe fn single(p: &Product, o: usize, xb: usize, yb: usize, y: *mut f32) {
     let k_len = p.offsets.len();
+    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
     unsafe {
         let mut acc = *p.bias.get_unchecked(o);
         for k in 0..k_len {

@@ -216,6 +216,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SAFETY: `kill` on our own child's pid; no memory is involved.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

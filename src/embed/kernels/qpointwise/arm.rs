@@ -101,10 +101,14 @@ unsafe fn outputs_of<const RES: bool, const RELU: bool>(
     let outputs = layer.shape.outputs;
     let mut o = 0;
     while o + 8 <= outputs {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         unsafe { tile::<8, false, RES, RELU>(layer, o, words, residual, out) };
         o += 8;
     }
     while o < outputs {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         unsafe { tile::<4, false, RES, RELU>(layer, o, words, residual, out) };
         o += 4;
     }
@@ -120,6 +124,8 @@ unsafe fn outputs_widen<const RES: bool, const RELU: bool>(
     out: &mut [f32],
 ) {
     for o in (0..layer.shape.outputs).step_by(4) {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         unsafe { tile::<4, true, RES, RELU>(layer, o, words, residual, out) };
     }
 }
@@ -131,6 +137,8 @@ unsafe fn load_words(row: &[u32], p: usize) -> int8x16_t {
     for (lane, &w) in lanes.iter_mut().zip(row.iter().skip(p)) {
         *lane = w;
     }
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
+    // inside its vector.
     unsafe { vreinterpretq_s8_u32(vld1q_u32(lanes.as_ptr())) }
 }
 
@@ -147,16 +155,26 @@ unsafe fn sums<const N: usize>(
     let groups = layer.groups;
     // SAFETY (whole function): `words_by4` holds 4 words per (block of 4 outputs, group),
     // its blocks padded to a multiple of 4 outputs; `N == 8` reads blocks o0/4 and o0/4 + 1.
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
+    // inside its vector.
     let blocks = unsafe { layer.words_by4.as_ptr().add(o0 / 4 * groups * 4) };
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
+    // inside its vector.
     let mut acc = [[unsafe { vdupq_n_s32(0) }; 2]; N];
     for (j, a) in acc.iter_mut().enumerate() {
         let corr = layer.corr_i8.get(o0 + j).copied().unwrap_or(0);
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         *a = [unsafe { vdupq_n_s32(corr) }; 2];
     }
     for g in 0..groups {
         let (xa, xb) = (load(g, p), load(g, p + 4));
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         let w0 = unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add(g * 4))) };
         let w1 = if N == 8 {
+            // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+            // index is inside its vector.
             unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add((groups + g) * 4))) }
         } else {
             w0
@@ -164,7 +182,11 @@ unsafe fn sums<const N: usize>(
         macro_rules! lane {
             ($j:literal, $w:ident, $l:literal) => {
                 if $j < N {
+                    // SAFETY: as this function's safety contract and notes say: the CPU features were checked
+                    // and every index is inside its vector.
                     acc[$j][0] = unsafe { sdot::<$l>(acc[$j][0], xa, $w) };
+                    // SAFETY: as this function's safety contract and notes say: the CPU features were checked
+                    // and every index is inside its vector.
                     acc[$j][1] = unsafe { sdot::<$l>(acc[$j][1], xb, $w) };
                 }
             };
@@ -197,8 +219,12 @@ unsafe fn sums_widen<const N: usize>(
     let groups = layer.groups;
     // SAFETY (whole function): `words_by4` holds 4 words per (block of 4 outputs, group),
     // its blocks padded to a multiple of 4 outputs; block o0/4 is read.
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
+    // inside its vector.
     let block = unsafe { layer.words_by4.as_ptr().add(o0 / 4 * groups * 4) };
     // Group `g`'s four weight words (one load), each repeated across a register (`dup`).
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
+    // inside its vector.
     let weights = |g: usize| unsafe {
         let w = vld1q_u32(block.add(g * 4));
         [
@@ -209,6 +235,8 @@ unsafe fn sums_widen<const N: usize>(
         ]
     };
     // `half[j]`: pixels p..p+2, p+2..p+4, p+4..p+6, p+6..p+8, two half sums each.
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
+    // inside its vector.
     let mut half = [[unsafe { vdupq_n_s32(0) }; 4]; N];
     let mut g = 0;
     if layer.narrow {
@@ -250,8 +278,12 @@ unsafe fn sums_widen<const N: usize>(
         }
         g += 1;
     }
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
+    // inside its vector.
     let mut acc = [[unsafe { vdupq_n_s32(0) }; 2]; N];
     for (j, (a, h)) in acc.iter_mut().zip(&half).enumerate() {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         let corr = unsafe { vdupq_n_s32(layer.corr_i8.get(o0 + j).copied().unwrap_or(0)) };
         // SAFETY: register-only NEON instructions.
         *a = unsafe {
@@ -312,6 +344,8 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
     };
     let mut p = 0;
     while p < whole {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         let acc = unsafe { sums_by::<N, WIDE>(layer, o0, p, direct) };
         for (j, a) in acc.iter().enumerate() {
             let o = o0 + j;
@@ -338,7 +372,11 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
     }
     while p < pixels {
         let row = |g: usize| &words[g * pixels..][..pixels];
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         let tail = |g: usize, p: usize| unsafe { load_words(row(g), p) };
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
+        // index is inside its vector.
         let acc = unsafe { sums_by::<N, WIDE>(layer, o0, p, tail) };
         for (j, a) in acc.iter().enumerate().take(outputs.saturating_sub(o0)) {
             let o = o0 + j;

@@ -48,10 +48,16 @@ unsafe fn outputs_of<const RES: bool, const RELU: bool>(
     );
     let mut o = 0;
     while o + OUTS <= outputs {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+        // outputs keeps every index inside its vector, and the masks keep loads and stores inside
+        // the rows.
         unsafe { tile::<OUTS, RES, RELU>(layer, o, words, residual, out) };
         o += OUTS;
     }
     while o < outputs {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+        // outputs keeps every index inside its vector, and the masks keep loads and stores inside
+        // the rows.
         unsafe { tile::<1, RES, RELU>(layer, o, words, residual, out) };
         o += 1;
     }
@@ -75,6 +81,8 @@ unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
     // SAFETY (whole function): o0 + N ≤ outputs (the caller's loops), so every weight word
     // `(o0 + j)·groups + g`, correction and multiplier read is inside its vector; the
     // masks keep loads and stores inside the rows, whose lengths `product` asserted.
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤ outputs
+    // keeps every index inside its vector, and the masks keep loads and stores inside the rows.
     let w = unsafe { layer.words.as_ptr().add(o0 * groups) };
     let mut p = 0;
     while p < pixels {
@@ -89,10 +97,16 @@ unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
         };
         let mut acc = [[_mm512_setzero_si512(); 2]; N];
         for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+            // outputs keeps every index inside its vector, and the masks keep loads and stores
+            // inside the rows.
             let corr = _mm512_set1_epi32(unsafe { *layer.corr_u8.get_unchecked(o0 + j) });
             *a = [corr; 2];
         }
         for g in 0..groups {
+            // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+            // outputs keeps every index inside its vector, and the masks keep loads and stores
+            // inside the rows.
             let (xa, xb) = unsafe {
                 let row = x.add(g * pixels + p);
                 (
@@ -101,6 +115,9 @@ unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
                 )
             };
             for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 +
+                // N ≤ outputs keeps every index inside its vector, and the masks keep loads and
+                // stores inside the rows.
                 let wj = _mm512_set1_epi32(unsafe { *w.add(j * groups + g) } as i32);
                 a[0] = _mm512_dpbusd_epi32(a[0], xa, wj);
                 a[1] = _mm512_dpbusd_epi32(a[1], xb, wj);
@@ -108,12 +125,18 @@ unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
         }
         for (j, a) in acc.iter().enumerate() {
             let o = o0 + j;
+            // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+            // outputs keeps every index inside its vector, and the masks keep loads and stores
+            // inside the rows.
             let mult = _mm512_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
             for (h, mask) in [m0, m1].into_iter().enumerate() {
                 let at = o * layer.y_stride + p + 16 * h;
                 // Same arithmetic as `Layer::store`. A zero mask loads and stores nothing.
                 let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(a[h]), mult);
                 if RES {
+                    // SAFETY: as this function's safety contract and notes say: the CPU features were checked,
+                    // o0 + N ≤ outputs keeps every index inside its vector, and the masks keep
+                    // loads and stores inside the rows.
                     v = _mm512_add_ps(v, unsafe {
                         _mm512_maskz_loadu_ps(mask, residual.as_ptr().add(at))
                     });
@@ -121,6 +144,9 @@ unsafe fn tile<const N: usize, const RES: bool, const RELU: bool>(
                 if RELU {
                     v = _mm512_max_ps(v, _mm512_setzero_ps());
                 }
+                // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 +
+                // N ≤ outputs keeps every index inside its vector, and the masks keep loads and
+                // stores inside the rows.
                 unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), mask, v) };
             }
         }
@@ -170,10 +196,16 @@ unsafe fn outputs_avx2<const RES: bool, const RELU: bool>(
     );
     let mut o = 0;
     while o + OUTS2 <= outputs {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+        // outputs keeps every index inside its vector, and the masks keep loads and stores inside
+        // the rows.
         unsafe { tile_avx2::<OUTS2, RES, RELU>(layer, o, words, residual, out) };
         o += OUTS2;
     }
     while o < outputs {
+        // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+        // outputs keeps every index inside its vector, and the masks keep loads and stores inside
+        // the rows.
         unsafe { tile_avx2::<1, RES, RELU>(layer, o, words, residual, out) };
         o += 1;
     }
@@ -200,6 +232,8 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
     // `((o0 + j)·groups + g)·2 + h`, correction and multiplier read is inside its vector;
     // the lane masks keep loads and stores inside the rows, whose lengths `product_avx2`
     // asserted (a masked-off lane is neither read nor written).
+    // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤ outputs
+    // keeps every index inside its vector, and the masks keep loads and stores inside the rows.
     let w = unsafe { layer.pairs.as_ptr().add(2 * o0 * groups) };
     let even = _mm256_set1_epi32(0x00ff_00ff);
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -210,10 +244,16 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
         let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(left - 8), lane);
         let mut acc = [[_mm256_setzero_si256(); 2]; N];
         for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+            // outputs keeps every index inside its vector, and the masks keep loads and stores
+            // inside the rows.
             let corr = _mm256_set1_epi32(unsafe { *layer.corr_u8.get_unchecked(o0 + j) });
             *a = [corr; 2];
         }
         for g in 0..groups {
+            // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+            // outputs keeps every index inside its vector, and the masks keep loads and stores
+            // inside the rows.
             let (xa, xb) = unsafe {
                 let row = x.add(g * pixels + p).cast::<i32>();
                 (
@@ -231,6 +271,9 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
             );
             for (j, a) in acc.iter_mut().enumerate() {
                 let at = 2 * (j * groups + g);
+                // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 +
+                // N ≤ outputs keeps every index inside its vector, and the masks keep loads and
+                // stores inside the rows.
                 let (we, wo) = unsafe {
                     (
                         _mm256_set1_epi32(*w.add(at) as i32),
@@ -249,6 +292,9 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
         }
         for (j, a) in acc.iter().enumerate() {
             let o = o0 + j;
+            // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
+            // outputs keeps every index inside its vector, and the masks keep loads and stores
+            // inside the rows.
             let mult = _mm256_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
             for (h, mask) in [m0, m1].into_iter().enumerate() {
                 let at = o * layer.y_stride + p + 8 * h;
@@ -256,6 +302,9 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
                 // pointer may point past the row: `wrapping_add`, never dereferenced there).
                 let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(a[h]), mult);
                 if RES {
+                    // SAFETY: as this function's safety contract and notes say: the CPU features were checked,
+                    // o0 + N ≤ outputs keeps every index inside its vector, and the masks keep
+                    // loads and stores inside the rows.
                     v = _mm256_add_ps(v, unsafe {
                         _mm256_maskload_ps(residual.as_ptr().wrapping_add(at), mask)
                     });
@@ -263,6 +312,9 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
                 if RELU {
                     v = _mm256_max_ps(v, _mm256_setzero_ps());
                 }
+                // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 +
+                // N ≤ outputs keeps every index inside its vector, and the masks keep loads and
+                // stores inside the rows.
                 unsafe { _mm256_maskstore_ps(out.as_mut_ptr().wrapping_add(at), mask, v) };
             }
         }
