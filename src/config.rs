@@ -132,8 +132,8 @@ pub struct ModelSection {
     /// Manifest; empty: the sidecar `MODEL.toml`, else `models/reference/<stem>.toml`, else
     /// torchreid defaults.
     pub manifest: String,
-    /// Embedding threads (`EmbedConfig::threads`): they split a batch; the daemon embeds one crop
-    /// at a time.
+    /// Embedding threads (`EmbedConfig::threads`): they share a batch's crops, and a crop's
+    /// largest layers.
     pub threads: usize,
 }
 

@@ -82,6 +82,7 @@ pub(super) fn check_boxes(file: &mut (impl Read + Seek), file_size: u64) -> Resu
         let (size, header) = size_and_header(&head, left);
         let shown = String::from_utf8_lossy(&name);
         let is_header = &name == b"moov" || &name == b"moof";
+        let is_event = &name == b"emsg";
         if size < header || (is_header && size > left) {
             return Err(format!(
                 "box {shown} declares {size} bytes where the file has {left} left"
@@ -92,7 +93,7 @@ pub(super) fn check_boxes(file: &mut (impl Read + Seek), file_size: u64) -> Resu
             // off; nothing after it is read.
             break;
         }
-        if is_header {
+        if is_header || is_event {
             if size > MAX_HEADER_BOX {
                 return Err(format!(
                     "box {shown} of {size} bytes: too large for a header"
@@ -100,9 +101,39 @@ pub(super) fn check_boxes(file: &mut (impl Read + Seek), file_size: u64) -> Resu
             }
             let mut body = vec![0u8; (size - header) as usize];
             file.read_exact(&mut body).map_err(|e| e.to_string())?;
-            check_level(&body, false, 1)?;
+            if is_header {
+                check_level(&body, false, 1)?;
+            } else {
+                check_event(&body)?;
+            }
         }
         at += size;
+    }
+    Ok(())
+}
+
+/// An `emsg` (event message) box's body holds what the crate reads before the message: version
+/// and flags, its fixed fields and two NUL-terminated strings. The crate takes the message's
+/// length as the box size minus those, unchecked: a box too small for them made it allocate
+/// ~2⁶⁴ bytes (a capacity-overflow panic at start-up; found by fuzzing, `replay` target).
+fn check_event(body: &[u8]) -> Result<(), String> {
+    let cut = || "box emsg: too small for its fields".to_string();
+    let (&version, rest) = body.split_first().ok_or_else(cut)?;
+    let rest = rest.get(3..).ok_or_else(cut)?;
+    // Version 0: the strings, then timescale, time delta, duration and id (4 bytes each);
+    // version 1: timescale, time (8 bytes), duration and id, then the strings.
+    let (fixed, strings) = match version {
+        0 => (16, rest),
+        1 => (20, rest.get(20..).ok_or_else(cut)?),
+        v => return Err(format!("box emsg: version {v} (0 or 1)")),
+    };
+    let first = strings.iter().position(|&b| b == 0).ok_or_else(cut)?;
+    let second = strings[first + 1..]
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(cut)?;
+    if first + second + 2 + fixed > rest.len() {
+        return Err(cut());
     }
     Ok(())
 }
@@ -116,6 +147,30 @@ mod tests {
         b.extend_from_slice(name);
         b.extend_from_slice(body);
         b
+    }
+
+    #[test]
+    fn an_event_box_too_small_for_its_fields_is_refused() {
+        let file = |emsg: &[u8]| [mp4_box(b"ftyp", b"isom"), mp4_box(b"emsg", emsg)].concat();
+        let check = |emsg: &[u8]| {
+            let f = file(emsg);
+            check_boxes(&mut std::io::Cursor::new(&f), f.len() as u64)
+        };
+        let v0 = [&[0u8, 0, 0, 0][..], b"urn:x\0v\0", &[0; 16], b"message"].concat();
+        let v1 = [&[1u8, 0, 0, 0][..], &[0; 20], b"urn:x\0v\0"].concat();
+        assert_eq!(check(&v0), Ok(()));
+        assert_eq!(check(&v1), Ok(()));
+        for bad in [
+            &[][..],
+            &[0, 0, 0],
+            &v0[..14],
+            &v1[..20],
+            &v1[..v1.len() - 1],
+        ] {
+            let err = check(bad).unwrap_err();
+            assert!(err.contains("emsg"), "{err}");
+        }
+        assert!(check(&[2, 0, 0, 0]).unwrap_err().contains("version 2"));
     }
 
     #[test]

@@ -441,3 +441,11 @@ fn an_mp4_box_larger_than_the_file_is_refused_before_it_is_allocated() {
 fn an_mp4_with_samples_stts_does_not_time_is_refused() {
     mp4_refused("untimed-sample.mp4", "stts: times");
 }
+
+/// Found by fuzzing (the `replay` target): a top-level `emsg` box too small for its own fields
+/// made the `mp4` crate compute its message length below zero and allocate ~2⁶⁴ bytes (a
+/// capacity-overflow panic at start-up).
+#[test]
+fn an_mp4_event_box_too_small_for_its_fields_is_refused() {
+    mp4_refused("short-event.mp4", "emsg");
+}
