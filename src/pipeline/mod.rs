@@ -4,8 +4,9 @@
 //!
 //! Every buffer is made in [`Pipeline::new`]: detections, the tracker's table, one resized crop
 //! and one embedding sum per track slot, the query buffer, the gallery arena and the event line.
-//! Per frame our code allocates nothing (a counting-allocator test holds us to it); tract and
-//! the decoders keep their own working memory.
+//! Per frame our code allocates nothing (counting-allocator tests hold us to it, the YOLOX
+//! detector's network included: every node of it is one of our ops); the decoders keep their
+//! own working memory.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
