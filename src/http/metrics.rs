@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
@@ -75,7 +75,11 @@ impl StageHistogram {
     /// One observation (NaN counts in the `+∞` bucket, as prometheus_client's does).
     pub fn observe(&self, v: f64) {
         let b = &self.0;
-        let at = b.bounds.iter().position(|&u| u >= v).unwrap_or(b.bounds.len() - 1);
+        let at = b
+            .bounds
+            .iter()
+            .position(|&u| u >= v)
+            .unwrap_or(b.bounds.len() - 1);
         b.counts[at].fetch_add(1, Ordering::Relaxed);
         let sum = f64::from_bits(b.sum.load(Ordering::Relaxed)) + v;
         b.sum.store(sum.to_bits(), Ordering::Relaxed);
@@ -354,7 +358,18 @@ mod tests {
     fn the_atomic_histogram_reads_as_prometheus_clients_own() {
         let bounds = || exponential_buckets(0.0005, 2.0, 16);
         let (ours, theirs) = (StageHistogram::new(bounds()), Histogram::new(bounds()));
-        let values = [0.0, 0.0004, 0.0005, 0.00051, 0.013, 0.25, 9.0, 17.0, 1e9, f64::NAN];
+        let values = [
+            0.0,
+            0.0004,
+            0.0005,
+            0.00051,
+            0.013,
+            0.25,
+            9.0,
+            17.0,
+            1e9,
+            f64::NAN,
+        ];
         for (i, &v) in values.iter().enumerate() {
             ours.observe(v);
             theirs.observe(v);
