@@ -86,7 +86,8 @@ pub fn process_allocations_during<R>(f: impl FnOnce() -> R) -> (R, u64) {
 /// not run.
 pub fn run_alone(name: &str) {
     let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
+    // Through the emulator under qemu-user (`common::command`).
+    let out = crate::common::command(&exe)
         .args([
             name,
             "--exact",
