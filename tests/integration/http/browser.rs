@@ -6,6 +6,7 @@
 //! On the synthetic scene a phone-sized screenshot is kept beside the test's files.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -55,7 +56,11 @@ impl Session {
             .local_addr()
             .unwrap()
             .port();
+        // In a process group of its own, which the browser it starts joins: dropping the
+        // session kills the group, so that no browser outlives the test (a session deleted
+        // while Chromium was still shutting down left it running, 200 MB each).
         let driver = std::process::Command::new(chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -182,7 +187,9 @@ impl Drop for Session {
         if !self.id.is_empty() {
             self.try_call("DELETE", "", &Value::Null).ok();
         }
-        self.driver.kill().ok();
+        // SAFETY: a signal to the process group of our own child (its pid is the group's id);
+        // no memory is involved.
+        unsafe { libc::kill(-(self.driver.id() as i32), libc::SIGKILL) };
         self.driver.wait().ok();
     }
 }
