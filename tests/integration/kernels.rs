@@ -13,6 +13,13 @@ use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 use crate::alloc_count::allocations_during;
 use crate::common::{pattern, repo, shared};
 
+/// A network's input filled with a pattern of values in [0, 1) that `seed` shifts.
+fn fill_input(net: &mut Network, seed: usize) {
+    for (i, v) in net.input_mut().iter_mut().enumerate() {
+        *v = ((i * 7919 + seed) % 251) as f32 / 251.0;
+    }
+}
+
 /// Once warm, a detector frame allocates nothing: every node of YOLOX is then one of our ops,
 /// whose outputs are recycled. And the recycled tensors carry nothing over: a second frame gives
 /// exactly what a fresh network gives. (One thread: the counter counts this thread's
@@ -21,22 +28,17 @@ use crate::common::{pattern, repo, shared};
 fn the_detector_allocates_nothing_once_warm() {
     let path = repo().join("models/detector.onnx");
     let load = || Network::load_with_kernels(&path, 416, 256, 1, Kernels::Reidcam).unwrap();
-    let fill = |net: &mut Network, seed: usize| {
-        for (i, v) in net.input_mut().iter_mut().enumerate() {
-            *v = ((i * 7919 + seed) % 251) as f32 / 251.0;
-        }
-    };
     let mut net = load();
-    fill(&mut net, 0);
+    fill_input(&mut net, 0);
     let warm = net.run().unwrap().to_vec();
     for run in 0..3 {
         let (_, n) = allocations_during(|| net.run().map(<[f32]>::len).unwrap());
         assert_eq!(n, 0, "run {run}: {n} allocations");
     }
-    fill(&mut net, 13);
+    fill_input(&mut net, 13);
     let again = net.run().unwrap().to_vec();
     let mut fresh = load();
-    fill(&mut fresh, 13);
+    fill_input(&mut fresh, 13);
     assert_eq!(again, fresh.run().unwrap(), "a warm network's second frame");
     assert_ne!(again, warm);
 }
@@ -89,9 +91,7 @@ fn two_threads_allocate_nothing_alone() {
         "counts the whole process: run it through its parent test"
     );
     let mut detector = Network::load(&repo().join("models/detector.onnx"), 416, 256, 2).unwrap();
-    for (i, v) in detector.input_mut().iter_mut().enumerate() {
-        *v = ((i * 7919) % 251) as f32 / 251.0;
-    }
+    fill_input(&mut detector, 0);
     let config = EmbedConfig {
         batch: 1,
         threads: 2,
@@ -251,15 +251,8 @@ fn detector_networks_compute_as_with_tracts_own_ops() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let load = |kernels| Network::load_with_kernels(&path, w, h, 2, kernels).unwrap();
         let (mut ours, mut stock) = (load(Kernels::Reidcam), load(Kernels::Tract));
-        for (i, (a, b)) in ours
-            .input_mut()
-            .iter_mut()
-            .zip(stock.input_mut())
-            .enumerate()
-        {
-            let v = ((i * 7919) % 251) as f32 / 251.0;
-            (*a, *b) = (v, v);
-        }
+        fill_input(&mut ours, 0);
+        fill_input(&mut stock, 0);
         let want = stock.run().unwrap().to_vec();
         let got = ours.run().unwrap();
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));

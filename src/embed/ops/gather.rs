@@ -79,22 +79,24 @@ impl Gather {
 
     /// The op for table `entries` (see [`Gather::entries`]).
     fn new(isa: Isa, entries: &[u32], inputs: usize, output: Output) -> Self {
-        // Runs of consecutive values of one input (the offset never carries into the input).
+        // Runs of consecutive values of one input (the offset never carries into the input),
+        // and runs of values through the sigmoid.
         let mut copies: Vec<(usize, usize)> = Vec::new();
         let mut sigmoid_runs: Vec<(usize, usize)> = Vec::new();
         for (i, &e) in entries.iter().enumerate() {
-            let follows = |(start, len): (usize, usize), same: &dyn Fn(u32) -> bool| {
-                start + len == i && same(entries[i - 1])
-            };
+            let before = i.checked_sub(1).map(|b| entries[b]);
             let value = e & !SIGMOID;
-            let next = |p: u32| p & OFFSET_MASK != OFFSET_MASK && (p & !SIGMOID) + 1 == value;
-            match copies.last_mut() {
-                Some(run) if follows(*run, &next) => run.1 += 1,
+            match (copies.last_mut(), before) {
+                (Some(run), Some(p))
+                    if p & OFFSET_MASK != OFFSET_MASK && (p & !SIGMOID) + 1 == value =>
+                {
+                    run.1 += 1
+                }
                 _ => copies.push((i, 1)),
             }
             if e & SIGMOID != 0 {
-                match sigmoid_runs.last_mut() {
-                    Some(run) if follows(*run, &|_| true) => run.1 += 1,
+                match (sigmoid_runs.last_mut(), before) {
+                    (Some(run), Some(p)) if p & SIGMOID != 0 => run.1 += 1,
                     _ => sigmoid_runs.push((i, 1)),
                 }
             }
@@ -256,25 +258,24 @@ pub(crate) fn gather_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResu
     }
     let table = match step {
         Step::Concat(axis) => Tensor::stack_tensors(axis, &tables)?,
+        _ if tables.len() != 1 => return Ok(None),
         Step::Axis(op) => {
-            let [table] = tables.as_mut_slice() else {
-                return Ok(None);
-            };
-            op.change_tensor(table, false)?;
-            std::mem::replace(table, Tensor::zero::<u32>(&[0])?)
+            let mut table = tables.remove(0);
+            op.change_tensor(&mut table, false)?;
+            table
         }
         Step::Sigmoid => {
-            let [table] = tables.as_mut_slice() else {
-                return Ok(None);
-            };
-            let mut entries = table.try_as_plain_ram_mut()?;
-            let entries = entries.as_slice_mut::<u32>()?;
-            // A sigmoid of a sigmoid is not one bit: leave it to tract.
-            if entries.iter().any(|&e| e & SIGMOID != 0) {
-                return Ok(None);
+            let mut table = tables.remove(0);
+            {
+                let mut plain = table.try_as_plain_ram_mut()?;
+                let entries = plain.as_slice_mut::<u32>()?;
+                // A sigmoid of a sigmoid is not one bit: leave it to tract.
+                if entries.iter().any(|&e| e & SIGMOID != 0) {
+                    return Ok(None);
+                }
+                entries.iter_mut().for_each(|e| *e |= SIGMOID);
             }
-            entries.iter_mut().for_each(|e| *e |= SIGMOID);
-            std::mem::replace(table, Tensor::zero::<u32>(&[0])?)
+            table
         }
     };
     if table.shape() != out_shape {
