@@ -71,7 +71,7 @@ impl Shape {
 }
 
 /// `out[n][o] = act(bias[o] + Σ weights[o] ⋆ input[n])` for images `[n][inputs][height][width]`,
-/// weights OIHW, `out` `[n][outputs][oh][ow]`. `offsets` are [`Shape::offsets`]; `scratch`
+/// weights OIHW packed for `isa` ([`pack_weights`](super::pack_weights)), `out` `[n][outputs][oh][ow]`. `offsets` are [`Shape::offsets`]; `scratch`
 /// grows to [`Shape::scratch_len`] once.
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
@@ -170,7 +170,8 @@ fn copy_strided<S: Copy, T: Copy>(dst: &mut [T], src: &[S], s: usize, map: &impl
     }
 }
 
-/// The convolution of one phase-split image for the output channels whose `weights` (OIHW rows)
+/// The convolution of one phase-split image for the output channels whose `weights` (OIHW,
+/// packed for `isa`; a range of outputs from a multiple of [`panel_width`](super::panel_width) on)
 /// and `bias` are given: `y` holds those channels' `oh × ow` planes.
 #[allow(clippy::too_many_arguments)]
 pub fn convolve(
@@ -271,7 +272,7 @@ mod tests {
             shape,
             &shape.offsets(),
             &input,
-            &weights,
+            &super::super::pack_weights(isa, &weights, shape.outputs),
             &bias,
             act,
             &mut got,

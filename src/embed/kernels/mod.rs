@@ -26,6 +26,7 @@ mod simd;
 mod tile;
 
 pub use crate::simd::Isa;
+pub use tile::{pack as pack_weights, panel_width};
 
 /// The activation a kernel applies as it stores its outputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

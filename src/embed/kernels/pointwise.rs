@@ -1,9 +1,9 @@
 //! 1×1 convolution on NCHW planes, with the folded batch-norm as a bias, an optional residual
 //! added before an optional ReLU: `out[o][p] = act(bias[o] + Σₖ w[o][k]·x[k][p] + res[o][p])`.
 //!
-//! No packing and no im2col: a 1×1 convolution is already a matrix product whose right-hand side
-//! (the input planes) has unit stride along the pixels, so each image is one run of the register
-//! tiles in `tile` with row offsets `k · pixels`. Bias, residual and ReLU are applied as the tiles
+//! No im2col: a 1×1 convolution is already a matrix product whose right-hand side (the input
+//! planes) has unit stride along the pixels, so each image is one run of the register tiles in
+//! `tile` with row offsets `k · pixels`; only the weights are packed, once, at load. Bias, residual and ReLU are applied as the tiles
 //! are stored, so OSNet's `conv + BN (+ add) + ReLU` is one pass over memory.
 
 use super::tile::Product;
@@ -25,8 +25,8 @@ impl Shape {
 }
 
 /// Runs the layer on `batch` images: `input` is `[batch][inputs][pixels]`, `weights`
-/// `[outputs][inputs]`, `residual` and `out` `[batch][outputs][pixels]`; `offsets` are
-/// [`Shape::offsets`].
+/// `[outputs][inputs]` packed for `isa` ([`pack_weights`](super::pack_weights)), `residual` and
+/// `out` `[batch][outputs][pixels]`; `offsets` are [`Shape::offsets`].
 #[allow(clippy::too_many_arguments)]
 pub fn pointwise(
     isa: Isa,
@@ -133,7 +133,7 @@ mod tests {
             shape,
             &shape.offsets(),
             &input,
-            &weights,
+            &super::super::pack_weights(isa, &weights, shape.outputs),
             &bias,
             residual.as_deref(),
             act,

@@ -9,6 +9,14 @@
 //! cut into `OB` output channels × `NV` vectors tiles held in registers while `k` streams; bias,
 //! residual and the activation (ReLU, SiLU) are applied as a tile is stored.
 //!
+//! The weights are packed once, at load ([`pack`]), in panels of [`panel_width`] outputs (the
+//! x86 tiles' `OB`), each panel `k`-major: a tile's `OB` weights for one `k` are then
+//! consecutive, one pointer that steps by `OB` floats per `k`, each weight a broadcast at a
+//! constant displacement from it (AVX-512 folds it into the FMA; NEON loads the eight in two
+//! vectors and multiplies by lane). Read from `OB` rows `k_len` apart, as before, each `k` cost
+//! eight broadcasts from eight row pointers and their address arithmetic beside 16 FMAs. The
+//! portable tiles keep the rows (panel width 1).
+//!
 //! Tiles per instruction set (sums in registers + input vectors): AVX-512 8×32 (16 + 2 zmm),
 //! AVX2 6×16 (12 + 2 ymm), NEON 8×8 (16 + 2 q), portable 4×8 (eight 4-lane arrays); outputs
 //! left over by those are done in tiles of 4, 2 and 1. (AVX2 4×24, which would leave nothing
@@ -21,18 +29,19 @@ use super::{Act, Isa};
 
 /// How a vector type takes the products of a tile: one `k` at a time, each weight broadcast
 /// (AVX-512 folds the broadcast into the FMA's memory operand, AVX2 loads it with
-/// `vbroadcastss`), or — NEON, whose FMA
-/// can take its multiplier from a lane of another register — four `k` at a time, with one load
-/// of `w[j][k..k+4]` per output row instead of four broadcasts: 20 instructions per `k` of an
-/// 8×8 tile instead of 26.
+/// `vbroadcastss`), or — NEON, whose FMA can take its multiplier from a lane of another
+/// register — the eight weights of a `k` in two loads and the FMAs by lane, four `k` per
+/// iteration: 17 other instructions beside 64 FMAs, where reading the weights from rows (four
+/// `k` of a row per load, one row pointer per output) took 29.
 trait Accumulate: Lanes {
-    /// Adds `w[j][k] · x[offsets[k] + v·N + i]` to `acc[j][v]` for a prefix `0..done` of the `k`s
-    /// (`w` rows `k_len` apart) and returns `done`; the caller does the rest one by one.
+    /// Adds `w[j][k] · x[offsets[k] + v·N + i]` to `acc[j][v]` for all `k`, the tile's weights a
+    /// whole panel of `OB` outputs (`w[k·OB + j]`), and returns `k_len`; or returns 0 where the
+    /// type has no such product (the caller does every `k` one by one).
     ///
     /// # Safety
     /// As `tile`: every access in bounds, the type's instructions available.
     #[inline(always)]
-    unsafe fn accumulate_by_four<const OB: usize, const NV: usize>(
+    unsafe fn accumulate_panel<const OB: usize, const NV: usize>(
         _acc: &mut [[Self; NV]; OB],
         _w: *const f32,
         _k_len: usize,
@@ -55,42 +64,109 @@ impl Accumulate for std::arch::x86_64::__m512 {}
 #[cfg(target_arch = "aarch64")]
 impl Accumulate for std::arch::aarch64::float32x4_t {
     #[inline(always)]
-    unsafe fn accumulate_by_four<const OB: usize, const NV: usize>(
+    unsafe fn accumulate_panel<const OB: usize, const NV: usize>(
         acc: &mut [[Self; NV]; OB],
         w: *const f32,
         k_len: usize,
         x: *const f32,
         offsets: *const usize,
     ) -> usize {
-        use std::arch::aarch64::{vfmaq_laneq_f32, vld1q_f32};
+        use std::arch::aarch64::{float32x4_t, vfmaq_laneq_f32, vld1q_f32};
+        if OB != 8 {
+            return 0;
+        }
+        /// The products of one `k`: `x` its row of the input, `w` its 8 weights.
+        #[inline(always)]
+        unsafe fn step<const OB: usize, const NV: usize>(
+            acc: &mut [[float32x4_t; NV]; OB],
+            x: *const f32,
+            w: *const f32,
+        ) {
+            // SAFETY: as `accumulate_panel`'s caller's: `x` has NV vectors, `w` 8 floats.
+            unsafe {
+                let xs: [float32x4_t; NV] = std::array::from_fn(|v| vld1q_f32(x.add(v * 4)));
+                let ws = [vld1q_f32(w), vld1q_f32(w.add(4))];
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let wj = ws[j / 4];
+                    for (a, xv) in row.iter_mut().zip(&xs) {
+                        *a = match j % 4 {
+                            0 => vfmaq_laneq_f32::<0>(*a, *xv, wj),
+                            1 => vfmaq_laneq_f32::<1>(*a, *xv, wj),
+                            2 => vfmaq_laneq_f32::<2>(*a, *xv, wj),
+                            _ => vfmaq_laneq_f32::<3>(*a, *xv, wj),
+                        };
+                    }
+                }
+            }
+        }
         let blocks = k_len / 4 * 4;
         let mut k = 0;
-        // SAFETY: `k + 3 < k_len`: the rows and weights the tile reads one by one.
+        // The sums in a local copy: with the caller's array behind the reference, LLVM stored
+        // all 16 registers back to the stack after every `k` in the SiLU tiles (the detector's
+        // 1×1 layers cost 16% more instructions on cortex-a72).
+        let mut sums = *acc;
+        // SAFETY: `k < k_len`: the rows and weights the tile reads one by one; every output's
+        // `k`s still added in order.
         unsafe {
             while k < blocks {
-                let xs: [[Self; NV]; 4] = std::array::from_fn(|l| {
-                    let row = x.add(*offsets.add(k + l));
-                    std::array::from_fn(|v| vld1q_f32(row.add(v * 4)))
-                });
-                for (j, row) in acc.iter_mut().enumerate() {
-                    let wj = vld1q_f32(w.add(j * k_len + k));
-                    for (v, a) in row.iter_mut().enumerate() {
-                        *a = vfmaq_laneq_f32::<0>(*a, xs[0][v], wj);
-                        *a = vfmaq_laneq_f32::<1>(*a, xs[1][v], wj);
-                        *a = vfmaq_laneq_f32::<2>(*a, xs[2][v], wj);
-                        *a = vfmaq_laneq_f32::<3>(*a, xs[3][v], wj);
-                    }
+                for l in 0..4 {
+                    step(&mut sums, x.add(*offsets.add(k + l)), w.add((k + l) * 8));
                 }
                 k += 4;
             }
+            while k < k_len {
+                step(&mut sums, x.add(*offsets.add(k)), w.add(k * 8));
+                k += 1;
+            }
         }
-        blocks
+        *acc = sums;
+        k_len
     }
+}
+
+/// How many outputs share a panel of packed weights on `isa` (see the module docs): the tile's
+/// `OB` (x86, NEON), or 1 (rows as they are: the portable tiles). Work split between threads by output channels
+/// must cut at multiples of it.
+pub fn panel_width(isa: Isa) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => 8,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => 6,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Baseline => 8,
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Baseline => 1,
+    }
+}
+
+/// `outputs × k_len` row-major weights in the layout `isa`'s tiles read: panels of
+/// [`panel_width`] outputs (the last one narrower), each stored `k`-major. A panel of `w`
+/// outputs from output `s` on starts where row `s` did (`s · k_len`), so the weights of a range
+/// of outputs that starts at a multiple of the width are the same slice as in the rows.
+pub fn pack(isa: Isa, rows: &[f32], outputs: usize) -> Vec<f32> {
+    assert!(
+        outputs > 0 && rows.len().is_multiple_of(outputs),
+        "weights are outputs × k"
+    );
+    let k_len = rows.len() / outputs;
+    let width = panel_width(isa);
+    let mut packed = vec![0.0; rows.len()];
+    for start in (0..outputs).step_by(width) {
+        let w = width.min(outputs - start);
+        let panel = &mut packed[start * k_len..(start + w) * k_len];
+        for j in 0..w {
+            for (k, &v) in rows[(start + j) * k_len..][..k_len].iter().enumerate() {
+                panel[k * w + j] = v;
+            }
+        }
+    }
+    packed
 }
 
 /// The operands of a product; see the module docs.
 pub(super) struct Product<'a> {
-    /// `outputs × k`, row-major.
+    /// `outputs × k`, packed for the instruction set the product runs on ([`pack`]).
     pub weights: &'a [f32],
     /// One per output.
     pub bias: &'a [f32],
@@ -106,6 +182,13 @@ pub(super) struct Product<'a> {
 impl Product<'_> {
     fn outputs(&self) -> usize {
         self.bias.len()
+    }
+
+    /// Where weight `(o, k)` is in `weights`, packed in panels of `width` outputs.
+    fn weight_at(&self, width: usize, o: usize, k: usize) -> usize {
+        let k_len = self.offsets.len();
+        let start = o / width * width;
+        start * k_len + k * width.min(self.outputs() - start) + (o - start)
     }
 
     /// All outputs for the `len` pixels of one run: `x` from `xb`, `y` from `yb`.
@@ -135,10 +218,10 @@ impl Product<'_> {
             match isa {
                 #[cfg(target_arch = "aarch64")]
                 Isa::Baseline => {
-                    drive::<std::arch::aarch64::float32x4_t, 8, 2>(self, xb, yb, len, y)
+                    drive::<std::arch::aarch64::float32x4_t, 8, 2, true>(self, xb, yb, len, y)
                 }
                 #[cfg(not(target_arch = "aarch64"))]
-                Isa::Baseline => drive::<Portable, 4, 2>(self, xb, yb, len, y),
+                Isa::Baseline => drive::<Portable, 4, 2, false>(self, xb, yb, len, y),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2Fma => x86::avx2(self, xb, yb, len, y),
                 #[cfg(target_arch = "x86_64")]
@@ -157,24 +240,25 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe { drive::<__m256, 6, 2>(p, xb, yb, len, y) }
+        unsafe { drive::<__m256, 6, 2, true>(p, xb, yb, len, y) }
     }
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn avx512(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe { drive::<__m512, 8, 2>(p, xb, yb, len, y) }
+        unsafe { drive::<__m512, 8, 2, true>(p, xb, yb, len, y) }
     }
 }
 
 /// The run's tiles with SiLU (`p.act`) or without, compiled apart so that its code and constants
 /// stay out of the other tiles (a run-time choice among three activations per stored vector cost
-/// OSNet x0.25 11% more instructions on cortex-a72).
+/// OSNet x0.25 11% more instructions on cortex-a72). `PANEL`: the weights are packed in panels
+/// of `OB` outputs ([`pack`], [`panel_width`] is `OB`), else rows.
 ///
 /// # Safety
 /// As `Product::run` checked: every access in bounds, `V` supported.
 #[inline(always)]
-unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
+unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize, const PANEL: bool>(
     p: &Product,
     xb: usize,
     yb: usize,
@@ -184,8 +268,8 @@ unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
     // SAFETY: forwarded.
     unsafe {
         match p.act {
-            Act::Silu => tiles::<V, OB, NV, true>(p, xb, yb, len, y),
-            _ => tiles::<V, OB, NV, false>(p, xb, yb, len, y),
+            Act::Silu => tiles::<V, OB, NV, true, PANEL>(p, xb, yb, len, y),
+            _ => tiles::<V, OB, NV, false, PANEL>(p, xb, yb, len, y),
         }
     }
 }
@@ -196,7 +280,13 @@ unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize>(
 /// # Safety
 /// As `drive`.
 #[inline(always)]
-unsafe fn tiles<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool>(
+unsafe fn tiles<
+    V: Accumulate,
+    const OB: usize,
+    const NV: usize,
+    const SILU: bool,
+    const PANEL: bool,
+>(
     p: &Product,
     xb: usize,
     yb: usize,
@@ -210,16 +300,16 @@ unsafe fn tiles<V: Accumulate, const OB: usize, const NV: usize, const SILU: boo
     unsafe {
         while i + NV * V::N <= len {
             for o0 in (0..full_o).step_by(OB) {
-                tile::<V, OB, NV, SILU>(p, o0, xb + i, yb + i, y);
+                tile::<V, OB, NV, SILU, PANEL>(p, o0, (o0, OB), xb + i, yb + i, y);
             }
-            rest::<V, NV, SILU>(p, full_o, xb + i, yb + i, y);
+            rest::<V, OB, NV, SILU, PANEL>(p, full_o, xb + i, yb + i, y);
             i += NV * V::N;
         }
         while i + V::N <= len {
             for o0 in (0..full_o).step_by(OB) {
-                tile::<V, OB, 1, SILU>(p, o0, xb + i, yb + i, y);
+                tile::<V, OB, 1, SILU, PANEL>(p, o0, (o0, OB), xb + i, yb + i, y);
             }
-            rest::<V, 1, SILU>(p, full_o, xb + i, yb + i, y);
+            rest::<V, OB, 1, SILU, PANEL>(p, full_o, xb + i, yb + i, y);
             i += V::N;
         }
         if i < len && len >= V::N {
@@ -229,14 +319,14 @@ unsafe fn tiles<V: Accumulate, const OB: usize, const NV: usize, const SILU: boo
             // a whole number of vectors (40 pixels at a 160×80 input) spent 14× its time there.
             let last = len - V::N;
             for o0 in (0..full_o).step_by(OB) {
-                tile::<V, OB, 1, SILU>(p, o0, xb + last, yb + last, y);
+                tile::<V, OB, 1, SILU, PANEL>(p, o0, (o0, OB), xb + last, yb + last, y);
             }
-            rest::<V, 1, SILU>(p, full_o, xb + last, yb + last, y);
+            rest::<V, OB, 1, SILU, PANEL>(p, full_o, xb + last, yb + last, y);
             i = len;
         }
         while i < len {
             for o in 0..outputs {
-                single(p, o, xb + i, yb + i, y);
+                single(p, if PANEL { OB } else { 1 }, o, xb + i, yb + i, y);
             }
             i += 1;
         }
@@ -248,8 +338,15 @@ unsafe fn tiles<V: Accumulate, const OB: usize, const NV: usize, const SILU: boo
 /// 64 and 2 of 32 and 128 outputs (OSNet's widths) over. Measured on AVX2 (AMD EPYC, our
 /// default model, per crop): 2.06–2.25 ms with single-output tails, 1.77–1.84 ms so. The sums
 /// are the same either way: each output's `k`s are added in the same order whatever the tile.
+/// With packed weights these outputs are the last panel, `outputs − o0` wide.
 #[inline(always)]
-unsafe fn rest<V: Accumulate, const NV: usize, const SILU: bool>(
+unsafe fn rest<
+    V: Accumulate,
+    const OB: usize,
+    const NV: usize,
+    const SILU: bool,
+    const PANEL: bool,
+>(
     p: &Product,
     mut o0: usize,
     xb: usize,
@@ -257,46 +354,66 @@ unsafe fn rest<V: Accumulate, const NV: usize, const SILU: bool>(
     y: *mut f32,
 ) {
     let outputs = p.outputs();
+    let panel = (o0, outputs - o0);
     // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
     unsafe {
         while outputs - o0 >= 4 {
-            tile::<V, 4, NV, SILU>(p, o0, xb, yb, y);
+            tile::<V, 4, NV, SILU, PANEL>(p, o0, panel, xb, yb, y);
             o0 += 4;
         }
         if outputs - o0 >= 2 {
-            tile::<V, 2, NV, SILU>(p, o0, xb, yb, y);
+            tile::<V, 2, NV, SILU, PANEL>(p, o0, panel, xb, yb, y);
             o0 += 2;
         }
         if o0 < outputs {
-            tile::<V, 1, NV, SILU>(p, o0, xb, yb, y);
+            tile::<V, 1, NV, SILU, PANEL>(p, o0, panel, xb, yb, y);
         }
     }
 }
 
-/// Outputs `o0..o0+OB` × pixels `xb..xb + NV·V::N`.
+/// Outputs `o0..o0+OB` × pixels `xb..xb + NV·V::N`; with `PANEL`, all in the panel of
+/// `panel.1` outputs from `panel.0` on.
 #[inline(always)]
-unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool>(
+unsafe fn tile<
+    V: Accumulate,
+    const OB: usize,
+    const NV: usize,
+    const SILU: bool,
+    const PANEL: bool,
+>(
     p: &Product,
     o0: usize,
+    panel: (usize, usize),
     xb: usize,
     yb: usize,
     y: *mut f32,
 ) {
     let k_len = p.offsets.len();
     let (w, x, offsets) = (p.weights.as_ptr(), p.x.as_ptr(), p.offsets.as_ptr());
+    // Weight (j, k) of the tile is at `w + j·j_step + k·k_step`.
+    let (j_step, k_step) = if PANEL { (1, panel.1) } else { (k_len, 1) };
     // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
     unsafe {
         let mut acc = [[V::splat(0.0); NV]; OB];
         for (j, row) in acc.iter_mut().enumerate() {
             *row = [V::splat(*p.bias.get_unchecked(o0 + j)); NV];
         }
-        let w = w.add(o0 * k_len);
-        let done = V::accumulate_by_four(&mut acc, w, k_len, x.add(xb), offsets);
+        let w = w.add(if PANEL {
+            panel.0 * k_len + (o0 - panel.0)
+        } else {
+            o0 * k_len
+        });
+        // NEON's product by lane takes a whole panel's weights per `k`.
+        let done = if PANEL && panel.1 == OB {
+            V::accumulate_panel(&mut acc, w, k_len, x.add(xb), offsets)
+        } else {
+            0
+        };
         for k in done..k_len {
             let xk = x.add(xb + *offsets.add(k));
             let xv: [V; NV] = std::array::from_fn(|v| V::load(xk.add(v * V::N)));
             for (j, row) in acc.iter_mut().enumerate() {
-                let wjk = V::splat(*w.add(j * k_len + k));
+                let wjk = V::splat(*w.add(j * j_step + k * k_step));
                 for (a, xv) in row.iter_mut().zip(&xv) {
                     *a = V::fma(wjk, *xv, *a);
                 }
@@ -315,15 +432,15 @@ unsafe fn tile<V: Accumulate, const OB: usize, const NV: usize, const SILU: bool
     }
 }
 
-/// One output, one pixel.
+/// One output, one pixel; the weights in panels of `width` outputs (1: rows).
 #[inline(always)]
-unsafe fn single(p: &Product, o: usize, xb: usize, yb: usize, y: *mut f32) {
+unsafe fn single(p: &Product, width: usize, o: usize, xb: usize, yb: usize, y: *mut f32) {
     let k_len = p.offsets.len();
     // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
     unsafe {
         let mut acc = *p.bias.get_unchecked(o);
         for k in 0..k_len {
-            acc += p.weights.get_unchecked(o * k_len + k)
+            acc += p.weights.get_unchecked(p.weight_at(width, o, k))
                 * p.x.get_unchecked(xb + *p.offsets.get_unchecked(k));
         }
         let at = o * p.y_stride + yb;

@@ -6,7 +6,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::embed::kernels::{Act, Isa, conv, depthwise};
+use crate::embed::kernels::{Act, Isa, conv, depthwise, pack_weights, panel_width};
 
 use super::graph::*;
 use super::parallel::*;
@@ -80,8 +80,8 @@ pub struct FullConv {
 }
 
 impl FullConv {
-    /// The op for `shape` with OIHW `weights` (subnormals already flushed), producing
-    /// `out_shape`.
+    /// The op for `shape` with OIHW `weights` (subnormals already flushed; packed here for
+    /// `isa`), producing `out_shape`.
     pub(super) fn new(
         isa: Isa,
         shape: conv::Shape,
@@ -94,7 +94,7 @@ impl FullConv {
             isa,
             shape,
             offsets: shape.offsets().into(),
-            weights: Floats(weights.into()),
+            weights: Floats(pack_weights(isa, &weights, shape.outputs).into()),
             bias: Floats(bias.into()),
             act,
             output: Output::new(out_shape.into()),
@@ -118,11 +118,13 @@ impl FullConv {
         for (image, y) in x.chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
             SCRATCH.with_borrow_mut(|scratch| {
                 let phases = conv::phase_split(shape, image, scratch);
-                // Output channels to threads, all reading the same phase-split image.
-                split_units(
+                // Output channels to threads, all reading the same phase-split image, cut
+                // where the packed weights' panels start.
+                split_aligned(
                     y,
                     plane,
                     shape.outputs,
+                    panel_width(self.isa),
                     y.len() * self.offsets.len(),
                     |outputs, y| {
                         let taps = self.offsets.len();

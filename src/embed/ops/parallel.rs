@@ -37,15 +37,39 @@ pub(super) fn split_units(
     work_size: usize,
     work: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 ) {
+    split_aligned(out, unit, units, 1, work_size, work);
+}
+
+/// [`split_units`] with every part starting at a multiple of `align` units (output channels
+/// whose packed weights come in panels of `align`: `kernels::panel_width`); a part that would
+/// then be empty is not run.
+pub(super) fn split_aligned(
+    out: &mut [f32],
+    unit: usize,
+    units: usize,
+    align: usize,
+    work_size: usize,
+    work: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
     debug_assert_eq!(out.len(), unit * units);
     let pool = match KERNEL_POOL.with_borrow(Clone::clone) {
-        Some(pool) if work_size >= PARALLEL_WORK && units > 1 => pool,
+        Some(pool) if work_size >= PARALLEL_WORK && units > align => pool,
         _ => return work(0..units, out),
     };
-    let parts = (pool.workers() + 1).min(units);
+    let parts = (pool.workers() + 1).min(units.div_ceil(align));
     let (base, len) = (Base(out.as_mut_ptr()), out.len());
+    let boundary = |part: usize| {
+        if part == parts {
+            units
+        } else {
+            part * units / parts / align * align
+        }
+    };
     pool.run(parts, &|part| {
-        let range = part * units / parts..(part + 1) * units / parts;
+        let range = boundary(part)..boundary(part + 1);
+        if range.is_empty() {
+            return;
+        }
         let (start, end) = (range.start * unit, range.end * unit);
         assert!(end <= len);
         // SAFETY: the parts' ranges are disjoint and within `out`, which outlives the job

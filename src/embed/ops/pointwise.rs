@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use crate::embed::kernels::{Act, Isa, pointwise};
+use crate::embed::kernels::{Act, Isa, pack_weights, panel_width, pointwise};
 
 use super::graph::*;
 use super::parallel::*;
@@ -65,11 +65,12 @@ impl Pointwise {
                 },
             );
         } else {
-            // Output channels to threads.
-            split_units(
+            // Output channels to threads, cut where the packed weights' panels start.
+            split_aligned(
                 y,
                 shape.pixels,
                 shape.outputs,
+                panel_width(self.isa),
                 shape.inputs * y_len,
                 |outputs, y| {
                     let part = pointwise::Shape {
@@ -185,7 +186,7 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         isa,
         shape: layer,
         offsets: layer.offsets().into(),
-        weights: Floats(flushed_weights(&weights)?.into()),
+        weights: Floats(pack_weights(isa, &flushed_weights(&weights)?, outputs).into()),
         bias: Floats(bias.unwrap_or_else(|| vec![0.0; outputs]).into()),
         residual: residual.is_some(),
         act,
