@@ -60,22 +60,30 @@ def plugin() -> Path:
     return out
 
 
+def counted(cmd: list[str], cpu: str, lib: Path, env: dict[str, str] | None = None,
+            tool: str = "qemu_cost") -> tuple[int, str]:
+    """Guest instructions of one process of `cmd` (the guest program and its arguments, after
+    qemu's own options such as -L) under qemu-aarch64 -cpu `cpu` with the plugin `lib`, and its
+    standard output; exits with the process's error output if it fails."""
+    full = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", *cmd]
+    proc = subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        sys.exit(f"{tool}: {' '.join(full)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    found = re.findall(r"guest instructions: (\d+)", proc.stderr + proc.stdout)
+    if not found:
+        sys.exit(f"{tool}: the plugin reported nothing for {' '.join(full)}:\n{proc.stderr[-2000:]}")
+    return int(found[-1]), proc.stdout
+
+
 def instructions(binary: Path, lib: Path, model: Path, manifest: Path, runs: int, kernels: str,
                  cpu: str = CPU, env: dict[str, str] | None = None) -> int:
     """Guest instructions of one process of `reidcam bench --runs RUNS` (`env`: more variables)."""
-    cmd = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", str(binary), "bench",
-           "--model", str(model), "--manifest", str(manifest), "--runs", str(runs), "--seconds", "0", "--json",
-           "--kernels", kernels]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        sys.exit(f"qemu_cost: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    report = json.loads(proc.stdout)
+    count, stdout = counted([str(binary), "bench", "--model", str(model), "--manifest", str(manifest),
+                             "--runs", str(runs), "--seconds", "0", "--json", "--kernels", kernels], cpu, lib, env)
+    report = json.loads(stdout)
     if report["runs"] != runs:
         sys.exit(f"qemu_cost: asked for {runs} runs, bench made {report['runs']}")
-    found = re.findall(r"guest instructions: (\d+)", proc.stderr + proc.stdout)
-    if not found:
-        sys.exit(f"qemu_cost: the plugin reported nothing:\n{proc.stderr[-2000:]}")
-    return int(found[-1])
+    return count
 
 
 def main() -> int:
@@ -151,15 +159,8 @@ def main() -> int:
 def detect_instructions(binary: Path, lib: Path, image: Path, frames: int, cpu: str,
                         detector: Path, size: str | None) -> int:
     """Guest instructions of one `reidcam detect` process over `frames` copies of `image`."""
-    cmd = ["qemu-aarch64", "-cpu", cpu, "-plugin", str(lib), "-d", "plugin", str(binary), "detect",
-           "--detector", str(detector), *(["--size", size] if size else []), *[str(image)] * frames]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"qemu_cost: {' '.join(cmd[:8])} ... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    found = re.findall(r"guest instructions: (\d+)", proc.stderr + proc.stdout)
-    if not found:
-        sys.exit(f"qemu_cost: the plugin reported nothing:\n{proc.stderr[-2000:]}")
-    return int(found[-1])
+    return counted([str(binary), "detect", "--detector", str(detector), *(["--size", size] if size else []),
+                    *[str(image)] * frames], cpu, lib)[0]
 
 
 def per_frame(binary: Path, cpu: str, model: Path, detector: Path, size: str | None) -> int:
