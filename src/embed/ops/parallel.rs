@@ -58,11 +58,12 @@ pub(super) fn split_aligned(
     };
     let parts = (pool.workers() + 1).min(units.div_ceil(align));
     let (base, len) = (Base(out.as_mut_ptr()), out.len());
+    // The even split's boundaries, each rounded to the nearest multiple of `align`.
     let boundary = |part: usize| {
         if part == parts {
             units
         } else {
-            part * units / parts / align * align
+            ((part * units / parts + align / 2) / align * align).min(units)
         }
     };
     pool.run(parts, &|part| {
@@ -97,4 +98,42 @@ thread_local! {
     /// Our kernels' scratch (padded planes, phase-split images, pooled rows): grown to the
     /// largest layer once per thread, then reused.
     pub(super) static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Parts start at multiples of the panel width, cover every unit once, and stay near even.
+    #[test]
+    fn aligned_parts_start_at_panel_boundaries_and_cover_every_unit_once() {
+        let pool = Arc::new(SpinPool::new(1, "test-split").unwrap());
+        for (units, align) in [(20, 6), (16, 8), (12, 8), (9, 8), (256, 8), (7, 1), (40, 6)] {
+            let seen = Mutex::new(Vec::new());
+            let mut out = vec![0.0f32; units * 3];
+            with_kernel_pool(Some(&pool), || {
+                split_aligned(&mut out, 3, units, align, PARALLEL_WORK, |range, part| {
+                    assert_eq!(part.len(), range.len() * 3);
+                    part.iter_mut().for_each(|v| *v += 1.0);
+                    seen.lock().unwrap().push(range);
+                });
+            });
+            let mut ranges = seen.into_inner().unwrap();
+            ranges.sort_by_key(|r| r.start);
+            assert!(
+                out.iter().all(|&v| v == 1.0),
+                "{units}/{align}: a unit run twice or never"
+            );
+            assert!(ranges.iter().all(|r| r.start % align == 0 && !r.is_empty()));
+            if units > align {
+                let largest = ranges.iter().map(|r| r.len()).max().unwrap();
+                assert!(
+                    largest <= units.div_ceil(2) + align,
+                    "{units}/{align}: {ranges:?}"
+                );
+            }
+        }
+    }
 }
