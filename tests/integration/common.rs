@@ -70,6 +70,12 @@ pub fn pattern(width: u32, height: u32) -> RgbImage {
     RgbImage::from_raw(width, height, data).unwrap()
 }
 
+/// Whether the suite runs under qemu-user (`tools/qemu-runner` sets `REIDCAM_TEST_RUNNER`), where
+/// the slowest checks take a sample and leave the whole to the host suite.
+pub fn emulated() -> bool {
+    std::env::var_os("REIDCAM_TEST_RUNNER").is_some()
+}
+
 /// A command for one of our own binaries. Under qemu-user (cross-target tests) the emulator
 /// prefix comes from `REIDCAM_TEST_RUNNER` (set by `tools/qemu-runner`): without binfmt_misc an
 /// ARM child cannot be executed directly.
@@ -108,6 +114,13 @@ pub fn case(dir: &Path) -> serde_json::Value {
 
 /// Encodes an image as PNG or JPEG bytes.
 pub fn encode(img: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    if format == image::ImageFormat::Jpeg {
+        // reidcam's own encoder (mozjpeg), at the `image` crate's default quality: the tests leave
+        // `image`'s JPEG codec out, so `cargo test` links the very reidcam `cargo build` made
+        // (a second feature set would compile the crate again).
+        return reidcam::frame::encode_jpeg(img.as_bytes(), img.width(), img.height(), 75.0)
+            .unwrap();
+    }
     let mut bytes = Vec::new();
     image::RgbImage::from_raw(img.width(), img.height(), img.as_bytes().to_vec())
         .unwrap()

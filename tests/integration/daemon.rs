@@ -29,7 +29,7 @@ fn events(path: &Path) -> Vec<serde_json::Value> {
 /// The two acceptance runs on full recordings take minutes under qemu-user; the emulated suite
 /// covers the daemon with the synthetic scene, the bad inputs and the allocation test instead.
 fn emulated() -> bool {
-    let emulated = std::env::var_os("REIDCAM_TEST_RUNNER").is_some();
+    let emulated = crate::common::emulated();
     if emulated {
         eprintln!(
             "SKIPPED under emulation (REIDCAM_TEST_RUNNER set): runs natively in the host suite"

@@ -107,11 +107,7 @@ fn two_threads_allocate_nothing_alone() {
     };
     // Warm-up: each thread's scratch grows to the largest part it has claimed. (Fewer turns
     // under emulation, where one takes ~2 s.)
-    let turns = if std::env::var_os("REIDCAM_TEST_RUNNER").is_some() {
-        8
-    } else {
-        20
-    };
+    let turns = if crate::common::emulated() { 8 } else { 20 };
     for _ in 0..turns {
         turn();
     }

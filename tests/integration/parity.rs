@@ -112,15 +112,18 @@ fn check_pipeline_case(dir: &Path, shared: &Path) {
     .unwrap();
     assert_eq!(embedder.dim(), dim);
     let mut pre = Preprocessor::new(&embedder.manifest().input);
+    // Under qemu-user every fourth crop (25 of 100): a kernel error shows on any crop, and the
+    // retail model takes 2 s a crop emulated (the host suite runs them all).
+    let every = if crate::common::emulated() { 4 } else { 1 };
     let mut cosines = Vec::with_capacity(rows);
-    for (i, path) in crops.iter().enumerate() {
+    for (i, path) in crops.iter().enumerate().step_by(every) {
         let img = load_image(path).unwrap();
         pre.run(img.view(), img.bounds(), embedder.input_slot(0))
             .unwrap();
         let got = embedder.run(1).unwrap();
         cosines.push(cosine(got.row(0), &expected[i * dim..(i + 1) * dim]));
     }
-    let mean = cosines.iter().sum::<f32>() / rows as f32;
+    let mean = cosines.iter().sum::<f32>() / cosines.len() as f32;
     let (worst_ix, worst) = cosines
         .iter()
         .copied()
@@ -132,15 +135,16 @@ fn check_pipeline_case(dir: &Path, shared: &Path) {
         c["tolerance"]["min_cosine"].as_f64().unwrap() as f32,
     );
     eprintln!(
-        "parity {}: {rows} crops, mean cosine {mean:.7}, min {worst:.7} ({})",
+        "parity {}: {} of {rows} crops, mean cosine {mean:.7}, min {worst:.7} ({})",
         dir.file_name().unwrap().to_string_lossy(),
-        crops[worst_ix].display()
+        cosines.len(),
+        crops[worst_ix * every].display()
     );
     assert!(
         mean >= min_mean && worst >= min_min,
         "{}: mean {mean}, min {worst} at {}",
         dir.display(),
-        crops[worst_ix].display()
+        crops[worst_ix * every].display()
     );
 }
 

@@ -91,7 +91,7 @@ fn listed(gallery: &Path) -> Vec<String> {
 
 #[test]
 fn three_cameras_agree_after_a_partition_and_an_erasure_reaches_every_file() {
-    if std::env::var_os("REIDCAM_TEST_RUNNER").is_some() {
+    if crate::common::emulated() {
         eprintln!("SKIPPED under emulation: three daemons and a broker; runs in the host suite");
         return;
     }
@@ -234,7 +234,7 @@ fn peers(gallery: &Path) -> (Vec<(String, u64)>, Vec<String>) {
 /// good).
 #[test]
 fn passers_by_are_shared_only_when_asked_and_an_erasure_reaches_their_origin() {
-    if std::env::var_os("REIDCAM_TEST_RUNNER").is_some() {
+    if crate::common::emulated() {
         eprintln!("SKIPPED under emulation: two daemons and a broker; runs in the host suite");
         return;
     }

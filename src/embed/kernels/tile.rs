@@ -124,17 +124,26 @@ impl Accumulate for std::arch::aarch64::float32x4_t {
     }
 }
 
+/// Outputs per full tile, and per panel of packed weights, of each instruction set's tiles: both
+/// [`panel_width`] (the packing) and `Product::run` (the tiles) read them from here.
+#[cfg(target_arch = "x86_64")]
+const AVX512_OB: usize = 8;
+#[cfg(target_arch = "x86_64")]
+const AVX2_OB: usize = 6;
+#[cfg(target_arch = "aarch64")]
+const NEON_OB: usize = 8;
+
 /// How many outputs share a panel of packed weights on `isa` (see the module docs): the tile's
 /// `OB` (x86, NEON), or 1 (rows as they are: the portable tiles). Work split between threads by output channels
 /// must cut at multiples of it.
 pub fn panel_width(isa: Isa) -> usize {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => 8,
+        Isa::Avx512 => AVX512_OB,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => 6,
+        Isa::Avx2Fma => AVX2_OB,
         #[cfg(target_arch = "aarch64")]
-        Isa::Baseline => 8,
+        Isa::Baseline => NEON_OB,
         #[cfg(not(target_arch = "aarch64"))]
         Isa::Baseline => 1,
     }
@@ -218,7 +227,7 @@ impl Product<'_> {
             match isa {
                 #[cfg(target_arch = "aarch64")]
                 Isa::Baseline => {
-                    drive::<std::arch::aarch64::float32x4_t, 8, 2, true>(self, xb, yb, len, y)
+                    drive::<std::arch::aarch64::float32x4_t, NEON_OB, 2, true>(self, xb, yb, len, y)
                 }
                 #[cfg(not(target_arch = "aarch64"))]
                 Isa::Baseline => drive::<Portable, 4, 2, false>(self, xb, yb, len, y),
@@ -235,18 +244,18 @@ impl Product<'_> {
 mod x86 {
     use std::arch::x86_64::{__m256, __m512};
 
-    use super::{Product, drive};
+    use super::{AVX2_OB, AVX512_OB, Product, drive};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe { drive::<__m256, 6, 2, true>(p, xb, yb, len, y) }
+        unsafe { drive::<__m256, AVX2_OB, 2, true>(p, xb, yb, len, y) }
     }
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn avx512(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run`.
-        unsafe { drive::<__m512, 8, 2, true>(p, xb, yb, len, y) }
+        unsafe { drive::<__m512, AVX512_OB, 2, true>(p, xb, yb, len, y) }
     }
 }
 

@@ -20,7 +20,7 @@ use crate::common::{repo, scratch};
 /// Debian's Chromium and chromedriver, if installed: under CI their absence is a failure
 /// (`.ci/run` installs them), elsewhere the test says it is skipped.
 fn browser() -> Option<(PathBuf, PathBuf)> {
-    if std::env::var_os("REIDCAM_TEST_RUNNER").is_some() {
+    if crate::common::emulated() {
         eprintln!("SKIPPED under emulation: the browser test runs in the host suite");
         return None;
     }

@@ -775,7 +775,7 @@ fn the_frame_loop_side_of_serving_allocates_nothing_under_load() {
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Under emulation every thread of this process is slow: fewer, gentler clients, so that the
     // tests running beside this one (the MQTT sink's allocation count) are not starved.
-    let emulated = std::env::var_os("REIDCAM_TEST_RUNNER").is_some();
+    let emulated = crate::common::emulated();
     let (count, pause) = if emulated { (2, 20) } else { (4, 1) };
     let clients: Vec<_> = (0..count)
         .map(|i| {

@@ -148,7 +148,7 @@ fn the_api_is_served_over_tls_with_the_configured_certificate() {
         (code == 200).then_some((head, body))
     });
     assert!(frame.0.contains("image/jpeg"), "{}", frame.0);
-    let picture = image::load_from_memory(&frame.1).unwrap();
+    let picture = reidcam::frame::decode_image(&frame.1).unwrap();
     assert_eq!((picture.width(), picture.height()), (320, 180));
 
     // A client that trusts another CA refuses the daemon's certificate.

@@ -63,7 +63,7 @@ fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
     let (code, head, jpeg) = exchange(addr, "GET", "/api/v1/frame.jpg", None, "", b"");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&jpeg));
     assert!(head.contains("image/jpeg"), "{head}");
-    let picture = image::load_from_memory(&jpeg).unwrap();
+    let picture = reidcam::frame::decode_image(&jpeg).unwrap();
     assert_eq!((picture.width(), picture.height()), (320, 180));
     // Asked again with its ETag: 304 and no body while no newer frame is copied (a new frame
     // comes at most every 200 ms: a newer one answers 200 with another tag).
@@ -123,7 +123,7 @@ fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
     assert_eq!(std::fs::read(&file).unwrap(), thumb);
     assert_eq!(mode(&file), 0o600);
     assert_eq!(mode(&thumbs), 0o700);
-    let crop = image::load_from_memory(&thumb).unwrap();
+    let crop = reidcam::frame::decode_image(&thumb).unwrap();
     assert!(crop.height() > crop.width(), "a person-shaped crop");
 
     // Enrol the person in view: a pinned, named identity in the gallery file.
@@ -143,13 +143,10 @@ fn the_api_shows_the_frame_keeps_thumbnails_and_enrols() {
 
     // Enrol from a picture of a person (the thumbnail, at the tiny model's 8×16, enlarged to
     // pass the crop gate's least height, as a phone would send a photo).
-    let mut photo = Vec::new();
-    crop.resize_exact(48, 96, image::imageops::FilterType::Nearest)
-        .write_to(
-            &mut std::io::Cursor::new(&mut photo),
-            image::ImageFormat::Jpeg,
-        )
-        .unwrap();
+    let crop =
+        image::RgbImage::from_raw(crop.width(), crop.height(), crop.as_bytes().to_vec()).unwrap();
+    let big = image::imageops::resize(&crop, 48, 96, image::imageops::FilterType::Nearest);
+    let photo = reidcam::frame::encode_jpeg(big.as_raw(), 48, 96, 75.0).unwrap();
     let (code, _, body) = exchange(
         addr,
         "POST",
