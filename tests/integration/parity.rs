@@ -112,7 +112,7 @@ fn check_pipeline_case(dir: &Path, shared: &Path) {
     .unwrap();
     assert_eq!(embedder.dim(), dim);
     let mut pre = Preprocessor::new(&embedder.manifest().input);
-    // Under qemu-user every fourth crop (25 of 100): a kernel error shows on any crop, and the
+    // Under qemu-user every fourth crop (30 of 118): a kernel error shows on any crop, and the
     // retail model takes 2 s a crop emulated (the host suite runs them all).
     let every = if crate::common::emulated() { 4 } else { 1 };
     let mut cosines = Vec::with_capacity(rows);
