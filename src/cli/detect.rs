@@ -22,6 +22,9 @@ pub struct DetectArgs {
     /// Least score (objectness × person).
     #[arg(long, default_value_t = 0.5)]
     score: f32,
+    /// Threads the network's largest layers are shared between (as `[detector] threads`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
     /// Then time the network per operator kind on the last image, 20 runs, on stderr.
     #[arg(long)]
     profile: bool,
@@ -39,6 +42,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<()> {
         },
         score_threshold: args.score,
         min_height: 0,
+        threads: usize::from(args.threads),
         ..YoloxConfig::default()
     };
     if let Some(size) = &args.size {

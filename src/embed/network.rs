@@ -146,9 +146,12 @@ impl Network {
     }
 
     /// As [`Embedder::profile`](super::Embedder::profile), for a network (the detector) on
-    /// its current input.
+    /// its current input, its layers shared with its threads as in [`run`](Self::run).
     pub fn profile(&mut self, runs: usize) -> Result<Vec<super::OpTime>, EmbedError> {
-        super::profile::profile_plan(&mut self.state, &self.input, &self.label, runs)
+        let (state, pool) = (&mut self.state, self.pool.0.as_ref());
+        ops::with_kernel_pool(pool, || {
+            super::profile::profile_plan(state, &self.input, &self.label, runs)
+        })
     }
 
     pub fn label(&self) -> &str {

@@ -8,9 +8,11 @@
 //! frame, AMD EPYC), and sharing OSNet's layers did not pay at all. onnxruntime's pool spins the
 //! same way. A worker sleeps (parks) after [`SPIN`] without work, so an idle camera costs no CPU.
 //!
-//! One job at a time: [`SpinPool::run`] posts its parts, the calling thread and the workers claim
-//! them one by one (a worker the system has not scheduled leaves its share to the others), and
-//! it returns when every part is done. Nothing is allocated per job.
+//! One job at a time: [`SpinPool::run`] posts its parts, runs the last one on the calling thread
+//! while the workers claim the others one by one (so a job's part `k` stays on one thread from
+//! job to job, with its data in that thread's cache), takes any a worker has not claimed by then
+//! (a worker the system has not scheduled leaves its share to the others), and returns when
+//! every part is done. Nothing is allocated per job.
 
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -120,9 +122,10 @@ impl SpinPool {
     }
 
     /// Runs `job(part)` for every part in `0..parts`, each once, on this thread and the workers
-    /// — whoever is free claims the next part, so a worker the system has not scheduled leaves
-    /// its parts to the others — and returns when all are done. A panic in a worker's part
-    /// panics here.
+    /// — this thread runs the last part, the workers claim the others, and this thread takes
+    /// what is still unclaimed when it is done, so a worker the system has not scheduled leaves
+    /// its parts to the others — and returns when all are done. A panic in any part panics
+    /// here.
     pub fn run(&self, parts: usize, job: &(dyn Fn(usize) + Sync)) {
         let Ok(_busy) = self.busy.try_lock() else {
             (0..parts).for_each(job);
@@ -139,7 +142,13 @@ impl SpinPool {
         // SAFETY: no part of the previous job is unclaimed or running (see `Shared`).
         unsafe { *shared.job.get() = Some(erased) };
         shared.done.store(0, Ordering::Relaxed);
-        shared.claim.store((parts as u64) << 32, Ordering::Release);
+        // The workers claim every part but the last, which is this thread's: so part `k` of a
+        // job runs on the same thread from job to job while the workers keep up, and a layer
+        // split like the one before it finds its part of the input in that thread's cache.
+        let claimable = parts.saturating_sub(1);
+        shared
+            .claim
+            .store((claimable as u64) << 32, Ordering::Release);
         shared.epoch.fetch_add(1, Ordering::SeqCst);
         if shared.sleeping.load(Ordering::SeqCst) > 0 {
             self.threads.iter().for_each(Thread::unpark);
@@ -159,7 +168,14 @@ impl SpinPool {
                 }
             }
         }
-        drop(Wait(shared, parts));
+        let wait = Wait(shared, claimable);
+        if parts > 0 {
+            let own = catch_unwind(AssertUnwindSafe(|| job(parts - 1)));
+            if own.is_err() {
+                shared.panicked.store(true, Ordering::Relaxed);
+            }
+        }
+        drop(wait);
         if shared.panicked.swap(false, Ordering::Relaxed) {
             panic!("a part of a kernel pool job panicked");
         }

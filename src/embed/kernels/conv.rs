@@ -112,36 +112,73 @@ pub(super) fn phase_split_as<'s, S: Copy, T: Copy>(
     map: impl Fn(S) -> T,
     scratch: &'s mut Vec<T>,
 ) -> &'s [T] {
+    let phases = phase_buffer(shape, pad, scratch);
+    phase_split_rows(shape, image, 0..shape.phase_rows(), pad, map, phases);
+    phases
+}
+
+/// The first [`Shape::scratch_len`] values of `scratch` (grown once, new values `pad`), for
+/// [`phase_split_rows`] to fill.
+pub fn phase_buffer<T: Copy>(shape: Shape, pad: T, scratch: &mut Vec<T>) -> &mut [T] {
+    if scratch.len() < shape.scratch_len() {
+        scratch.resize(shape.scratch_len(), pad);
+    }
+    &mut scratch[..shape.scratch_len()]
+}
+
+impl Shape {
+    /// Padded rows of all channels in the phase-split buffer (`inputs × padded height`), each
+    /// [`phase_row_len`](Self::phase_row_len) values: the units [`phase_split_rows`] fills.
+    pub fn phase_rows(&self) -> usize {
+        self.inputs * self.padded().0
+    }
+
+    /// Values per padded row of the phase-split buffer (its `stride` phase rows).
+    pub fn phase_row_len(&self) -> usize {
+        self.stride * self.phase_len()
+    }
+}
+
+/// Fills padded rows `rows` (numbered `c · padded height + r`, see [`Shape::phase_rows`]) of
+/// the phase-split buffer, `out` being exactly those rows: zero padding `pad`, image values
+/// through `map`. Parts of one buffer can be filled by different threads.
+pub fn phase_split_rows<S: Copy, T: Copy>(
+    shape: Shape,
+    image: &[S],
+    rows: std::ops::Range<usize>,
+    pad: T,
+    map: impl Fn(S) -> T,
+    out: &mut [T],
+) {
     assert_eq!(
         image.len(),
         shape.inputs * shape.height * shape.width,
         "conv image length"
     );
+    assert!(rows.end <= shape.phase_rows(), "phase rows {rows:?}");
     let (hp, _) = shape.padded();
     let (s, l) = (shape.stride, shape.phase_len());
     let (t, left, _, _) = shape.padding;
-    if scratch.len() < shape.scratch_len() {
-        scratch.resize(shape.scratch_len(), pad);
-    }
-    let phases = &mut scratch[..shape.scratch_len()];
-    phases.fill(pad);
-    for (c, plane) in image.chunks_exact(shape.height * shape.width).enumerate() {
-        for (iy, row) in plane.chunks_exact(shape.width).enumerate() {
-            let r = c * hp + iy + t;
-            // Phase φ holds padded columns φ, φ+s…; the first image column there is the first
-            // ix ≥ 0 with (ix + left) ≡ φ (mod s).
-            for phase in 0..s {
-                let ix0 = (phase + s - left % s) % s;
-                if ix0 >= row.len() {
-                    continue;
-                }
-                let j0 = (ix0 + left) / s;
-                let dst = &mut phases[(r * s + phase) * l + j0..(r * s + phase + 1) * l];
-                copy_strided(dst, &row[ix0..], s, &map);
+    assert_eq!(out.len(), rows.len() * s * l, "phase rows length");
+    for (unit, dst_row) in rows.zip(out.chunks_exact_mut(s * l)) {
+        dst_row.fill(pad);
+        let (c, r) = (unit / hp, unit % hp);
+        let Some(iy) = r.checked_sub(t).filter(|&iy| iy < shape.height) else {
+            continue;
+        };
+        let row = &image[(c * shape.height + iy) * shape.width..][..shape.width];
+        // Phase φ holds padded columns φ, φ+s…; the first image column there is the first
+        // ix ≥ 0 with (ix + left) ≡ φ (mod s).
+        for phase in 0..s {
+            let ix0 = (phase + s - left % s) % s;
+            if ix0 >= row.len() {
+                continue;
             }
+            let j0 = (ix0 + left) / s;
+            let dst = &mut dst_row[phase * l + j0..(phase + 1) * l];
+            copy_strided(dst, &row[ix0..], s, &map);
         }
     }
-    phases
 }
 
 /// `dst[i] = map(src[i·s])` while both last; strides 1 and 2 (every stem we know) in loops LLVM
@@ -185,12 +222,49 @@ pub fn convolve(
     y: &mut [f32],
 ) {
     let (oh, ow) = shape.output().expect("the kernel fits the padded input");
+    assert_eq!(y.len(), bias.len() * oh * ow, "conv output length");
+    // SAFETY: `y` is borrowed mutably for the call: nothing else touches it.
+    unsafe {
+        convolve_rows(
+            isa,
+            shape,
+            offsets,
+            phases,
+            weights,
+            bias,
+            act,
+            0..oh,
+            y.as_mut_ptr(),
+        )
+    }
+}
+
+/// [`convolve`] for output rows `rows` only, into `y` (those channels' `oh × ow` planes), of
+/// which other threads may write other rows meanwhile (the threads of one layer split its
+/// rows).
+///
+/// # Safety
+/// `y` is valid for reads and writes of `bias.len() · oh · ow` floats, and while this runs no
+/// other thread reads or writes rows `rows` of any of its planes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn convolve_rows(
+    isa: Isa,
+    shape: Shape,
+    offsets: &[usize],
+    phases: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    act: Act,
+    rows: std::ops::Range<usize>,
+    y: *mut f32,
+) {
+    let (oh, ow) = shape.output().expect("the kernel fits the padded input");
     assert_eq!(
         offsets.len(),
         shape.inputs * shape.kernel.0 * shape.kernel.1,
         "one offset per tap"
     );
-    assert_eq!(y.len(), bias.len() * oh * ow, "conv output length");
+    assert!(rows.end <= oh, "output rows {rows:?} of {oh}");
     let product = Product {
         weights,
         bias,
@@ -200,8 +274,19 @@ pub fn convolve(
         res: None,
         act,
     };
-    for oy in 0..oh {
-        product.run(isa, oy * shape.row_step(), oy * ow, ow, y);
+    for oy in rows {
+        // SAFETY: as the caller promised (`run_shared` checks the bounds): this writes row
+        // `oy` of every plane.
+        unsafe {
+            product.run_shared(
+                isa,
+                oy * shape.row_step(),
+                oy * ow,
+                ow,
+                y,
+                bias.len() * oh * ow,
+            )
+        }
     }
 }
 
@@ -277,6 +362,39 @@ mod tests {
             act,
             &mut got,
             &mut scratch,
+        );
+        // The same values bit for bit when the phase-split rows and the output rows are made in
+        // parts (as threads do), on the last image.
+        let image = &input[input.len() - shape.inputs * shape.height * shape.width..];
+        let packed = super::super::pack_weights(isa, &weights, shape.outputs);
+        let mut phases = vec![f32::NAN; shape.scratch_len()];
+        for rows in super::super::test_support::parts(rng, shape.phase_rows(), 1) {
+            let part =
+                &mut phases[rows.start * shape.phase_row_len()..rows.end * shape.phase_row_len()];
+            phase_split_rows(shape, image, rows, 0.0, |v| v, part);
+        }
+        let (oh, ow) = shape.output().unwrap();
+        let mut parted = vec![f32::NAN; shape.outputs * oh * ow];
+        for rows in super::super::test_support::parts(rng, oh, 1) {
+            // SAFETY: `parted` is one image's output; the parts run one after the other.
+            unsafe {
+                convolve_rows(
+                    isa,
+                    shape,
+                    &shape.offsets(),
+                    &phases,
+                    &packed,
+                    &bias,
+                    act,
+                    rows,
+                    parted.as_mut_ptr(),
+                )
+            };
+        }
+        super::super::test_support::assert_same_bits(
+            &parted,
+            &got[got.len() - parted.len()..],
+            &format!("{isa} {shape:?}: rows in parts"),
         );
         let terms = shape.inputs * kh * kw + 2;
         assert_close_after(

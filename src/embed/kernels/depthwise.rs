@@ -16,8 +16,7 @@ use super::simd::Lanes;
 use super::simd::Portable;
 use super::{Act, Isa};
 
-/// The widest vector (AVX-512: 16 floats).
-const MAX_LANES: usize = 16;
+use super::MAX_LANES;
 
 /// One depthwise layer: `channels` planes of `height × width`, weights `[channels][3][3]`,
 /// stride 1 or 2.
@@ -61,21 +60,59 @@ pub fn depthwise3x3(
     out: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
+    let (oh, ow) = shape.output();
+    assert_eq!(
+        out.len(),
+        batch * shape.channels * oh * ow,
+        "depthwise output length"
+    );
+    // SAFETY: `out` is borrowed mutably for the call and has the length asserted above.
+    unsafe {
+        depthwise3x3_rows(
+            isa,
+            shape,
+            batch,
+            input,
+            weights,
+            bias,
+            act,
+            0..oh,
+            out.as_mut_ptr(),
+            scratch,
+        )
+    }
+}
+
+/// [`depthwise3x3`] for output rows `rows` of every plane only, into `out` (`batch · channels
+/// · oh · ow` floats), of which other threads may write other rows meanwhile (the threads of
+/// one layer split its rows: each reads only the input rows around its own, which it wrote in
+/// the layer before). Only the padded rows these output rows read are copied.
+///
+/// # Safety
+/// `out` is valid for reads and writes of `batch · channels · oh · ow` floats, and while this
+/// runs no other thread reads or writes rows `rows` of any of its planes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn depthwise3x3_rows(
+    isa: Isa,
+    shape: Shape,
+    batch: usize,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    act: Act,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+    scratch: &mut Vec<f32>,
+) {
     assert!(
         matches!(shape.stride, 1 | 2),
         "depthwise stride {}",
         shape.stride
     );
-    let (oh, ow) = shape.output();
     assert_eq!(
         input.len(),
         batch * shape.channels * shape.plane(),
         "depthwise input length"
-    );
-    assert_eq!(
-        out.len(),
-        batch * shape.channels * oh * ow,
-        "depthwise output length"
     );
     assert_eq!(
         weights.len(),
@@ -83,6 +120,7 @@ pub fn depthwise3x3(
         "depthwise weights length"
     );
     assert_eq!(bias.len(), shape.channels, "depthwise bias length");
+    assert!(rows.end <= shape.output().0, "depthwise rows {rows:?}");
     assert!(isa.is_available(), "{isa} is not available on this CPU");
     if scratch.len() < shape.scratch_len() {
         scratch.resize(shape.scratch_len(), 0.0);
@@ -94,6 +132,7 @@ pub fn depthwise3x3(
         weights,
         bias,
         act,
+        rows,
     };
     // SAFETY: `is_available` checked that the CPU has the features each copy uses.
     match isa {
@@ -124,6 +163,8 @@ struct Args<'a> {
     weights: &'a [f32],
     bias: &'a [f32],
     act: Act,
+    /// The output rows to compute, in every plane.
+    rows: std::ops::Range<usize>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -133,13 +174,13 @@ mod x86 {
     use super::{Args, body};
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(args: &Args, out: &mut [f32], scratch: &mut [f32]) {
+    pub(super) unsafe fn avx2(args: &Args, out: *mut f32, scratch: &mut [f32]) {
         // SAFETY: the caller checked AVX2 + FMA.
         unsafe { body::<__m256>(args, out, scratch) }
     }
 
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn avx512(args: &Args, out: &mut [f32], scratch: &mut [f32]) {
+    pub(super) unsafe fn avx512(args: &Args, out: *mut f32, scratch: &mut [f32]) {
         // SAFETY: the caller checked AVX-512F.
         unsafe { body::<__m512>(args, out, scratch) }
     }
@@ -148,7 +189,7 @@ mod x86 {
 /// # Safety
 /// The CPU must support `V`.
 #[inline(always)]
-unsafe fn body<V: Lanes>(args: &Args, out: &mut [f32], scratch: &mut [f32]) {
+unsafe fn body<V: Lanes>(args: &Args, out: *mut f32, scratch: &mut [f32]) {
     // SAFETY: forwarded. The stride is a constant in each copy, so that stride 1's taps are
     // constant offsets from a row (a run-time choice of tap columns cost OSNet x0.25 7% more
     // instructions on cortex-a72).
@@ -166,11 +207,7 @@ unsafe fn body<V: Lanes>(args: &Args, out: &mut [f32], scratch: &mut [f32]) {
 /// # Safety
 /// As `body`.
 #[inline(always)]
-unsafe fn strided<V: Lanes, const STRIDE: usize>(
-    args: &Args,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
+unsafe fn strided<V: Lanes, const STRIDE: usize>(args: &Args, out: *mut f32, scratch: &mut [f32]) {
     let Shape {
         channels,
         height: h,
@@ -187,21 +224,28 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(
     let plane = h * w;
     // Column `dx` of a tap row, as an offset from output column `x`'s.
     let columns = if stride == 1 { [0, 1, 2] } else { [0, odd, 1] };
-    for (image, (src, dst)) in args
-        .input
-        .chunks_exact(plane)
-        .zip(out.chunks_exact_mut(oh * ow))
-        .enumerate()
-    {
+    // The input rows the output rows read: padded rows `rows.start · stride` to
+    // `(rows.end − 1) · stride + 2`, input row `y` being padded row `y + 1`.
+    let rows = args.rows.clone();
+    if rows.is_empty() {
+        return;
+    }
+    let first = (rows.start * stride).saturating_sub(1);
+    let last = ((rows.end - 1) * stride + 2).min(h);
+    for (image, src) in args.input.chunks_exact(plane).enumerate() {
         let c = image % channels;
+        // SAFETY: plane `image` of the output (`batch · channels` planes of oh × ow, the
+        // caller's contract).
+        let dst = unsafe { out.add(image * oh * ow) };
+        let src = &src[first * w..last * w];
         if stride == 1 {
-            for (y, row) in src.chunks_exact(w).enumerate() {
+            for (y, row) in (first..).zip(src.chunks_exact(w)) {
                 // SAFETY: `V` is supported; `row` has w floats, padded row y + 1 from its column
                 // 1 has w + 1.
                 unsafe { copy::<V>(row.as_ptr(), padded.as_mut_ptr().add((y + 1) * pw + 1), w) };
             }
         } else {
-            for (y, row) in src.chunks_exact(w).enumerate() {
+            for (y, row) in (first..).zip(src.chunks_exact(w)) {
                 // Padded column x + 1: odd inputs to the even columns (from column 2, index 1),
                 // even inputs to the odd columns (from column 1, index `odd`), in pairs, which
                 // the compiler turns into vector shuffles.
@@ -223,9 +267,9 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(
                 V::splat(args.bias[c]),
             )
         };
-        let rows = Rows {
+        let plane_rows = Rows {
             padded: padded.as_ptr(),
-            dst: dst.as_mut_ptr(),
+            dst,
             pw,
             w: ow,
             kv,
@@ -235,13 +279,14 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(
         };
         // SAFETY: `V` is supported; output row y's taps start at y·stride·pw ≤ (h − 1)·pw and
         // reach at most 2·pw + (w + 1) + N − 1 beyond (stride 2: the even column ow ≤ (w + 1) / 2,
-        // then the odd half-row), inside the scratch ((h + 2)·pw + N); stores stay inside `dst`'s
-        // rows of ow. SiLU compiled apart (see `Lanes::activate`).
+        // then the odd half-row), inside the scratch ((h + 2)·pw + N), all of them copied above
+        // for these rows; stores stay inside `dst`'s rows `rows` of ow. SiLU compiled apart
+        // (see `Lanes::activate`).
         unsafe {
             if args.act == Act::Silu {
-                rows.all::<STRIDE, true>(oh);
+                plane_rows.all::<STRIDE, true>(rows.clone());
             } else {
-                rows.all::<STRIDE, false>(oh);
+                plane_rows.all::<STRIDE, false>(rows.clone());
             }
         }
     }
@@ -264,13 +309,13 @@ struct Rows<V> {
 }
 
 impl<V: Lanes> Rows<V> {
-    /// Every output row of the plane, four at a time.
+    /// Output rows `rows` of the plane, four at a time.
     ///
     /// # Safety
     /// As in `body`.
     #[inline(always)]
-    unsafe fn all<const STRIDE: usize, const SILU: bool>(&self, h: usize) {
-        let mut y = 0;
+    unsafe fn all<const STRIDE: usize, const SILU: bool>(&self, rows: std::ops::Range<usize>) {
+        let (mut y, h) = (rows.start, rows.end);
         // SAFETY: as the caller's.
         unsafe {
             while y + 4 <= h {
@@ -441,6 +486,30 @@ mod tests {
             act,
             &mut got,
             &mut scratch,
+        );
+        // The same values bit for bit when the rows are computed in parts (as threads do).
+        let mut parted = vec![f32::NAN; want.len()];
+        for rows in super::super::test_support::parts(rng, shape.output().0, 1) {
+            // SAFETY: `parted` is the whole output; the parts run one after the other.
+            unsafe {
+                depthwise3x3_rows(
+                    isa,
+                    shape,
+                    batch,
+                    &input,
+                    &weights,
+                    &bias,
+                    act,
+                    rows,
+                    parted.as_mut_ptr(),
+                    &mut scratch,
+                )
+            };
+        }
+        super::super::test_support::assert_same_bits(
+            &parted,
+            &got,
+            &format!("{isa} {shape:?} batch {batch}: rows in parts"),
         );
         assert_close_after(
             act,

@@ -28,6 +28,38 @@ pub fn gated_sum(
     gates: &[Option<&[f32]>],
     out: &mut [f32],
 ) {
+    assert!(
+        tensors.iter().all(|x| x.len() == out.len()),
+        "gated sum terms and output of different lengths"
+    );
+    // SAFETY: `out` is borrowed mutably for the call.
+    unsafe {
+        gated_sum_pixels(
+            isa,
+            shape,
+            tensors,
+            gates,
+            0..shape.pixels,
+            out.as_mut_ptr(),
+        )
+    }
+}
+
+/// [`gated_sum`] for pixels `range` of every plane only, into `out` (as long as every term), of
+/// which other threads may write other pixels meanwhile (the threads of one op split its
+/// pixels).
+///
+/// # Safety
+/// `out` is valid for reads and writes of as many floats as each term has, and while this runs
+/// no other thread reads or writes pixels `range` of any of its planes.
+pub unsafe fn gated_sum_pixels(
+    isa: Isa,
+    shape: Shape,
+    tensors: &[&[f32]],
+    gates: &[Option<&[f32]>],
+    range: std::ops::Range<usize>,
+    out: *mut f32,
+) {
     let terms = tensors.len();
     assert!(
         (1..=MAX_TERMS).contains(&terms),
@@ -35,11 +67,13 @@ pub fn gated_sum(
     );
     assert_eq!(gates.len(), terms, "one gate (or none) per term");
     let image = shape.channels * shape.pixels;
+    let len = tensors[0].len();
     assert!(image > 0, "empty gated sum {shape:?}");
-    assert_eq!(out.len() % image, 0, "gated sum output length");
-    let planes = out.len() / shape.pixels;
+    assert_eq!(len % image, 0, "gated sum length");
+    assert!(range.end <= shape.pixels, "pixels {range:?} of {shape:?}");
+    let planes = len / shape.pixels;
     for (t, (x, gate)) in tensors.iter().zip(gates).enumerate() {
-        assert_eq!(x.len(), out.len(), "term {t} length");
+        assert_eq!(x.len(), len, "term {t} length");
         if let Some(gate) = gate {
             assert_eq!(gate.len(), planes, "gate {t} length");
         }
@@ -47,10 +81,13 @@ pub fn gated_sum(
     assert!(isa.is_available(), "{isa} is not available on this CPU");
     let args = Args {
         pixels: shape.pixels,
+        range,
+        planes,
         tensors,
         scales: gates,
     };
-    // SAFETY: lengths checked above; `is_available` checked the CPU's features.
+    // SAFETY: lengths checked above; `is_available` checked the CPU's features; `out` as the
+    // caller promised.
     unsafe {
         match isa {
             #[cfg(target_arch = "aarch64")]
@@ -67,6 +104,9 @@ pub fn gated_sum(
 
 struct Args<'a> {
     pixels: usize,
+    /// The pixels of each plane to compute.
+    range: std::ops::Range<usize>,
+    planes: usize,
     tensors: &'a [&'a [f32]],
     /// Per term, its gate (one value per plane), if it has one.
     scales: &'a [Option<&'a [f32]>],
@@ -79,13 +119,13 @@ mod x86 {
     use super::{Args, body};
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(args: &Args, out: &mut [f32]) {
+    pub(super) unsafe fn avx2(args: &Args, out: *mut f32) {
         // SAFETY: forwarded from `gated_sum`.
         unsafe { body::<__m256>(args, out) }
     }
 
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn avx512(args: &Args, out: &mut [f32]) {
+    pub(super) unsafe fn avx512(args: &Args, out: *mut f32) {
         // SAFETY: forwarded from `gated_sum`.
         unsafe { body::<__m512>(args, out) }
     }
@@ -95,25 +135,26 @@ mod x86 {
 /// last vector of a plane through a lane mask.
 ///
 /// # Safety
-/// As `gated_sum` checked: every term as long as `out`, gates one value per plane, `V`
-/// supported.
+/// As `gated_sum_pixels` checked: every term as long as `out`, gates one value per plane, the
+/// range within a plane, `V` supported; `out` writable there.
 #[inline(always)]
-unsafe fn body<V: Lanes>(args: &Args, out: &mut [f32]) {
-    let pixels = args.pixels;
+unsafe fn body<V: Lanes>(args: &Args, out: *mut f32) {
     let terms = args.tensors.len();
+    let pixels = args.range.len();
     let full = pixels / V::N * V::N;
     // SAFETY: `V` is supported (the caller's contract).
     let mut scale = [unsafe { V::splat(1.0) }; MAX_TERMS];
     let mut from = [std::ptr::null::<f32>(); MAX_TERMS];
-    for (plane, y) in out.chunks_exact_mut(pixels).enumerate() {
-        let at = plane * pixels;
+    for plane in 0..args.planes {
+        let at = plane * args.pixels + args.range.start;
         for t in 0..terms {
             // SAFETY: `at` is inside every term (each as long as `out`).
             from[t] = unsafe { args.tensors[t].as_ptr().add(at) };
             // SAFETY: `V` is supported (the caller's contract).
             scale[t] = unsafe { V::splat(args.scales[t].map_or(1.0, |g| g[plane])) };
         }
-        let y = y.as_mut_ptr();
+        // SAFETY: the range's pixels of this plane (the caller's contract).
+        let y = unsafe { out.add(at) };
         // SAFETY: `i + V::N <= pixels` in the loop, `pixels - full < V::N` in the tail.
         unsafe {
             let mut i = 0;
@@ -177,6 +218,17 @@ mod tests {
         let (want, magnitude) = reference(shape, &tensors, &gates);
         let mut got = vec![f32::NAN; len];
         gated_sum(isa, shape, &tensors, &gates, &mut got);
+        // The same values bit for bit when the pixels are computed in parts (as threads do).
+        let mut parted = vec![f32::NAN; len];
+        for pixels in super::super::test_support::parts(rng, shape.pixels, 1) {
+            // SAFETY: `parted` is the whole output; the parts run one after the other.
+            unsafe { gated_sum_pixels(isa, shape, &tensors, &gates, pixels, parted.as_mut_ptr()) };
+        }
+        super::super::test_support::assert_same_bits(
+            &parted,
+            &got,
+            &format!("{isa} {shape:?}: pixels in parts"),
+        );
         assert_close(
             &got,
             &want,

@@ -26,6 +26,11 @@ mod simd;
 mod tile;
 
 pub use crate::simd::Isa;
+
+/// The widest vector (AVX-512: 16 floats). A run of the matrix product at least this long gives
+/// the same sums however it is cut into runs (a run shorter than a vector goes through a scalar
+/// path, whose additions are not fused): the ops' pixel parts are longer.
+pub const MAX_LANES: usize = 16;
 pub use tile::{pack as pack_weights, panel_width};
 
 /// The activation a kernel applies as it stores its outputs.
@@ -130,6 +135,33 @@ mod test_support {
         };
         let scale: Vec<f32> = scale.iter().map(|s| s * factor).collect();
         assert_close(got, want, &scale, terms + extra, &format!("{what} {act:?}"));
+    }
+
+    /// `0..n` cut into one to four contiguous parts at random places, each at least `min` long
+    /// (one part if `n < 2 · min`), as the threads of one layer split its pixels or rows.
+    pub fn parts(rng: &mut Rng, n: usize, min: usize) -> Vec<std::ops::Range<usize>> {
+        let min = min.max(1);
+        let mut cuts = vec![0];
+        for _ in 0..rng.below(4) {
+            let last = *cuts.last().unwrap();
+            if n - last < 2 * min {
+                break;
+            }
+            cuts.push(last + min + rng.below(n - last - 2 * min + 1));
+        }
+        cuts.push(n);
+        cuts.windows(2).map(|w| w[0]..w[1]).collect()
+    }
+
+    /// `got` and `want` bit for bit (NaN included), or a panic naming the first difference.
+    pub fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+            panic!(
+                "{what}: value {i} is {} where {} was expected",
+                got[i], want[i]
+            );
+        }
     }
 
     /// One of the three activations, at random.

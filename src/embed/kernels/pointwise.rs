@@ -67,6 +67,49 @@ pub fn pointwise(
     }
 }
 
+/// The layer on pixels `range` of one image (`input` `[inputs][pixels]`, `residual`
+/// `[outputs][pixels]`) into `out`, the `outputs × pixels` floats of the image's output, of which
+/// other threads may write other pixels meanwhile (the threads of one layer split its pixels:
+/// each keeps its part of every plane in its own cache from layer to layer). The same sums as
+/// [`pointwise`].
+///
+/// # Safety
+/// `out` is valid for reads and writes of `outputs × pixels` floats, and while this runs no
+/// other thread reads or writes pixels `range` of any of its channels.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn pointwise_pixels(
+    isa: Isa,
+    shape: Shape,
+    offsets: &[usize],
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Act,
+    range: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
+    assert_eq!(input.len(), x_len, "pointwise input length");
+    assert!(range.end <= shape.pixels, "pixels {range:?} of {shape:?}");
+    assert_eq!(offsets.len(), shape.inputs, "one offset per input channel");
+    assert_eq!(bias.len(), shape.outputs, "pointwise bias length");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), y_len, "pointwise residual length");
+    }
+    let product = Product {
+        weights,
+        bias,
+        offsets,
+        x: input,
+        y_stride: shape.pixels,
+        res: residual,
+        act,
+    };
+    // SAFETY: as the caller promised; `run_shared` checks the bounds.
+    unsafe { product.run_shared(isa, range.start, range.start, range.len(), out, y_len) }
+}
+
 /// The naive reference, in `f64`: the output and, per element, `Σ|terms|` (for error bounds).
 pub fn reference(
     shape: Shape,
@@ -128,16 +171,44 @@ mod tests {
             act,
         );
         let mut got = vec![f32::NAN; want.len()];
+        let packed = super::super::pack_weights(isa, &weights, shape.outputs);
         pointwise(
             isa,
             shape,
             &shape.offsets(),
             &input,
-            &super::super::pack_weights(isa, &weights, shape.outputs),
+            &packed,
             &bias,
             residual.as_deref(),
             act,
             &mut got,
+        );
+        // The same values bit for bit when the pixels are computed in parts (as threads do), on
+        // the last image.
+        let y_len = shape.outputs * shape.pixels;
+        let mut parted = vec![f32::NAN; y_len];
+        for pixels in super::super::test_support::parts(rng, shape.pixels, super::super::MAX_LANES)
+        {
+            // SAFETY: `parted` is one image's output; the parts run one after the other.
+            unsafe {
+                pointwise_pixels(
+                    isa,
+                    shape,
+                    &shape.offsets(),
+                    &input[input.len() - shape.inputs * shape.pixels..],
+                    &packed,
+                    &bias,
+                    residual.as_deref().map(|r| &r[r.len() - y_len..]),
+                    act,
+                    pixels,
+                    parted.as_mut_ptr(),
+                )
+            };
+        }
+        super::super::test_support::assert_same_bits(
+            &parted,
+            &got[got.len() - y_len..],
+            &format!("{isa} {shape:?}: pixels in parts"),
         );
         assert_close_after(
             act,

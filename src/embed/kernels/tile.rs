@@ -204,6 +204,27 @@ impl Product<'_> {
     ///
     /// Panics if any access would fall outside `x`, `y` or `res` (checked once, up front).
     pub fn run(&self, isa: Isa, xb: usize, yb: usize, len: usize, y: &mut [f32]) {
+        // SAFETY: `y` is borrowed mutably for the call: nothing else touches it.
+        unsafe { self.run_shared(isa, xb, yb, len, y.as_mut_ptr(), y.len()) }
+    }
+
+    /// [`run`](Self::run) into the `y_len` floats at `y`, of which other threads may write
+    /// other pixels meanwhile: this run writes only pixels `yb..yb + len` of each output
+    /// channel (`o · y_stride + yb + i`; the last vector of a run overlaps pixels of the same
+    /// run, never the pixels beyond it).
+    ///
+    /// # Safety
+    /// `y` is valid for reads and writes of `y_len` floats, and while this runs no other thread
+    /// reads or writes those pixels of any output channel.
+    pub unsafe fn run_shared(
+        &self,
+        isa: Isa,
+        xb: usize,
+        yb: usize,
+        len: usize,
+        y: *mut f32,
+        y_len: usize,
+    ) {
         let k_len = self.offsets.len();
         assert_eq!(
             self.weights.len(),
@@ -216,13 +237,13 @@ impl Product<'_> {
         let last_x = xb + self.offsets.iter().max().copied().unwrap_or(0) + len;
         assert!(k_len == 0 || last_x <= self.x.len(), "x run out of bounds");
         let last_y = (self.outputs() - 1) * self.y_stride + yb + len;
-        assert!(last_y <= y.len(), "y run out of bounds");
+        assert!(last_y <= y_len, "y run out of bounds");
         if let Some(r) = self.res {
             assert!(last_y <= r.len(), "residual run out of bounds");
         }
         assert!(isa.is_available(), "{isa} is not available on this CPU");
-        let y = y.as_mut_ptr();
-        // SAFETY: bounds checked above; the instruction set is available.
+        // SAFETY: bounds checked above; the instruction set is available; `y` as the caller
+        // promised.
         unsafe {
             match isa {
                 #[cfg(target_arch = "aarch64")]

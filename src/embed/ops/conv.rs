@@ -6,7 +6,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::embed::kernels::{Act, Isa, conv, depthwise, pack_weights, panel_width};
+use crate::embed::kernels::{Act, Isa, conv, depthwise, pack_weights};
 
 use super::graph::*;
 use super::parallel::*;
@@ -54,14 +54,30 @@ impl Depthwise {
                 run(shape, images.len(), x, &self.weights.0, &self.bias.0, y)
             });
         } else {
-            split_units(y, out_plane, shape.channels, work, |channels, y| {
-                let part = depthwise::Shape {
-                    channels: channels.len(),
-                    ..shape
-                };
-                let x = &x[channels.start * plane..channels.end * plane];
-                let w = &self.weights.0[channels.start * 9..channels.end * 9];
-                run(part, 1, x, w, &self.bias.0[channels], y)
+            // Output rows to threads: each reads the input rows around its own, which the
+            // layer before (split by pixels) left in its cache.
+            let y_len = y.len();
+            split_shared(y, oh, 1, work, |rows, out| {
+                let (out, len) = out.raw();
+                debug_assert_eq!(len, y_len);
+                SCRATCH.with_borrow_mut(|scratch| {
+                    // SAFETY: `out` is `y` (`y_len` floats, one image), and the parts' row
+                    // ranges are disjoint: each writes only its rows of every plane.
+                    unsafe {
+                        depthwise::depthwise3x3_rows(
+                            self.isa,
+                            shape,
+                            1,
+                            x,
+                            &self.weights.0,
+                            &self.bias.0,
+                            self.act,
+                            rows,
+                            out,
+                            scratch,
+                        )
+                    }
+                })
             });
         }
     }
@@ -115,35 +131,54 @@ impl FullConv {
         let (oh, ow) = shape.output().expect("checked when the op was made");
         let (x_len, plane) = (shape.inputs * shape.height * shape.width, oh * ow);
         let y_len = shape.outputs * plane;
+        let taps = self.offsets.len();
         for (image, y) in x.chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
             SCRATCH.with_borrow_mut(|scratch| {
-                let phases = conv::phase_split(shape, image, scratch);
-                // Output channels to threads, all reading the same phase-split image, cut
-                // where the packed weights' panels start.
-                split_aligned(
-                    y,
-                    plane,
-                    shape.outputs,
-                    panel_width(self.isa),
-                    y.len() * self.offsets.len(),
-                    |outputs, y| {
-                        let taps = self.offsets.len();
-                        conv::convolve(
+                // The phase-split copy, its padded rows shared between the threads (a stem's
+                // copy of a 736×416 frame is 3.7 MB: a tenth of the layer's time on one thread).
+                let phases = conv::phase_buffer(shape, 0.0, scratch);
+                let row_len = shape.phase_row_len();
+                let copy_work = if phases.len() >= COPY_SPLIT {
+                    PARALLEL_WORK
+                } else {
+                    0
+                };
+                split_units(
+                    phases,
+                    row_len,
+                    shape.phase_rows(),
+                    copy_work,
+                    |rows, part| conv::phase_split_rows(shape, image, rows, 0.0, |v| v, part),
+                );
+                let phases = &*phases;
+                // Output rows to threads, each computing every output channel of its rows
+                // from the same phase-split image.
+                split_shared(y, oh, 1, y_len * taps, |rows, out| {
+                    let (out, len) = out.raw();
+                    debug_assert_eq!(len, y_len);
+                    // SAFETY: `out` is this image's `y` (`y_len` floats), and the parts' row
+                    // ranges are disjoint: each writes only its rows of every plane.
+                    unsafe {
+                        conv::convolve_rows(
                             self.isa,
                             shape,
                             &self.offsets,
                             phases,
-                            &self.weights.0[outputs.start * taps..outputs.end * taps],
-                            &self.bias.0[outputs],
+                            &self.weights.0,
+                            &self.bias.0,
                             self.act,
-                            y,
+                            rows,
+                            out,
                         )
-                    },
-                );
+                    }
+                });
             });
         }
     }
 }
+
+/// From this many values on, a phase-split copy is shared between threads.
+const COPY_SPLIT: usize = 1 << 16;
 
 /// A `Conv` our kernels may take: f32, NCHW (or CHW), OIHW constant kernel and bias, no
 /// dilation, concrete shapes, and read by someone.

@@ -8,6 +8,7 @@ use tract_onnx::tract_core::ops::math::{Add, Mul};
 use crate::embed::kernels::{Isa, gated_sum};
 
 use super::graph::*;
+use super::parallel::*;
 use super::pooled::{Pooled, PooledChain};
 use super::recycle::*;
 
@@ -52,7 +53,18 @@ impl GatedSum {
                 gates[t] = gate.as_ref().map(|_| &values[t * planes..][..planes]);
             }
             let terms = self.gates.len();
-            gated_sum::gated_sum(self.isa, self.shape, inputs, &gates[..terms], y);
+            // Pixels to threads (each reads its part of every term, where the layers before
+            // left it), the gates computed above on whole planes.
+            let gates = &gates[..terms];
+            let work = y.len() * terms;
+            split_shared(y, self.shape.pixels, PIXEL_ALIGN, work, |pixels, out| {
+                let (out, _) = out.raw();
+                // SAFETY: `out` is `y`, as long as every term; the parts' pixel ranges are
+                // disjoint: each writes only its pixels of every plane.
+                unsafe {
+                    gated_sum::gated_sum_pixels(self.isa, self.shape, inputs, gates, pixels, out)
+                }
+            });
         });
     }
 }

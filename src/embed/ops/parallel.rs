@@ -10,7 +10,11 @@ use crate::embed::spin_pool::SpinPool;
 /// a spinning worker costs little (`spin_pool`), but a part has to be large enough to pay for
 /// the cache lines both threads then share. YOLOX-Nano at 736×416 on 2 threads (AMD EPYC, 2
 /// cores): 10.8 ms per frame at 8 M, 8.0 at 1 M, 8.2 at 256 K.
-pub(super) const PARALLEL_WORK: usize = 1 << 20;
+pub(super) const PARALLEL_WORK: usize = 1 << 18;
+
+/// Parts of a split by pixels start at multiples of this: whole tiles of every instruction set
+/// (AVX-512's are 32 pixels wide) and whole cache lines.
+pub(super) const PIXEL_ALIGN: usize = 64;
 
 thread_local! {
     /// The pool the current run may share its largest layers with (see [`with_kernel_pool`]).
@@ -58,16 +62,8 @@ pub(super) fn split_aligned(
     };
     let parts = (pool.workers() + 1).min(units.div_ceil(align));
     let (base, len) = (Base(out.as_mut_ptr()), out.len());
-    // The even split's boundaries, each rounded to the nearest multiple of `align`.
-    let boundary = |part: usize| {
-        if part == parts {
-            units
-        } else {
-            ((part * units / parts + align / 2) / align * align).min(units)
-        }
-    };
     pool.run(parts, &|part| {
-        let range = boundary(part)..boundary(part + 1);
+        let range = boundary(units, align, parts, part)..boundary(units, align, parts, part + 1);
         if range.is_empty() {
             return;
         }
@@ -77,6 +73,66 @@ pub(super) fn split_aligned(
         // (`run` returns when every part is done) and is not used meanwhile.
         let mine = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
         work(range, mine);
+    });
+}
+
+/// Where part `part` of `parts` of `units` starts: the even split's boundary rounded to the
+/// nearest multiple of `align` (the last part ends at `units`).
+fn boundary(units: usize, align: usize, parts: usize, part: usize) -> usize {
+    if part == parts {
+        units
+    } else {
+        ((part * units / parts + align / 2) / align * align).min(units)
+    }
+}
+
+/// A buffer the parts of one job write different elements of, each its own (which elements is
+/// the job's business: the pixels of every channel a part computes, say).
+#[derive(Clone, Copy)]
+pub(super) struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: handed to the parts of one job, which write disjoint elements (the contract of
+// `split_shared`'s callers) while the buffer's owner waits for the job.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The buffer's start and length, for a kernel that writes only its part's elements.
+    pub(super) fn raw(self) -> (*mut f32, usize) {
+        (self.ptr, self.len)
+    }
+}
+
+/// Runs `work` over `0..units` in contiguous parts (as [`split_aligned`]: each starting at a
+/// multiple of `align`, only when a pool is set and the work is large enough; each at least
+/// `align / 2` long) with `out` shared between them: each part must write only the elements of
+/// `out` that belong to its units (e.g. its pixels of every output channel).
+pub(super) fn split_shared(
+    out: &mut [f32],
+    units: usize,
+    align: usize,
+    work_size: usize,
+    work: impl Fn(std::ops::Range<usize>, Shared) + Sync,
+) {
+    let shared = Shared {
+        ptr: out.as_mut_ptr(),
+        len: out.len(),
+    };
+    let pool = match KERNEL_POOL.with_borrow(Clone::clone) {
+        Some(pool) if work_size >= PARALLEL_WORK && units > align => pool,
+        _ => return work(0..units, shared),
+    };
+    // At most one part per `align` units, so that every part is at least `align / 2` long (the
+    // last one included: it starts at most `align / 2` past its even share's start). A pixel
+    // part is then never shorter than a vector (`kernels::MAX_LANES`).
+    let parts = (pool.workers() + 1).min(units / align).max(1);
+    pool.run(parts, &|part| {
+        let range = boundary(units, align, parts, part)..boundary(units, align, parts, part + 1);
+        if !range.is_empty() {
+            work(range, shared);
+        }
     });
 }
 
@@ -133,6 +189,48 @@ mod tests {
                     largest <= units.div_ceil(2) + align,
                     "{units}/{align}: {ranges:?}"
                 );
+            }
+        }
+    }
+
+    /// Shared-output parts cover every unit once, start at multiples of `align` and are at
+    /// least `align / 2` long, on pools of 1 to 7 workers.
+    #[test]
+    fn shared_parts_cover_every_unit_once_and_are_never_short() {
+        for workers in 1..=7 {
+            let pool = Arc::new(SpinPool::new(workers, "test-shared").unwrap());
+            for (units, align) in [
+                (256, 64),
+                (300, 64),
+                (19136, 64),
+                (130, 64),
+                (13, 1),
+                (2, 1),
+            ] {
+                let seen = Mutex::new(Vec::new());
+                let mut out = vec![0.0f32; units];
+                with_kernel_pool(Some(&pool), || {
+                    split_shared(&mut out, units, align, PARALLEL_WORK, |range, out| {
+                        let (ptr, len) = out.raw();
+                        assert_eq!(len, units);
+                        for i in range.clone() {
+                            // SAFETY: each part writes its own units (what this test checks).
+                            unsafe { *ptr.add(i) += 1.0 };
+                        }
+                        seen.lock().unwrap().push(range);
+                    });
+                });
+                let ranges = seen.into_inner().unwrap();
+                assert!(
+                    out.iter().all(|&v| v == 1.0),
+                    "{workers} workers, {units}/{align}: a unit run twice or never"
+                );
+                for r in &ranges {
+                    assert!(
+                        r.start % align == 0 && r.len() >= align / 2,
+                        "{workers} workers, {units}/{align}: {ranges:?}"
+                    );
+                }
             }
         }
     }

@@ -36,6 +36,10 @@ impl Pointwise {
 
 reidcam_op!(Pointwise, "ReidcamPointwise");
 
+/// From this many pixels on, a single image's 1×1 layer is split between threads by pixels;
+/// below, by output channels (a few hundred pixels split in two leave each thread tails).
+const PIXEL_SPLIT: usize = 256;
+
 impl Pointwise {
     fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let x = inputs[0];
@@ -62,6 +66,36 @@ impl Pointwise {
                         self.act,
                         y,
                     )
+                },
+            );
+        } else if shape.pixels >= PIXEL_SPLIT {
+            // Pixels to threads: each computes every output channel for its run of pixels,
+            // reading only its part of the input planes — the part it (or the thread in its
+            // place) wrote in the layer before, still in its cache.
+            split_shared(
+                y,
+                shape.pixels,
+                PIXEL_ALIGN,
+                shape.inputs * y_len,
+                |pixels, out| {
+                    let (out, len) = out.raw();
+                    debug_assert_eq!(len, y_len);
+                    // SAFETY: `out` is `y` (`y_len` floats), and the parts' pixel ranges are
+                    // disjoint: each writes only its own pixels of every channel.
+                    unsafe {
+                        pointwise::pointwise_pixels(
+                            self.isa,
+                            shape,
+                            &self.offsets,
+                            x,
+                            &self.weights.0,
+                            &self.bias.0,
+                            residual,
+                            self.act,
+                            pixels,
+                            out,
+                        )
+                    }
                 },
             );
         } else {

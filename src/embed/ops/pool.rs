@@ -31,7 +31,10 @@ impl Pool {
         let x = inputs[0];
         let (h, w) = (self.shape.height, self.shape.width);
         let (oh, ow) = self.shape.output().expect("checked when the op was made");
-        split_units(y, oh * ow, x.len() / (h * w), x.len(), |planes, y| {
+        // Work: each output takes a vertical and a horizontal pass over its window.
+        let (kh, kw) = self.shape.kernel;
+        let work = x.len().max(y.len() * (kh + kw));
+        split_units(y, oh * ow, x.len() / (h * w), work, |planes, y| {
             let x = &x[planes.start * h * w..planes.end * h * w];
             SCRATCH.with_borrow_mut(|row| pool::pool(self.shape, self.reduce, x, y, row))
         });

@@ -5,6 +5,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::nn::resize::NearestUpsample;
 
 use super::graph::*;
+use super::parallel::*;
 use super::recycle::*;
 
 /// `y[p, i, j] = x[p, i / sh, j / sw]` over the planes `p` of an `H × W` input.
@@ -33,15 +34,28 @@ impl Upsample {
         let ow = w * sw;
         assert_eq!(x.len() % (h * w), 0, "upsample input length");
         assert_eq!(y.len(), x.len() * sh * sw, "upsample output length");
-        for (x_row, y_rows) in x.chunks_exact(w).zip(y.chunks_exact_mut(ow * sh)) {
-            let (first, rest) = y_rows.split_at_mut(ow);
-            for (&v, out) in x_row.iter().zip(first.chunks_exact_mut(sw)) {
-                out.fill(v);
+        // Input rows to threads (each writes its `sh` output rows).
+        split_units(y, ow * sh, x.len() / w, y.len(), |rows, y| {
+            let x = &x[rows.start * w..rows.end * w];
+            for (x_row, y_rows) in x.chunks_exact(w).zip(y.chunks_exact_mut(ow * sh)) {
+                let (first, rest) = y_rows.split_at_mut(ow);
+                if sw == 2 {
+                    // YOLOX's ×2: pairs, which LLVM turns into vector shuffles (a `fill` call
+                    // per pixel cost more than the copy).
+                    for (&v, out) in x_row.iter().zip(first.chunks_exact_mut(2)) {
+                        out[0] = v;
+                        out[1] = v;
+                    }
+                } else {
+                    for (&v, out) in x_row.iter().zip(first.chunks_exact_mut(sw)) {
+                        out.fill(v);
+                    }
+                }
+                for row in rest.chunks_exact_mut(ow) {
+                    row.copy_from_slice(first);
+                }
             }
-            for row in rest.chunks_exact_mut(ow) {
-                row.copy_from_slice(first);
-            }
-        }
+        });
     }
 }
 
