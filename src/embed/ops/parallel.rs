@@ -8,8 +8,12 @@ use crate::embed::spin_pool::SpinPool;
 
 /// Below this many multiply-adds (or pooled values) an op runs on one thread: handing a part to
 /// a spinning worker costs little (`spin_pool`), but a part has to be large enough to pay for
-/// the cache lines both threads then share. YOLOX-Nano at 736×416 on 2 threads (AMD EPYC, 2
-/// cores): 10.8 ms per frame at 8 M, 8.0 at 1 M, 8.2 at 256 K.
+/// the hand-off. With layers split by pixels and rows (each thread's part of the planes stays in
+/// its cache), YOLOX-Nano at 736×416 on 2 threads (Intel Xeon, 2 vCPUs, time in operators,
+/// three runs each): 15.6 / 17.9 / 16.4 ms at 1 M, 13.8 / 14.2 / 14.9 at 256 K, 14.2 / 14.7 /
+/// 14.4 at 64 K; our default model's single crop 1.87 ms at 1 M, 1.94 at 256 K (its small
+/// layers gain nothing from a second thread). Split by output channels, the AMD EPYC gave
+/// 10.8 ms at 8 M, 8.0 at 1 M, 8.2 at 256 K.
 pub(super) const PARALLEL_WORK: usize = 1 << 18;
 
 /// Parts of a split by pixels start at multiples of this: whole tiles of every instruction set
