@@ -111,6 +111,19 @@ impl AxisCoeffs {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     const GROUP: usize = 4;
 
+    /// For the SIMD horizontal passes: output pixel `x`'s first tap in a row whose first pixel
+    /// is source column `x_offset`, and its groups of [`GROUP`](Self::GROUP) taps — if 16 bytes
+    /// from each group's first tap lie inside the row's `len` bytes (else the plain path).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[inline(always)]
+    fn groups_in(&self, x: usize, x_offset: usize, len: usize) -> Option<(usize, usize)> {
+        let (start, taps) = self.bounds[x];
+        let start = start - x_offset;
+        let used = taps.div_ceil(Self::GROUP);
+        let last_load = (start + Self::GROUP * used.saturating_sub(1)) * 3 + 16;
+        (used > 0 && last_load <= len).then_some((start, used))
+    }
+
     /// Fills `quads` from `weights`: output pixel `x`'s taps in groups of four, zero past its
     /// taps.
     #[cfg(target_arch = "aarch64")]
@@ -538,18 +551,14 @@ mod avx2 {
         for (r, dst_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
             let line = row(r);
             for (x, dst) in dst_row.chunks_exact_mut(3).enumerate() {
-                let (start, taps) = coeffs.bounds[x];
-                let start = start - x_offset;
-                let used = taps.div_ceil(AxisCoeffs::GROUP);
-                let last_load = (start + AxisCoeffs::GROUP * used.saturating_sub(1)) * 3 + 16;
-                if used == 0 || last_load > line.len() {
+                let Some((start, used)) = coeffs.groups_in(x, x_offset, line.len()) else {
                     dst.copy_from_slice(&horizontal_pixel(coeffs, line, x_offset, x));
                     continue;
-                }
+                };
                 let (mut high, mut low) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                 for g in 0..used {
                     // SAFETY: the 16 bytes from the group's first tap are inside `line`
-                    // (`last_load` checked above); the group's 32 weights are inside `pairs`
+                    // (`groups_in`); the group's 32 weights are inside `pairs`
                     // (`fill_pairs`: `groups` groups per output pixel, `g < used ≤ groups`).
                     unsafe {
                         let bytes = _mm_loadu_si128(
@@ -650,16 +659,12 @@ mod neon {
         for (r, dst_row) in out.chunks_exact_mut(out_w * 3).enumerate() {
             let line = row(r);
             for (x, dst) in dst_row.chunks_exact_mut(3).enumerate() {
-                let (start, n) = coeffs.bounds[x];
-                let start = start - x_offset;
-                let used = n.div_ceil(AxisCoeffs::GROUP);
-                let last_load = (start + AxisCoeffs::GROUP * used.saturating_sub(1)) * 3 + 16;
-                if used == 0 || last_load > line.len() {
+                let Some((start, used)) = coeffs.groups_in(x, x_offset, line.len()) else {
                     dst.copy_from_slice(&horizontal_pixel(coeffs, line, x_offset, x));
                     continue;
-                }
+                };
                 // SAFETY: the 16 bytes from each group's first tap are inside `line`
-                // (`last_load` checked above); each group's four weights are inside `quads`
+                // (`groups_in`); each group's four weights are inside `quads`
                 // (`fill_quads`: `groups` groups per output pixel, `g < used ≤ groups`).
                 let sum = unsafe {
                     let mut sum = vdupq_n_s32(HALF);
