@@ -127,6 +127,11 @@ impl SpinPool {
     /// its parts to the others — and returns when all are done. A panic in any part panics
     /// here.
     pub fn run(&self, parts: usize, job: &(dyn Fn(usize) + Sync)) {
+        if parts <= 1 {
+            // Nothing to share: the workers are not woken.
+            (0..parts).for_each(job);
+            return;
+        }
         let Ok(_busy) = self.busy.try_lock() else {
             (0..parts).for_each(job);
             return;
@@ -145,7 +150,7 @@ impl SpinPool {
         // The workers claim every part but the last, which is this thread's: so part `k` of a
         // job runs on the same thread from job to job while the workers keep up, and a layer
         // split like the one before it finds its part of the input in that thread's cache.
-        let claimable = parts.saturating_sub(1);
+        let claimable = parts - 1;
         shared
             .claim
             .store((claimable as u64) << 32, Ordering::Release);
@@ -169,11 +174,8 @@ impl SpinPool {
             }
         }
         let wait = Wait(shared, claimable);
-        if parts > 0 {
-            let own = catch_unwind(AssertUnwindSafe(|| job(parts - 1)));
-            if own.is_err() {
-                shared.panicked.store(true, Ordering::Relaxed);
-            }
+        if catch_unwind(AssertUnwindSafe(|| job(parts - 1))).is_err() {
+            shared.panicked.store(true, Ordering::Relaxed);
         }
         drop(wait);
         if shared.panicked.swap(false, Ordering::Relaxed) {
