@@ -149,7 +149,7 @@ impl Network {
     /// its current input, its layers shared with its threads as in [`run`](Self::run).
     pub fn profile(&mut self, runs: usize) -> Result<Vec<super::OpTime>, EmbedError> {
         let (state, pool) = (&mut self.state, self.pool.0.as_ref());
-        ops::with_kernel_pool(pool, || {
+        ops::with_kernel_pool(pool, ops::FRAME_WORK, || {
             super::profile::profile_plan(state, &self.input, &self.label, runs)
         })
     }
@@ -188,7 +188,8 @@ impl Network {
             reason: reason_line(&e),
         };
         let (state, pool) = (&mut self.state, self.pool.0.as_ref());
-        let outputs = ops::with_kernel_pool(pool, || state.run(tvec![input])).map_err(run_error)?;
+        let outputs = ops::with_kernel_pool(pool, ops::FRAME_WORK, || state.run(tvec![input]))
+            .map_err(run_error)?;
         let values = outputs[0]
             .try_as_plain_ram()
             .and_then(|plain| plain.as_slice::<f32>())

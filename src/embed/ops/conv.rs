@@ -139,7 +139,7 @@ impl FullConv {
                 let phases = conv::phase_buffer(shape, 0.0, scratch);
                 let row_len = shape.phase_row_len();
                 let copy_work = if phases.len() >= COPY_SPLIT {
-                    PARALLEL_WORK
+                    usize::MAX
                 } else {
                     0
                 };

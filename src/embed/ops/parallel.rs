@@ -6,37 +6,58 @@ use std::sync::Arc;
 
 use crate::embed::spin_pool::SpinPool;
 
-/// Below this many multiply-adds (or pooled values) an op runs on one thread: handing a part to
-/// a spinning worker costs little (`spin_pool`), but a part has to be large enough to pay for
-/// the hand-off. With layers split by pixels and rows (each thread's part of the planes stays in
-/// its cache), YOLOX-Nano at 736×416 on 2 threads (Intel Xeon, 2 vCPUs, time in operators,
-/// three runs each): 15.6 / 17.9 / 16.4 ms at 1 M, 13.8 / 14.2 / 14.9 at 256 K, 14.2 / 14.7 /
-/// 14.4 at 64 K; our default model's single crop 1.87 ms at 1 M, 1.94 at 256 K (its small
-/// layers gain nothing from a second thread). Split by output channels, the AMD EPYC gave
-/// 10.8 ms at 8 M, 8.0 at 1 M, 8.2 at 256 K.
-pub(super) const PARALLEL_WORK: usize = 1 << 18;
+/// Below this many multiply-adds (or pooled values) an op of a detector frame runs on one
+/// thread: handing a part to a spinning worker costs little (`spin_pool`), but a part has to be
+/// large enough to pay for the hand-off. With layers split by pixels and rows (each thread's
+/// part of the planes stays in its cache), YOLOX-Nano at 736×416 on 2 threads (Intel Xeon, 2
+/// vCPUs, time in operators, three runs each): 15.6 / 17.9 / 16.4 ms at 1 M, 13.8 / 14.2 / 14.9
+/// at 256 K, 14.2 / 14.7 / 14.4 at 64 K. (Split by output channels, the AMD EPYC gave 10.8 ms at
+/// 8 M, 8.0 at 1 M, 8.2 at 256 K.)
+pub(crate) const FRAME_WORK: usize = 1 << 18;
+
+/// The same for a crop's layers (the embedder): its small layers gain nothing from a second
+/// thread, and an int8 model's 1×1 layers run on the calling thread, so its float layers shared
+/// around them only move their planes between caches. A single crop on 2 threads (Intel Xeon):
+/// our default model 1.87 ms at 1 M, 1.94 at 256 K; osnet_x0_25_msmt17 in int8 1.21–1.23 ms at
+/// 1 M, 1.42–1.43 at 256 K (1.22–1.25 on one thread).
+pub(crate) const CROP_WORK: usize = 1 << 20;
 
 /// Parts of a split by pixels start at multiples of this: whole tiles of every instruction set
 /// (AVX-512's are 32 pixels wide) and whole cache lines.
 pub(super) const PIXEL_ALIGN: usize = 64;
 
 thread_local! {
-    /// The pool the current run may share its largest layers with (see [`with_kernel_pool`]).
-    static KERNEL_POOL: RefCell<Option<Arc<SpinPool>>> = const { RefCell::new(None) };
+    /// The pool the current run may share its layers of at least so much work with (see
+    /// [`with_kernel_pool`]).
+    static KERNEL_POOL: RefCell<Option<(Arc<SpinPool>, usize)>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` (a model run on this thread) with `pool` available to our ops' [`split_units`].
-pub(crate) fn with_kernel_pool<R>(pool: Option<&Arc<SpinPool>>, f: impl FnOnce() -> R) -> R {
-    let previous = KERNEL_POOL.replace(pool.cloned());
+/// Runs `f` (a model run on this thread) with `pool` available to our ops' [`split_units`] for
+/// layers of at least `min_work` ([`FRAME_WORK`], [`CROP_WORK`]).
+pub(crate) fn with_kernel_pool<R>(
+    pool: Option<&Arc<SpinPool>>,
+    min_work: usize,
+    f: impl FnOnce() -> R,
+) -> R {
+    let previous = KERNEL_POOL.replace(pool.map(|p| (Arc::clone(p), min_work)));
     let result = f();
     KERNEL_POOL.set(previous);
     result
 }
 
+/// The current run's pool, if it shares a layer of `work_size` split in `units` units aligned to
+/// `align`.
+fn pool_for(work_size: usize, units: usize, align: usize) -> Option<Arc<SpinPool>> {
+    KERNEL_POOL.with_borrow(|current| match current {
+        Some((pool, min_work)) if work_size >= *min_work && units > align => Some(Arc::clone(pool)),
+        _ => None,
+    })
+}
+
 /// Runs `work` over `units` units of `out` (`unit` floats each): in as many contiguous parts of
 /// equal size (±1 unit) as the pool has threads, this one included, each claimed by whichever is
 /// free, when a kernel pool is set for this run and the op's `work_size` reaches
-/// [`PARALLEL_WORK`]; else all at once on this thread. `work` gets the unit range and its part of
+/// the run's least work; else all at once on this thread. `work` gets the unit range and its part of
 /// `out`.
 pub(super) fn split_units(
     out: &mut [f32],
@@ -60,9 +81,8 @@ pub(super) fn split_aligned(
     work: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 ) {
     debug_assert_eq!(out.len(), unit * units);
-    let pool = match KERNEL_POOL.with_borrow(Clone::clone) {
-        Some(pool) if work_size >= PARALLEL_WORK && units > align => pool,
-        _ => return work(0..units, out),
+    let Some(pool) = pool_for(work_size, units, align) else {
+        return work(0..units, out);
     };
     let parts = (pool.workers() + 1).min(units.div_ceil(align));
     let (base, len) = (Base(out.as_mut_ptr()), out.len());
@@ -124,9 +144,8 @@ pub(super) fn split_shared(
         ptr: out.as_mut_ptr(),
         len: out.len(),
     };
-    let pool = match KERNEL_POOL.with_borrow(Clone::clone) {
-        Some(pool) if work_size >= PARALLEL_WORK && units > align => pool,
-        _ => return work(0..units, shared),
+    let Some(pool) = pool_for(work_size, units, align) else {
+        return work(0..units, shared);
     };
     // At most one part per `align` units, so that every part is at least `align / 2` long (the
     // last one included: it starts at most `align / 2` past its even share's start). A pixel
@@ -173,8 +192,8 @@ mod tests {
         for (units, align) in [(20, 6), (16, 8), (12, 8), (9, 8), (256, 8), (7, 1), (40, 6)] {
             let seen = Mutex::new(Vec::new());
             let mut out = vec![0.0f32; units * 3];
-            with_kernel_pool(Some(&pool), || {
-                split_aligned(&mut out, 3, units, align, PARALLEL_WORK, |range, part| {
+            with_kernel_pool(Some(&pool), FRAME_WORK, || {
+                split_aligned(&mut out, 3, units, align, FRAME_WORK, |range, part| {
                     assert_eq!(part.len(), range.len() * 3);
                     part.iter_mut().for_each(|v| *v += 1.0);
                     seen.lock().unwrap().push(range);
@@ -213,8 +232,8 @@ mod tests {
             ] {
                 let seen = Mutex::new(Vec::new());
                 let mut out = vec![0.0f32; units];
-                with_kernel_pool(Some(&pool), || {
-                    split_shared(&mut out, units, align, PARALLEL_WORK, |range, out| {
+                with_kernel_pool(Some(&pool), FRAME_WORK, || {
+                    split_shared(&mut out, units, align, FRAME_WORK, |range, out| {
                         let (ptr, len) = out.raw();
                         assert_eq!(len, units);
                         for i in range.clone() {
