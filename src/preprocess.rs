@@ -57,16 +57,31 @@ impl AxisCoeffs {
         self.weights.reserve(w.saturating_sub(self.weights.len()));
         self.scratch
             .reserve(ksize.saturating_sub(self.scratch.len()));
+    }
+
+    /// [`reserve`](Self::reserve) for the SIMD horizontal pass's weights too (the horizontal
+    /// axis only: the vertical pass reads `weights`).
+    fn reserve_horizontal(&mut self, in_size: usize, out_size: usize) {
+        self.reserve(in_size, out_size);
         #[cfg(target_arch = "x86_64")]
         {
-            let pairs = out_size * ksize.div_ceil(4) * 32;
+            let pairs = out_size * kernel_size(in_size, out_size).div_ceil(4) * 32;
             self.pairs.reserve(pairs.saturating_sub(self.pairs.len()));
         }
         #[cfg(target_arch = "aarch64")]
         {
-            let quads = out_size * ksize.div_ceil(4) * 4;
+            let quads = out_size * kernel_size(in_size, out_size).div_ceil(4) * 4;
             self.quads.reserve(quads.saturating_sub(self.quads.len()));
         }
+    }
+
+    /// [`compute`](Self::compute), then the SIMD horizontal pass's weights from `weights`.
+    fn compute_horizontal(&mut self, in_size: usize, out_size: usize) {
+        self.compute(in_size, out_size);
+        #[cfg(target_arch = "x86_64")]
+        self.fill_pairs();
+        #[cfg(target_arch = "aarch64")]
+        self.fill_quads();
     }
 
     /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter over the
@@ -101,10 +116,6 @@ impl AxisCoeffs {
             }
             self.bounds.push((xmin, taps));
         }
-        #[cfg(target_arch = "x86_64")]
-        self.fill_pairs();
-        #[cfg(target_arch = "aarch64")]
-        self.fill_quads();
     }
 
     /// Taps per group of the SIMD passes' weights.
@@ -277,7 +288,7 @@ impl Preprocessor {
         let mut p = Self::new(spec);
         let (mw, mh) = (max_width.max(1) as usize, max_height.max(1) as usize);
         // Kernel sizes grow with the source size, so reserve for the largest.
-        p.horizontal.reserve(mw, p.width);
+        p.horizontal.reserve_horizontal(mw, p.width);
         p.vertical.reserve(mh, p.height);
         p.intermediate
             .reserve((p.width * mh).max(mw * p.height) * 3);
@@ -352,7 +363,7 @@ impl Preprocessor {
         let (out_w, out_h) = (self.width, self.height);
         let need_horizontal = in_w != out_w;
         let need_vertical = in_h != out_h;
-        self.horizontal.compute(in_w, out_w);
+        self.horizontal.compute_horizontal(in_w, out_w);
         self.vertical.compute(in_h, out_h);
         let row = |r: usize| src.row(r as u32);
         let isa = self.isa;
@@ -630,29 +641,16 @@ mod neon {
         out: &mut [u8],
     ) {
         const Z: u8 = 0xff; // out of the table: a zero byte.
-        let index = |t: u8| {
-            [
-                3 * t,
-                Z,
-                Z,
-                Z,
-                3 * t + 1,
-                Z,
-                Z,
-                Z,
-                3 * t + 2,
-                Z,
-                Z,
-                Z,
-                Z,
-                Z,
-                Z,
-                Z,
-            ]
-        };
+        /// Per tap of a group: where its three colours go (the low bytes of lanes 0–2).
+        #[rustfmt::skip]
+        const TAPS: [[u8; 16]; 4] = [
+            [0, Z, Z, Z, 1, Z, Z, Z, 2, Z, Z, Z, Z, Z, Z, Z],
+            [3, Z, Z, Z, 4, Z, Z, Z, 5, Z, Z, Z, Z, Z, Z, Z],
+            [6, Z, Z, Z, 7, Z, Z, Z, 8, Z, Z, Z, Z, Z, Z, Z],
+            [9, Z, Z, Z, 10, Z, Z, Z, 11, Z, Z, Z, Z, Z, Z, Z],
+        ];
         // SAFETY: NEON is part of every aarch64 CPU; each array is 16 bytes.
-        let taps: [uint8x16_t; 4] =
-            std::array::from_fn(|t| unsafe { vld1q_u8(index(t as u8).as_ptr()) });
+        let taps: [uint8x16_t; 4] = std::array::from_fn(|t| unsafe { vld1q_u8(TAPS[t].as_ptr()) });
         let out_w = coeffs.bounds.len();
         let groups = coeffs.ksize.div_ceil(AxisCoeffs::GROUP);
         debug_assert_eq!(coeffs.quads.len(), out_w * groups * AxisCoeffs::GROUP);
@@ -832,7 +830,7 @@ mod tests {
         }
         for (w, ow, rows) in cases {
             let mut coeffs = AxisCoeffs::default();
-            coeffs.compute(w, ow);
+            coeffs.compute_horizontal(w, ow);
             let src: Vec<u8> = (0..w * 3 * rows).map(|_| below(256) as u8).collect();
             let line = |r: usize| &src[r * w * 3..(r + 1) * w * 3];
             let (mut fast, mut plain) = (vec![0u8; ow * 3 * rows], vec![0u8; ow * 3 * rows]);

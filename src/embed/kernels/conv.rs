@@ -43,6 +43,17 @@ impl Shape {
             .then(|| ((hp - kh) / self.stride + 1, (wp - kw) / self.stride + 1))
     }
 
+    /// Padded rows of all channels in the phase-split buffer (`inputs × padded height`), each
+    /// [`phase_row_len`](Self::phase_row_len) values: the units [`phase_split_rows`] fills.
+    pub fn phase_rows(&self) -> usize {
+        self.inputs * self.padded().0
+    }
+
+    /// Values per padded row of the phase-split buffer (its `stride` phase rows).
+    pub fn phase_row_len(&self) -> usize {
+        self.stride * self.phase_len()
+    }
+
     /// Where output row `oy + 1`'s taps start relative to row `oy`'s in the phase-split buffer.
     pub(super) fn row_step(&self) -> usize {
         self.stride * self.stride * self.phase_len()
@@ -124,19 +135,6 @@ pub fn phase_buffer<T: Copy>(shape: Shape, pad: T, scratch: &mut Vec<T>) -> &mut
         scratch.resize(shape.scratch_len(), pad);
     }
     &mut scratch[..shape.scratch_len()]
-}
-
-impl Shape {
-    /// Padded rows of all channels in the phase-split buffer (`inputs × padded height`), each
-    /// [`phase_row_len`](Self::phase_row_len) values: the units [`phase_split_rows`] fills.
-    pub fn phase_rows(&self) -> usize {
-        self.inputs * self.padded().0
-    }
-
-    /// Values per padded row of the phase-split buffer (its `stride` phase rows).
-    pub fn phase_row_len(&self) -> usize {
-        self.stride * self.phase_len()
-    }
 }
 
 /// Fills padded rows `rows` (numbered `c · padded height + r`, see [`Shape::phase_rows`]) of

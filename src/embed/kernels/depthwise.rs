@@ -14,9 +14,7 @@
 use super::simd::Lanes;
 #[cfg(not(target_arch = "aarch64"))]
 use super::simd::Portable;
-use super::{Act, Isa};
-
-use super::MAX_LANES;
+use super::{Act, Isa, MAX_LANES};
 
 /// One depthwise layer: `channels` planes of `height × width`, weights `[channels][3][3]`,
 /// stride 1 or 2.

@@ -26,12 +26,12 @@ mod simd;
 mod tile;
 
 pub use crate::simd::Isa;
+pub use tile::{pack as pack_weights, panel_width};
 
 /// The widest vector (AVX-512: 16 floats). A run of the matrix product at least this long gives
 /// the same sums however it is cut into runs (a run shorter than a vector goes through a scalar
 /// path, whose additions are not fused): the ops' pixel parts are longer.
 pub const MAX_LANES: usize = 16;
-pub use tile::{pack as pack_weights, panel_width};
 
 /// The activation a kernel applies as it stores its outputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -44,8 +44,6 @@ pub fn pointwise(
     assert_eq!(input.len() % x_len, 0, "pointwise input length");
     let batch = input.len() / x_len;
     assert_eq!(out.len(), batch * y_len, "pointwise output length");
-    assert_eq!(offsets.len(), shape.inputs, "one offset per input channel");
-    assert_eq!(bias.len(), shape.outputs, "pointwise bias length");
     if let Some(r) = residual {
         assert_eq!(r.len(), out.len(), "pointwise residual length");
     }
@@ -54,16 +52,22 @@ pub fn pointwise(
         .zip(out.chunks_exact_mut(y_len))
         .enumerate()
     {
-        let product = Product {
-            weights,
-            bias,
-            offsets,
-            x,
-            y_stride: shape.pixels,
-            res: residual.map(|r| &r[n * y_len..][..y_len]),
-            act,
-        };
-        product.run(isa, 0, 0, shape.pixels, y);
+        let res = residual.map(|r| &r[n * y_len..][..y_len]);
+        // SAFETY: `y` is this image's output, borrowed mutably for the call.
+        unsafe {
+            pointwise_pixels(
+                isa,
+                shape,
+                offsets,
+                x,
+                weights,
+                bias,
+                res,
+                act,
+                0..shape.pixels,
+                y.as_mut_ptr(),
+            )
+        }
     }
 }
 

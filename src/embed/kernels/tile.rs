@@ -125,7 +125,7 @@ impl Accumulate for std::arch::aarch64::float32x4_t {
 }
 
 /// Outputs per full tile, and per panel of packed weights, of each instruction set's tiles: both
-/// [`panel_width`] (the packing) and `Product::run` (the tiles) read them from here.
+/// [`panel_width`] (the packing) and `Product::run_shared` (the tiles) read them from here.
 #[cfg(target_arch = "x86_64")]
 const AVX512_OB: usize = 8;
 #[cfg(target_arch = "x86_64")]
@@ -200,18 +200,12 @@ impl Product<'_> {
         start * k_len + k * width.min(self.outputs() - start) + (o - start)
     }
 
-    /// All outputs for the `len` pixels of one run: `x` from `xb`, `y` from `yb`.
+    /// All outputs for the `len` pixels of one run: `x` from `xb`, `y` from `yb`, into the
+    /// `y_len` floats at `y`, of which other threads may write other pixels meanwhile: this run
+    /// writes only pixels `yb..yb + len` of each output channel (`o · y_stride + yb + i`; the
+    /// last vector of a run overlaps pixels of the same run, never the pixels beyond it).
     ///
     /// Panics if any access would fall outside `x`, `y` or `res` (checked once, up front).
-    pub fn run(&self, isa: Isa, xb: usize, yb: usize, len: usize, y: &mut [f32]) {
-        // SAFETY: `y` is borrowed mutably for the call: nothing else touches it.
-        unsafe { self.run_shared(isa, xb, yb, len, y.as_mut_ptr(), y.len()) }
-    }
-
-    /// [`run`](Self::run) into the `y_len` floats at `y`, of which other threads may write
-    /// other pixels meanwhile: this run writes only pixels `yb..yb + len` of each output
-    /// channel (`o · y_stride + yb + i`; the last vector of a run overlaps pixels of the same
-    /// run, never the pixels beyond it).
     ///
     /// # Safety
     /// `y` is valid for reads and writes of `y_len` floats, and while this runs no other thread
@@ -269,13 +263,13 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
-        // SAFETY: forwarded from `Product::run`.
+        // SAFETY: forwarded from `Product::run_shared`.
         unsafe { drive::<__m256, AVX2_OB, 2, true>(p, xb, yb, len, y) }
     }
 
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn avx512(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
-        // SAFETY: forwarded from `Product::run`.
+        // SAFETY: forwarded from `Product::run_shared`.
         unsafe { drive::<__m512, AVX512_OB, 2, true>(p, xb, yb, len, y) }
     }
 }
@@ -286,7 +280,7 @@ mod x86 {
 /// of `OB` outputs ([`pack`], [`panel_width`] is `OB`), else rows.
 ///
 /// # Safety
-/// As `Product::run` checked: every access in bounds, `V` supported.
+/// As `Product::run_shared` checked: every access in bounds, `V` supported.
 #[inline(always)]
 unsafe fn drive<V: Accumulate, const OB: usize, const NV: usize, const PANEL: bool>(
     p: &Product,
@@ -326,7 +320,7 @@ unsafe fn tiles<
     let outputs = p.outputs();
     let full_o = outputs / OB * OB;
     let mut i = 0;
-    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
+    // SAFETY: as the caller's: `Product::run_shared` checked the bounds and the instruction set.
     unsafe {
         while i + NV * V::N <= len {
             for o0 in (0..full_o).step_by(OB) {
@@ -385,7 +379,7 @@ unsafe fn rest<
 ) {
     let outputs = p.outputs();
     let panel = (o0, outputs - o0);
-    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
+    // SAFETY: as the caller's: `Product::run_shared` checked the bounds and the instruction set.
     unsafe {
         while outputs - o0 >= 4 {
             tile::<V, 4, NV, SILU, PANEL>(p, o0, panel, xb, yb, y);
@@ -422,7 +416,7 @@ unsafe fn tile<
     let (w, x, offsets) = (p.weights.as_ptr(), p.x.as_ptr(), p.offsets.as_ptr());
     // Weight (j, k) of the tile is at `w + j·j_step + k·k_step`.
     let (j_step, k_step) = if PANEL { (1, panel.1) } else { (k_len, 1) };
-    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
+    // SAFETY: as the caller's: `Product::run_shared` checked the bounds and the instruction set.
     unsafe {
         let mut acc = [[V::splat(0.0); NV]; OB];
         for (j, row) in acc.iter_mut().enumerate() {
@@ -466,7 +460,7 @@ unsafe fn tile<
 #[inline(always)]
 unsafe fn single(p: &Product, width: usize, o: usize, xb: usize, yb: usize, y: *mut f32) {
     let k_len = p.offsets.len();
-    // SAFETY: as the caller's: `Product::run` checked the bounds and the instruction set.
+    // SAFETY: as the caller's: `Product::run_shared` checked the bounds and the instruction set.
     unsafe {
         let mut acc = *p.bias.get_unchecked(o);
         for k in 0..k_len {
