@@ -6,7 +6,7 @@
 //! padding is the code of 0.0, the zero point), where every tap of an output row is a contiguous
 //! run. The taps of each output pixel are then gathered four at a time into words — the input
 //! layout of `qpointwise`, taps in the place of channels — and `qpointwise`'s dot-product
-//! product (AVX-512 VNNI, AVX2 `vpmaddwd`, NEON `sdot` or `smull`/`smlal`) makes the exact int32
+//! product (AVX-512 VNNI, AVX2 `vpmaddubsw` or `vpmaddwd`, NEON `sdot` or `smull`/`smlal`) makes the exact int32
 //! sums and the dequantised f32 store.
 //! The result is bit for bit [`reference`]'s.
 

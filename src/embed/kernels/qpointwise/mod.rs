@@ -196,6 +196,13 @@ pub struct Layer {
     /// one i16 lane (|sum| ≤ 32,512), so the widening NEON product adds two before widening.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     narrow: bool,
+    /// Every pair of neighbouring input channels' weights (`4g`, `4g + 1` and `4g + 2`,
+    /// `4g + 3`) adds up to at most 128 in magnitude within each sign: two u8 code × i8 weight
+    /// products then fit one i16 lane (≤ 255 · 128 = 32,640), so AVX2 multiplies the codes as
+    /// they are by the weight words with `vpmaddubsw` (32 multiply-adds per instruction, no
+    /// saturation possible), not widened to 16 bits. `tools/quantize.py` makes such weights.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    paired: bool,
 }
 
 impl Layer {
@@ -267,6 +274,9 @@ impl Layer {
             x_inv: 1.0 / x.scale,
             x_zero: x.zero,
             narrow: weights.iter().all(|&w| w != i8::MIN),
+            paired: weights
+                .chunks(inputs)
+                .all(|row| row.chunks(2).all(pair_fits_i16)),
         })
     }
 
@@ -403,6 +413,21 @@ impl Layer {
         }
         if relu { v.max(0.0) } else { v }
     }
+}
+
+/// Whether two neighbouring input channels' weights keep any two u8 codes' products summed
+/// inside an i16: their positive weights add up to at most 128, their negative ones to at least
+/// −128 (255 · 128 = 32,640). See `Layer::paired`.
+pub fn pair_fits_i16(pair: &[i8]) -> bool {
+    let (mut pos, mut neg) = (0i32, 0i32);
+    for &w in pair {
+        if w > 0 {
+            pos += i32::from(w);
+        } else {
+            neg -= i32::from(w);
+        }
+    }
+    pos <= 128 && neg <= 128
 }
 
 /// Fills `words` (`[groups][pixels]`) with the input's codes, four channels per word, each
@@ -574,22 +599,54 @@ mod tests {
     use super::super::test_support::Rng;
     use super::*;
 
+    /// Random weights within `Layer::paired`'s bound, often at its edge: each pair's
+    /// same-sign weights add up to at most 128 in magnitude.
+    fn paired_weights(n: usize, rng: &mut Rng) -> Vec<i8> {
+        let mut w = Vec::with_capacity(n + 1);
+        while w.len() < n {
+            let a = rng.below(256) as i32 - 128;
+            // b's range: [−128, 128 − a] when a ≥ 0, [−128 − a, 127] when a < 0.
+            let (lo, hi) = if a >= 0 {
+                (-128, 127.min(128 - a))
+            } else {
+                (-128 - a, 127)
+            };
+            let b = match rng.below(4) {
+                0 => hi,
+                1 => lo,
+                _ => lo + rng.below((hi - lo + 1) as usize) as i32,
+            };
+            w.extend([a as i8, b as i8]);
+        }
+        w.truncate(n);
+        w
+    }
+
     fn check(dot: Dot, shape: Shape, with_res: bool, relu: bool, rng: &mut Rng) {
+        let paired = rng.below(2) == 0;
         let x = Grid {
             scale: 0.01 + rng.below(100) as f32 * 1e-3,
             zero: rng.below(256) as i32,
         };
-        // Inputs spread over more than the grid's range, so that both clamps are exercised.
+        // Inputs spread over more than the grid's range, so that both clamps are exercised; now
+        // and then every code 255 (the largest pair sums of paired weights: 255 · 128).
+        let top = paired && rng.below(4) == 0;
         let input: Vec<f32> = rng
             .vec(shape.inputs * shape.pixels)
             .iter()
-            .map(|v| v * 3.0)
+            .map(|v| if top { 1e9 } else { v * 3.0 })
             .collect();
-        let mut weights: Vec<i8> = (0..shape.inputs * shape.outputs)
-            .map(|_| (rng.below(255) as i32 - 127) as i8)
-            .collect();
+        let mut weights: Vec<i8> = if paired {
+            (0..shape.outputs)
+                .flat_map(|_| paired_weights(shape.inputs, rng))
+                .collect()
+        } else {
+            (0..shape.inputs * shape.outputs)
+                .map(|_| (rng.below(255) as i32 - 127) as i8)
+                .collect()
+        };
         // Now and then a −128 (not `narrow`: the widening NEON product's other loop).
-        if rng.below(3) == 0 {
+        if !paired && rng.below(3) == 0 {
             let at = rng.below(weights.len());
             weights[at] = i8::MIN;
         }
@@ -602,6 +659,10 @@ mod tests {
             .collect();
         let residual = with_res.then(|| rng.vec(shape.outputs * shape.pixels));
         let layer = Layer::new(shape, &weights, &bias, x, &w_scales).expect("valid layer");
+        assert!(
+            !paired || layer.paired,
+            "{shape:?}: weights not taken as paired"
+        );
         let want = reference(&layer, &weights, &bias, &input, residual.as_deref(), relu);
         let mut got = vec![f32::NAN; want.len()];
         let mut words = Vec::new();
@@ -645,6 +706,23 @@ mod tests {
                 };
                 check(dot, shape, rng.below(2) == 1, rng.below(2) == 1, &mut rng);
             }
+        }
+    }
+
+    #[test]
+    fn pairs_fit_an_i16_up_to_128_per_sign() {
+        for (pair, fits) in [
+            (&[64i8, 64][..], true),
+            (&[65, 64], false),
+            (&[127, 1], true),
+            (&[127, 2], false),
+            (&[-128, 0], true),
+            (&[-128, -1], false),
+            (&[-64, -64], true),
+            (&[127, -128], true),
+            (&[-128], true),
+        ] {
+            assert_eq!(pair_fits_i16(pair), fits, "{pair:?}");
         }
     }
 

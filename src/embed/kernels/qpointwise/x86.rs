@@ -1,6 +1,8 @@
 //! The x86-64 products over the quantised input words: AVX-512 VNNI (`vpdpbusd`, u8 × i8, 64
-//! multiply-adds per instruction) and, for CPUs without it, AVX2 (`vpmaddwd` on the codes and
-//! weights widened to 16 bits in place: 16 multiply-adds per instruction). Both are exact.
+//! multiply-adds per instruction) and, for CPUs without it, AVX2: `vpmaddubsw` on the codes as
+//! they are where the layer's weights are bounded in pairs (`Layer::paired`: 32 per
+//! instruction, summed into int32 by `vpmaddwd`), else `vpmaddwd` on the codes and weights
+//! widened to 16 bits in place (16 per instruction). All are exact.
 
 use std::arch::x86_64::*;
 
@@ -177,8 +179,13 @@ pub(super) unsafe fn product_avx2(
         out.len() >= (outputs - 1) * layer.y_stride + pixels,
         "int8 pointwise output"
     );
-    // SAFETY: the caller's contract, passed on.
-    unsafe { with_store_variants!(outputs_avx2, layer, words, residual, relu, out) }
+    if layer.paired {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { with_store_variants!(outputs_paired, layer, words, residual, relu, out) }
+    } else {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { with_store_variants!(outputs_avx2, layer, words, residual, relu, out) }
+    }
 }
 
 #[inline]
@@ -254,13 +261,7 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
             // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
             // outputs keeps every index inside its vector, and the masks keep loads and stores
             // inside the rows.
-            let (xa, xb) = unsafe {
-                let row = x.add(g * pixels + p).cast::<i32>();
-                (
-                    _mm256_maskload_epi32(row, m0),
-                    _mm256_maskload_epi32(row.wrapping_add(8), m1),
-                )
-            };
+            let (xa, xb) = unsafe { load_step(x.add(g * pixels + p), left, [m0, m1]) };
             let (ea, oa) = (
                 _mm256_and_si256(xa, even),
                 _mm256_and_si256(_mm256_srli_epi32::<8>(xa), even),
@@ -291,32 +292,172 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
             }
         }
         for (j, a) in acc.iter().enumerate() {
-            let o = o0 + j;
-            // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
-            // outputs keeps every index inside its vector, and the masks keep loads and stores
-            // inside the rows.
-            let mult = _mm256_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
-            for (h, mask) in [m0, m1].into_iter().enumerate() {
-                let at = o * layer.y_stride + p + 8 * h;
-                // Same arithmetic as `Layer::store`. Masked-off lanes touch no memory (the
-                // pointer may point past the row: `wrapping_add`, never dereferenced there).
-                let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(a[h]), mult);
-                if RES {
-                    // SAFETY: as this function's safety contract and notes say: the CPU features were checked,
-                    // o0 + N ≤ outputs keeps every index inside its vector, and the masks keep
-                    // loads and stores inside the rows.
-                    v = _mm256_add_ps(v, unsafe {
-                        _mm256_maskload_ps(residual.as_ptr().wrapping_add(at), mask)
-                    });
+            // SAFETY: o0 + j < outputs, the masks keep the row inside (as above).
+            unsafe { store_avx2::<RES, RELU>(layer, o0 + j, p, a, [m0, m1], residual, out) };
+        }
+        p += 16;
+    }
+}
+
+/// Stores output `o`'s two 8-pixel sums at pixel `p` (the lanes `masks` keep): `Layer::store`'s
+/// arithmetic. Masked-off lanes touch no memory (the pointer may point past the row:
+/// `wrapping_add`, never dereferenced there). `masks` are all lanes when 16 pixels are left.
+///
+/// # Safety
+/// The CPU must have AVX2; `o` < outputs and the masks keep every lane inside the row.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_avx2<const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    o: usize,
+    p: usize,
+    acc: &[__m256i; 2],
+    masks: [__m256i; 2],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    // SAFETY: o < outputs (the caller's contract).
+    let mult = _mm256_set1_ps(unsafe { *layer.multiplier.get_unchecked(o) });
+    // A whole step (16 pixels) loads and stores plainly: masked stores are slow on some CPUs
+    // (microcoded on AMD's Zen 2 and 3).
+    let whole = p + 16 <= layer.shape.pixels;
+    for (h, mask) in masks.into_iter().enumerate() {
+        let at = o * layer.y_stride + p + 8 * h;
+        let (res, dst) = (
+            residual.as_ptr().wrapping_add(at),
+            out.as_mut_ptr().wrapping_add(at),
+        );
+        let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]), mult);
+        if RES {
+            // SAFETY: a whole step's 8 lanes are inside the residual's row, and the mask keeps
+            // a short step's inside (the caller's contract).
+            v = _mm256_add_ps(v, unsafe {
+                if whole {
+                    _mm256_loadu_ps(res)
+                } else {
+                    _mm256_maskload_ps(res, mask)
                 }
-                if RELU {
-                    v = _mm256_max_ps(v, _mm256_setzero_ps());
-                }
-                // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 +
-                // N ≤ outputs keeps every index inside its vector, and the masks keep loads and
-                // stores inside the rows.
-                unsafe { _mm256_maskstore_ps(out.as_mut_ptr().wrapping_add(at), mask, v) };
+            });
+        }
+        if RELU {
+            v = _mm256_max_ps(v, _mm256_setzero_ps());
+        }
+        // SAFETY: as for the residual, in the output's row.
+        unsafe {
+            if whole {
+                _mm256_storeu_ps(dst, v)
+            } else {
+                _mm256_maskstore_ps(dst, mask, v)
             }
+        };
+    }
+}
+
+/// A step's two registers of input words from `row`: plain loads when all 16 pixels are
+/// `left`, masked ones (`masks`) otherwise.
+///
+/// # Safety
+/// The CPU must have AVX2; `row` has `left` readable words (16 or fewer), the masks keep
+/// `left` lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_step(row: *const u32, left: i32, masks: [__m256i; 2]) -> (__m256i, __m256i) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if left == 16 {
+            (
+                _mm256_loadu_si256(row.cast()),
+                _mm256_loadu_si256(row.add(8).cast()),
+            )
+        } else {
+            let row = row.cast::<i32>();
+            (
+                _mm256_maskload_epi32(row, masks[0]),
+                _mm256_maskload_epi32(row.wrapping_add(8), masks[1]),
+            )
+        }
+    }
+}
+
+/// Output channels per tile of the AVX2 product on pair-bounded weights.
+const OUTS_PAIRED: usize = 4;
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn outputs_paired<const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let outputs = layer.shape.outputs;
+    assert!(
+        !RES || residual.len() >= (outputs - 1) * layer.y_stride + layer.shape.pixels,
+        "int8 pointwise residual"
+    );
+    let mut o = 0;
+    while o + OUTS_PAIRED <= outputs {
+        // SAFETY: the CPU has AVX2 (the caller's contract), o + N ≤ outputs, the row lengths
+        // were asserted by `product_avx2` and above.
+        unsafe { tile_paired::<OUTS_PAIRED, RES, RELU>(layer, o, words, residual, out) };
+        o += OUTS_PAIRED;
+    }
+    while o < outputs {
+        // SAFETY: as above, for one output.
+        unsafe { tile_paired::<1, RES, RELU>(layer, o, words, residual, out) };
+        o += 1;
+    }
+}
+
+/// Outputs `o0..o0 + N` over every pixel, 16 pixels per step, for a layer whose weights are
+/// bounded in pairs (`Layer::paired`): `vpmaddubsw` multiplies the input words' u8 codes as
+/// they are by the output's weight word (four i8) into two exact i16 pair sums per pixel,
+/// `vpmaddwd` by ones adds those into the pixel's int32 — VNNI's `vpdpbusd` in three
+/// instructions, 32 multiply-adds, no widening of the codes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_paired<const N: usize, const RES: bool, const RELU: bool>(
+    layer: &Layer,
+    o0: usize,
+    words: &[u32],
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    let pixels = layer.shape.pixels;
+    let groups = layer.groups;
+    let x = words.as_ptr();
+    // Whole function: o0 + N ≤ outputs (the caller's loops), so every weight word
+    // `(o0 + j)·groups + g` and correction read is inside its vector; a step's loads of the
+    // words are whole when 16 pixels are left and masked to the row otherwise.
+    // SAFETY: o0 < outputs, so the offset is inside `words`.
+    let w = unsafe { layer.words.as_ptr().add(o0 * groups) };
+    let ones = _mm256_set1_epi16(1);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut p = 0;
+    while p < pixels {
+        let left = (pixels - p).min(16) as i32;
+        let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
+        let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(left - 8), lane);
+        let mut acc = [[_mm256_setzero_si256(); 2]; N];
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: o0 + j < outputs.
+            *a = [_mm256_set1_epi32(unsafe { *layer.corr_u8.get_unchecked(o0 + j) }); 2];
+        }
+        for g in 0..groups {
+            // SAFETY: row `g` holds `pixels` words; the masks keep a short step inside it.
+            let (xa, xb) = unsafe { load_step(x.add(g * pixels + p), left, [m0, m1]) };
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: (o0 + j)·groups + g < outputs·groups.
+                let wj = _mm256_set1_epi32(unsafe { *w.add(j * groups + g) } as i32);
+                a[0] =
+                    _mm256_add_epi32(a[0], _mm256_madd_epi16(_mm256_maddubs_epi16(xa, wj), ones));
+                a[1] =
+                    _mm256_add_epi32(a[1], _mm256_madd_epi16(_mm256_maddubs_epi16(xb, wj), ones));
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            // SAFETY: o0 + j < outputs, the masks keep the row inside.
+            unsafe { store_avx2::<RES, RELU>(layer, o0 + j, p, a, [m0, m1], residual, out) };
         }
         p += 16;
     }
