@@ -6,6 +6,8 @@
 //! output pixel. Padding never contributes to a max; for an average it counts in the divisor only
 //! with `count_include_pad` (ONNX's attribute).
 
+use super::Isa;
+
 /// What to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reduce {
@@ -37,8 +39,18 @@ impl Shape {
 }
 
 /// Pools every `height × width` plane of `input` into `out` (`[planes][oh][ow]`). `row` is a
-/// scratch row, grown once.
-pub fn pool(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &mut Vec<f32>) {
+/// scratch row, grown once. The same code compiled for AVX2 where `isa` has it (LLVM vectorises
+/// both passes there, the horizontal one of the usual stride-2 windows too), else for the
+/// baseline; each output is reduced in the same order on every one, so the results are the
+/// same.
+pub fn pool(
+    isa: Isa,
+    shape: Shape,
+    reduce: Reduce,
+    input: &[f32],
+    out: &mut [f32],
+    row: &mut Vec<f32>,
+) {
     let (oh, ow) = shape.output().expect("the window fits the padded input");
     let (h, w) = (shape.height, shape.width);
     assert!(h * w > 0, "empty pooling input");
@@ -48,14 +60,66 @@ pub fn pool(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &
         input.len() / (h * w) * oh * ow,
         "pool output length"
     );
+    assert!(isa.is_available(), "{isa} not on this CPU");
+    let (l, r) = (shape.padding.1, shape.padding.3);
+    if row.len() < w + l + r {
+        row.resize(w + l + r, 0.0);
+    }
+    match isa {
+        // SAFETY: the CPU has AVX2 and FMA (checked above; AVX-512 implies them). AVX-512's
+        // own copy ran the stem's max pool at half this one's speed (its rows are 40 floats).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma | Isa::Avx512 => unsafe { x86::avx2(shape, reduce, input, out, row) },
+        Isa::Baseline => body(shape, reduce, input, out, row),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Reduce, Shape, body};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(
+        shape: Shape,
+        reduce: Reduce,
+        input: &[f32],
+        out: &mut [f32],
+        row: &mut [f32],
+    ) {
+        body(shape, reduce, input, out, row)
+    }
+}
+
+/// [`pool`]'s work, once the lengths are checked and `row` holds a padded row.
+#[inline(always)]
+fn body(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &mut [f32]) {
+    let (oh, ow) = shape.output().expect("the window fits the padded input");
+    let (h, w) = (shape.height, shape.width);
+    if matches!(reduce, Reduce::Mean { .. })
+        && (shape.kernel, shape.stride, shape.padding) == ((2, 2), (2, 2), (0, 0, 0, 0))
+    {
+        // OSNet's 2×2/2 average pools: straight from the two input rows, the sums in the order
+        // below (vertical, then horizontal; no padding, so the divisor is 4 either way).
+        for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+            for (oy, dst_row) in dst.chunks_exact_mut(ow).enumerate() {
+                let r0 = &plane[2 * oy * w..][..2 * ow];
+                let r1 = &plane[(2 * oy + 1) * w..][..2 * ow];
+                for ((d, a), b) in dst_row
+                    .iter_mut()
+                    .zip(r0.chunks_exact(2))
+                    .zip(r1.chunks_exact(2))
+                {
+                    *d = ((a[0] + b[0]) + (a[1] + b[1])) * 0.25;
+                }
+            }
+        }
+        return;
+    }
     let (kh, kw) = shape.kernel;
     let (sy, sx) = shape.stride;
     let (t, l, _, r) = shape.padding;
     // The reduced row with its horizontal padding, so every window is a plain slice.
     let wp = w + l + r;
-    if row.len() < wp {
-        row.resize(wp, 0.0);
-    }
     let padded = &mut row[..wp];
     let pad_value = match reduce {
         Reduce::Max => f32::NEG_INFINITY,
@@ -85,36 +149,46 @@ pub fn pool(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &
                 }
             }
             let rows = bottom - top;
-            match kw {
-                2 => horizontal::<2>(padded, dst_row, sx, reduce, shape, rows),
-                3 => horizontal::<3>(padded, dst_row, sx, reduce, shape, rows),
-                _ => horizontal::<0>(padded, dst_row, sx, reduce, shape, rows),
+            match (kw, sx) {
+                (2, 2) => horizontal::<2, 2>(padded, dst_row, reduce, shape, rows),
+                (3, 2) => horizontal::<3, 2>(padded, dst_row, reduce, shape, rows),
+                (2, _) => horizontal::<2, 0>(padded, dst_row, reduce, shape, rows),
+                (3, _) => horizontal::<3, 0>(padded, dst_row, reduce, shape, rows),
+                _ => horizontal::<0, 0>(padded, dst_row, reduce, shape, rows),
             }
         }
     }
 }
 
-/// The horizontal pass over one reduced, padded row; `KW` is the window width when it is a
-/// compile-time constant (unrolled), 0 when it is not.
+/// The horizontal pass over one reduced, padded row; `KW` and `SX` are the window width and
+/// stride when they are compile-time constants (unrolled, and vectorised as interleaved loads),
+/// 0 when they are not.
 #[inline(always)]
-fn horizontal<const KW: usize>(
+fn horizontal<const KW: usize, const SX: usize>(
     padded: &[f32],
     dst: &mut [f32],
-    sx: usize,
     reduce: Reduce,
     shape: Shape,
     rows: usize,
 ) {
     let (kh, kw) = shape.kernel;
     let kw = if KW == 0 { kw } else { KW };
+    let sx = if SX == 0 { shape.stride.1 } else { SX };
     let (l, w) = (shape.padding.1, shape.width);
+    let max = |m: f32, v: f32| if v > m { v } else { m };
     match reduce {
+        Reduce::Max if (KW, SX) == (3, 2) => {
+            // The stem's 3×3/2 max pool: pairs of the row and the next pair's first, so that
+            // the loads are whole vectors split even/odd (not gathers).
+            let pairs = padded[..2 * dst.len() + 2].chunks_exact(2);
+            for ((value, p), q) in dst.iter_mut().zip(pairs.clone()).zip(pairs.skip(1)) {
+                *value = max(max(max(f32::NEG_INFINITY, p[0]), p[1]), q[0]);
+            }
+        }
         Reduce::Max => {
             for (ox, value) in dst.iter_mut().enumerate() {
                 let window = &padded[ox * sx..][..kw];
-                *value = window
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+                *value = window.iter().fold(f32::NEG_INFINITY, |m, &v| max(m, v));
             }
         }
         Reduce::Mean {
@@ -239,14 +313,22 @@ mod tests {
             let planes = 1 + rng.below(3);
             let input = rng.vec(planes * shape.height * shape.width);
             let want = reference(shape, reduce, &input);
-            let mut got = vec![f32::NAN; want.len()];
-            pool(shape, reduce, &input, &mut got, &mut row);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let bound = 1e-6 * (1.0 + w.abs());
-                assert!(
-                    (g - w).abs() <= bound,
-                    "{shape:?} {reduce:?}: element {i}: got {g}, want {w}"
-                );
+            let mut first: Option<Vec<f32>> = None;
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; want.len()];
+                pool(isa, shape, reduce, &input, &mut got, &mut row);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let bound = 1e-6 * (1.0 + w.abs());
+                    assert!(
+                        (g - w).abs() <= bound,
+                        "{isa} {shape:?} {reduce:?}: element {i}: got {g}, want {w}"
+                    );
+                }
+                // Every instruction set gives the same bits.
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => super::super::test_support::assert_same_bits(&got, f, "pool"),
+                }
             }
         }
     }

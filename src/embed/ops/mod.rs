@@ -200,7 +200,7 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
                 found
             } else if let Some(found) = conv_patch(model, id, isa)? {
                 found
-            } else if let Some(found) = pool_patch(model, id)? {
+            } else if let Some(found) = pool_patch(model, id, isa)? {
                 found
             } else if let Some(found) = pooled_patch(model, id)? {
                 found

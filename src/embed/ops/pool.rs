@@ -4,7 +4,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::embed::kernels::pool;
+use crate::embed::kernels::{Isa, pool};
 
 use super::graph::*;
 use super::parallel::*;
@@ -13,6 +13,7 @@ use super::recycle::*;
 /// Max or average pooling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pool {
+    isa: Isa,
     shape: pool::Shape,
     reduce: pool::Reduce,
     pub(super) output: Output,
@@ -20,7 +21,7 @@ pub struct Pool {
 
 impl Pool {
     fn describe(&self) -> String {
-        format!("{:?} {:?}", self.shape, self.reduce)
+        format!("{:?} {:?} {}", self.shape, self.reduce, self.isa)
     }
 }
 
@@ -36,12 +37,12 @@ impl Pool {
         let work = x.len().max(y.len() * (kh + kw));
         split_units(y, oh * ow, x.len() / (h * w), work, |planes, y| {
             let x = &x[planes.start * h * w..planes.end * h * w];
-            SCRATCH.with_borrow_mut(|row| pool::pool(self.shape, self.reduce, x, y, row))
+            SCRATCH.with_borrow_mut(|row| pool::pool(self.isa, self.shape, self.reduce, x, y, row))
         });
     }
 }
 
-pub(crate) fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
+pub(crate) fn pool_patch(model: &TypedModel, id: usize, isa: Isa) -> TractResult<Patch> {
     let node = model.node(id);
     let (spec, reduce): (&PoolSpec, pool::Reduce) = if let Some(op) = node.op_as::<MaxPool>() {
         if op.with_index_outputs.is_some() {
@@ -126,6 +127,7 @@ pub(crate) fn pool_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
         return Ok(None);
     }
     let op = Pool {
+        isa,
         shape,
         reduce,
         output: Output::new(out_shape.into()),
