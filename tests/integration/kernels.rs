@@ -360,6 +360,15 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
             (60, conv, 24, 6, 1, pointwise, quant_fused),
             "{done:?}"
         );
+        // Inputs quantised once: each block's first output for its four streams (6 blocks), and
+        // the input of the three blocks with a downsampling convolution for it and the block's
+        // first: 9 tensors for 30 readers.
+        let shared = if int8 > 0 { (9, 30) } else { (0, 0) };
+        assert_eq!(
+            (done.quantised_once, done.shared_readers),
+            shared,
+            "{done:?}"
+        );
     }
 }
 

@@ -112,8 +112,8 @@ pub use pool::Pool;
 use pool::pool_patch;
 pub use pooled::PooledChain;
 use pooled::pooled_patch;
-use quant::quant_pointwise_patch;
-pub use quant::{QuantFullConv, QuantPointwise};
+pub use quant::{QuantFullConv, QuantPointwise, QuantiseWords};
+use quant::{quant_pointwise_patch, shared_words_patch};
 use recycle::Output;
 pub use upsample::Upsample;
 use upsample::upsample_patch;
@@ -142,6 +142,9 @@ pub struct Rewritten {
     pub dequantised: usize,
     /// Residual adds and ReLUs fused into the int8 convolutions.
     pub quant_fused: usize,
+    /// Tensors quantised once for several int8 1×1 convolutions, and those readers.
+    pub quantised_once: usize,
+    pub shared_readers: usize,
     /// Whether the model was quantised and translated by `embed::int8`, and the int8 products'
     /// instructions (none where the CPU has none: everything ran from dequantised weights).
     pub quantised: bool,
@@ -176,8 +179,13 @@ impl std::fmt::Display for Rewritten {
                 .map_or("no dot-product instructions".into(), |d| d.to_string());
             write!(
                 f,
-                "; int8: {} 1x1 and {} full convolutions ({dot}), {} from dequantised weights",
-                self.int8_pointwise, self.int8_conv, self.dequantised
+                "; int8: {} 1x1 and {} full convolutions ({dot}), {} from dequantised weights, \
+                 {} inputs quantised once for {} of them",
+                self.int8_pointwise,
+                self.int8_conv,
+                self.dequantised,
+                self.quantised_once,
+                self.shared_readers
             )?;
         }
         Ok(())
@@ -223,6 +231,20 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
         }
         break;
     }
+    // Then, the fusions done: each int8 input shared by several int8 1×1 convolutions is
+    // quantised once.
+    'share: loop {
+        model.compact()?;
+        for id in 0..model.nodes().len() {
+            if let Some((patch, readers)) = shared_words_patch(model, id)? {
+                patch.apply(model)?;
+                done.quantised_once += 1;
+                done.shared_readers += readers;
+                continue 'share;
+            }
+        }
+        break;
+    }
     for node in model.nodes() {
         if let Some(sum) = node.op_as::<GatedSum>() {
             done.gate += sum.gates.iter().flatten().count();
@@ -256,6 +278,7 @@ fn output_of(node: &mut TypedNode) -> Option<&mut Output> {
     ours!(
         Pointwise,
         QuantPointwise,
+        QuantiseWords,
         QuantFullConv,
         Depthwise,
         FullConv,

@@ -21,6 +21,9 @@ pub struct QuantPointwise {
     layer: Arc<qpointwise::Layer>,
     residual: bool,
     relu: bool,
+    /// The first input is the layer's input words made by a [`QuantiseWords`] (shared with
+    /// other readers), not the f32 tensor.
+    words_input: bool,
     pub(super) output: Output,
 }
 
@@ -28,7 +31,8 @@ impl PartialEq for QuantPointwise {
     fn eq(&self, other: &Self) -> bool {
         // Layers are made once per model node: the same layer or not.
         Arc::ptr_eq(&self.layer, &other.layer)
-            && (self.dot, self.residual, self.relu) == (other.dot, other.residual, other.relu)
+            && (self.dot, self.residual, self.relu, self.words_input)
+                == (other.dot, other.residual, other.relu, other.words_input)
             && self.output == other.output
     }
 }
@@ -48,14 +52,23 @@ impl QuantPointwise {
             layer,
             residual: false,
             relu: false,
+            words_input: false,
             output: Output::new(output_shape),
         }
     }
 
     fn describe(&self) -> String {
         format!(
-            "{:?} residual {} relu {} {}",
-            self.layer.shape, self.residual, self.relu, self.dot
+            "{:?} residual {} relu {}{} {}",
+            self.layer.shape,
+            self.residual,
+            self.relu,
+            if self.words_input {
+                " shared words"
+            } else {
+                ""
+            },
+            self.dot
         )
     }
 }
@@ -67,6 +80,18 @@ impl QuantPointwise {
         let shape = self.layer.shape;
         let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
         let residual = inputs.get(1).copied();
+        if self.words_input {
+            let w_len = self.layer.scratch_words();
+            for (n, (x, y)) in inputs[0]
+                .chunks_exact(w_len)
+                .zip(y.chunks_exact_mut(y_len))
+                .enumerate()
+            {
+                let res = residual.map(|r| &r[n * y_len..][..y_len]);
+                self.layer.product(self.dot, words_of(x), res, self.relu, y);
+            }
+            return;
+        }
         QUANT_SCRATCH.with_borrow_mut(|words| {
             for (n, (x, y)) in inputs[0]
                 .chunks_exact(x_len)
@@ -78,6 +103,119 @@ impl QuantPointwise {
             }
         });
     }
+}
+
+/// The input words of several [`QuantPointwise`] readers of one tensor on one grid, made once
+/// (OSNet's four streams each begin with an int8 1×1 convolution of their block's first output;
+/// a block's input feeds its first convolution and its downsampling one): `[N][groups][pixels]`
+/// words, held in an f32 tensor as bit patterns (our recycled outputs are f32 tensors), read only
+/// by those readers, as words.
+#[derive(Clone, Debug)]
+pub struct QuantiseWords {
+    dot: Dot,
+    /// One of the readers' layers: they all make the same words (`Layer::same_words`).
+    layer: Arc<qpointwise::Layer>,
+    pub(super) output: Output,
+}
+
+impl PartialEq for QuantiseWords {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.layer, &other.layer)
+            && self.dot == other.dot
+            && self.output == other.output
+    }
+}
+
+impl Eq for QuantiseWords {}
+
+impl QuantiseWords {
+    fn describe(&self) -> String {
+        format!(
+            "{} channels, {} pixels {}",
+            self.layer.shape.inputs, self.layer.shape.pixels, self.dot
+        )
+    }
+
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let shape = self.layer.shape;
+        let (x_len, w_len) = (shape.inputs * shape.pixels, self.layer.scratch_words());
+        for (x, y) in inputs[0].chunks_exact(x_len).zip(y.chunks_exact_mut(w_len)) {
+            self.layer.quantise_into(self.dot, x, words_of_mut(y));
+        }
+    }
+}
+
+reidcam_op!(QuantiseWords, "ReidcamQuantise");
+
+/// Input words held in an f32 tensor (see [`QuantiseWords`]), as words.
+fn words_of(x: &[f32]) -> &[u32] {
+    // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) }
+}
+
+fn words_of_mut(y: &mut [f32]) -> &mut [u32] {
+    // SAFETY: as `words_of`; every u32 bit pattern is a valid f32 too (the tensor is only read
+    // back as words), and the borrow is the slice's.
+    unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len()) }
+}
+
+/// Makes the input words once where several int8 1×1 convolutions (already fused with their
+/// residuals and ReLUs) read one tensor on one grid: a [`QuantiseWords`] after the tensor, the
+/// readers on its words. Returns the patch and the number of readers moved to shared words.
+pub(super) fn shared_words_patch(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<(TypedModelPatch, usize)>> {
+    let outlet = OutletId::new(id, 0);
+    let node = model.node(id);
+    if node.outputs.len() != 1 {
+        return Ok(None);
+    }
+    // The readers whose first input is this tensor, grouped with the first one's grid.
+    let mut readers: Vec<(usize, &QuantPointwise)> = Vec::new();
+    for succ in model.outlet_successors(outlet) {
+        let reader = model.node(succ.node);
+        if succ.slot == 0
+            && let Some(op) = reader.op_as::<QuantPointwise>()
+            && !op.words_input
+            && readers
+                .first()
+                .is_none_or(|(_, first)| first.dot == op.dot && first.layer.same_words(&op.layer))
+        {
+            readers.push((succ.node, op));
+        }
+    }
+    if readers.len() < 2 {
+        return Ok(None);
+    }
+    let (_, first) = readers[0];
+    let x_shape = &model.outlet_fact(outlet)?.shape;
+    let Some(x_shape) = x_shape.as_concrete() else {
+        return Ok(None);
+    };
+    let batch = x_shape[0];
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, outlet)?;
+    let quantise = QuantiseWords {
+        dot: first.dot,
+        layer: Arc::clone(&first.layer),
+        output: Output::new(tvec![batch, first.layer.scratch_words()]),
+    };
+    let words = patch.wire_node(format!("{}.quantise", node.name), quantise, &[x])?[0];
+    for &(reader, op) in &readers {
+        let mut inputs = tvec![words];
+        for &input in &model.node(reader).inputs[1..] {
+            inputs.push(patch.tap_model(model, input)?);
+        }
+        let shared = QuantPointwise {
+            words_input: true,
+            ..op.clone()
+        };
+        let name = format!("{}.shared", model.node(reader).name);
+        let y = patch.wire_node(name, shared, &inputs)?[0];
+        patch.shunt_outside(model, OutletId::new(reader, 0), y)?;
+    }
+    Ok(Some((patch, readers.len())))
 }
 
 /// An int8 full convolution between f32 edges (a quantised model's stem, made by `embed::int8`):

@@ -313,8 +313,19 @@ impl Layer {
         } = self.shape;
         assert_eq!(input.len(), inputs * pixels, "int8 pointwise input length");
         assert_eq!(out.len(), outputs * pixels, "int8 pointwise output length");
-        assert!(dot.is_available(), "{dot} not on this CPU");
         let words = self.words_for(words);
+        self.quantise_into(dot, input, words);
+        self.product(dot, words, residual, relu, out);
+    }
+
+    /// The input words of one image for `dot` (`input` `[inputs][pixels]` →
+    /// `words` `[groups][pixels]`, XORed with [`flip`](Self::flip)): what [`run`](Self::run)
+    /// makes before its product, for layers that share them (`ops::QuantiseWords`).
+    pub fn quantise_into(&self, dot: Dot, input: &[f32], words: &mut [u32]) {
+        let Shape { inputs, pixels, .. } = self.shape;
+        assert_eq!(input.len(), inputs * pixels, "int8 pointwise input length");
+        assert_eq!(words.len(), self.scratch_words(), "int8 pointwise words");
+        assert!(dot.is_available(), "{dot} not on this CPU");
         match dot {
             Dot::Portable => quantise_words(self, input, words, self.flip(dot)),
             // SAFETY: the CPU has AVX2 (checked above).
@@ -329,7 +340,22 @@ impl Layer {
                 quantise_neon(self, input, words, self.flip(dot))
             },
         }
-        self.product(dot, words, residual, relu, out);
+    }
+
+    /// Whether `other` makes the same input words as `self` from the same input (same input
+    /// channels, pixels and grid): the words can then be made once for both.
+    pub fn same_words(&self, other: &Layer) -> bool {
+        (
+            self.shape.inputs,
+            self.shape.pixels,
+            self.x_inv,
+            self.x_zero,
+        ) == (
+            other.shape.inputs,
+            other.shape.pixels,
+            other.x_inv,
+            other.x_zero,
+        )
     }
 
     /// What the input words are XORed with for `dot`: 0 for VNNI and AVX2 (u8 codes), 0x80 per
