@@ -179,13 +179,8 @@ pub(super) unsafe fn product_avx2(
         out.len() >= (outputs - 1) * layer.y_stride + pixels,
         "int8 pointwise output"
     );
-    if layer.paired {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { with_store_variants!(outputs_paired, layer, words, residual, relu, out) }
-    } else {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { with_store_variants!(outputs_avx2, layer, words, residual, relu, out) }
-    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { with_store_variants!(outputs_avx2, layer, words, residual, relu, out) }
 }
 
 #[inline]
@@ -201,31 +196,46 @@ unsafe fn outputs_avx2<const RES: bool, const RELU: bool>(
         !RES || residual.len() >= (outputs - 1) * layer.y_stride + layer.shape.pixels,
         "int8 pointwise residual"
     );
+    // Pair-bounded weights (`Layer::paired`) take `vpmaddubsw`, the others the widened codes.
+    let paired = layer.paired;
     let mut o = 0;
     while o + OUTS2 <= outputs {
         // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
         // outputs keeps every index inside its vector, and the masks keep loads and stores inside
         // the rows.
-        unsafe { tile_avx2::<OUTS2, RES, RELU>(layer, o, words, residual, out) };
+        unsafe {
+            if paired {
+                tile_avx2::<true, OUTS2, RES, RELU>(layer, o, words, residual, out)
+            } else {
+                tile_avx2::<false, OUTS2, RES, RELU>(layer, o, words, residual, out)
+            }
+        };
         o += OUTS2;
     }
     while o < outputs {
-        // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤
-        // outputs keeps every index inside its vector, and the masks keep loads and stores inside
-        // the rows.
-        unsafe { tile_avx2::<1, RES, RELU>(layer, o, words, residual, out) };
+        // SAFETY: as above, for one output.
+        unsafe {
+            if paired {
+                tile_avx2::<true, 1, RES, RELU>(layer, o, words, residual, out)
+            } else {
+                tile_avx2::<false, 1, RES, RELU>(layer, o, words, residual, out)
+            }
+        };
         o += 1;
     }
 }
 
 /// Outputs `o0..o0 + N` over every pixel, 16 pixels per step (two registers, the tail
-/// masked). Each input word holds four u8 codes; masking its even and odd bytes gives two
-/// words of 16-bit pairs (channels 0 and 2, 1 and 3), which `vpmaddwd` multiplies by the
-/// weights' pairs (`Layer::pairs`) into exact int32 sums: at most 255 · 128 · 2 per
-/// instruction, far from overflow.
+/// masked). Each input word holds four u8 codes. With `PAIRED` (the layer's weights bounded in
+/// pairs, `Layer::paired`) `vpmaddubsw` multiplies the codes as they are by the output's weight
+/// word (four i8) into two exact i16 pair sums per pixel and `vpmaddwd` by ones adds those into
+/// the pixel's int32 — VNNI's `vpdpbusd` in three instructions, 32 multiply-adds. Otherwise
+/// masking the word's even and odd bytes gives two words of 16-bit pairs (channels 0 and 2, 1
+/// and 3), which `vpmaddwd` multiplies by the weights' pairs (`Layer::pairs`) into exact int32
+/// sums: at most 255 · 128 · 2 per instruction, far from overflow.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
+unsafe fn tile_avx2<const PAIRED: bool, const N: usize, const RES: bool, const RELU: bool>(
     layer: &Layer,
     o0: usize,
     words: &[u32],
@@ -242,7 +252,10 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
     // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤ outputs
     // keeps every index inside its vector, and the masks keep loads and stores inside the rows.
     let w = unsafe { layer.pairs.as_ptr().add(2 * o0 * groups) };
+    // SAFETY: as above: the weight words `(o0 + j)·groups + g`.
+    let w4 = unsafe { layer.words.as_ptr().add(o0 * groups) };
     let even = _mm256_set1_epi32(0x00ff_00ff);
+    let ones = _mm256_set1_epi16(1);
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let mut p = 0;
     while p < pixels {
@@ -262,6 +275,21 @@ unsafe fn tile_avx2<const N: usize, const RES: bool, const RELU: bool>(
             // outputs keeps every index inside its vector, and the masks keep loads and stores
             // inside the rows.
             let (xa, xb) = unsafe { load_step(x.add(g * pixels + p), left, [m0, m1]) };
+            if PAIRED {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: (o0 + j)·groups + g < outputs·groups.
+                    let wj = _mm256_set1_epi32(unsafe { *w4.add(j * groups + g) } as i32);
+                    a[0] = _mm256_add_epi32(
+                        a[0],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(xa, wj), ones),
+                    );
+                    a[1] = _mm256_add_epi32(
+                        a[1],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(xb, wj), ones),
+                    );
+                }
+                continue;
+            }
             let (ea, oa) = (
                 _mm256_and_si256(xa, even),
                 _mm256_and_si256(_mm256_srli_epi32::<8>(xa), even),
@@ -376,89 +404,5 @@ unsafe fn load_step(row: *const u32, left: i32, masks: [__m256i; 2]) -> (__m256i
                 _mm256_maskload_epi32(row.wrapping_add(8), masks[1]),
             )
         }
-    }
-}
-
-/// Output channels per tile of the AVX2 product on pair-bounded weights.
-const OUTS_PAIRED: usize = 4;
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn outputs_paired<const RES: bool, const RELU: bool>(
-    layer: &Layer,
-    words: &[u32],
-    residual: &[f32],
-    out: &mut [f32],
-) {
-    let outputs = layer.shape.outputs;
-    assert!(
-        !RES || residual.len() >= (outputs - 1) * layer.y_stride + layer.shape.pixels,
-        "int8 pointwise residual"
-    );
-    let mut o = 0;
-    while o + OUTS_PAIRED <= outputs {
-        // SAFETY: the CPU has AVX2 (the caller's contract), o + N ≤ outputs, the row lengths
-        // were asserted by `product_avx2` and above.
-        unsafe { tile_paired::<OUTS_PAIRED, RES, RELU>(layer, o, words, residual, out) };
-        o += OUTS_PAIRED;
-    }
-    while o < outputs {
-        // SAFETY: as above, for one output.
-        unsafe { tile_paired::<1, RES, RELU>(layer, o, words, residual, out) };
-        o += 1;
-    }
-}
-
-/// Outputs `o0..o0 + N` over every pixel, 16 pixels per step, for a layer whose weights are
-/// bounded in pairs (`Layer::paired`): `vpmaddubsw` multiplies the input words' u8 codes as
-/// they are by the output's weight word (four i8) into two exact i16 pair sums per pixel,
-/// `vpmaddwd` by ones adds those into the pixel's int32 — VNNI's `vpdpbusd` in three
-/// instructions, 32 multiply-adds, no widening of the codes.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_paired<const N: usize, const RES: bool, const RELU: bool>(
-    layer: &Layer,
-    o0: usize,
-    words: &[u32],
-    residual: &[f32],
-    out: &mut [f32],
-) {
-    let pixels = layer.shape.pixels;
-    let groups = layer.groups;
-    let x = words.as_ptr();
-    // Whole function: o0 + N ≤ outputs (the caller's loops), so every weight word
-    // `(o0 + j)·groups + g` and correction read is inside its vector; a step's loads of the
-    // words are whole when 16 pixels are left and masked to the row otherwise.
-    // SAFETY: o0 < outputs, so the offset is inside `words`.
-    let w = unsafe { layer.words.as_ptr().add(o0 * groups) };
-    let ones = _mm256_set1_epi16(1);
-    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mut p = 0;
-    while p < pixels {
-        let left = (pixels - p).min(16) as i32;
-        let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
-        let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(left - 8), lane);
-        let mut acc = [[_mm256_setzero_si256(); 2]; N];
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: o0 + j < outputs.
-            *a = [_mm256_set1_epi32(unsafe { *layer.corr_u8.get_unchecked(o0 + j) }); 2];
-        }
-        for g in 0..groups {
-            // SAFETY: row `g` holds `pixels` words; the masks keep a short step inside it.
-            let (xa, xb) = unsafe { load_step(x.add(g * pixels + p), left, [m0, m1]) };
-            for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: (o0 + j)·groups + g < outputs·groups.
-                let wj = _mm256_set1_epi32(unsafe { *w.add(j * groups + g) } as i32);
-                a[0] =
-                    _mm256_add_epi32(a[0], _mm256_madd_epi16(_mm256_maddubs_epi16(xa, wj), ones));
-                a[1] =
-                    _mm256_add_epi32(a[1], _mm256_madd_epi16(_mm256_maddubs_epi16(xb, wj), ones));
-            }
-        }
-        for (j, a) in acc.iter().enumerate() {
-            // SAFETY: o0 + j < outputs, the masks keep the row inside.
-            unsafe { store_avx2::<RES, RELU>(layer, o0 + j, p, a, [m0, m1], residual, out) };
-        }
-        p += 16;
     }
 }
