@@ -193,7 +193,9 @@ pub(super) fn shared_words_patch(
     let Some(x_shape) = x_shape.as_concrete() else {
         return Ok(None);
     };
-    let batch = x_shape[0];
+    // Images in the tensor (it may have no batch axis).
+    let shape = first.layer.shape;
+    let batch = x_shape.iter().product::<usize>() / (shape.inputs * shape.pixels);
     let mut patch = TypedModelPatch::default();
     let x = patch.tap_model(model, outlet)?;
     let quantise = QuantiseWords {
