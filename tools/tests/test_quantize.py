@@ -87,3 +87,16 @@ def test_odd_input_counts_pair_the_last_weight_alone():
     assert pos[0] == 7 and neg[0] == 0
     pos, neg = quantize.pair_sums(-w)
     assert pos[0] == 0 and neg[0] == 7
+
+
+def test_a_stems_pairs_are_the_colours_of_one_tap():
+    # (ky, kx, channel) order, as reidcam's int8 stem reads its taps: 3 colours × 2 taps give the
+    # pairs (R0, G0), (B0, R1), (G1, B1).
+    w = np.zeros((1, 3, 1, 2), np.int64)
+    w[0, :, 0, 0] = [100, 100, 0]  # R0 + G0 = 200: breaks the bound
+    w[0, :, 0, 1] = [0, 60, 60]  # G1 + B1 = 120
+    pos, _ = quantize.pair_sums(w)
+    assert pos[0] == 200
+    w[0, :, 0, 0] = [100, 0, 100]  # R0 alone, B0 + R1 = 100
+    pos, _ = quantize.pair_sums(w)
+    assert pos[0] == 120

@@ -4,10 +4,12 @@
 //!
 //! The image is quantised once into `conv`'s zero-padded, phase-split layout (as u8 codes; the
 //! padding is the code of 0.0, the zero point), where every tap of an output row is a contiguous
-//! run. The taps of each output pixel are then gathered four at a time into words — the input
-//! layout of `qpointwise`, taps in the place of channels — and `qpointwise`'s dot-product
-//! product (AVX-512 VNNI, AVX2 `vpmaddubsw` or `vpmaddwd`, NEON `sdot` or `smull`/`smlal`) makes the exact int32
-//! sums and the dequantised f32 store.
+//! run. The taps of each output pixel, in (ky, kx, channel) order (the colours of one position
+//! side by side: `tools/quantize.py` bounds the weights in pairs of neighbours in that order),
+//! are then gathered four at a time into words — the input layout of `qpointwise`, taps in the
+//! place of channels — and `qpointwise`'s dot-product product (AVX-512 VNNI, AVX2 `vpmaddubsw`
+//! or `vpmaddwd`, NEON `sdot` or `smull`/`smlal`) makes the exact int32 sums and the
+//! dequantised f32 store.
 //! The result is bit for bit [`reference`]'s.
 
 use super::conv;
@@ -18,7 +20,8 @@ use super::qpointwise::{Dot, Grid, Layer};
 #[derive(Debug)]
 pub struct ConvLayer {
     geometry: conv::Shape,
-    /// Where each tap (OIHW order) starts in the phase-split codes, for output row 0.
+    /// Where each tap starts in the phase-split codes, for output row 0, taps in (ky, kx,
+    /// channel) order.
     offsets: Vec<usize>,
     /// The product, with the `C·kh·kw` taps as its input channels and `oh·ow` pixels.
     layer: Layer,
@@ -47,16 +50,28 @@ impl ConvLayer {
     ) -> Option<ConvLayer> {
         let (oh, ow) = geometry.output()?;
         let (kh, kw) = geometry.kernel;
+        let taps = geometry.inputs * kh * kw;
         // One output row at a time: its words stay in cache for every output channel.
         let shape = pointwise::Shape {
-            inputs: geometry.inputs * kh * kw,
+            inputs: taps,
             outputs: geometry.outputs,
             pixels: ow,
         };
+        // The taps in (ky, kx, channel) order, the channels of one position side by side:
+        // `tools/quantize.py` bounds the weights in pairs of neighbours in that order (as for
+        // a 1×1 convolution's channels), which AVX2 multiplies with `vpmaddubsw`.
+        let order: Vec<usize> = (0..kh * kw)
+            .flat_map(|k| (0..geometry.inputs).map(move |c| c * kh * kw + k))
+            .collect();
+        let offsets = geometry.offsets();
+        let mut ordered = Vec::with_capacity(weights.len());
+        for row in weights.chunks_exact(taps) {
+            ordered.extend(order.iter().map(|&t| row[t]));
+        }
         Some(ConvLayer {
             geometry,
-            offsets: geometry.offsets(),
-            layer: Layer::new(shape, weights, bias, x, w_scales)?.with_y_stride(oh * ow),
+            offsets: order.iter().map(|&t| offsets[t]).collect(),
+            layer: Layer::new(shape, &ordered, bias, x, w_scales)?.with_y_stride(oh * ow),
         })
     }
 
