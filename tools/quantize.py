@@ -113,9 +113,9 @@ def bound_pairs(q: onnx.ModelProto, float_model: onnx.ModelProto) -> int:
         if node.op_type != "QLinearConv" or any(a.name == "group" and a.i != 1 for a in node.attribute):
             continue
         w_name, s_name = node.input[3], node.input[4]
-        wq = numpy_helper.to_array(inits[w_name]).astype(np.int64)
         if not w_name.endswith("_quantized"):
             continue
+        wq = numpy_helper.to_array(inits[w_name]).astype(np.int64)
         pos, neg = pair_sums(wq)
         bad = np.nonzero((pos > PAIR_LIMIT) | (neg > PAIR_LIMIT))[0]
         if bad.size == 0:

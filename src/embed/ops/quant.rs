@@ -78,20 +78,14 @@ reidcam_op!(QuantPointwise, "ReidcamQuantPointwise");
 impl QuantPointwise {
     fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let shape = self.layer.shape;
-        let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
+        // The input is this layer's f32 tensor, or the words a `QuantiseWords` made from it.
+        let x_len = if self.words_input {
+            self.layer.scratch_words()
+        } else {
+            shape.inputs * shape.pixels
+        };
+        let y_len = shape.outputs * shape.pixels;
         let residual = inputs.get(1).copied();
-        if self.words_input {
-            let w_len = self.layer.scratch_words();
-            for (n, (x, y)) in inputs[0]
-                .chunks_exact(w_len)
-                .zip(y.chunks_exact_mut(y_len))
-                .enumerate()
-            {
-                let res = residual.map(|r| &r[n * y_len..][..y_len]);
-                self.layer.product(self.dot, words_of(x), res, self.relu, y);
-            }
-            return;
-        }
         QUANT_SCRATCH.with_borrow_mut(|words| {
             for (n, (x, y)) in inputs[0]
                 .chunks_exact(x_len)
@@ -99,7 +93,11 @@ impl QuantPointwise {
                 .enumerate()
             {
                 let res = residual.map(|r| &r[n * y_len..][..y_len]);
-                self.layer.run(self.dot, x, res, self.relu, y, words);
+                if self.words_input {
+                    self.layer.product(self.dot, words_of(x), res, self.relu, y);
+                } else {
+                    self.layer.run(self.dot, x, res, self.relu, y, words);
+                }
             }
         });
     }

@@ -174,11 +174,12 @@ pub struct Layer {
     words: Vec<u32>,
     /// `[outputs][groups][2]`: the weights as 16-bit pairs for `vpmaddwd`, channels `4g` and
     /// `4g + 2` in the first word, `4g + 1` and `4g + 3` in the second (the input word's even
-    /// and odd bytes, masked out in place).
+    /// and odd bytes, masked out in place). Empty where unused: on other CPUs, and for weights
+    /// bounded in pairs (`paired`: AVX2 multiplies the words as they are).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pairs: Vec<u32>,
     /// `[outputs / 4 (rounded up)][groups][4]`: the same words, four outputs side by side (NEON
-    /// multiplies by one of four lanes).
+    /// multiplies by one of four lanes). Empty but on aarch64.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     words_by4: Vec<u32>,
     /// Per output: bias − z_x·Σw (u8 input: VNNI) and bias − (z_x − 128)·Σw (i8 input: sdot).
@@ -247,18 +248,30 @@ impl Layer {
             corr_u8.push(bias[o] - x.zero * sum);
             corr_i8.push(bias[o] - (x.zero - 128) * sum);
         }
+        let paired = weights
+            .chunks(inputs)
+            .all(|row| row.chunks(2).all(pair_fits_i16));
+        // Each product's own weight layout, made only where it runs: the widened pairs for
+        // AVX2 on weights that are not bounded in pairs, the words by four outputs for NEON.
         let pair = |w: u32, a: u32, b: u32| {
             let half = |j: u32| u32::from(((w >> (8 * j)) as u8 as i8) as i16 as u16);
             half(a) | half(b) << 16
         };
-        let pairs = words
-            .iter()
-            .flat_map(|&w| [pair(w, 0, 2), pair(w, 1, 3)])
-            .collect();
-        let mut words_by4 = vec![0u32; outputs.div_ceil(4) * groups * 4];
-        for o in 0..outputs {
-            for g in 0..groups {
-                words_by4[((o / 4) * groups + g) * 4 + o % 4] = words[o * groups + g];
+        let pairs = if cfg!(target_arch = "x86_64") && !paired {
+            words
+                .iter()
+                .flat_map(|&w| [pair(w, 0, 2), pair(w, 1, 3)])
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut words_by4 = Vec::new();
+        if cfg!(target_arch = "aarch64") {
+            words_by4.resize(outputs.div_ceil(4) * groups * 4, 0u32);
+            for o in 0..outputs {
+                for g in 0..groups {
+                    words_by4[((o / 4) * groups + g) * 4 + o % 4] = words[o * groups + g];
+                }
             }
         }
         Some(Layer {
@@ -274,9 +287,7 @@ impl Layer {
             x_inv: 1.0 / x.scale,
             x_zero: x.zero,
             narrow: weights.iter().all(|&w| w != i8::MIN),
-            paired: weights
-                .chunks(inputs)
-                .all(|row| row.chunks(2).all(pair_fits_i16)),
+            paired,
         })
     }
 

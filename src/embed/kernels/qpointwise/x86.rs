@@ -179,6 +179,10 @@ pub(super) unsafe fn product_avx2(
         out.len() >= (outputs - 1) * layer.y_stride + pixels,
         "int8 pointwise output"
     );
+    assert!(
+        layer.paired || layer.pairs.len() == 2 * outputs * layer.groups,
+        "int8 pointwise widened weights"
+    );
     // SAFETY: the caller's contract, passed on.
     unsafe { with_store_variants!(outputs_avx2, layer, words, residual, relu, out) }
 }
@@ -249,9 +253,14 @@ unsafe fn tile_avx2<const PAIRED: bool, const N: usize, const RES: bool, const R
     // `((o0 + j)·groups + g)·2 + h`, correction and multiplier read is inside its vector;
     // the lane masks keep loads and stores inside the rows, whose lengths `product_avx2`
     // asserted (a masked-off lane is neither read nor written).
-    // SAFETY: as this function's safety contract and notes say: the CPU features were checked, o0 + N ≤ outputs
-    // keeps every index inside its vector, and the masks keep loads and stores inside the rows.
-    let w = unsafe { layer.pairs.as_ptr().add(2 * o0 * groups) };
+    // `pairs` is empty for pair-bounded weights, which read `words`.
+    let w = if PAIRED {
+        std::ptr::null()
+    } else {
+        // SAFETY: as this function's safety contract and notes say: o0 + N ≤ outputs keeps
+        // every index inside `pairs` (made for every layer that is not `paired`).
+        unsafe { layer.pairs.as_ptr().add(2 * o0 * groups) }
+    };
     // SAFETY: as above: the weight words `(o0 + j)·groups + g`.
     let w4 = unsafe { layer.words.as_ptr().add(o0 * groups) };
     let even = _mm256_set1_epi32(0x00ff_00ff);
