@@ -4,7 +4,7 @@ qemu-aarch64 with our TCG plugin (tools/qemu-insn/insn.c), for the same models o
 emulated cores (cortex-a72: no dot product, the Raspberry Pi 4; cortex-a76: `sdot`, the Pi 5).
 
     tools/.venv/bin/python tools/arm_peers.py --binary target/aarch64-unknown-linux-gnu/release/reidcam \
-        [--cpu cortex-a72] [--cpu cortex-a76] [--int8-dir DIR] [--detectors] [--litert] [--json OUT]
+        [--cpu cortex-a72] [--cpu cortex-a76] [--int8-dir DIR] [--detectors | --detectors-only] [--litert] [--json OUT]
 
 The peers are onnxruntime's own aarch64 build (the PyPI wheel, the version tools/requirements.txt
 pins for x86) and, with --litert, LiteRT (`ai-edge-litert`, TensorFlow Lite's runtime, whose
@@ -15,7 +15,8 @@ tools/requirements-arm-peers.txt installed into it with pip's `--platform`. Noth
 installed on the host.
 
 LiteRT runs .tflite files: onnx2tf (tools/requirements-tflite.txt, its own venv) converts the
-float ONNX embedders, and for the int8 rows quantises them itself (int8 weights per channel and
+float ONNX embedders and detectors (our free-size detector at the row's input size), and for
+the embedders' int8 rows quantises them itself (int8 weights per channel and
 activations, float input and output, calibrated on CUHK03 training crops through the model's
 normalisation): LiteRT's int8 model is its converter's, not our QOperator file. onnx2tf downloads
 sample pictures to check its conversion unless a file of them is in its working directory:
@@ -254,35 +255,44 @@ def crops(shared: Path, height: int, width: int, count: int):
                                 dtype=np.float32) / 255 for f in files])
 
 
-def litert_model(shared: Path, model: Path, precision: str) -> Path:
+def litert_model(shared: Path, model: Path, precision: str, size: tuple[int, int] | None = None) -> Path:
     """`model` as a .tflite by onnx2tf: float32, or int8 ("integer_quant": int8 weights and
     activations, float input and output) calibrated on 64 CUHK03 training crops through the
-    model's own normalisation. Cached under CACHE/tflite; derived from ../shared, never in the repo."""
+    model's own normalisation. `size` (height, width) fixes the input of a free-size model (our
+    default detector; float only). Cached under CACHE/tflite; derived from ../shared, never in
+    the repo."""
     import numpy as np
     import tomllib
 
-    out = CACHE / "tflite" / model.stem
+    out = CACHE / "tflite" / (model.stem if size is None else f"{model.stem}_{size[1]}x{size[0]}")
     suffix = "float32" if precision == "float" else "integer_quant"
     made = out / f"{model.stem}_{suffix}.tflite"
     if made.exists():
         return made
     venv = tflite_venv()
-    manifest = tomllib.loads(manifest_of(model).read_text())["input"]
-    height, width = manifest["height"], manifest["width"]
+    if size is None:
+        manifest = tomllib.loads(manifest_of(model).read_text())["input"]
+        height, width = manifest["height"], manifest["width"]
+    else:
+        if precision != "float":
+            sys.exit("arm_peers: LiteRT int8 conversions are of the embedders only")
+        (height, width), manifest = size, {}
     with tempfile.TemporaryDirectory() as tmp:
         # onnx2tf checks its conversion on sample pictures it downloads unless this file is in
         # its working directory (there is no internet here): training crops instead.
         np.save(Path(tmp) / "calibration_image_sample_data_20x128x128x3_float32.npy", crops(shared, 128, 128, 20))
-        calibration = Path(tmp) / "calibration.npy"
-        np.save(calibration, crops(shared, height, width, 64))
-        mean = "[[[[" + ",".join(str(v) for v in manifest["mean"]) + "]]]]"
-        std = "[[[[" + ",".join(str(v) for v in manifest["std"]) + "]]]]"
         # onnx2tf writes the model back to its input path with operator names of its own (and
         # simplified): it gets a copy, never the shared file or ours.
         copy = Path(tmp) / model.name
         shutil.copyfile(model, copy)
         cmd = [str(venv / "bin" / "onnx2tf"), "-i", str(copy), "-o", str(out), "-b", "1", "-n"]
+        if size is not None:
+            cmd += ["-ois", f"{input_name(model)}:1,3,{height},{width}"]
         if precision == "int8":
+            calibration = Path(tmp) / "calibration.npy"
+            np.save(calibration, crops(shared, height, width, 64))
+            mean = "[[[[" + ",".join(str(v) for v in manifest["mean"]) + "]]]]"
+            std = "[[[[" + ",".join(str(v) for v in manifest["std"]) + "]]]]"
             cmd += ["-oiqt", "-qt", "per-channel", "-cind", manifest.get("name", "input"), str(calibration), mean, std]
         env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env)
@@ -323,6 +333,12 @@ def reidcam_per_detection(binary: Path, cpu: str, model: Path, size: str) -> tup
     return per[size], per["32x32"]
 
 
+def input_name(model: Path) -> str:
+    import onnx
+
+    return onnx.load(model, load_external_data=False).graph.input[0].name
+
+
 def input_shape(model: Path) -> str:
     """The model's input shape as NxCxHxW, a symbolic batch taken as 1."""
     import onnx
@@ -351,7 +367,9 @@ def main() -> int:
     ap.add_argument("--detectors", action="store_true",
                     help="also the detectors: models/detector.onnx at 736x416 and the shared YOLOX-Nano at 416x416")
     ap.add_argument("--litert", action="store_true",
-                    help="also LiteRT with XNNPACK on .tflite conversions of the float embedders (onnx2tf in its own venv)")
+                    help="also LiteRT with XNNPACK on .tflite conversions of the embedders (float and int8) and "
+                         "of the detectors (float) (onnx2tf in its own venv)")
+    ap.add_argument("--detectors-only", action="store_true", help="the detectors' rows only (implies --detectors)")
     ap.add_argument("--json", type=Path, help="write the table here too")
     args = ap.parse_args()
     shared = reference.require_shared("arm_peers")
@@ -366,7 +384,7 @@ def main() -> int:
     root = sysroot()
     rows = []
     for cpu in cpus:
-        for name, precision, model in embedders:
+        for name, precision, model in [] if args.detectors_only else embedders:
             shape = input_shape(model)
             row = {"cpu": cpu, "model": name, "precision": precision, "input": shape,
                    "onnxruntime": peer_per_run(root, cpu, model, shape),
@@ -381,7 +399,7 @@ def main() -> int:
                                                              {"REIDCAM_INT8_DOT": "neon-smlal"})
             rows.append(row)
             report(row)
-        if args.detectors:
+        if args.detectors or args.detectors_only:
             for name, model, size in (("detector", ROOT / "models" / "detector.onnx", "736x416"),
                                       ("yolox_nano", shared / "models" / "yolox_nano.onnx", "416x416")):
                 width, height = size.split("x")
@@ -389,6 +407,9 @@ def main() -> int:
                 row = {"cpu": cpu, "model": name, "precision": "float", "input": f"1x3x{height}x{width}",
                        "onnxruntime": peer_per_run(root, cpu, model, f"1x3x{height}x{width}"),
                        "reidcam": frame - rest, "reidcam_frame": frame}
+                if args.litert:
+                    tflite = litert_model(shared, model, "float", (int(height), int(width)))
+                    row["litert"] = peer_per_run(root, cpu, tflite, f"1x{height}x{width}x3")
                 rows.append(row)
                 report(row)
     version = subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]

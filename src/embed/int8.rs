@@ -98,7 +98,7 @@ pub fn float_edges(
         if is_quantise(node) {
             // Its readers quantise: they get the float value.
             let Some(&x) = map.get(&node.inputs[0]) else {
-                return Ok(None);
+                return give_up(node, "its input is not known");
             };
             map.insert(here, x);
             continue;
@@ -106,20 +106,26 @@ pub fn float_edges(
         if let Some(dq) = node.op_as::<DequantizeLinearF32>() {
             let grid = ours.get(&node.inputs[0]);
             if grid.is_none_or(|g| g.zero != dq.zero_point || g.scale != dq.scale) {
-                return Ok(None);
+                return give_up(
+                    node,
+                    "it does not follow one of our convolutions on its grid",
+                );
             }
             map.insert(here, map[&node.inputs[0]]);
             continue;
         }
         if q_params(node).is_some() {
             let Some(conv) = QuantConv::read(model, node)? else {
-                return Ok(None);
+                return give_up(
+                    node,
+                    "quantisation parameters not per output channel and u8/i8",
+                );
             };
             let Some(&x) = map.get(&node.inputs[0]) else {
-                return Ok(None);
+                return give_up(node, "its input is not known");
             };
             let Some(y) = conv.wire(model, node, &mut out, x, dot, &mut done)? else {
-                return Ok(None);
+                return give_up(node, "a convolution of a form we do not translate");
             };
             map.insert(here, y);
             ours.insert(here, conv.y);
@@ -130,11 +136,11 @@ pub fn float_edges(
         for &i in &node.inputs {
             let dt = model.outlet_fact(i)?.datum_type;
             if dt.is_quantized() || dt == u8::datum_type() || dt == i8::datum_type() {
-                return Ok(None);
+                return give_up(node, "a float op reading integers");
             }
             match map.get(&i) {
                 Some(&o) => inputs.push(o),
-                None => return Ok(None),
+                None => return give_up(node, "its input is not known"),
             }
         }
         let wired = out.wire_node(&node.name, node.op.clone(), &inputs)?;
@@ -154,6 +160,16 @@ pub fn float_edges(
     }
     out.select_output_outlets(&outputs)?;
     Ok(Some((out, done)))
+}
+
+/// Logs why the translation stops at `node` (the model then runs as tract loaded it).
+fn give_up<T>(node: &TypedNode, why: &str) -> TractResult<Option<T>> {
+    log::debug!(
+        "int8 translation stops at {} ({}): {why}",
+        node.name,
+        node.op.name()
+    );
+    Ok(None)
 }
 
 /// A quantised convolution's constants: `EinSum` or `Conv` inputs `[x, w, bias, z_x, s_x, z_w,
