@@ -110,7 +110,7 @@ impl Default for DetectorSection {
 /// pacing means nothing.
 pub const MIN_REPLAY_FPS: f64 = 0.1;
 pub const MAX_REPLAY_FPS: f64 = 1000.0;
-/// `model.threads` at most: more than any board's cores.
+/// `model.threads` and `detector.model.threads` at most: more than any board's cores.
 pub const MAX_THREADS: usize = 64;
 /// `gallery.budget` at most (4 GiB).
 pub const MAX_GALLERY_BUDGET: u64 = 4 << 30;
@@ -135,6 +135,9 @@ pub struct ModelSection {
     /// Embedding threads (`EmbedConfig::threads`): they share a batch's crops, and a crop's
     /// largest layers.
     pub threads: usize,
+    /// Embed the crops a frame chose on a thread of their own while the detector runs on the
+    /// next frame (`PipelineConfig::overlap`; on machines with more than one core).
+    pub overlap: bool,
 }
 
 impl Default for ModelSection {
@@ -143,6 +146,7 @@ impl Default for ModelSection {
             path: "auto".into(),
             manifest: String::new(),
             threads: 1,
+            overlap: true,
         }
     }
 }
@@ -254,6 +258,8 @@ pub struct RunConfig {
     pub model: PathBuf,
     pub manifest: Option<PathBuf>,
     pub threads: usize,
+    /// `model.overlap`.
+    pub overlap: bool,
     pub gallery_path: Option<PathBuf>,
     pub gallery: crate::gallery::GalleryConfig,
     /// None: the manifest's threshold.
@@ -362,6 +368,16 @@ impl ConfigFile {
             // is made for motion detection.
             log::warn!("synthetic scene: motion detection instead of the person detector");
             d.to_mut().kind = "motion".into();
+        }
+        if d.model.threads > MAX_THREADS {
+            return Err(invalid(
+                "detector.model.threads",
+                format!(
+                    "is {}: expected 0 (as many as the cores, at most {}) or 1..{MAX_THREADS}",
+                    d.model.threads,
+                    crate::detect::AUTO_THREADS
+                ),
+            ));
         }
         let detector = match d.kind.as_str() {
             "motion" => {
@@ -562,6 +578,7 @@ impl ConfigFile {
             detector,
             detect_every: (d.every > 0).then_some(d.every),
             threads: m.threads,
+            overlap: m.overlap,
             manifest,
             model,
             gallery_path: nonempty(&g.path),
@@ -801,11 +818,14 @@ mod tests {
         let good = valid_file;
         good().validate("t.toml").expect("the base config is valid");
         type Spoil = fn(&mut ConfigFile);
-        let cases: [(&str, Spoil); 8] = [
+        let cases: [(&str, Spoil); 9] = [
             ("source.replay_fps", |f| f.source.replay_fps = 1e-300),
             ("source.replay_fps", |f| f.source.replay_fps = 1e-9),
             ("source.replay_fps", |f| f.source.replay_fps = f64::NAN),
             ("model.threads", |f| f.model.threads = 100_000),
+            ("detector.model.threads", |f| {
+                f.detector.model.threads = 100_000
+            }),
             ("gallery.budget", |f| f.gallery.budget = "64GiB".into()),
             ("gallery.budget", |f| {
                 f.gallery.budget = u64::MAX.to_string()

@@ -210,6 +210,7 @@ pub(super) fn start(
             crops_dir: config.crops_dir.clone(),
             detect_every: config.detect_every.unwrap_or(1),
             thumbnails: thumbs.is_some(),
+            overlap: config.overlap,
         },
         detector,
         tracker,

@@ -11,7 +11,7 @@ mod yolox;
 mod zones;
 
 pub use motion::{MotionConfig, MotionDetector};
-pub use yolox::{Decode, YoloxConfig, YoloxDetector, YoloxPreset, decode_yolox};
+pub use yolox::{AUTO_THREADS, Decode, YoloxConfig, YoloxDetector, YoloxPreset, decode_yolox};
 pub use zones::{ZoneConfig, ZoneDetector};
 
 use crate::frame::{Rect, RgbView};
@@ -33,7 +33,7 @@ pub struct Detection {
 
 /// Finds people in frames. Implementations keep their state (background model, network) and
 /// buffers from frame to frame.
-pub trait Detector {
+pub trait Detector: Send {
     /// Replaces `out` with the people in `frame`.
     fn detect(&mut self, frame: RgbView<'_>, out: &mut Detections) -> Result<(), DetectError>;
     /// One line for logs.

@@ -50,8 +50,26 @@ pub struct YoloxConfig {
     pub class: usize,
     /// Smallest box height in frame pixels (smaller people make useless ReID crops).
     pub min_height: u32,
-    /// Threads: the network's largest layers are shared among them.
+    /// Threads: the network's largest layers are shared among them. 0 (the default): as many
+    /// as the cores this process may run on, at most [`AUTO_THREADS`].
     pub threads: usize,
+}
+
+/// `threads = 0` takes at most this many: the boards this is for have 4 cores (Raspberry Pi 4
+/// and 5); more was never measured (this project's machines have 2 cores).
+pub const AUTO_THREADS: usize = 4;
+
+impl YoloxConfig {
+    /// The threads the network runs on: `threads`, or for 0 the cores this process may use
+    /// (its CPU affinity, cgroup quota) up to [`AUTO_THREADS`].
+    pub fn resolved_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(AUTO_THREADS),
+            n => n,
+        }
+    }
 }
 
 impl Default for YoloxConfig {
@@ -65,7 +83,7 @@ impl Default for YoloxConfig {
             nms_iou: 0.45,
             class: 0,
             min_height: 32,
-            threads: 1,
+            threads: 0,
         }
     }
 }
@@ -180,7 +198,7 @@ impl YoloxDetector {
             (Some(m), _) => (m.input.width, m.input.height),
             (None, _) => DEFAULT_INPUT,
         };
-        let network = Network::load(&config.path, width, height, config.threads.max(1))?;
+        let network = Network::load(&config.path, width, height, config.resolved_threads())?;
         let (w, h) = network.input_size();
         let layout = |problem: String| DetectError::Layout {
             model: network.label().to_owned(),

@@ -126,7 +126,7 @@ pub use kernels::qpointwise::Dot;
 pub use network::Network;
 pub use ops::Rewritten;
 pub use profile::{OpTime, flush_subnormal_weights, profile_table};
-use spin_pool::SpinPool;
+pub use spin_pool::SpinPool;
 use vector::l2_normalise;
 pub use vector::{Embedding, Embeddings, cosine, dot};
 

@@ -127,6 +127,23 @@ impl SpinPool {
     /// its parts to the others — and returns when all are done. A panic in any part panics
     /// here.
     pub fn run(&self, parts: usize, job: &(dyn Fn(usize) + Sync)) {
+        self.post(parts, job, true);
+    }
+
+    /// [`run`](Self::run), but the calling thread leaves every part but the last to the workers
+    /// (waits for them, however late they start): a part that keeps per-thread state — the
+    /// recycled tensors of a model's own ops — then runs on the same worker every time. The pool
+    /// must have a worker per such part (checked).
+    pub fn run_pinned(&self, parts: usize, job: &(dyn Fn(usize) + Sync)) {
+        assert!(
+            parts <= self.workers() + 1,
+            "{parts} parts pinned to {} workers",
+            self.workers()
+        );
+        self.post(parts, job, false);
+    }
+
+    fn post(&self, parts: usize, job: &(dyn Fn(usize) + Sync), take_unclaimed: bool) {
         if parts <= 1 {
             // Nothing to share: the workers are not woken.
             (0..parts).for_each(job);
@@ -158,11 +175,14 @@ impl SpinPool {
         if shared.sleeping.load(Ordering::SeqCst) > 0 {
             self.threads.iter().for_each(Thread::unpark);
         }
-        struct Wait<'a>(&'a Shared, usize);
+        struct Wait<'a>(&'a Shared, usize, bool);
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
-                // Parts nobody has claimed yet are taken here; then the claimed ones waited for.
-                self.0.run_parts();
+                // Parts nobody has claimed yet are taken here (unless pinned to the workers);
+                // then the claimed ones waited for.
+                if self.2 {
+                    self.0.run_parts();
+                }
                 let started = Instant::now();
                 while self.0.done.load(Ordering::Acquire) < self.1 {
                     if started.elapsed() < SPIN {
@@ -173,7 +193,7 @@ impl SpinPool {
                 }
             }
         }
-        let wait = Wait(shared, claimable);
+        let wait = Wait(shared, claimable, take_unclaimed);
         if catch_unwind(AssertUnwindSafe(|| job(parts - 1))).is_err() {
             shared.panicked.store(true, Ordering::Relaxed);
         }
@@ -258,6 +278,28 @@ mod tests {
                 ran.fetch_add(1, Ordering::Relaxed);
             });
             assert_eq!(ran.load(Ordering::Relaxed), 2);
+        }
+    }
+
+    #[test]
+    fn pinned_parts_run_on_the_worker_even_when_it_starts_late() {
+        let pool = SpinPool::new(1, "test").unwrap();
+        let caller = std::thread::current().id();
+        for round in 0..200 {
+            let on_worker = AtomicBool::new(false);
+            pool.run_pinned(2, &|part| {
+                if part == 0 {
+                    on_worker.store(std::thread::current().id() != caller, Ordering::Relaxed);
+                }
+            });
+            assert!(
+                on_worker.load(Ordering::Relaxed),
+                "round {round}: part 0 ran here"
+            );
+            if round % 50 == 0 {
+                // The worker parks: it starts the next job late, after the caller's part.
+                std::thread::sleep(SPIN * 3);
+            }
         }
     }
 

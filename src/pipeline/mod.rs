@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::detect::{DetectError, Detections, Detector};
-use crate::embed::{EmbedError, Embedder};
+use crate::embed::{EmbedError, Embedder, SpinPool};
 use crate::events::{self, Event, EventKind, EventSink, Identity};
 use crate::frame::RgbView;
 use crate::gallery::{
@@ -32,7 +32,7 @@ pub use view::{MAX_SHOWN, Shown, ShownKind};
 
 /// The embedding model as the pipeline sees it: one crop at a time. `Embedder` is the real one;
 /// tests may put a fake behind it.
-pub trait CropEmbedder {
+pub trait CropEmbedder: Send {
     fn input_spec(&self) -> &InputSpec;
     fn dim(&self) -> usize;
     /// The input to fill (`3 × H × W`).
@@ -156,6 +156,11 @@ struct TrackState {
     crop_quality: Option<f32>,
     /// Frame of the latest embedding.
     last_embed: Option<u64>,
+    /// The held crop is chosen to be embedded: with `PipelineConfig::overlap`, while the
+    /// detector runs on the next frame ([`Pipeline::process`]).
+    pending: bool,
+    /// The latest crop's embedding.
+    latest: Vec<f32>,
     sum: Vec<f32>,
     embeddings: u32,
     held: Option<Held>,
@@ -186,6 +191,11 @@ pub struct PipelineConfig {
     pub detect_every: u32,
     /// Keep each track's best crop and hand it to the event sinks (thumbnails).
     pub thumbnails: bool,
+    /// Embed the crops a frame chose on a thread of their own while the detector runs on the
+    /// next frame (`model.overlap`; not on a machine with one core); their decisions and events
+    /// follow that detection. The same decisions and events as one after the other (nothing the
+    /// detector does depends on them), one frame later.
+    pub overlap: bool,
 }
 
 pub struct Pipeline<E> {
@@ -200,8 +210,11 @@ pub struct Pipeline<E> {
     detections: Detections,
     states: Vec<TrackState>,
     query: Vec<f32>,
-    /// The latest crop's embedding.
-    latest: Vec<f32>,
+    /// `PipelineConfig::overlap`: one worker, which embeds while this thread runs the detector.
+    overlap: Option<SpinPool>,
+    /// The frame whose crops are pending: number, stream time, name.
+    pending_frame: (u64, Duration),
+    pending_name: String,
     crop_path: PathBuf,
     /// When this pipeline started: part of crop file names.
     run_started: Timestamp,
@@ -236,6 +249,8 @@ impl<E: CropEmbedder> Pipeline<E> {
                 crop: vec![0; pre.resized_len()],
                 crop_quality: None,
                 last_embed: None,
+                pending: false,
+                latest: vec![0.0; dim],
                 sum: vec![0.0; dim],
                 embeddings: 0,
                 held: None,
@@ -250,6 +265,16 @@ impl<E: CropEmbedder> Pipeline<E> {
                 best_quality: None,
             })
             .collect();
+        // On one core the worker would only take turns with the detector.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let overlap = (config.overlap && cores > 1)
+            .then(|| SpinPool::new(1, "reidcam-overlap"))
+            .and_then(|pool| {
+            pool.inspect_err(|e| {
+                log::warn!("model.overlap: cannot start its thread ({e}): detecting and embedding in turn")
+            })
+            .ok()
+        });
         Pipeline {
             config,
             detector,
@@ -262,7 +287,9 @@ impl<E: CropEmbedder> Pipeline<E> {
             detections: Detections::new(),
             states,
             query: vec![0.0; dim],
-            latest: vec![0.0; dim],
+            overlap,
+            pending_frame: (0, Duration::ZERO),
+            pending_name: String::with_capacity(256),
             crop_path: PathBuf::with_capacity(256),
             run_started: Timestamp::now(),
             stats: Stats::default(),
@@ -357,29 +384,27 @@ impl<E: CropEmbedder> Pipeline<E> {
         stream_time: Duration,
         frame_name: &str,
     ) -> Result<FrameOutcome, PipelineError> {
-        let started = Instant::now();
-        self.last_frame = (frame, stream_time);
         let (fw, fh) = (image.width(), image.height());
         let detect_now = frame.is_multiple_of(u64::from(self.config.detect_every.max(1)));
+        // The detector on this frame, beside the embedding of the crops the last one chose.
+        self.detect_beside_pending(detect_now.then_some(image))?;
         if detect_now {
-            self.detector.detect(image, &mut self.detections)?;
             self.stats.detector_runs += 1;
-        } else {
-            self.detections.clear();
         }
-        let detected = Instant::now();
-        let others_before = self.stats.embed + self.stats.gallery + self.stats.events_time;
-        self.stats.detect += detected - started;
         self.stats.frames += 1;
         self.stats.detections += self.detections.len() as u64;
+        let mut outcome = FrameOutcome::default();
+        // What those crops decide, as of their frame (the tracker has not moved on yet).
+        self.settle_pending(&mut outcome)?;
+        let tracking = Instant::now();
+        let others_before = self.stats.embed + self.stats.gallery + self.stats.events_time;
+        self.last_frame = (frame, stream_time);
         if detect_now {
             self.tracker.update(frame, (fw, fh), &self.detections);
         } else {
             self.tracker.predict(frame, fw, fh);
         }
-        let mut outcome = FrameOutcome::default();
         let embed_every = u64::from(self.tracker.config().embed_every);
-        let min_crops = self.gate.config().min_crops;
         let crop_width = self.pre.width();
         for slot in 0..self.tracker.capacity() {
             let change = self.tracker.change(slot);
@@ -447,81 +472,190 @@ impl<E: CropEmbedder> Pipeline<E> {
                     Err(why) => self.stats.crops_rejected.count(why),
                 }
             }
-            // A good crop, and the window since the last embedding is over: embed it.
-            let due = self.states[slot]
+            // A good crop, and the window since the last embedding is over: embed it — now, or
+            // (overlap) beside the next frame's detection. Either way the window restarts here.
+            let s = &mut self.states[slot];
+            let due = s
                 .last_embed
                 .is_none_or(|last| frame.saturating_sub(last) >= embed_every);
-            if due && self.states[slot].crop_quality.is_some() {
-                let mut track = track;
-                let cos = self.embed(slot)?;
-                // Someone else stepped into this track's place (a cosine to the track's mean
-                // below `tracker.split_below`): the old track leaves, the new person gets a
-                // track of their own (confirmed: the box is established).
-                let split = cos.is_some_and(|c| c < self.tracker.config().split_below);
-                if split {
-                    log::debug!(
-                        "track {} split at frame {frame}: a different person",
-                        track.id
-                    );
-                    if self.states[slot].held.is_some() {
-                        self.emit(EventKind::Leave, slot, frame, stream_time, frame_name)?;
-                    }
-                    track = self.tracker.split(slot, frame);
-                    self.stats.tracks += 1;
-                    let s = &mut self.states[slot];
-                    s.held = None;
-                    s.created = None;
-                    s.first_seen = Timestamp::now();
-                    s.entered = false;
-                    s.best_quality = None;
-                }
-                self.states[slot].last_embed = Some(frame);
-                self.accumulate(slot, split);
-                if track.confirmed
-                    && self.states[slot].embeddings >= min_crops
-                    && self.decide(slot)?
-                {
-                    outcome.recognised |=
-                        matches!(self.states[slot].held, Some(Held::Known { .. }));
-                    let kind = if self.states[slot].entered {
-                        EventKind::Update
-                    } else {
-                        EventKind::Enter
-                    };
-                    self.emit(kind, slot, frame, stream_time, frame_name)?;
-                    self.states[slot].entered = true;
+            if due && s.crop_quality.is_some() {
+                s.crop_quality = None;
+                s.last_embed = Some(frame);
+                if self.overlap.is_some() {
+                    s.pending = true;
+                    self.pending_frame = (frame, stream_time);
+                    self.pending_name.clear();
+                    self.pending_name.push_str(frame_name);
+                } else {
+                    let started = Instant::now();
+                    embed_crop(&self.pre, &mut self.embedder, s)?;
+                    self.stats.crops_embedded += 1;
+                    self.stats.embed += started.elapsed();
+                    self.settle(slot, frame, stream_time, frame_name, &mut outcome)?;
                 }
             }
         }
-        // Tracking and crop selection: what is left of the frame after the other stages.
+        // Tracking and crop selection: what is left of that part after the other stages.
         let others = self.stats.embed + self.stats.gallery + self.stats.events_time;
-        self.stats.track += detected.elapsed().saturating_sub(others - others_before);
+        self.stats.track += tracking.elapsed().saturating_sub(others - others_before);
         Ok(outcome)
     }
 
-    /// Embeds the slot's held crop into `latest`; returns its cosine to the track's mean so far
-    /// (None for the first crop).
-    fn embed(&mut self, slot: usize) -> Result<Option<f32>, PipelineError> {
-        let started = Instant::now();
-        let s = &mut self.states[slot];
-        self.pre.normalise_into(&s.crop, self.embedder.input());
-        let embedding = self.embedder.run()?;
-        self.latest.copy_from_slice(embedding);
-        s.crop_quality = None;
-        let cos = (s.embeddings > 0).then(|| crate::embed::cosine(&s.sum, &self.latest));
-        self.stats.crops_embedded += 1;
-        self.stats.embed += started.elapsed();
-        Ok(cos)
+    /// Runs the detector on `image` (None: clears the detections, between detector frames) and
+    /// embeds the pending crops: with `overlap`, the embeddings on the pool's worker (always
+    /// there) while this thread detects.
+    fn detect_beside_pending(&mut self, image: Option<RgbView<'_>>) -> Result<(), PipelineError> {
+        let pending = self.states.iter().filter(|s| s.pending).count();
+        let Pipeline {
+            detector,
+            detections,
+            embedder,
+            states,
+            pre,
+            overlap,
+            stats,
+            ..
+        } = self;
+        let detect = |detector: &mut Box<dyn Detector>, detections: &mut Detections| {
+            let started = Instant::now();
+            let result = match image {
+                Some(image) => detector.detect(image, detections),
+                None => {
+                    detections.clear();
+                    Ok(())
+                }
+            };
+            (result, started.elapsed())
+        };
+        let embed = |embedder: &mut E, states: &mut [TrackState]| {
+            let started = Instant::now();
+            let result = states
+                .iter_mut()
+                .filter(|s| s.pending)
+                .try_for_each(|s| embed_crop(pre, embedder, s));
+            (result, started.elapsed())
+        };
+        let ((detected, detect_time), (embedded, embed_time)) = match overlap {
+            Some(pool) if pending > 0 => {
+                let det = std::sync::Mutex::new((detector, detections, None));
+                let emb = std::sync::Mutex::new((embedder, states, None));
+                // The detector on this thread (the job's last part: the pool's caller runs it), as
+                // without overlap, its own threads with it; the embeddings always on the worker
+                // (pinned: the model's ops recycle their tensors per thread, and this thread
+                // taking a late worker's part would allocate a second set). The other way round
+                // this thread waited for the whole detection by yielding in a loop, taking a
+                // core from the detector's threads (41 against 50 fps on 2 cores).
+                pool.run_pinned(2, &|part| {
+                    if part == 0 {
+                        let mut e = emb.lock().unwrap_or_else(|e| e.into_inner());
+                        let (embedder, states, out) = &mut *e;
+                        *out = Some(embed(embedder, states));
+                    } else {
+                        let mut d = det.lock().unwrap_or_else(|e| e.into_inner());
+                        let (detector, detections, out) = &mut *d;
+                        *out = Some(detect(detector, detections));
+                    }
+                });
+                let detected = det.into_inner().unwrap_or_else(|e| e.into_inner()).2;
+                let embedded = emb.into_inner().unwrap_or_else(|e| e.into_inner()).2;
+                (
+                    detected.expect("the pool ran the detection part"),
+                    embedded.expect("the pool ran the embedding part"),
+                )
+            }
+            _ => (detect(detector, detections), embed(embedder, states)),
+        };
+        stats.detect += detect_time;
+        if pending > 0 {
+            stats.embed += embed_time;
+        }
+        detected?;
+        embedded?;
+        stats.crops_embedded += pending as u64;
+        Ok(())
+    }
+
+    /// Settles the pending crops (embedded by [`detect_beside_pending`](Self::detect_beside_pending))
+    /// as of the frame that chose them.
+    fn settle_pending(&mut self, outcome: &mut FrameOutcome) -> Result<(), PipelineError> {
+        if !self.states.iter().any(|s| s.pending) {
+            return Ok(());
+        }
+        let (frame, stream_time) = self.pending_frame;
+        let name = std::mem::take(&mut self.pending_name);
+        let mut result = Ok(());
+        for slot in 0..self.states.len() {
+            if std::mem::take(&mut self.states[slot].pending) {
+                result = self.settle(slot, frame, stream_time, &name, outcome);
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        self.pending_name = name;
+        result
+    }
+
+    /// What the slot's newly embedded crop (`latest`) does: a split when it is someone else, the
+    /// track's sum, and its identity once it has enough crops (events for frame `frame`).
+    fn settle(
+        &mut self,
+        slot: usize,
+        frame: u64,
+        stream_time: Duration,
+        frame_name: &str,
+        outcome: &mut FrameOutcome,
+    ) -> Result<(), PipelineError> {
+        let Some(&track) = self.tracker.track(slot) else {
+            return Ok(());
+        };
+        let min_crops = self.gate.config().min_crops;
+        let s = &self.states[slot];
+        let cos = (s.embeddings > 0).then(|| crate::embed::cosine(&s.sum, &s.latest));
+        let mut track = track;
+        // Someone else stepped into this track's place (a cosine to the track's mean below
+        // `tracker.split_below`): the old track leaves, the new person gets a track of their
+        // own (confirmed: the box is established).
+        let split = cos.is_some_and(|c| c < self.tracker.config().split_below);
+        if split {
+            log::debug!(
+                "track {} split at frame {frame}: a different person",
+                track.id
+            );
+            if self.states[slot].held.is_some() {
+                self.emit(EventKind::Leave, slot, frame, stream_time, frame_name)?;
+            }
+            track = self.tracker.split(slot, frame);
+            self.stats.tracks += 1;
+            let s = &mut self.states[slot];
+            s.held = None;
+            s.created = None;
+            s.first_seen = Timestamp::now();
+            s.entered = false;
+            s.best_quality = None;
+        }
+        self.accumulate(slot, split);
+        if track.confirmed && self.states[slot].embeddings >= min_crops && self.decide(slot)? {
+            outcome.recognised |= matches!(self.states[slot].held, Some(Held::Known { .. }));
+            let kind = if self.states[slot].entered {
+                EventKind::Update
+            } else {
+                EventKind::Enter
+            };
+            self.emit(kind, slot, frame, stream_time, frame_name)?;
+            self.states[slot].entered = true;
+        }
+        Ok(())
     }
 
     /// Adds `latest` to the track's sum (or restarts the sum from it).
     fn accumulate(&mut self, slot: usize, restart: bool) {
         let s = &mut self.states[slot];
         if restart {
-            s.sum.copy_from_slice(&self.latest);
+            s.sum.copy_from_slice(&s.latest);
             s.embeddings = 1;
         } else {
-            for (acc, v) in s.sum.iter_mut().zip(&self.latest) {
+            for (acc, v) in s.sum.iter_mut().zip(&s.latest) {
                 *acc += v;
             }
             s.embeddings += 1;
@@ -741,6 +875,12 @@ impl<E: CropEmbedder> Pipeline<E> {
         stream_time: Duration,
         frame_name: &str,
     ) -> Result<(), PipelineError> {
+        // Crops still pending (overlap): embedded (on the worker, as always) and settled first,
+        // as of their frame.
+        if self.states.iter().any(|s| s.pending) {
+            self.detect_beside_pending(None)?;
+            self.settle_pending(&mut FrameOutcome::default())?;
+        }
         self.tracker.end_all();
         for slot in 0..self.tracker.capacity() {
             if self.tracker.change(slot) == SlotChange::Ended && self.states[slot].held.is_some() {
@@ -750,6 +890,17 @@ impl<E: CropEmbedder> Pipeline<E> {
         self.sink.flush()?;
         Ok(())
     }
+}
+
+/// Embeds the slot's held crop into its `latest`.
+fn embed_crop<E: CropEmbedder>(
+    pre: &Preprocessor,
+    embedder: &mut E,
+    s: &mut TrackState,
+) -> Result<(), EmbedError> {
+    pre.normalise_into(&s.crop, embedder.input());
+    s.latest.copy_from_slice(embedder.run()?);
+    Ok(())
 }
 
 /// The direction of a track's embedding sum (its mean, L2-normalised) into `out`; false if the

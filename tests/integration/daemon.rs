@@ -410,8 +410,10 @@ fn synthetic_quality() -> QualityConfig {
 
 /// 200 frames of warm-up, then 600 of the synthetic scene through detection, tracking,
 /// embedding with `embedder`, matching (at `threshold`) and events (with thumbnails: their
-/// sink copies crops for the writer thread): no allocation on the frame loop's thread.
-fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32) {
+/// sink copies crops for the writer thread): no allocation on the frame loop's thread. With
+/// `overlap` (the detector on the pipeline's worker beside the embedding; no thumbnails, whose
+/// writer thread allocates) no allocation in the whole process: run alone in a child process.
+fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32, overlap: bool) {
     let config = SyntheticConfig {
         width: 320,
         height: 180,
@@ -443,16 +445,19 @@ fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32
         gallery.capacity(),
     )
     .unwrap();
-    let sink = reidcam::events::Tee(vec![
-        Box::new(LastLine(Vec::with_capacity(4096), 0)),
-        Box::new(thumbs.sink()),
-    ]);
+    let mut sinks: Vec<Box<dyn reidcam::events::EventSink>> =
+        vec![Box::new(LastLine(Vec::with_capacity(4096), 0))];
+    if !overlap {
+        sinks.push(Box::new(thumbs.sink()));
+    }
+    let sink = reidcam::events::Tee(sinks);
     let mut pipeline = Pipeline::new(
         PipelineConfig {
             camera: "test".into(),
             crops_dir: None,
             detect_every: 1,
-            thumbnails: true,
+            thumbnails: !overlap,
+            overlap,
         },
         Box::new(MotionDetector::new(MotionConfig::default()).unwrap()),
         tracker,
@@ -480,7 +485,11 @@ fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32
     // Warm-up: the first people, tracks and identities.
     step(&mut pipeline, 200);
     let before = pipeline.stats().clone();
-    let ((), allocations) = allocations_during(|| step(&mut pipeline, 600));
+    let ((), allocations) = if overlap {
+        crate::alloc_count::process_allocations_during(|| step(&mut pipeline, 600))
+    } else {
+        allocations_during(|| step(&mut pipeline, 600))
+    };
     let after = pipeline.stats();
     assert!(after.tracks > before.tracks + 5, "{after:?}");
     assert!(
@@ -496,7 +505,7 @@ fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32
         .stats()
         .written
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(written > 0, "no thumbnail written");
+    assert!(overlap || written > 0, "no thumbnail written");
 }
 
 #[test]
@@ -515,7 +524,7 @@ fn the_per_frame_path_allocates_nothing_after_warm_up() {
         spec,
         out: [0.0; 9],
     };
-    per_frame_path_allocates_nothing(embedder, 0.999);
+    per_frame_path_allocates_nothing(embedder, 0.999, false);
 }
 
 /// The same with our default model through tract (every op of it ours, outputs recycled).
@@ -528,7 +537,32 @@ fn the_per_frame_path_allocates_nothing_with_the_real_model() {
     )
     .unwrap();
     let threshold = embedder.manifest().matching.as_ref().unwrap().threshold;
-    per_frame_path_allocates_nothing(embedder, threshold as f32);
+    per_frame_path_allocates_nothing(embedder, threshold as f32, false);
+}
+
+/// `model.overlap`: detection on the pipeline's worker thread beside the real model's
+/// embeddings — nothing allocated on any thread (counted in a child process running only
+/// [`overlapped_per_frame_path_allocates_nothing_alone`]).
+#[test]
+fn overlapped_per_frame_path_allocates_nothing_on_any_thread() {
+    crate::alloc_count::run_alone("daemon::overlapped_per_frame_path_allocates_nothing_alone");
+}
+
+#[test]
+#[ignore = "run alone in a child process by overlapped_per_frame_path_allocates_nothing_on_any_thread"]
+fn overlapped_per_frame_path_allocates_nothing_alone() {
+    assert!(
+        crate::alloc_count::alone_in_process(),
+        "counts the whole process: run it through its parent test"
+    );
+    let embedder = Embedder::load(
+        &repo().join("models/default.onnx"),
+        ManifestChoice::Sidecar,
+        &EmbedConfig::default(),
+    )
+    .unwrap();
+    let threshold = embedder.manifest().matching.as_ref().unwrap().threshold;
+    per_frame_path_allocates_nothing(embedder, threshold as f32, true);
 }
 
 /// Acceptance 5 (CI step "soak"): 20,000 frames through the whole daemon, real model, fixed
