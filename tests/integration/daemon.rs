@@ -411,7 +411,7 @@ fn synthetic_quality() -> QualityConfig {
 /// 200 frames of warm-up, then 600 of the synthetic scene through detection, tracking,
 /// embedding with `embedder`, matching (at `threshold`) and events (with thumbnails: their
 /// sink copies crops for the writer thread): no allocation on the frame loop's thread. With
-/// `overlap` (the detector on the pipeline's worker beside the embedding; no thumbnails, whose
+/// `overlap` (the embeddings on the pipeline's worker beside the detection; no thumbnails, whose
 /// writer thread allocates) no allocation in the whole process: run alone in a child process.
 fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32, overlap: bool) {
     let config = SyntheticConfig {
@@ -527,9 +527,9 @@ fn the_per_frame_path_allocates_nothing_after_warm_up() {
     per_frame_path_allocates_nothing(embedder, 0.999, false);
 }
 
-/// The same with our default model through tract (every op of it ours, outputs recycled).
-#[test]
-fn the_per_frame_path_allocates_nothing_with_the_real_model() {
+/// [`per_frame_path_allocates_nothing`] with our default model through tract (every op of it
+/// ours, outputs recycled).
+fn with_the_real_model(overlap: bool) {
     let embedder = Embedder::load(
         &repo().join("models/default.onnx"),
         ManifestChoice::Sidecar,
@@ -537,12 +537,17 @@ fn the_per_frame_path_allocates_nothing_with_the_real_model() {
     )
     .unwrap();
     let threshold = embedder.manifest().matching.as_ref().unwrap().threshold;
-    per_frame_path_allocates_nothing(embedder, threshold as f32, false);
+    per_frame_path_allocates_nothing(embedder, threshold as f32, overlap);
 }
 
-/// `model.overlap`: detection on the pipeline's worker thread beside the real model's
-/// embeddings — nothing allocated on any thread (counted in a child process running only
-/// [`overlapped_per_frame_path_allocates_nothing_alone`]).
+#[test]
+fn the_per_frame_path_allocates_nothing_with_the_real_model() {
+    with_the_real_model(false);
+}
+
+/// `model.overlap`: the real model's embeddings on the pipeline's worker thread beside the
+/// detection on the frame loop's — nothing allocated on any thread (counted in a child process
+/// running only [`overlapped_per_frame_path_allocates_nothing_alone`]).
 #[test]
 fn overlapped_per_frame_path_allocates_nothing_on_any_thread() {
     crate::alloc_count::run_alone("daemon::overlapped_per_frame_path_allocates_nothing_alone");
@@ -555,14 +560,7 @@ fn overlapped_per_frame_path_allocates_nothing_alone() {
         crate::alloc_count::alone_in_process(),
         "counts the whole process: run it through its parent test"
     );
-    let embedder = Embedder::load(
-        &repo().join("models/default.onnx"),
-        ManifestChoice::Sidecar,
-        &EmbedConfig::default(),
-    )
-    .unwrap();
-    let threshold = embedder.manifest().matching.as_ref().unwrap().threshold;
-    per_frame_path_allocates_nothing(embedder, threshold as f32, true);
+    with_the_real_model(true);
 }
 
 /// Acceptance 5 (CI step "soak"): 20,000 frames through the whole daemon, real model, fixed
