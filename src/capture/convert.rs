@@ -279,21 +279,154 @@ pub fn planar_to_rgb(
         });
     }
     let c = range.coefficients();
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::Avx2Fma.is_available() {
+        // SAFETY: AVX2 is available (checked above).
+        unsafe { planar_rows_avx2(p, c, out) };
+        return Ok(());
+    }
+    planar_rows(p, c, out);
+    Ok(())
+}
+
+/// [`planar_rows`] compiled for AVX2 (8 lanes of 32-bit multiplies; the x86-64 baseline, SSE2,
+/// has no 32-bit vector multiply).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn planar_rows_avx2(p: &Planes<'_>, c: &Coefficients, out: &mut RgbImage) {
+    planar_rows(p, c, out);
+}
+
+/// Pixels per block of [`planar_rows`]: a block's values sit in arrays on the stack.
+const BLOCK: usize = 64;
+
+/// [`planar_to_rgb`] once the planes are checked: each row in blocks of [`BLOCK`] pixels, the
+/// chroma of a block spread to one sample per pixel, then [`block_to_rgb`]. In loops LLVM
+/// vectorises; the same integers as [`yuv_pixel`] (a 768×432 frame per pixel took 2.4 ns in the
+/// loop over pixels, 2.6% of a daemon frame on one thread).
+#[inline(always)]
+fn planar_rows(p: &Planes<'_>, c: &Coefficients, out: &mut RgbImage) {
+    let w = out.width() as usize;
+    let shift = usize::from(p.subsampled);
+    let cw = (w + shift) >> shift;
+    let (mut us, mut vs) = ([0u8; BLOCK], [0u8; BLOCK]);
     for (y, row) in out.as_bytes_mut().chunks_exact_mut(w * 3).enumerate() {
         let luma = &p.y[y * p.y_stride..y * p.y_stride + w];
         let crow = (y >> shift) * p.uv_stride;
         let (u_row, v_row) = (&p.u[crow..crow + cw], &p.v[crow..crow + cw]);
-        for (x, px) in row.chunks_exact_mut(3).enumerate() {
-            let (r, g, b) = chroma_terms(c, u_row[x >> shift], v_row[x >> shift]);
-            yuv_pixel(c, luma[x], r, g, b, px);
+        for (x0, (ys, rgb)) in luma
+            .chunks(BLOCK)
+            .zip(row.chunks_mut(BLOCK * 3))
+            .enumerate()
+            .map(|(k, part)| (k * BLOCK, part))
+        {
+            let n = ys.len();
+            if shift == 1 {
+                // x0 is even: pixels 2j and 2j + 1 of the block share sample x0 / 2 + j.
+                let (u, v) = (&u_row[x0 / 2..], &v_row[x0 / 2..]);
+                let pairs = n / 2;
+                for ((pu, pv), (&a, &b)) in us[..2 * pairs]
+                    .chunks_exact_mut(2)
+                    .zip(vs[..2 * pairs].chunks_exact_mut(2))
+                    .zip(u.iter().zip(v))
+                {
+                    (pu[0], pu[1], pv[0], pv[1]) = (a, a, b, b);
+                }
+                if n % 2 == 1 {
+                    (us[n - 1], vs[n - 1]) = (u[pairs], v[pairs]);
+                }
+            } else {
+                us[..n].copy_from_slice(&u_row[x0..x0 + n]);
+                vs[..n].copy_from_slice(&v_row[x0..x0 + n]);
+            }
+            block_to_rgb(c, ys, &us[..n], &vs[..n], rgb);
         }
     }
-    Ok(())
+}
+
+/// RGB of `ys.len()` ≤ [`BLOCK`] pixels, each with its own chroma samples, into `out` (3 bytes a
+/// pixel): [`yuv_pixel`]'s arithmetic in three planar passes, then interleaved.
+#[inline(always)]
+fn block_to_rgb(c: &Coefficients, ys: &[u8], us: &[u8], vs: &[u8], out: &mut [u8]) {
+    let (mut r, mut g, mut b) = ([0u8; BLOCK], [0u8; BLOCK], [0u8; BLOCK]);
+    let n = ys.len();
+    for i in 0..n {
+        let y = (i32::from(ys[i]) - c.y_offset) * c.y_gain + 128;
+        let (u, v) = (i32::from(us[i]) - 128, i32::from(vs[i]) - 128);
+        r[i] = clamp_u8((y + c.v_to_r * v) >> 8);
+        g[i] = clamp_u8((y + (-c.u_to_g * u - c.v_to_g * v)) >> 8);
+        b[i] = clamp_u8((y + c.u_to_b * u) >> 8);
+    }
+    for (px, ((&r, &g), &b)) in out
+        .chunks_exact_mut(3)
+        .zip(r[..n].iter().zip(&g[..n]).zip(&b[..n]))
+    {
+        px.copy_from_slice(&[r, g, b]);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The block converter against the per-pixel formula, on random planes: widths from 1 to 200
+    /// (tails of every length, odd chroma widths), strides past the width, 4:2:0 and 4:4:4,
+    /// both ranges; on x86 both the AVX2 copy and the baseline one.
+    #[test]
+    fn planar_blocks_give_the_per_pixel_bytes() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..120 {
+            let (w, h) = (1 + (next() % 200) as usize, 1 + (next() % 7) as usize);
+            let subsampled = case % 2 == 0;
+            let range = if case % 3 == 0 {
+                YuvRange::Full
+            } else {
+                YuvRange::Limited
+            };
+            let shift = usize::from(subsampled);
+            let (cw, ch) = ((w + shift) >> shift, (h + shift) >> shift);
+            let (y_stride, uv_stride) = (w + (next() % 9) as usize, cw + (next() % 5) as usize);
+            let mut bytes = |n: usize| (0..n).map(|_| next() as u8).collect::<Vec<u8>>();
+            let (y, u, v) = (
+                bytes(y_stride * h),
+                bytes(uv_stride * ch),
+                bytes(uv_stride * ch),
+            );
+            let planes = Planes {
+                y: &y,
+                u: &u,
+                v: &v,
+                y_stride,
+                uv_stride,
+                subsampled,
+            };
+            let c = range.coefficients();
+            let mut want = vec![0u8; w * h * 3];
+            for (row, px_row) in want.chunks_exact_mut(w * 3).enumerate() {
+                for (x, px) in px_row.chunks_exact_mut(3).enumerate() {
+                    let at = (row >> shift) * uv_stride + (x >> shift);
+                    let (r, g, b) = chroma_terms(c, u[at], v[at]);
+                    yuv_pixel(c, y[row * y_stride + x], r, g, b, px);
+                }
+            }
+            let mut got = RgbImage::black(w as u32, h as u32).unwrap();
+            planar_to_rgb(&planes, range, &mut got).unwrap();
+            assert_eq!(got.as_bytes(), &want[..], "case {case}: {w}x{h}");
+            let mut plain = RgbImage::black(w as u32, h as u32).unwrap();
+            planar_rows(&planes, c, &mut plain);
+            assert_eq!(
+                plain.as_bytes(),
+                &want[..],
+                "case {case} (baseline): {w}x{h}"
+            );
+        }
+    }
 
     fn layout(format: PixelFormat, width: u32, height: u32) -> RawLayout {
         RawLayout {
