@@ -155,16 +155,20 @@ fn clamp_u8(v: i32) -> u8 {
     v.clamp(0, 255) as u8
 }
 
-/// One pixel: `y` with its chroma terms already scaled.
-#[inline]
-fn yuv_pixel(c: &Coefficients, y: u8, r_term: i32, g_term: i32, b_term: i32, out: &mut [u8]) {
+/// One pixel's RGB: `y` with its chroma terms already scaled.
+#[inline(always)]
+fn rgb_of(c: &Coefficients, y: u8, r_term: i32, g_term: i32, b_term: i32) -> [u8; 3] {
     let y = (i32::from(y) - c.y_offset) * c.y_gain + 128;
-    out[0] = clamp_u8((y + r_term) >> 8);
-    out[1] = clamp_u8((y + g_term) >> 8);
-    out[2] = clamp_u8((y + b_term) >> 8);
+    [r_term, g_term, b_term].map(|t| clamp_u8((y + t) >> 8))
 }
 
+/// [`rgb_of`] into the pixel's three bytes.
 #[inline]
+fn yuv_pixel(c: &Coefficients, y: u8, r_term: i32, g_term: i32, b_term: i32, out: &mut [u8]) {
+    out.copy_from_slice(&rgb_of(c, y, r_term, g_term, b_term));
+}
+
+#[inline(always)]
 fn chroma_terms(c: &Coefficients, u: u8, v: u8) -> (i32, i32, i32) {
     let (u, v) = (i32::from(u) - 128, i32::from(v) - 128);
     (c.v_to_r * v, -c.u_to_g * u - c.v_to_g * v, c.u_to_b * u)
@@ -345,17 +349,14 @@ fn planar_rows(p: &Planes<'_>, c: &Coefficients, out: &mut RgbImage) {
 }
 
 /// RGB of `ys.len()` ≤ [`BLOCK`] pixels, each with its own chroma samples, into `out` (3 bytes a
-/// pixel): [`yuv_pixel`]'s arithmetic in three planar passes, then interleaved.
+/// pixel): [`chroma_terms`] and [`rgb_of`] into three planes, then interleaved.
 #[inline(always)]
 fn block_to_rgb(c: &Coefficients, ys: &[u8], us: &[u8], vs: &[u8], out: &mut [u8]) {
     let (mut r, mut g, mut b) = ([0u8; BLOCK], [0u8; BLOCK], [0u8; BLOCK]);
     let n = ys.len();
     for i in 0..n {
-        let y = (i32::from(ys[i]) - c.y_offset) * c.y_gain + 128;
-        let (u, v) = (i32::from(us[i]) - 128, i32::from(vs[i]) - 128);
-        r[i] = clamp_u8((y + c.v_to_r * v) >> 8);
-        g[i] = clamp_u8((y + (-c.u_to_g * u - c.v_to_g * v)) >> 8);
-        b[i] = clamp_u8((y + c.u_to_b * u) >> 8);
+        let (rt, gt, bt) = chroma_terms(c, us[i], vs[i]);
+        [r[i], g[i], b[i]] = rgb_of(c, ys[i], rt, gt, bt);
     }
     for (px, ((&r, &g), &b)) in out
         .chunks_exact_mut(3)

@@ -133,7 +133,9 @@ impl SpinPool {
     /// [`run`](Self::run), but the calling thread leaves every part but the last to the workers
     /// (waits for them, however late they start): a part that keeps per-thread state — the
     /// recycled tensors of a model's own ops — then runs on the same worker every time. The pool
-    /// must have a worker per such part (checked).
+    /// must have a worker per such part (checked). As with `run`, a job posted while another
+    /// runs (from another thread, or from inside a part) runs all its parts on the calling
+    /// thread: a pool that pins its parts is for one caller.
     pub fn run_pinned(&self, parts: usize, job: &(dyn Fn(usize) + Sync)) {
         assert!(
             parts <= self.workers() + 1,

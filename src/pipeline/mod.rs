@@ -483,9 +483,6 @@ impl<E: CropEmbedder> Pipeline<E> {
                 s.last_embed = Some(frame);
                 if self.overlap.is_some() {
                     s.pending = true;
-                    self.pending_frame = (frame, stream_time);
-                    self.pending_name.clear();
-                    self.pending_name.push_str(frame_name);
                 } else {
                     let started = Instant::now();
                     embed_crop(&self.pre, &mut self.embedder, s)?;
@@ -494,6 +491,12 @@ impl<E: CropEmbedder> Pipeline<E> {
                     self.settle(slot, frame, stream_time, frame_name, &mut outcome)?;
                 }
             }
+        }
+        // The last frame's pending crops were settled above: any pending now are this frame's.
+        if self.states.iter().any(|s| s.pending) {
+            self.pending_frame = (frame, stream_time);
+            self.pending_name.clear();
+            self.pending_name.push_str(frame_name);
         }
         // Tracking and crop selection: what is left of that part after the other stages.
         let others = self.stats.embed + self.stats.gallery + self.stats.events_time;
