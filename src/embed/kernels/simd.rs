@@ -108,7 +108,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::f32::consts::LOG2_E;
 
-    use super::super::{EXP_LIMIT, EXP_POLY, LN2_HI, LN2_LO};
+    use super::super::{EXP_LIMIT, LN2_HI, LN2_LO, MAGIC, SILU_POLY};
     use super::Lanes;
 
     impl Lanes for __m256 {
@@ -154,29 +154,23 @@ mod x86 {
             // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
             // valid for the lanes read or written.
             unsafe {
+                // `super::super::silu`'s steps; `round` by MAGIC, whose sum's low bits are
+                // `n`: shifted to the exponent field and added to `e^s`'s bits, `2^n · e^s`.
                 let x = _mm256_max_ps(self, _mm256_set1_ps(-EXP_LIMIT));
-                let t = _mm256_max_ps(
-                    _mm256_sub_ps(_mm256_setzero_ps(), x),
-                    _mm256_set1_ps(-EXP_LIMIT),
-                );
-                let n = _mm256_cvtps_epi32(_mm256_mul_ps(t, _mm256_set1_ps(LOG2_E)));
-                let nf = _mm256_cvtepi32_ps(n);
-                let r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(LN2_HI), t);
-                let r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(LN2_LO), r);
-                let mut p = _mm256_set1_ps(EXP_POLY[0]);
-                for c in &EXP_POLY[1..] {
-                    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+                let c = _mm256_min_ps(x, _mm256_set1_ps(EXP_LIMIT));
+                let biased = _mm256_fmadd_ps(c, _mm256_set1_ps(-LOG2_E), _mm256_set1_ps(MAGIC));
+                let n = _mm256_sub_ps(biased, _mm256_set1_ps(MAGIC));
+                let s = _mm256_fnmsub_ps(n, _mm256_set1_ps(LN2_HI), c);
+                let s = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), s);
+                let mut p = _mm256_set1_ps(SILU_POLY[4]);
+                for a in SILU_POLY[..4].iter().rev() {
+                    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(*a));
                 }
-                let p = _mm256_fmadd_ps(
-                    _mm256_mul_ps(p, r),
-                    r,
-                    _mm256_add_ps(r, _mm256_set1_ps(1.0)),
-                );
-                let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-                    n,
-                    _mm256_set1_epi32(127),
-                )));
-                let e = _mm256_mul_ps(p, scale);
+                let p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(1.0));
+                let e = _mm256_castsi256_ps(_mm256_add_epi32(
+                    _mm256_castps_si256(p),
+                    _mm256_slli_epi32::<23>(_mm256_castps_si256(biased)),
+                ));
                 _mm256_div_ps(x, _mm256_add_ps(e, _mm256_set1_ps(1.0)))
             }
         }
@@ -250,30 +244,24 @@ mod x86 {
             // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
             // valid for the lanes read or written.
             unsafe {
+                // `super::super::silu`'s steps; `2^n · e^s` by `vscalefps`, and the quotient
+                // from the 14-bit reciprocal and one correction (`q + (x − d·q)/d`, a few 2⁻²⁸
+                // off before rounding): `vdivps` takes as long as the rest.
                 let x = _mm512_max_ps(self, _mm512_set1_ps(-EXP_LIMIT));
-                let t = _mm512_max_ps(
-                    _mm512_sub_ps(_mm512_setzero_ps(), x),
-                    _mm512_set1_ps(-EXP_LIMIT),
-                );
-                let n = _mm512_cvtps_epi32(_mm512_mul_ps(t, _mm512_set1_ps(LOG2_E)));
-                let nf = _mm512_cvtepi32_ps(n);
-                let r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(LN2_HI), t);
-                let r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(LN2_LO), r);
-                let mut p = _mm512_set1_ps(EXP_POLY[0]);
-                for c in &EXP_POLY[1..] {
-                    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+                let c = _mm512_min_ps(x, _mm512_set1_ps(EXP_LIMIT));
+                let magic = _mm512_set1_ps(MAGIC);
+                let n = _mm512_sub_ps(_mm512_fmadd_ps(c, _mm512_set1_ps(-LOG2_E), magic), magic);
+                let s = _mm512_fnmsub_ps(n, _mm512_set1_ps(LN2_HI), c);
+                let s = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), s);
+                let mut p = _mm512_set1_ps(SILU_POLY[4]);
+                for a in SILU_POLY[..4].iter().rev() {
+                    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(*a));
                 }
-                let p = _mm512_fmadd_ps(
-                    _mm512_mul_ps(p, r),
-                    r,
-                    _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-                );
-                let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-                    n,
-                    _mm512_set1_epi32(127),
-                )));
-                let e = _mm512_mul_ps(p, scale);
-                _mm512_div_ps(x, _mm512_add_ps(e, _mm512_set1_ps(1.0)))
+                let p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.0));
+                let d = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0));
+                let rc = _mm512_rcp14_ps(d);
+                let q = _mm512_mul_ps(x, rc);
+                _mm512_fmadd_ps(_mm512_fnmadd_ps(d, q, x), rc, q)
             }
         }
         #[inline(always)]
@@ -296,7 +284,7 @@ mod neon {
     use std::arch::aarch64::*;
     use std::f32::consts::LOG2_E;
 
-    use super::super::{EXP_LIMIT, EXP_POLY, LN2_HI, LN2_LO};
+    use super::super::{EXP_LIMIT, LN2_HI, LN2_LO, SILU_POLY};
     use super::Lanes;
 
     impl Lanes for float32x4_t {
@@ -342,20 +330,31 @@ mod neon {
             // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
             // valid for the lanes read or written.
             unsafe {
+                // `super::super::silu`'s steps with `m = −n = round(c · log2 e)` (`fcvtns`)
+                // and `r = −s`: the polynomial in `r` with every odd coefficient negated, and
+                // `m` taken from the exponent bits.
                 let x = vmaxq_f32(self, vdupq_n_f32(-EXP_LIMIT));
-                let t = vmaxq_f32(vnegq_f32(x), vdupq_n_f32(-EXP_LIMIT));
-                let n = vcvtnq_s32_f32(vmulq_n_f32(t, LOG2_E));
-                let nf = vcvtq_f32_s32(n);
-                let r = vfmsq_f32(t, nf, vdupq_n_f32(LN2_HI));
-                let r = vfmsq_f32(r, nf, vdupq_n_f32(LN2_LO));
-                let mut p = vdupq_n_f32(EXP_POLY[0]);
-                for c in &EXP_POLY[1..] {
-                    p = vfmaq_f32(vdupq_n_f32(*c), p, r);
+                let c = vminq_f32(x, vdupq_n_f32(EXP_LIMIT));
+                let m = vcvtnq_s32_f32(vmulq_n_f32(c, LOG2_E));
+                let mf = vcvtq_f32_s32(m);
+                let r = vfmsq_f32(c, mf, vdupq_n_f32(LN2_HI));
+                let r = vfmsq_f32(r, mf, vdupq_n_f32(LN2_LO));
+                let odd = |k: usize| {
+                    if k.is_multiple_of(2) {
+                        -SILU_POLY[k]
+                    } else {
+                        SILU_POLY[k]
+                    }
+                };
+                let mut p = vdupq_n_f32(odd(4));
+                for k in (0..4).rev() {
+                    p = vfmaq_f32(vdupq_n_f32(odd(k)), p, r);
                 }
-                let p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), vmulq_f32(p, r), r);
-                let scale =
-                    vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n, vdupq_n_s32(127))));
-                let e = vmulq_f32(p, scale);
+                let p = vfmaq_f32(vdupq_n_f32(1.0), p, r);
+                let e = vreinterpretq_f32_s32(vsubq_s32(
+                    vreinterpretq_s32_f32(p),
+                    vshlq_n_s32::<23>(m),
+                ));
                 vdivq_f32(x, vaddq_f32(e, vdupq_n_f32(1.0)))
             }
         }
