@@ -24,6 +24,7 @@ pub struct Network {
     output: Vec<f32>,
     output_shape: Vec<usize>,
     load_time: Duration,
+    rewritten: super::Rewritten,
 }
 
 impl std::fmt::Debug for Network {
@@ -142,6 +143,7 @@ impl Network {
             output: vec![0.0; output_shape.iter().product()],
             output_shape,
             load_time: started.elapsed(),
+            rewritten,
         })
     }
 
@@ -152,6 +154,11 @@ impl Network {
         ops::with_kernel_pool(pool, ops::FRAME_WORK, || {
             super::profile::profile_plan(state, &self.input, &self.label, runs)
         })
+    }
+
+    /// What the load-time rewrite put in place of tract's ops.
+    pub fn rewritten(&self) -> super::Rewritten {
+        self.rewritten
     }
 
     pub fn label(&self) -> &str {

@@ -273,6 +273,14 @@ fn detector_networks_compute_as_with_tracts_own_ops() {
             .filter(|op| !op.starts_with("Reidcam") && op != "Source")
             .collect();
         assert!(left.is_empty(), "{name}: tract still runs {left:?}");
+        // Each CSP block's 1×1 convolution of a concatenation reads both parts itself (the
+        // SPP's four parts: two of them, 2 × 128 rows being what a block of AVX-512 tiles keeps
+        // in L1).
+        let parts = ours.rewritten().concat_parts;
+        assert!(
+            parts >= 8,
+            "{name}: {parts} concatenation parts read by one op"
+        );
     }
 }
 

@@ -26,7 +26,7 @@ mod simd;
 mod tile;
 
 pub use crate::simd::Isa;
-pub use tile::{pack as pack_weights, panel_width};
+pub use tile::{block_floats, pack as pack_weights, panel_width};
 
 /// The widest vector (AVX-512: 16 floats). A run of the matrix product at least this long gives
 /// the same sums however it is cut into runs (a run shorter than a vector goes through a scalar

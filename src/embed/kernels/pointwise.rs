@@ -17,49 +17,81 @@ pub struct Shape {
     pub pixels: usize,
 }
 
+/// The most inputs one layer reads its channels from (YOLOX's SPP concatenates four).
+pub const MAX_PARTS: usize = 4;
+
 impl Shape {
-    /// The row offsets the tiles read the input with (`k · pixels`), made once per layer.
-    pub fn offsets(&self) -> Vec<usize> {
-        (0..self.inputs).map(|k| k * self.pixels).collect()
+    /// The row offsets the tiles read the inputs with (`k · pixels` within each of the `parts`,
+    /// the channel counts of the inputs, whose sum is `inputs`), made once per layer.
+    pub fn offsets(&self, parts: &[usize]) -> Vec<usize> {
+        assert_eq!(
+            parts.iter().sum::<usize>(),
+            self.inputs,
+            "parts of {self:?}"
+        );
+        parts
+            .iter()
+            .flat_map(|&channels| (0..channels).map(|k| k * self.pixels))
+            .collect()
     }
 }
 
-/// Runs the layer on `batch` images: `input` is `[batch][inputs][pixels]`, `weights`
-/// `[outputs][inputs]` packed for `isa` ([`pack_weights`](super::pack_weights)), `residual` and
-/// `out` `[batch][outputs][pixels]`; `offsets` are [`Shape::offsets`].
+/// Runs the layer on `batch` images. Its input channels come from `inputs`, one per entry of
+/// `parts` (how many channels each has, at most [`MAX_PARTS`]; one input but for a convolution
+/// of a concatenation), each `[batch][parts[i]][pixels]`; `weights` are `[outputs][inputs]`
+/// (the parts' channels in order) packed for `isa` ([`pack_weights`](super::pack_weights)),
+/// `residual` and `out` `[batch][outputs][pixels]`; `offsets` are [`Shape::offsets`].
 #[allow(clippy::too_many_arguments)]
 pub fn pointwise(
     isa: Isa,
     shape: Shape,
+    parts: &[usize],
     offsets: &[usize],
-    input: &[f32],
+    inputs: &[&[f32]],
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
     act: Act,
     out: &mut [f32],
 ) {
-    let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
-    assert!(x_len > 0 && y_len > 0, "empty pointwise layer {shape:?}");
-    assert_eq!(input.len() % x_len, 0, "pointwise input length");
-    let batch = input.len() / x_len;
+    let y_len = shape.outputs * shape.pixels;
+    assert!(
+        shape.inputs > 0 && y_len > 0,
+        "empty pointwise layer {shape:?}"
+    );
+    assert!(
+        (1..=MAX_PARTS).contains(&parts.len()) && inputs.len() == parts.len(),
+        "pointwise inputs: {} for {} parts",
+        inputs.len(),
+        parts.len()
+    );
+    let batch = out.len() / y_len;
     assert_eq!(out.len(), batch * y_len, "pointwise output length");
+    for (x, &channels) in inputs.iter().zip(parts) {
+        assert_eq!(
+            x.len(),
+            batch * channels * shape.pixels,
+            "pointwise input length"
+        );
+    }
     if let Some(r) = residual {
         assert_eq!(r.len(), out.len(), "pointwise residual length");
     }
-    for (n, (x, y)) in input
-        .chunks_exact(x_len)
-        .zip(out.chunks_exact_mut(y_len))
-        .enumerate()
-    {
+    for (n, y) in out.chunks_exact_mut(y_len).enumerate() {
+        let mut image: [&[f32]; MAX_PARTS] = [&[]; MAX_PARTS];
+        for ((one, x), &channels) in image.iter_mut().zip(inputs).zip(parts) {
+            let len = channels * shape.pixels;
+            *one = &x[n * len..][..len];
+        }
         let res = residual.map(|r| &r[n * y_len..][..y_len]);
         // SAFETY: `y` is this image's output, borrowed mutably for the call.
         unsafe {
             pointwise_pixels(
                 isa,
                 shape,
+                parts,
                 offsets,
-                x,
+                &image[..parts.len()],
                 weights,
                 bias,
                 res,
@@ -71,7 +103,7 @@ pub fn pointwise(
     }
 }
 
-/// The layer on pixels `range` of one image (`input` `[inputs][pixels]`, `residual`
+/// The layer on pixels `range` of one image (`inputs` `[parts[i]][pixels]` each, `residual`
 /// `[outputs][pixels]`) into `out`, the `outputs × pixels` floats of the image's output, of which
 /// other threads may write other pixels meanwhile (the threads of one layer split its pixels:
 /// each keeps its part of every plane in its own cache from layer to layer). The same sums as
@@ -84,8 +116,9 @@ pub fn pointwise(
 pub unsafe fn pointwise_pixels(
     isa: Isa,
     shape: Shape,
+    parts: &[usize],
     offsets: &[usize],
-    input: &[f32],
+    inputs: &[&[f32]],
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
@@ -93,8 +126,11 @@ pub unsafe fn pointwise_pixels(
     range: std::ops::Range<usize>,
     out: *mut f32,
 ) {
-    let (x_len, y_len) = (shape.inputs * shape.pixels, shape.outputs * shape.pixels);
-    assert_eq!(input.len(), x_len, "pointwise input length");
+    let y_len = shape.outputs * shape.pixels;
+    assert_eq!(inputs.len(), parts.len(), "one input per part");
+    for (x, &channels) in inputs.iter().zip(parts) {
+        assert_eq!(x.len(), channels * shape.pixels, "pointwise input length");
+    }
     assert!(range.end <= shape.pixels, "pixels {range:?} of {shape:?}");
     assert_eq!(offsets.len(), shape.inputs, "one offset per input channel");
     assert_eq!(bias.len(), shape.outputs, "pointwise bias length");
@@ -105,7 +141,8 @@ pub unsafe fn pointwise_pixels(
         weights,
         bias,
         offsets,
-        x: input,
+        x: inputs,
+        parts,
         y_stride: shape.pixels,
         res: residual,
         act,
@@ -176,11 +213,37 @@ mod tests {
         );
         let mut got = vec![f32::NAN; want.len()];
         let packed = super::super::pack_weights(isa, &weights, shape.outputs);
+        // The input channels as one tensor or, as a 1×1 convolution of a concatenation reads
+        // them, in up to MAX_PARTS tensors of consecutive channels each.
+        let mut parts = vec![];
+        let mut left = shape.inputs;
+        while left > 0 {
+            let channels = if parts.len() + 1 == MAX_PARTS {
+                left
+            } else {
+                1 + rng.below(left)
+            };
+            parts.push(channels);
+            left -= channels;
+        }
+        let split: Vec<Vec<f32>> = (0..parts.len())
+            .map(|i| {
+                let (from, channels) = (parts[..i].iter().sum::<usize>(), parts[i]);
+                input
+                    .chunks_exact(shape.inputs * shape.pixels)
+                    .flat_map(|image| &image[from * shape.pixels..][..channels * shape.pixels])
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let inputs: Vec<&[f32]> = split.iter().map(Vec::as_slice).collect();
+        let offsets = shape.offsets(&parts);
         pointwise(
             isa,
             shape,
-            &shape.offsets(),
-            &input,
+            &parts,
+            &offsets,
+            &inputs,
             &packed,
             &bias,
             residual.as_deref(),
@@ -198,8 +261,13 @@ mod tests {
                 pointwise_pixels(
                     isa,
                     shape,
-                    &shape.offsets(),
-                    &input[input.len() - shape.inputs * shape.pixels..],
+                    &parts,
+                    &offsets,
+                    &inputs
+                        .iter()
+                        .zip(&parts)
+                        .map(|(x, c)| &x[x.len() - c * shape.pixels..])
+                        .collect::<Vec<_>>(),
                     &packed,
                     &bias,
                     residual.as_deref().map(|r| &r[r.len() - y_len..]),
@@ -212,7 +280,7 @@ mod tests {
         super::super::test_support::assert_same_bits(
             &parted,
             &got[got.len() - y_len..],
-            &format!("{isa} {shape:?}: pixels in parts"),
+            &format!("{isa} {shape:?} inputs {parts:?}: pixels in parts"),
         );
         assert_close_after(
             act,
@@ -220,7 +288,7 @@ mod tests {
             &want,
             &magnitude,
             shape.inputs + 2,
-            &format!("{isa} {shape:?} batch {batch} residual {with_res}"),
+            &format!("{isa} {shape:?} inputs {parts:?} batch {batch} residual {with_res}"),
         );
     }
 
@@ -250,8 +318,9 @@ mod tests {
             pointwise(
                 isa,
                 shape,
+                &[1],
                 &[0],
-                &x,
+                &[&x],
                 &[1.0],
                 &[0.0],
                 None,

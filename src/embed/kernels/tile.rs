@@ -149,6 +149,18 @@ pub fn panel_width(isa: Isa) -> usize {
     }
 }
 
+/// How many floats of each input row a full tile of `isa` reads (`NV` vectors): a block of the
+/// product reads that much of every row `k`, and again for each tile of outputs.
+pub fn block_floats(isa: Isa) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => 2 * 16,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => 2 * 8,
+        Isa::Baseline => 2 * 4,
+    }
+}
+
 /// `outputs × k_len` row-major weights in the layout `isa`'s tiles read: panels of
 /// [`panel_width`] outputs (the last one narrower), each stored `k`-major. A panel of `w`
 /// outputs from output `s` on starts where row `s` did (`s · k_len`), so the weights of a range
@@ -179,9 +191,13 @@ pub(super) struct Product<'a> {
     pub weights: &'a [f32],
     /// One per output.
     pub bias: &'a [f32],
-    /// One per `k`: where that row of `x` starts, relative to a run's base.
+    /// One per `k`: where that row starts in its input, relative to a run's base.
     pub offsets: &'a [usize],
-    pub x: &'a [f32],
+    /// The inputs the rows are read from: the first `parts[0]` rows from `x[0]`, the next
+    /// `parts[1]` from `x[1]`… (a 1×1 convolution of a concatenation, whose parts tract keeps
+    /// apart; one input for everything else).
+    pub x: &'a [&'a [f32]],
+    pub parts: &'a [usize],
     /// Distance between output channels in `y` (and `res`).
     pub y_stride: usize,
     pub res: Option<&'a [f32]>,
@@ -191,6 +207,18 @@ pub(super) struct Product<'a> {
 impl Product<'_> {
     fn outputs(&self) -> usize {
         self.bias.len()
+    }
+
+    /// The start of the input row `k` is read from.
+    fn row_base(&self, k: usize) -> *const f32 {
+        let mut k0 = 0;
+        for (x, &rows) in self.x.iter().zip(self.parts) {
+            if k < k0 + rows {
+                return x.as_ptr();
+            }
+            k0 += rows;
+        }
+        unreachable!("row {k} of {k0}")
     }
 
     /// Where weight `(o, k)` is in `weights`, packed in panels of `width` outputs.
@@ -228,8 +256,19 @@ impl Product<'_> {
         if len == 0 || self.outputs() == 0 {
             return;
         }
-        let last_x = xb + self.offsets.iter().max().copied().unwrap_or(0) + len;
-        assert!(k_len == 0 || last_x <= self.x.len(), "x run out of bounds");
+        assert_eq!(self.x.len(), self.parts.len(), "one row count per input");
+        assert_eq!(
+            self.parts.iter().sum::<usize>(),
+            k_len,
+            "one offset per row"
+        );
+        let mut k0 = 0;
+        for (x, &rows) in self.x.iter().zip(self.parts) {
+            let offsets = &self.offsets[k0..k0 + rows];
+            let last_x = xb + offsets.iter().max().copied().unwrap_or(0) + len;
+            assert!(rows == 0 || last_x <= x.len(), "x run out of bounds");
+            k0 += rows;
+        }
         let last_y = (self.outputs() - 1) * self.y_stride + yb + len;
         assert!(last_y <= y_len, "y run out of bounds");
         if let Some(r) = self.res {
@@ -370,16 +409,22 @@ unsafe fn tiles<
 #[inline(always)]
 fn prefetch_block<V: Lanes, const NV: usize>(p: &Product, xb: usize) {
     #[cfg(target_arch = "x86_64")]
-    for &offset in p.offsets {
-        let row = p.x.as_ptr().wrapping_add(xb + offset);
-        // One prefetch per 64-byte line (16 floats) of the block.
-        for line in (0..NV * V::N).step_by(16) {
-            // SAFETY: SSE's `prefetcht0` (x86-64's baseline) only hints; any address will do.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    row.wrapping_add(line).cast(),
-                )
-            };
+    {
+        let mut offsets = p.offsets.iter();
+        for (x, &rows) in p.x.iter().zip(p.parts) {
+            for &offset in offsets.by_ref().take(rows) {
+                let row = x.as_ptr().wrapping_add(xb + offset);
+                // One prefetch per 64-byte line (16 floats) of the block.
+                for line in (0..NV * V::N).step_by(16) {
+                    // SAFETY: SSE's `prefetcht0` (x86-64's baseline) only hints; any address
+                    // will do.
+                    unsafe {
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            row.wrapping_add(line).cast(),
+                        )
+                    };
+                }
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -442,7 +487,7 @@ unsafe fn tile<
     y: *mut f32,
 ) {
     let k_len = p.offsets.len();
-    let (w, x, offsets) = (p.weights.as_ptr(), p.x.as_ptr(), p.offsets.as_ptr());
+    let (w, offsets) = (p.weights.as_ptr(), p.offsets.as_ptr());
     // Weight (j, k) of the tile is at `w + j·j_step + k·k_step`.
     let (j_step, k_step) = if PANEL { (1, panel.1) } else { (k_len, 1) };
     // SAFETY: as the caller's: `Product::run_shared` checked the bounds and the instruction set.
@@ -456,21 +501,26 @@ unsafe fn tile<
         } else {
             o0 * k_len
         });
-        // NEON's product by lane takes a whole panel's weights per `k`.
-        let done = if PANEL && panel.1 == OB {
-            V::accumulate_panel(&mut acc, w, k_len, x.add(xb), offsets)
-        } else {
-            0
-        };
-        for k in done..k_len {
-            let xk = x.add(xb + *offsets.add(k));
-            let xv: [V; NV] = std::array::from_fn(|v| V::load(xk.add(v * V::N)));
-            for (j, row) in acc.iter_mut().enumerate() {
-                let wjk = V::splat(*w.add(j * j_step + k * k_step));
-                for (a, xv) in row.iter_mut().zip(&xv) {
-                    *a = V::fma(wjk, *xv, *a);
+        let mut k0 = 0;
+        for (input, &rows) in p.x.iter().zip(p.parts) {
+            let (x, w, offsets) = (input.as_ptr(), w.add(k0 * k_step), offsets.add(k0));
+            // NEON's product by lane takes a whole panel's weights per `k`.
+            let done = if PANEL && panel.1 == OB {
+                V::accumulate_panel(&mut acc, w, rows, x.add(xb), offsets)
+            } else {
+                0
+            };
+            for k in done..rows {
+                let xk = x.add(xb + *offsets.add(k));
+                let xv: [V; NV] = std::array::from_fn(|v| V::load(xk.add(v * V::N)));
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let wjk = V::splat(*w.add(j * j_step + k * k_step));
+                    for (a, xv) in row.iter_mut().zip(&xv) {
+                        *a = V::fma(wjk, *xv, *a);
+                    }
                 }
             }
+            k0 += rows;
         }
         for (j, row) in acc.iter().enumerate() {
             let at = (o0 + j) * p.y_stride + yb;
@@ -494,7 +544,7 @@ unsafe fn single(p: &Product, width: usize, o: usize, xb: usize, yb: usize, y: *
         let mut acc = *p.bias.get_unchecked(o);
         for k in 0..k_len {
             acc += p.weights.get_unchecked(p.weight_at(width, o, k))
-                * p.x.get_unchecked(xb + *p.offsets.get_unchecked(k));
+                * *p.row_base(k).add(xb + *p.offsets.get_unchecked(k));
         }
         let at = o * p.y_stride + yb;
         if let Some(r) = p.res {

@@ -122,6 +122,9 @@ use upsample::upsample_patch;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rewritten {
     pub pointwise: usize,
+    /// Products of further parts of a concatenation read by a 1×1 convolution's op itself
+    /// (tract splits such a convolution into one product per part and sums them).
+    pub concat_parts: usize,
     pub depthwise: usize,
     pub conv: usize,
     pub pool: usize,
@@ -159,9 +162,11 @@ impl std::fmt::Display for Rewritten {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} fused 1x1, {} depthwise, {} conv, {} pooling, {} gated-sum ({} channel gates), \
-             {} head, {} upsample and {} gather ops for {} tract nodes; {} outputs recycled",
+            "{} fused 1x1 ({} more parts of concatenations read), {} depthwise, {} conv, {} pooling, \
+             {} gated-sum ({} channel gates), {} head, {} upsample and {} gather ops for {} tract \
+             nodes; {} outputs recycled",
             self.pointwise,
+            self.concat_parts,
             self.depthwise,
             self.conv,
             self.pool,
@@ -248,6 +253,9 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
     for node in model.nodes() {
         if let Some(sum) = node.op_as::<GatedSum>() {
             done.gate += sum.gates.iter().flatten().count();
+        }
+        if let Some(op) = node.op_as::<Pointwise>() {
+            done.concat_parts += op.parts() - 1;
         }
         let count = match node.op.name().as_ref() {
             "ReidcamPointwise" => &mut done.pointwise,
