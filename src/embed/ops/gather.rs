@@ -23,10 +23,9 @@ use super::recycle::*;
 const OFFSET_BITS: u32 = 26;
 const OFFSET_MASK: u32 = (1 << OFFSET_BITS) - 1;
 const INPUT_MASK: u32 = 0x1f;
-/// Inputs a gather reads at most: tract hands an op its inputs in a `TVec`, inline up to 4 and
-/// allocated beyond, per run. (YOLOX's head is then four gathers: one per level, each of three
-/// inputs, and one of the levels.) The entry has room for 32.
-const MAX_INPUTS: usize = 4;
+/// Inputs a gather reads at most ([`INLINE_INPUTS`]: YOLOX's head is then four gathers, one per
+/// level, each of three inputs, and one of the levels). The entry has room for 32.
+const MAX_INPUTS: usize = INLINE_INPUTS;
 const _: () = assert!(MAX_INPUTS <= INPUT_MASK as usize + 1);
 const SIGMOID: u32 = 1 << 31;
 

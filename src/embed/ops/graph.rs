@@ -12,6 +12,10 @@ use tract_onnx::tract_core::ops::nn::Silu;
 
 use crate::embed::kernels::Act;
 
+/// Inputs an op of ours takes at most: tract hands an op its inputs in a `TVec`, inline up to 4
+/// and allocated beyond, per run.
+pub(super) const INLINE_INPUTS: usize = 4;
+
 /// Constant f32 operands of an op, compared bit for bit (tract wants ops to be `Eq`).
 #[derive(Clone, Debug)]
 pub(super) struct Floats(pub(super) Arc<[f32]>);

@@ -266,8 +266,9 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
     // Follow the chain: a bias and a residual add, in either order — tract splits a 1×1
     // convolution of a `Concat` into one product per part, sums them, then adds the bias
     // (YOLOX's CSP blocks); the sum is the same — then an activation. Each product of another
-    // part becomes one more input of this op (as many as `MAX_PARTS`): each such sum went once
-    // through memory and back, a whole pass at YOLOX's large early planes.
+    // part becomes one more input of this op (as many as `MAX_PARTS`, and the residual too at
+    // most `INLINE_INPUTS`): each such sum went once through memory and back, a whole pass at
+    // YOLOX's large early planes.
     let mut last = OutletId::new(id, 0);
     let mut replaced = 1;
     let (mut bias, mut residual) = (None, None);
@@ -279,6 +280,7 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         {
             bias = Some(b);
         } else if parts.len() < MAX_PARTS
+            && parts.len() + usize::from(residual.is_some()) < INLINE_INPUTS
             && let Some(part) = another_part(model, next, last, &shape)?
             && fits_l1(
                 isa,
@@ -288,6 +290,7 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
             parts.push(part);
             replaced += 1;
         } else if residual.is_none()
+            && parts.len() < INLINE_INPUTS
             && let Some(r) = residual_add(model, next, last, &shape)?
         {
             residual = Some(r);
