@@ -246,7 +246,7 @@ mod x86 {
             unsafe {
                 // `super::super::silu`'s steps; `2^n · e^s` by `vscalefps`, and the quotient
                 // from the 14-bit reciprocal and one correction (`q + (x − d·q)/d`, a few 2⁻²⁸
-                // off before rounding): `vdivps` takes as long as the rest.
+                // off before rounding) instead of a division.
                 let x = _mm512_max_ps(self, _mm512_set1_ps(-EXP_LIMIT));
                 let c = _mm512_min_ps(x, _mm512_set1_ps(EXP_LIMIT));
                 let magic = _mm512_set1_ps(MAGIC);
