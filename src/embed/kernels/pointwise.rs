@@ -36,6 +36,22 @@ impl Shape {
     }
 }
 
+/// Images `images` of each input (`[batch][parts[i]][pixels]` each): the inputs of those images,
+/// as [`pointwise`] takes them (the first `parts.len()` entries).
+pub fn images_of<'a>(
+    inputs: &[&'a [f32]],
+    parts: &[usize],
+    pixels: usize,
+    images: std::ops::Range<usize>,
+) -> [&'a [f32]; MAX_PARTS] {
+    let mut of: [&[f32]; MAX_PARTS] = [&[]; MAX_PARTS];
+    for ((one, x), &channels) in of.iter_mut().zip(inputs).zip(parts) {
+        let len = channels * pixels;
+        *one = &x[images.start * len..images.end * len];
+    }
+    of
+}
+
 /// Runs the layer on `batch` images. Its input channels come from `inputs`, one per entry of
 /// `parts` (how many channels each has, at most [`MAX_PARTS`]; one input but for a convolution
 /// of a concatenation), each `[batch][parts[i]][pixels]`; `weights` are `[outputs][inputs]`
@@ -78,11 +94,7 @@ pub fn pointwise(
         assert_eq!(r.len(), out.len(), "pointwise residual length");
     }
     for (n, y) in out.chunks_exact_mut(y_len).enumerate() {
-        let mut image: [&[f32]; MAX_PARTS] = [&[]; MAX_PARTS];
-        for ((one, x), &channels) in image.iter_mut().zip(inputs).zip(parts) {
-            let len = channels * shape.pixels;
-            *one = &x[n * len..][..len];
-        }
+        let image = images_of(inputs, parts, shape.pixels, n..n + 1);
         let res = residual.map(|r| &r[n * y_len..][..y_len]);
         // SAFETY: `y` is this image's output, borrowed mutably for the call.
         unsafe {

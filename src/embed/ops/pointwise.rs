@@ -70,11 +70,7 @@ impl Pointwise {
                 batch,
                 batch * shape.inputs * y_len,
                 |images, y| {
-                    let mut part: [&[f32]; MAX_PARTS] = [&[]; MAX_PARTS];
-                    for ((one, x), &channels) in part.iter_mut().zip(x).zip(&*self.parts) {
-                        let len = channels * shape.pixels;
-                        *one = &x[images.start * len..images.end * len];
-                    }
+                    let part = pointwise::images_of(x, &self.parts, shape.pixels, images.clone());
                     pointwise::pointwise(
                         self.isa,
                         shape,
@@ -305,7 +301,8 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         last = r;
         replaced += 1;
     }
-    let inputs = parts.iter().map(|p| p.inputs).sum();
+    let channels: Vec<usize> = parts.iter().map(|p| p.inputs).collect();
+    let inputs = channels.iter().sum();
     // The weights `[O, ΣI]`: each output's row of every part, in the parts' order.
     let mut rows = Vec::with_capacity(outputs * inputs);
     let part_rows = parts
@@ -322,7 +319,6 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         outputs,
         pixels,
     };
-    let channels: Vec<usize> = parts.iter().map(|p| p.inputs).collect();
     let op = Pointwise {
         isa,
         shape: layer,
