@@ -281,6 +281,10 @@ fn detector_networks_compute_as_with_tracts_own_ops() {
             parts >= 8,
             "{name}: {parts} concatenation parts read by one op"
         );
+        // The stem (16 channels over a quarter of the frame: 2.8–4.9 MB) and the stride-2
+        // depthwise layer reading it, band by band.
+        let banded = ours.rewritten().conv_depthwise;
+        assert_eq!(banded, 1, "{name}: {banded} convolutions computed by bands");
     }
 }
 

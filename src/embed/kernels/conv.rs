@@ -49,6 +49,26 @@ impl Shape {
         self.inputs * self.padded().0
     }
 
+    /// The geometry of `padded_rows` consecutive padded rows of this input taken as an image
+    /// of their own, without padding above and below: the convolution of a band of rows. Its
+    /// phase-split buffer holds those rows of each channel in turn, as [`phase_split_rows`]
+    /// makes them from this shape's rows `c · padded height + r` (one call per channel); its
+    /// output row `i` is this shape's output row `i + first / stride` for a band from padded row
+    /// `first` (a multiple of the stride).
+    pub fn band(&self, padded_rows: usize) -> Shape {
+        let (_, left, _, right) = self.padding;
+        Shape {
+            height: padded_rows,
+            padding: (0, left, 0, right),
+            ..*self
+        }
+    }
+
+    /// The padded input's height (rows per channel of the phase-split buffer).
+    pub fn padded_height(&self) -> usize {
+        self.padded().0
+    }
+
     /// Values per padded row of the phase-split buffer (its `stride` phase rows).
     pub fn phase_row_len(&self) -> usize {
         self.stride * self.phase_len()
@@ -103,20 +123,26 @@ pub fn conv(
     assert_eq!(input.len() % x_len, 0, "conv input length");
     assert_eq!(out.len(), input.len() / x_len * y_len, "conv output length");
     for (x, y) in input.chunks_exact(x_len).zip(out.chunks_exact_mut(y_len)) {
-        let phases = phase_split(shape, x, scratch);
+        let phases = phase_split(isa, shape, x, scratch);
         convolve(isa, shape, offsets, phases, weights, bias, act, y);
     }
 }
 
 /// Copies one image into the zero-padded, phase-split layout (the first [`Shape::scratch_len`]
 /// floats of `scratch`, grown once) and returns that part.
-pub fn phase_split<'s>(shape: Shape, image: &[f32], scratch: &'s mut Vec<f32>) -> &'s [f32] {
-    phase_split_as(shape, image, 0.0, |v| v, scratch)
+pub fn phase_split<'s>(
+    isa: Isa,
+    shape: Shape,
+    image: &[f32],
+    scratch: &'s mut Vec<f32>,
+) -> &'s [f32] {
+    phase_split_as(isa, shape, image, 0.0, |v| v, scratch)
 }
 
 /// [`phase_split`] into values of another type: each image value through `map`, the padding
 /// `pad` (the int8 convolution's codes: `qconv`).
 pub(super) fn phase_split_as<'s, S: Copy, T: Copy>(
+    isa: Isa,
     shape: Shape,
     image: &[S],
     pad: T,
@@ -124,7 +150,7 @@ pub(super) fn phase_split_as<'s, S: Copy, T: Copy>(
     scratch: &'s mut Vec<T>,
 ) -> &'s [T] {
     let phases = phase_buffer(shape, pad, scratch);
-    phase_split_rows(shape, image, 0..shape.phase_rows(), pad, map, phases);
+    phase_split_rows(isa, shape, image, 0..shape.phase_rows(), pad, map, phases);
     phases
 }
 
@@ -139,8 +165,10 @@ pub fn phase_buffer<T: Copy>(shape: Shape, pad: T, scratch: &mut Vec<T>) -> &mut
 
 /// Fills padded rows `rows` (numbered `c · padded height + r`, see [`Shape::phase_rows`]) of
 /// the phase-split buffer, `out` being exactly those rows: zero padding `pad`, image values
-/// through `map`. Parts of one buffer can be filled by different threads.
+/// through `map`. Parts of one buffer can be filled by different threads. `isa` only says which
+/// vector instructions the copy may use (the values are the same).
 pub fn phase_split_rows<S: Copy, T: Copy>(
+    isa: Isa,
     shape: Shape,
     image: &[S],
     rows: std::ops::Range<usize>,
@@ -154,10 +182,71 @@ pub fn phase_split_rows<S: Copy, T: Copy>(
         "conv image length"
     );
     assert!(rows.end <= shape.phase_rows(), "phase rows {rows:?}");
+    assert_eq!(
+        out.len(),
+        rows.len() * shape.phase_row_len(),
+        "phase rows length"
+    );
+    assert!(isa.is_available(), "{isa} is not available on this CPU");
+    match isa {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::split_avx512(shape, image, rows, pad, &map, out) },
+        // SAFETY: the CPU has AVX2 (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { x86::split_avx2(shape, image, rows, pad, &map, out) },
+        _ => split_rows(shape, image, rows, pad, &map, out),
+    }
+}
+
+/// [`phase_split_rows`] compiled for the x86 vector extensions: the same loops, which LLVM
+/// vectorises (the stride-2 split into `vpermt2ps` with AVX-512).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Shape, split_rows};
+
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn split_avx512<S: Copy, T: Copy>(
+        shape: Shape,
+        image: &[S],
+        rows: std::ops::Range<usize>,
+        pad: T,
+        map: &impl Fn(S) -> T,
+        out: &mut [T],
+    ) {
+        split_rows(shape, image, rows, pad, map, out)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn split_avx2<S: Copy, T: Copy>(
+        shape: Shape,
+        image: &[S],
+        rows: std::ops::Range<usize>,
+        pad: T,
+        map: &impl Fn(S) -> T,
+        out: &mut [T],
+    ) {
+        split_rows(shape, image, rows, pad, map, out)
+    }
+}
+
+/// The body of [`phase_split_rows`] (lengths checked by it).
+#[inline(always)]
+fn split_rows<S: Copy, T: Copy>(
+    shape: Shape,
+    image: &[S],
+    rows: std::ops::Range<usize>,
+    pad: T,
+    map: &impl Fn(S) -> T,
+    out: &mut [T],
+) {
     let (hp, _) = shape.padded();
     let (s, l) = (shape.stride, shape.phase_len());
     let (t, left, _, _) = shape.padding;
-    assert_eq!(out.len(), rows.len() * s * l, "phase rows length");
     for (unit, dst_row) in rows.zip(out.chunks_exact_mut(s * l)) {
         dst_row.fill(pad);
         let (c, r) = (unit / hp, unit % hp);
@@ -165,6 +254,26 @@ pub fn phase_split_rows<S: Copy, T: Copy>(
             continue;
         };
         let row = &image[(c * shape.height + iy) * shape.width..][..shape.width];
+        if s == 2 {
+            // One pass over the row (every stem we know has stride 2): image column 2j goes
+            // to padded column 2j + left (phase left mod 2, position j + left / 2), column
+            // 2j + 1 to the other phase at position j + (left + 1) / 2.
+            let (p0, p1) = dst_row.split_at_mut(l);
+            let (even, odd) = if left % 2 == 0 { (p0, p1) } else { (p1, p0) };
+            let (n_even, n_odd) = (row.len().div_ceil(2), row.len() / 2);
+            let even = &mut even[left / 2..][..n_even];
+            let odd = &mut odd[left.div_ceil(2)..][..n_odd];
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                *e = map(pair[0]);
+                *o = map(pair[1]);
+            }
+            if let [.., last] = row
+                && n_even > n_odd
+            {
+                even[n_even - 1] = map(*last);
+            }
+            continue;
+        }
         // Phase φ holds padded columns φ, φ+s…; the first image column there is the first
         // ix ≥ 0 with (ix + left) ≡ φ (mod s).
         for phase in 0..s {
@@ -174,34 +283,20 @@ pub fn phase_split_rows<S: Copy, T: Copy>(
             }
             let j0 = (ix0 + left) / s;
             let dst = &mut dst_row[phase * l + j0..(phase + 1) * l];
-            copy_strided(dst, &row[ix0..], s, &map);
+            copy_strided(dst, &row[ix0..], s, map);
         }
     }
 }
 
-/// `dst[i] = map(src[i·s])` while both last; strides 1 and 2 (every stem we know) in loops LLVM
-/// vectorises.
+/// `dst[i] = map(src[i·s])` while both last (stride 1 in a loop LLVM vectorises).
 #[inline(always)]
 fn copy_strided<S: Copy, T: Copy>(dst: &mut [T], src: &[S], s: usize, map: &impl Fn(S) -> T) {
-    match s {
-        1 => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = map(v)),
-        2 => {
-            let n = dst.len().min(src.len().div_ceil(2));
-            let pairs = src.chunks_exact(2);
-            let last = pairs.remainder().first().copied();
-            for (d, pair) in dst[..n].iter_mut().zip(pairs) {
-                *d = map(pair[0]);
-            }
-            if let Some(v) = last
-                && src.len() / 2 < n
-            {
-                dst[src.len() / 2] = map(v);
-            }
-        }
-        _ => dst
-            .iter_mut()
+    if s == 1 {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = map(v));
+    } else {
+        dst.iter_mut()
             .zip(src.iter().step_by(s))
-            .for_each(|(d, &v)| *d = map(v)),
+            .for_each(|(d, &v)| *d = map(v));
     }
 }
 
@@ -370,7 +465,7 @@ mod tests {
         for rows in super::super::test_support::parts(rng, shape.phase_rows(), 1) {
             let part =
                 &mut phases[rows.start * shape.phase_row_len()..rows.end * shape.phase_row_len()];
-            phase_split_rows(shape, image, rows, 0.0, |v| v, part);
+            phase_split_rows(isa, shape, image, rows, 0.0, |v| v, part);
         }
         let (oh, ow) = shape.output().unwrap();
         let mut parted = vec![f32::NAN; shape.outputs * oh * ow];

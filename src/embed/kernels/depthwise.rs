@@ -27,10 +27,6 @@ pub struct Shape {
 }
 
 impl Shape {
-    fn plane(&self) -> usize {
-        self.height * self.width
-    }
-
     /// Output height and width.
     pub fn output(&self) -> (usize, usize) {
         output_size(self.height, self.width, self.stride)
@@ -102,62 +98,142 @@ pub unsafe fn depthwise3x3_rows(
     out: *mut f32,
     scratch: &mut Vec<f32>,
 ) {
+    // SAFETY: the caller's contract, passed on (the whole input is a band of every row).
+    unsafe {
+        depthwise3x3_band(
+            isa,
+            shape,
+            batch,
+            input,
+            0,
+            shape.height,
+            weights,
+            bias,
+            act,
+            rows,
+            out,
+            scratch,
+        )
+    }
+}
+
+/// [`depthwise3x3_rows`] from a band of the input rows: `band` holds `band_rows` rows from
+/// `band_first` on of each of the `batch · channels` planes (`band_rows · width` floats per
+/// plane), which must include every row output rows `rows` read (`stride · y − 1` to
+/// `stride · y + 1`, inside the image). The same values, bit for bit, as from the whole input.
+///
+/// # Safety
+/// As [`depthwise3x3_rows`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn depthwise3x3_band(
+    isa: Isa,
+    shape: Shape,
+    batch: usize,
+    band: &[f32],
+    band_first: usize,
+    band_rows: usize,
+    weights: &[f32],
+    bias: &[f32],
+    act: Act,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+    scratch: &mut Vec<f32>,
+) {
+    assert_eq!(
+        band.len(),
+        batch * shape.channels * band_rows * shape.width,
+        "depthwise band length"
+    );
+    if let Some((first, last)) = input_rows(shape, &rows) {
+        assert!(
+            band_first <= first && last <= band_first + band_rows,
+            "depthwise band rows {band_first}..{} for output rows {rows:?}",
+            band_first + band_rows
+        );
+    }
+    let args = Args {
+        shape,
+        batch,
+        input: band,
+        input_first: band_first,
+        input_rows: band_rows,
+        weights,
+        bias,
+        act,
+        rows,
+    };
+    // SAFETY: the caller's contract, passed on.
+    unsafe { run(isa, &args, out, scratch) }
+}
+
+/// The input rows `first..last` output rows `rows` read (none for no rows).
+fn input_rows(shape: Shape, rows: &std::ops::Range<usize>) -> Option<(usize, usize)> {
+    (!rows.is_empty()).then(|| {
+        (
+            (rows.start * shape.stride).saturating_sub(1),
+            ((rows.end - 1) * shape.stride + 2).min(shape.height),
+        )
+    })
+}
+
+/// # Safety
+/// As [`depthwise3x3_rows`], for `args`.
+unsafe fn run(isa: Isa, args: &Args, out: *mut f32, scratch: &mut Vec<f32>) {
+    let shape = args.shape;
     assert!(
         matches!(shape.stride, 1 | 2),
         "depthwise stride {}",
         shape.stride
     );
     assert_eq!(
-        input.len(),
-        batch * shape.channels * shape.plane(),
+        args.input.len(),
+        args.batch * shape.channels * args.input_rows * shape.width,
         "depthwise input length"
     );
     assert_eq!(
-        weights.len(),
+        args.weights.len(),
         shape.channels * 9,
         "depthwise weights length"
     );
-    assert_eq!(bias.len(), shape.channels, "depthwise bias length");
-    assert!(rows.end <= shape.output().0, "depthwise rows {rows:?}");
+    assert_eq!(args.bias.len(), shape.channels, "depthwise bias length");
+    assert!(
+        args.rows.end <= shape.output().0,
+        "depthwise rows {:?}",
+        args.rows
+    );
     assert!(isa.is_available(), "{isa} is not available on this CPU");
     if scratch.len() < shape.scratch_len() {
         scratch.resize(shape.scratch_len(), 0.0);
     }
-    let args = Args {
-        shape,
-        batch,
-        input,
-        weights,
-        bias,
-        act,
-        rows,
-    };
-    // SAFETY: `is_available` checked that the CPU has the features each copy uses.
     match isa {
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `is_available` checked the CPU's features; the lengths are asserted above.
-        Isa::Baseline => unsafe { body::<std::arch::aarch64::float32x4_t>(&args, out, scratch) },
+        Isa::Baseline => unsafe { body::<std::arch::aarch64::float32x4_t>(args, out, scratch) },
         #[cfg(not(target_arch = "aarch64"))]
         // SAFETY: `is_available` checked the CPU's features; the lengths are asserted above.
-        Isa::Baseline => unsafe { body::<Portable>(&args, out, scratch) },
+        Isa::Baseline => unsafe { body::<Portable>(args, out, scratch) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `is_available` checked the CPU's features; the lengths are asserted above.
-        Isa::Avx2Fma => unsafe { x86::avx2(&args, out, scratch) },
+        Isa::Avx2Fma => unsafe { x86::avx2(args, out, scratch) },
         // Planes of 8 or fewer columns fill half an AVX-512 vector: 8-lane AVX2 does them faster
         // (2.7 vs 3.6 µs for OSNet x0.25's 32×16×8 layer).
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `is_available` checked the CPU's features; the lengths are asserted above.
-        Isa::Avx512 if shape.width <= 8 => unsafe { x86::avx2(&args, out, scratch) },
+        Isa::Avx512 if shape.width <= 8 => unsafe { x86::avx2(args, out, scratch) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `is_available` checked the CPU's features; the lengths are asserted above.
-        Isa::Avx512 => unsafe { x86::avx512(&args, out, scratch) },
+        Isa::Avx512 => unsafe { x86::avx512(args, out, scratch) },
     }
 }
 
 struct Args<'a> {
     shape: Shape,
     batch: usize,
+    /// Input rows `input_first..input_first + input_rows` of every plane (all of them but for a
+    /// band: [`depthwise3x3_band`]).
     input: &'a [f32],
+    input_first: usize,
+    input_rows: usize,
     weights: &'a [f32],
     bias: &'a [f32],
     act: Act,
@@ -207,10 +283,7 @@ unsafe fn body<V: Lanes>(args: &Args, out: *mut f32, scratch: &mut [f32]) {
 #[inline(always)]
 unsafe fn strided<V: Lanes, const STRIDE: usize>(args: &Args, out: *mut f32, scratch: &mut [f32]) {
     let Shape {
-        channels,
-        height: h,
-        width: w,
-        ..
+        channels, width: w, ..
     } = args.shape;
     let stride = STRIDE;
     let (oh, ow) = args.shape.output();
@@ -218,24 +291,25 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(args: &Args, out: *mut f32, scr
     // Stride 2: where a padded row's odd columns start (after its (w + 3) / 2 even ones).
     let odd = (w + 3) / 2;
     let padded = &mut scratch[..args.shape.scratch_len()];
-    padded.fill(0.0);
-    let plane = h * w;
     // Column `dx` of a tap row, as an offset from output column `x`'s.
     let columns = if stride == 1 { [0, 1, 2] } else { [0, odd, 1] };
     // The input rows the output rows read: padded rows `rows.start · stride` to
     // `(rows.end − 1) · stride + 2`, input row `y` being padded row `y + 1`.
     let rows = args.rows.clone();
-    if rows.is_empty() {
+    let Some((first, last)) = input_rows(args.shape, &rows) else {
         return;
-    }
-    let first = (rows.start * stride).saturating_sub(1);
-    let last = ((rows.end - 1) * stride + 2).min(h);
+    };
+    // Zero the padded rows these output rows read (padded rows `rows.start · stride` to
+    // `(rows.end − 1) · stride + 2`: their borders, and the padding rows above and below the
+    // image); the copies below fill the rest, the same rows in every plane.
+    padded[rows.start * stride * pw..((rows.end - 1) * stride + 3) * pw].fill(0.0);
+    let plane = args.input_rows * w;
     for (image, src) in args.input.chunks_exact(plane).enumerate() {
         let c = image % channels;
         // SAFETY: plane `image` of the output (`batch · channels` planes of oh × ow, the
         // caller's contract).
         let dst = unsafe { out.add(image * oh * ow) };
-        let src = &src[first * w..last * w];
+        let src = &src[(first - args.input_first) * w..(last - args.input_first) * w];
         if stride == 1 {
             for (y, row) in (first..).zip(src.chunks_exact(w)) {
                 // SAFETY: `V` is supported; `row` has w floats, padded row y + 1 from its column

@@ -113,7 +113,13 @@ impl ConvLayer {
             Dot::Portable => quantise(layer, image, plain, flip),
         }
         let pad = layer.quantise(0.0) as u8 ^ flip;
-        let codes = conv::phase_split_as(g, plain, pad, |c| c, &mut scratch.phases);
+        // (Vectorised with AVX-512 where VNNI runs, which implies it.)
+        let isa = match dot {
+            #[cfg(target_arch = "x86_64")]
+            Dot::Vnni512 => super::Isa::Avx512,
+            _ => super::Isa::Baseline,
+        };
+        let codes = conv::phase_split_as(isa, g, plain, pad, |c| c, &mut scratch.phases);
         // Per output row: its words (`[groups][ow]`), then every output channel's row.
         let words = &mut scratch.words[..groups * ow];
         let step = g.row_step();

@@ -16,11 +16,11 @@ use super::recycle::*;
 /// bias, activation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Depthwise {
-    isa: Isa,
-    shape: depthwise::Shape,
-    weights: Floats,
-    bias: Floats,
-    act: Act,
+    pub(super) isa: Isa,
+    pub(super) shape: depthwise::Shape,
+    pub(super) weights: Floats,
+    pub(super) bias: Floats,
+    pub(super) act: Act,
     pub(super) output: Output,
 }
 
@@ -33,7 +33,7 @@ impl Depthwise {
 reidcam_op!(Depthwise, "ReidcamDepthwise3x3");
 
 impl Depthwise {
-    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+    pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let x = inputs[0];
         let shape = self.shape;
         let plane = shape.height * shape.width;
@@ -86,12 +86,12 @@ impl Depthwise {
 /// A fused full (one-group) convolution: bias, activation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FullConv {
-    isa: Isa,
-    shape: conv::Shape,
-    offsets: Arc<[usize]>,
-    weights: Floats,
-    bias: Floats,
-    act: Act,
+    pub(super) isa: Isa,
+    pub(super) shape: conv::Shape,
+    pub(super) offsets: Arc<[usize]>,
+    pub(super) weights: Floats,
+    pub(super) bias: Floats,
+    pub(super) act: Act,
     pub(super) output: Output,
 }
 
@@ -125,7 +125,7 @@ impl FullConv {
 reidcam_op!(FullConv, "ReidcamConv");
 
 impl FullConv {
-    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+    pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let x = inputs[0];
         let shape = self.shape;
         let (oh, ow) = shape.output().expect("checked when the op was made");
@@ -148,7 +148,9 @@ impl FullConv {
                     row_len,
                     shape.phase_rows(),
                     copy_work,
-                    |rows, part| conv::phase_split_rows(shape, image, rows, 0.0, |v| v, part),
+                    |rows, part| {
+                        conv::phase_split_rows(self.isa, shape, image, rows, 0.0, |v| v, part)
+                    },
                 );
                 let phases = &*phases;
                 // Output rows to threads, each computing every output channel of its rows

@@ -10,6 +10,8 @@
 //! - one-group `Conv` of any kernel, stride and padding `→ Max(0)` into one [`FullConv`], and
 //!   YOLOX's Focus stem (`Downsample`s by 2 → `Concat` → `Conv`) into one of stride 2 (`focus`);
 //! - the activation after a convolution — `Max(0)` or tract's `Silu` — into the convolution;
+//! - then, a [`FullConv`] whose output (at least 1 MiB) only a [`Depthwise`] layer reads, and
+//!   that layer, into one [`ConvDepthwise`] computing them band by band of rows (YOLOX's stem);
 //! - `MaxPool` and averaging `SumPool` (explicit or "same" padding) into [`Pool`];
 //! - a channel gate, `Reduce<Sum>` over H×W → scale → fc → bias → ReLU → fc → bias → sigmoid,
 //!   into one [`PooledChain`] (`ReidcamGate`); any other such chain of per-image vector steps
@@ -83,6 +85,7 @@ macro_rules! reidcam_op {
     };
 }
 
+mod bands;
 mod conv;
 mod focus;
 mod gated_sum;
@@ -96,6 +99,8 @@ mod quant;
 mod recycle;
 mod upsample;
 
+pub use bands::ConvDepthwise;
+use bands::bands_patch;
 pub(crate) use conv::full_conv_shape;
 pub use conv::{Depthwise, FullConv};
 use conv::{conv_patch, depthwise_patch};
@@ -127,6 +132,9 @@ pub struct Rewritten {
     pub concat_parts: usize,
     pub depthwise: usize,
     pub conv: usize,
+    /// Large convolutions computed band by band with the depthwise layer reading them (each
+    /// pair one op, counted here, not in `conv` and `depthwise`).
+    pub conv_depthwise: usize,
     pub pool: usize,
     /// Channel gates, standalone or inside gated sums.
     pub gate: usize,
@@ -162,13 +170,14 @@ impl std::fmt::Display for Rewritten {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} fused 1x1 ({} more parts of concatenations read), {} depthwise, {} conv, {} pooling, \
-             {} gated-sum ({} channel gates), {} head, {} upsample and {} gather ops for {} tract \
-             nodes; {} outputs recycled",
+            "{} fused 1x1 ({} more parts of concatenations read), {} depthwise, {} conv, {} conv + \
+             depthwise by bands, {} pooling, {} gated-sum ({} channel gates), {} head, {} upsample \
+             and {} gather ops for {} tract nodes; {} outputs recycled",
             self.pointwise,
             self.concat_parts,
             self.depthwise,
             self.conv,
+            self.conv_depthwise,
             self.pool,
             self.gated_sum,
             self.gate,
@@ -236,6 +245,17 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
         }
         break;
     }
+    // Then a large convolution and the depthwise layer reading it as one op, band by band.
+    'bands: loop {
+        model.compact()?;
+        for id in 0..model.nodes().len() {
+            if let Some((patch, _)) = bands_patch(model, id)? {
+                patch.apply(model)?;
+                continue 'bands;
+            }
+        }
+        break;
+    }
     // Then, the fusions done: each int8 input shared by several int8 1×1 convolutions is
     // quantised once.
     'share: loop {
@@ -261,6 +281,7 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
             "ReidcamPointwise" => &mut done.pointwise,
             "ReidcamDepthwise3x3" => &mut done.depthwise,
             "ReidcamConv" => &mut done.conv,
+            "ReidcamConvDepthwise" => &mut done.conv_depthwise,
             "ReidcamPool" => &mut done.pool,
             "ReidcamGate" => &mut done.gate,
             "ReidcamHead" => &mut done.head,
@@ -290,6 +311,7 @@ fn output_of(node: &mut TypedNode) -> Option<&mut Output> {
         QuantFullConv,
         Depthwise,
         FullConv,
+        ConvDepthwise,
         Pool,
         PooledChain,
         GatedSum,
