@@ -136,11 +136,7 @@ fn body(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &mut 
             inner.copy_from_slice(&plane[top * w..][..w]);
             for src in plane[(top + 1) * w..bottom * w].chunks_exact(w) {
                 match reduce {
-                    Reduce::Max => {
-                        for (a, &b) in inner.iter_mut().zip(src) {
-                            *a = if b > *a { b } else { *a };
-                        }
-                    }
+                    Reduce::Max => max_into(inner, src),
                     Reduce::Mean { .. } => {
                         for (a, &b) in inner.iter_mut().zip(src) {
                             *a += b;
@@ -163,6 +159,32 @@ fn body(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &mut 
 /// The horizontal pass over one reduced, padded row; `KW` and `SX` are the window width and
 /// stride when they are compile-time constants (unrolled, and vectorised as interleaved loads),
 /// 0 when they are not.
+/// `acc[i] = src[i] if src[i] > acc[i]` (NaN in `src` never taken, of equal values `acc`'s
+/// kept). On x86 that is `maxps(src, acc)`, four at a time: written as a conditional update of
+/// each element, LLVM made masked stores of it (`vmaskmovps`: most of the SPP pools' time).
+#[inline(always)]
+fn max_into(acc: &mut [f32], src: &[f32]) {
+    let n = acc.len().min(src.len());
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_max_ps, _mm_storeu_ps};
+        while done + 4 <= n {
+            // SAFETY: SSE is part of x86-64; `done + 4 ≤ n` values of both slices.
+            unsafe {
+                let a = _mm_loadu_ps(acc.as_ptr().add(done));
+                let b = _mm_loadu_ps(src.as_ptr().add(done));
+                _mm_storeu_ps(acc.as_mut_ptr().add(done), _mm_max_ps(b, a));
+            }
+            done += 4;
+        }
+    }
+    for (a, &b) in acc[done..n].iter_mut().zip(&src[done..n]) {
+        *a = if b > *a { b } else { *a };
+    }
+}
+
 #[inline(always)]
 fn horizontal<const KW: usize, const SX: usize>(
     padded: &[f32],
@@ -183,6 +205,15 @@ fn horizontal<const KW: usize, const SX: usize>(
             let pairs = padded[..2 * dst.len() + 2].chunks_exact(2);
             for ((value, p), q) in dst.iter_mut().zip(pairs.clone()).zip(pairs.skip(1)) {
                 *value = max(max(max(f32::NEG_INFINITY, p[0]), p[1]), q[0]);
+            }
+        }
+        // Stride 1 (YOLOX's SPP: 5×5, 9×9 and 13×13 windows): one pass over the row per
+        // window column, which vectorises, in place of a fold per output pixel. Each output
+        // still takes its window's values left to right (the same one of equal values).
+        Reduce::Max if sx == 1 => {
+            dst.fill(f32::NEG_INFINITY);
+            for j in 0..kw {
+                max_into(dst, &padded[j..j + dst.len()]);
             }
         }
         Reduce::Max => {
@@ -281,6 +312,17 @@ mod tests {
             ),
         ];
         let mut cases = osnet.to_vec();
+        // YOLOX's SPP at 736×416: "same" max pools of 5, 9 and 13 over 13×23.
+        for k in [5, 9, 13] {
+            let shape = Shape {
+                height: 13,
+                width: 23,
+                kernel: (k, k),
+                stride: (1, 1),
+                padding: (k / 2, k / 2, k / 2, k / 2),
+            };
+            cases.push((shape, Reduce::Max));
+        }
         for _ in 0..200 {
             let kernel = (1 + rng.below(4), 1 + rng.below(4));
             // Padding below the kernel size, as ONNX requires (else a window can be all padding).
