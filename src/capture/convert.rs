@@ -162,8 +162,9 @@ fn rgb_of(c: &Coefficients, y: u8, r_term: i32, g_term: i32, b_term: i32) -> [u8
     [r_term, g_term, b_term].map(|t| clamp_u8((y + t) >> 8))
 }
 
-/// [`rgb_of`] into the pixel's three bytes.
-#[inline]
+/// [`rgb_of`] into the pixel's three bytes: the per-pixel formula the tests hold the block
+/// converters to.
+#[cfg(test)]
 fn yuv_pixel(c: &Coefficients, y: u8, r_term: i32, g_term: i32, b_term: i32, out: &mut [u8]) {
     out.copy_from_slice(&rgb_of(c, y, r_term, g_term, b_term));
 }
@@ -193,7 +194,6 @@ pub fn to_rgb(raw: &[u8], layout: &RawLayout, out: &mut RgbImage) -> Result<(), 
         needed,
     };
     let c = layout.range.coefficients();
-    let dst = out.as_bytes_mut();
     match layout.format {
         PixelFormat::Yuyv => {
             let stride = layout.bytes_per_line.max(w * 2);
@@ -201,16 +201,7 @@ pub fn to_rgb(raw: &[u8], layout: &RawLayout, out: &mut RgbImage) -> Result<(), 
             if raw.len() < needed {
                 return Err(short(needed));
             }
-            for (y, row) in dst.chunks_exact_mut(w * 3).enumerate() {
-                let src = &raw[y * stride..y * stride + w * 2];
-                for (pair, quad) in row.chunks_mut(6).zip(src.chunks_exact(4)) {
-                    let (r, g, b) = chroma_terms(c, quad[1], quad[3]);
-                    yuv_pixel(c, quad[0], r, g, b, &mut pair[0..3]);
-                    if pair.len() == 6 {
-                        yuv_pixel(c, quad[2], r, g, b, &mut pair[3..6]);
-                    }
-                }
-            }
+            interleaved_to_rgb(raw, layout.format, stride, c, out);
         }
         PixelFormat::Nv12 => {
             let stride = layout.bytes_per_line.max(w);
@@ -220,15 +211,7 @@ pub fn to_rgb(raw: &[u8], layout: &RawLayout, out: &mut RgbImage) -> Result<(), 
             if raw.len() < needed {
                 return Err(short(needed));
             }
-            for (y, row) in dst.chunks_exact_mut(w * 3).enumerate() {
-                let luma_row = &raw[y * stride..y * stride + w];
-                let chroma_row = &raw[luma + (y / 2) * stride..];
-                for (x, px) in row.chunks_exact_mut(3).enumerate() {
-                    let uv = (x / 2) * 2;
-                    let (r, g, b) = chroma_terms(c, chroma_row[uv], chroma_row[uv + 1]);
-                    yuv_pixel(c, luma_row[x], r, g, b, px);
-                }
-            }
+            interleaved_to_rgb(raw, layout.format, stride, c, out);
         }
         PixelFormat::Rgb24 => {
             let stride = layout.bytes_per_line.max(w * 3);
@@ -236,13 +219,97 @@ pub fn to_rgb(raw: &[u8], layout: &RawLayout, out: &mut RgbImage) -> Result<(), 
             if raw.len() < needed {
                 return Err(short(needed));
             }
-            for (y, row) in dst.chunks_exact_mut(w * 3).enumerate() {
+            for (y, row) in out.as_bytes_mut().chunks_exact_mut(w * 3).enumerate() {
                 row.copy_from_slice(&raw[y * stride..y * stride + w * 3]);
             }
         }
         PixelFormat::Mjpeg => decode_jpeg_into(raw, out).map_err(ConvertError::Jpeg)?,
     }
     Ok(())
+}
+
+/// A YUYV or NV12 frame (lengths checked by [`to_rgb`], `stride` its first plane's) into `out`,
+/// through [`interleaved_rows`] compiled for AVX2 where the CPU has it.
+fn interleaved_to_rgb(
+    raw: &[u8],
+    format: PixelFormat,
+    stride: usize,
+    c: &Coefficients,
+    out: &mut RgbImage,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::Avx2Fma.is_available() {
+        // SAFETY: AVX2 is available (checked above).
+        unsafe { interleaved_rows_avx2(raw, format, stride, c, out) };
+        return;
+    }
+    interleaved_rows(raw, format, stride, c, out);
+}
+
+/// [`interleaved_rows`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn interleaved_rows_avx2(
+    raw: &[u8],
+    format: PixelFormat,
+    stride: usize,
+    c: &Coefficients,
+    out: &mut RgbImage,
+) {
+    interleaved_rows(raw, format, stride, c, out);
+}
+
+/// The camera's interleaved YUV (YUYV: `Y0 U Y1 V` per two pixels; NV12: a Y plane, then `U V`
+/// pairs per 2×2 pixels) in blocks of [`BLOCK`] pixels: the block's luma and its chroma spread
+/// to one sample per pixel on the stack, then [`block_to_rgb`], as [`planar_rows`] (the same
+/// integers as [`rgb_of`] of [`chroma_terms`] per pixel, in loops LLVM vectorises). YUYV converts the even part
+/// of a row (its format has no odd widths; a last odd pixel is left as it was).
+#[inline(always)]
+fn interleaved_rows(
+    raw: &[u8],
+    format: PixelFormat,
+    stride: usize,
+    c: &Coefficients,
+    out: &mut RgbImage,
+) {
+    let (w, h) = (out.width() as usize, out.height() as usize);
+    let (mut ys, mut us, mut vs) = ([0u8; BLOCK], [0u8; BLOCK], [0u8; BLOCK]);
+    for (y, row) in out.as_bytes_mut().chunks_exact_mut(w * 3).enumerate() {
+        // Blocks start at even pixels (`BLOCK` is even): a block's chroma pairs are its own.
+        for (x0, rgb) in (0..w).step_by(BLOCK).zip(row.chunks_mut(BLOCK * 3)) {
+            let n = match format {
+                PixelFormat::Yuyv => {
+                    let n = (w - x0).min(BLOCK) & !1;
+                    let src = &raw[y * stride + 2 * x0..][..2 * n];
+                    for (((quad, y2), u2), v2) in src
+                        .chunks_exact(4)
+                        .zip(ys.chunks_exact_mut(2))
+                        .zip(us.chunks_exact_mut(2))
+                        .zip(vs.chunks_exact_mut(2))
+                    {
+                        (y2[0], y2[1]) = (quad[0], quad[2]);
+                        (u2[0], u2[1], v2[0], v2[1]) = (quad[1], quad[1], quad[3], quad[3]);
+                    }
+                    n
+                }
+                _ => {
+                    let n = (w - x0).min(BLOCK);
+                    ys[..n].copy_from_slice(&raw[y * stride + x0..][..n]);
+                    let chroma = &raw[stride * h + (y / 2) * stride + x0..][..n.div_ceil(2) * 2];
+                    for ((pair, u2), v2) in chroma
+                        .chunks_exact(2)
+                        .zip(us.chunks_mut(2))
+                        .zip(vs.chunks_mut(2))
+                    {
+                        u2.fill(pair[0]);
+                        v2.fill(pair[1]);
+                    }
+                    n
+                }
+            };
+            block_to_rgb(c, &ys[..n], &us[..n], &vs[..n], &mut rgb[..3 * n]);
+        }
+    }
 }
 
 /// Three YUV planes borrowed from a decoder or a file (I420 = 4:2:0, or 4:4:4).
@@ -306,8 +373,8 @@ const BLOCK: usize = 64;
 
 /// [`planar_to_rgb`] once the planes are checked: each row in blocks of [`BLOCK`] pixels, the
 /// chroma of a block spread to one sample per pixel, then [`block_to_rgb`]. In loops LLVM
-/// vectorises; the same integers as [`yuv_pixel`] (a 768×432 frame per pixel took 2.4 ns in the
-/// loop over pixels, 2.6% of a daemon frame on one thread).
+/// vectorises; the same integers as [`rgb_of`] of [`chroma_terms`] per pixel (a 768×432 frame
+/// per pixel took 2.4 ns in the loop over pixels, 2.6% of a daemon frame on one thread).
 #[inline(always)]
 fn planar_rows(p: &Planes<'_>, c: &Coefficients, out: &mut RgbImage) {
     let w = out.width() as usize;
@@ -541,6 +608,77 @@ mod tests {
         );
         let err = to_rgb(&raw, &layout(PixelFormat::Yuyv, 4, 4), &mut out).unwrap_err();
         assert!(matches!(err, ConvertError::Size { .. }));
+    }
+
+    /// The camera formats' block converter against the per-pixel formula, on random frames:
+    /// widths 1–200 (NV12) and 2–200 even (YUYV; an odd one's last pixel stays as it was),
+    /// heights 1–7, rows padded past the width, both ranges.
+    #[test]
+    fn camera_formats_give_the_per_pixel_bytes() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..160 {
+            let format = [PixelFormat::Yuyv, PixelFormat::Nv12][case % 2];
+            let range = [YuvRange::Limited, YuvRange::Full][case / 2 % 2];
+            let h = 1 + (next() % 7) as usize;
+            let w = match format {
+                PixelFormat::Yuyv => 2 + 2 * (next() % 100) as usize,
+                _ => 1 + (next() % 200) as usize,
+            };
+            let packed = if format == PixelFormat::Yuyv {
+                2 * w
+            } else {
+                w
+            };
+            let stride = packed + (next() % 9) as usize;
+            let len = match format {
+                PixelFormat::Yuyv => stride * h,
+                // A chroma row of an odd width reads one byte past the width.
+                _ => stride * (h + h.div_ceil(2)) + 1,
+            };
+            let raw: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let c = range.coefficients();
+            let mut want = vec![0u8; w * h * 3];
+            for (y, px_row) in want.chunks_exact_mut(w * 3).enumerate() {
+                for (x, px) in px_row.chunks_exact_mut(3).enumerate() {
+                    let (luma, u, v) = match format {
+                        PixelFormat::Yuyv => {
+                            let quad = y * stride + 4 * (x / 2);
+                            (raw[y * stride + 2 * x], raw[quad + 1], raw[quad + 3])
+                        }
+                        _ => {
+                            let uv = stride * h + (y / 2) * stride + (x / 2) * 2;
+                            (raw[y * stride + x], raw[uv], raw[uv + 1])
+                        }
+                    };
+                    let (r, g, b) = chroma_terms(c, u, v);
+                    yuv_pixel(c, luma, r, g, b, px);
+                }
+            }
+            let layout = RawLayout {
+                format,
+                width: w as u32,
+                height: h as u32,
+                bytes_per_line: stride,
+                range,
+            };
+            let mut got = RgbImage::black(w as u32, h as u32).unwrap();
+            to_rgb(&raw, &layout, &mut got).unwrap();
+            assert_eq!(
+                got.as_bytes(),
+                &want[..],
+                "{format} {w}x{h} stride {stride} {range:?}"
+            );
+            // And the same from the plain (not AVX2) copy.
+            let mut plain = RgbImage::black(w as u32, h as u32).unwrap();
+            interleaved_rows(&raw, format, stride, c, &mut plain);
+            assert_eq!(plain.as_bytes(), &want[..], "{format} {w}x{h}: plain copy");
+        }
     }
 
     #[test]
