@@ -615,13 +615,8 @@ mod tests {
     /// heights 1–7, rows padded past the width, both ranges.
     #[test]
     fn camera_formats_give_the_per_pixel_bytes() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::bench::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = || rng.next_u64();
         for case in 0..160 {
             let format = [PixelFormat::Yuyv, PixelFormat::Nv12][case % 2];
             let range = [YuvRange::Limited, YuvRange::Full][case / 2 % 2];
