@@ -66,19 +66,6 @@ impl Act {
     }
 }
 
-/// `e^x` for `x` clamped to ±[`EXP_LIMIT`] (the result stays a normal f32): `x = n·ln 2 + r`,
-/// `|r| ≤ ln 2 / 2`, `e^r` by Cephes' degree-6 polynomial (≤ 2 ulp), times `2^n` put in the
-/// exponent bits. The head's sigmoid (`sigmoid`) takes it, in a loop LLVM vectorises.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-EXP_LIMIT, EXP_LIMIT);
-    let n = (x * std::f32::consts::LOG2_E).round();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
-    let p = p * r * r + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 /// SiLU, `x / (1 + e^(−x))`, in the steps the vector copies in `simd` take (each in its own
 /// instructions: the same value within an ulp or two, not the same bits): `x` clamped below at
 /// −87 (SiLU is within 1.5e-36 of 0 there; unclamped, `x / (1 + e^87)` would grow with |x|), its
@@ -87,16 +74,29 @@ pub fn exp(x: f32) -> f32 {
 ///
 /// A degree-5 polynomial and no clamp or negation beyond these: each vector step is an
 /// instruction, and SiLU follows every convolution of a YOLOX (15–17 instructions per vector
-/// where Cephes' degree-7 `exp` ([`exp`]) and the steps around it took 22).
+/// where Cephes' degree-7 `expf` and the steps around it took 22).
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
     let x = x.max(-EXP_LIMIT);
-    let c = x.min(EXP_LIMIT);
+    x / one_plus_exp_neg(x.min(EXP_LIMIT))
+}
+
+/// The logistic sigmoid, `1 / (1 + e^(−x))`, in [`silu`]'s steps (the same clamps, so never
+/// 0 / 0 and never above 1; below −87 the value at −87, 1.6e-38). YOLOX's objectness and class
+/// scores.
+#[inline(always)]
+pub fn sigmoid_scalar(x: f32) -> f32 {
+    1.0 / one_plus_exp_neg(x.clamp(-EXP_LIMIT, EXP_LIMIT))
+}
+
+/// `1 + e^(−c)` for `|c| ≤ 87`: `e^(−c) = 2^n · e^s` (see [`silu`]).
+#[inline(always)]
+fn one_plus_exp_neg(c: f32) -> f32 {
     let n = (-c * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let s = -c - n * LN2_HI - n * LN2_LO;
     let p = SILU_POLY.iter().rev().fold(0.0, |p, &a| p * s + a);
     let e = p * s + 1.0;
-    x / (1.0 + e * f32::from_bits(((n as i32 + 127) as u32) << 23))
+    1.0 + e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// `e^s ≈ 1 + s·(a₁ + s·(a₂ + s·(a₃ + s·(a₄ + s·a₅))))` on `|s| ≤ ln 2 / 2`, `a₁` first, fitted
@@ -114,20 +114,11 @@ pub(crate) const SILU_POLY: [f32; 5] = [
 /// and the low bits of `v + MAGIC` are that integer (the vector copies' `round`).
 pub(crate) const MAGIC: f32 = 12_582_912.0;
 
-/// Where [`exp`] and [`silu`] clamp their argument: `e^±87` are normal floats.
+/// Where [`silu`] and [`sigmoid_scalar`] clamp their argument: `e^±87` are normal floats.
 pub(crate) const EXP_LIMIT: f32 = 87.0;
 /// ln 2 split so that `n · LN2_HI` is exact for |n| < 2⁹ (Cephes).
 pub(crate) const LN2_HI: f32 = 0.693_359_4;
 pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
-/// `e^r ≈ 1 + r + r²·P(r)`, `P` highest power first (Cephes' `expf`).
-pub(crate) const EXP_POLY: [f32; 6] = [
-    1.987_569_1e-4,
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    0.5, // Cephes: 5.0000001201e-1, which is 0.5 in f32
-];
 
 #[cfg(test)]
 mod test_support {

@@ -21,6 +21,9 @@ pub trait Lanes: Copy {
     unsafe fn relu(self) -> Self;
     /// `Act::Silu` per lane, in the same steps.
     unsafe fn silu(self) -> Self;
+    /// The logistic sigmoid per lane, in [`super::sigmoid_scalar`]'s steps (SiLU's, with 1
+    /// for the numerator).
+    unsafe fn sigmoid(self) -> Self;
     /// The kernels' activation: SiLU when `SILU` (a kernel compiled apart for it, so that its
     /// code and constants stay out of the other copy), else ReLU or nothing as `act` says.
     #[inline(always)]
@@ -84,6 +87,10 @@ impl Lanes for Portable {
         Portable(self.0.map(|v| Act::Silu.apply(v)))
     }
     #[inline(always)]
+    unsafe fn sigmoid(self) -> Self {
+        Portable(self.0.map(super::sigmoid_scalar))
+    }
+    #[inline(always)]
     unsafe fn load_n(p: *const f32, n: usize) -> Self {
         let mut v = [0.0; 4];
         for (i, lane) in v.iter_mut().enumerate().take(n) {
@@ -110,6 +117,37 @@ mod x86 {
 
     use super::super::{EXP_LIMIT, LN2_HI, LN2_LO, MAGIC, SILU_POLY};
     use super::Lanes;
+
+    /// SiLU (`SILU`: `x / (1 + e^(−x))`, `x` clamped below at −87) or the sigmoid
+    /// (`1 / (1 + e^(−x))`) of every lane, in `super::super::silu`'s steps.
+    ///
+    /// # Safety
+    /// The CPU supports the type's instructions.
+    #[inline(always)]
+    unsafe fn logistic_avx2<const SILU: bool>(v: __m256) -> __m256 {
+        // SAFETY: the caller's: the CPU supports these instructions.
+        unsafe {
+            // `super::super::silu`'s steps; `round` by MAGIC, whose sum's low bits are
+            // `n`: shifted to the exponent field and added to `e^s`'s bits, `2^n · e^s`.
+            let x = _mm256_max_ps(v, _mm256_set1_ps(-EXP_LIMIT));
+            let c = _mm256_min_ps(x, _mm256_set1_ps(EXP_LIMIT));
+            let biased = _mm256_fmadd_ps(c, _mm256_set1_ps(-LOG2_E), _mm256_set1_ps(MAGIC));
+            let n = _mm256_sub_ps(biased, _mm256_set1_ps(MAGIC));
+            let s = _mm256_fnmsub_ps(n, _mm256_set1_ps(LN2_HI), c);
+            let s = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), s);
+            let mut p = _mm256_set1_ps(SILU_POLY[4]);
+            for a in SILU_POLY[..4].iter().rev() {
+                p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(*a));
+            }
+            let p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(1.0));
+            let e = _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_castps_si256(p),
+                _mm256_slli_epi32::<23>(_mm256_castps_si256(biased)),
+            ));
+            let numerator = if SILU { x } else { _mm256_set1_ps(1.0) };
+            _mm256_div_ps(numerator, _mm256_add_ps(e, _mm256_set1_ps(1.0)))
+        }
+    }
 
     impl Lanes for __m256 {
         const N: usize = 8;
@@ -151,28 +189,13 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
-            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
-            // valid for the lanes read or written.
-            unsafe {
-                // `super::super::silu`'s steps; `round` by MAGIC, whose sum's low bits are
-                // `n`: shifted to the exponent field and added to `e^s`'s bits, `2^n · e^s`.
-                let x = _mm256_max_ps(self, _mm256_set1_ps(-EXP_LIMIT));
-                let c = _mm256_min_ps(x, _mm256_set1_ps(EXP_LIMIT));
-                let biased = _mm256_fmadd_ps(c, _mm256_set1_ps(-LOG2_E), _mm256_set1_ps(MAGIC));
-                let n = _mm256_sub_ps(biased, _mm256_set1_ps(MAGIC));
-                let s = _mm256_fnmsub_ps(n, _mm256_set1_ps(LN2_HI), c);
-                let s = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), s);
-                let mut p = _mm256_set1_ps(SILU_POLY[4]);
-                for a in SILU_POLY[..4].iter().rev() {
-                    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(*a));
-                }
-                let p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(1.0));
-                let e = _mm256_castsi256_ps(_mm256_add_epi32(
-                    _mm256_castps_si256(p),
-                    _mm256_slli_epi32::<23>(_mm256_castps_si256(biased)),
-                ));
-                _mm256_div_ps(x, _mm256_add_ps(e, _mm256_set1_ps(1.0)))
-            }
+            // SAFETY: the trait's contract.
+            unsafe { logistic_avx2::<true>(self) }
+        }
+        #[inline(always)]
+        unsafe fn sigmoid(self) -> Self {
+            // SAFETY: the trait's contract.
+            unsafe { logistic_avx2::<false>(self) }
         }
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
@@ -198,6 +221,37 @@ mod x86 {
                 _mm256_set1_epi32(n as i32),
                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
             )
+        }
+    }
+
+    /// SiLU (`SILU`: `x / (1 + e^(−x))`, `x` clamped below at −87) or the sigmoid
+    /// (`1 / (1 + e^(−x))`) of every lane, in `super::super::silu`'s steps.
+    ///
+    /// # Safety
+    /// The CPU supports the type's instructions.
+    #[inline(always)]
+    unsafe fn logistic_avx512<const SILU: bool>(v: __m512) -> __m512 {
+        // SAFETY: the caller's: the CPU supports these instructions.
+        unsafe {
+            // `super::super::silu`'s steps; `2^n · e^s` by `vscalefps`, and the quotient
+            // from the 14-bit reciprocal and one correction (`q + (x − d·q)/d`, a few 2⁻²⁸
+            // off before rounding) instead of a division.
+            let x = _mm512_max_ps(v, _mm512_set1_ps(-EXP_LIMIT));
+            let c = _mm512_min_ps(x, _mm512_set1_ps(EXP_LIMIT));
+            let magic = _mm512_set1_ps(MAGIC);
+            let n = _mm512_sub_ps(_mm512_fmadd_ps(c, _mm512_set1_ps(-LOG2_E), magic), magic);
+            let s = _mm512_fnmsub_ps(n, _mm512_set1_ps(LN2_HI), c);
+            let s = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), s);
+            let mut p = _mm512_set1_ps(SILU_POLY[4]);
+            for a in SILU_POLY[..4].iter().rev() {
+                p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(*a));
+            }
+            let p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.0));
+            let d = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0));
+            let rc = _mm512_rcp14_ps(d);
+            let numerator = if SILU { x } else { _mm512_set1_ps(1.0) };
+            let q = _mm512_mul_ps(numerator, rc);
+            _mm512_fmadd_ps(_mm512_fnmadd_ps(d, q, numerator), rc, q)
         }
     }
 
@@ -241,28 +295,13 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
-            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
-            // valid for the lanes read or written.
-            unsafe {
-                // `super::super::silu`'s steps; `2^n · e^s` by `vscalefps`, and the quotient
-                // from the 14-bit reciprocal and one correction (`q + (x − d·q)/d`, a few 2⁻²⁸
-                // off before rounding) instead of a division.
-                let x = _mm512_max_ps(self, _mm512_set1_ps(-EXP_LIMIT));
-                let c = _mm512_min_ps(x, _mm512_set1_ps(EXP_LIMIT));
-                let magic = _mm512_set1_ps(MAGIC);
-                let n = _mm512_sub_ps(_mm512_fmadd_ps(c, _mm512_set1_ps(-LOG2_E), magic), magic);
-                let s = _mm512_fnmsub_ps(n, _mm512_set1_ps(LN2_HI), c);
-                let s = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), s);
-                let mut p = _mm512_set1_ps(SILU_POLY[4]);
-                for a in SILU_POLY[..4].iter().rev() {
-                    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(*a));
-                }
-                let p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.0));
-                let d = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0));
-                let rc = _mm512_rcp14_ps(d);
-                let q = _mm512_mul_ps(x, rc);
-                _mm512_fmadd_ps(_mm512_fnmadd_ps(d, q, x), rc, q)
-            }
+            // SAFETY: the trait's contract.
+            unsafe { logistic_avx512::<true>(self) }
+        }
+        #[inline(always)]
+        unsafe fn sigmoid(self) -> Self {
+            // SAFETY: the trait's contract.
+            unsafe { logistic_avx512::<false>(self) }
         }
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {
@@ -286,6 +325,43 @@ mod neon {
 
     use super::super::{EXP_LIMIT, LN2_HI, LN2_LO, SILU_POLY};
     use super::Lanes;
+
+    /// SiLU (`SILU`: `x / (1 + e^(−x))`, `x` clamped below at −87) or the sigmoid
+    /// (`1 / (1 + e^(−x))`) of every lane, in `super::super::silu`'s steps.
+    ///
+    /// # Safety
+    /// The CPU supports the type's instructions.
+    #[inline(always)]
+    unsafe fn logistic_neon<const SILU: bool>(v: float32x4_t) -> float32x4_t {
+        // SAFETY: the caller's: the CPU supports these instructions.
+        unsafe {
+            // `super::super::silu`'s steps with `m = −n = round(c · log2 e)` (`fcvtns`)
+            // and `r = −s`: the polynomial in `r` with every odd coefficient negated, and
+            // `m` taken from the exponent bits.
+            let x = vmaxq_f32(v, vdupq_n_f32(-EXP_LIMIT));
+            let c = vminq_f32(x, vdupq_n_f32(EXP_LIMIT));
+            let m = vcvtnq_s32_f32(vmulq_n_f32(c, LOG2_E));
+            let mf = vcvtq_f32_s32(m);
+            let r = vfmsq_f32(c, mf, vdupq_n_f32(LN2_HI));
+            let r = vfmsq_f32(r, mf, vdupq_n_f32(LN2_LO));
+            let odd = |k: usize| {
+                if k.is_multiple_of(2) {
+                    -SILU_POLY[k]
+                } else {
+                    SILU_POLY[k]
+                }
+            };
+            let mut p = vdupq_n_f32(odd(4));
+            for k in (0..4).rev() {
+                p = vfmaq_f32(vdupq_n_f32(odd(k)), p, r);
+            }
+            let p = vfmaq_f32(vdupq_n_f32(1.0), p, r);
+            let e =
+                vreinterpretq_f32_s32(vsubq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32::<23>(m)));
+            let numerator = if SILU { x } else { vdupq_n_f32(1.0) };
+            vdivq_f32(numerator, vaddq_f32(e, vdupq_n_f32(1.0)))
+        }
+    }
 
     impl Lanes for float32x4_t {
         const N: usize = 4;
@@ -327,36 +403,13 @@ mod neon {
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
-            // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
-            // valid for the lanes read or written.
-            unsafe {
-                // `super::super::silu`'s steps with `m = −n = round(c · log2 e)` (`fcvtns`)
-                // and `r = −s`: the polynomial in `r` with every odd coefficient negated, and
-                // `m` taken from the exponent bits.
-                let x = vmaxq_f32(self, vdupq_n_f32(-EXP_LIMIT));
-                let c = vminq_f32(x, vdupq_n_f32(EXP_LIMIT));
-                let m = vcvtnq_s32_f32(vmulq_n_f32(c, LOG2_E));
-                let mf = vcvtq_f32_s32(m);
-                let r = vfmsq_f32(c, mf, vdupq_n_f32(LN2_HI));
-                let r = vfmsq_f32(r, mf, vdupq_n_f32(LN2_LO));
-                let odd = |k: usize| {
-                    if k.is_multiple_of(2) {
-                        -SILU_POLY[k]
-                    } else {
-                        SILU_POLY[k]
-                    }
-                };
-                let mut p = vdupq_n_f32(odd(4));
-                for k in (0..4).rev() {
-                    p = vfmaq_f32(vdupq_n_f32(odd(k)), p, r);
-                }
-                let p = vfmaq_f32(vdupq_n_f32(1.0), p, r);
-                let e = vreinterpretq_f32_s32(vsubq_s32(
-                    vreinterpretq_s32_f32(p),
-                    vshlq_n_s32::<23>(m),
-                ));
-                vdivq_f32(x, vaddq_f32(e, vdupq_n_f32(1.0)))
-            }
+            // SAFETY: the trait's contract.
+            unsafe { logistic_neon::<true>(self) }
+        }
+        #[inline(always)]
+        unsafe fn sigmoid(self) -> Self {
+            // SAFETY: the trait's contract.
+            unsafe { logistic_neon::<false>(self) }
         }
         #[inline(always)]
         unsafe fn load_n(p: *const f32, n: usize) -> Self {

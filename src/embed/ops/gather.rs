@@ -41,8 +41,9 @@ pub struct Gather {
     pub(super) output: Output,
 }
 
-/// How the values are copied: as runs of consecutive values (a concatenation, a reshape), when
-/// there are few, else value by value (a transposition).
+/// How the values are copied: as runs of values at a constant distance in one input (a
+/// concatenation or a reshape: consecutive values; a transposition: a column), when there are
+/// few, else value by value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Copies {
     Runs(Arc<[Run]>),
@@ -50,16 +51,27 @@ enum Copies {
     Table(Arc<[u32]>),
 }
 
-/// `len` values from `src` in input `input` to `dst` in the output.
+/// `len` values to `dst..dst + len` in the output from `src`, `src + step`, … in input `input`;
+/// then, for each of the next `columns − 1` columns of the input, `len` more from one value on
+/// (`y[dst + c·len + i] = x[src + c + i·step]`): a block of a transposition, copied a row of the
+/// input at a time, so that each of its rows (pages apart: 10.6 KB in YOLOX-Nano's head) is
+/// visited once per block and not once per column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Run {
     dst: usize,
     input: usize,
     src: usize,
+    step: usize,
     len: usize,
+    columns: usize,
 }
 
-/// A run per this many values at most, else the table (4 bytes per value against a run's 32).
+/// Columns per block of a transposition at most (the block's output, `columns · len` floats,
+/// stays in the L1 cache: 5.4 KB in YOLOX-Nano's head).
+const BLOCK_COLUMNS: usize = 16;
+
+/// A run per this many values at most, else the table (4 bytes per value against a run's 40).
+/// YOLOX-Nano's head at 416×416 moves its 85 × 3549 scores to 3549 × 85 in 3549 runs of 85.
 const VALUES_PER_RUN: usize = 8;
 
 impl Gather {
@@ -78,22 +90,37 @@ impl Gather {
 
     /// The op for table `entries` (see [`Gather::entries`]).
     fn new(isa: Isa, entries: &[u32], inputs: usize, output: Output) -> Self {
-        // Runs of consecutive values of one input (the offset never carries into the input),
-        // and runs of values through the sigmoid.
-        let mut copies: Vec<(usize, usize)> = Vec::new();
+        // Runs of values at a constant step in one input (the offset never carries into the
+        // input: a run's step is set by its second value), and runs of values through the
+        // sigmoid.
+        let mut copies: Vec<Run> = Vec::new();
         let mut sigmoid_runs: Vec<(usize, usize)> = Vec::new();
         for (i, &e) in entries.iter().enumerate() {
-            let before = i.checked_sub(1).map(|b| entries[b]);
-            let value = e & !SIGMOID;
-            match (copies.last_mut(), before) {
-                (Some(run), Some(p))
-                    if p & OFFSET_MASK != OFFSET_MASK && (p & !SIGMOID) + 1 == value =>
-                {
-                    run.1 += 1
+            let (input, src) = (
+                ((e >> OFFSET_BITS) & INPUT_MASK) as usize,
+                (e & OFFSET_MASK) as usize,
+            );
+            match copies.last_mut() {
+                Some(run) if run.input == input && run.len == 1 && src > run.src => {
+                    run.step = src - run.src;
+                    run.len = 2;
                 }
-                _ => copies.push((i, 1)),
+                Some(run)
+                    if run.input == input && run.len > 1 && run.src + run.len * run.step == src =>
+                {
+                    run.len += 1
+                }
+                _ => copies.push(Run {
+                    dst: i,
+                    input,
+                    src,
+                    step: 1,
+                    len: 1,
+                    columns: 1,
+                }),
             }
             if e & SIGMOID != 0 {
+                let before = i.checked_sub(1).map(|b| entries[b]);
                 match (sigmoid_runs.last_mut(), before) {
                     (Some(run), Some(p)) if p & SIGMOID != 0 => run.1 += 1,
                     _ => sigmoid_runs.push((i, 1)),
@@ -101,13 +128,24 @@ impl Gather {
             }
         }
         let copies = if copies.len() * VALUES_PER_RUN <= entries.len() {
-            let run = |&(dst, len): &(usize, usize)| Run {
-                dst,
-                input: ((entries[dst] >> OFFSET_BITS) & INPUT_MASK) as usize,
-                src: (entries[dst] & OFFSET_MASK) as usize,
-                len,
-            };
-            Copies::Runs(copies.iter().map(run).collect())
+            // Strided runs that read the next column of the same rows, one after the other in
+            // the output, as blocks (of at most `step` columns: rows that do not overlap).
+            let mut blocks: Vec<Run> = Vec::with_capacity(copies.len());
+            for r in copies {
+                match blocks.last_mut() {
+                    Some(b)
+                        if b.step > 1
+                            && (b.input, b.step, b.len) == (r.input, r.step, r.len)
+                            && b.src + b.columns == r.src
+                            && b.dst + b.columns * b.len == r.dst
+                            && b.columns < BLOCK_COLUMNS.min(b.step) =>
+                    {
+                        b.columns += 1
+                    }
+                    _ => blocks.push(r),
+                }
+            }
+            Copies::Runs(blocks.into())
         } else {
             Copies::Table(entries.iter().map(|&e| e & !SIGMOID).collect())
         };
@@ -128,8 +166,11 @@ impl Gather {
                 let mut entries = vec![0; self.output.shape.iter().product()];
                 for r in runs.iter() {
                     let k = (r.input as u32) << OFFSET_BITS;
-                    for (i, e) in entries[r.dst..][..r.len].iter_mut().enumerate() {
-                        *e = k | (r.src + i) as u32;
+                    let block = entries[r.dst..][..r.columns * r.len].chunks_exact_mut(r.len);
+                    for (c, column) in block.enumerate() {
+                        for (i, e) in column.iter_mut().enumerate() {
+                            *e = k | (r.src + c + i * r.step) as u32;
+                        }
                     }
                 }
                 entries
@@ -148,7 +189,17 @@ impl Gather {
         match &self.copies {
             Copies::Runs(runs) => {
                 for r in runs.iter() {
-                    y[r.dst..][..r.len].copy_from_slice(&inputs[r.input][r.src..][..r.len]);
+                    let y = &mut y[r.dst..][..r.columns * r.len];
+                    if r.step == 1 {
+                        y.copy_from_slice(&inputs[r.input][r.src..][..r.len]);
+                        continue;
+                    }
+                    let x = &inputs[r.input][r.src..][..(r.len - 1) * r.step + r.columns];
+                    for (i, row) in x.chunks(r.step).enumerate() {
+                        for (column, v) in y.chunks_exact_mut(r.len).zip(row) {
+                            column[i] = *v;
+                        }
+                    }
                 }
             }
             Copies::Table(table) => {
@@ -320,5 +371,68 @@ mod tests {
         assert!((f64::from(y[3]) - want).abs() < 1e-7, "{} vs {want}", y[3]);
         assert_eq!(y[4], 1.0);
         assert!((f64::from(y[5]) - 1.0 / (1.0 + (-1f64).exp())).abs() < 1e-7);
+    }
+
+    #[test]
+    fn a_transposition_is_copied_in_strided_runs() {
+        // Two inputs of 9 rows (10 and 12 columns) concatenated along the columns, then
+        // transposed to 22 rows of 9, row 4 through a sigmoid: a run per output row,
+        // each reading a column of its input.
+        let a: Vec<f32> = (0..90).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..108).map(|i| -(i as f32) / 8.0).collect();
+        let entry = |k: u32, o: usize| o as u32 | (k << OFFSET_BITS);
+        let mut table = Vec::new();
+        for column in 0..22 {
+            for row in 0..9 {
+                let e = if column < 10 {
+                    entry(0, row * 10 + column)
+                } else {
+                    entry(1, row * 12 + column - 10)
+                };
+                table.push(if row == 4 { e | SIGMOID } else { e });
+            }
+        }
+        let op = Gather::new(Isa::detect(), &table, 2, Output::new(tvec![22, 9]));
+        let Copies::Runs(runs) = &op.copies else {
+            panic!("a table for 22 runs of 9")
+        };
+        // One block of each input's columns.
+        assert_eq!(runs.iter().map(|r| r.columns).collect::<Vec<_>>(), [10, 12]);
+        assert!(
+            runs.iter()
+                .all(|r| r.len == 9 && r.step == [10, 12][r.input])
+        );
+        assert_eq!(op.entries(), table);
+        let mut y = vec![f32::NAN; 198];
+        op.compute(&[&a, &b], &mut y);
+        for (i, (&got, &e)) in y.iter().zip(&table).enumerate() {
+            let x = [&a, &b][(e >> OFFSET_BITS & INPUT_MASK) as usize][(e & OFFSET_MASK) as usize];
+            let want = if e & SIGMOID != 0 {
+                crate::embed::kernels::sigmoid_scalar(x)
+            } else {
+                x
+            };
+            assert!((got - want).abs() <= 1e-6, "value {i}: {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn overlapping_columns_are_not_one_block() {
+        // Three runs of 8 at step 2 from 0, 1 and 2: the third reads the first's values but
+        // one, which a block's rows of `step` values cannot hold.
+        let x: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let table: Vec<u32> = (0..3)
+            .flat_map(|c| (0..8).map(move |i| (c + 2 * i) as u32))
+            .collect();
+        let op = Gather::new(Isa::detect(), &table, 1, Output::new(tvec![24]));
+        let Copies::Runs(runs) = &op.copies else {
+            panic!("a table for 3 runs of 8")
+        };
+        assert_eq!(runs.iter().map(|r| r.columns).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(op.entries(), table);
+        let mut y = vec![f32::NAN; 24];
+        op.compute(&[&x], &mut y);
+        let want: Vec<f32> = table.iter().map(|&e| e as f32).collect();
+        assert_eq!(y, want);
     }
 }
