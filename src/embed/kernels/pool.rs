@@ -3,10 +3,13 @@
 //!
 //! Each output row first reduces its `kh` input rows column by column into one row (a vertical
 //! pass over contiguous memory, which vectorises), then reduces `kw` neighbours of that row per
-//! output pixel. Padding never contributes to a max; for an average it counts in the divisor only
+//! output pixel; stride-1 max pools (YOLOX's SPP) do the same in passes over whole planes. Padding never contributes to a max; for an average it counts in the divisor only
 //! with `count_include_pad` (ONNX's attribute).
 
 use super::Isa;
+#[cfg(not(target_arch = "aarch64"))]
+use super::simd::Portable;
+use super::simd::{Lanes, copy};
 
 /// What to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,16 +64,23 @@ pub fn pool(
         "pool output length"
     );
     assert!(isa.is_available(), "{isa} not on this CPU");
-    let (l, r) = (shape.padding.1, shape.padding.3);
-    if row.len() < w + l + r {
-        row.resize(w + l + r, 0.0);
+    let need = scratch_len(shape, reduce);
+    if row.len() < need {
+        row.resize(need, 0.0);
     }
     match isa {
         // SAFETY: the CPU has AVX2 and FMA (checked above; AVX-512 implies them). AVX-512's
         // own copy ran the stem's max pool at half this one's speed (its rows are 40 floats).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma | Isa::Avx512 => unsafe { x86::avx2(shape, reduce, input, out, row) },
-        Isa::Baseline => body(shape, reduce, input, out, row),
+        // SAFETY: NEON is part of aarch64.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Baseline => unsafe {
+            body::<std::arch::aarch64::float32x4_t>(shape, reduce, input, out, row)
+        },
+        // SAFETY: the portable lanes need nothing.
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Baseline => unsafe { body::<Portable>(shape, reduce, input, out, row) },
     }
 }
 
@@ -86,13 +96,23 @@ mod x86 {
         out: &mut [f32],
         row: &mut [f32],
     ) {
-        body(shape, reduce, input, out, row)
+        // SAFETY: the caller checked AVX2.
+        unsafe { body::<std::arch::x86_64::__m256>(shape, reduce, input, out, row) }
     }
 }
 
-/// [`pool`]'s work, once the lengths are checked and `row` holds a padded row.
+/// [`pool`]'s work, once the lengths are checked and `row` holds the scratch.
+///
+/// # Safety
+/// The CPU supports `V`.
 #[inline(always)]
-fn body(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &mut [f32]) {
+unsafe fn body<V: Lanes>(
+    shape: Shape,
+    reduce: Reduce,
+    input: &[f32],
+    out: &mut [f32],
+    row: &mut [f32],
+) {
     let (oh, ow) = shape.output().expect("the window fits the padded input");
     let (h, w) = (shape.height, shape.width);
     if matches!(reduce, Reduce::Mean { .. })
@@ -114,6 +134,10 @@ fn body(shape: Shape, reduce: Reduce, input: &[f32], out: &mut [f32], row: &mut 
             }
         }
         return;
+    }
+    if reduce == Reduce::Max && shape.stride == (1, 1) {
+        // SAFETY: `V` is supported (the caller's).
+        return unsafe { max_stride1::<V>(shape, input, out, row) };
     }
     let (kh, kw) = shape.kernel;
     let (sy, sx) = shape.stride;
@@ -185,6 +209,109 @@ fn max_into(acc: &mut [f32], src: &[f32]) {
     }
 }
 
+/// `buf[i] = max(buf[i], buf[i + s])` ([`Lanes::max`]) for `i < n`, in place: a vector at a
+/// time from the start, each read before it is stored, so every `buf[i + s]` read is still the
+/// value from before the pass (the last vector masked).
+///
+/// # Safety
+/// The CPU supports `V`; `n + s ≤ buf.len()`.
+#[inline(always)]
+unsafe fn max_shifted<V: Lanes>(buf: &mut [f32], n: usize, s: usize) {
+    debug_assert!(n + s <= buf.len());
+    let p = buf.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: as the caller's: every access below `n + s`.
+    unsafe {
+        while i + V::N <= n {
+            V::load(p.add(i)).max(V::load(p.add(i + s))).store(p.add(i));
+            i += V::N;
+        }
+        if i < n {
+            let m = n - i;
+            V::load_n(p.add(i), m)
+                .max(V::load_n(p.add(i + s), m))
+                .store_n(p.add(i), m);
+        }
+    }
+}
+
+/// `buf[i] = max over d < k of buf[i + d·unit]` (as `buf` was) for `i < len − (k − 1)·unit`,
+/// in place: windows of 2, 4, 8… by [`max_shifted`] (each the max of two halves), then the
+/// window of `k` as two overlapping ones of the last power of two. A 13-wide window takes 4
+/// passes, not 12.
+///
+/// # Safety
+/// The CPU supports `V`; `len ≤ buf.len()`, `(k − 1)·unit < len`.
+#[inline(always)]
+unsafe fn window_max<V: Lanes>(buf: &mut [f32], len: usize, k: usize, unit: usize) {
+    let mut m = 1;
+    // SAFETY: as the caller's: the window of `2m` (or `k`) ends inside `len`.
+    unsafe {
+        while 2 * m <= k {
+            max_shifted::<V>(buf, len - (2 * m - 1) * unit, m * unit);
+            m *= 2;
+        }
+        if m < k {
+            max_shifted::<V>(buf, len - (k - 1) * unit, (k - m) * unit);
+        }
+    }
+}
+
+/// Stride-1 max pools (YOLOX's SPP: "same" 5×5, 9×9 and 13×13 windows over 13×23 planes at
+/// 736×416) in passes over whole planes, not rows: each plane copied into a padded plane of
+/// `(h + t + b) × (w + l + r)` whose borders stay −∞ (`scratch`'s first part, filled once per
+/// call), then a copy of it reduced over windows of `kh` rows ([`window_max`], shifts of whole
+/// rows), then a copy of that over windows of `kw` columns (shifts of one float: a window that
+/// would cross into the next row is never an output's), and the output's `ow` columns of each
+/// row copied out. The max is exact, so the order does not change a value. Per row, with a
+/// pass per window row and column, the three SPP pools took 0.12 + 0.19 + 0.26 ms (Intel Xeon
+/// model 207), most of it in the calls.
+///
+/// # Safety
+/// The CPU supports `V`.
+#[inline(always)]
+unsafe fn max_stride1<V: Lanes>(shape: Shape, input: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    let (oh, ow) = shape.output().expect("the window fits the padded input");
+    let (h, w) = (shape.height, shape.width);
+    let (kh, kw) = shape.kernel;
+    let (t, l, b, r) = shape.padding;
+    let wp = w + l + r;
+    let (padded, rest) = scratch.split_at_mut((h + t + b) * wp);
+    let (rows, columns) = rest.split_at_mut((h + t + b) * wp);
+    let columns = &mut columns[..oh * wp];
+    padded.fill(f32::NEG_INFINITY);
+    // SAFETY: `V` is supported (the caller's); every copy and pass stays inside the slices
+    // (`padded` and `rows` have `h + t + b = oh + kh − 1` rows of `wp`, `columns` `oh · wp`
+    // floats).
+    unsafe {
+        for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+            for (y, row) in plane.chunks_exact(w).enumerate() {
+                copy::<V>(row.as_ptr(), padded.as_mut_ptr().add((t + y) * wp + l), w);
+            }
+            copy::<V>(padded.as_ptr(), rows.as_mut_ptr(), rows.len());
+            window_max::<V>(rows, rows.len(), kh, wp);
+            copy::<V>(rows.as_ptr(), columns.as_mut_ptr(), columns.len());
+            window_max::<V>(columns, columns.len(), kw, 1);
+            for (dst_row, src) in dst.chunks_exact_mut(ow).zip(columns.chunks(wp)) {
+                copy::<V>(src.as_ptr(), dst_row.as_mut_ptr(), ow);
+            }
+        }
+    }
+}
+
+/// Scratch floats [`pool`] needs for `shape`: a padded row, or for stride-1 max pools the
+/// planes of [`max_stride1`].
+fn scratch_len(shape: Shape, reduce: Reduce) -> usize {
+    let (t, l, b, r) = shape.padding;
+    let wp = shape.width + l + r;
+    match (reduce, shape.output()) {
+        (Reduce::Max, Some((oh, _))) if shape.stride == (1, 1) => {
+            2 * (shape.height + t + b) * wp + oh * wp
+        }
+        _ => wp,
+    }
+}
+
 #[inline(always)]
 fn horizontal<const KW: usize, const SX: usize>(
     padded: &[f32],
@@ -205,15 +332,6 @@ fn horizontal<const KW: usize, const SX: usize>(
             let pairs = padded[..2 * dst.len() + 2].chunks_exact(2);
             for ((value, p), q) in dst.iter_mut().zip(pairs.clone()).zip(pairs.skip(1)) {
                 *value = max(max(max(f32::NEG_INFINITY, p[0]), p[1]), q[0]);
-            }
-        }
-        // Stride 1 (YOLOX's SPP: 5×5, 9×9 and 13×13 windows): one pass over the row per
-        // window column, which vectorises, in place of a fold per output pixel. Each output
-        // still takes its window's values left to right (the same one of equal values).
-        Reduce::Max if sx == 1 => {
-            dst.fill(f32::NEG_INFINITY);
-            for j in 0..kw {
-                max_into(dst, &padded[j..j + dst.len()]);
             }
         }
         Reduce::Max => {
@@ -312,14 +430,25 @@ mod tests {
             ),
         ];
         let mut cases = osnet.to_vec();
-        // YOLOX's SPP at 736×416: "same" max pools of 5, 9 and 13 over 13×23.
+        // YOLOX's SPP at 736×416 and 416×416: "same" max pools of 5, 9 and 13 over 13×23 and
+        // 13×13; and wide stride-1 windows with uneven padding.
         for k in [5, 9, 13] {
+            for (height, width) in [(13, 23), (13, 13)] {
+                let shape = Shape {
+                    height,
+                    width,
+                    kernel: (k, k),
+                    stride: (1, 1),
+                    padding: (k / 2, k / 2, k / 2, k / 2),
+                };
+                cases.push((shape, Reduce::Max));
+            }
             let shape = Shape {
-                height: 13,
-                width: 23,
+                height: 9,
+                width: 30,
                 kernel: (k, k),
                 stride: (1, 1),
-                padding: (k / 2, k / 2, k / 2, k / 2),
+                padding: (k / 2 + 1, 0, k / 2 - 1, k - 1),
             };
             cases.push((shape, Reduce::Max));
         }

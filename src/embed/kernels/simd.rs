@@ -19,6 +19,9 @@ pub trait Lanes: Copy {
     unsafe fn add(self, other: Self) -> Self;
     /// `max(self, 0)`.
     unsafe fn relu(self) -> Self;
+    /// Per lane, `other` where it is greater, else `self` (x86 `maxps(other, self)`: a NaN in
+    /// `other` never taken; NEON `fmax`: NaN if either is).
+    unsafe fn max(self, other: Self) -> Self;
     /// `Act::Silu` per lane, in the same steps.
     unsafe fn silu(self) -> Self;
     /// The logistic sigmoid per lane, in [`super::sigmoid_scalar`]'s steps (SiLU's, with 1
@@ -44,6 +47,28 @@ pub trait Lanes: Copy {
     unsafe fn load_n(p: *const f32, n: usize) -> Self;
     /// Writes the first `n < N` lanes to `p`, and nothing else.
     unsafe fn store_n(self, p: *mut f32, n: usize);
+}
+
+/// Copies `n` floats with vector moves (no `memcpy` call): the last ones as a whole vector that
+/// ends where the range ends when `n` is at least a vector, else masked.
+///
+/// # Safety
+/// The CPU must support `V`; both ranges valid for `n` floats.
+#[inline(always)]
+pub unsafe fn copy<V: Lanes>(src: *const f32, dst: *mut f32, n: usize) {
+    let mut i = 0;
+    // SAFETY: as the caller's: `V` is supported, every load and store in bounds (see `body`).
+    unsafe {
+        while i + V::N <= n {
+            V::load(src.add(i)).store(dst.add(i));
+            i += V::N;
+        }
+        if i < n && n >= V::N {
+            V::load(src.add(n - V::N)).store(dst.add(n - V::N));
+        } else if i < n {
+            V::load_n(src.add(i), n - i).store_n(dst.add(i), n - i);
+        }
+    }
 }
 
 /// Four lanes in plain arrays: the portable copy, which LLVM vectorises to the target's baseline
@@ -81,6 +106,16 @@ impl Lanes for Portable {
     #[inline(always)]
     unsafe fn relu(self) -> Self {
         Portable(self.0.map(|v| if v < 0.0 { 0.0 } else { v }))
+    }
+    #[inline(always)]
+    unsafe fn max(self, other: Self) -> Self {
+        Portable(std::array::from_fn(|i| {
+            if other.0[i] > self.0[i] {
+                other.0[i]
+            } else {
+                self.0[i]
+            }
+        }))
     }
     #[inline(always)]
     unsafe fn silu(self) -> Self {
@@ -186,6 +221,11 @@ mod x86 {
             // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
             // valid for the lanes read or written.
             unsafe { _mm256_max_ps(self, _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn max(self, other: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions.
+            unsafe { _mm256_max_ps(other, self) }
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
@@ -294,6 +334,11 @@ mod x86 {
             unsafe { _mm512_max_ps(self, _mm512_setzero_ps()) }
         }
         #[inline(always)]
+        unsafe fn max(self, other: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions.
+            unsafe { _mm512_max_ps(other, self) }
+        }
+        #[inline(always)]
         unsafe fn silu(self) -> Self {
             // SAFETY: the trait's contract.
             unsafe { logistic_avx512::<true>(self) }
@@ -400,6 +445,11 @@ mod neon {
             // SAFETY: the trait's contract: the CPU supports these instructions; pointers are
             // valid for the lanes read or written.
             unsafe { vmaxq_f32(self, vdupq_n_f32(0.0)) }
+        }
+        #[inline(always)]
+        unsafe fn max(self, other: Self) -> Self {
+            // SAFETY: the trait's contract: the CPU supports these instructions.
+            unsafe { vmaxq_f32(self, other) }
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
