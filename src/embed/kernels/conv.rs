@@ -366,6 +366,7 @@ pub unsafe fn convolve_rows(
         parts: &[offsets.len()],
         y_stride: oh * ow,
         res: None,
+        res_after_act: false,
         act,
     };
     for oy in rows {

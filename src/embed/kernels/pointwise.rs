@@ -56,7 +56,8 @@ pub fn images_of<'a>(
 /// `parts` (how many channels each has, at most [`MAX_PARTS`]; one input but for a convolution
 /// of a concatenation), each `[batch][parts[i]][pixels]`; `weights` are `[outputs][inputs]`
 /// (the parts' channels in order) packed for `isa` ([`pack_weights`](super::pack_weights)),
-/// `residual` and `out` `[batch][outputs][pixels]`; `offsets` are [`Shape::offsets`].
+/// `residual` and `out` `[batch][outputs][pixels]`, the residual added before the activation or,
+/// `residual_after_act`, after it; `offsets` are [`Shape::offsets`].
 #[allow(clippy::too_many_arguments)]
 pub fn pointwise(
     isa: Isa,
@@ -67,6 +68,7 @@ pub fn pointwise(
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
+    residual_after_act: bool,
     act: Act,
     out: &mut [f32],
 ) {
@@ -107,6 +109,7 @@ pub fn pointwise(
                 weights,
                 bias,
                 res,
+                residual_after_act,
                 act,
                 0..shape.pixels,
                 y.as_mut_ptr(),
@@ -134,6 +137,7 @@ pub unsafe fn pointwise_pixels(
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
+    residual_after_act: bool,
     act: Act,
     range: std::ops::Range<usize>,
     out: *mut f32,
@@ -157,6 +161,7 @@ pub unsafe fn pointwise_pixels(
         parts,
         y_stride: shape.pixels,
         res: residual,
+        res_after_act: residual_after_act,
         act,
     };
     // SAFETY: as the caller promised; `run_shared` checks the bounds.
@@ -164,6 +169,7 @@ pub unsafe fn pointwise_pixels(
 }
 
 /// The naive reference, in `f64`: the output and, per element, `Σ|terms|` (for error bounds).
+#[allow(clippy::too_many_arguments)]
 pub fn reference(
     shape: Shape,
     batch: usize,
@@ -171,6 +177,7 @@ pub fn reference(
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
+    residual_after_act: bool,
     act: Act,
 ) -> (Vec<f32>, Vec<f32>) {
     let Shape {
@@ -192,11 +199,15 @@ pub fn reference(
                     acc += t;
                     mag += t.abs();
                 }
+                match residual {
+                    Some(r) if residual_after_act => acc = act.reference(acc) + f64::from(r[at]),
+                    Some(r) => acc = act.reference(acc + f64::from(r[at])),
+                    None => acc = act.reference(acc),
+                }
                 if let Some(r) = residual {
-                    acc += f64::from(r[at]);
                     mag += f64::from(r[at]).abs();
                 }
-                out[at] = act.reference(acc) as f32;
+                out[at] = acc as f32;
                 magnitude[at] = mag as f32;
             }
         }
@@ -210,6 +221,8 @@ mod tests {
     use super::*;
 
     fn check(isa: Isa, shape: Shape, batch: usize, with_res: bool, act: Act, rng: &mut Rng) {
+        // A residual is added after the activation (YOLOX) or before it (ResNet), at random.
+        let after = with_res && rng.below(2) == 1;
         let input = rng.vec(batch * shape.inputs * shape.pixels);
         let weights = rng.vec(shape.outputs * shape.inputs);
         let bias = rng.vec(shape.outputs);
@@ -221,6 +234,7 @@ mod tests {
             &weights,
             &bias,
             residual.as_deref(),
+            after,
             act,
         );
         let mut got = vec![f32::NAN; want.len()];
@@ -259,6 +273,7 @@ mod tests {
             &packed,
             &bias,
             residual.as_deref(),
+            after,
             act,
             &mut got,
         );
@@ -283,6 +298,7 @@ mod tests {
                     &packed,
                     &bias,
                     residual.as_deref().map(|r| &r[r.len() - y_len..]),
+                    after,
                     act,
                     pixels,
                     parted.as_mut_ptr(),
@@ -300,7 +316,9 @@ mod tests {
             &want,
             &magnitude,
             shape.inputs + 2,
-            &format!("{isa} {shape:?} inputs {parts:?} batch {batch} residual {with_res}"),
+            &format!(
+                "{isa} {shape:?} inputs {parts:?} batch {batch} residual {with_res} after {after}"
+            ),
         );
     }
 
@@ -336,6 +354,7 @@ mod tests {
                 &[1.0],
                 &[0.0],
                 None,
+                false,
                 Act::Silu,
                 &mut got,
             );

@@ -26,6 +26,8 @@ pub struct Pointwise {
     weights: Floats,
     bias: Floats,
     residual: bool,
+    /// The residual added after the activation (YOLOX's bottlenecks), not before it.
+    residual_after_act: bool,
     act: Act,
     pub(super) output: Output,
 }
@@ -42,8 +44,13 @@ impl Pointwise {
         } else {
             String::new()
         };
+        let after = if self.residual_after_act {
+            " after the activation"
+        } else {
+            ""
+        };
         format!(
-            "{:?}{parts} residual {} {:?} {}",
+            "{:?}{parts} residual {}{after} {:?} {}",
             self.shape, self.residual, self.act, self.isa
         )
     }
@@ -80,6 +87,7 @@ impl Pointwise {
                         &self.weights.0,
                         &self.bias.0,
                         residual.map(|r| &r[images.start * y_len..images.end * y_len]),
+                        self.residual_after_act,
                         self.act,
                         y,
                     )
@@ -109,6 +117,7 @@ impl Pointwise {
                             &self.weights.0,
                             &self.bias.0,
                             residual,
+                            self.residual_after_act,
                             self.act,
                             pixels,
                             out,
@@ -139,6 +148,7 @@ impl Pointwise {
                         &self.weights.0[outputs.start * shape.inputs..outputs.end * shape.inputs],
                         &self.bias.0[outputs.clone()],
                         residual.map(|r| &r[rows]),
+                        self.residual_after_act,
                         self.act,
                         y,
                     )
@@ -296,10 +306,22 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         last = OutletId::new(next.id, 0);
         replaced += 1;
     }
+    let mut residual_after_act = false;
     if let Some((r, a)) = trailing_act(model, last, &shape)? {
         act = a;
         last = r;
         replaced += 1;
+        // YOLOX's bottlenecks add their shortcut after the activation.
+        if residual.is_none()
+            && parts.len() < INLINE_INPUTS
+            && let Some(next) = sole_reader(model, last.node)?
+            && let Some(r) = residual_add(model, next, last, &shape)?
+        {
+            residual = Some(r);
+            residual_after_act = true;
+            last = OutletId::new(next.id, 0);
+            replaced += 1;
+        }
     }
     let channels: Vec<usize> = parts.iter().map(|p| p.inputs).collect();
     let inputs = channels.iter().sum();
@@ -327,6 +349,7 @@ pub(crate) fn pointwise_patch(model: &TypedModel, id: usize, isa: Isa) -> TractR
         weights: Floats(pack_weights(isa, &rows, outputs).into()),
         bias: Floats(bias.unwrap_or_else(|| vec![0.0; outputs]).into()),
         residual: residual.is_some(),
+        residual_after_act,
         act,
         output: Output::new(shape.into()),
     };
