@@ -24,6 +24,7 @@ pub mod qpointwise;
 pub mod sigmoid;
 mod simd;
 mod tile;
+pub mod transpose;
 
 pub use crate::simd::Isa;
 pub use tile::{block_floats, pack as pack_weights, panel_width};

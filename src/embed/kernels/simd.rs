@@ -22,6 +22,8 @@ pub trait Lanes: Copy {
     /// Per lane, `other` where it is greater, else `self` (x86 `maxps(other, self)`: a NaN in
     /// `other` never taken; NEON `fmax`: NaN if either is).
     unsafe fn max(self, other: Self) -> Self;
+    /// The `2N` values `self` then `next` split: (those at even positions, those at odd ones).
+    unsafe fn deinterleave(self, next: Self) -> (Self, Self);
     /// `Act::Silu` per lane, in the same steps.
     unsafe fn silu(self) -> Self;
     /// The logistic sigmoid per lane, in [`super::sigmoid_scalar`]'s steps (SiLU's, with 1
@@ -106,6 +108,14 @@ impl Lanes for Portable {
     #[inline(always)]
     unsafe fn relu(self) -> Self {
         Portable(self.0.map(|v| if v < 0.0 { 0.0 } else { v }))
+    }
+    #[inline(always)]
+    unsafe fn deinterleave(self, next: Self) -> (Self, Self) {
+        let all = [self.0, next.0].concat();
+        (
+            Portable(std::array::from_fn(|i| all[2 * i])),
+            Portable(std::array::from_fn(|i| all[2 * i + 1])),
+        )
     }
     #[inline(always)]
     unsafe fn max(self, other: Self) -> Self {
@@ -228,6 +238,19 @@ mod x86 {
             unsafe { _mm256_max_ps(other, self) }
         }
         #[inline(always)]
+        unsafe fn deinterleave(self, next: Self) -> (Self, Self) {
+            // SAFETY: the trait's contract: the CPU supports these instructions.
+            unsafe {
+                // Within each 128-bit half, then the halves' 64-bit pairs in order.
+                let even = _mm256_shuffle_ps::<0x88>(self, next);
+                let odd = _mm256_shuffle_ps::<0xdd>(self, next);
+                (
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(even))),
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0xd8>(_mm256_castps_pd(odd))),
+                )
+            }
+        }
+        #[inline(always)]
         unsafe fn silu(self) -> Self {
             // SAFETY: the trait's contract.
             unsafe { logistic_avx2::<true>(self) }
@@ -337,6 +360,20 @@ mod x86 {
         unsafe fn max(self, other: Self) -> Self {
             // SAFETY: the trait's contract: the CPU supports these instructions.
             unsafe { _mm512_max_ps(other, self) }
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(self, next: Self) -> (Self, Self) {
+            // SAFETY: the trait's contract: the CPU supports these instructions.
+            unsafe {
+                let even =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd =
+                    _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                (
+                    _mm512_permutex2var_ps(self, even, next),
+                    _mm512_permutex2var_ps(self, odd, next),
+                )
+            }
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {
@@ -450,6 +487,11 @@ mod neon {
         unsafe fn max(self, other: Self) -> Self {
             // SAFETY: the trait's contract: the CPU supports these instructions.
             unsafe { vmaxq_f32(self, other) }
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(self, next: Self) -> (Self, Self) {
+            // SAFETY: the trait's contract: the CPU supports these instructions.
+            unsafe { (vuzp1q_f32(self, next), vuzp2q_f32(self, next)) }
         }
         #[inline(always)]
         unsafe fn silu(self) -> Self {

@@ -623,6 +623,13 @@ unsafe fn tile<
                 k0 += n;
             }
         }
+        // The residual, added before the activation or after it.
+        let res = p.res.map(|r| r.as_ptr());
+        let (before, after) = if p.res_after_act {
+            (None, res)
+        } else {
+            (res, None)
+        };
         for (j, row) in acc.iter().enumerate() {
             let at = (o0 + j) * p.y_stride + yb;
             for (v, a) in row.iter().enumerate() {
@@ -631,17 +638,12 @@ unsafe fn tile<
                     a.store(y.add(at + v * V::N));
                     continue;
                 }
-                let r = p.res.map(|r| V::load(r.as_ptr().add(at + v * V::N)));
-                if let Some(r) = r
-                    && !p.res_after_act
-                {
-                    a = a.add(r);
+                if let Some(r) = before {
+                    a = a.add(V::load(r.add(at + v * V::N)));
                 }
                 a = a.activate::<SILU>(p.act);
-                if let Some(r) = r
-                    && p.res_after_act
-                {
-                    a = a.add(r);
+                if let Some(r) = after {
+                    a = a.add(V::load(r.add(at + v * V::N)));
                 }
                 a.store(y.add(at + v * V::N));
             }

@@ -15,6 +15,7 @@ use tract_onnx::tract_core::ops::nn::Sigmoid;
 
 use crate::embed::kernels::Isa;
 use crate::embed::kernels::sigmoid::sigmoid;
+use crate::embed::kernels::transpose::transpose_block;
 
 use super::graph::*;
 use super::recycle::*;
@@ -195,11 +196,7 @@ impl Gather {
                         continue;
                     }
                     let x = &inputs[r.input][r.src..][..(r.len - 1) * r.step + r.columns];
-                    for (i, row) in x.chunks(r.step).enumerate() {
-                        for (column, v) in y.chunks_exact_mut(r.len).zip(row) {
-                            column[i] = *v;
-                        }
-                    }
+                    transpose_block(self.isa, x, r.step, r.columns, r.len, y);
                 }
             }
             Copies::Table(table) => {
