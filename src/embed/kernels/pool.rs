@@ -1,10 +1,11 @@
 //! Max and average pooling over NCHW planes (OSNet's 3×3/2 max pool after the stem and its 2×2/2
-//! average pools between stages).
+//! average pools between stages, YOLOX's SPP).
 //!
 //! Each output row first reduces its `kh` input rows column by column into one row (a vertical
 //! pass over contiguous memory, which vectorises), then reduces `kw` neighbours of that row per
-//! output pixel; stride-1 max pools (YOLOX's SPP) do the same in passes over whole planes. Padding never contributes to a max; for an average it counts in the divisor only
-//! with `count_include_pad` (ONNX's attribute).
+//! output pixel; stride-1 max pools (YOLOX's SPP) do the same in passes over whole planes.
+//! Padding never contributes to a max; for an average it counts in the divisor only with
+//! `count_include_pad` (ONNX's attribute).
 
 use super::Isa;
 #[cfg(not(target_arch = "aarch64"))]

@@ -536,11 +536,13 @@ impl Ks {
 
 /// The rows of `k` a block's tiles take at a time: all of them, unless a block of them would
 /// not stay in the L1 cache beside the weights streaming past (x86). Then the tiles of a block
-/// go through `k` in chunks of 64 rows (8 KiB of a block at AVX-512's 32 floats a row), each
-/// tile's sums stored in the output after a chunk and loaded again for the next: the sums of
-/// every output still add its `k`s in order, so the values are the same, bit for bit. YOLOX's
-/// 256-row layers (each block's rows 32 KiB) ran at 52–63 G multiply-adds/s, where 64-row ones
-/// ran at 70 (Intel Xeon model 207, AVX-512).
+/// go through `k` in chunks of [`K_CHUNK_BYTES`] of the block (128 rows at AVX-512's 32 floats
+/// a row), each tile's sums stored in the output after a chunk and loaded again for the next:
+/// the sums of every output still add its `k`s in order, so the values are the same, bit for
+/// bit. YOLOX's 256-row layers (each block's rows 32 KiB) ran at 52 (256→64 over 1,196 pixels)
+/// and 61 (256→256 over 299) G multiply-adds/s, where 64-row ones ran at 70; in chunks 65 and
+/// 73.5 (Intel Xeon model 207, AVX-512, SiLU layers alone). Chunks of 8 KiB made 128-row layers
+/// slower (55 → 47). ARM keeps whole blocks: no cache is counted under QEMU.
 #[inline(always)]
 fn k_chunk<V: Lanes, const NV: usize>(p: &Product) -> usize {
     if cfg!(target_arch = "x86_64")

@@ -159,7 +159,8 @@ pub(super) fn residual_add(
     from: OutletId,
     shape: &[usize],
 ) -> TractResult<Option<OutletId>> {
-    let Some(other) = other_operand::<Add>(node, from) else {
+    // `Add(x, x)` is no residual (and would make the op read its own output).
+    let Some(other) = other_operand::<Add>(node, from).filter(|&o| o != from) else {
         return Ok(None);
     };
     let fact = model.outlet_fact(other)?;
