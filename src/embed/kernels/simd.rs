@@ -111,10 +111,13 @@ impl Lanes for Portable {
     }
     #[inline(always)]
     unsafe fn deinterleave(self, next: Self) -> (Self, Self) {
-        let all = [self.0, next.0].concat();
+        // Value `k` of the eight is lane `k % 4` of `self` (k < 4) or `next`: no `Vec` (this
+        // runs per depthwise row).
+        let all = [self.0, next.0];
+        let at = |k: usize| all[k / 4][k % 4];
         (
-            Portable(std::array::from_fn(|i| all[2 * i])),
-            Portable(std::array::from_fn(|i| all[2 * i + 1])),
+            Portable(std::array::from_fn(|i| at(2 * i))),
+            Portable(std::array::from_fn(|i| at(2 * i + 1))),
         )
     }
     #[inline(always)]
