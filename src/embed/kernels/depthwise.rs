@@ -371,6 +371,24 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(args: &Args, out: *mut f32, scr
                         o.store(even.as_mut_ptr().add(1 + j));
                     }
                 }
+                let rest = w - 2 * whole;
+                if V::N >= 8 && rest > 0 {
+                    // x86: the last `rest < 2N` inputs through masked lanes too (YOLOX-Nano's
+                    // 26- and 46-wide rows had no whole `2N` at all, and their scalar pairs cost
+                    // more than the layer's products). Not on NEON, where a masked move is a copy
+                    // through the stack and the tail is under four pairs.
+                    // SAFETY: `V` is supported; inputs `2·whole..w` of the row; outputs
+                    // `whole..w / 2 + 1` of each half (`(rest + 1) / 2` and `rest / 2` values).
+                    unsafe {
+                        let src = row.as_ptr().add(2 * whole);
+                        let first = load_up_to::<V>(src, rest.min(V::N));
+                        let second = load_up_to::<V>(src.add(V::N), rest.saturating_sub(V::N));
+                        let (e, o) = first.deinterleave(second);
+                        store_up_to(e, odd_columns.as_mut_ptr().add(whole), rest.div_ceil(2));
+                        store_up_to(o, even.as_mut_ptr().add(1 + whole), rest / 2);
+                    }
+                    continue;
+                }
                 let pairs = row[2 * whole..].chunks_exact(2);
                 if let [last] = pairs.remainder() {
                     odd_columns[w / 2] = *last;
@@ -416,6 +434,38 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(args: &Args, out: *mut f32, scr
         }
     }
     debug_assert_eq!(args.input.len() / plane, args.batch * channels);
+}
+
+/// The first `n ≤ N` lanes from `p`, the others zero (none read for `n` = 0).
+///
+/// # Safety
+/// The CPU must support `V`; `p` valid for `n` floats.
+#[inline(always)]
+unsafe fn load_up_to<V: Lanes>(p: *const f32, n: usize) -> V {
+    // SAFETY: as the caller's.
+    unsafe {
+        match n {
+            0 => V::splat(0.0),
+            n if n == V::N => V::load(p),
+            n => V::load_n(p, n),
+        }
+    }
+}
+
+/// Writes the first `n ≤ N` lanes of `v` to `p`, and nothing else.
+///
+/// # Safety
+/// The CPU must support `V`; `p` valid for `n` floats.
+#[inline(always)]
+unsafe fn store_up_to<V: Lanes>(v: V, p: *mut f32, n: usize) {
+    // SAFETY: as the caller's.
+    unsafe {
+        match n {
+            0 => {}
+            n if n == V::N => v.store(p),
+            n => v.store_n(p, n),
+        }
+    }
 }
 
 /// One plane's operands for [`Rows::compute`].
@@ -629,7 +679,7 @@ mod tests {
         let mut rng = Rng::new(0x5eed_d3d3);
         for isa in Isa::available() {
             // The shapes of the models we ship and the references (YOLOX-Nano's stride-2 layers
-            // at 736×416 among them), then random ones, odd and even down to 1×1.
+            // at 736×416 and 416×416 among them), then random ones, odd and even down to 1×1.
             for (c, h, w, stride) in [
                 (16, 64, 32, 1),
                 (24, 32, 16, 1),
@@ -639,7 +689,14 @@ mod tests {
                 (32, 104, 184, 2),
                 (64, 52, 92, 2),
                 (128, 13, 23, 2),
+                (128, 26, 26, 2),
                 (3, 1, 1, 2),
+                // Stride-2 rows whose last inputs (after whole pairs of vectors) fill a half
+                // vector exactly, all but one lane of it, or one lane past it.
+                (4, 5, 63, 2),
+                (4, 5, 31, 2),
+                (4, 5, 17, 2),
+                (4, 5, 15, 2),
             ] {
                 let shape = Shape {
                     channels: c,
