@@ -24,10 +24,10 @@ and per embedding of the default model, and what a frame with one and with three
 --int8 instead compares int8 models with their float ones through reidcam (our default model,
 and each --int8-model with its float `X.onnx` beside it, as tools/int8_check.py --out leaves
 them) on a CPU with the dot-product extension (cortex-a76: sdot, the int8 kernel) and one
-without (cortex-a72: the int8 model runs from dequantised weights by default, and through NEON's
-widening multiplies with REIDCAM_INT8_DOT=neon-smlal). Fails unless int8 costs fewer
-instructions than float on the first, at most 5% more on the second, and at most 8% more with
-the widening product.
+without (cortex-a72: NEON's widening multiplies by default, the same embeddings; and the float
+path from dequantised weights that CPUs without any int8 product take, REIDCAM_INT8_DOT=none).
+Fails unless int8 costs fewer instructions than float on the first, at most 0.97x float (our
+default model; 1.03x others) on the second, and at most 1.05x from dequantised weights.
 """
 import argparse
 import json
@@ -200,12 +200,15 @@ def int8_vs_float(binary: Path, extra: list[Path]) -> int:
         pairs.append((float_model, int8))
     failed = 0
     for float_model, int8 in pairs:
-        # With sdot int8 must be cheaper; without, it runs from dequantised weights by default:
-        # as float. The widening product (REIDCAM_INT8_DOT=neon-smlal: the same embeddings as
-        # sdot) costs more there (1.052 measured 2026-12-04); its limit catches a regression.
+        # With sdot int8 must be cheaper. Without (cortex-a72) it runs through the widening
+        # product by default (the same embeddings as sdot): measured 2026-12-06 0.94 x float for
+        # our default model, 1.00 for OSNet x0.25 (whose layers have fewer input channels);
+        # the float path from dequantised weights (REIDCAM_INT8_DOT=none: armv7, x86 below
+        # AVX2) 1.00 and 1.02. The limits catch a regression.
+        default = float_model == pairs[0][0]
         float_counts: dict[str, float] = {}
-        for cpu, dot, most in (("cortex-a76", None, 0.999), ("cortex-a72", None, 1.05),
-                               ("cortex-a72", "neon-smlal", 1.08)):
+        for cpu, dot, most in (("cortex-a76", None, 0.999), ("cortex-a72", None, 0.97 if default else 1.03),
+                               ("cortex-a72", "none", 1.05)):
             def per_embedding(model: Path, env: dict[str, str]) -> float:
                 counts = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu, env)
                           for n in RUNS}
@@ -217,7 +220,7 @@ def int8_vs_float(binary: Path, extra: list[Path]) -> int:
             ok = ratio <= most
             failed += not ok
             print(f"qemu_cost: {float_model.stem} on {cpu}: float {float_counts[cpu] / 1e6:.2f} M, int8 "
-                  f"({dot or 'default product'}) {per_int8 / 1e6:.2f} M guest instructions per embedding: "
+                  f"({'dequantised weights' if dot == 'none' else dot or 'default product'}) {per_int8 / 1e6:.2f} M guest instructions per embedding: "
                   f"int8 / float {ratio:.4f}" + ("" if ok else f": FAILED (must be at most {most})"))
     return 1 if failed else 0
 

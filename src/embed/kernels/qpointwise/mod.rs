@@ -16,14 +16,15 @@
 //! Without dot products, AVX2 multiplies codes widened to 16 bits (`vpmaddwd`) and aarch64
 //! NEON widening multiplies (`smull`/`smlal` i8 × i8 → i16, `sadalp` into i32). Every kind
 //! gives bit for bit [`reference`]'s result, so an int8 model gives the same embeddings on every
-//! CPU that runs one of them. [`Dot::detect`] does not pick NEON's widening product by
-//! itself: on a Cortex-A72 (Raspberry Pi 4) it costs 1.05× the float model's guest
-//! instructions, the dequantised path 1.00× (`REIDCAM_INT8_DOT=neon-smlal` picks it, for the
-//! same embeddings as everywhere else). A portable product in plain Rust (`portable.rs`) makes
+//! CPU that runs one of them. On aarch64 cores without `sdot` (the Raspberry Pi 4's
+//! Cortex-A72, the A53) [`Dot::detect`] picks NEON's widening product: on a cortex-a72 our
+//! default int8 model costs 0.94× the float model's guest instructions through it and
+//! OSNet x0.25's int8 1.00× (the float path from dequantised weights, which gives other
+//! embeddings, 1.00× and 1.02×). A portable product in plain Rust (`portable.rs`) makes
 //! the same integers on any CPU, for checking and on request (`REIDCAM_INT8_DOT=portable`;
 //! 2.48× the float model's instructions on a Cortex-A72). CPUs with nothing better (x86 below
-//! AVX2, armv7, and aarch64 by default without `sdot`) run the model's convolutions in float
-//! from their dequantised weights (`embed::int8`).
+//! AVX2, armv7) run the model's convolutions in float from their dequantised weights
+//! (`embed::int8`; `REIDCAM_INT8_DOT=none` anywhere).
 
 use super::pointwise::Shape;
 
@@ -108,12 +109,14 @@ impl Dot {
             super::Isa::Avx2Fma => Some(Dot::Avx2).filter(|d| d.is_available()),
             super::Isa::Baseline => None,
         };
-        // On aarch64 `sdot` where the core has it. Without it (Cortex-A72, A53) the widening
-        // product is exact but costs more than the float model (measured on cortex-a72: 1.05×
-        // its guest instructions, the dequantised path 1.00×), so it runs only when asked for:
-        // `REIDCAM_INT8_DOT=neon-smlal`, for the same embeddings as every other int8 product.
+        // On aarch64 `sdot` where the core has it, else (Cortex-A72, A53) the widening
+        // product: the same embeddings as every other int8 product, and on cortex-a72 no more
+        // guest instructions than the float model (our default model 0.94×, OSNet x0.25 1.00×;
+        // the float path from dequantised weights, with other embeddings: 1.00×, 1.02×).
         #[cfg(target_arch = "aarch64")]
-        return Some(Dot::NeonDot).filter(|d| d.is_available());
+        return Some(Dot::NeonDot)
+            .filter(|d| d.is_available())
+            .or(Some(Dot::NeonWiden));
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         None
     }
@@ -182,6 +185,12 @@ pub struct Layer {
     /// multiplies by one of four lanes). Empty but on aarch64.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     words_by4: Vec<u32>,
+    /// `words_by4` for the widening NEON product on narrow weights: in each block, each pair
+    /// of groups `2k`, `2k + 1` as `[o0 g, o0 g+1, o1 g, o1 g+1, o2 g, …]` (one `ld4r` then
+    /// gives two outputs' weights for both groups), a last odd group as in `words_by4`. Empty
+    /// but on aarch64 for narrow weights.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    words_pairs: Vec<u32>,
     /// Per output: bias − z_x·Σw (u8 input: VNNI) and bias − (z_x − 128)·Σw (i8 input: sdot).
     corr_u8: Vec<i32>,
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
@@ -274,19 +283,36 @@ impl Layer {
                 }
             }
         }
+        let narrow = weights.iter().all(|&w| w != i8::MIN);
+        let words_pairs = if cfg!(target_arch = "aarch64") && narrow {
+            let mut by_pairs = words_by4.clone();
+            for block in by_pairs.chunks_exact_mut(groups * 4) {
+                for pair in block.chunks_exact_mut(8) {
+                    let plain: [u32; 8] = (&*pair).try_into().expect("eight words");
+                    for (j, word) in pair.iter_mut().enumerate() {
+                        // Output j / 2, group j % 2 of the pair.
+                        *word = plain[(j % 2) * 4 + j / 2];
+                    }
+                }
+            }
+            by_pairs
+        } else {
+            Vec::new()
+        };
         Some(Layer {
             shape,
             groups,
             words,
             pairs,
             words_by4,
+            words_pairs,
             corr_u8,
             corr_i8,
             multiplier: w_scales.iter().map(|&w| x.scale * w).collect(),
             y_stride: shape.pixels,
             x_inv: 1.0 / x.scale,
             x_zero: x.zero,
-            narrow: weights.iter().all(|&w| w != i8::MIN),
+            narrow,
             paired,
         })
     }
@@ -546,37 +572,53 @@ fn quantise_avx512(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
     }
 }
 
-/// [`quantise_words`] in NEON registers, four pixels of four channels per step: codes in
-/// float (round half to even, shift, clamp; NaN → 0 as `Layer::quantise`), converted exactly,
-/// packed into words by shift-and-insert.
+/// [`quantise_words`] in NEON registers, 16 pixels of four channels per step: each value
+/// scaled (`x · 1/s`; NaN and −∞ raised to −10⁹ by `fmaxnm`), rounded half to even and
+/// converted in one instruction (`fcvtns`), shifted by the zero point (saturating), and
+/// narrowed with saturation to [0, 255] (`sqxtun`, `uqxtn`): the same codes as
+/// `Layer::quantise`, in 1.7 instructions a value where rounding, clamping in float and
+/// packing by shift-and-insert took 2.1. `st4` interleaves the four channels' bytes into the
+/// pixels' words. A row's last pixels are a whole step ending where the row ends (the same
+/// words again); rows under 16 pixels go value by value.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
     use std::arch::aarch64::*;
+    const STEP: usize = 16;
     let Shape { inputs, pixels, .. } = layer.shape;
-    if inputs % 4 != 0 || pixels % 4 != 0 {
+    if inputs % 4 != 0 || pixels < STEP {
         return quantise_words(layer, input, words, flip);
     }
-    let (inv, zero) = (vdupq_n_f32(layer.x_inv), vdupq_n_f32(layer.x_zero as f32));
-    let (lo, hi, flip) = (vdupq_n_f32(0.0), vdupq_n_f32(255.0), vdupq_n_u32(flip));
-    let code = |x: float32x4_t| {
-        let q = vaddq_f32(vrndnq_f32(vmulq_f32(x, inv)), zero);
-        vcvtq_u32_f32(vminq_f32(vmaxnmq_f32(q, lo), hi))
+    let (inv, floor) = (vdupq_n_f32(layer.x_inv), vdupq_n_f32(-1.0e9));
+    let (zero, flip) = (vdupq_n_s32(layer.x_zero), vdupq_n_u8(flip as u8));
+    // The codes of the 16 values from `x`, XORed with `flip`.
+    // SAFETY: its callers' `x` is valid for 16 floats.
+    let codes = |x: *const f32| unsafe {
+        let code = |i: usize| {
+            let scaled = vmaxnmq_f32(vmulq_f32(vld1q_f32(x.add(4 * i)), inv), floor);
+            vqaddq_s32(vcvtnq_s32_f32(scaled), zero)
+        };
+        let low = vqmovun_high_s32(vqmovun_s32(code(0)), code(1));
+        let high = vqmovun_high_s32(vqmovun_s32(code(2)), code(3));
+        veorq_u8(vqmovn_high_u16(vqmovn_u16(low), high), flip)
     };
     for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
         let planes = &input[4 * g * pixels..][..4 * pixels];
-        for p in (0..pixels).step_by(4) {
-            // SAFETY: `p + 4 ≤ pixels` (pixels is a multiple of 4): inside each plane and row.
+        let mut p = 0;
+        while p < pixels {
+            let at = p.min(pixels - STEP);
+            // SAFETY: `at + 16 ≤ pixels`: inside each of the four planes and the row.
             unsafe {
-                let x = planes.as_ptr().add(p);
-                let (a, b) = (code(vld1q_f32(x)), code(vld1q_f32(x.add(pixels))));
-                let (c, d) = (
-                    code(vld1q_f32(x.add(2 * pixels))),
-                    code(vld1q_f32(x.add(3 * pixels))),
+                let x = planes.as_ptr().add(at);
+                let bytes = uint8x16x4_t(
+                    codes(x),
+                    codes(x.add(pixels)),
+                    codes(x.add(2 * pixels)),
+                    codes(x.add(3 * pixels)),
                 );
-                let w = vsliq_n_u32::<24>(vsliq_n_u32::<16>(vsliq_n_u32::<8>(a, b), c), d);
-                vst1q_u32(row.as_mut_ptr().add(p), veorq_u32(w, flip));
+                vst4q_u8(row.as_mut_ptr().add(at).cast(), bytes);
             }
+            p += STEP;
         }
     }
 }
@@ -742,6 +784,59 @@ mod tests {
                     pixels: 1 + rng.below(300),
                 };
                 check(dot, shape, rng.below(2) == 1, rng.below(2) == 1, &mut rng);
+            }
+        }
+    }
+
+    #[test]
+    fn every_quantiser_makes_the_plain_codes_of_special_values() {
+        // NaN, infinities, signed zeros, ties (the scale a power of two: x / s exactly k + ½),
+        // values just inside and far outside the grid, in rows of every length around the
+        // vector quantisers' steps (4, 16 pixels) and their tails.
+        let grid = Grid {
+            scale: 0.25,
+            zero: 100,
+        };
+        let special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            0.125,
+            -0.125,
+            0.375,
+            -24.875,
+            -25.125,
+            38.625,
+            38.875,
+            1e9,
+            -1e9,
+            3e38,
+            -3e38,
+            1e-30,
+            f32::MIN_POSITIVE,
+        ];
+        let mut rng = Rng::new(0x9a_17);
+        for pixels in (1..=40).chain([50, 64, 65]) {
+            let shape = Shape {
+                inputs: 8,
+                outputs: 4,
+                pixels,
+            };
+            let layer = Layer::new(shape, &[1i8; 32], &[0; 4], grid, &[1.0; 4]).expect("layer");
+            let input: Vec<f32> = (0..8 * pixels)
+                .map(|_| match rng.below(3) {
+                    0 => special[rng.below(special.len())],
+                    _ => (rng.below(1000) as f32 - 500.0) * 0.0625,
+                })
+                .collect();
+            for dot in Dot::available() {
+                let mut want = vec![0u32; layer.scratch_words()];
+                quantise_words(&layer, &input, &mut want, layer.flip(dot));
+                let mut got = vec![0xdead_beef; layer.scratch_words()];
+                layer.quantise_into(dot, &input, &mut got);
+                assert_eq!(got, want, "{dot}, {pixels} pixels");
             }
         }
     }
