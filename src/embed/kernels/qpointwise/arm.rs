@@ -410,45 +410,22 @@ unsafe fn widen_step<const N: usize, const TWO: bool, const FIRST: bool>(
 
 /// Twelve instructions of [`two_groups`]: output weights `$w0` (group g) and `$w1` (g + 1)
 /// times the four pixels' words of both groups, added pairwise into half sums `$h0`–`$h3`.
+#[rustfmt::skip]
 macro_rules! widen_output {
     ($w0:literal, $w1:literal, $h0:literal, $h1:literal, $h2:literal, $h3:literal) => {
         concat!(
-            "smull v20.8h, {xa0:v}.8b, ",
-            $w0,
-            ".8b\n",
-            "smlal v20.8h, {xa1:v}.8b, ",
-            $w1,
-            ".8b\n",
-            "sadalp {",
-            $h0,
-            ":v}.4s, v20.8h\n",
-            "smull2 v21.8h, {xa0:v}.16b, ",
-            $w0,
-            ".16b\n",
-            "smlal2 v21.8h, {xa1:v}.16b, ",
-            $w1,
-            ".16b\n",
-            "sadalp {",
-            $h1,
-            ":v}.4s, v21.8h\n",
-            "smull v20.8h, {xb0:v}.8b, ",
-            $w0,
-            ".8b\n",
-            "smlal v20.8h, {xb1:v}.8b, ",
-            $w1,
-            ".8b\n",
-            "sadalp {",
-            $h2,
-            ":v}.4s, v20.8h\n",
-            "smull2 v21.8h, {xb0:v}.16b, ",
-            $w0,
-            ".16b\n",
-            "smlal2 v21.8h, {xb1:v}.16b, ",
-            $w1,
-            ".16b\n",
-            "sadalp {",
-            $h3,
-            ":v}.4s, v21.8h\n",
+            "smull v20.8h, {xa0:v}.8b, ", $w0, ".8b\n",
+            "smlal v20.8h, {xa1:v}.8b, ", $w1, ".8b\n",
+            "sadalp {", $h0, ":v}.4s, v20.8h\n",
+            "smull2 v21.8h, {xa0:v}.16b, ", $w0, ".16b\n",
+            "smlal2 v21.8h, {xa1:v}.16b, ", $w1, ".16b\n",
+            "sadalp {", $h1, ":v}.4s, v21.8h\n",
+            "smull v20.8h, {xb0:v}.8b, ", $w0, ".8b\n",
+            "smlal v20.8h, {xb1:v}.8b, ", $w1, ".8b\n",
+            "sadalp {", $h2, ":v}.4s, v20.8h\n",
+            "smull2 v21.8h, {xb0:v}.16b, ", $w0, ".16b\n",
+            "smlal2 v21.8h, {xb1:v}.16b, ", $w1, ".16b\n",
+            "sadalp {", $h3, ":v}.4s, v21.8h\n",
         )
     };
 }
