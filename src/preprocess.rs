@@ -604,7 +604,13 @@ mod avx2 {
                 ));
                 let packed = _mm_packus_epi16(_mm_packs_epi32(shifted, shifted), shifted);
                 let rgb = _mm_cvtsi128_si32(packed).to_le_bytes();
-                dst.copy_from_slice(&rgb[..3]);
+                if dst.len() >= 4 {
+                    // Four bytes in one store: the fourth is the next pixel's red, which that
+                    // pixel writes next.
+                    dst[..4].copy_from_slice(&rgb);
+                } else {
+                    dst[..3].copy_from_slice(&rgb[..3]);
+                }
             }
         }
     }
