@@ -42,55 +42,26 @@ unsafe fn smull2(x: int8x16_t, w: int8x16_t) -> int16x8_t {
     out
 }
 
-/// `smlal2`: `acc += x.high × w.high` (i8 × i8 → i16), as [`smull2`].
-#[inline(always)]
-unsafe fn smlal2(mut acc: int16x8_t, x: int8x16_t, w: int8x16_t) -> int16x8_t {
-    // SAFETY: register-only NEON instruction.
-    unsafe {
-        std::arch::asm!(
-            "smlal2 {acc:v}.8h, {x:v}.16b, {w:v}.16b",
-            acc = inout(vreg) acc,
-            x = in(vreg) x,
-            w = in(vreg) w,
-            options(pure, nomem, nostack, preserves_flags),
-        )
-    };
-    acc
-}
-
 /// Four words from `p`, each repeated across a register (`ld4r`, kept as written: LLVM turns
 /// `vld4q_dup_u32` back into a load and four `dup`s). `ld4r` writes four consecutive
-/// registers, hence fixed ones: v16–v19, or v20–v23 if `SECOND` (so that a second load need
-/// not wait for, or move, the first's).
+/// registers, hence fixed ones (v16–v19).
 ///
 /// # Safety
 /// `p` valid for reading four words.
 #[inline(always)]
-unsafe fn ld4r<const SECOND: bool>(p: *const u32) -> [int8x16_t; 4] {
+unsafe fn ld4r(p: *const u32) -> [int8x16_t; 4] {
     let (a, b, c, d): (int8x16_t, int8x16_t, int8x16_t, int8x16_t);
     // SAFETY: reads 16 bytes from `p` (the caller's contract).
     unsafe {
-        if SECOND {
-            std::arch::asm!(
-                "ld4r {{v20.4s, v21.4s, v22.4s, v23.4s}}, [{p}]",
-                p = in(reg) p,
-                out("v20") a,
-                out("v21") b,
-                out("v22") c,
-                out("v23") d,
-                options(pure, readonly, nostack, preserves_flags),
-            )
-        } else {
-            std::arch::asm!(
-                "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{p}]",
-                p = in(reg) p,
-                out("v16") a,
-                out("v17") b,
-                out("v18") c,
-                out("v19") d,
-                options(pure, readonly, nostack, preserves_flags),
-            )
-        }
+        std::arch::asm!(
+            "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{p}]",
+            p = in(reg) p,
+            out("v16") a,
+            out("v17") b,
+            out("v18") c,
+            out("v19") d,
+            options(pure, readonly, nostack, preserves_flags),
+        )
     };
     [a, b, c, d]
 }
@@ -275,47 +246,48 @@ unsafe fn sums_widen<const N: usize>(
     // SAFETY (whole function): `words_by4` (and `words_pairs` for narrow weights) hold 4 words
     // per (block of 4 outputs, group), their blocks padded to a multiple of 4 outputs; block
     // o0/4 is read.
-    let weights = if layer.narrow {
+    let layout = if layer.narrow {
         &layer.words_pairs
     } else {
         &layer.words_by4
     };
     // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
     // inside its vector.
-    let block = unsafe { weights.as_ptr().add(o0 / 4 * groups * 4) };
+    let block = unsafe { layout.as_ptr().add(o0 / 4 * groups * 4) };
+    // `half[j]`: pixels p..p+2, p+2..p+4, p+4..p+6, p+6..p+8, two half sums each.
     // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
     // inside its vector.
     let mut half = [[unsafe { vdupq_n_s32(0) }; 4]; N];
-    // A layer has at least one group; the first step's products start the half sums.
-    let mut g = if layer.narrow && groups >= 2 {
-        // SAFETY: `block` holds the weights of every group of these outputs (every step).
-        unsafe { widen_step::<N, true, true>(&mut half, block, 0, p, &load) };
-        2
-    } else {
-        // SAFETY: as above.
-        unsafe { widen_step::<N, false, true>(&mut half, block, 0, p, &load) };
-        1
-    };
-    if layer.narrow {
-        // The pairs after the first as written (`two_groups`), the weights' address carried
-        // from one to the next.
-        // SAFETY: as above: groups g and g + 1 of `block`.
-        let mut weights = unsafe { block.add(g * 4) };
-        while g + 2 <= groups {
-            let x = [
+    let mut g = 0;
+    if layer.narrow && groups >= 2 {
+        // Groups two at a time (`two_groups`), the weights' address carried from one pair to
+        // the next; the first pair's products start the half sums.
+        let x = |g: usize| {
+            [
                 load(g, p),
                 load(g, p + 4),
                 load(g + 1, p),
                 load(g + 1, p + 4),
-            ];
+            ]
+        };
+        // SAFETY: `block` holds the weights of every group of these outputs (every pair).
+        let mut weights = unsafe { two_groups::<true>(&mut half[..], block, x(0)) };
+        g = 2;
+        while g + 2 <= groups {
             // SAFETY: as above.
-            weights = unsafe { two_groups(&mut half[..], weights, x) };
+            weights = unsafe { two_groups::<false>(&mut half[..], weights, x(g)) };
             g += 2;
         }
     }
     while g < groups {
         // SAFETY: as above.
-        unsafe { widen_step::<N, false, false>(&mut half, block, g, p, &load) };
+        unsafe {
+            if g == 0 {
+                one_group::<N, true>(&mut half, block, g, p, &load)
+            } else {
+                one_group::<N, false>(&mut half, block, g, p, &load)
+            }
+        };
         g += 1;
     }
     // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
@@ -336,149 +308,100 @@ unsafe fn sums_widen<const N: usize>(
     acc
 }
 
-/// One step of [`sums_widen`]: group `g` (and `g + 1` if `TWO`: narrow weights, two products
-/// per i16 lane before widening) of the four outputs whose weights `block` holds, added
+/// One group `g` of [`sums_widen`] (the last of an odd number with narrow weights, or every
+/// group without): the four outputs' weights (`block`) times the pixels' words, added
 /// pairwise into `half` — or, if `FIRST`, starting it (`saddlp`, where zeroed sums and
 /// `sadalp` took 16 more instructions per tile).
 ///
 /// # Safety
-/// `block` holds four words per group for groups `g..g + 1 + TWO`; `load` reads inside its rows.
+/// `block` holds four words per group up to group `g`; `load` reads inside its rows.
 #[inline(always)]
-unsafe fn widen_step<const N: usize, const TWO: bool, const FIRST: bool>(
+unsafe fn one_group<const N: usize, const FIRST: bool>(
     half: &mut [[int32x4_t; 4]; N],
     block: *const u32,
     g: usize,
     p: usize,
     load: &impl Fn(usize, usize) -> int8x16_t,
 ) {
-    #[inline(always)]
-    fn widen<const FIRST: bool>(h: int32x4_t, p: int16x8_t) -> int32x4_t {
-        // SAFETY: register-only NEON instructions (NEON is on every aarch64 CPU).
+    let (xa, xb) = (load(g, p), load(g, p + 4));
+    // SAFETY: the caller's contract: four words of group `g`.
+    let ws = unsafe { ld4r(block.add(g * 4)) };
+    for (h, &w) in half.iter_mut().zip(&ws) {
+        // SAFETY: register-only NEON instructions.
         unsafe {
-            if FIRST {
-                vpaddlq_s16(p)
-            } else {
-                vpadalq_s16(h, p)
-            }
-        }
-    }
-    let (xa0, xb0) = (load(g, p), load(g, p + 4));
-    if TWO {
-        let (xa1, xb1) = (load(g + 1, p), load(g + 1, p + 4));
-        // Outputs 2i and 2i + 1: their words of groups g and g + 1 side by side
-        // (`words_pairs`), so four registers of weights at a time.
-        // SAFETY: the caller's contract: eight words for the pair of groups.
-        let ws = unsafe {
-            [
-                ld4r::<false>(block.add(g * 4)),
-                ld4r::<true>(block.add(g * 4 + 4)),
-            ]
-        };
-        for (hs, ws) in half.chunks_exact_mut(2).zip(&ws) {
-            for (k, h) in hs.iter_mut().enumerate() {
-                let (w0, w1) = (ws[2 * k], ws[2 * k + 1]);
-                // SAFETY: register-only NEON instructions.
-                unsafe {
-                    let (l0, l1) = (vget_low_s8(w0), vget_low_s8(w1));
-                    let lo = |x0: int8x16_t, x1: int8x16_t| {
-                        vmlal_s8(vmull_s8(vget_low_s8(x0), l0), vget_low_s8(x1), l1)
-                    };
-                    let hi = |x0, x1| smlal2(smull2(x0, w0), x1, w1);
-                    h[0] = widen::<FIRST>(h[0], lo(xa0, xa1));
-                    h[1] = widen::<FIRST>(h[1], hi(xa0, xa1));
-                    h[2] = widen::<FIRST>(h[2], lo(xb0, xb1));
-                    h[3] = widen::<FIRST>(h[3], hi(xb0, xb1));
-                }
-            }
-        }
-    } else {
-        // SAFETY: the caller's contract: four words of group `g`.
-        let ws = unsafe { ld4r::<false>(block.add(g * 4)) };
-        for (j, h) in half.iter_mut().enumerate() {
-            let w = ws[j];
-            // SAFETY: register-only NEON instructions.
-            unsafe {
-                let l = vget_low_s8(w);
-                h[0] = widen::<FIRST>(h[0], vmull_s8(vget_low_s8(xa0), l));
-                h[1] = widen::<FIRST>(h[1], smull2(xa0, w));
-                h[2] = widen::<FIRST>(h[2], vmull_s8(vget_low_s8(xb0), l));
-                h[3] = widen::<FIRST>(h[3], smull2(xb0, w));
+            let l = vget_low_s8(w);
+            let products = [
+                vmull_s8(vget_low_s8(xa), l),
+                smull2(xa, w),
+                vmull_s8(vget_low_s8(xb), l),
+                smull2(xb, w),
+            ];
+            for (h, p) in h.iter_mut().zip(products) {
+                *h = if FIRST {
+                    vpaddlq_s16(p)
+                } else {
+                    vpadalq_s16(*h, p)
+                };
             }
         }
     }
 }
 
 /// Twelve instructions of [`two_groups`]: output weights `$w0` (group g) and `$w1` (g + 1)
-/// times the four pixels' words of both groups, added pairwise into half sums `$h0`–`$h3`.
+/// times the four pixels' words of both groups, added pairwise into half sums `$h0`–`$h3`
+/// (`$op`: `sadalp`), or starting them (`saddlp`).
 #[rustfmt::skip]
 macro_rules! widen_output {
-    ($w0:literal, $w1:literal, $h0:literal, $h1:literal, $h2:literal, $h3:literal) => {
+    ($op:literal, $w0:literal, $w1:literal, $h0:literal, $h1:literal, $h2:literal, $h3:literal) => {
         concat!(
             "smull v20.8h, {xa0:v}.8b, ", $w0, ".8b\n",
             "smlal v20.8h, {xa1:v}.8b, ", $w1, ".8b\n",
-            "sadalp {", $h0, ":v}.4s, v20.8h\n",
+            $op, " {", $h0, ":v}.4s, v20.8h\n",
             "smull2 v21.8h, {xa0:v}.16b, ", $w0, ".16b\n",
             "smlal2 v21.8h, {xa1:v}.16b, ", $w1, ".16b\n",
-            "sadalp {", $h1, ":v}.4s, v21.8h\n",
+            $op, " {", $h1, ":v}.4s, v21.8h\n",
             "smull v20.8h, {xb0:v}.8b, ", $w0, ".8b\n",
             "smlal v20.8h, {xb1:v}.8b, ", $w1, ".8b\n",
-            "sadalp {", $h2, ":v}.4s, v20.8h\n",
+            $op, " {", $h2, ":v}.4s, v20.8h\n",
             "smull2 v21.8h, {xb0:v}.16b, ", $w0, ".16b\n",
             "smlal2 v21.8h, {xb1:v}.16b, ", $w1, ".16b\n",
-            "sadalp {", $h3, ":v}.4s, v21.8h\n",
+            $op, " {", $h3, ":v}.4s, v21.8h\n",
         )
     };
 }
 
-/// A [`widen_step`] of two groups after the first, as written: two `ld4r` of the pair's
-/// weights (`words_pairs`: outputs 0–1, then 2–3), 32 widening multiplies and 16 pairwise
-/// adds, 50 instructions for 256 multiply-adds. LLVM compiled the same steps to 62: it
-/// hoisted the second `ld4r` over the first's uses, then moved or spilled registers, and kept
-/// the second load's address apart. `x` is `[xa0, xb0, xa1, xb1]`: pixels `p..p + 4` and
-/// `p + 4..p + 8` of groups g and g + 1. Returns the next pair's weights (`weights + 8`).
-///
-/// # Safety
-/// `weights` valid for reading eight words; `half` holds four outputs' sums.
-#[inline(always)]
-unsafe fn two_groups(
-    half: &mut [[int32x4_t; 4]],
-    mut weights: *const u32,
-    x: [int8x16_t; 4],
-) -> *const u32 {
-    let [h0, h1, h2, h3] = half else {
-        unreachable!("four outputs")
-    };
-    // SAFETY: reads the eight words at `weights` (the caller's contract); the rest is
-    // register-only.
-    unsafe {
+/// The `asm!` of [`two_groups`]: `$op` adds into the half sums (`sadalp`, operands `inout`)
+/// or starts them (`saddlp`, operands `out`: their old values are never read).
+macro_rules! two_groups_asm {
+    ($op:literal, $dir:ident, $weights:ident, $x:ident, $h:ident) => {
         std::arch::asm!(
             "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{w}], #16",
-            widen_output!("v16", "v17", "h00", "h01", "h02", "h03"),
-            widen_output!("v18", "v19", "h10", "h11", "h12", "h13"),
+            widen_output!($op, "v16", "v17", "h00", "h01", "h02", "h03"),
+            widen_output!($op, "v18", "v19", "h10", "h11", "h12", "h13"),
             "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{w}], #16",
-            widen_output!("v16", "v17", "h20", "h21", "h22", "h23"),
-            widen_output!("v18", "v19", "h30", "h31", "h32", "h33"),
-            w = inout(reg) weights,
-            xa0 = in(vreg) x[0],
-            xb0 = in(vreg) x[1],
-            xa1 = in(vreg) x[2],
-            xb1 = in(vreg) x[3],
-            h00 = inout(vreg) h0[0],
-            h01 = inout(vreg) h0[1],
-            h02 = inout(vreg) h0[2],
-            h03 = inout(vreg) h0[3],
-            h10 = inout(vreg) h1[0],
-            h11 = inout(vreg) h1[1],
-            h12 = inout(vreg) h1[2],
-            h13 = inout(vreg) h1[3],
-            h20 = inout(vreg) h2[0],
-            h21 = inout(vreg) h2[1],
-            h22 = inout(vreg) h2[2],
-            h23 = inout(vreg) h2[3],
-            h30 = inout(vreg) h3[0],
-            h31 = inout(vreg) h3[1],
-            h32 = inout(vreg) h3[2],
-            h33 = inout(vreg) h3[3],
+            widen_output!($op, "v16", "v17", "h20", "h21", "h22", "h23"),
+            widen_output!($op, "v18", "v19", "h30", "h31", "h32", "h33"),
+            w = inout(reg) $weights,
+            xa0 = in(vreg) $x[0],
+            xb0 = in(vreg) $x[1],
+            xa1 = in(vreg) $x[2],
+            xb1 = in(vreg) $x[3],
+            h00 = $dir(vreg) $h[0][0],
+            h01 = $dir(vreg) $h[0][1],
+            h02 = $dir(vreg) $h[0][2],
+            h03 = $dir(vreg) $h[0][3],
+            h10 = $dir(vreg) $h[1][0],
+            h11 = $dir(vreg) $h[1][1],
+            h12 = $dir(vreg) $h[1][2],
+            h13 = $dir(vreg) $h[1][3],
+            h20 = $dir(vreg) $h[2][0],
+            h21 = $dir(vreg) $h[2][1],
+            h22 = $dir(vreg) $h[2][2],
+            h23 = $dir(vreg) $h[2][3],
+            h30 = $dir(vreg) $h[3][0],
+            h31 = $dir(vreg) $h[3][1],
+            h32 = $dir(vreg) $h[3][2],
+            h33 = $dir(vreg) $h[3][3],
             out("v16") _,
             out("v17") _,
             out("v18") _,
@@ -487,6 +410,35 @@ unsafe fn two_groups(
             out("v21") _,
             options(pure, readonly, nostack, preserves_flags),
         )
+    };
+}
+
+/// Two groups of [`sums_widen`] with narrow weights, as written: two `ld4r` of the pair's
+/// weights (`words_pairs`: outputs 0–1, then 2–3), 32 widening multiplies (two products per
+/// i16 lane) and 16 pairwise adds into the half sums (`FIRST`: starting them), 50
+/// instructions for 256 multiply-adds. LLVM compiled the same steps to 62: it hoisted the
+/// second `ld4r` over the first's uses, then moved or spilled registers, and kept the second
+/// load's address apart (68 with a load and eight `dup`s for the weights). `x` is
+/// `[xa0, xb0, xa1, xb1]`: pixels `p..p + 4` and `p + 4..p + 8` of groups g and g + 1.
+/// Returns the next pair's weights (`weights + 8`).
+///
+/// # Safety
+/// `weights` valid for reading eight words; `half` holds four outputs' sums.
+#[inline(always)]
+unsafe fn two_groups<const FIRST: bool>(
+    half: &mut [[int32x4_t; 4]],
+    mut weights: *const u32,
+    x: [int8x16_t; 4],
+) -> *const u32 {
+    let h: &mut [[int32x4_t; 4]; 4] = half.try_into().expect("four outputs");
+    // SAFETY: reads the eight words at `weights` (the caller's contract); the rest is
+    // register-only.
+    unsafe {
+        if FIRST {
+            two_groups_asm!("saddlp", out, weights, x, h)
+        } else {
+            two_groups_asm!("sadalp", inout, weights, x, h)
+        }
     };
     weights
 }

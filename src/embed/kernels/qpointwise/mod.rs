@@ -18,8 +18,8 @@
 //! gives bit for bit [`reference`]'s result, so an int8 model gives the same embeddings on every
 //! CPU that runs one of them. On aarch64 cores without `sdot` (the Raspberry Pi 4's
 //! Cortex-A72, the A53) [`Dot::detect`] picks NEON's widening product: on a cortex-a72 our
-//! default int8 model costs 0.94× the float model's guest instructions through it and
-//! OSNet x0.25's int8 1.00× (the float path from dequantised weights, which gives other
+//! default int8 model costs 0.92× the float model's guest instructions through it and
+//! OSNet x0.25's int8 0.97× (the float path from dequantised weights, which gives other
 //! embeddings, 1.00× and 1.02×). A portable product in plain Rust (`portable.rs`) makes
 //! the same integers on any CPU, for checking and on request (`REIDCAM_INT8_DOT=portable`;
 //! 2.48× the float model's instructions on a Cortex-A72). CPUs with nothing better (x86 below
@@ -111,7 +111,7 @@ impl Dot {
         };
         // On aarch64 `sdot` where the core has it, else (Cortex-A72, A53) the widening
         // product: the same embeddings as every other int8 product, and on cortex-a72 no more
-        // guest instructions than the float model (our default model 0.94×, OSNet x0.25 1.00×;
+        // guest instructions than the float model (our default model 0.92×, OSNet x0.25 0.97×;
         // the float path from dequantised weights, with other embeddings: 1.00×, 1.02×).
         #[cfg(target_arch = "aarch64")]
         return Some(Dot::NeonDot)
