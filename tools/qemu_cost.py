@@ -26,8 +26,9 @@ and each --int8-model with its float `X.onnx` beside it, as tools/int8_check.py 
 them) on a CPU with the dot-product extension (cortex-a76: sdot, the int8 kernel) and one
 without (cortex-a72: NEON's widening multiplies by default, the same embeddings; and the float
 path from dequantised weights that CPUs without any int8 product take, REIDCAM_INT8_DOT=none).
-Fails unless int8 costs fewer instructions than float on the first, at most 0.97x float (our
-default model; 1.03x others) on the second, and at most 1.05x from dequantised weights.
+Fails unless int8 costs at most 0.6x float on the first (our default model; less than float
+for others), at most 0.85x float (our default model; 0.92x others) on the second, and at most
+1.05x from dequantised weights.
 """
 import argparse
 import json
@@ -135,7 +136,8 @@ def main() -> int:
             "cpu": CPU,
             "qemu": version,
             "instructions_per_embedding": round(per),
-            "tolerance": 0.02,
+            # Above the build-to-build noise of unchanged code (see docs/cross.md).
+            "tolerance": 0.03,
             "how": f"tools/qemu_cost.py: (I({RUNS[1]} runs) - I({RUNS[0]} runs)) / {RUNS[1] - RUNS[0]}"
                    " with tools/qemu-insn/insn.c",
             "tract_own_ops_instructions_per_embedding": round(stock),
@@ -201,13 +203,15 @@ def int8_vs_float(binary: Path, extra: list[Path]) -> int:
     failed = 0
     for float_model, int8 in pairs:
         # With sdot int8 must be cheaper. Without (cortex-a72) it runs through the widening
-        # product by default (the same embeddings as sdot): measured 2026-12-06 0.92 x float for
-        # our default model, 0.97 for OSNet x0.25 (whose layers have fewer input channels);
-        # the float path from dequantised weights (REIDCAM_INT8_DOT=none: armv7, x86 below
-        # AVX2) 1.00 and 1.02. The limits catch a regression.
+        # product by default (the same embeddings as sdot): measured 2026-12-06 (night) 0.82 x
+        # float for our default model, 0.87 for OSNet x0.25 (whose layers have fewer input
+        # channels: each tile's finishing weighs more); with sdot 0.54 and 0.62; the float path
+        # from dequantised weights (REIDCAM_INT8_DOT=none: armv7, x86 below AVX2) 1.00. The
+        # limits are issue 23's for our default model and catch a regression.
         default = float_model == pairs[0][0]
         float_counts: dict[str, float] = {}
-        for cpu, dot, most in (("cortex-a76", None, 0.999), ("cortex-a72", None, 0.97 if default else 1.03),
+        for cpu, dot, most in (("cortex-a76", None, 0.6 if default else 0.999),
+                               ("cortex-a72", None, 0.85 if default else 0.92),
                                ("cortex-a72", "none", 1.05)):
             def per_embedding(model: Path, env: dict[str, str]) -> float:
                 counts = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu, env)

@@ -156,26 +156,15 @@ unsafe fn outputs_widen<const RES: bool, const RELU: bool>(
     }
 }
 
-/// Words `[p, p + 4)` of `row` (fewer at the end of the row, the rest zero).
-#[inline(always)]
-unsafe fn load_words(row: &[u32], p: usize) -> int8x16_t {
-    let mut lanes = [0u32; 4];
-    for (lane, &w) in lanes.iter_mut().zip(row.iter().skip(p)) {
-        *lane = w;
-    }
-    // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
-    // inside its vector.
-    unsafe { vreinterpretq_s8_u32(vld1q_u32(lanes.as_ptr())) }
-}
-
-/// The exact int32 sums of outputs `o0..o0 + N` (`N` = 4 or 8, `o0` a multiple of 4) at
-/// pixels `p..p + 8`, each started from its correction (bias − (z_x − 128)·Σw; 0 past the
-/// layer's outputs, whose weights are zero). `load(g, p)` reads words `p..p + 4` of row `g`.
+/// The exact int32 sums of outputs `o0..o0 + N` (`N` = 4 or 8, `o0` a multiple of 4) at a
+/// tile's 8 pixels, each started from its correction (bias − (z_x − 128)·Σw; 0 past the
+/// layer's outputs, whose weights are zero; `corr`). `load(g, q)` reads the tile's words
+/// `q..q + 4` of row `g`.
 #[inline(always)]
 unsafe fn sums<const N: usize>(
     layer: &Layer,
     o0: usize,
-    p: usize,
+    corr: &[i32; N],
     load: impl Fn(usize, usize) -> int8x16_t,
 ) -> [[int32x4_t; 2]; N] {
     let groups = layer.groups;
@@ -187,14 +176,12 @@ unsafe fn sums<const N: usize>(
     // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
     // inside its vector.
     let mut acc = [[unsafe { vdupq_n_s32(0) }; 2]; N];
-    for (j, a) in acc.iter_mut().enumerate() {
-        let corr = layer.corr_i8.get(o0 + j).copied().unwrap_or(0);
-        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
-        // index is inside its vector.
+    for (a, &corr) in acc.iter_mut().zip(corr) {
+        // SAFETY: register-only.
         *a = [unsafe { vdupq_n_s32(corr) }; 2];
     }
     for g in 0..groups {
-        let (xa, xb) = (load(g, p), load(g, p + 4));
+        let (xa, xb) = (load(g, 0), load(g, 4));
         // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
         // index is inside its vector.
         let w0 = unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add(g * 4))) };
@@ -233,12 +220,15 @@ unsafe fn sums<const N: usize>(
 /// two pixels' words by the output's word repeated (`smull`; `smlal` adds the next group's
 /// when the weights are narrow, see `Layer::narrow`), added pairwise into i32 lanes
 /// (`sadalp`): each lane holds half of a pixel's sum (channels 0–1 or 2–3 of every group), and
-/// one pairwise add at the end (`addp`) completes them.
+/// one pairwise add at the end (`addp`) completes them, with the correction. `x` points at
+/// the tile's words in row 0, rows `pixels` words apart; `load` reads them as in [`sums`].
 #[inline(always)]
 unsafe fn sums_widen<const N: usize>(
     layer: &Layer,
     o0: usize,
-    p: usize,
+    corr: &[i32; N],
+    x: *const u32,
+    pixels: usize,
     load: impl Fn(usize, usize) -> int8x16_t,
 ) -> [[int32x4_t; 2]; N] {
     assert_eq!(N, 4, "the widening product runs four outputs at a time");
@@ -260,32 +250,21 @@ unsafe fn sums_widen<const N: usize>(
     let mut half = [[unsafe { vdupq_n_s32(0) }; 4]; N];
     let mut g = 0;
     if layer.narrow && groups >= 2 {
-        // Groups two at a time (`two_groups`), the weights' address carried from one pair to
-        // the next; the first pair's products start the half sums.
-        let x = |g: usize| {
-            [
-                load(g, p),
-                load(g, p + 4),
-                load(g + 1, p),
-                load(g + 1, p + 4),
-            ]
-        };
-        // SAFETY: `block` holds the weights of every group of these outputs (every pair).
-        let mut weights = unsafe { two_groups::<true>(&mut half[..], block, x(0)) };
-        g = 2;
-        while g + 2 <= groups {
-            // SAFETY: as above.
-            weights = unsafe { two_groups::<false>(&mut half[..], weights, x(g)) };
-            g += 2;
+        // SAFETY: `block` holds the weights of every pair of groups of these outputs; the
+        // caller's contract: 8 words readable from `x` in every row.
+        let pairs = unsafe { group_pairs(block, x, pixels, groups / 2) };
+        for (h, pair) in half.iter_mut().zip(pairs) {
+            *h = pair;
         }
+        g = groups / 2 * 2;
     }
     while g < groups {
         // SAFETY: as above.
         unsafe {
             if g == 0 {
-                one_group::<N, true>(&mut half, block, g, p, &load)
+                one_group::<N, true>(&mut half, block, g, &load)
             } else {
-                one_group::<N, false>(&mut half, block, g, p, &load)
+                one_group::<N, false>(&mut half, block, g, &load)
             }
         };
         g += 1;
@@ -293,10 +272,9 @@ unsafe fn sums_widen<const N: usize>(
     // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every index is
     // inside its vector.
     let mut acc = [[unsafe { vdupq_n_s32(0) }; 2]; N];
-    for (j, (a, h)) in acc.iter_mut().zip(&half).enumerate() {
-        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
-        // index is inside its vector.
-        let corr = unsafe { vdupq_n_s32(layer.corr_i8.get(o0 + j).copied().unwrap_or(0)) };
+    for ((a, h), &corr) in acc.iter_mut().zip(&half).zip(corr) {
+        // SAFETY: register-only.
+        let corr = unsafe { vdupq_n_s32(corr) };
         // SAFETY: register-only NEON instructions.
         *a = unsafe {
             [
@@ -320,10 +298,9 @@ unsafe fn one_group<const N: usize, const FIRST: bool>(
     half: &mut [[int32x4_t; 4]; N],
     block: *const u32,
     g: usize,
-    p: usize,
     load: &impl Fn(usize, usize) -> int8x16_t,
 ) {
-    let (xa, xb) = (load(g, p), load(g, p + 4));
+    let (xa, xb) = (load(g, 0), load(g, 4));
     // SAFETY: the caller's contract: four words of group `g`.
     let ws = unsafe { ld4r(block.add(g * 4)) };
     for (h, &w) in half.iter_mut().zip(&ws) {
@@ -347,123 +324,149 @@ unsafe fn one_group<const N: usize, const FIRST: bool>(
     }
 }
 
-/// Twelve instructions of [`two_groups`]: output weights `$w0` (group g) and `$w1` (g + 1)
-/// times the four pixels' words of both groups, added pairwise into half sums `$h0`–`$h3`
-/// (`$op`: `sadalp`), or starting them (`saddlp`).
+/// Twelve instructions of [`group_pairs`]: output weights `$w0` (group g) and `$w1` (g + 1)
+/// times the tile's words of both groups (v22, v23: pixels 0–3 and 4–7 of group g; v24, v25:
+/// of group g + 1), added pairwise into half sums `$h0`–`$h3` (`$op`: `sadalp`), or starting
+/// them (`saddlp`).
 #[rustfmt::skip]
 macro_rules! widen_output {
     ($op:literal, $w0:literal, $w1:literal, $h0:literal, $h1:literal, $h2:literal, $h3:literal) => {
         concat!(
-            "smull v20.8h, {xa0:v}.8b, ", $w0, ".8b\n",
-            "smlal v20.8h, {xa1:v}.8b, ", $w1, ".8b\n",
+            "smull v20.8h, v22.8b, ", $w0, ".8b\n",
+            "smlal v20.8h, v24.8b, ", $w1, ".8b\n",
             $op, " {", $h0, ":v}.4s, v20.8h\n",
-            "smull2 v21.8h, {xa0:v}.16b, ", $w0, ".16b\n",
-            "smlal2 v21.8h, {xa1:v}.16b, ", $w1, ".16b\n",
+            "smull2 v21.8h, v22.16b, ", $w0, ".16b\n",
+            "smlal2 v21.8h, v24.16b, ", $w1, ".16b\n",
             $op, " {", $h1, ":v}.4s, v21.8h\n",
-            "smull v20.8h, {xb0:v}.8b, ", $w0, ".8b\n",
-            "smlal v20.8h, {xb1:v}.8b, ", $w1, ".8b\n",
+            "smull v20.8h, v23.8b, ", $w0, ".8b\n",
+            "smlal v20.8h, v25.8b, ", $w1, ".8b\n",
             $op, " {", $h2, ":v}.4s, v20.8h\n",
-            "smull2 v21.8h, {xb0:v}.16b, ", $w0, ".16b\n",
-            "smlal2 v21.8h, {xb1:v}.16b, ", $w1, ".16b\n",
+            "smull2 v21.8h, v23.16b, ", $w0, ".16b\n",
+            "smlal2 v21.8h, v25.16b, ", $w1, ".16b\n",
             $op, " {", $h3, ":v}.4s, v21.8h\n",
         )
     };
 }
 
-/// The `asm!` of [`two_groups`]: `$op` adds into the half sums (`sadalp`, operands `inout`)
-/// or starts them (`saddlp`, operands `out`: their old values are never read).
-macro_rules! two_groups_asm {
-    ($op:literal, $dir:ident, $weights:ident, $x:ident, $h:ident) => {
-        std::arch::asm!(
-            "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{w}], #16",
+/// One pair of groups of [`group_pairs`]: the tile's words of both groups (`ld1`, each row
+/// pointer then moved two rows on), two `ld4r` of the pair's weights (`words_pairs`: outputs
+/// 0–1, then 2–3), 32 widening multiplies (two products per i16 lane) and 16 pairwise adds
+/// (`$op`).
+#[rustfmt::skip]
+macro_rules! pair_step {
+    ($op:literal) => {
+        concat!(
+            "ld1 {{v22.16b, v23.16b}}, [{x0}], {step}\n",
+            "ld1 {{v24.16b, v25.16b}}, [{x1}], {step}\n",
+            "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{w}], #16\n",
             widen_output!($op, "v16", "v17", "h00", "h01", "h02", "h03"),
             widen_output!($op, "v18", "v19", "h10", "h11", "h12", "h13"),
-            "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{w}], #16",
+            "ld4r {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{w}], #16\n",
             widen_output!($op, "v16", "v17", "h20", "h21", "h22", "h23"),
             widen_output!($op, "v18", "v19", "h30", "h31", "h32", "h33"),
-            w = inout(reg) $weights,
-            xa0 = in(vreg) $x[0],
-            xb0 = in(vreg) $x[1],
-            xa1 = in(vreg) $x[2],
-            xb1 = in(vreg) $x[3],
-            h00 = $dir(vreg) $h[0][0],
-            h01 = $dir(vreg) $h[0][1],
-            h02 = $dir(vreg) $h[0][2],
-            h03 = $dir(vreg) $h[0][3],
-            h10 = $dir(vreg) $h[1][0],
-            h11 = $dir(vreg) $h[1][1],
-            h12 = $dir(vreg) $h[1][2],
-            h13 = $dir(vreg) $h[1][3],
-            h20 = $dir(vreg) $h[2][0],
-            h21 = $dir(vreg) $h[2][1],
-            h22 = $dir(vreg) $h[2][2],
-            h23 = $dir(vreg) $h[2][3],
-            h30 = $dir(vreg) $h[3][0],
-            h31 = $dir(vreg) $h[3][1],
-            h32 = $dir(vreg) $h[3][2],
-            h33 = $dir(vreg) $h[3][3],
+        )
+    };
+}
+
+/// The half sums of [`sums_widen`] over groups `0..2 · pairs` (narrow weights), as one `asm!`
+/// loop: the first pair starts the sums (`saddlp`), each later one adds (`sadalp`) — 54
+/// instructions per pair (256 multiply-adds) with the loop's two. LLVM compiled the same
+/// steps written as intrinsics to 68 (a load and eight `dup`s for the weights, a spilled
+/// accumulator), and given the step alone as `asm!`, to 58 (separate loads and pointer adds
+/// around it).
+///
+/// # Safety
+/// `pairs ≥ 1`; `weights` valid for reading `8 · pairs` words; `x` and `x + pixels · g`, for
+/// every group g < `2 · pairs`, valid for reading 8 words.
+#[inline(always)]
+unsafe fn group_pairs(
+    weights: *const u32,
+    x: *const u32,
+    pixels: usize,
+    pairs: usize,
+) -> [[int32x4_t; 4]; 4] {
+    assert!(pairs >= 1, "at least one pair of groups");
+    // SAFETY: register-only (every lane written by the `asm!`).
+    let mut h = [[unsafe { vdupq_n_s32(0) }; 4]; 4];
+    // SAFETY: reads the weights and rows the caller vouches for; the rest is register-only.
+    unsafe {
+        std::arch::asm!(
+            pair_step!("saddlp"),
+            "subs {n}, {n}, #1",
+            "b.eq 3f",
+            "2:",
+            pair_step!("sadalp"),
+            "subs {n}, {n}, #1",
+            "b.ne 2b",
+            "3:",
+            w = inout(reg) weights => _,
+            x0 = inout(reg) x => _,
+            x1 = inout(reg) x.add(pixels) => _,
+            step = in(reg) 2 * pixels * size_of::<u32>(),
+            n = inout(reg) pairs => _,
+            h00 = out(vreg) h[0][0],
+            h01 = out(vreg) h[0][1],
+            h02 = out(vreg) h[0][2],
+            h03 = out(vreg) h[0][3],
+            h10 = out(vreg) h[1][0],
+            h11 = out(vreg) h[1][1],
+            h12 = out(vreg) h[1][2],
+            h13 = out(vreg) h[1][3],
+            h20 = out(vreg) h[2][0],
+            h21 = out(vreg) h[2][1],
+            h22 = out(vreg) h[2][2],
+            h23 = out(vreg) h[2][3],
+            h30 = out(vreg) h[3][0],
+            h31 = out(vreg) h[3][1],
+            h32 = out(vreg) h[3][2],
+            h33 = out(vreg) h[3][3],
             out("v16") _,
             out("v17") _,
             out("v18") _,
             out("v19") _,
             out("v20") _,
             out("v21") _,
-            options(pure, readonly, nostack, preserves_flags),
+            out("v22") _,
+            out("v23") _,
+            out("v24") _,
+            out("v25") _,
+            options(pure, readonly, nostack),
         )
     };
+    h
 }
 
-/// Two groups of [`sums_widen`] with narrow weights, as written: two `ld4r` of the pair's
-/// weights (`words_pairs`: outputs 0–1, then 2–3), 32 widening multiplies (two products per
-/// i16 lane) and 16 pairwise adds into the half sums (`FIRST`: starting them), 50
-/// instructions for 256 multiply-adds. LLVM compiled the same steps to 62: it hoisted the
-/// second `ld4r` over the first's uses, then moved or spilled registers, and kept the second
-/// load's address apart (68 with a load and eight `dup`s for the weights). `x` is
-/// `[xa0, xb0, xa1, xb1]`: pixels `p..p + 4` and `p + 4..p + 8` of groups g and g + 1.
-/// Returns the next pair's weights (`weights + 8`).
+/// The sums of outputs `o0..o0 + N` at the tile whose words in row 0 start at `x` (rows
+/// `pixels` words apart): by [`sums_widen`] if `WIDE`, else by `sdot` ([`sums`]).
 ///
 /// # Safety
-/// `weights` valid for reading eight words; `half` holds four outputs' sums.
-#[inline(always)]
-unsafe fn two_groups<const FIRST: bool>(
-    half: &mut [[int32x4_t; 4]],
-    mut weights: *const u32,
-    x: [int8x16_t; 4],
-) -> *const u32 {
-    let h: &mut [[int32x4_t; 4]; 4] = half.try_into().expect("four outputs");
-    // SAFETY: reads the eight words at `weights` (the caller's contract); the rest is
-    // register-only.
-    unsafe {
-        if FIRST {
-            two_groups_asm!("saddlp", out, weights, x, h)
-        } else {
-            two_groups_asm!("sadalp", inout, weights, x, h)
-        }
-    };
-    weights
-}
-
-/// `N` outputs from `o0` over every pixel: whole 8-pixel tiles stored straight from the
-/// registers, then the row's tail (and a block of outputs past the layer's) value by value.
-/// The sums of [`sums_widen`] if `WIDE`, else of `sdot` ([`sums`]).
+/// 8 words readable from `x` in every row.
 #[inline(always)]
 unsafe fn sums_by<const N: usize, const WIDE: bool>(
     layer: &Layer,
     o0: usize,
-    p: usize,
-    load: impl Fn(usize, usize) -> int8x16_t,
+    corr: &[i32; N],
+    x: *const u32,
+    pixels: usize,
 ) -> [[int32x4_t; 2]; N] {
+    // SAFETY: inside the rows (the caller's contract).
+    let load =
+        |g: usize, q: usize| unsafe { vreinterpretq_s8_u32(vld1q_u32(x.add(g * pixels + q))) };
     // SAFETY: the caller's contract, passed on.
     unsafe {
         if WIDE {
-            sums_widen::<N>(layer, o0, p, load)
+            sums_widen::<N>(layer, o0, corr, x, pixels, load)
         } else {
-            sums::<N>(layer, o0, p, load)
+            sums::<N>(layer, o0, corr, load)
         }
     }
 }
 
-/// `WIDE`: sums by [`sums_widen`], else by `sdot` ([`sums`]).
+/// `N` outputs from `o0` over every pixel, 8 pixels a tile: whole tiles stored straight from
+/// the registers, a row's last partial tile (and a block of outputs past the layer's) value
+/// by value. The partial tile's loads run on past the row: into the next row, or the last
+/// row's into the slack after it ([`WORDS_SLACK`](super::WORDS_SLACK)); those lanes' sums are
+/// not stored. `WIDE`: sums by [`sums_widen`], else by `sdot` ([`sums`]).
 #[inline(always)]
 unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bool>(
     layer: &Layer,
@@ -480,31 +483,32 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
         0
     };
     assert!(
-        words.len() >= layer.groups * pixels,
+        words.len() >= layer.groups * pixels + super::WORDS_SLACK,
         "int8 pointwise scratch"
     );
     let needed = (outputs - 1) * layer.y_stride + pixels;
     assert!(out.len() >= needed && (!RES || residual.len() >= needed));
-    // SAFETY: a whole tile's loads stay inside its rows (`p + 8 ≤ pixels`; length asserted).
-    let direct = |g: usize, p: usize| unsafe {
-        vreinterpretq_s8_u32(vld1q_u32(words.as_ptr().add(g * pixels + p)))
-    };
+    // Per output: its correction (0 past the layer's outputs), its multiplier and where its
+    // row starts, read once for every tile.
+    let corr: [i32; N] = std::array::from_fn(|j| layer.corr_i8.get(o0 + j).copied().unwrap_or(0));
+    let mult: [f32; N] =
+        std::array::from_fn(|j| layer.multiplier.get(o0 + j).copied().unwrap_or(0.0));
+    let rows: [usize; N] = std::array::from_fn(|j| (o0 + j) * layer.y_stride);
     let mut p = 0;
     while p < whole {
-        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
-        // index is inside its vector.
-        let acc = unsafe { sums_by::<N, WIDE>(layer, o0, p, direct) };
-        for (j, a) in acc.iter().enumerate() {
-            let o = o0 + j;
-            // SAFETY: `o < outputs` for a whole tile.
-            let mult = unsafe { vdupq_n_f32(*layer.multiplier.get_unchecked(o)) };
+        // SAFETY: inside the rows (`p + 8 ≤ pixels`; lengths asserted).
+        let acc = unsafe { sums_by::<N, WIDE>(layer, o0, &corr, words.as_ptr().add(p), pixels) };
+        for ((a, &m), &row) in acc.iter().zip(&mult).zip(&rows) {
+            // SAFETY: register-only.
+            let m = unsafe { vdupq_n_f32(m) };
             for (h, &sum) in a.iter().enumerate() {
-                let at = o * layer.y_stride + p + 4 * h;
+                let at = row + p + 4 * h;
                 // Same arithmetic as `Layer::store`, four lanes at once.
-                // SAFETY: four values from `at` are inside row `o` (`p + 8 ≤ pixels`), and
-                // the rows inside `out` and `residual` (lengths asserted).
+                // SAFETY: four values from `at` are inside the output's row (`p + 8 ≤
+                // pixels`, `o0 + N ≤ outputs` for whole tiles), and the rows inside `out` and
+                // `residual` (lengths asserted).
                 unsafe {
-                    let mut v = vmulq_f32(vcvtq_f32_s32(sum), mult);
+                    let mut v = vmulq_f32(vcvtq_f32_s32(sum), m);
                     if RES {
                         v = vaddq_f32(v, vld1q_f32(residual.as_ptr().add(at)));
                     }
@@ -517,14 +521,11 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
         }
         p += STEP;
     }
+    // The row's last partial tile, or every tile of a block past the layer's outputs.
     while p < pixels {
-        let row = |g: usize| &words[g * pixels..][..pixels];
-        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
-        // index is inside its vector.
-        let tail = |g: usize, p: usize| unsafe { load_words(row(g), p) };
-        // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
-        // index is inside its vector.
-        let acc = unsafe { sums_by::<N, WIDE>(layer, o0, p, tail) };
+        // SAFETY: 8 words from `p` end at most 7 words past the row (`p < pixels`), inside
+        // the next row or, for the last, the slack (length asserted).
+        let acc = unsafe { sums_by::<N, WIDE>(layer, o0, &corr, words.as_ptr().add(p), pixels) };
         for (j, a) in acc.iter().enumerate().take(outputs.saturating_sub(o0)) {
             let o = o0 + j;
             let mut lanes = [0i32; STEP];

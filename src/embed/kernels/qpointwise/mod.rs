@@ -18,15 +18,20 @@
 //! gives bit for bit [`reference`]'s result, so an int8 model gives the same embeddings on every
 //! CPU that runs one of them. On aarch64 cores without `sdot` (the Raspberry Pi 4's
 //! Cortex-A72, the A53) [`Dot::detect`] picks NEON's widening product: on a cortex-a72 our
-//! default int8 model costs 0.92× the float model's guest instructions through it and
-//! OSNet x0.25's int8 0.97× (the float path from dequantised weights, which gives other
-//! embeddings, 1.00× and 1.02×). A portable product in plain Rust (`portable.rs`) makes
+//! default int8 model costs 0.82× the float model's guest instructions through it and
+//! OSNet x0.25's int8 0.87× (the float path from dequantised weights, which gives other
+//! embeddings, 1.00×). A portable product in plain Rust (`portable.rs`) makes
 //! the same integers on any CPU, for checking and on request (`REIDCAM_INT8_DOT=portable`;
 //! 2.48× the float model's instructions on a Cortex-A72). CPUs with nothing better (x86 below
 //! AVX2, armv7) run the model's convolutions in float from their dequantised weights
 //! (`embed::int8`; `REIDCAM_INT8_DOT=none` anywhere).
 
 use super::pointwise::Shape;
+
+/// Words after an image's `[groups][pixels]` input words that a product may read and never
+/// uses: the NEON products load a row's last partial tile of 8 pixels whole (the lanes past
+/// the row end are the next row's words, or these, and their sums are not stored).
+pub const WORDS_SLACK: usize = 8;
 
 /// A tensor's u8 quantisation: `real = (q - zero) · scale`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,8 +116,8 @@ impl Dot {
         };
         // On aarch64 `sdot` where the core has it, else (Cortex-A72, A53) the widening
         // product: the same embeddings as every other int8 product, and on cortex-a72 no more
-        // guest instructions than the float model (our default model 0.92×, OSNet x0.25 0.97×;
-        // the float path from dequantised weights, with other embeddings: 1.00×, 1.02×).
+        // guest instructions than the float model (our default model 0.82×, OSNet x0.25 0.87×;
+        // the float path from dequantised weights, with other embeddings: 1.00×).
         #[cfg(target_arch = "aarch64")]
         return Some(Dot::NeonDot)
             .filter(|d| d.is_available())
@@ -327,9 +332,10 @@ impl Layer {
         self
     }
 
-    /// Scratch words one image needs (`groups · pixels`).
+    /// Scratch words one image needs: `groups · pixels`, then [`WORDS_SLACK`] words that a
+    /// product may read past the last row (and never uses).
     pub fn scratch_words(&self) -> usize {
-        self.groups * self.shape.pixels
+        self.groups * self.shape.pixels + WORDS_SLACK
     }
 
     /// Runs the layer on one image: `input` `[inputs][pixels]`, `residual` and `out`
@@ -362,6 +368,7 @@ impl Layer {
         let Shape { inputs, pixels, .. } = self.shape;
         assert_eq!(input.len(), inputs * pixels, "int8 pointwise input length");
         assert_eq!(words.len(), self.scratch_words(), "int8 pointwise words");
+        let words = &mut words[..self.groups * self.shape.pixels];
         assert!(dot.is_available(), "{dot} not on this CPU");
         match dot {
             Dot::Portable => quantise_words(self, input, words, self.flip(dot)),
@@ -422,7 +429,7 @@ impl Layer {
             outputs, pixels, ..
         } = self.shape;
         assert!(dot.is_available(), "{dot} not on this CPU");
-        assert!(words.len() >= self.groups * pixels, "int8 product words");
+        assert!(words.len() >= self.scratch_words(), "int8 product words");
         let needed = (outputs - 1) * self.y_stride + pixels;
         assert!(out.len() >= needed, "int8 product output length");
         if let Some(r) = residual {
@@ -572,14 +579,10 @@ fn quantise_avx512(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
     }
 }
 
-/// [`quantise_words`] in NEON registers, 16 pixels of four channels per step: each value
-/// scaled (`x · 1/s`; NaN and −∞ raised to −10⁹ by `fmaxnm`), rounded half to even and
-/// converted in one instruction (`fcvtns`), shifted by the zero point (saturating), and
-/// narrowed with saturation to [0, 255] (`sqxtun`, `uqxtn`): the same codes as
-/// `Layer::quantise`, in 1.7 instructions a value where rounding, clamping in float and
-/// packing by shift-and-insert took 2.1. `st4` interleaves the four channels' bytes into the
-/// pixels' words. A row's last pixels are a whole step ending where the row ends (the same
-/// words again); rows under 16 pixels go value by value.
+/// [`quantise_words`] in NEON registers, 16 pixels of four channels per step ([`Codes16`]);
+/// `st4` interleaves the four channels' bytes into the pixels' words. A row's last pixels are
+/// a whole step ending where the row ends (the same words again); rows under 16 pixels go
+/// value by value.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
@@ -589,19 +592,7 @@ fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
     if inputs % 4 != 0 || pixels < STEP {
         return quantise_words(layer, input, words, flip);
     }
-    let (inv, floor) = (vdupq_n_f32(layer.x_inv), vdupq_n_f32(-1.0e9));
-    let (zero, flip) = (vdupq_n_s32(layer.x_zero), vdupq_n_u8(flip as u8));
-    // The codes of the 16 values from `x`, XORed with `flip`.
-    // SAFETY: its callers' `x` is valid for 16 floats.
-    let codes = |x: *const f32| unsafe {
-        let code = |i: usize| {
-            let scaled = vmaxnmq_f32(vmulq_f32(vld1q_f32(x.add(4 * i)), inv), floor);
-            vqaddq_s32(vcvtnq_s32_f32(scaled), zero)
-        };
-        let low = vqmovun_high_s32(vqmovun_s32(code(0)), code(1));
-        let high = vqmovun_high_s32(vqmovun_s32(code(2)), code(3));
-        veorq_u8(vqmovn_high_u16(vqmovn_u16(low), high), flip)
-    };
+    let codes = Codes16::new(layer, flip as u8);
     for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
         let planes = &input[4 * g * pixels..][..4 * pixels];
         let mut p = 0;
@@ -611,14 +602,93 @@ fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
             unsafe {
                 let x = planes.as_ptr().add(at);
                 let bytes = uint8x16x4_t(
-                    codes(x),
-                    codes(x.add(pixels)),
-                    codes(x.add(2 * pixels)),
-                    codes(x.add(3 * pixels)),
+                    codes.of(x),
+                    codes.of(x.add(pixels)),
+                    codes.of(x.add(2 * pixels)),
+                    codes.of(x.add(3 * pixels)),
                 );
                 vst4q_u8(row.as_mut_ptr().add(at).cast(), bytes);
             }
             p += STEP;
+        }
+    }
+}
+
+/// `codes[i]` = the code of `input[i]` XORed with `flip` ([`Layer::quantise`]), 16 at a time
+/// ([`Codes16`]), the last 16 ending where the slices end; under 16 values one by one. (The
+/// stem's image, `qconv`.)
+#[cfg(target_arch = "aarch64")]
+pub(super) fn quantise_bytes_neon(layer: &Layer, input: &[f32], codes: &mut [u8], flip: u8) {
+    use std::arch::aarch64::*;
+    const STEP: usize = 16;
+    let n = codes.len();
+    let input = &input[..n];
+    if n < STEP {
+        for (c, &v) in codes.iter_mut().zip(input) {
+            *c = layer.quantise(v) as u8 ^ flip;
+        }
+        return;
+    }
+    let quantiser = Codes16::new(layer, flip);
+    let mut i = 0;
+    while i < n {
+        let at = i.min(n - STEP);
+        // SAFETY: `at + 16 ≤ n`: inside both slices.
+        unsafe {
+            vst1q_u8(
+                codes.as_mut_ptr().add(at),
+                quantiser.of(input.as_ptr().add(at)),
+            )
+        };
+        i += STEP;
+    }
+}
+
+/// The NEON quantiser of 16 values: each scaled (`x · 1/s`; NaN and −∞ raised to −10⁹ by
+/// `fmaxnm`), rounded half to even and converted in one instruction (`fcvtns`), narrowed to
+/// i16 with saturation (`sqxtn`), shifted by the zero point with saturation (`sqadd`, eight
+/// lanes at a time) and narrowed to [0, 255] with saturation (`sqxtun`): the codes of
+/// [`Layer::quantise`] (a value past i16 stays past [0, 255] after the zero point's shift), in
+/// 1.6 instructions a value, where rounding, clamping in float and packing by shift-and-insert
+/// took 2.1, then XORed with the flip.
+#[cfg(target_arch = "aarch64")]
+struct Codes16 {
+    inv: std::arch::aarch64::float32x4_t,
+    floor: std::arch::aarch64::float32x4_t,
+    zero: std::arch::aarch64::int16x8_t,
+    flip: std::arch::aarch64::uint8x16_t,
+}
+
+#[cfg(target_arch = "aarch64")]
+impl Codes16 {
+    fn new(layer: &Layer, flip: u8) -> Codes16 {
+        use std::arch::aarch64::*;
+        // SAFETY: register-only (NEON is on every aarch64 CPU).
+        unsafe {
+            Codes16 {
+                inv: vdupq_n_f32(layer.x_inv),
+                floor: vdupq_n_f32(-1.0e9),
+                // The zero point is in [0, 255] (checked in `Layer::new`).
+                zero: vdupq_n_s16(layer.x_zero as i16),
+                flip: vdupq_n_u8(flip),
+            }
+        }
+    }
+
+    /// # Safety
+    /// `x` valid for reading 16 floats.
+    #[inline(always)]
+    unsafe fn of(&self, x: *const f32) -> std::arch::aarch64::uint8x16_t {
+        use std::arch::aarch64::*;
+        // SAFETY: the caller's contract; the rest is register-only.
+        unsafe {
+            let code = |i: usize| {
+                let scaled = vmaxnmq_f32(vmulq_f32(vld1q_f32(x.add(4 * i)), self.inv), self.floor);
+                vcvtnq_s32_f32(scaled)
+            };
+            let low = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(code(0)), code(1)), self.zero);
+            let high = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(code(2)), code(3)), self.zero);
+            veorq_u8(vqmovun_high_s16(vqmovun_s16(low), high), self.flip)
         }
     }
 }
@@ -744,7 +814,8 @@ mod tests {
         );
         let want = reference(&layer, &weights, &bias, &input, residual.as_deref(), relu);
         let mut got = vec![f32::NAN; want.len()];
-        let mut words = Vec::new();
+        // Scratch from an earlier use: the slack after the words keeps what it held.
+        let mut words = vec![0xdead_beef; layer.scratch_words()];
         layer.run(dot, &input, residual.as_deref(), relu, &mut got, &mut words);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -832,11 +903,12 @@ mod tests {
                 })
                 .collect();
             for dot in Dot::available() {
-                let mut want = vec![0u32; layer.scratch_words()];
+                // Two groups of words; the slack after them is not the quantiser's.
+                let mut want = vec![0u32; 2 * pixels];
                 quantise_words(&layer, &input, &mut want, layer.flip(dot));
                 let mut got = vec![0xdead_beef; layer.scratch_words()];
                 layer.quantise_into(dot, &input, &mut got);
-                assert_eq!(got, want, "{dot}, {pixels} pixels");
+                assert_eq!(got[..2 * pixels], want, "{dot}, {pixels} pixels");
             }
         }
     }
