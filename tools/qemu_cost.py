@@ -205,7 +205,7 @@ def int8_vs_float(binary: Path, extra: list[Path]) -> int:
         # With sdot int8 must be cheaper. Without (cortex-a72) it runs through the widening
         # product by default (the same embeddings as sdot): measured 2026-12-06 (night) 0.82 x
         # float for our default model, 0.87 for OSNet x0.25 (whose layers have fewer input
-        # channels: each tile's finishing weighs more); with sdot 0.54 and 0.62; the float path
+        # channels: each tile's finishing weighs more); with sdot 0.51 and 0.59; the float path
         # from dequantised weights (REIDCAM_INT8_DOT=none: armv7, x86 below AVX2) 1.00. The
         # limits are issue 23's for our default model and catch a regression.
         default = float_model == pairs[0][0]

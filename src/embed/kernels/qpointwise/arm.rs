@@ -165,6 +165,8 @@ unsafe fn sums<const N: usize>(
     layer: &Layer,
     o0: usize,
     corr: &[i32; N],
+    x: *const u32,
+    pixels: usize,
     load: impl Fn(usize, usize) -> int8x16_t,
 ) -> [[int32x4_t; 2]; N] {
     let groups = layer.groups;
@@ -180,40 +182,119 @@ unsafe fn sums<const N: usize>(
         // SAFETY: register-only.
         *a = [unsafe { vdupq_n_s32(corr) }; 2];
     }
+    if N == 8 {
+        let eight: &mut [[int32x4_t; 2]; 8] = (&mut acc[..]).try_into().expect("eight outputs");
+        // SAFETY: blocks o0/4 and o0/4 + 1 hold four words per group (see above); the rows
+        // as `load` reads them (the caller's contract).
+        unsafe { sdot_groups(eight, blocks, blocks.add(groups * 4), x, pixels, groups) };
+        return acc;
+    }
+    // Four outputs (a layer's last block).
     for g in 0..groups {
         let (xa, xb) = (load(g, 0), load(g, 4));
         // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
         // index is inside its vector.
-        let w0 = unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add(g * 4))) };
-        let w1 = if N == 8 {
-            // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
-            // index is inside its vector.
-            unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add((groups + g) * 4))) }
-        } else {
-            w0
-        };
+        let w = unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add(g * 4))) };
         macro_rules! lane {
-            ($j:literal, $w:ident, $l:literal) => {
-                if $j < N {
-                    // SAFETY: as this function's safety contract and notes say: the CPU features were checked
-                    // and every index is inside its vector.
-                    acc[$j][0] = unsafe { sdot::<$l>(acc[$j][0], xa, $w) };
-                    // SAFETY: as this function's safety contract and notes say: the CPU features were checked
-                    // and every index is inside its vector.
-                    acc[$j][1] = unsafe { sdot::<$l>(acc[$j][1], xb, $w) };
-                }
+            ($j:literal, $l:literal) => {
+                // SAFETY: register-only (the caller's function enables `dotprod`).
+                acc[$j] = unsafe { [sdot::<$l>(acc[$j][0], xa, w), sdot::<$l>(acc[$j][1], xb, w)] };
             };
         }
-        lane!(0, w0, 0);
-        lane!(1, w0, 1);
-        lane!(2, w0, 2);
-        lane!(3, w0, 3);
-        lane!(4, w1, 0);
-        lane!(5, w1, 1);
-        lane!(6, w1, 2);
-        lane!(7, w1, 3);
+        lane!(0, 0);
+        lane!(1, 1);
+        lane!(2, 2);
+        lane!(3, 3);
     }
     acc
+}
+
+/// Two `sdot`s of [`sdot_groups`]: output `$j`'s weights (lane `$l` of `$w`) times the
+/// tile's two vectors of words.
+macro_rules! sdot_output {
+    ($a0:literal, $a1:literal, $w:literal, $l:literal) => {
+        concat!(
+            "sdot {",
+            $a0,
+            ":v}.4s, v30.16b, {",
+            $w,
+            ":v}.4b[",
+            $l,
+            "]\n",
+            "sdot {",
+            $a1,
+            ":v}.4s, v31.16b, {",
+            $w,
+            ":v}.4b[",
+            $l,
+            "]\n",
+        )
+    };
+}
+
+/// The group loop of [`sums`] for eight outputs as one `asm!` block: per group the tile's
+/// words (`ld1` of two registers, then a row on), the two blocks' weight words (post-
+/// incremented loads) and 16 `sdot`s, 21 instructions with the loop's two, where LLVM's loop
+/// took 22 (a pointer step per load).
+///
+/// # Safety
+/// The CPU has the dot-product extension; `groups ≥ 1`; `w0` and `w1` valid for reading
+/// `4 · groups` words; `x + g · pixels` valid for reading 8 words for every group g.
+#[inline(always)]
+unsafe fn sdot_groups(
+    acc: &mut [[int32x4_t; 2]; 8],
+    w0: *const u32,
+    w1: *const u32,
+    x: *const u32,
+    pixels: usize,
+    groups: usize,
+) {
+    assert!(groups >= 1, "at least one group");
+    // SAFETY: reads what the caller vouches for; the rest is register-only.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "ld1 {{v30.16b, v31.16b}}, [{x}], {step}",
+            "ldr {wa:q}, [{w0}], #16",
+            "ldr {wb:q}, [{w1}], #16",
+            sdot_output!("a00", "a01", "wa", "0"),
+            sdot_output!("a10", "a11", "wa", "1"),
+            sdot_output!("a20", "a21", "wa", "2"),
+            sdot_output!("a30", "a31", "wa", "3"),
+            sdot_output!("a40", "a41", "wb", "0"),
+            sdot_output!("a50", "a51", "wb", "1"),
+            sdot_output!("a60", "a61", "wb", "2"),
+            sdot_output!("a70", "a71", "wb", "3"),
+            "subs {n}, {n}, #1",
+            "b.ne 2b",
+            x = inout(reg) x => _,
+            step = in(reg) pixels * size_of::<u32>(),
+            w0 = inout(reg) w0 => _,
+            w1 = inout(reg) w1 => _,
+            n = inout(reg) groups => _,
+            wa = out(vreg_low16) _,
+            wb = out(vreg_low16) _,
+            a00 = inout(vreg) acc[0][0],
+            a01 = inout(vreg) acc[0][1],
+            a10 = inout(vreg) acc[1][0],
+            a11 = inout(vreg) acc[1][1],
+            a20 = inout(vreg) acc[2][0],
+            a21 = inout(vreg) acc[2][1],
+            a30 = inout(vreg) acc[3][0],
+            a31 = inout(vreg) acc[3][1],
+            a40 = inout(vreg) acc[4][0],
+            a41 = inout(vreg) acc[4][1],
+            a50 = inout(vreg) acc[5][0],
+            a51 = inout(vreg) acc[5][1],
+            a60 = inout(vreg) acc[6][0],
+            a61 = inout(vreg) acc[6][1],
+            a70 = inout(vreg) acc[7][0],
+            a71 = inout(vreg) acc[7][1],
+            out("v30") _,
+            out("v31") _,
+            options(pure, readonly, nostack),
+        )
+    };
 }
 
 /// [`sums`] without `sdot`, four outputs (`N` = 4). Per output, `i8 × i8 → i16` products of
@@ -457,7 +538,7 @@ unsafe fn sums_by<const N: usize, const WIDE: bool>(
         if WIDE {
             sums_widen::<N>(layer, o0, corr, x, pixels, load)
         } else {
-            sums::<N>(layer, o0, corr, load)
+            sums::<N>(layer, o0, corr, x, pixels, load)
         }
     }
 }
@@ -499,24 +580,28 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
         // SAFETY: inside the rows (`p + 8 ≤ pixels`; lengths asserted).
         let acc = unsafe { sums_by::<N, WIDE>(layer, o0, &corr, words.as_ptr().add(p), pixels) };
         for ((a, &m), &row) in acc.iter().zip(&mult).zip(&rows) {
-            // SAFETY: register-only.
-            let m = unsafe { vdupq_n_f32(m) };
-            for (h, &sum) in a.iter().enumerate() {
-                let at = row + p + 4 * h;
-                // Same arithmetic as `Layer::store`, four lanes at once.
-                // SAFETY: four values from `at` are inside the output's row (`p + 8 ≤
-                // pixels`, `o0 + N ≤ outputs` for whole tiles), and the rows inside `out` and
-                // `residual` (lengths asserted).
-                unsafe {
-                    let mut v = vmulq_f32(vcvtq_f32_s32(sum), m);
-                    if RES {
-                        v = vaddq_f32(v, vld1q_f32(residual.as_ptr().add(at)));
-                    }
-                    if RELU {
-                        v = vmaxq_f32(v, vdupq_n_f32(0.0));
-                    }
-                    vst1q_f32(out.as_mut_ptr().add(at), v);
+            let at = row + p;
+            // Same arithmetic as `Layer::store`, eight lanes at once: the residual's two
+            // vectors loaded, then the output's two stored, by one instruction each (stores
+            // between the loads kept LLVM from pairing either).
+            // SAFETY: eight values from `at` are inside the output's row (`p + 8 ≤ pixels`,
+            // `o0 + N ≤ outputs` for whole tiles), and the rows inside `out` and `residual`
+            // (lengths asserted); the rest is register-only.
+            unsafe {
+                let m = vdupq_n_f32(m);
+                let mut v = float32x4x2_t(
+                    vmulq_f32(vcvtq_f32_s32(a[0]), m),
+                    vmulq_f32(vcvtq_f32_s32(a[1]), m),
+                );
+                if RES {
+                    let r = vld1q_f32_x2(residual.as_ptr().add(at));
+                    v = float32x4x2_t(vaddq_f32(v.0, r.0), vaddq_f32(v.1, r.1));
                 }
+                if RELU {
+                    let zero = vdupq_n_f32(0.0);
+                    v = float32x4x2_t(vmaxq_f32(v.0, zero), vmaxq_f32(v.1, zero));
+                }
+                vst1q_f32_x2(out.as_mut_ptr().add(at), v);
             }
         }
         p += STEP;
