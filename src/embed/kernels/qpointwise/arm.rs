@@ -158,8 +158,9 @@ unsafe fn outputs_widen<const RES: bool, const RELU: bool>(
 
 /// The exact int32 sums of outputs `o0..o0 + N` (`N` = 4 or 8, `o0` a multiple of 4) at a
 /// tile's 8 pixels, each started from its correction (bias − (z_x − 128)·Σw; 0 past the
-/// layer's outputs, whose weights are zero; `corr`). `load(g, q)` reads the tile's words
-/// `q..q + 4` of row `g`.
+/// layer's outputs, whose weights are zero; `corr`). `x` points at the tile's words in row 0,
+/// rows `pixels` words apart (eight outputs: [`sdot_groups`] reads them); `load(g, q)` reads
+/// the tile's words `q..q + 4` of row `g` (four outputs).
 #[inline(always)]
 unsafe fn sums<const N: usize>(
     layer: &Layer,
@@ -209,25 +210,14 @@ unsafe fn sums<const N: usize>(
     acc
 }
 
-/// Two `sdot`s of [`sdot_groups`]: output `$j`'s weights (lane `$l` of `$w`) times the
-/// tile's two vectors of words.
+/// Two `sdot`s of [`sdot_groups`]: one output's weights (lane `$l` of `$w`) times the tile's
+/// two vectors of words, into its accumulators `$a0`, `$a1`.
+#[rustfmt::skip]
 macro_rules! sdot_output {
     ($a0:literal, $a1:literal, $w:literal, $l:literal) => {
         concat!(
-            "sdot {",
-            $a0,
-            ":v}.4s, v30.16b, {",
-            $w,
-            ":v}.4b[",
-            $l,
-            "]\n",
-            "sdot {",
-            $a1,
-            ":v}.4s, v31.16b, {",
-            $w,
-            ":v}.4b[",
-            $l,
-            "]\n",
+            "sdot {", $a0, ":v}.4s, v30.16b, {", $w, ":v}.4b[", $l, "]\n",
+            "sdot {", $a1, ":v}.4s, v31.16b, {", $w, ":v}.4b[", $l, "]\n",
         )
     };
 }

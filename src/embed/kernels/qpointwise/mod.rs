@@ -644,33 +644,34 @@ pub(super) fn quantise_bytes_neon(layer: &Layer, input: &[f32], codes: &mut [u8]
     }
 }
 
-/// The NEON quantiser of 16 values: each scaled (`x · 1/s`; NaN and −∞ raised to −10⁹ by
-/// `fmaxnm`), rounded half to even and converted in one instruction (`fcvtns`), narrowed to
-/// i16 with saturation (`sqxtn`), shifted by the zero point with saturation (`sqadd`, eight
-/// lanes at a time) and narrowed to [0, 255] with saturation (`sqxtun`): the codes of
-/// [`Layer::quantise`] (a value past i16 stays past [0, 255] after the zero point's shift), in
-/// 1.6 instructions a value, where rounding, clamping in float and packing by shift-and-insert
-/// took 2.1, then XORed with the flip.
+/// The NEON quantiser of 16 values, as the NEON products take them (u8 code − 128 as i8, i.e.
+/// the code XORed with 0x80): each value scaled (`x · 1/s`; NaN and −∞ raised to −10⁹ by
+/// `fmaxnm`), rounded half to even and converted in one instruction (`fcvtns`), narrowed to i16
+/// with saturation (`sqxtn`), shifted by the zero point − 128 with saturation (`sqadd`, eight
+/// lanes at a time) and narrowed to [−128, 127] with saturation (`sqxtn`): the codes of
+/// [`Layer::quantise`] − 128 (a value past i16 stays past the range after the shift), in 1.5
+/// instructions a value, where rounding, clamping in float and packing by shift-and-insert took
+/// 2.1.
 #[cfg(target_arch = "aarch64")]
 struct Codes16 {
     inv: std::arch::aarch64::float32x4_t,
     floor: std::arch::aarch64::float32x4_t,
-    zero: std::arch::aarch64::int16x8_t,
-    flip: std::arch::aarch64::uint8x16_t,
+    shift: std::arch::aarch64::int16x8_t,
 }
 
 #[cfg(target_arch = "aarch64")]
 impl Codes16 {
+    /// `flip` must be 0x80 (what [`Layer::flip`] gives for the NEON products).
     fn new(layer: &Layer, flip: u8) -> Codes16 {
         use std::arch::aarch64::*;
+        assert_eq!(flip, 0x80, "the NEON quantiser makes i8 codes");
         // SAFETY: register-only (NEON is on every aarch64 CPU).
         unsafe {
             Codes16 {
                 inv: vdupq_n_f32(layer.x_inv),
                 floor: vdupq_n_f32(-1.0e9),
                 // The zero point is in [0, 255] (checked in `Layer::new`).
-                zero: vdupq_n_s16(layer.x_zero as i16),
-                flip: vdupq_n_u8(flip),
+                shift: vdupq_n_s16(layer.x_zero as i16 - 128),
             }
         }
     }
@@ -686,9 +687,9 @@ impl Codes16 {
                 let scaled = vmaxnmq_f32(vmulq_f32(vld1q_f32(x.add(4 * i)), self.inv), self.floor);
                 vcvtnq_s32_f32(scaled)
             };
-            let low = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(code(0)), code(1)), self.zero);
-            let high = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(code(2)), code(3)), self.zero);
-            veorq_u8(vqmovun_high_s16(vqmovun_s16(low), high), self.flip)
+            let low = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(code(0)), code(1)), self.shift);
+            let high = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(code(2)), code(3)), self.shift);
+            vreinterpretq_u8_s8(vqmovn_high_s16(vqmovn_s16(low), high))
         }
     }
 }
