@@ -161,9 +161,7 @@ impl ConvLayer {
 /// The codes of `image` on the layer's input grid, XORed with `flip`.
 #[inline(always)]
 fn quantise(layer: &Layer, image: &[f32], codes: &mut [u8], flip: u8) {
-    for (c, &v) in codes.iter_mut().zip(image) {
-        *c = layer.quantise(v) as u8 ^ flip;
-    }
+    super::qpointwise::quantise_bytes(layer, image, codes, flip)
 }
 
 /// `dst[i]` = the bytes `a[i], b[i], c[i], d[i]`, low to high.

@@ -58,6 +58,11 @@ pub trait Lanes: Copy {
 /// The CPU must support `V`; both ranges valid for `n` floats.
 #[inline(always)]
 pub unsafe fn copy<V: Lanes>(src: *const f32, dst: *mut f32, n: usize) {
+    #[cfg(target_arch = "aarch64")]
+    if n >= 4 {
+        // SAFETY: as the caller's (NEON is on every aarch64 CPU).
+        return unsafe { copy_neon(src, dst, n) };
+    }
     let mut i = 0;
     // SAFETY: as the caller's: `V` is supported, every load and store in bounds (see `body`).
     unsafe {
@@ -69,6 +74,36 @@ pub unsafe fn copy<V: Lanes>(src: *const f32, dst: *mut f32, n: usize) {
             V::load(src.add(n - V::N)).store(dst.add(n - V::N));
         } else if i < n {
             V::load_n(src.add(i), n - i).store_n(dst.add(i), n - i);
+        }
+    }
+}
+
+/// [`copy`] on NEON for `n ≥ 4`: eight floats a step by two-register loads and stores, then
+/// four, then the last four ending where the range ends. LLVM's loop of one vector a step took
+/// 1.75 instructions a float (an index, a compare and three adds around each load and store),
+/// more than the depthwise layers' products on 32-wide rows.
+///
+/// # Safety
+/// Both ranges valid for `n ≥ 4` floats.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn copy_neon(mut src: *const f32, mut dst: *mut f32, n: usize) {
+    use std::arch::aarch64::*;
+    // SAFETY: every load and store inside the caller's ranges: `left` floats remain from `src`
+    // and `dst`, and the last vector starts at `n − 4 ≥ 0`.
+    unsafe {
+        let end = (src.add(n - 4), dst.add(n - 4));
+        let mut left = n;
+        while left >= 8 {
+            vst1q_f32_x2(dst, vld1q_f32_x2(src));
+            (src, dst, left) = (src.add(8), dst.add(8), left - 8);
+        }
+        if left >= 4 {
+            vst1q_f32(dst, vld1q_f32(src));
+            left -= 4;
+        }
+        if left > 0 {
+            vst1q_f32(end.1, vld1q_f32(end.0));
         }
     }
 }

@@ -12,6 +12,9 @@
 //! late stages are 8 or 4 pixels wide, less than one AVX-512 register). Copies go through masked
 //! vector moves too: `copy_from_slice` calls `memcpy` per row, which costs more than the row.
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
+
 #[cfg(not(target_arch = "aarch64"))]
 use super::simd::Portable;
 use super::simd::{Lanes, copy};
@@ -418,18 +421,20 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(args: &Args, out: *mut f32, scr
             kv,
             columns,
             bias,
-            act: args.act,
+            taps: *k,
+            bias_value: args.bias[c],
         };
         // SAFETY: `V` is supported; output row y's taps start at y·stride·pw ≤ (h − 1)·pw and
         // reach at most 2·pw + (w + 1) + N − 1 beyond (stride 2: the even column ow ≤ (w + 1) / 2,
         // then the odd half-row), inside the scratch ((h + 2)·pw + N), all of them copied above
-        // for these rows; stores stay inside `dst`'s rows `rows` of ow. SiLU compiled apart
-        // (see `Lanes::activate`).
+        // for these rows; stores stay inside `dst`'s rows `rows` of ow. Each activation compiled
+        // apart (SiLU: see `Lanes::activate`; a test of the activation per vector, its operand
+        // reloaded from the stack, cost OSNet x0.25 0.2 M instructions on cortex-a72).
         unsafe {
-            if args.act == Act::Silu {
-                plane_rows.all::<STRIDE, true>(rows.clone());
-            } else {
-                plane_rows.all::<STRIDE, false>(rows.clone());
+            match args.act {
+                Act::Silu => plane_rows.all::<STRIDE, { Act::Silu as u8 }>(rows.clone()),
+                Act::Relu => plane_rows.all::<STRIDE, { Act::Relu as u8 }>(rows.clone()),
+                Act::Identity => plane_rows.all::<STRIDE, { Act::Identity as u8 }>(rows.clone()),
             }
         }
     }
@@ -480,7 +485,11 @@ struct Rows<V> {
     /// Where a tap row's three columns are, from output column `x`'s (see `strided`).
     columns: [usize; 3],
     bias: V,
-    act: Act,
+    /// `kv` and `bias` as floats (ARM's assembly step, [`arm::four_rows`]).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    taps: [f32; 9],
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    bias_value: f32,
 }
 
 impl<V: Lanes> Rows<V> {
@@ -489,17 +498,57 @@ impl<V: Lanes> Rows<V> {
     /// # Safety
     /// As in `body`.
     #[inline(always)]
-    unsafe fn all<const STRIDE: usize, const SILU: bool>(&self, rows: std::ops::Range<usize>) {
+    unsafe fn all<const STRIDE: usize, const ACT: u8>(&self, rows: std::ops::Range<usize>) {
         let (mut y, h) = (rows.start, rows.end);
         // SAFETY: as the caller's.
         unsafe {
             while y + 4 <= h {
-                self.compute::<4, STRIDE, SILU>(y);
+                #[cfg(target_arch = "aarch64")]
+                if STRIDE == 1 && ACT != Act::Silu as u8 && self.w >= 4 {
+                    self.four_rows_neon(y, ACT == Act::Relu as u8);
+                    y += 4;
+                    continue;
+                }
+                self.compute::<4, STRIDE, ACT>(y);
                 y += 4;
             }
             while y < h {
-                self.compute::<1, STRIDE, SILU>(y);
+                self.compute::<1, STRIDE, ACT>(y);
                 y += 1;
+            }
+        }
+    }
+
+    /// [`Rows::compute`] of four stride-1 rows from `y` (ReLU or none) in [`arm::four_rows`]:
+    /// the row's whole vectors, then, when the width is not a multiple of four, its last four
+    /// pixels again (the same sums).
+    ///
+    /// # Safety
+    /// As in `body`, with `w ≥ 4`.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn four_rows_neon(&self, y: usize, relu: bool) {
+        let (w, pw) = (self.w, self.pw);
+        // SAFETY: as the caller's: output rows y..y + 4 read padded rows y..y + 6 (stride 1),
+        // columns up to w + 1 < pw, copied or zeroed in `strided`; the stores stay in the
+        // output rows (`at + 4 ≤ w`).
+        unsafe {
+            let (top, dst) = (self.padded.add(y * pw), self.dst.add(y * w));
+            let run = |at: usize, vectors: usize| {
+                arm::four_rows(
+                    top.add(at),
+                    pw,
+                    dst.add(at),
+                    w,
+                    vectors,
+                    &self.taps,
+                    self.bias_value,
+                    relu,
+                )
+            };
+            run(0, w / 4);
+            if w % 4 != 0 {
+                run(w - 4, 1);
             }
         }
     }
@@ -514,7 +563,7 @@ impl<V: Lanes> Rows<V> {
     /// # Safety
     /// As in `body`.
     #[inline(always)]
-    unsafe fn compute<const R: usize, const STRIDE: usize, const SILU: bool>(&self, y: usize) {
+    unsafe fn compute<const R: usize, const STRIDE: usize, const ACT: u8>(&self, y: usize) {
         let mut x = 0;
         while x < self.w {
             // A row's last pixels as a whole vector ending where the row ends, when the row is
@@ -548,7 +597,13 @@ impl<V: Lanes> Rows<V> {
                     }
                 }
                 for (u, a) in acc.iter().enumerate() {
-                    let a = a.activate::<SILU>(self.act);
+                    let a = if ACT == Act::Silu as u8 {
+                        a.activate::<true>(Act::Silu)
+                    } else if ACT == Act::Relu as u8 {
+                        a.activate::<false>(Act::Relu)
+                    } else {
+                        *a
+                    };
                     let to = self.dst.add((y + u) * self.w + at);
                     if n == V::N {
                         a.store(to);
@@ -618,179 +673,4 @@ pub fn reference(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::test_support::{Rng, assert_close, assert_close_after};
-    use super::*;
-
-    fn check(isa: Isa, shape: Shape, batch: usize, act: Act, rng: &mut Rng) {
-        let input = rng.vec(batch * shape.channels * shape.height * shape.width);
-        let weights = rng.vec(shape.channels * 9);
-        let bias = rng.vec(shape.channels);
-        let (want, magnitude) = reference(shape, batch, &input, &weights, &bias, act);
-        let mut got = vec![f32::NAN; want.len()];
-        let mut scratch = Vec::new();
-        depthwise3x3(
-            isa,
-            shape,
-            batch,
-            &input,
-            &weights,
-            &bias,
-            act,
-            &mut got,
-            &mut scratch,
-        );
-        // The same values bit for bit when the rows are computed in parts (as threads do).
-        let mut parted = vec![f32::NAN; want.len()];
-        for rows in super::super::test_support::parts(rng, shape.output().0, 1) {
-            // SAFETY: `parted` is the whole output; the parts run one after the other.
-            unsafe {
-                depthwise3x3_rows(
-                    isa,
-                    shape,
-                    batch,
-                    &input,
-                    &weights,
-                    &bias,
-                    act,
-                    rows,
-                    parted.as_mut_ptr(),
-                    &mut scratch,
-                )
-            };
-        }
-        super::super::test_support::assert_same_bits(
-            &parted,
-            &got,
-            &format!("{isa} {shape:?} batch {batch}: rows in parts"),
-        );
-        assert_close_after(
-            act,
-            &got,
-            &want,
-            &magnitude,
-            10,
-            &format!("{isa} {shape:?} batch {batch}"),
-        );
-    }
-
-    #[test]
-    fn every_isa_matches_the_reference_on_random_shapes() {
-        let mut rng = Rng::new(0x5eed_d3d3);
-        for isa in Isa::available() {
-            // The shapes of the models we ship and the references (YOLOX-Nano's stride-2 layers
-            // at 736×416 and 416×416 among them), then random ones, odd and even down to 1×1.
-            for (c, h, w, stride) in [
-                (16, 64, 32, 1),
-                (24, 32, 16, 1),
-                (32, 16, 8, 1),
-                (8, 8, 4, 1),
-                (3, 1, 1, 1),
-                (32, 104, 184, 2),
-                (64, 52, 92, 2),
-                (128, 13, 23, 2),
-                (128, 26, 26, 2),
-                (3, 1, 1, 2),
-                // Stride-2 rows whose last inputs (after whole pairs of vectors) fill a half
-                // vector exactly, all but one lane of it, or one lane past it.
-                (4, 5, 63, 2),
-                (4, 5, 31, 2),
-                (4, 5, 17, 2),
-                (4, 5, 15, 2),
-            ] {
-                let shape = Shape {
-                    channels: c,
-                    height: h,
-                    width: w,
-                    stride,
-                };
-                check(isa, shape, 1, Act::Relu, &mut rng);
-            }
-            for _ in 0..120 {
-                let shape = Shape {
-                    channels: 1 + rng.below(40),
-                    height: 1 + rng.below(40),
-                    width: 1 + rng.below(40),
-                    stride: 1 + rng.below(2),
-                };
-                let batch = 1 + rng.below(3);
-                let act = super::super::test_support::act(&mut rng);
-                check(isa, shape, batch, act, &mut rng);
-            }
-        }
-    }
-
-    #[test]
-    fn the_output_is_centred_on_every_stride_th_pixel() {
-        // ONNX's 3×3, padding 1: output (y, x) centred on input (s·y, s·x).
-        for (h, w) in [(1, 1), (2, 3), (5, 4), (7, 9), (8, 8)] {
-            assert_eq!(output_size(h, w, 1), (h, w));
-            assert_eq!(output_size(h, w, 2), (h.div_ceil(2), w.div_ceil(2)));
-        }
-        let shape = Shape {
-            channels: 1,
-            height: 5,
-            width: 7,
-            stride: 2,
-        };
-        let input: Vec<f32> = (0..35).map(|v| v as f32).collect();
-        let mut centre = [0.0; 9];
-        centre[4] = 1.0;
-        let mut got = vec![f32::NAN; 12];
-        let mut scratch = Vec::new();
-        let isa = Isa::detect();
-        depthwise3x3(
-            isa,
-            shape,
-            1,
-            &input,
-            &centre,
-            &[0.0],
-            Act::Identity,
-            &mut got,
-            &mut scratch,
-        );
-        let want: Vec<f32> = [0, 2, 4, 6, 14, 16, 18, 20, 28, 30, 32, 34]
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn scratch_from_a_larger_layer_is_reused_with_clean_borders() {
-        let mut rng = Rng::new(7);
-        let isa = Isa::detect();
-        for stride in [1, 2] {
-            let mut scratch = vec![f32::NAN; 10_000];
-            let shape = Shape {
-                channels: 2,
-                height: 5,
-                width: 3,
-                stride,
-            };
-            let input = rng.vec(30);
-            let (weights, bias) = (rng.vec(18), rng.vec(2));
-            let (want, magnitude) = reference(shape, 1, &input, &weights, &bias, Act::Identity);
-            let mut got = vec![0.0; want.len()];
-            depthwise3x3(
-                isa,
-                shape,
-                1,
-                &input,
-                &weights,
-                &bias,
-                Act::Identity,
-                &mut got,
-                &mut scratch,
-            );
-            assert_close(
-                &got,
-                &want,
-                &magnitude,
-                10,
-                &format!("dirty scratch, stride {stride}"),
-            );
-        }
-    }
-}
+mod tests;
