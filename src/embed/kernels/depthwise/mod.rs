@@ -11,6 +11,8 @@
 //! last vector written with a lane mask when the width is not a multiple of the vector (OSNet's
 //! late stages are 8 or 4 pixels wide, less than one AVX-512 register). Copies go through masked
 //! vector moves too: `copy_from_slice` calls `memcpy` per row, which costs more than the row.
+//! On aarch64 four stride-1 rows (ReLU or none) go through one `asm!` loop (`arm.rs`) that adds
+//! the taps in the same order: the same bits.
 
 #[cfg(target_arch = "aarch64")]
 mod arm;

@@ -453,6 +453,23 @@ macro_rules! pair_step {
     };
 }
 
+/// `{n}` ≥ 1 pairs of groups ([`pair_step`]): the first starts the half sums (`saddlp`), each
+/// later one adds (`sadalp`); labels 7 and 8.
+macro_rules! pairs_loop {
+    ($halves:tt) => {
+        concat!(
+            pair_step!("saddlp", $halves),
+            "subs {n}, {n}, #1\n",
+            "b.eq 8f\n",
+            "7:\n",
+            pair_step!("sadalp", $halves),
+            "subs {n}, {n}, #1\n",
+            "b.ne 7b\n",
+            "8:\n",
+        )
+    };
+}
+
 /// The half sums of [`sums_widen`] over groups `0..2 · pairs` (narrow weights), as one `asm!`
 /// loop: the first pair starts the sums (`saddlp`), each later one adds (`sadalp`) — 54
 /// instructions per pair (256 multiply-adds) with the loop's two. LLVM compiled the same
@@ -476,14 +493,7 @@ unsafe fn group_pairs(
     // SAFETY: reads the weights and rows the caller vouches for; the rest is register-only.
     unsafe {
         std::arch::asm!(
-            pair_step!("saddlp", operands),
-            "subs {n}, {n}, #1",
-            "b.eq 3f",
-            "2:",
-            pair_step!("sadalp", operands),
-            "subs {n}, {n}, #1",
-            "b.ne 2b",
-            "3:",
+            pairs_loop!(operands),
             w = inout(reg) weights => _,
             x0 = inout(reg) x => _,
             x1 = inout(reg) x.add(pixels) => _,
@@ -597,14 +607,7 @@ unsafe fn whole_tiles<const RES: bool, const RELU: bool>(
                     "mov {n}, {pairs}",
                     "mov {x0}, {x}",
                     "add {x1}, {x}, {row}",
-                    pair_step!("saddlp", fixed),
-                    "subs {n}, {n}, #1",
-                    "b.eq 4f",
-                    "3:",
-                    pair_step!("sadalp", fixed),
-                    "subs {n}, {n}, #1",
-                    "b.ne 3b",
-                    "4:",
+                    pairs_loop!(fixed),
                     finish_output!("0", "v0", "v1", "v2", "v3", "v26", $res, $relu),
                     finish_output!("1", "v4", "v5", "v6", "v7", "v27", $res, $relu),
                     finish_output!("2", "v8", "v9", "v10", "v11", "v28", $res, $relu),
@@ -722,7 +725,6 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
         // inside the rows (`whole ≤ pixels`) and `whole` floats of the four outputs' rows (and
         // residual rows) inside `out` (`residual`) (lengths asserted; `o0 + 4 ≤ outputs`).
         unsafe {
-            let row = |j: usize| rows[j];
             whole_tiles::<RES, RELU>(
                 block,
                 words.as_ptr(),
@@ -731,10 +733,10 @@ unsafe fn tile<const N: usize, const WIDE: bool, const RES: bool, const RELU: bo
                 whole / STEP,
                 corr[..4].try_into().expect("four outputs"),
                 mult[..4].try_into().expect("four outputs"),
-                std::array::from_fn(|j| out.as_mut_ptr().add(row(j))),
+                std::array::from_fn(|j| out.as_mut_ptr().add(rows[j])),
                 std::array::from_fn(|j| {
                     if RES {
-                        residual.as_ptr().add(row(j))
+                        residual.as_ptr().add(rows[j])
                     } else {
                         std::ptr::null()
                     }
