@@ -159,16 +159,13 @@ unsafe fn outputs_widen<const RES: bool, const RELU: bool>(
 /// The exact int32 sums of outputs `o0..o0 + N` (`N` = 4 or 8, `o0` a multiple of 4) at a
 /// tile's 8 pixels, each started from its correction (bias − (z_x − 128)·Σw; 0 past the
 /// layer's outputs, whose weights are zero; `corr`). `x` points at the tile's words in row 0,
-/// rows `pixels` words apart (eight outputs: [`sdot_groups`] reads them); `load(g, q)` reads
-/// the tile's words `q..q + 4` of row `g` (four outputs).
+/// rows `pixels` words apart (`tile`; eight outputs: [`sdot_groups`] reads them).
 #[inline(always)]
 unsafe fn sums<const N: usize>(
     layer: &Layer,
     o0: usize,
     corr: &[i32; N],
-    x: *const u32,
-    pixels: usize,
-    load: impl Fn(usize, usize) -> int8x16_t,
+    tile: TileWords,
 ) -> [[int32x4_t; 2]; N] {
     let groups = layer.groups;
     // SAFETY (whole function): `words_by4` holds 4 words per (block of 4 outputs, group),
@@ -186,13 +183,23 @@ unsafe fn sums<const N: usize>(
     if N == 8 {
         let eight: &mut [[int32x4_t; 2]; 8] = (&mut acc[..]).try_into().expect("eight outputs");
         // SAFETY: blocks o0/4 and o0/4 + 1 hold four words per group (see above); the rows
-        // as `load` reads them (the caller's contract).
-        unsafe { sdot_groups(eight, blocks, blocks.add(groups * 4), x, pixels, groups) };
+        // of `tile` (the caller's contract).
+        unsafe {
+            sdot_groups(
+                eight,
+                blocks,
+                blocks.add(groups * 4),
+                tile.x,
+                tile.pixels,
+                groups,
+            )
+        };
         return acc;
     }
     // Four outputs (a layer's last block).
     for g in 0..groups {
-        let (xa, xb) = (load(g, 0), load(g, 4));
+        // SAFETY: inside the rows (the caller's contract).
+        let (xa, xb) = unsafe { (tile.load(g, 0), tile.load(g, 4)) };
         // SAFETY: as this function's safety contract and notes say: the CPU features were checked and every
         // index is inside its vector.
         let w = unsafe { vreinterpretq_s8_u32(vld1q_u32(blocks.add(g * 4))) };
@@ -291,16 +298,14 @@ unsafe fn sdot_groups(
 /// two pixels' words by the output's word repeated (`smull`; `smlal` adds the next group's
 /// when the weights are narrow, see `Layer::narrow`), added pairwise into i32 lanes
 /// (`sadalp`): each lane holds half of a pixel's sum (channels 0–1 or 2–3 of every group), and
-/// one pairwise add at the end (`addp`) completes them, with the correction. `x` points at
-/// the tile's words in row 0, rows `pixels` words apart; `load` reads them as in [`sums`].
+/// one pairwise add at the end (`addp`) completes them, with the correction. `tile`: the
+/// tile's words, as in [`sums`].
 #[inline(always)]
 unsafe fn sums_widen<const N: usize>(
     layer: &Layer,
     o0: usize,
     corr: &[i32; N],
-    x: *const u32,
-    pixels: usize,
-    load: impl Fn(usize, usize) -> int8x16_t,
+    tile: TileWords,
 ) -> [[int32x4_t; 2]; N] {
     assert_eq!(N, 4, "the widening product runs four outputs at a time");
     let groups = layer.groups;
@@ -323,7 +328,7 @@ unsafe fn sums_widen<const N: usize>(
     if layer.narrow && groups >= 2 {
         // SAFETY: `block` holds the weights of every pair of groups of these outputs; the
         // caller's contract: 8 words readable from `x` in every row.
-        let pairs = unsafe { group_pairs(block, x, pixels, groups / 2) };
+        let pairs = unsafe { group_pairs(block, tile.x, tile.pixels, groups / 2) };
         for (h, pair) in half.iter_mut().zip(pairs) {
             *h = pair;
         }
@@ -333,9 +338,9 @@ unsafe fn sums_widen<const N: usize>(
         // SAFETY: as above.
         unsafe {
             if g == 0 {
-                one_group::<N, true>(&mut half, block, g, &load)
+                one_group::<N, true>(&mut half, block, g, tile)
             } else {
-                one_group::<N, false>(&mut half, block, g, &load)
+                one_group::<N, false>(&mut half, block, g, tile)
             }
         };
         g += 1;
@@ -363,15 +368,16 @@ unsafe fn sums_widen<const N: usize>(
 /// `sadalp` took 16 more instructions per tile).
 ///
 /// # Safety
-/// `block` holds four words per group up to group `g`; `load` reads inside its rows.
+/// `block` holds four words per group up to group `g`; the 8 words of row `g` from `tile` are readable.
 #[inline(always)]
 unsafe fn one_group<const N: usize, const FIRST: bool>(
     half: &mut [[int32x4_t; 4]; N],
     block: *const u32,
     g: usize,
-    load: &impl Fn(usize, usize) -> int8x16_t,
+    tile: TileWords,
 ) {
-    let (xa, xb) = (load(g, 0), load(g, 4));
+    // SAFETY: inside the rows (the caller's contract).
+    let (xa, xb) = unsafe { (tile.load(g, 0), tile.load(g, 4)) };
     // SAFETY: the caller's contract: four words of group `g`.
     let ws = unsafe { ld4r(block.add(g * 4)) };
     for (h, &w) in half.iter_mut().zip(&ws) {
@@ -673,16 +679,33 @@ unsafe fn sums_by<const N: usize, const WIDE: bool>(
     x: *const u32,
     pixels: usize,
 ) -> [[int32x4_t; 2]; N] {
-    // SAFETY: inside the rows (the caller's contract).
-    let load =
-        |g: usize, q: usize| unsafe { vreinterpretq_s8_u32(vld1q_u32(x.add(g * pixels + q))) };
+    let tile = TileWords { x, pixels };
     // SAFETY: the caller's contract, passed on.
     unsafe {
         if WIDE {
-            sums_widen::<N>(layer, o0, corr, x, pixels, load)
+            sums_widen::<N>(layer, o0, corr, tile)
         } else {
-            sums::<N>(layer, o0, corr, x, pixels, load)
+            sums::<N>(layer, o0, corr, tile)
         }
+    }
+}
+
+/// A tile's input words: row 0's from `x`, rows `pixels` words apart.
+#[derive(Clone, Copy)]
+struct TileWords {
+    x: *const u32,
+    pixels: usize,
+}
+
+impl TileWords {
+    /// Words `q..q + 4` of row `g`, as 16 i8 codes.
+    ///
+    /// # Safety
+    /// The four words are readable.
+    #[inline(always)]
+    unsafe fn load(self, g: usize, q: usize) -> int8x16_t {
+        // SAFETY: the caller's contract.
+        unsafe { vreinterpretq_s8_u32(vld1q_u32(self.x.add(g * self.pixels + q))) }
     }
 }
 
