@@ -14,7 +14,7 @@
 
 use super::conv;
 use super::pointwise;
-use super::qpointwise::{Dot, Grid, Layer, WORDS_SLACK};
+use super::qpointwise::{Dot, Grid, Layer, WORDS_SLACK, quantise_bytes};
 
 /// One prepared layer (made once at load).
 #[derive(Debug)]
@@ -118,7 +118,7 @@ impl ConvLayer {
             Dot::NeonWiden | Dot::NeonDot => {
                 super::qpointwise::quantise_bytes_neon(layer, image, plain, flip)
             }
-            Dot::Portable => quantise(layer, image, plain, flip),
+            Dot::Portable => quantise_bytes(layer, image, plain, flip),
         }
         let pad = layer.quantise(0.0) as u8 ^ flip;
         // (Vectorised with AVX-512 where VNNI runs, which implies it.)
@@ -158,12 +158,6 @@ impl ConvLayer {
     }
 }
 
-/// The codes of `image` on the layer's input grid, XORed with `flip`.
-#[inline(always)]
-fn quantise(layer: &Layer, image: &[f32], codes: &mut [u8], flip: u8) {
-    super::qpointwise::quantise_bytes(layer, image, codes, flip)
-}
-
 /// `dst[i]` = the bytes `a[i], b[i], c[i], d[i]`, low to high.
 #[inline(always)]
 fn interleave(dst: &mut [u32], a: &[u8], b: &[u8], c: &[u8], d: &[u8]) {
@@ -201,15 +195,16 @@ fn interleave_neon(dst: &mut [u32], a: &[u8], b: &[u8], c: &[u8], d: &[u8]) {
     }
 }
 
-/// The two loops above compiled for AVX-512 and for AVX2 (LLVM vectorises them 16 or 8 lanes wide; at the
+/// The plain quantiser (`qpointwise::quantise_bytes`) and `interleave` compiled for AVX-512 and for
+/// AVX2 (LLVM vectorises them 16 or 8 lanes wide; at the
 /// x86-64 baseline, rounding half to even is a library call).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Layer;
+    use super::{Layer, quantise_bytes};
 
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn quantise(layer: &Layer, image: &[f32], codes: &mut [u8], flip: u8) {
-        super::quantise(layer, image, codes, flip)
+        quantise_bytes(layer, image, codes, flip)
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -219,7 +214,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn quantise_avx2(layer: &Layer, image: &[f32], codes: &mut [u8], flip: u8) {
-        super::quantise(layer, image, codes, flip)
+        quantise_bytes(layer, image, codes, flip)
     }
 
     #[target_feature(enable = "avx2,fma")]

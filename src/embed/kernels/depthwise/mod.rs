@@ -430,8 +430,9 @@ unsafe fn strided<V: Lanes, const STRIDE: usize>(args: &Args, out: *mut f32, scr
         // reach at most 2·pw + (w + 1) + N − 1 beyond (stride 2: the even column ow ≤ (w + 1) / 2,
         // then the odd half-row), inside the scratch ((h + 2)·pw + N), all of them copied above
         // for these rows; stores stay inside `dst`'s rows `rows` of ow. Each activation compiled
-        // apart (SiLU: see `Lanes::activate`; a test of the activation per vector, its operand
-        // reloaded from the stack, cost OSNet x0.25 0.2 M instructions on cortex-a72).
+        // apart (SiLU's code and constants out of the other copies; a test of the activation per
+        // vector, its operand reloaded from the stack, cost OSNet x0.25 0.2 M instructions on
+        // cortex-a72).
         unsafe {
             match args.act {
                 Act::Silu => plane_rows.all::<STRIDE, { Act::Silu as u8 }>(rows.clone()),
@@ -600,9 +601,9 @@ impl<V: Lanes> Rows<V> {
                 }
                 for (u, a) in acc.iter().enumerate() {
                     let a = if ACT == Act::Silu as u8 {
-                        a.activate::<true>(Act::Silu)
+                        a.silu()
                     } else if ACT == Act::Relu as u8 {
-                        a.activate::<false>(Act::Relu)
+                        a.relu()
                     } else {
                         *a
                     };

@@ -158,8 +158,8 @@ unsafe fn outputs_widen<const RES: bool, const RELU: bool>(
 
 /// The exact int32 sums of outputs `o0..o0 + N` (`N` = 4 or 8, `o0` a multiple of 4) at a
 /// tile's 8 pixels, each started from its correction (bias − (z_x − 128)·Σw; 0 past the
-/// layer's outputs, whose weights are zero; `corr`). `x` points at the tile's words in row 0,
-/// rows `pixels` words apart (`tile`; eight outputs: [`sdot_groups`] reads them).
+/// layer's outputs, whose weights are zero; `corr`). `tile`: the tile's words, row 0's at
+/// `tile.x`, rows `tile.pixels` words apart (eight outputs: [`sdot_groups`] reads them).
 #[inline(always)]
 unsafe fn sums<const N: usize>(
     layer: &Layer,
