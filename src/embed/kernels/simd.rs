@@ -198,7 +198,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::f32::consts::LOG2_E;
 
-    use super::super::{EXP_LIMIT, LN2_HI, LN2_LO, MAGIC, SILU_POLY};
+    use super::super::{EXP_LIMIT, LN2, MAGIC, SILU_POLY};
     use super::Lanes;
 
     /// SiLU (`SILU`: `x / (1 + e^(−x))`, `x` clamped below at −87) or the sigmoid
@@ -216,8 +216,7 @@ mod x86 {
             let c = _mm256_min_ps(x, _mm256_set1_ps(EXP_LIMIT));
             let biased = _mm256_fmadd_ps(c, _mm256_set1_ps(-LOG2_E), _mm256_set1_ps(MAGIC));
             let n = _mm256_sub_ps(biased, _mm256_set1_ps(MAGIC));
-            let s = _mm256_fnmsub_ps(n, _mm256_set1_ps(LN2_HI), c);
-            let s = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), s);
+            let s = _mm256_fnmsub_ps(n, _mm256_set1_ps(LN2), c);
             let mut p = _mm256_set1_ps(SILU_POLY[4]);
             for a in SILU_POLY[..4].iter().rev() {
                 p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(*a));
@@ -341,8 +340,7 @@ mod x86 {
             let c = _mm512_min_ps(x, _mm512_set1_ps(EXP_LIMIT));
             let magic = _mm512_set1_ps(MAGIC);
             let n = _mm512_sub_ps(_mm512_fmadd_ps(c, _mm512_set1_ps(-LOG2_E), magic), magic);
-            let s = _mm512_fnmsub_ps(n, _mm512_set1_ps(LN2_HI), c);
-            let s = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), s);
+            let s = _mm512_fnmsub_ps(n, _mm512_set1_ps(LN2), c);
             let mut p = _mm512_set1_ps(SILU_POLY[4]);
             for a in SILU_POLY[..4].iter().rev() {
                 p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(*a));
@@ -443,7 +441,7 @@ mod neon {
     use std::arch::aarch64::*;
     use std::f32::consts::LOG2_E;
 
-    use super::super::{EXP_LIMIT, LN2_HI, LN2_LO, SILU_POLY};
+    use super::super::{EXP_LIMIT, LN2, SILU_POLY};
     use super::Lanes;
 
     /// SiLU (`SILU`: `x / (1 + e^(−x))`, `x` clamped below at −87) or the sigmoid
@@ -462,8 +460,7 @@ mod neon {
             let c = vminq_f32(x, vdupq_n_f32(EXP_LIMIT));
             let m = vcvtnq_s32_f32(vmulq_n_f32(c, LOG2_E));
             let mf = vcvtq_f32_s32(m);
-            let r = vfmsq_f32(c, mf, vdupq_n_f32(LN2_HI));
-            let r = vfmsq_f32(r, mf, vdupq_n_f32(LN2_LO));
+            let r = vfmsq_f32(c, mf, vdupq_n_f32(LN2));
             let odd = |k: usize| {
                 if k.is_multiple_of(2) {
                     -SILU_POLY[k]
