@@ -5,7 +5,8 @@
 //! the same network with tract's own operators, and one onnxruntime session (all graph
 //! optimisations, `threads` intra-op threads, subnormal weights zeroed as our kernels do), fed
 //! the same input — a Market frame letterboxed by the detector itself — in turns of ~100 ms
-//! (`common::in_turns`). Printed: median ms per frame of the network alone (the letterbox and
+//! (`common::in_turns`; on 2 threads a pause before each, while the last engine's idle threads
+//! spin). Printed: median ms per frame of the network alone (the letterbox and
 //! decoding are ours in every case) and the ratios to onnxruntime. Every row also checks the
 //! answer on all 16 shared Market frames: the boxes after decoding and NMS must be the same
 //! people as onnxruntime's (IoU ≥ 0.98 pairwise, scores within 0.01); the largest raw |Δ| of
@@ -202,11 +203,12 @@ fn compare(
         run_ort(&mut session, &input);
         ours.network_mut().run().expect("reidcam run");
     }
-    let (mut times, rounds) = common::in_turns(3, seconds, |engine| match engine {
-        0 => drop(ours.network_mut().run().expect("reidcam run")),
-        1 => drop(stock.run().expect("tract run")),
-        _ => drop(run_ort(&mut session, &input)),
-    });
+    let (mut times, rounds) =
+        common::in_turns(3, seconds, common::settle(threads), |engine| match engine {
+            0 => drop(ours.network_mut().run().expect("reidcam run")),
+            1 => drop(stock.run().expect("tract run")),
+            _ => drop(run_ort(&mut session, &input)),
+        });
     let [t_ours, t_stock, t_ort] = &mut times[..] else {
         unreachable!("three engines")
     };

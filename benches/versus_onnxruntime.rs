@@ -7,7 +7,8 @@
 //! time (`embed::flush_subnormal_weights`; with torchreid's weights its NCHWc kernels are 4×
 //! slower without that) — the ratio is against that, its faster run; its time on the file as
 //! given is printed too. The engines run in turns of ~100 ms each (order rotating) until
-//! `--seconds` have passed, so that machine noise hits all of them alike; medians per crop and
+//! `--seconds` have passed, so that machine noise hits all of them alike (on 2 threads with a
+//! pause before each turn: `common::in_turns`); medians per crop and
 //! their ratios to onnxruntime are printed, with the smallest cosine between reidcam's and
 //! onnxruntime's embeddings (a wrong kernel shows there, not only in the tests).
 //!
@@ -213,19 +214,24 @@ fn compare(
 
     // Turns of ~100 ms per engine (see `common::in_turns`); times per crop.
     let engines = if float.is_some() { 5 } else { 4 };
-    let (mut times, round) = common::in_turns(engines, seconds, |engine| match engine {
-        0 => drop(ours.run(batch).expect("reidcam run")),
-        1 => drop(stock.run(batch).expect("tract run")),
-        2 => drop(run_ort(&mut session)),
-        3 => drop(run_ort(&mut as_is)),
-        _ => drop(
-            float
-                .as_mut()
-                .expect("5 engines")
-                .run(batch)
-                .expect("float run"),
-        ),
-    });
+    let (mut times, round) = common::in_turns(
+        engines,
+        seconds,
+        common::settle(threads),
+        |engine| match engine {
+            0 => drop(ours.run(batch).expect("reidcam run")),
+            1 => drop(stock.run(batch).expect("tract run")),
+            2 => drop(run_ort(&mut session)),
+            3 => drop(run_ort(&mut as_is)),
+            _ => drop(
+                float
+                    .as_mut()
+                    .expect("5 engines")
+                    .run(batch)
+                    .expect("float run"),
+            ),
+        },
+    );
     for t in times.iter_mut().flatten() {
         *t /= batch as f64;
     }

@@ -47,12 +47,17 @@ pub fn onnxruntime_environment() -> ort::environment::Environment {
 
 /// Runs `engines` engines (`run(engine)` runs engine `engine` once) in turns of ~100 ms each,
 /// the order rotating, until `seconds` have passed (at least 3 rounds), so that machine noise
-/// hits all of them alike: short enough that noise hits every engine, long enough that an
-/// engine's idle threads (onnxruntime's spin after a run) only touch the first run of the next
-/// turn. Returns each engine's run times (ms) and the rounds.
+/// hits all of them alike, with [`settle`]`(threads)` of sleep before each turn: an engine's
+/// idle threads must not run in the next one's turn. onnxruntime's pool spins after a run with
+/// two intra-op threads for ~40 ms, one core's worth (measured: the process's CPU time in the
+/// 5 ms windows after a run of our detector, Intel Xeon, onnxruntime 1.31), so on two cores the
+/// engine after it ran its first ~40 ms with one core and a half; our detector's 2-thread time
+/// read 10.7–13.4 ms from run to run that way, 10.4–10.5 with the pause, onnxruntime's own
+/// unchanged (13.0–13.2). Returns each engine's run times (ms) and the rounds.
 pub fn in_turns(
     engines: usize,
     seconds: f64,
+    settle: Duration,
     mut run: impl FnMut(usize),
 ) -> (Vec<Vec<f64>>, usize) {
     let mut times = vec![Vec::new(); engines];
@@ -62,6 +67,7 @@ pub fn in_turns(
     while started.elapsed() < Duration::from_secs_f64(seconds) || round < 3 {
         for turn in 0..engines {
             let engine = (round + turn) % engines;
+            std::thread::sleep(settle);
             let turn_started = Instant::now();
             let mut runs = 0;
             while runs < 3 || turn_started.elapsed() < turn_time {
@@ -74,6 +80,17 @@ pub fn in_turns(
         round += 1;
     }
     (times, round)
+}
+
+/// The pause [`in_turns`] makes before each turn when the engines run on `threads` threads:
+/// none on one (no engine has idle threads then), else 60 ms (onnxruntime's ~40 ms of spinning,
+/// and some).
+pub fn settle(threads: usize) -> Duration {
+    if threads > 1 {
+        Duration::from_millis(60)
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// The median of `samples`.
