@@ -77,9 +77,9 @@ impl Act {
 /// instruction, and SiLU follows every convolution of a YOLOX (14–16 instructions per vector
 /// where Cephes' degree-7 `expf` and the steps around it took 22). The vector copies take
 /// `n · ln 2` in one fused multiply-add with `ln 2` to the nearest float ([`LN2`], 1.9e-9 off:
-/// `s` within 2.4e-7 at `|n| = 126`, 4e-8 for `|x| < 20`), one instruction fewer than Cephes'
+/// `s` within 2.4e-7 at `|n| = 126`, 6e-8 for `|x| < 20`), one instruction fewer than Cephes'
 /// two-part `ln 2` ([`LN2_HI`], [`LN2_LO`]), which this scalar copy keeps because its steps are
-/// not fused (YOLOX-Nano's 416×416 frame 1.5% faster on an Intel Xeon, AVX-512). A degree-4
+/// not fused (YOLOX-Nano's 416×416 frame ~2% faster on an Intel Xeon, AVX-512). A degree-4
 /// polynomial would save one more, but at 24 ulp it moved the detectors' head outputs by 4e-4
 /// of their scale (the 1e-4 of `detector_networks_compute_as_with_tracts_own_ops`).
 #[inline(always)]
