@@ -52,8 +52,8 @@ pub fn onnxruntime_environment() -> ort::environment::Environment {
 /// two intra-op threads for ~40 ms, one core's worth (measured: the process's CPU time in the
 /// 5 ms windows after a run of our detector, Intel Xeon, onnxruntime 1.31), so on two cores the
 /// engine after it ran its first ~40 ms with one core and a half; our detector's 2-thread time
-/// read 10.7–13.4 ms from run to run that way, 10.4–10.5 with the pause, onnxruntime's own
-/// unchanged (13.0–13.2). Returns each engine's run times (ms) and the rounds.
+/// read 10.7–13.4 ms from run to run that way, 10.4–11.3 with the pause, onnxruntime's own
+/// the same either way (13.0–14.0). Returns each engine's run times (ms) and the rounds.
 pub fn in_turns(
     engines: usize,
     seconds: f64,
