@@ -60,7 +60,9 @@ fn options() -> Options {
             }
             other if o.common.take(other, &value) => {}
             other => {
-                panic!("unknown argument {other:?}; expected --model, --threads, --seconds, --json")
+                panic!(
+                    "unknown argument {other:?}; expected --model, --threads, --seconds, --json, --cpuid"
+                )
             }
         }
     }

@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! cargo bench --bench versus_onnxruntime -- [--model M.onnx]... [--batch 1,8] [--threads 1,2]
-//!     [--seconds 3] [--json out.json]
+//!     [--seconds 3] [--json out.json] [--cpuid avx2-only]
 //! ```
 //!
 //! int8 versions of the shared models, with their float models beside them, are what
@@ -63,7 +63,7 @@ fn options() -> Options {
             "--batch" => o.batches = common::list(&value, "--batch"),
             other if o.common.take(other, &value) => {}
             other => panic!(
-                "unknown argument {other:?}; expected --model, --batch, --threads, --seconds, --json"
+                "unknown argument {other:?}; expected --model, --batch, --threads, --seconds, --json, --cpuid"
             ),
         }
     }

@@ -1,6 +1,9 @@
 //! What the benchmarks against onnxruntime share: finding its library, and timing engines in
 //! rotating turns.
 
+#[cfg(target_arch = "x86_64")]
+pub mod cpuid;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,8 +40,13 @@ pub fn onnxruntime_environment() -> ort::environment::Environment {
         .build()
         .expect("onnxruntime environment");
     println!(
-        "cpu: {} ; reidcam kernels: {} ; onnxruntime: {}",
+        "cpu: {}{} ; reidcam kernels: {} ; onnxruntime: {}",
         reidcam::bench::cpu_model(),
+        if hidden() {
+            " (CPUID without AVX-512, AVX-VNNI, AMX: --cpuid avx2-only)"
+        } else {
+            ""
+        },
         reidcam::bench::kernel_sets(),
         library.display()
     );
@@ -126,8 +134,17 @@ pub fn write_json(path: Option<&Path>, rows: &impl serde::Serialize) {
     }
 }
 
+/// Whether `--cpuid avx2-only` hides AVX-512 from this process.
+pub fn hidden() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return cpuid::hidden();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The options every benchmark here takes: `--threads 1,2`, `--seconds S` (per row, in turns),
-/// `--json out.json`.
+/// `--json out.json`, and `--cpuid avx2-only` (x86_64: both engines see a CPU without AVX-512,
+/// AVX-VNNI or AMX — [`cpuid`]; given first, before anything detects the CPU).
 pub struct Common {
     pub threads: Vec<usize>,
     pub seconds: f64,
@@ -155,6 +172,11 @@ impl Common {
                     .expect("--seconds: expected a number of seconds")
             }
             "--json" => self.json = Some(PathBuf::from(value)),
+            "--cpuid" => match value {
+                #[cfg(target_arch = "x86_64")]
+                "avx2-only" => cpuid::avx2_only(),
+                _ => panic!("--cpuid: expected avx2-only (on x86_64), got {value:?}"),
+            },
             _ => return false,
         }
         true
