@@ -289,8 +289,8 @@ fn detector_networks_compute_as_with_tracts_own_ops() {
 }
 
 /// Our int8 path on `X_int8.onnx` against our float path on `X.onnx`, `batch` crops: the
-/// cosine of each pair, and the largest |Δ|.
-fn int8_against_float(batch: usize, threads: usize) -> (Vec<f32>, Rewritten) {
+/// cosine of each pair, the int8 embeddings, and what the loader rewrote.
+fn int8_against_float(batch: usize, threads: usize) -> (Vec<f32>, Vec<f32>, Rewritten) {
     let load = |file: &str| {
         let config = EmbedConfig {
             batch,
@@ -317,7 +317,7 @@ fn int8_against_float(batch: usize, threads: usize) -> (Vec<f32>, Rewritten) {
     let cosines = (0..batch)
         .map(|s| dot(&q[s * dim..][..dim], &f[s * dim..][..dim]))
         .collect();
-    (cosines, int8.rewritten())
+    (cosines, q, int8.rewritten())
 }
 
 #[test]
@@ -326,8 +326,22 @@ fn the_int8_model_runs_through_our_int8_path_close_to_float() {
     // this crop its embedding has cosine 0.94 to the float one, ours 0.9994; onnxruntime's int8
     // run is compared in benches/versus_onnxruntime.rs). Bit-exactness of the int8 products is
     // the kernel's property test; accuracy is the cuhk03-val evaluation.
-    for (batch, threads) in [(1, 1), (3, 2)] {
-        let (cosines, done) = int8_against_float(batch, threads);
+    let mut single = None;
+    for (batch, threads) in [(1, 1), (1, 2), (3, 2)] {
+        let (cosines, embedding, done) = int8_against_float(batch, threads);
+        // One crop on two threads (its int8 1×1 layers cut by outputs between them): the same
+        // embedding bit for bit as on one.
+        if batch == 1 {
+            let first = single.get_or_insert_with(|| embedding.clone());
+            let same = first
+                .iter()
+                .zip(&embedding)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "one crop on {threads} threads: another embedding than on one"
+            );
+        }
         for (slot, c) in cosines.iter().enumerate() {
             // Close to float, but not float: the products really ran on 8-bit codes.
             assert!(

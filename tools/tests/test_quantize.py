@@ -1,7 +1,8 @@
 """tools/quantize.py's pair bound: after `bound_pairs`, every 1×1 QLinearConv's int8 weights keep
 neighbouring input channels' same-sign sums within PAIR_LIMIT (what reidcam's AVX2 `vpmaddubsw`
 product needs to be exact), the channels that already did are untouched, and the re-quantised
-ones still dequantise to their float weights within half a step."""
+ones still dequantise to their float weights within half a step; and `fold_batchnorms` folds a Conv's
+only reader, a BatchNormalization, into it with the same outputs."""
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -100,3 +101,57 @@ def test_a_stems_pairs_are_the_colours_of_one_tap():
     w[0, :, 0, 0] = [100, 0, 100]  # R0 alone, B0 + R1 = 100
     pos, _ = quantize.pair_sums(w)
     assert pos[0] == 120
+
+
+def conv_bn_model(rng: np.random.Generator, with_bias: bool, second_reader: bool):
+    """x → Conv 3×3 (8 → 6 channels) → BatchNormalization → Relu; with `second_reader` the Conv's
+    output is also a graph output (so its norm must not be folded)."""
+    w = rng.normal(size=(6, 8, 3, 3)).astype(np.float32)
+    b = rng.normal(size=6).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, 6), rng.normal(size=6)
+    mean, var = rng.normal(size=6), rng.uniform(0.1, 3, 6)
+    inits = [numpy_helper.from_array(w, "w")]
+    conv_inputs = ["x", "w"]
+    if with_bias:
+        inits.append(numpy_helper.from_array(b, "b"))
+        conv_inputs.append("b")
+    for name, v in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
+        inits.append(numpy_helper.from_array(v.astype(np.float32), name))
+    nodes = [
+        helper.make_node("Conv", conv_inputs, ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"], epsilon=1e-3),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 5, 7])]
+    if second_reader:
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 6, 5, 7]))
+    graph = helper.make_graph(nodes, "conv_bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 7])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def test_batch_norms_fold_into_their_convolutions_with_the_same_outputs():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(1, 8, 5, 7)).astype(np.float32)
+    for with_bias in (True, False):
+        model = conv_bn_model(rng, with_bias, second_reader=False)
+        want = run(model, x)
+        assert quantize.fold_batchnorms(model) == 1
+        assert [n.op_type for n in model.graph.node] == ["Conv", "Relu"]
+        # The norm's parameters went with it.
+        assert {i.name for i in model.graph.initializer} & {"gamma", "beta", "mean", "var"} == set()
+        onnx.checker.check_model(model)
+        got = run(model, x)
+        assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max()), np.abs(got - want).max()
+
+
+def test_a_convolution_read_elsewhere_keeps_its_norm():
+    model = conv_bn_model(np.random.default_rng(8), True, second_reader=True)
+    assert quantize.fold_batchnorms(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["Conv", "BatchNormalization", "Relu"]

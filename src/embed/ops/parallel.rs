@@ -16,8 +16,9 @@ use crate::embed::spin_pool::SpinPool;
 pub(crate) const FRAME_WORK: usize = 1 << 18;
 
 /// The same for a crop's layers (the embedder): its small layers gain nothing from a second
-/// thread, and an int8 model's 1×1 layers run on the calling thread, so its float layers shared
-/// around them only move their planes between caches. A single crop on 2 threads (Intel Xeon):
+/// thread, and an int8 model's 1×1 layers run on the calling thread (but with AVX2's product:
+/// `quant::splits_by_outputs`), so its float layers shared around them only move their planes
+/// between caches. A single crop on 2 threads (Intel Xeon, before AVX2's int8 split):
 /// our default model 1.87 ms at 1 M, 1.94 at 256 K; osnet_x0_25_msmt17 in int8 1.21–1.23 ms at
 /// 1 M, 1.42–1.43 at 256 K (1.22–1.25 on one thread).
 pub(crate) const CROP_WORK: usize = 1 << 20;
@@ -84,10 +85,10 @@ pub(super) fn split_aligned(
     let Some(pool) = pool_for(work_size, units, align) else {
         return work(0..units, out);
     };
-    let parts = (pool.workers() + 1).min(units.div_ceil(align));
+    let parts = aligned_parts_of(&pool, units, align);
     let (base, len) = (Base(out.as_mut_ptr()), out.len());
     pool.run(parts, &|part| {
-        let range = boundary(units, align, parts, part)..boundary(units, align, parts, part + 1);
+        let range = part_range(units, align, parts, part);
         if range.is_empty() {
             return;
         }
@@ -98,6 +99,28 @@ pub(super) fn split_aligned(
         let mine = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
         work(range, mine);
     });
+}
+
+/// How many parts [`split_aligned`] cuts `units` into with `pool`.
+fn aligned_parts_of(pool: &SpinPool, units: usize, align: usize) -> usize {
+    (pool.workers() + 1).min(units.div_ceil(align))
+}
+
+/// How many parts [`split_aligned`] would cut `units` into for an op of `work_size` in this
+/// run (1: it runs them all at once on this thread), and the units of each: part `i` is
+/// `part_range(units, align, parts, i)` (empty ones are not run).
+pub(super) fn aligned_parts(units: usize, align: usize, work_size: usize) -> usize {
+    pool_for(work_size, units, align).map_or(1, |pool| aligned_parts_of(&pool, units, align))
+}
+
+/// The units of part `part` of `parts` (see [`aligned_parts`]).
+pub(super) fn part_range(
+    units: usize,
+    align: usize,
+    parts: usize,
+    part: usize,
+) -> std::ops::Range<usize> {
+    boundary(units, align, parts, part)..boundary(units, align, parts, part + 1)
 }
 
 /// Where part `part` of `parts` of `units` starts: the even split's boundary rounded to the

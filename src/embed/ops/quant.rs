@@ -2,14 +2,15 @@
 //! place (the second is made by `embed::int8`).
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tract_onnx::tract_core::internal::*;
 
 use crate::embed::kernels::qconv;
-use crate::embed::kernels::qpointwise::{self, Dot};
+use crate::embed::kernels::qpointwise::{self, Dot, PART_ALIGN};
 
 use super::graph::*;
+use super::parallel::{aligned_parts, part_range, split_aligned};
 use super::recycle::*;
 
 /// An int8 1×1 convolution between f32 edges (made by `embed::int8` from a quantised model):
@@ -24,6 +25,9 @@ pub struct QuantPointwise {
     /// The first input is the layer's input words made by a [`QuantiseWords`] (shared with
     /// other readers), not the f32 tensor.
     words_input: bool,
+    /// The layer cut by outputs for the threads of a single image (`Layer::part`), made at the
+    /// first run that shares the layer: each part's first output and its layer.
+    parts: Arc<OnceLock<Vec<(usize, qpointwise::Layer)>>>,
     pub(super) output: Output,
 }
 
@@ -53,6 +57,7 @@ impl QuantPointwise {
             residual: false,
             relu: false,
             words_input: false,
+            parts: Arc::default(),
             output: Output::new(output_shape),
         }
     }
@@ -75,6 +80,25 @@ impl QuantPointwise {
 
 reidcam_op!(QuantPointwise, "ReidcamQuantPointwise");
 
+/// Whether one image's int8 1×1 layers (of at least `CROP_WORK` multiply-adds) are cut by
+/// outputs between the threads of a kernel pool with `dot`: each thread then multiplies all of
+/// the input words, made on the calling thread, by its outputs' weights. Where the product is
+/// slow for its data, that pays: AVX2 (`vpmaddubsw`) on 2 threads, our default int8 model 3.2–3.7
+/// → 2.6–3.4 ms per crop (p50 of three runs each, Intel Xeon model 207 with `avx2+fma`),
+/// osnet_x0_25 about the same. With VNNI the product is so fast that moving the words to the
+/// other core costs more: 1.21–1.64 → 1.31–1.74 ms (default), 1.13–1.50 → 1.20–1.74
+/// (osnet_x0_25). Not measured on ARM (QEMU counts instructions, not time): NEON keeps one
+/// thread there, as before.
+fn splits_by_outputs(dot: Dot) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return dot == Dot::Avx2;
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dot;
+        false
+    }
+}
+
 impl QuantPointwise {
     fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let shape = self.layer.shape;
@@ -86,18 +110,66 @@ impl QuantPointwise {
         };
         let y_len = shape.outputs * shape.pixels;
         let residual = inputs.get(1).copied();
-        QUANT_SCRATCH.with_borrow_mut(|words| {
+        let batch = y.len() / y_len;
+        let work = shape.inputs * y_len;
+        let parts = if batch == 1 && splits_by_outputs(self.dot) {
+            aligned_parts(shape.outputs, PART_ALIGN, work)
+        } else {
+            1
+        };
+        QUANT_SCRATCH.with_borrow_mut(|scratch| {
             for (n, (x, y)) in inputs[0]
                 .chunks_exact(x_len)
                 .zip(y.chunks_exact_mut(y_len))
                 .enumerate()
             {
                 let res = residual.map(|r| &r[n * y_len..][..y_len]);
-                if self.words_input {
-                    self.layer.product(self.dot, words_of(x), res, self.relu, y);
-                } else {
-                    self.layer.run(self.dot, x, res, self.relu, y, words);
+                if parts == 1 {
+                    if self.words_input {
+                        self.layer.product(self.dot, words_of(x), res, self.relu, y);
+                    } else {
+                        self.layer.run(self.dot, x, res, self.relu, y, scratch);
+                    }
+                    continue;
                 }
+                // One image on several threads: its words made here once, then each thread
+                // multiplies them by its part of the outputs' weights.
+                let words = if self.words_input {
+                    words_of(x)
+                } else {
+                    let words = self.layer.words_for(scratch);
+                    self.layer.quantise_into(self.dot, x, words);
+                    &*words
+                };
+                let layers = self.parts.get_or_init(|| {
+                    (0..parts)
+                        .map(|part| part_range(shape.outputs, PART_ALIGN, parts, part))
+                        .filter(|range| !range.is_empty())
+                        .map(|range| (range.start, self.layer.part(range)))
+                        .collect()
+                });
+                split_aligned(
+                    y,
+                    shape.pixels,
+                    shape.outputs,
+                    PART_ALIGN,
+                    shape.inputs * y_len,
+                    |outputs, y| {
+                        let rows = outputs.start * shape.pixels..outputs.end * shape.pixels;
+                        let res = res.map(|r| &r[rows]);
+                        match layers.iter().find(|(start, _)| *start == outputs.start) {
+                            Some((_, layer)) if layer.shape.outputs == outputs.len() => {
+                                layer.product(self.dot, words, res, self.relu, y)
+                            }
+                            // Parts made for another pool (not in one embedder): the part
+                            // from the whole layer, through a layer made for it here.
+                            _ => self
+                                .layer
+                                .part(outputs)
+                                .product(self.dot, words, res, self.relu, y),
+                        }
+                    },
+                );
             }
         });
     }

@@ -26,12 +26,18 @@
 //! AVX2, armv7) run the model's convolutions in float from their dequantised weights
 //! (`embed::int8`; `REIDCAM_INT8_DOT=none` anywhere).
 
+use std::ops::Range;
+
 use super::pointwise::Shape;
 
 /// Words after an image's `[groups][pixels]` input words that a product may read and never
 /// uses: the NEON products load a row's last partial tile of 8 pixels whole (the lanes past
 /// the row end are the next row's words, or these, and their sums are not stored).
 pub const WORDS_SLACK: usize = 8;
+
+/// Where [`Layer::part`]s start: a multiple of every product's tile of outputs (VNNI's 8, AVX2's
+/// and NEON's 4), so that each part's tiles are the whole layer's.
+pub const PART_ALIGN: usize = 8;
 
 /// A tensor's u8 quantisation: `real = (q - zero) · scale`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -332,6 +338,58 @@ impl Layer {
         self
     }
 
+    /// Outputs `outputs` of this layer as a layer of their own: the same input words, and for
+    /// those outputs the same weights, corrections and multipliers, so the same sums bit for bit
+    /// (the kernel is chosen by the whole layer's weights: `narrow`, `paired`). Threads share a
+    /// single image's layer this way, each with its part of the outputs. `outputs.start` must
+    /// be a multiple of [`PART_ALIGN`].
+    pub fn part(&self, outputs: std::ops::Range<usize>) -> Layer {
+        let Range { start, end } = outputs;
+        assert!(
+            start % PART_ALIGN == 0 && start < end && end <= self.shape.outputs,
+            "outputs {start}..{end} of {:?}",
+            self.shape
+        );
+        let g = self.groups;
+        let rows = |v: &[u32], per_output: usize| {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                v[start * per_output..end * per_output].to_vec()
+            }
+        };
+        // NEON's layouts come in blocks of four outputs (`groups · 4` words each).
+        let blocks = |v: &[u32]| {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                v[start / 4 * g * 4..end.div_ceil(4) * g * 4].to_vec()
+            }
+        };
+        let each = |v: &[i32]| {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                v[start..end].to_vec()
+            }
+        };
+        Layer {
+            shape: Shape {
+                outputs: end - start,
+                ..self.shape
+            },
+            groups: g,
+            words: rows(&self.words, g),
+            pairs: rows(&self.pairs, 2 * g),
+            words_by4: blocks(&self.words_by4),
+            words_pairs: blocks(&self.words_pairs),
+            corr_u8: each(&self.corr_u8),
+            corr_i8: each(&self.corr_i8),
+            multiplier: self.multiplier[start..end].to_vec(),
+            ..*self
+        }
+    }
+
     /// Scratch words one image needs: `groups · pixels`, then [`WORDS_SLACK`] words that a
     /// product may read past the last row (and never uses).
     pub fn scratch_words(&self) -> usize {
@@ -452,7 +510,8 @@ impl Layer {
         }
     }
 
-    fn words_for<'a>(&self, words: &'a mut Vec<u32>) -> &'a mut [u32] {
+    /// `words` grown to [`scratch_words`](Self::scratch_words) if shorter, and that many of them.
+    pub fn words_for<'a>(&self, words: &'a mut Vec<u32>) -> &'a mut [u32] {
         let n = self.scratch_words();
         if words.len() < n {
             words.resize(n, 0);
@@ -635,6 +694,24 @@ mod tests {
             assert!(
                 g.to_bits() == w.to_bits(),
                 "{dot} {shape:?} residual {with_res} relu {relu}: element {i}: got {g}, want {w}"
+            );
+        }
+        // The same values from the layer cut into parts by outputs, on the same words (as the
+        // threads of one image run it), the parts 8, 16 or 24 outputs long.
+        let mut parted = vec![f32::NAN; want.len()];
+        let mut start = 0;
+        while start < shape.outputs {
+            let end = (start + PART_ALIGN * (1 + rng.below(3))).min(shape.outputs);
+            let rows = start * shape.pixels..end * shape.pixels;
+            let res = residual.as_ref().map(|r| &r[rows.clone()]);
+            let part = layer.part(start..end);
+            part.product(dot, &words, res, relu, &mut parted[rows]);
+            start = end;
+        }
+        for (i, (g, w)) in parted.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{dot} {shape:?} in parts: element {i}: got {g}, want {w}"
             );
         }
     }
