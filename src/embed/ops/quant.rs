@@ -153,7 +153,7 @@ impl QuantPointwise {
                     shape.pixels,
                     shape.outputs,
                     PART_ALIGN,
-                    shape.inputs * y_len,
+                    work,
                     |outputs, y| {
                         let rows = outputs.start * shape.pixels..outputs.end * shape.pixels;
                         let res = res.map(|r| &r[rows]);

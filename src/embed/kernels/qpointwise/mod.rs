@@ -343,7 +343,7 @@ impl Layer {
     /// (the kernel is chosen by the whole layer's weights: `narrow`, `paired`). Threads share a
     /// single image's layer this way, each with its part of the outputs. `outputs.start` must
     /// be a multiple of [`PART_ALIGN`].
-    pub fn part(&self, outputs: std::ops::Range<usize>) -> Layer {
+    pub fn part(&self, outputs: Range<usize>) -> Layer {
         let Range { start, end } = outputs;
         assert!(
             start % PART_ALIGN == 0 && start < end && end <= self.shape.outputs,
