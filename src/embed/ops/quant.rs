@@ -83,11 +83,12 @@ reidcam_op!(QuantPointwise, "ReidcamQuantPointwise");
 /// Whether one image's int8 1×1 layers (of at least `CROP_WORK` multiply-adds) are cut by
 /// outputs between the threads of a kernel pool with `dot`: each thread then multiplies all of
 /// the input words, made on the calling thread, by its outputs' weights. Where the product is
-/// slow for its data, that pays: AVX2 (`vpmaddubsw`) on 2 threads, our default int8 model 3.2–3.7
-/// → 2.6–3.4 ms per crop (p50 of three runs each, Intel Xeon model 207 with `avx2+fma`),
-/// osnet_x0_25 about the same. With VNNI the product is so fast that moving the words to the
-/// other core costs more: 1.21–1.64 → 1.31–1.74 ms (default), 1.13–1.50 → 1.20–1.74
-/// (osnet_x0_25). Not measured on ARM (QEMU counts instructions, not time): NEON keeps one
+/// slow for its data, that pays: with AVX2 (`vpmaddubsw`) on 2 threads (`reidcam bench`, Intel
+/// Xeon model 207 with `avx2+fma`, three runs each, p50 per crop) our default int8 model 2.35–2.39
+/// → 2.19–2.23 ms, retail-0267's 6.34–6.57 → 5.62–6.07, osnet_x0_25's 2.04–2.07 → 2.01–2.07. With
+/// VNNI the product is so fast that carrying the words to the other core costs more: 1.17–1.20 →
+/// 1.23–1.30 ms (default), 1.06–1.09 → 1.15 (osnet_x0_25), 3.40–3.43 → 3.64–3.74
+/// (retail-0267). Not measured on ARM (QEMU counts instructions, not time): NEON keeps one
 /// thread there, as before.
 fn splits_by_outputs(dot: Dot) -> bool {
     #[cfg(target_arch = "x86_64")]
