@@ -89,8 +89,9 @@ def fold_batchnorms(model: onnx.ModelProto) -> int:
         bn = after[0]
         params = [inits.get(name) for name in bn.input[1:5]]
         weights = inits.get(conv.input[1])
-        bias = inits.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if weights is None or any(p is None for p in params) or (len(conv.input) > 2 and conv.input[2] and bias is None):
+        bias_input = conv.input[2] if len(conv.input) > 2 else ""
+        bias = inits.get(bias_input) if bias_input else None
+        if weights is None or any(p is None for p in params) or (bias_input and bias is None):
             continue
         gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)

@@ -26,8 +26,8 @@ pub struct QuantPointwise {
     /// other readers), not the f32 tensor.
     words_input: bool,
     /// The layer cut by outputs for the threads of a single image (`Layer::part`), made at the
-    /// first run that shares the layer: each part's first output and its layer.
-    parts: Arc<OnceLock<Vec<(usize, qpointwise::Layer)>>>,
+    /// first run that shares the layer.
+    parts: Arc<OnceLock<Parts>>,
     pub(super) output: Output,
 }
 
@@ -118,6 +118,20 @@ impl QuantPointwise {
         } else {
             1
         };
+        // The layer's parts for this run's threads, made at the first run that shares it (as
+        // many as the kernel pool has threads, fixed for an embedder; one thread if not).
+        let parted = (parts > 1)
+            .then(|| {
+                self.parts.get_or_init(|| Parts {
+                    count: parts,
+                    layers: (0..parts)
+                        .map(|part| part_range(shape.outputs, PART_ALIGN, parts, part))
+                        .filter(|range| !range.is_empty())
+                        .map(|range| (range.start, self.layer.part(range)))
+                        .collect(),
+                })
+            })
+            .filter(|made| made.count == parts);
         QUANT_SCRATCH.with_borrow_mut(|scratch| {
             for (n, (x, y)) in inputs[0]
                 .chunks_exact(x_len)
@@ -125,16 +139,6 @@ impl QuantPointwise {
                 .enumerate()
             {
                 let res = residual.map(|r| &r[n * y_len..][..y_len]);
-                if parts == 1 {
-                    if self.words_input {
-                        self.layer.product(self.dot, words_of(x), res, self.relu, y);
-                    } else {
-                        self.layer.run(self.dot, x, res, self.relu, y, scratch);
-                    }
-                    continue;
-                }
-                // One image on several threads: its words made here once, then each thread
-                // multiplies them by its part of the outputs' weights.
                 let words = if self.words_input {
                     words_of(x)
                 } else {
@@ -142,13 +146,13 @@ impl QuantPointwise {
                     self.layer.quantise_into(self.dot, x, words);
                     &*words
                 };
-                let layers = self.parts.get_or_init(|| {
-                    (0..parts)
-                        .map(|part| part_range(shape.outputs, PART_ALIGN, parts, part))
-                        .filter(|range| !range.is_empty())
-                        .map(|range| (range.start, self.layer.part(range)))
-                        .collect()
-                });
+                let Some(parted) = parted else {
+                    self.layer.product(self.dot, words, res, self.relu, y);
+                    continue;
+                };
+                // One image on several threads: its words made here once, then each thread
+                // multiplies them by its part of the outputs' weights (`split_aligned` cuts the
+                // outputs as `part_range` did for `parted`).
                 split_aligned(
                     y,
                     shape.pixels,
@@ -157,23 +161,26 @@ impl QuantPointwise {
                     work,
                     |outputs, y| {
                         let rows = outputs.start * shape.pixels..outputs.end * shape.pixels;
-                        let res = res.map(|r| &r[rows]);
-                        match layers.iter().find(|(start, _)| *start == outputs.start) {
-                            Some((_, layer)) if layer.shape.outputs == outputs.len() => {
-                                layer.product(self.dot, words, res, self.relu, y)
-                            }
-                            // Parts made for another pool (not in one embedder): the part
-                            // from the whole layer, through a layer made for it here.
-                            _ => self
-                                .layer
-                                .part(outputs)
-                                .product(self.dot, words, res, self.relu, y),
-                        }
+                        let (_, layer) = parted
+                            .layers
+                            .iter()
+                            .find(|(start, _)| *start == outputs.start)
+                            .expect("a part made for each of the split's ranges");
+                        debug_assert_eq!(layer.shape.outputs, outputs.len());
+                        layer.product(self.dot, words, res.map(|r| &r[rows]), self.relu, y)
                     },
                 );
             }
         });
     }
+}
+
+/// [`QuantPointwise`]'s layer cut by outputs for `count` threads: each part's first output and
+/// its layer.
+#[derive(Debug)]
+struct Parts {
+    count: usize,
+    layers: Vec<(usize, qpointwise::Layer)>,
 }
 
 /// The input words of several [`QuantPointwise`] readers of one tensor on one grid, made once
