@@ -20,7 +20,9 @@ pub(crate) const FRAME_WORK: usize = 1 << 18;
 /// `quant::splits_by_outputs`), so its float layers shared around them only move their planes
 /// between caches. A single crop on 2 threads (Intel Xeon, before AVX2's int8 split):
 /// our default model 1.87 ms at 1 M, 1.94 at 256 K; osnet_x0_25_msmt17 in int8 1.21–1.23 ms at
-/// 1 M, 1.42–1.43 at 256 K (1.22–1.25 on one thread).
+/// 1 M, 1.42–1.43 at 256 K (1.22–1.25 on one thread). Again on 2026-12-07 (medians of 8
+/// alternating turns, 1 M → 64 K): our default model on the AVX2 path 3.14 → 2.63 ms, but
+/// natively (AVX-512) 1.65 → 1.66 and OSNet x0.25 1.17 → 1.26; int8 models no change.
 pub(crate) const CROP_WORK: usize = 1 << 20;
 
 /// Parts of a split by pixels start at multiples of this: whole tiles of every instruction set

@@ -89,7 +89,9 @@ reidcam_op!(QuantPointwise, "ReidcamQuantPointwise");
 /// VNNI the product is so fast that carrying the words to the other core costs more: 1.17–1.20 →
 /// 1.23–1.30 ms (default), 1.06–1.09 → 1.15 (osnet_x0_25), 3.40–3.43 → 3.64–3.74
 /// (retail-0267). Not measured on ARM (QEMU counts instructions, not time): NEON keeps one
-/// thread there, as before.
+/// thread there, as before. Cut by pixels instead (each thread quantising its own pixels into
+/// its own words) they gained nothing on AVX2 or VNNI (docs/speed.md, 2026-12-07): the float
+/// layers around them run on the calling thread, and f32 planes are four times the words.
 fn splits_by_outputs(dot: Dot) -> bool {
     #[cfg(target_arch = "x86_64")]
     return dot == Dot::Avx2;
