@@ -205,8 +205,9 @@ fn compare(
     let onnxruntime_int8_to_float = float_embeddings
         .as_ref()
         .map(|f| smallest_cosine(&reference, f, dim));
+    // tract's own operators once (on int8 models 0.3–1 s per crop: see `common::in_turns`).
+    stock.run(batch).expect("tract run");
     for _ in 0..3 {
-        stock.run(batch).expect("tract run");
         run_ort(&mut session);
         run_ort(&mut as_is);
         ours.run(batch).expect("reidcam run");

@@ -36,6 +36,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import reference
@@ -50,6 +51,16 @@ CPU = "cortex-a72"
 # 24 runs such an event moves it by at most ~3% (0.7% for OSNet x0.25), inside the checks'
 # margins, so one process per count does.
 RUNS = (6, 30)
+
+
+def in_parallel(jobs: dict, workers: int | None = None) -> dict:
+    """Runs each of `jobs` (key: a function without arguments, one qemu process each) on its own
+    core, `workers` (default: every core) at a time, and returns key: result. A count does not
+    depend on the host's load, so the processes may share the machine (CI: 2 cores, half the
+    step's time)."""
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        futures = {key: pool.submit(job) for key, job in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
 def plugin() -> Path:
@@ -116,16 +127,20 @@ def main() -> int:
     lib = plugin()
     version = subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
+    # Our kernels, and tract's own ops in the same run (what our kernels save on ARM): the four
+    # processes at once.
+    counts = in_parallel({(kernels, n): (lambda kernels=kernels, n=n:
+                                         instructions(args.binary, lib, model, manifest, n, kernels))
+                          for kernels in ("reidcam", "tract") for n in RUNS})
+
     def per_embedding(kernels: str) -> float:
-        counts = {n: instructions(args.binary, lib, model, manifest, n, kernels) for n in RUNS}
-        per = (counts[RUNS[1]] - counts[RUNS[0]]) / (RUNS[1] - RUNS[0])
-        fixed = counts[RUNS[0]] - per * (RUNS[0] + 5)  # bench makes 5 untimed warm-up runs first
+        per = (counts[kernels, RUNS[1]] - counts[kernels, RUNS[0]]) / (RUNS[1] - RUNS[0])
+        fixed = counts[kernels, RUNS[0]] - per * (RUNS[0] + 5)  # bench makes 5 untimed warm-up runs first
         print(f"qemu_cost: {args.model_name} on {CPU} ({version}), --kernels {kernels}: "
               f"{per / 1e6:.2f} M guest instructions per embedding; start-up + load + optimise {fixed / 1e6:.1f} M")
         return per
 
     per = per_embedding("reidcam")
-    # tract's own ops in the same run: what our kernels save on ARM.
     stock = per_embedding("tract")
     print(f"qemu_cost: reidcam kernels / tract's own ops: {per / stock:.4f}")
     if args.check is None:
@@ -179,10 +194,14 @@ def per_frame(binary: Path, cpu: str, model: Path, detector: Path, size: str | N
         y, x = np.mgrid[0:432, 0:768]
         pixels = np.stack([x * 255 // 768, y * 255 // 432, (x + y) % 256], 2) + rng.integers(0, 30, (432, 768, 3))
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(image, quality=90)
-        counts = {n: detect_instructions(binary, lib, image, n, cpu, detector, size) for n in (1, 3)}
-    per_detection = (counts[3] - counts[1]) / 2
-    runs = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu) for n in RUNS}
-    embed = (runs[RUNS[1]] - runs[RUNS[0]]) / (RUNS[1] - RUNS[0])
+        jobs = {("detect", n): (lambda n=n: detect_instructions(binary, lib, image, n, cpu, detector, size))
+                for n in (1, 3)}
+        jobs |= {("embed", n): (lambda n=n: instructions(binary, lib, model, model.with_suffix(".toml"), n,
+                                                         "reidcam", cpu))
+                 for n in RUNS}
+        counts = in_parallel(jobs)
+    per_detection = (counts["detect", 3] - counts["detect", 1]) / 2
+    embed = (counts["embed", RUNS[1]] - counts["embed", RUNS[0]]) / (RUNS[1] - RUNS[0])
     print(f"qemu_cost: {cpu}: detector {detector.name} at {size or 'its manifest size'} "
           f"{per_detection / 1e6:.1f} M guest instructions per 768x432 frame (letterbox, network, "
           f"decoding); {model.name} {embed / 1e6:.2f} M per embedding; a frame with one person "
@@ -200,30 +219,40 @@ def int8_vs_float(binary: Path, extra: list[Path]) -> int:
             print(f"qemu_cost: FAILED: {int8}: expected X_int8.onnx with its float X.onnx beside it")
             return 1
         pairs.append((float_model, int8))
+    # With sdot int8 must be cheaper. Without (cortex-a72) it runs through the widening product
+    # by default (the same embeddings as sdot): measured 2026-12-06 (night) 0.82 x float for our
+    # default model, 0.87 for OSNet x0.25 (whose layers have fewer input channels: each tile's
+    # finishing weighs more); with sdot 0.51 and 0.59; the float path from dequantised weights
+    # (REIDCAM_INT8_DOT=none: armv7, x86 below AVX2) 1.00. The limits are issue 23's for our
+    # default model and catch a regression.
+    def limits(default: bool) -> list[tuple[str, str | None, float]]:
+        return [("cortex-a76", None, 0.6 if default else 0.999),
+                ("cortex-a72", None, 0.85 if default else 0.92),
+                ("cortex-a72", "none", 1.05)]
+
+    # Every process of every pair at once (they are independent), then the ratios.
+    jobs = {}
+    for float_model, int8 in pairs:
+        for cpu, dot, _ in limits(float_model == pairs[0][0]):
+            for model, env in ((float_model, {}), (int8, {"REIDCAM_INT8_DOT": dot} if dot else {})):
+                for n in RUNS:
+                    key = (model, cpu, dot if model == int8 else None, n)
+                    jobs[key] = (lambda model=model, cpu=cpu, env=env, n=n:
+                                 instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu, env))
+    counts = in_parallel(jobs)
+
+    def per_embedding(model: Path, cpu: str, dot: str | None) -> float:
+        return (counts[model, cpu, dot, RUNS[1]] - counts[model, cpu, dot, RUNS[0]]) / (RUNS[1] - RUNS[0])
+
     failed = 0
     for float_model, int8 in pairs:
-        # With sdot int8 must be cheaper. Without (cortex-a72) it runs through the widening
-        # product by default (the same embeddings as sdot): measured 2026-12-06 (night) 0.82 x
-        # float for our default model, 0.87 for OSNet x0.25 (whose layers have fewer input
-        # channels: each tile's finishing weighs more); with sdot 0.51 and 0.59; the float path
-        # from dequantised weights (REIDCAM_INT8_DOT=none: armv7, x86 below AVX2) 1.00. The
-        # limits are issue 23's for our default model and catch a regression.
-        default = float_model == pairs[0][0]
-        float_counts: dict[str, float] = {}
-        for cpu, dot, most in (("cortex-a76", None, 0.6 if default else 0.999),
-                               ("cortex-a72", None, 0.85 if default else 0.92),
-                               ("cortex-a72", "none", 1.05)):
-            def per_embedding(model: Path, env: dict[str, str]) -> float:
-                counts = {n: instructions(binary, lib, model, model.with_suffix(".toml"), n, "reidcam", cpu, env)
-                          for n in RUNS}
-                return (counts[RUNS[1]] - counts[RUNS[0]]) / (RUNS[1] - RUNS[0])
-            if cpu not in float_counts:
-                float_counts[cpu] = per_embedding(float_model, {})
-            per_int8 = per_embedding(int8, {"REIDCAM_INT8_DOT": dot} if dot else {})
-            ratio = per_int8 / float_counts[cpu]
+        for cpu, dot, most in limits(float_model == pairs[0][0]):
+            per_float = per_embedding(float_model, cpu, None)
+            per_int8 = per_embedding(int8, cpu, dot)
+            ratio = per_int8 / per_float
             ok = ratio <= most
             failed += not ok
-            print(f"qemu_cost: {float_model.stem} on {cpu}: float {float_counts[cpu] / 1e6:.2f} M, int8 "
+            print(f"qemu_cost: {float_model.stem} on {cpu}: float {per_float / 1e6:.2f} M, int8 "
                   f"({'dequantised weights' if dot == 'none' else dot or 'default product'}) {per_int8 / 1e6:.2f} M guest instructions per embedding: "
                   f"int8 / float {ratio:.4f}" + ("" if ok else f": FAILED (must be at most {most})"))
     return 1 if failed else 0

@@ -53,8 +53,10 @@ pub fn onnxruntime_environment() -> ort::environment::Environment {
     env
 }
 
-/// Runs `engines` engines (`run(engine)` runs engine `engine` once) in turns of ~100 ms each,
-/// the order rotating, until `seconds` have passed (at least 3 rounds), so that machine noise
+/// Runs `engines` engines (`run(engine)` runs engine `engine` once) in turns of ~100 ms each
+/// (at least one run: tract's own int8 operators take 0.3–1 s per crop, and three runs per
+/// turn made them most of the CI speed steps' time), the order rotating, until `seconds` have
+/// passed (at least 3 rounds, so at least 3 runs per engine), so that machine noise
 /// hits all of them alike, with [`settle`]`(threads)` of sleep before each turn: an engine's
 /// idle threads must not run in the next one's turn. onnxruntime's pool spins after a run with
 /// two intra-op threads for ~40 ms, one core's worth (measured: the process's CPU time in the
@@ -78,7 +80,7 @@ pub fn in_turns(
             std::thread::sleep(settle);
             let turn_started = Instant::now();
             let mut runs = 0;
-            while runs < 3 || turn_started.elapsed() < turn_time {
+            while runs == 0 || turn_started.elapsed() < turn_time {
                 let t = Instant::now();
                 run(engine);
                 times[engine].push(t.elapsed().as_secs_f64() * 1e3);

@@ -25,9 +25,12 @@ pub struct DetectArgs {
     /// Threads the network's largest layers are shared between (as `[detector] threads`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
-    /// Then time the network per operator kind on the last image, 20 runs, on stderr.
+    /// Then time the network per operator kind on the last image, on stderr.
     #[arg(long)]
     profile: bool,
+    /// Runs `--profile` times the network over.
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    profile_runs: u32,
     /// Images (JPEG/PNG), or directories of them (name order).
     #[arg(required = true, value_name = "IMAGE|DIR")]
     inputs: Vec<PathBuf>,
@@ -96,7 +99,10 @@ pub fn run(args: DetectArgs) -> anyhow::Result<()> {
         );
     }
     if args.profile {
-        eprintln!("{}", reidcam::embed::profile_table(&detector.profile(20)?));
+        eprintln!(
+            "{}",
+            reidcam::embed::profile_table(&detector.profile(args.profile_runs as usize)?)
+        );
     }
     Ok(())
 }

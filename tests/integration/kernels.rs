@@ -245,7 +245,13 @@ fn detector_networks_compute_as_with_tracts_own_ops() {
         (shared.join("models/bytetrack_nano_dynhw.onnx"), 416, 416),
         (repo().join("models/detector.onnx"), 736, 416),
     ];
+    // Under emulation (tract's own ops take ~25 s a network there) ByteTrack's, YOLOX-Nano's
+    // layers with other weights, is left to the host suite.
+    let emulated = crate::common::emulated();
     for (path, w, h) in ours_now {
+        if emulated && path.ends_with("bytetrack_nano_dynhw.onnx") {
+            continue;
+        }
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let load = |kernels| Network::load_with_kernels(&path, w, h, 2, kernels).unwrap();
         let (mut ours, mut stock) = (load(Kernels::Reidcam), load(Kernels::Tract));
@@ -434,7 +440,11 @@ fn embedding_allocates_nothing_once_warm() {
         repo().join("models/default.onnx"),
         repo().join("models/default_int8.onnx"),
     ];
-    models.extend(shared().map(|s| s.join("models/osnet_x0_25_msmt17.onnx")));
+    // OSNet x0.25's layers are our default model's kinds with other channel counts: under
+    // emulation (~25 s a model there) it is left to the host suite.
+    if !crate::common::emulated() {
+        models.extend(shared().map(|s| s.join("models/osnet_x0_25_msmt17.onnx")));
+    }
     let (first, second) = (pattern(90, 230), pattern(70, 200));
     for model in &models {
         // One crop; and four crops, each a part (one tract state each) run in turn.
@@ -569,8 +579,17 @@ fn detect_profile_shows_our_kernels_in_the_detector() {
         crate::common::encode(&pattern(320, 180), image::ImageFormat::Png),
     )
     .unwrap();
+    // Under emulation 2 runs, not 20: which operators run is what is checked here.
+    let runs = if crate::common::emulated() { "2" } else { "20" };
     let out = crate::common::command(Path::new(env!("CARGO_BIN_EXE_reidcam")))
-        .args(["detect", "--profile", "--size", "320x192"])
+        .args([
+            "detect",
+            "--profile",
+            "--profile-runs",
+            runs,
+            "--size",
+            "320x192",
+        ])
         .arg(&image)
         .output()
         .unwrap();
