@@ -2,6 +2,7 @@
 # Coverage-guided fuzzing (libFuzzer, through the libfuzzer-sys crate) of what reidcam reads from
 # outside; see docs/fuzzing.md for the targets and the results so far.
 #   tools/fuzz.sh [SECONDS per target, default 60] [TARGET...]      (default: every target)
+#   tools/fuzz.sh --build-only        (build the targets, run nothing: CI builds them early)
 # Built with the stable toolchain and the coverage flags cargo-fuzz passes (`-Cpasses=sancov-module`
 # and friends, `--cfg fuzzing`; no sanitizer: the targets are safe Rust over our parsers, and
 # libFuzzer's coverage, crash, timeout and memory checks are what is used), so nothing beyond the
@@ -11,6 +12,11 @@
 # status 1. Reproduce one with: <target dir>/x86_64-unknown-linux-gnu/release/<target> <file>.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+build_only=false
+if [ "${1:-}" = "--build-only" ]; then
+    build_only=true
+    shift
+fi
 secs="${1:-60}"
 shift || true
 cd "$root"
@@ -30,6 +36,9 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-simplifycfg-branch-fold-threshold=0 --cfg fuzzing"
 cargo build --release --manifest-path fuzz/Cargo.toml --target "$triple" --target-dir "$target_dir" \
     --config 'profile.release.debug="line-tables-only"' --bins
+if $build_only; then
+    exit 0
+fi
 for t in "${targets[@]}"; do
     mkdir -p "$corpus_root/$t" "fuzz/artifacts/$t"
     echo "=== fuzz $t (${secs} s)"
