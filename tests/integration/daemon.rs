@@ -492,13 +492,13 @@ fn per_frame_path_allocates_nothing<E: CropEmbedder>(embedder: E, threshold: f32
     } else {
         allocations_during(|| step(&mut pipeline, counted))
     };
+    let after = pipeline.stats();
     eprintln!(
         "{counted} frames counted: {} tracks, {} crops embedded, {} events",
-        pipeline.stats().tracks - before.tracks,
-        pipeline.stats().crops_embedded - before.crops_embedded,
-        pipeline.stats().events - before.events
+        after.tracks - before.tracks,
+        after.crops_embedded - before.crops_embedded,
+        after.events - before.events
     );
-    let after = pipeline.stats();
     assert!(after.tracks > before.tracks + 5, "{after:?}");
     assert!(
         after.crops_embedded > before.crops_embedded + 50,
