@@ -20,8 +20,12 @@
 //!
 //! ```text
 //! cargo bench --bench versus_onnxruntime -- [--model M.onnx]... [--batch 1,8] [--threads 1,2]
-//!     [--seconds 3] [--json out.json] [--cpuid avx2-only]
+//!     [--seconds 3] [--json out.json] [--cpuid avx2-only] [--baselines no]
 //! ```
+//!
+//! `--baselines no` leaves out tract's own operators and onnxruntime on the file as given (their
+//! columns print `-`): reidcam against onnxruntime only, as CI's AVX2-only turn runs it (tract's
+//! own int8 operators take 0.3–1 s per crop, and each engine's turn costs the same 100 ms).
 //!
 //! int8 versions of the shared models, with their float models beside them, are what
 //! `tools/int8_check.py --out DIR` leaves in DIR.
@@ -47,6 +51,9 @@ use reidcam::{EmbedConfig, Embedder, ManifestChoice, Preprocessor};
 struct Options {
     models: Vec<PathBuf>,
     batches: Vec<usize>,
+    /// tract's own operators and onnxruntime on the file as given, beside reidcam and
+    /// onnxruntime (`--baselines yes|no`).
+    baselines: bool,
     common: common::Common,
 }
 
@@ -55,15 +62,23 @@ fn options() -> Options {
     let mut o = Options {
         models: Vec::new(),
         batches: vec![1, 8],
+        baselines: true,
         common: common::Common::default(),
     };
     for (flag, value) in common::flags() {
         match flag.as_str() {
             "--model" => o.models.push(PathBuf::from(value)),
             "--batch" => o.batches = common::list(&value, "--batch"),
+            "--baselines" => {
+                o.baselines = match value.as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    _ => panic!("--baselines: expected yes or no, got {value:?}"),
+                }
+            }
             other if o.common.take(other, &value) => {}
             other => panic!(
-                "unknown argument {other:?}; expected --model, --batch, --threads, --seconds, --json, --cpuid"
+                "unknown argument {other:?}; expected --model, --batch, --baselines, --threads, --seconds, --json, --cpuid"
             ),
         }
     }
@@ -87,18 +102,19 @@ struct Row {
     model: String,
     batch: usize,
     threads: usize,
-    /// Median latency per crop, ms.
+    /// Median latency per crop, ms (tract's own operators and onnxruntime on the file as given:
+    /// none with `--baselines no`).
     reidcam_ms: f64,
-    tract_ms: f64,
+    tract_ms: Option<f64>,
     onnxruntime_ms: f64,
     /// onnxruntime on the model file as given (subnormal weights kept).
-    onnxruntime_as_is_ms: f64,
+    onnxruntime_as_is_ms: Option<f64>,
     /// Subnormal weights set to zero for onnxruntime.
     flushed_weights: usize,
     /// reidcam / onnxruntime (≤ 1: reidcam is at least as fast).
     ratio: f64,
     /// stock tract / onnxruntime.
-    tract_ratio: f64,
+    tract_ratio: Option<f64>,
     /// For an int8 model `X_int8.onnx` next to its float `X.onnx`: reidcam on the float model in
     /// the same rotation, and int8 / float (< 1: the int8 model is faster through reidcam).
     float_ms: Option<f64>,
@@ -122,6 +138,7 @@ fn compare(
     batch: usize,
     threads: usize,
     seconds: f64,
+    baselines: bool,
 ) -> Option<Row> {
     let load = |kernels| {
         let config = EmbedConfig {
@@ -138,7 +155,8 @@ fn compare(
             return None;
         }
     };
-    let mut stock = load(Kernels::Tract).expect("loads with our kernels, so with tract's");
+    let mut stock =
+        baselines.then(|| load(Kernels::Tract).expect("loads with our kernels, so with tract's"));
     let float_model = float_sibling(model);
     let mut float = float_model.as_ref().map(|path| {
         let config = EmbedConfig {
@@ -160,7 +178,9 @@ fn compare(
         pre.run(crop.view(), crop.bounds(), values)
             .expect("the crop fits");
         ours.input_slot(slot).copy_from_slice(values);
-        stock.input_slot(slot).copy_from_slice(values);
+        if let Some(s) = stock.as_mut() {
+            s.input_slot(slot).copy_from_slice(values);
+        }
         if let Some(f) = float.as_mut() {
             f.input_slot(slot).copy_from_slice(values);
         }
@@ -182,7 +202,7 @@ fn compare(
             .unwrap_or_else(|e| panic!("onnxruntime cannot load {}: {e}", model.display()))
     };
     let mut session = open(&flushed);
-    let mut as_is = open(&bytes);
+    let mut as_is = baselines.then(|| open(&bytes));
     let shape = [batch, 3, h, w];
     let run_ort = |session: &mut Session| -> Vec<f32> {
         let tensor = TensorRef::from_array_view((shape, input.as_slice())).expect("input tensor");
@@ -206,41 +226,68 @@ fn compare(
         .as_ref()
         .map(|f| smallest_cosine(&reference, f, dim));
     // tract's own operators once (on int8 models 0.3–1 s per crop: see `common::in_turns`).
-    stock.run(batch).expect("tract run");
+    if let Some(s) = stock.as_mut() {
+        s.run(batch).expect("tract run");
+    }
     for _ in 0..3 {
         run_ort(&mut session);
-        run_ort(&mut as_is);
+        if let Some(a) = as_is.as_mut() {
+            run_ort(a);
+        }
         ours.run(batch).expect("reidcam run");
     }
 
-    // Turns of ~100 ms per engine (see `common::in_turns`); times per crop.
-    let engines = if float.is_some() { 5 } else { 4 };
-    let (mut times, round) = common::in_turns(
-        engines,
+    // Turns of ~100 ms per engine (see `common::in_turns`) among those there are; times per
+    // crop, by engine.
+    const OURS: usize = 0;
+    const STOCK: usize = 1;
+    const ORT: usize = 2;
+    const AS_IS: usize = 3;
+    const FLOAT: usize = 4;
+    let engines: Vec<usize> = [
+        Some(OURS),
+        stock.is_some().then_some(STOCK),
+        Some(ORT),
+        as_is.is_some().then_some(AS_IS),
+        float.is_some().then_some(FLOAT),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let (turn_times, round) = common::in_turns(
+        engines.len(),
         seconds,
         common::settle(threads),
-        |engine| match engine {
-            0 => drop(ours.run(batch).expect("reidcam run")),
-            1 => drop(stock.run(batch).expect("tract run")),
-            2 => drop(run_ort(&mut session)),
-            3 => drop(run_ort(&mut as_is)),
+        |turn| match engines[turn] {
+            OURS => drop(ours.run(batch).expect("reidcam run")),
+            STOCK => drop(
+                stock
+                    .as_mut()
+                    .expect("tract's engine")
+                    .run(batch)
+                    .expect("tract run"),
+            ),
+            ORT => drop(run_ort(&mut session)),
+            AS_IS => drop(run_ort(as_is.as_mut().expect("onnxruntime as is"))),
             _ => drop(
                 float
                     .as_mut()
-                    .expect("5 engines")
+                    .expect("the float engine")
                     .run(batch)
                     .expect("float run"),
             ),
         },
     );
-    for t in times.iter_mut().flatten() {
-        *t /= batch as f64;
+    let mut times = vec![Vec::new(); FLOAT + 1];
+    for (&engine, t) in engines.iter().zip(turn_times) {
+        times[engine] = t.into_iter().map(|t| t / batch as f64).collect();
     }
-    times.resize(5, Vec::new());
     let [t_ours, t_stock, t_ort, t_as_is, t_float] = &mut times[..] else {
         unreachable!("five engines")
     };
-    let (reidcam_ms, tract_ms, onnxruntime_ms) = (median(t_ours), median(t_stock), median(t_ort));
+    let median_of = |t: &mut Vec<f64>| (!t.is_empty()).then(|| median(t));
+    let (reidcam_ms, tract_ms, onnxruntime_ms) =
+        (median(t_ours), median_of(t_stock), median(t_ort));
     let name = model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -254,10 +301,10 @@ fn compare(
         reidcam_ms,
         tract_ms,
         onnxruntime_ms,
-        onnxruntime_as_is_ms: median(t_as_is),
+        onnxruntime_as_is_ms: median_of(t_as_is),
         flushed_weights,
         ratio: reidcam_ms / onnxruntime_ms,
-        tract_ratio: tract_ms / onnxruntime_ms,
+        tract_ratio: tract_ms.map(|t| t / onnxruntime_ms),
         float_ms: float.is_some().then(|| median(t_float)),
         int8_vs_float: float.is_some().then(|| reidcam_ms / median(t_float)),
         int8_to_float,
@@ -304,6 +351,11 @@ fn float_sibling(model: &Path) -> Option<PathBuf> {
     float.exists().then_some(float)
 }
 
+/// `value` with `digits` decimals, or `-` for none.
+fn fixed(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
 /// Whether a row is an int8 model's (by its name, `X_int8.onnx`).
 fn is_int8(row: &Row) -> bool {
     row.model.ends_with("_int8.onnx")
@@ -335,24 +387,23 @@ fn main() {
         }
         for &batch in &o.batches {
             for &threads in &o.common.threads {
-                let Some(row) = compare(&env, model, batch, threads, o.common.seconds) else {
+                let Some(row) = compare(&env, model, batch, threads, o.common.seconds, o.baselines)
+                else {
                     continue;
                 };
                 println!(
-                    "{:<46} {:>5} {:>7} {:>11.3} {:>11.3} {:>11.3} {:>11.3} {:>9.3} {:>9.3} {:>9.5} {:>11} {:>17}",
+                    "{:<46} {:>5} {:>7} {:>11.3} {:>11} {:>11.3} {:>11} {:>9.3} {:>9} {:>9.5} {:>11} {:>17}",
                     row.model,
                     row.batch,
                     row.threads,
                     row.reidcam_ms,
-                    row.tract_ms,
+                    fixed(row.tract_ms, 3),
                     row.onnxruntime_ms,
-                    row.onnxruntime_as_is_ms,
+                    fixed(row.onnxruntime_as_is_ms, 3),
                     row.ratio,
-                    row.tract_ratio,
+                    fixed(row.tract_ratio, 3),
                     row.min_cosine,
-                    row.int8_vs_float
-                        .map(|r| format!("{r:.3}"))
-                        .unwrap_or_else(|| "-".into()),
+                    fixed(row.int8_vs_float, 3),
                     row.int8_to_float
                         .zip(row.onnxruntime_int8_to_float)
                         .map(|(a, b)| format!("{a:.4}/{b:.4}"))

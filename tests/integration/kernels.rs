@@ -212,7 +212,16 @@ fn our_default_model_embeds_as_with_tracts_own_ops() {
 #[test]
 fn reference_models_embed_as_with_tracts_own_ops() {
     if let Some(shared) = shared() {
-        let osnet = check_model(&shared.join("models/osnet_x0_25_msmt17.onnx"));
+        let osnet_path = shared.join("models/osnet_x0_25_msmt17.onnx");
+        // Under emulation one crop on two threads (its large layers cut by output channels)
+        // and three crops on two (a batch cut by crops); the host suite runs every layout.
+        let osnet = if crate::common::emulated() {
+            let fused = same_embeddings(&osnet_path, 1, 2);
+            same_embeddings(&osnet_path, 3, 2);
+            fused
+        } else {
+            check_model(&osnet_path)
+        };
         assert!(
             osnet.pointwise == 78 && osnet.gate == 24 && osnet.gated_sum == 6 && osnet.head == 1,
             "{osnet:?}"
@@ -245,11 +254,16 @@ fn detector_networks_compute_as_with_tracts_own_ops() {
         (shared.join("models/bytetrack_nano_dynhw.onnx"), 416, 416),
         (repo().join("models/detector.onnx"), 736, 416),
     ];
-    // Under emulation (tract's own ops take ~25 s a network there) ByteTrack's, YOLOX-Nano's
-    // layers with other weights, is left to the host suite.
+    // Under emulation (tract's own ops take ~25 s a network there) our detector only: it is
+    // YOLOX-Nano's network with the head cut to the person rows, and ByteTrack's is the same
+    // layers with other weights; those two are left to the host suite.
     let emulated = crate::common::emulated();
     for (path, w, h) in ours_now {
-        if emulated && path.ends_with("bytetrack_nano_dynhw.onnx") {
+        if emulated && !path.ends_with("models/detector.onnx") {
+            eprintln!(
+                "SKIPPED under emulation: {} (the host suite runs it)",
+                path.display()
+            );
             continue;
         }
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
