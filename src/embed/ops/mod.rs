@@ -110,7 +110,7 @@ use gated_sum::gated_sum_patch;
 pub use gather::Gather;
 use gather::gather_patch;
 pub(crate) use graph::flush_subnormals;
-pub(crate) use parallel::{CROP_WORK, FRAME_WORK, with_kernel_pool};
+pub(crate) use parallel::{FRAME_WORK, crop_work, with_kernel_pool};
 pub use pointwise::Pointwise;
 use pointwise::pointwise_patch;
 pub use pool::Pool;

@@ -25,6 +25,31 @@ pub(crate) const FRAME_WORK: usize = 1 << 18;
 /// natively (AVX-512) 1.65 → 1.66 and OSNet x0.25 1.17 → 1.26; int8 models no change.
 pub(crate) const CROP_WORK: usize = 1 << 20;
 
+/// [`CROP_WORK`] for a float model whose layers run on AVX2's kernels (an AVX2-only CPU, or
+/// `REIDCAM_KERNELS=avx2+fma`): a layer takes them about twice AVX-512's time, so a smaller one
+/// pays for the hand-off (figures in [`crop_work`]).
+const CROP_WORK_AVX2: usize = 1 << 16;
+
+/// The least work of a crop's layer that is shared with the kernel pool: [`CROP_WORK`], or
+/// [`CROP_WORK_AVX2`] for a float model on AVX2's kernels. Measured 2026-12-07 (Intel Xeon model
+/// 207 with `REIDCAM_KERNELS=avx2+fma`, `reidcam bench`, one crop on 2 threads, least and
+/// median p50 of 10 alternating turns, 1 M → 256 K → 64 K): our default model 2.34 / 2.71 →
+/// 2.19 / 2.40 → 2.13 / 2.53 ms, OSNet x0.25 1.88 / 2.07 → 1.69 / 2.00 → 1.70 / 1.88;
+/// retail-0267 (8 turns, 1 M → 64 K) 7.75 / 8.52 → 7.68 / 8.01. Not for int8 models, whose
+/// float layers between the int8 products only move their planes between caches: our default
+/// int8 model 1.93 / 2.15 → 2.01 / 2.32 ms. Natively (AVX-512) 64 K made OSNet x0.25 slower
+/// (1.17 → 1.26 ms, the figures on [`CROP_WORK`]).
+pub(crate) fn crop_work(isa: crate::embed::Isa, quantised: bool) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        crate::embed::Isa::Avx2Fma if !quantised => CROP_WORK_AVX2,
+        _ => {
+            let _ = quantised;
+            CROP_WORK
+        }
+    }
+}
+
 /// Parts of a split by pixels start at multiples of this: whole tiles of every instruction set
 /// (AVX-512's are 32 pixels wide) and whole cache lines.
 pub(super) const PIXEL_ALIGN: usize = 64;

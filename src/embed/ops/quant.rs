@@ -80,7 +80,7 @@ impl QuantPointwise {
 
 reidcam_op!(QuantPointwise, "ReidcamQuantPointwise");
 
-/// Whether one image's int8 1×1 layers (of at least `CROP_WORK` multiply-adds) are cut by
+/// Whether one image's int8 1×1 layers (of at least `crop_work` multiply-adds) are cut by
 /// outputs between the threads of a kernel pool with `dot`: each thread then multiplies all of
 /// the input words, made on the calling thread, by its outputs' weights. Where the product is
 /// slow for its data, that pays: with AVX2 (`vpmaddubsw`) on 2 threads (`reidcam bench`, Intel
