@@ -28,10 +28,11 @@ pub(crate) const CROP_WORK: usize = 1 << 20;
 /// [`CROP_WORK`] for a float model whose layers run on AVX2's kernels (an AVX2-only CPU, or
 /// `REIDCAM_KERNELS=avx2+fma`): a layer takes them about twice AVX-512's time, so a smaller one
 /// pays for the hand-off (figures in [`crop_work`]).
+#[cfg(target_arch = "x86_64")]
 const CROP_WORK_AVX2: usize = 1 << 16;
 
 /// The least work of a crop's layer that is shared with the kernel pool: [`CROP_WORK`], or
-/// [`CROP_WORK_AVX2`] for a float model on AVX2's kernels. Measured 2026-12-07 (Intel Xeon model
+/// `CROP_WORK_AVX2` (64 K, x86) for a float model on AVX2's kernels. Measured 2026-12-07 (Intel Xeon model
 /// 207 with `REIDCAM_KERNELS=avx2+fma`, `reidcam bench`, one crop on 2 threads, least and
 /// median p50 of 10 alternating turns, 1 M → 256 K → 64 K): our default model 2.34 / 2.71 →
 /// 2.19 / 2.40 → 2.13 / 2.53 ms, OSNet x0.25 1.88 / 2.07 → 1.69 / 2.00 → 1.70 / 1.88;
