@@ -13,19 +13,21 @@ use std::time::{Duration, Instant};
 
 use crate::detect::{DetectError, Detections, Detector};
 use crate::embed::{EmbedError, Embedder, SpinPool};
-use crate::events::{self, Event, EventKind, EventSink, Identity};
+use crate::events::{self, EventKind, EventSink};
 use crate::frame::RgbView;
-use crate::gallery::{
-    Decision, Gallery, GalleryError, NewIdentity, Observation, PersonId, Timestamp,
-};
+use crate::gallery::{Gallery, GalleryError, PersonId, Timestamp};
 use crate::manifest::InputSpec;
 use crate::preprocess::Preprocessor;
 use crate::quality::{CropGate, Rejections};
 use crate::track::{SlotChange, Tracker};
 
+mod decide;
+mod emit;
 mod enrol;
 mod identities;
 mod view;
+
+use decide::unit_mean;
 
 pub use enrol::NotEnrolled;
 pub use view::{MAX_SHOWN, Shown, ShownKind};
@@ -651,225 +653,6 @@ impl<E: CropEmbedder> Pipeline<E> {
         Ok(())
     }
 
-    /// Adds `latest` to the track's sum (or restarts the sum from it).
-    fn accumulate(&mut self, slot: usize, restart: bool) {
-        let s = &mut self.states[slot];
-        if restart {
-            s.sum.copy_from_slice(&s.latest);
-            s.embeddings = 1;
-        } else {
-            for (acc, v) in s.sum.iter_mut().zip(&s.latest) {
-                *acc += v;
-            }
-            s.embeddings += 1;
-        }
-    }
-
-    /// Decides who the track is from its aggregated embedding; true if that is news (first
-    /// decision, or a different one).
-    fn decide(&mut self, slot: usize) -> Result<bool, PipelineError> {
-        let started = Instant::now();
-        let now = self.gallery_time();
-        let s = &mut self.states[slot];
-        if !unit_mean(&s.sum, &mut self.query) {
-            return Ok(false);
-        }
-        let news = match s.held {
-            None => {
-                let held = match self.gallery.observe(&self.query, now)? {
-                    Observation::Known { best, .. } => {
-                        self.stats.matches_known += 1;
-                        Held::Known {
-                            id: best.id,
-                            similarity: best.similarity.0,
-                            runner_up: None,
-                        }
-                    }
-                    Observation::New { id, .. } => {
-                        self.stats.identities_new += 1;
-                        s.created = Some(id);
-                        Held::New { id, closest: None }
-                    }
-                    Observation::Ambiguous { best, runner_up } => {
-                        self.stats.ambiguous += 1;
-                        Held::Ambiguous {
-                            best: best.into(),
-                            runner_up: runner_up.into(),
-                        }
-                    }
-                    Observation::Unstored { best } => Held::Unstored {
-                        closest: best.map(Into::into),
-                    },
-                };
-                self.dirty = true;
-                s.held = Some(held);
-                true
-            }
-            Some(held) => match self.gallery.decide_at(&self.query, now)? {
-                Decision::Match { best, .. } if Some(best.id) == held.id() => {
-                    // Still the same person: a new view of them for the gallery.
-                    self.gallery.refresh(best.id, &self.query, now)?;
-                    self.dirty = true;
-                    false
-                }
-                Decision::Match { best, runner_up } => {
-                    // Someone else after all (or an undecided track resolved).
-                    if let Some(created) = s.created.take()
-                        && created != best.id
-                    {
-                        // The provisional identity this track made was a duplicate.
-                        let _ = self.gallery.remove(created);
-                    }
-                    self.gallery.refresh(best.id, &self.query, now)?;
-                    self.dirty = true;
-                    self.stats.matches_known += 1;
-                    s.held = Some(Held::Known {
-                        id: best.id,
-                        similarity: best.similarity.0,
-                        runner_up: runner_up.map(Into::into),
-                    });
-                    true
-                }
-                Decision::Unknown { best } if held.id().is_none() => {
-                    // Undecided until now, and clearly nobody known: a new identity.
-                    let new = NewIdentity {
-                        label: None,
-                        pinned: false,
-                        now,
-                    };
-                    match self.gallery.insert(&self.query, new) {
-                        Ok((id, _)) => {
-                            self.stats.identities_new += 1;
-                            s.created = Some(id);
-                            s.held = Some(Held::New {
-                                id,
-                                closest: best.map(Into::into),
-                            });
-                            self.dirty = true;
-                            true
-                        }
-                        // No room or no id left: the track stays unknown, the run goes on.
-                        Err(GalleryError::FullOfPinned { .. } | GalleryError::IdsExhausted) => {
-                            false
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                // Ambiguous or unknown for a track that already has an identity: keep it.
-                _ => false,
-            },
-        };
-        self.stats.gallery += started.elapsed();
-        Ok(news)
-    }
-
-    fn emit(
-        &mut self,
-        kind: EventKind,
-        slot: usize,
-        frame: u64,
-        stream_time: Duration,
-        frame_name: &str,
-    ) -> Result<(), PipelineError> {
-        let started = Instant::now();
-        let Some(track) = self.tracker.track(slot) else {
-            return Ok(());
-        };
-        let s = &self.states[slot];
-        let Some(held) = s.held else { return Ok(()) };
-        let label_of = |id: PersonId| self.gallery.get(id).and_then(|i| i.label);
-        let identity = match held {
-            Held::Known {
-                id,
-                similarity,
-                runner_up,
-            } => Identity::Known {
-                id,
-                label: label_of(id),
-                similarity,
-                runner_up,
-            },
-            Held::New { id, closest } => Identity::New {
-                id,
-                label: label_of(id),
-                closest,
-            },
-            Held::Ambiguous { best, runner_up } => Identity::Ambiguous { best, runner_up },
-            Held::Unstored { closest } => Identity::Unstored { closest },
-        };
-        let crop = match (&self.config.crops_dir, kind) {
-            (Some(dir), EventKind::Enter | EventKind::Enrol) => {
-                use std::fmt::Write as _;
-                let what = if kind == EventKind::Enrol {
-                    "enrol"
-                } else {
-                    "enter"
-                };
-                // camera (≤ 64 checked characters) - run start (ms) - track: unique across
-                // restarts, so a crop an older event names is never overwritten.
-                let mut name = heapless::String::<128>::new();
-                let named = write!(
-                    name,
-                    "{}-{}-track{}-{what}.jpg",
-                    self.config.camera, self.run_started.0, track.id
-                );
-                self.crop_path.clear();
-                self.crop_path.push(dir);
-                self.crop_path.push(name.as_str());
-                let spec = self.embedder.input_spec();
-                let written = match named {
-                    Ok(()) => write_jpeg(&self.crop_path, &s.crop, spec.width, spec.height),
-                    Err(_) => Err(std::io::Error::other("file name too long")),
-                };
-                match written {
-                    Ok(()) => Some(self.crop_path.as_path()),
-                    Err(e) => {
-                        log::warn!("{}: cannot save the crop: {e}", self.crop_path.display());
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        let r = track.rect;
-        let event = Event {
-            event: kind,
-            camera: &self.config.camera,
-            track: track.id,
-            time: Timestamp::now(),
-            stream_ms: stream_time.as_millis() as u64,
-            frame,
-            frame_name,
-            bbox: [r.x, r.y, r.width, r.height],
-            identity,
-            first_seen: s.first_seen,
-            frames_seen: track.hits,
-            embeddings: s.embeddings,
-            crop,
-            pixels: s.best_quality.map(|quality| {
-                let spec = self.embedder.input_spec();
-                events::Pixels {
-                    rgb: &s.best,
-                    width: spec.width,
-                    height: spec.height,
-                    quality,
-                }
-            }),
-        };
-        // Events are best-effort beside the frame loop: a full disk must not stop the camera
-        // (nor a restart loop under systemd). Counted, and logged at the 1st, 2nd, 4th, 8th….
-        if let Err(e) = self.sink.emit(&event) {
-            self.stats.events_failed += 1;
-            let n = self.stats.events_failed;
-            if n.is_power_of_two() {
-                log::error!("events: cannot write an event: {e} ({n} lost so far)");
-            }
-        }
-        self.stats.events += 1;
-        self.stats.events_time += started.elapsed();
-        Ok(())
-    }
-
     /// Every track leaves: the stream ended, or (for a directory of stills, where each image is
     /// its own scene) the frame is done.
     pub fn finish(
@@ -904,34 +687,6 @@ fn embed_crop<E: CropEmbedder>(
     pre.normalise_into(&s.crop, embedder.input());
     s.latest.copy_from_slice(embedder.run()?);
     Ok(())
-}
-
-/// The direction of a track's embedding sum (its mean, L2-normalised) into `out`; false if the
-/// sum is zero or not finite.
-fn unit_mean(sum: &[f32], out: &mut [f32]) -> bool {
-    let norm = crate::embed::dot(sum, sum).sqrt();
-    if norm == 0.0 || !norm.is_finite() {
-        return false;
-    }
-    for (o, v) in out.iter_mut().zip(sum) {
-        *o = v / norm;
-    }
-    true
-}
-
-/// Writes an RGB8 image as JPEG (quality 90) to a new file of mode 0600 (a crop shows a
-/// person): never through a symlink, never over an existing file.
-fn write_jpeg(path: &std::path::Path, rgb: &[u8], width: u32, height: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let encoded = crate::frame::encode_jpeg(rgb, width, height, 90.0)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?; // create_new: O_CREAT | O_EXCL, which fails on any existing name, symlinks too
-    file.write_all(&encoded)?;
-    file.sync_data()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::detect::{DetectError, Detection};
+use crate::events::Event;
 use crate::frame::{Rect, RgbImage};
 use crate::gallery::{GalleryConfig, MatchPolicy, StorageFormat};
 use crate::manifest::{ChannelOrder, IMAGENET_MEAN, IMAGENET_STD};
