@@ -122,6 +122,43 @@ fn two_threads_allocate_nothing_alone() {
     assert_eq!(n, 0, "allocations on some thread with two threads");
 }
 
+/// One crop embedded by our ops on `threads` threads is the one on one thread, bit for bit:
+/// however a layer or a block's streams are shared, each value is computed the same way.
+fn same_on_threads(model: &Path, threads: usize) {
+    let load = |threads| {
+        let config = EmbedConfig {
+            batch: 1,
+            threads,
+            kernels: Kernels::Reidcam,
+        };
+        Embedder::load(model, ManifestChoice::Sidecar, &config).unwrap()
+    };
+    let (mut one, mut more) = (load(1), load(threads));
+    let mut pre = Preprocessor::with_max_source(&one.manifest().input, 120, 260);
+    let crop = pattern(97, 241);
+    pre.run(crop.view(), crop.bounds(), one.input_slot(0))
+        .unwrap();
+    pre.run(crop.view(), crop.bounds(), more.input_slot(0))
+        .unwrap();
+    let want = one.run(1).unwrap().as_flat().to_vec();
+    // Twice: the second run reuses what the first left (recycled outputs, the streams' terms).
+    for turn in 0..2 {
+        let got = more.run(1).unwrap().as_flat().to_vec();
+        let differ = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "{} turn {turn}: {differ} of {} values differ on {threads} threads",
+            model.display(),
+            want.len()
+        );
+    }
+}
+
 /// Embeds `batch` different crops with each engine and compares them.
 fn same_embeddings(model: &Path, batch: usize, threads: usize) -> Rewritten {
     close_embeddings(model, batch, threads, 0.99999, 1e-4)
@@ -180,8 +217,10 @@ fn close_embeddings(
 
 fn check_model(model: &Path) -> Rewritten {
     let fused = same_embeddings(model, 1, 1);
-    // One crop on two threads: large layers' output channels split, at panel boundaries.
+    // One crop on two threads: large layers' output channels split, at panel boundaries, and
+    // OSNet's streams run side by side.
     same_embeddings(model, 1, 2);
+    same_on_threads(model, 2);
     same_embeddings(model, 3, 2);
     same_embeddings(model, 2, 3);
     fused
@@ -192,7 +231,8 @@ fn our_default_model_embeds_as_with_tracts_own_ops() {
     let fused = check_model(&repo().join("models/default.onnx"));
     // retail-0267's network in its plain form (an OSNet x0.5): stem conv, max pool + 2 average
     // pools, 78 1×1, 60 depthwise, 6 aggregations of 4 gated streams (SE and per-channel affine
-    // gates), the head (the learnt global pooling, fc): every node ours, every output recycled.
+    // gates), the head (the learnt global pooling, fc): every node ours, every output recycled;
+    // each block's 4 streams (10 LightConv layers: 20 ops) and their sum one op.
     assert_eq!(
         (
             fused.conv,
@@ -202,9 +242,11 @@ fn our_default_model_embeds_as_with_tracts_own_ops() {
             fused.gate,
             fused.gated_sum,
             fused.head,
-            fused.recycled
+            fused.recycled,
+            fused.streams,
+            fused.stream_layers,
         ),
-        (1, 3, 78, 60, 24, 6, 1, 149),
+        (1, 3, 78, 60, 24, 6, 1, 29, 6, 120),
         "{fused:?}"
     );
 }
@@ -223,7 +265,11 @@ fn reference_models_embed_as_with_tracts_own_ops() {
             check_model(&osnet_path)
         };
         assert!(
-            osnet.pointwise == 78 && osnet.gate == 24 && osnet.gated_sum == 6 && osnet.head == 1,
+            osnet.pointwise == 78
+                && osnet.gate == 24
+                && osnet.gated_sum == 6
+                && osnet.head == 1
+                && osnet.streams == 6,
             "{osnet:?}"
         );
         // retail-0267 fixes its batch at 1: one layout only.

@@ -33,6 +33,12 @@ impl Depthwise {
 reidcam_op!(Depthwise, "ReidcamDepthwise3x3");
 
 impl Depthwise {
+    /// Multiply-adds per image.
+    pub(super) fn work(&self) -> usize {
+        let (oh, ow) = self.shape.output();
+        9 * self.shape.channels * oh * ow
+    }
+
     pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let x = inputs[0];
         let shape = self.shape;

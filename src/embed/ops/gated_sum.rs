@@ -37,7 +37,7 @@ impl GatedSum {
         format!("{:?} gated {gated:?} {}", self.shape, self.isa)
     }
 
-    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+    pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let planes = y.len() / self.shape.pixels;
         GATE_VALUES.with_borrow_mut(|values| {
             if values.len() < self.gates.len() * planes {

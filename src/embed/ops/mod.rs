@@ -24,6 +24,10 @@
 //! - chains of `Concat`, reshapes and axis moves, and `Sigmoid`s, over our ops' outputs (YOLOX's
 //!   head) into one [`Gather`], a copy through an index table made at load.
 //!
+//! - last, an OSNet block's streams — chains of 1×1 and depthwise ops (float or int8) from one
+//!   tensor to the gated sum joining them — and that sum into one [`Streams`], whose streams one
+//!   crop's threads run side by side (one fork per block, not one per layer).
+//!
 //! A step is fused only when the value it consumes has no other reader, the constants have the
 //! shapes the kernels expect and everything is f32; anything else is left to tract untouched.
 //! After tract's optimisation, [`recycle_outputs`] lets the ops whose readers are all ours reuse
@@ -97,6 +101,7 @@ mod pool;
 mod pooled;
 mod quant;
 mod recycle;
+mod streams;
 mod upsample;
 
 pub use bands::ConvDepthwise;
@@ -120,6 +125,8 @@ use pooled::pooled_patch;
 pub use quant::{QuantFullConv, QuantPointwise, QuantiseWords};
 use quant::{quant_pointwise_patch, shared_words_patch};
 use recycle::Output;
+pub use streams::Streams;
+use streams::streams_patch;
 pub use upsample::Upsample;
 use upsample::upsample_patch;
 
@@ -164,6 +171,10 @@ pub struct Rewritten {
     pub replaced: usize,
     /// Our ops whose outputs are recycled from run to run (see `ops::with_output`).
     pub recycled: usize,
+    /// OSNet blocks whose streams (and their gated sum) run as one op, and the layers of those
+    /// streams (counted above as well): a crop's threads run its streams side by side.
+    pub streams: usize,
+    pub stream_layers: usize,
 }
 
 impl std::fmt::Display for Rewritten {
@@ -172,7 +183,8 @@ impl std::fmt::Display for Rewritten {
             f,
             "{} fused 1x1 ({} more parts of concatenations read), {} depthwise, {} conv, {} conv + \
              depthwise by bands, {} pooling, {} gated-sum ({} channel gates), {} head, {} upsample \
-             and {} gather ops for {} tract nodes; {} outputs recycled",
+             and {} gather ops for {} tract nodes; {} outputs recycled; {} blocks' streams ({} \
+             layers) as one op each",
             self.pointwise,
             self.concat_parts,
             self.depthwise,
@@ -185,7 +197,9 @@ impl std::fmt::Display for Rewritten {
             self.upsample,
             self.gather,
             self.replaced,
-            self.recycled
+            self.recycled,
+            self.streams,
+            self.stream_layers
         )?;
         if self.quantised {
             let dot = self
@@ -292,6 +306,23 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
         };
         *count += 1;
     }
+    // Last, counted above as they were: each block's streams and their gated sum as one op.
+    'streams: loop {
+        model.compact()?;
+        for id in 0..model.nodes().len() {
+            if let Some((patch, _)) = streams_patch(model, id)? {
+                patch.apply(model)?;
+                continue 'streams;
+            }
+        }
+        break;
+    }
+    for node in model.nodes() {
+        if let Some(op) = node.op_as::<Streams>() {
+            done.streams += 1;
+            done.stream_layers += op.counts().1;
+        }
+    }
     Ok(done)
 }
 
@@ -316,7 +347,8 @@ fn output_of(node: &mut TypedNode) -> Option<&mut Output> {
         PooledChain,
         GatedSum,
         Upsample,
-        Gather
+        Gather,
+        Streams
     );
     None
 }

@@ -210,6 +210,20 @@ pub(super) fn split_shared(
     });
 }
 
+/// Runs `job(part, parts)` for each of `parts` parts — as many as the run's pool has threads, at
+/// most `most` — one per thread of the pool (the calling thread's last), when a kernel pool is
+/// set for this run and `work_size` reaches its least work; else `job(0, 1)` on this thread.
+/// Inside the parts of a fork no op shares its work again (each part is one thread's).
+pub(super) fn fork(most: usize, work_size: usize, job: impl Fn(usize, usize) + Sync) {
+    let Some(pool) = pool_for(work_size, most, 1) else {
+        return job(0, 1);
+    };
+    let parts = (pool.workers() + 1).min(most);
+    pool.run(parts, &|part| {
+        with_kernel_pool(None, usize::MAX, || job(part, parts))
+    });
+}
+
 /// `out`'s start, shared with the pool's threads (each writes its own part).
 #[derive(Clone, Copy)]
 struct Base(*mut f32);
@@ -265,6 +279,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A fork runs each of its parts once, as many as the pool has threads (at most `most`),
+    /// none of them sharing its work again; below the least work, or without a pool, one part.
+    #[test]
+    fn a_fork_runs_each_part_once_and_its_parts_share_nothing() {
+        for workers in 1..=3 {
+            let pool = Arc::new(SpinPool::new(workers, "test-fork").unwrap());
+            for most in 1..=5 {
+                let seen = Mutex::new(Vec::new());
+                with_kernel_pool(Some(&pool), FRAME_WORK, || {
+                    fork(most, FRAME_WORK, |part, parts| {
+                        let inner = pool_for(usize::MAX, 8, 1).is_some();
+                        seen.lock().unwrap().push((part, parts, inner));
+                    });
+                });
+                let mut seen = seen.into_inner().unwrap();
+                seen.sort();
+                let parts = (workers + 1).min(most);
+                // A part of a real fork shares nothing; a lone part may (the pool is idle).
+                let want: Vec<_> = (0..parts).map(|p| (p, parts, parts == 1)).collect();
+                assert_eq!(seen, want, "{workers} workers, at most {most}");
+            }
+            let seen = Mutex::new(Vec::new());
+            with_kernel_pool(Some(&pool), FRAME_WORK, || {
+                fork(4, FRAME_WORK - 1, |part, parts| {
+                    seen.lock().unwrap().push((part, parts))
+                });
+            });
+            assert_eq!(seen.into_inner().unwrap(), [(0, 1)]);
+        }
+        let seen = Mutex::new(Vec::new());
+        fork(4, usize::MAX, |part, parts| {
+            seen.lock().unwrap().push((part, parts))
+        });
+        assert_eq!(seen.into_inner().unwrap(), [(0, 1)]);
     }
 
     /// Shared-output parts cover every unit once, start at multiples of `align` and are at

@@ -63,7 +63,17 @@ reidcam_op!(Pointwise, "ReidcamPointwise");
 const PIXEL_SPLIT: usize = 256;
 
 impl Pointwise {
-    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+    /// Whether it reads one tensor only (no residual, no concatenation's further parts).
+    pub(super) fn reads_one(&self) -> bool {
+        self.parts.len() == 1 && !self.residual
+    }
+
+    /// Multiply-adds per image.
+    pub(super) fn work(&self) -> usize {
+        self.shape.inputs * self.shape.outputs * self.shape.pixels
+    }
+
+    pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let (x, residual) = inputs.split_at(self.parts.len());
         let residual = residual.first().copied();
         let shape = self.shape;

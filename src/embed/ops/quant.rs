@@ -103,7 +103,18 @@ fn splits_by_outputs(dot: Dot) -> bool {
 }
 
 impl QuantPointwise {
-    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+    /// Whether it reads one tensor only (no residual).
+    pub(super) fn reads_one(&self) -> bool {
+        !self.residual
+    }
+
+    /// Multiply-adds per image.
+    pub(super) fn work(&self) -> usize {
+        let shape = self.layer.shape;
+        shape.inputs * shape.outputs * shape.pixels
+    }
+
+    pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let shape = self.layer.shape;
         // The input is this layer's f32 tensor, or the words a `QuantiseWords` made from it.
         let x_len = if self.words_input {

@@ -1,0 +1,308 @@
+//! [`Streams`]: the parallel streams of an OSNet block — chains of our 1×1 and depthwise ops
+//! from one input to the gated sum that joins them — as one op, whose chains one crop's threads
+//! run side by side: one fork and join per block instead of one per layer.
+//!
+//! A crop's layers are small (our default model's 32→32 1×1 over 800 pixels: 0.8 M
+//! multiply-adds), so cutting each between two threads costs a hand-off per layer, and the
+//! planes move between the cores' caches at every one of them. An OSNet block's four streams
+//! are independent until they are summed: streams 1 and 4 on one thread, 2 and 3 on the other
+//! (5 LightConv layers each), every plane of a stream stays in its thread's cache.
+
+use std::cell::RefCell;
+
+use tract_onnx::tract_core::internal::*;
+
+use super::conv::Depthwise;
+use super::gated_sum::GatedSum;
+use super::graph::*;
+use super::parallel::fork;
+use super::pointwise::Pointwise;
+use super::quant::QuantPointwise;
+use super::recycle::*;
+
+/// The most streams one op holds (OSNet's blocks have 4).
+pub(super) const MAX_STREAMS: usize = 4;
+
+/// One layer of a stream: one of our ops reading a single tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Pointwise(Pointwise),
+    Depthwise(Depthwise),
+    Quant(QuantPointwise),
+}
+
+impl Step {
+    /// `node`'s op as a step, if it is one of ours that reads one tensor.
+    fn of(node: &TypedNode) -> Option<Step> {
+        if node.inputs.len() != 1 || node.outputs.len() != 1 {
+            return None;
+        }
+        if let Some(op) = node.op_as::<Pointwise>() {
+            op.reads_one().then(|| Step::Pointwise(op.clone()))
+        } else if let Some(op) = node.op_as::<Depthwise>() {
+            Some(Step::Depthwise(op.clone()))
+        } else if let Some(op) = node.op_as::<QuantPointwise>() {
+            op.reads_one().then(|| Step::Quant(op.clone()))
+        } else {
+            None
+        }
+    }
+
+    /// Floats of its output.
+    fn len(&self) -> usize {
+        let output = match self {
+            Step::Pointwise(op) => &op.output,
+            Step::Depthwise(op) => &op.output,
+            Step::Quant(op) => &op.output,
+        };
+        output.shape.iter().product()
+    }
+
+    fn work(&self) -> usize {
+        match self {
+            Step::Pointwise(op) => op.work(),
+            Step::Depthwise(op) => op.work(),
+            Step::Quant(op) => op.work(),
+        }
+    }
+
+    fn compute(&self, x: &[f32], y: &mut [f32]) {
+        match self {
+            Step::Pointwise(op) => op.compute(&[x], y),
+            Step::Depthwise(op) => op.compute(&[x], y),
+            Step::Quant(op) => op.compute(&[x], y),
+        }
+    }
+}
+
+/// The streams of a block from their common input (a tensor, or the words an int8 model's
+/// `QuantiseWords` made of it) to their [`GatedSum`]: each stream a chain of [`Step`]s, the sum
+/// made of their last outputs. On one thread the streams run one after the other; on `k`
+/// threads each thread runs its group of them (`groups[k - 1]`, made at load so that the
+/// groups' multiply-adds are as even as they can be), and the sum waits for all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Streams {
+    streams: Vec<Vec<Step>>,
+    /// For `k` threads, `groups[k - 1][s]` is the thread that runs stream `s`.
+    groups: [[u8; MAX_STREAMS]; MAX_STREAMS],
+    /// Multiply-adds of all the streams, per image.
+    work: usize,
+    sum: GatedSum,
+    pub(super) output: Output,
+}
+
+reidcam_op!(Streams, "ReidcamStreams");
+
+thread_local! {
+    /// The streams' outputs (the sum's terms), on the thread that runs the op: grown to the
+    /// largest block once per thread, then reused.
+    static TERMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A stream's outputs between its layers, on the thread that runs the stream.
+    static BETWEEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer the parts of one fork write disjoint runs of.
+#[derive(Clone, Copy)]
+struct Terms(*mut f32);
+
+// SAFETY: handed to the parts of one fork, each writing the terms of its own streams, while the
+// buffer's owner waits for the fork.
+unsafe impl Sync for Terms {}
+
+impl Terms {
+    /// The `len` floats of term `s`.
+    ///
+    /// # Safety
+    /// The buffer holds term `s` whole, outlives the borrow, and no one else touches that term
+    /// meanwhile.
+    unsafe fn term<'a>(self, s: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: forwarded to the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(s * len), len) }
+    }
+}
+
+impl Streams {
+    fn describe(&self) -> String {
+        let layers: Vec<usize> = self.streams.iter().map(Vec::len).collect();
+        format!(
+            "{} streams of {layers:?} layers, {} multiply-adds, threads {:?}",
+            self.streams.len(),
+            self.work,
+            &self.groups[1][..self.streams.len()]
+        )
+    }
+
+    /// How many streams this op runs, and their layers in all.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (self.streams.len(), self.streams.iter().map(Vec::len).sum())
+    }
+
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+        let x = inputs[0];
+        let (count, len) = (self.streams.len(), y.len());
+        TERMS.with_borrow_mut(|terms| {
+            if terms.len() < count * len {
+                terms.resize(count * len, 0.0);
+            }
+            let base = Terms(terms.as_mut_ptr());
+            let batch = self.output.shape.first().copied().unwrap_or(1);
+            fork(count, self.work * batch, |part, parts| {
+                for (s, stream) in self.streams.iter().enumerate() {
+                    if usize::from(self.groups[parts - 1][s]) != part {
+                        continue;
+                    }
+                    // SAFETY: `terms` holds `count × len` floats and outlives the fork; each
+                    // stream is run by exactly one part, which alone writes its `len`.
+                    let out = unsafe { base.term(s, len) };
+                    run_stream(stream, x, out);
+                }
+            });
+            let mut views: [&[f32]; MAX_STREAMS] = [&[]; MAX_STREAMS];
+            for (s, view) in terms.chunks_exact(len).take(count).enumerate() {
+                views[s] = view;
+            }
+            self.sum.compute(&views[..count], y);
+        });
+    }
+}
+
+/// Runs `stream`'s layers from `x`, the last into `out`.
+fn run_stream(stream: &[Step], x: &[f32], out: &mut [f32]) {
+    let Some((last, first)) = stream.split_last() else {
+        return;
+    };
+    if first.is_empty() {
+        return last.compute(x, out);
+    }
+    BETWEEN.with_borrow_mut(|between| {
+        let most = first.iter().map(Step::len).max().unwrap_or(0);
+        if between.len() < 2 * most {
+            between.resize(2 * most, 0.0);
+        }
+        let (mut done, mut next) = between.split_at_mut(most);
+        let mut done_len = 0;
+        for (i, step) in first.iter().enumerate() {
+            let input = if i == 0 { x } else { &done[..done_len] };
+            step.compute(input, &mut next[..step.len()]);
+            done_len = step.len();
+            std::mem::swap(&mut done, &mut next);
+        }
+        last.compute(&done[..done_len], out);
+    });
+}
+
+/// For each thread count `k` (index `k - 1`), the thread of each stream such that the largest
+/// thread's multiply-adds are least (every assignment tried: at most 4⁴).
+fn groups_of(works: &[usize]) -> [[u8; MAX_STREAMS]; MAX_STREAMS] {
+    let n = works.len();
+    let mut groups = [[0u8; MAX_STREAMS]; MAX_STREAMS];
+    for k in 2..=n {
+        let mut best = (usize::MAX, [0u8; MAX_STREAMS]);
+        for code in 0..k.pow(n as u32) {
+            let (mut load, mut assign, mut c) = ([0usize; MAX_STREAMS], [0u8; MAX_STREAMS], code);
+            for (s, &work) in works.iter().enumerate() {
+                let thread = c % k;
+                c /= k;
+                assign[s] = thread as u8;
+                load[thread] += work;
+            }
+            let largest = load[..k].iter().copied().max().unwrap_or(0);
+            if largest < best.0 {
+                best = (largest, assign);
+            }
+        }
+        groups[k - 1] = best.1;
+    }
+    groups
+}
+
+/// A [`GatedSum`] whose every term is gated and is the end of a chain of [`Step`]s, each read
+/// only by the next, all the chains starting from one tensor: the chains and the sum into one
+/// [`Streams`].
+pub(super) fn streams_patch(model: &TypedModel, id: usize) -> TractResult<Patch> {
+    let node = model.node(id);
+    let Some(sum) = node.op_as::<GatedSum>() else {
+        return Ok(None);
+    };
+    let count = node.inputs.len();
+    if !(2..=MAX_STREAMS).contains(&count) || sum.gates.iter().any(Option::is_none) {
+        return Ok(None);
+    }
+    let mut streams = Vec::with_capacity(count);
+    let mut start = None;
+    let mut replaced = 1;
+    for &end in &node.inputs {
+        let (mut steps, mut at, mut reader) = (Vec::new(), end, id);
+        loop {
+            let producer = model.node(at.node);
+            if at.slot != 0 || sole_reader(model, producer.id)?.map(|r| r.id) != Some(reader) {
+                break;
+            }
+            let Some(step) = Step::of(producer) else {
+                break;
+            };
+            steps.push(step);
+            reader = producer.id;
+            at = producer.inputs[0];
+        }
+        if steps.is_empty() || start.is_some_and(|s| s != at) {
+            return Ok(None);
+        }
+        start = Some(at);
+        replaced += steps.len();
+        steps.reverse();
+        streams.push(steps);
+    }
+    let Some(start) = start else {
+        return Ok(None);
+    };
+    let works: Vec<usize> = streams
+        .iter()
+        .map(|s| s.iter().map(Step::work).sum())
+        .collect();
+    let shape = model
+        .outlet_fact(OutletId::new(id, 0))?
+        .shape
+        .as_concrete()
+        .map(<[usize]>::to_vec);
+    let Some(shape) = shape else {
+        return Ok(None);
+    };
+    let op = Streams {
+        groups: groups_of(&works),
+        work: works.iter().sum(),
+        streams,
+        sum: sum.clone(),
+        output: Output::new(shape.into()),
+    };
+    Ok(Some((
+        fuse(model, &[start], OutletId::new(id, 0), op)?,
+        replaced,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_go_to_threads_with_even_work() {
+        // OSNet's streams of 1 to 4 equal layers: 1 + 4 and 2 + 3 on two threads.
+        let groups = groups_of(&[1, 2, 3, 4]);
+        assert_eq!(groups[0], [0; MAX_STREAMS]);
+        let two = groups[1];
+        assert_eq!(two[0], two[3]);
+        assert_eq!(two[1], two[2]);
+        assert_ne!(two[0], two[1]);
+        // Three threads: the 4-layer stream alone, 1 + 3 and 2 (the largest load 4).
+        let three = groups[2];
+        let mut load = [0; 3];
+        for (s, w) in [1, 2, 3, 4].iter().enumerate() {
+            load[usize::from(three[s])] += w;
+        }
+        assert_eq!(load.iter().max(), Some(&4));
+        // Two streams: one each.
+        let pair = groups_of(&[5, 7]);
+        assert_ne!(pair[1][0], pair[1][1]);
+    }
+}
