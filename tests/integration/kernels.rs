@@ -221,6 +221,8 @@ fn check_model(model: &Path) -> Rewritten {
     // OSNet's streams run side by side.
     same_embeddings(model, 1, 2);
     same_on_threads(model, 2);
+    // Four threads: each of a block's four streams on its own (more threads than cores here).
+    same_on_threads(model, 4);
     same_embeddings(model, 3, 2);
     same_embeddings(model, 2, 3);
     fused

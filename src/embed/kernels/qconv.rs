@@ -30,10 +30,22 @@ pub struct ConvLayer {
 /// Per-thread working memory of [`ConvLayer::run`], grown once.
 #[derive(Debug, Default)]
 pub struct Scratch {
+    pub image: ImageScratch,
+    pub rows: RowScratch,
+}
+
+/// [`ConvLayer::codes`]' working memory: the image's codes, plain and phase-split.
+#[derive(Debug, Default)]
+pub struct ImageScratch {
     /// The image's codes.
     codes: Vec<u8>,
     /// The same, phase-split and padded.
     phases: Vec<u8>,
+}
+
+/// [`ConvLayer::rows`]' working memory.
+#[derive(Debug, Default)]
+pub struct RowScratch {
     words: Vec<u32>,
     /// A row of code 0, for the missing taps of a partial last group (their weights are 0).
     zeros: Vec<u8>,
@@ -84,26 +96,29 @@ impl ConvLayer {
     /// Runs the layer on one image `[inputs][height][width]` into `out` `[outputs][oh][ow]`,
     /// through the ReLU if `relu`.
     pub fn run(&self, dot: Dot, image: &[f32], relu: bool, out: &mut [f32], scratch: &mut Scratch) {
+        let codes = self.codes(dot, image, &mut scratch.image);
+        self.rows(dot, &self.layer, codes, relu, out, &mut scratch.rows);
+    }
+
+    /// The product of outputs `outputs` only (`Layer::part`: their start a multiple of
+    /// `PART_ALIGN`), for [`rows`](Self::rows): the same sums for those outputs.
+    pub fn part(&self, outputs: std::ops::Range<usize>) -> Layer {
+        self.layer.part(outputs)
+    }
+
+    /// The first half of [`run`](Self::run): the image quantised into the phase-split codes
+    /// every output row reads (made once, read by each part's [`rows`](Self::rows)).
+    pub fn codes<'s>(&self, dot: Dot, image: &[f32], scratch: &'s mut ImageScratch) -> &'s [u8] {
         let g = self.geometry;
-        let (oh, ow) = g.output().expect("checked at construction");
         let layer = &self.layer;
         let flip = layer.flip(dot) as u8;
-        let groups = self.offsets.len().div_ceil(4);
         assert_eq!(
             image.len(),
             g.inputs * g.height * g.width,
             "int8 conv image length"
         );
-        assert_eq!(out.len(), g.outputs * oh * ow, "int8 conv output length");
         if scratch.codes.len() < image.len() {
             scratch.codes.resize(image.len(), 0);
-        }
-        let words_len = groups * ow + WORDS_SLACK;
-        if scratch.words.len() < words_len {
-            scratch.words.resize(words_len, 0);
-        }
-        if scratch.zeros.len() < ow {
-            scratch.zeros.resize(ow, 0);
         }
         // The image's codes, then the phase-split layout of them with the padding's code.
         let plain = &mut scratch.codes[..image.len()];
@@ -127,7 +142,36 @@ impl ConvLayer {
             Dot::Vnni512 => super::Isa::Avx512,
             _ => super::Isa::Baseline,
         };
-        let codes = conv::phase_split_as(isa, g, plain, pad, |c| c, &mut scratch.phases);
+        conv::phase_split_as(isa, g, plain, pad, |c| c, &mut scratch.phases)
+    }
+
+    /// The second half of [`run`](Self::run): from the image's `codes`, every output row of
+    /// `layer` (this layer's product, or a [`part`](Self::part) of it) into `out` `[its
+    /// outputs][oh][ow]`, through the ReLU if `relu`.
+    pub fn rows(
+        &self,
+        dot: Dot,
+        layer: &Layer,
+        codes: &[u8],
+        relu: bool,
+        out: &mut [f32],
+        scratch: &mut RowScratch,
+    ) {
+        let g = self.geometry;
+        let (oh, ow) = g.output().expect("checked at construction");
+        let groups = self.offsets.len().div_ceil(4);
+        assert_eq!(
+            out.len(),
+            layer.shape.outputs * oh * ow,
+            "int8 conv output length"
+        );
+        let words_len = groups * ow + WORDS_SLACK;
+        if scratch.words.len() < words_len {
+            scratch.words.resize(words_len, 0);
+        }
+        if scratch.zeros.len() < ow {
+            scratch.zeros.resize(ow, 0);
+        }
         // Per output row: its words (`[groups][ow]`, then the product's slack), then every
         // output channel's row.
         let words = &mut scratch.words[..words_len];
@@ -267,6 +311,7 @@ pub fn reference(
 
 #[cfg(test)]
 mod tests {
+    use super::super::qpointwise::PART_ALIGN;
     use super::super::test_support::Rng;
     use super::*;
 
@@ -295,11 +340,29 @@ mod tests {
         let want = reference(&layer, &weights, &bias, &image, relu);
         let mut got = vec![f32::NAN; want.len()];
         layer.run(dot, &image, relu, &mut got, &mut Scratch::default());
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                g.to_bits() == w.to_bits(),
-                "{dot} {geometry:?} relu {relu}: element {i}: got {g}, want {w}"
-            );
+        let same = |got: &[f32], how: &str| {
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits(),
+                    "{dot} {geometry:?} relu {relu}{how}: element {i}: got {g}, want {w}"
+                );
+            }
+        };
+        same(&got, "");
+        // Cut by outputs (as a crop's threads run it): the codes made once, each part's rows
+        // from its `part` of the product.
+        if geometry.outputs > PART_ALIGN {
+            let plane = want.len() / geometry.outputs;
+            let mut parted = vec![f32::NAN; want.len()];
+            let mut scratch = Scratch::default();
+            let codes = layer.codes(dot, &image, &mut scratch.image);
+            let cut = PART_ALIGN * (1 + rng.below(geometry.outputs.div_ceil(PART_ALIGN) - 1));
+            for range in [0..cut, cut..geometry.outputs] {
+                let part = layer.part(range.clone());
+                let out = &mut parted[range.start * plane..range.end * plane];
+                layer.rows(dot, &part, codes, relu, out, &mut scratch.rows);
+            }
+            same(&parted, &format!(" cut at output {cut}"));
         }
     }
 

@@ -114,6 +114,7 @@ pub use gated_sum::GatedSum;
 use gated_sum::gated_sum_patch;
 pub use gather::Gather;
 use gather::gather_patch;
+use graph::Patch;
 pub(crate) use graph::flush_subnormals;
 pub(crate) use parallel::{FRAME_WORK, crop_work, with_kernel_pool};
 pub use pointwise::Pointwise;
@@ -260,30 +261,13 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
         break;
     }
     // Then a large convolution and the depthwise layer reading it as one op, band by band.
-    'bands: loop {
-        model.compact()?;
-        for id in 0..model.nodes().len() {
-            if let Some((patch, _)) = bands_patch(model, id)? {
-                patch.apply(model)?;
-                continue 'bands;
-            }
-        }
-        break;
-    }
+    apply_each(model, bands_patch, |_| {})?;
     // Then, the fusions done: each int8 input shared by several int8 1×1 convolutions is
     // quantised once.
-    'share: loop {
-        model.compact()?;
-        for id in 0..model.nodes().len() {
-            if let Some((patch, readers)) = shared_words_patch(model, id)? {
-                patch.apply(model)?;
-                done.quantised_once += 1;
-                done.shared_readers += readers;
-                continue 'share;
-            }
-        }
-        break;
-    }
+    apply_each(model, shared_words_patch, |readers| {
+        done.quantised_once += 1;
+        done.shared_readers += readers;
+    })?;
     for node in model.nodes() {
         if let Some(sum) = node.op_as::<GatedSum>() {
             done.gate += sum.gates.iter().flatten().count();
@@ -307,16 +291,7 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
         *count += 1;
     }
     // Last, counted above as they were: each block's streams and their gated sum as one op.
-    'streams: loop {
-        model.compact()?;
-        for id in 0..model.nodes().len() {
-            if let Some((patch, _)) = streams_patch(model, id)? {
-                patch.apply(model)?;
-                continue 'streams;
-            }
-        }
-        break;
-    }
+    apply_each(model, streams_patch, |_| {})?;
     for node in model.nodes() {
         if let Some(op) = node.op_as::<Streams>() {
             done.streams += 1;
@@ -324,6 +299,27 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
         }
     }
     Ok(done)
+}
+
+/// Applies `rule`'s patches one at a time, each after `compact` has dropped the nodes the one
+/// before replaced (so that no dead reader makes a value look shared), until it finds none;
+/// `applied` gets the count each patch comes with.
+fn apply_each(
+    model: &mut TypedModel,
+    rule: impl Fn(&TypedModel, usize) -> TractResult<Patch>,
+    mut applied: impl FnMut(usize),
+) -> TractResult<()> {
+    'scan: loop {
+        model.compact()?;
+        for id in 0..model.nodes().len() {
+            if let Some((patch, count)) = rule(model, id)? {
+                patch.apply(model)?;
+                applied(count);
+                continue 'scan;
+            }
+        }
+        return Ok(());
+    }
 }
 
 /// The output of `node`'s op, if it is one of ours.

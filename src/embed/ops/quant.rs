@@ -319,6 +319,9 @@ pub struct QuantFullConv {
     dot: Dot,
     layer: Arc<qconv::ConvLayer>,
     relu: bool,
+    /// The layer cut by outputs for the threads of a single image (`ConvLayer::part`), made at
+    /// the first run that shares the layer.
+    parts: Arc<OnceLock<Parts>>,
     pub(super) output: Output,
 }
 
@@ -336,6 +339,9 @@ thread_local! {
     /// The int8 convolution's scratch (codes, words): grown to the largest layer once per
     /// thread, then reused.
     static QUANT_CONV_SCRATCH: RefCell<qconv::Scratch> = RefCell::new(qconv::Scratch::default());
+    /// The rows' scratch of a part of it run on another thread (or beside the codes on this one).
+    static QUANT_ROW_SCRATCH: RefCell<qconv::RowScratch> =
+        RefCell::new(qconv::RowScratch::default());
 }
 
 impl QuantFullConv {
@@ -344,6 +350,7 @@ impl QuantFullConv {
             dot,
             layer,
             relu: false,
+            parts: Arc::default(),
             output: Output::new(output_shape),
         }
     }
@@ -365,9 +372,47 @@ impl QuantFullConv {
         let g = self.layer.geometry();
         let (oh, ow) = g.output().expect("checked when the layer was made");
         let (x_len, y_len) = (g.inputs * g.height * g.width, g.outputs * oh * ow);
+        let batch = y.len() / y_len;
+        let (kh, kw) = g.kernel;
+        let work = g.inputs * kh * kw * y_len;
+        let parts = if batch == 1 && splits_by_outputs(self.dot) {
+            aligned_parts(g.outputs, PART_ALIGN, work)
+        } else {
+            1
+        };
+        // As `QuantPointwise`: the layer's parts for this run's threads, made at the first run
+        // that shares it.
+        let parted = (parts > 1)
+            .then(|| {
+                self.parts.get_or_init(|| Parts {
+                    count: parts,
+                    layers: (0..parts)
+                        .map(|part| part_range(g.outputs, PART_ALIGN, parts, part))
+                        .filter(|range| !range.is_empty())
+                        .map(|range| (range.start, self.layer.part(range)))
+                        .collect(),
+                })
+            })
+            .filter(|made| made.count == parts);
         QUANT_CONV_SCRATCH.with_borrow_mut(|scratch| {
             for (x, y) in inputs[0].chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
-                self.layer.run(self.dot, x, self.relu, y, scratch);
+                let Some(parted) = parted else {
+                    self.layer.run(self.dot, x, self.relu, y, scratch);
+                    continue;
+                };
+                // One image on several threads: its codes made here once, then each thread
+                // makes the rows of its part of the outputs.
+                let codes = self.layer.codes(self.dot, x, &mut scratch.image);
+                split_aligned(y, oh * ow, g.outputs, PART_ALIGN, work, |outputs, y| {
+                    let (_, layer) = parted
+                        .layers
+                        .iter()
+                        .find(|(start, _)| *start == outputs.start)
+                        .expect("a part made for each of the split's ranges");
+                    QUANT_ROW_SCRATCH.with_borrow_mut(|rows| {
+                        self.layer.rows(self.dot, layer, codes, self.relu, y, rows)
+                    })
+                });
             }
         });
     }
