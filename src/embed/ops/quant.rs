@@ -126,25 +126,9 @@ impl QuantPointwise {
         let residual = inputs.get(1).copied();
         let batch = y.len() / y_len;
         let work = shape.inputs * y_len;
-        let parts = if batch == 1 && splits_by_outputs(self.dot) {
-            aligned_parts(shape.outputs, PART_ALIGN, work)
-        } else {
-            1
-        };
-        // The layer's parts for this run's threads, made at the first run that shares it (as
-        // many as the kernel pool has threads, fixed for an embedder; one thread if not).
-        let parted = (parts > 1)
-            .then(|| {
-                self.parts.get_or_init(|| Parts {
-                    count: parts,
-                    layers: (0..parts)
-                        .map(|part| part_range(shape.outputs, PART_ALIGN, parts, part))
-                        .filter(|range| !range.is_empty())
-                        .map(|range| (range.start, self.layer.part(range)))
-                        .collect(),
-                })
-            })
-            .filter(|made| made.count == parts);
+        let parted = Parts::for_run(&self.parts, self.dot, batch, shape.outputs, work, |r| {
+            self.layer.part(r)
+        });
         QUANT_SCRATCH.with_borrow_mut(|scratch| {
             for (n, (x, y)) in inputs[0]
                 .chunks_exact(x_len)
@@ -174,11 +158,7 @@ impl QuantPointwise {
                     work,
                     |outputs, y| {
                         let rows = outputs.start * shape.pixels..outputs.end * shape.pixels;
-                        let (_, layer) = parted
-                            .layers
-                            .iter()
-                            .find(|(start, _)| *start == outputs.start)
-                            .expect("a part made for each of the split's ranges");
+                        let layer = parted.layer(&outputs);
                         debug_assert_eq!(layer.shape.outputs, outputs.len());
                         layer.product(self.dot, words, res.map(|r| &r[rows]), self.relu, y)
                     },
@@ -194,6 +174,50 @@ impl QuantPointwise {
 struct Parts {
     count: usize,
     layers: Vec<(usize, qpointwise::Layer)>,
+}
+
+impl Parts {
+    /// The parts an image's layer of `outputs` outputs and `work` multiply-adds is cut into
+    /// for this run's threads (as `split_aligned` will cut the outputs), made by `part` at the
+    /// first run that shares the layer (as many as the kernel pool has threads, fixed for an
+    /// embedder); `None` where it runs whole: a batch, one thread, or a product that is not cut
+    /// (`splits_by_outputs`).
+    fn for_run(
+        cell: &OnceLock<Parts>,
+        dot: Dot,
+        batch: usize,
+        outputs: usize,
+        work: usize,
+        part: impl Fn(std::ops::Range<usize>) -> qpointwise::Layer,
+    ) -> Option<&Parts> {
+        let parts = if batch == 1 && splits_by_outputs(dot) {
+            aligned_parts(outputs, PART_ALIGN, work)
+        } else {
+            1
+        };
+        (parts > 1)
+            .then(|| {
+                cell.get_or_init(|| Parts {
+                    count: parts,
+                    layers: (0..parts)
+                        .map(|p| part_range(outputs, PART_ALIGN, parts, p))
+                        .filter(|range| !range.is_empty())
+                        .map(|range| (range.start, part(range)))
+                        .collect(),
+                })
+            })
+            .filter(|made| made.count == parts)
+    }
+
+    /// The part whose outputs start where `outputs` does.
+    fn layer(&self, outputs: &std::ops::Range<usize>) -> &qpointwise::Layer {
+        let (_, layer) = self
+            .layers
+            .iter()
+            .find(|(start, _)| *start == outputs.start)
+            .expect("a part made for each of the split's ranges");
+        layer
+    }
 }
 
 /// The input words of several [`QuantPointwise`] readers of one tensor on one grid, made once
@@ -375,25 +399,9 @@ impl QuantFullConv {
         let batch = y.len() / y_len;
         let (kh, kw) = g.kernel;
         let work = g.inputs * kh * kw * y_len;
-        let parts = if batch == 1 && splits_by_outputs(self.dot) {
-            aligned_parts(g.outputs, PART_ALIGN, work)
-        } else {
-            1
-        };
-        // As `QuantPointwise`: the layer's parts for this run's threads, made at the first run
-        // that shares it.
-        let parted = (parts > 1)
-            .then(|| {
-                self.parts.get_or_init(|| Parts {
-                    count: parts,
-                    layers: (0..parts)
-                        .map(|part| part_range(g.outputs, PART_ALIGN, parts, part))
-                        .filter(|range| !range.is_empty())
-                        .map(|range| (range.start, self.layer.part(range)))
-                        .collect(),
-                })
-            })
-            .filter(|made| made.count == parts);
+        let parted = Parts::for_run(&self.parts, self.dot, batch, g.outputs, work, |r| {
+            self.layer.part(r)
+        });
         QUANT_CONV_SCRATCH.with_borrow_mut(|scratch| {
             for (x, y) in inputs[0].chunks_exact(x_len).zip(y.chunks_exact_mut(y_len)) {
                 let Some(parted) = parted else {
@@ -404,11 +412,7 @@ impl QuantFullConv {
                 // makes the rows of its part of the outputs.
                 let codes = self.layer.codes(self.dot, x, &mut scratch.image);
                 split_aligned(y, oh * ow, g.outputs, PART_ALIGN, work, |outputs, y| {
-                    let (_, layer) = parted
-                        .layers
-                        .iter()
-                        .find(|(start, _)| *start == outputs.start)
-                        .expect("a part made for each of the split's ranges");
+                    let layer = parted.layer(&outputs);
                     QUANT_ROW_SCRATCH.with_borrow_mut(|rows| {
                         self.layer.rows(self.dot, layer, codes, self.relu, y, rows)
                     })
