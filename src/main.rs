@@ -186,7 +186,8 @@ struct BenchArgs {
     /// Uses the profile's thread count and batch 1.
     #[arg(long, value_name = "PROFILE.toml")]
     board: Option<PathBuf>,
-    /// Also time every operator (over 50 runs) and print the time per operator kind.
+    /// Also time every operator (over 50 runs of one crop, on `--threads` as a single crop
+    /// runs) and print the time per operator kind.
     #[arg(long)]
     profile: bool,
 }

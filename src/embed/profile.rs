@@ -51,14 +51,17 @@ pub struct OpTime {
 }
 
 impl Embedder {
-    /// Runs the model's first part `runs` times (after one untimed run) on this thread, timing
-    /// every node, and returns the time per operator kind, most expensive first (per node, with
-    /// the op's parameters, its input shapes and the node's name, when `REIDCAM_PROFILE_NODES` is
-    /// set). The timing itself adds a little
-    /// per node.
+    /// Runs the model's first part `runs` times (after one untimed run) as a single crop runs
+    /// (on this thread, sharing its largest layers with the pool's threads when there are
+    /// any), timing every node, and returns the time per operator kind, most expensive first
+    /// (per node, with the op's parameters, its input shapes and the node's name, when
+    /// `REIDCAM_PROFILE_NODES` is set). The timing itself adds a little per node.
     pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, EmbedError> {
         let part = &mut self.parts[0];
-        profile_plan(&mut part.state, &part.input, &self.label, runs)
+        let (label, pool) = (&self.label, self.pool.0.as_ref());
+        ops::with_kernel_pool(pool, self.crop_work, || {
+            profile_plan(&mut part.state, &part.input, label, runs)
+        })
     }
 }
 

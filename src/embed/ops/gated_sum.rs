@@ -19,7 +19,7 @@ use super::recycle::*;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatedSum {
     isa: Isa,
-    shape: gated_sum::Shape,
+    pub(super) shape: gated_sum::Shape,
     pub(super) gates: TVec<Option<Pooled>>,
     pub(super) output: Output,
 }
@@ -43,28 +43,38 @@ impl GatedSum {
             if values.len() < self.gates.len() * planes {
                 values.resize(self.gates.len() * planes, 0.0);
             }
-            for (t, gate) in self.gates.iter().enumerate() {
-                if let Some(pooled) = gate {
-                    pooled.compute(inputs[t], &mut values[t * planes..][..planes]);
-                }
+            for (t, term) in inputs.iter().enumerate() {
+                self.gate(t, term, &mut values[t * planes..][..planes]);
             }
-            let mut gates = [None; gated_sum::MAX_TERMS];
-            for (t, gate) in self.gates.iter().enumerate() {
-                gates[t] = gate.as_ref().map(|_| &values[t * planes..][..planes]);
-            }
-            let terms = self.gates.len();
-            // Pixels to threads (each reads its part of every term, where the layers before
-            // left it), the gates computed above on whole planes.
-            let gates = &gates[..terms];
-            let work = y.len() * terms;
-            split_shared(y, self.shape.pixels, PIXEL_ALIGN, work, |pixels, out| {
-                let (out, _) = out.raw();
-                // SAFETY: `out` is `y`, as long as every term; the parts' pixel ranges are
-                // disjoint: each writes only its pixels of every plane.
-                unsafe {
-                    gated_sum::gated_sum_pixels(self.isa, self.shape, inputs, gates, pixels, out)
-                }
-            });
+            self.sum_gated(inputs, values, y);
+        });
+    }
+
+    /// Term `t`'s gate values (one per plane of `term`) into `values`, if it has a gate.
+    pub(super) fn gate(&self, t: usize, term: &[f32], values: &mut [f32]) {
+        if let Some(pooled) = &self.gates[t] {
+            pooled.compute(term, values);
+        }
+    }
+
+    /// The sum of `inputs`, each gated term times its gate values, made by [`Self::gate`]
+    /// into `values` (term `t`'s at `t ×` the planes of a term).
+    pub(super) fn sum_gated(&self, inputs: &[&[f32]], values: &[f32], y: &mut [f32]) {
+        let planes = y.len() / self.shape.pixels;
+        let mut gates = [None; gated_sum::MAX_TERMS];
+        for (t, gate) in self.gates.iter().enumerate() {
+            gates[t] = gate.as_ref().map(|_| &values[t * planes..][..planes]);
+        }
+        let terms = self.gates.len();
+        // Pixels to threads (each reads its part of every term, where the layers before left
+        // it), the gates made beforehand on whole planes.
+        let gates = &gates[..terms];
+        let work = y.len() * terms;
+        split_shared(y, self.shape.pixels, PIXEL_ALIGN, work, |pixels, out| {
+            let (out, _) = out.raw();
+            // SAFETY: `out` is `y`, as long as every term; the parts' pixel ranges are
+            // disjoint: each writes only its pixels of every plane.
+            unsafe { gated_sum::gated_sum_pixels(self.isa, self.shape, inputs, gates, pixels, out) }
         });
     }
 }

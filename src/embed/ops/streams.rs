@@ -79,7 +79,8 @@ impl Step {
 /// `QuantiseWords` made of it) to their [`GatedSum`]: each stream a chain of [`Step`]s, the sum
 /// made of their last outputs. On one thread the streams run one after the other; on `k`
 /// threads each thread runs its group of them (`groups[k - 1]`, made at load so that the
-/// groups' multiply-adds are as even as they can be), and the sum waits for all.
+/// groups' multiply-adds are as even as they can be), each stream's gate right after it (its
+/// term still in that thread's cache), and the sum waits for all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Streams {
     streams: Vec<Vec<Step>>,
@@ -99,9 +100,11 @@ thread_local! {
     static TERMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A stream's outputs between its layers, on the thread that runs the stream.
     static BETWEEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The terms' gate values, on the thread that runs the op (as `TERMS`).
+    static GATES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer the parts of one fork write disjoint runs of.
+/// A buffer the parts of one fork write disjoint runs of (the terms, their gate values).
 #[derive(Clone, Copy)]
 struct Terms(*mut f32);
 
@@ -140,28 +143,37 @@ impl Streams {
     fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let x = inputs[0];
         let (count, len) = (self.streams.len(), y.len());
+        let planes = len / self.sum.shape.pixels;
         TERMS.with_borrow_mut(|terms| {
-            if terms.len() < count * len {
-                terms.resize(count * len, 0.0);
-            }
-            let base = Terms(terms.as_mut_ptr());
-            let batch = self.output.shape.first().copied().unwrap_or(1);
-            fork(count, self.work * batch, |part, parts| {
-                for (s, stream) in self.streams.iter().enumerate() {
-                    if usize::from(self.groups[parts - 1][s]) != part {
-                        continue;
-                    }
-                    // SAFETY: `terms` holds `count × len` floats and outlives the fork; each
-                    // stream is run by exactly one part, which alone writes its `len`.
-                    let out = unsafe { base.term(s, len) };
-                    run_stream(stream, x, out);
+            GATES.with_borrow_mut(|gates| {
+                if terms.len() < count * len {
+                    terms.resize(count * len, 0.0);
                 }
-            });
-            let mut views: [&[f32]; MAX_STREAMS] = [&[]; MAX_STREAMS];
-            for (s, view) in terms.chunks_exact(len).take(count).enumerate() {
-                views[s] = view;
-            }
-            self.sum.compute(&views[..count], y);
+                if gates.len() < count * planes {
+                    gates.resize(count * planes, 0.0);
+                }
+                let (base, gate_base) = (Terms(terms.as_mut_ptr()), Terms(gates.as_mut_ptr()));
+                let batch = self.output.shape.first().copied().unwrap_or(1);
+                fork(count, self.work * batch, |part, parts| {
+                    for (s, stream) in self.streams.iter().enumerate() {
+                        if usize::from(self.groups[parts - 1][s]) != part {
+                            continue;
+                        }
+                        // SAFETY: `terms` holds `count × len` floats and `gates` `count ×
+                        // planes`, both outliving the fork; each stream is run by exactly one
+                        // part, which alone writes its term and its gate values.
+                        let (out, gate) = unsafe { (base.term(s, len), gate_base.term(s, planes)) };
+                        run_stream(stream, x, out);
+                        // The gate while the term is in this thread's cache.
+                        self.sum.gate(s, out, gate);
+                    }
+                });
+                let mut views: [&[f32]; MAX_STREAMS] = [&[]; MAX_STREAMS];
+                for (s, view) in terms.chunks_exact(len).take(count).enumerate() {
+                    views[s] = view;
+                }
+                self.sum.sum_gated(&views[..count], gates, y);
+            })
         });
     }
 }

@@ -423,25 +423,49 @@ impl Layer {
     /// `words` `[groups][pixels]`, XORed with [`flip`](Self::flip)): what [`run`](Self::run)
     /// makes before its product, for layers that share them (`ops::QuantiseWords`).
     pub fn quantise_into(&self, dot: Dot, input: &[f32], words: &mut [u32]) {
+        assert_eq!(words.len(), self.scratch_words(), "int8 pointwise words");
+        let all = self.groups * self.shape.pixels;
+        self.quantise_groups(dot, input, &mut words[..all], 0..self.groups);
+    }
+
+    /// Groups of input words of [`input_groups`](Self::input_groups) (each four channels'
+    /// codes of every pixel), `rows` holding those groups' `[pixels]` rows: one thread's part of
+    /// [`quantise_into`](Self::quantise_into)'s words, the same words however the groups are
+    /// cut.
+    pub fn quantise_groups(&self, dot: Dot, input: &[f32], rows: &mut [u32], groups: Range<usize>) {
         let Shape { inputs, pixels, .. } = self.shape;
         assert_eq!(input.len(), inputs * pixels, "int8 pointwise input length");
-        assert_eq!(words.len(), self.scratch_words(), "int8 pointwise words");
-        let words = &mut words[..self.groups * self.shape.pixels];
+        assert!(
+            groups.end <= self.groups,
+            "input groups {groups:?} of {}",
+            self.groups
+        );
+        assert_eq!(
+            rows.len(),
+            groups.len() * pixels,
+            "int8 pointwise words of {groups:?}"
+        );
         assert!(dot.is_available(), "{dot} not on this CPU");
+        let (first, flip) = (groups.start, self.flip(dot));
         match dot {
-            Dot::Portable => quantise_words(self, input, words, self.flip(dot)),
+            Dot::Portable => quantise_words(self, input, rows, first, flip),
             // SAFETY: the CPU has AVX2 (checked above).
             #[cfg(target_arch = "x86_64")]
-            Dot::Avx2 => unsafe { quantise_avx2(self, input, words, self.flip(dot)) },
+            Dot::Avx2 => unsafe { quantise_avx2(self, input, rows, first, flip) },
             // SAFETY: the CPU has AVX-512F and VNNI (checked above).
             #[cfg(target_arch = "x86_64")]
-            Dot::Vnni512 => unsafe { quantise_avx512(self, input, words, self.flip(dot)) },
+            Dot::Vnni512 => unsafe { quantise_avx512(self, input, rows, first, flip) },
             // SAFETY: NEON is on every aarch64 CPU.
             #[cfg(target_arch = "aarch64")]
             Dot::NeonWiden | Dot::NeonDot => unsafe {
-                quantise_neon(self, input, words, self.flip(dot))
+                quantise_neon(self, input, rows, first, flip)
             },
         }
+    }
+
+    /// Groups of four input channels: rows of input words.
+    pub fn input_groups(&self) -> usize {
+        self.groups
     }
 
     /// Whether `other` makes the same input words as `self` from the same input (same input

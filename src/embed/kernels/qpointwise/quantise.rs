@@ -14,13 +14,21 @@ pub(in super::super) fn quantise_bytes(layer: &Layer, input: &[f32], codes: &mut
     }
 }
 
-/// Fills `words` (`[groups][pixels]`) with the input's codes, four channels per word, each
-/// word XORed with `flip` (0x80 per byte turns u8 codes into `code − 128` as i8): the plain
-/// version, for shapes the vector ones do not take.
+/// Fills `words` (the `[pixels]` rows of groups `first..`, as many as it holds) with the
+/// input's codes, four channels per word, each word XORed with `flip` (0x80 per byte turns u8
+/// codes into `code − 128` as i8): the plain version, for shapes the vector ones do not take.
+/// Every quantiser takes such a run of groups, so that threads can make one image's words
+/// side by side (`Layer::quantise_groups`).
 #[inline(always)]
-pub(super) fn quantise_words(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
+pub(super) fn quantise_words(
+    layer: &Layer,
+    input: &[f32],
+    words: &mut [u32],
+    first: usize,
+    flip: u32,
+) {
     let Shape { inputs, pixels, .. } = layer.shape;
-    for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
+    for (g, row) in (first..).zip(words.chunks_exact_mut(pixels)) {
         let plane = |j: usize| {
             let c = 4 * g + j;
             (c < inputs).then(|| &input[c * pixels..][..pixels])
@@ -49,25 +57,37 @@ pub(super) fn quantise_words(layer: &Layer, input: &[f32], words: &mut [u32], fl
 /// [`quantise_words`] compiled for AVX2 (LLVM vectorises it; rounding is one instruction).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn quantise_avx2(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
-    quantise_words(layer, input, words, flip)
+pub(super) fn quantise_avx2(
+    layer: &Layer,
+    input: &[f32],
+    words: &mut [u32],
+    first: usize,
+    flip: u32,
+) {
+    quantise_words(layer, input, words, first, flip)
 }
 
 /// [`quantise_words`] in AVX-512 registers, 16 pixels at a time with a masked tail (LLVM's own
 /// vectorisation of it left planes under 64 pixels to a scalar loop).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) fn quantise_avx512(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
+pub(super) fn quantise_avx512(
+    layer: &Layer,
+    input: &[f32],
+    words: &mut [u32],
+    first: usize,
+    flip: u32,
+) {
     use std::arch::x86_64::*;
     let Shape { inputs, pixels, .. } = layer.shape;
     if inputs % 4 != 0 {
-        return quantise_words(layer, input, words, flip);
+        return quantise_words(layer, input, words, first, flip);
     }
     let inv = _mm512_set1_ps(layer.x_inv);
     let zero = _mm512_set1_ps(layer.x_zero as f32);
     let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
     let flip = _mm512_set1_epi32(flip as i32);
-    for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
+    for (g, row) in (first..).zip(words.chunks_exact_mut(pixels)) {
         let planes = &input[4 * g * pixels..][..4 * pixels];
         let mut p = 0;
         while p < pixels {
@@ -101,15 +121,21 @@ pub(super) fn quantise_avx512(layer: &Layer, input: &[f32], words: &mut [u32], f
 /// value by value.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-pub(super) fn quantise_neon(layer: &Layer, input: &[f32], words: &mut [u32], flip: u32) {
+pub(super) fn quantise_neon(
+    layer: &Layer,
+    input: &[f32],
+    words: &mut [u32],
+    first: usize,
+    flip: u32,
+) {
     use std::arch::aarch64::*;
     const STEP: usize = 16;
     let Shape { inputs, pixels, .. } = layer.shape;
     if inputs % 4 != 0 || pixels < STEP {
-        return quantise_words(layer, input, words, flip);
+        return quantise_words(layer, input, words, first, flip);
     }
     let codes = Codes16::new(layer, flip as u8);
-    for (g, row) in words.chunks_exact_mut(pixels).enumerate() {
+    for (g, row) in (first..).zip(words.chunks_exact_mut(pixels)) {
         let planes = &input[4 * g * pixels..][..4 * pixels];
         let mut p = 0;
         while p < pixels {

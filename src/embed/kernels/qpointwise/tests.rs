@@ -183,10 +183,16 @@ fn every_quantiser_makes_the_plain_codes_of_special_values() {
         for dot in Dot::available() {
             // Two groups of words; the slack after them is not the quantiser's.
             let mut want = vec![0u32; 2 * pixels];
-            quantise_words(&layer, &input, &mut want, layer.flip(dot));
+            quantise_words(&layer, &input, &mut want, 0, layer.flip(dot));
             let mut got = vec![0xdead_beef; layer.scratch_words()];
             layer.quantise_into(dot, &input, &mut got);
             assert_eq!(got[..2 * pixels], want, "{dot}, {pixels} pixels");
+            // Group by group, as threads make them: the same words.
+            let mut parts = vec![0xdead_beef; 2 * pixels];
+            let (first, second) = parts.split_at_mut(pixels);
+            layer.quantise_groups(dot, &input, second, 1..2);
+            layer.quantise_groups(dot, &input, first, 0..1);
+            assert_eq!(parts, want, "{dot}, {pixels} pixels, by groups");
         }
     }
 }
