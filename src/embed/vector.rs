@@ -94,3 +94,36 @@ pub(super) fn l2_normalise(v: &mut [f32]) {
         v.iter_mut().for_each(|x| *x /= norm);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_and_cosine() {
+        let a = Embedding::from_raw(vec![3.0, 4.0]);
+        assert_eq!(a.as_slice(), [0.6, 0.8]);
+        let zero = Embedding::from_raw(vec![0.0, 0.0]);
+        assert_eq!(zero.as_slice(), [0.0, 0.0]);
+        assert!((a.cosine(&a) - 1.0).abs() < 1e-6);
+        assert_eq!(cosine(&[1.0, 0.0], &[0.0, 2.0]), 0.0);
+        assert!((cosine(&[1.0, 1.0], &[2.0, 2.0]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn embeddings_view_as_matrix() {
+        let data = [1.0, 0.0, 0.0, 0.6, 0.8, 0.0];
+        let e = Embeddings {
+            data: &data,
+            dim: 3,
+        };
+        assert_eq!((e.len(), e.dim()), (2, 3));
+        let m = e.as_array();
+        assert_eq!(m.shape(), [2, 3]);
+        assert_eq!(m[[1, 1]], 0.8);
+        assert_eq!(m.row(1).to_vec(), e.row(1));
+        // Gram matrix = pairwise cosines of unit rows.
+        let gram = m.dot(&m.t());
+        assert!((gram[[0, 1]] - 0.6).abs() < 1e-6 && (gram[[1, 1]] - 1.0).abs() < 1e-6);
+    }
+}

@@ -4,6 +4,14 @@ use std::path::{Path, PathBuf};
 
 use reidcam::RgbImage;
 
+/// A config's `[quality]` table for the synthetic scene's people (small flat-coloured figures
+/// whose padded motion boxes reach the frame's bottom edge): the size, sharpness and edge tests
+/// relaxed; each track decided on its first crop when `first_crop`.
+pub fn synthetic_gate(first_crop: bool) -> String {
+    let decide = if first_crop { "min_crops = 1\n" } else { "" };
+    format!("[quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\n{decide}")
+}
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

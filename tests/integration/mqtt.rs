@@ -11,8 +11,12 @@ use crate::broker::{Broker, CAMERA_PASSWORD, Message};
 use crate::common::{command, models, s, scratch};
 
 /// A paced synthetic scene with motion detection: people walk through every few seconds.
-const SCENE: &str = "camera = \"door\"\n[detector]\nkind = \"motion\"\n\
-    [quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n";
+fn scene() -> String {
+    format!(
+        "camera = \"door\"\n[detector]\nkind = \"motion\"\n{}",
+        crate::common::synthetic_gate(true)
+    )
+}
 
 struct Run {
     dir: PathBuf,
@@ -24,7 +28,7 @@ struct Run {
 impl Run {
     fn new(dir: &Path, name: &str, mqtt: &str) -> Run {
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, format!("{SCENE}{mqtt}")).unwrap();
+        std::fs::write(&config, format!("{}{mqtt}", scene())).unwrap();
         Run {
             dir: dir.to_owned(),
             config,

@@ -243,7 +243,7 @@ fn passers_by_are_shared_only_when_asked_and_an_erasure_reaches_their_origin() {
         return;
     };
     // The crop gate relaxed for the synthetic people: every camera makes passers-by.
-    let gate = "[quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\n";
+    let gate = &crate::common::synthetic_gate(false);
     let (door, door_gallery) = camera(
         &dir,
         &broker,

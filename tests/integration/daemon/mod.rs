@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reidcam::quality::QualityConfig;
 
-use crate::common::{reidcam, s, scratch, shared};
+use crate::common::{reidcam, s, scratch, shared, synthetic_gate};
 
 mod alloc;
 
@@ -370,7 +370,7 @@ fn soak_20k_frames_rss_stays_flat() {
     let config = dir.join("c.toml");
     std::fs::write(
         &config,
-        "[detector]\nkind = \"motion\"\n[quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\n",
+        format!("[detector]\nkind = \"motion\"\n{}", synthetic_gate(false)),
     )
     .unwrap();
     let (ok, _, err) = reidcam(&[
@@ -511,7 +511,7 @@ fn sighup_reloads_and_sigterm_stops_cleanly_saving_the_gallery() {
     std::fs::write(
         &config,
         // Decide on the first crop: the run lasts a few seconds of a paced synthetic scene.
-        "[detector]\nkind = \"motion\"\n[quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n",
+        format!("[detector]\nkind = \"motion\"\n{}", synthetic_gate(true)),
     )
     .unwrap();
     let (gallery, sum) = (dir.join("g.bin"), dir.join("s.json"));
@@ -638,7 +638,7 @@ fn a_full_events_disk_is_counted_and_the_camera_runs_on() {
     let config = dir.join("c.toml");
     std::fs::write(
         &config,
-        "[detector]\nkind = \"motion\"\n[quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n",
+        format!("[detector]\nkind = \"motion\"\n{}", synthetic_gate(true)),
     )
     .unwrap();
     let (gallery, sum) = (dir.join("g.bin"), dir.join("s.json"));

@@ -290,10 +290,12 @@ pub(crate) fn scene_config(dir: &Path) -> std::path::PathBuf {
     let config = dir.join("c.toml");
     std::fs::write(
         &config,
-        "camera = \"door\"\n[detector]\nkind = \"motion\"\n\
-         [quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n\
-         [gallery]\nsave_every_secs = 1\n\
-         [http]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+        format!(
+            "camera = \"door\"\n[detector]\nkind = \"motion\"\n{}\
+             [gallery]\nsave_every_secs = 1\n\
+             [http]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+            crate::common::synthetic_gate(true)
+        ),
     )
     .unwrap();
     config

@@ -48,11 +48,11 @@ fn the_api_serves_status_metrics_and_edits_the_gallery() {
     std::fs::write(
         &config,
         format!(
-            "camera = \"door\"\n[detector]\nkind = \"motion\"\n\
-             [quality]\nmin_height = 32\nmin_sharpness = 0.0\nedge_margin = 0\nmin_crops = 1\n\
+            "camera = \"door\"\n[detector]\nkind = \"motion\"\n{}\
              [gallery]\nsave_every_secs = 1\n\
              [http]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
              max_body_bytes = 1024\n",
+            crate::common::synthetic_gate(true),
             token.display()
         ),
     )
