@@ -195,6 +195,19 @@ fn batch_larger_than_a_fixed_batch_model() {
 }
 
 #[test]
+fn thread_counts_past_any_board_are_refused() {
+    // A thousand spinning workers on a few cores ran no crop at all (before the bound).
+    let dir = scratch("threads-bound");
+    let crop = good_crop(&dir);
+    let model = models().join("tiny_reid.onnx");
+    let line = embed_fails(&["--model", s(&model), "--threads", "1000", s(&crop)]);
+    assert!(
+        line.contains("tiny_reid.onnx") && line.contains("threads (1000) must be at most 64"),
+        "{line}"
+    );
+}
+
+#[test]
 fn bench_over_a_board_budget_fails_naming_the_field() {
     let dir = scratch("board-budget");
     let model = models().join("tiny_reid.onnx");
