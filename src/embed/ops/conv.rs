@@ -52,7 +52,7 @@ impl Depthwise {
                     depthwise::depthwise3x3(self.isa, shape, batch, x, w, b, self.act, y, scratch)
                 })
             };
-        let work = 9 * out_plane * shape.channels * batch;
+        let work = self.work() * batch;
         if batch > 1 {
             let (image, out_image) = (shape.channels * plane, shape.channels * out_plane);
             split_units(y, out_image, batch, work, |images, y| {

@@ -295,7 +295,7 @@ pub fn use_reidcam_kernels(model: &mut TypedModel, isa: Isa) -> TractResult<Rewr
     for node in model.nodes() {
         if let Some(op) = node.op_as::<Streams>() {
             done.streams += 1;
-            done.stream_layers += op.counts().1;
+            done.stream_layers += op.layers();
         }
     }
     Ok(done)

@@ -81,60 +81,48 @@ impl Pointwise {
         let batch = y.len() / y_len;
         if batch > 1 {
             // Images to threads.
-            split_units(
-                y,
-                y_len,
-                batch,
-                batch * shape.inputs * y_len,
-                |images, y| {
-                    let part = pointwise::images_of(x, &self.parts, shape.pixels, images.clone());
-                    pointwise::pointwise(
-                        self.isa,
-                        shape,
-                        &self.parts,
-                        &self.offsets,
-                        &part[..x.len()],
-                        &self.weights.0,
-                        &self.bias.0,
-                        residual.map(|r| &r[images.start * y_len..images.end * y_len]),
-                        self.residual_after_act,
-                        self.act,
-                        y,
-                    )
-                },
-            );
+            split_units(y, y_len, batch, batch * self.work(), |images, y| {
+                let part = pointwise::images_of(x, &self.parts, shape.pixels, images.clone());
+                pointwise::pointwise(
+                    self.isa,
+                    shape,
+                    &self.parts,
+                    &self.offsets,
+                    &part[..x.len()],
+                    &self.weights.0,
+                    &self.bias.0,
+                    residual.map(|r| &r[images.start * y_len..images.end * y_len]),
+                    self.residual_after_act,
+                    self.act,
+                    y,
+                )
+            });
         } else if shape.pixels >= PIXEL_SPLIT {
             // Pixels to threads: each computes every output channel for its run of pixels,
             // reading only its part of the input planes — the part it (or the thread in its
             // place) wrote in the layer before, still in its cache.
-            split_shared(
-                y,
-                shape.pixels,
-                PIXEL_ALIGN,
-                shape.inputs * y_len,
-                |pixels, out| {
-                    let (out, len) = out.raw();
-                    debug_assert_eq!(len, y_len);
-                    // SAFETY: `out` is `y` (`y_len` floats), and the parts' pixel ranges are
-                    // disjoint: each writes only its own pixels of every channel.
-                    unsafe {
-                        pointwise::pointwise_pixels(
-                            self.isa,
-                            shape,
-                            &self.parts,
-                            &self.offsets,
-                            x,
-                            &self.weights.0,
-                            &self.bias.0,
-                            residual,
-                            self.residual_after_act,
-                            self.act,
-                            pixels,
-                            out,
-                        )
-                    }
-                },
-            );
+            split_shared(y, shape.pixels, PIXEL_ALIGN, self.work(), |pixels, out| {
+                let (out, len) = out.raw();
+                debug_assert_eq!(len, y_len);
+                // SAFETY: `out` is `y` (`y_len` floats), and the parts' pixel ranges are
+                // disjoint: each writes only its own pixels of every channel.
+                unsafe {
+                    pointwise::pointwise_pixels(
+                        self.isa,
+                        shape,
+                        &self.parts,
+                        &self.offsets,
+                        x,
+                        &self.weights.0,
+                        &self.bias.0,
+                        residual,
+                        self.residual_after_act,
+                        self.act,
+                        pixels,
+                        out,
+                    )
+                }
+            });
         } else {
             // Output channels to threads, cut where the packed weights' panels start.
             split_aligned(
@@ -142,7 +130,7 @@ impl Pointwise {
                 shape.pixels,
                 shape.outputs,
                 panel_width(self.isa),
-                shape.inputs * y_len,
+                self.work(),
                 |outputs, y| {
                     let part = pointwise::Shape {
                         outputs: outputs.len(),

@@ -125,7 +125,7 @@ impl QuantPointwise {
         let y_len = shape.outputs * shape.pixels;
         let residual = inputs.get(1).copied();
         let batch = y.len() / y_len;
-        let work = shape.inputs * y_len;
+        let work = self.work();
         let parted = Parts::for_run(&self.parts, self.dot, batch, shape.outputs, work, |r| {
             self.layer.part(r)
         });

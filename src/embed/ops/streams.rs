@@ -135,9 +135,9 @@ impl Streams {
         )
     }
 
-    /// How many streams this op runs, and their layers in all.
-    pub(super) fn counts(&self) -> (usize, usize) {
-        (self.streams.len(), self.streams.iter().map(Vec::len).sum())
+    /// The layers of all its streams.
+    pub(super) fn layers(&self) -> usize {
+        self.streams.iter().map(Vec::len).sum()
     }
 
     fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
