@@ -14,6 +14,7 @@
 //! Float results differ from the reference only by summation order and fused multiply-adds: the
 //! tests bound the difference by `k · ε · Σ|wᵢ·xᵢ|` for a `k`-term sum.
 
+pub mod channels_last;
 pub mod conv;
 pub mod depthwise;
 pub mod gated_sum;
@@ -27,7 +28,7 @@ mod tile;
 pub mod transpose;
 
 pub use crate::simd::Isa;
-pub use tile::{block_floats, pack as pack_weights, panel_width};
+pub use tile::{block_floats, pack as pack_weights, panel_width, unpack as unpack_weights};
 
 /// The widest vector (AVX-512: 16 floats). A run of the matrix product at least this long gives
 /// the same sums however it is cut into runs (a run shorter than a vector goes through a scalar
@@ -135,7 +136,7 @@ pub(crate) const LN2_HI: f32 = 0.693_359_4;
 pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 
 #[cfg(test)]
-mod test_support {
+pub(crate) mod test_support {
     /// Deterministic test data (the crate's xorshift generator), so failures reproduce.
     pub struct Rng(crate::bench::XorShift);
 

@@ -2,7 +2,21 @@
 //! a kernel is written once and instantiated per instruction set inside a `#[target_feature]`
 //! function (where these `#[inline(always)]` wrappers inline to single instructions).
 
-use super::Act;
+use super::{Act, Isa};
+
+/// Floats per vector of `isa`'s kernels.
+pub fn lanes(isa: Isa) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => <std::arch::x86_64::__m512 as Lanes>::N,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => <std::arch::x86_64::__m256 as Lanes>::N,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Baseline => <std::arch::aarch64::float32x4_t as Lanes>::N,
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Baseline => Portable::N,
+    }
+}
 
 /// A vector of `N` f32 lanes.
 ///

@@ -155,17 +155,7 @@ const TILE_VECTORS: usize = 2;
 /// How many floats of each input row a full tile of `isa` reads (`NV` vectors): a block of the
 /// product reads that much of every row `k`, and again for each tile of outputs.
 pub fn block_floats(isa: Isa) -> usize {
-    TILE_VECTORS
-        * match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => <std::arch::x86_64::__m512 as Lanes>::N,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => <std::arch::x86_64::__m256 as Lanes>::N,
-            #[cfg(target_arch = "aarch64")]
-            Isa::Baseline => <std::arch::aarch64::float32x4_t as Lanes>::N,
-            #[cfg(not(target_arch = "aarch64"))]
-            Isa::Baseline => Portable::N,
-        }
+    TILE_VECTORS * super::simd::lanes(isa)
 }
 
 /// `outputs × k_len` row-major weights in the layout `isa`'s tiles read: panels of
@@ -190,6 +180,27 @@ pub fn pack(isa: Isa, rows: &[f32], outputs: usize) -> Vec<f32> {
         }
     }
     packed
+}
+
+/// The `outputs × k_len` row-major weights `packed` holds ([`pack`]'s inverse).
+pub fn unpack(isa: Isa, packed: &[f32], outputs: usize) -> Vec<f32> {
+    assert!(
+        outputs > 0 && packed.len().is_multiple_of(outputs),
+        "weights are outputs × k"
+    );
+    let k_len = packed.len() / outputs;
+    let width = panel_width(isa);
+    let mut rows = vec![0.0; packed.len()];
+    for start in (0..outputs).step_by(width) {
+        let w = width.min(outputs - start);
+        let panel = &packed[start * k_len..(start + w) * k_len];
+        for j in 0..w {
+            for (k, v) in rows[(start + j) * k_len..][..k_len].iter_mut().enumerate() {
+                *v = panel[k * w + j];
+            }
+        }
+    }
+    rows
 }
 
 /// The operands of a product; see the module docs.

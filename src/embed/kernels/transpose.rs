@@ -18,28 +18,83 @@ pub fn transpose_block(
     len: usize,
     y: &mut [f32],
 ) {
+    transpose_into(isa, x, step, columns, len, y, len)
+}
+
+/// [`transpose_block`] into rows `y_step` apart (`≥ len`): `y[c·y_step + i] = x[c + i·step]`
+/// (an NHWC run of `len` pixels into its place in NCHW planes of `y_step`).
+pub fn transpose_into(
+    isa: Isa,
+    x: &[f32],
+    step: usize,
+    columns: usize,
+    len: usize,
+    y: &mut [f32],
+    y_step: usize,
+) {
+    if columns == 0 || len == 0 {
+        return;
+    }
+    assert!(
+        y.len() >= (columns - 1) * y_step + len,
+        "transpose destination"
+    );
+    // SAFETY: `y` is borrowed mutably and holds every value written (asserted above).
+    unsafe { transpose_to(isa, x, step, columns, len, y.as_mut_ptr(), y_step) }
+}
+
+/// [`transpose_into`] through a pointer: writes `y[c·y_step + i]` for `c < columns`, `i < len`
+/// and nothing else (other threads may write the values between, as the parts of an op split
+/// its pixels).
+///
+/// # Safety
+/// `y` is valid for writes of those values, and no one else reads or writes them meanwhile.
+pub unsafe fn transpose_to(
+    isa: Isa,
+    x: &[f32],
+    step: usize,
+    columns: usize,
+    len: usize,
+    y: *mut f32,
+    y_step: usize,
+) {
     if columns == 0 || len == 0 {
         return;
     }
     assert!(columns <= step, "columns {columns} of rows {step} apart");
+    assert!(len <= y_step, "rows of {len} values {y_step} apart");
     assert!(x.len() > (len - 1) * step + columns - 1, "transpose source");
-    assert!(y.len() >= columns * len, "transpose destination");
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 (`Isa::Avx2Fma`; AVX-512 machines have it too, as
-        // `is_available` checks), and the lengths are asserted above.
-        Isa::Avx2Fma | Isa::Avx512 if isa.is_available() => unsafe {
-            x86::tiles(x, step, columns, len, y)
-        },
-        _ => scalar(x, step, (0, columns), (0, len), y, len),
+    // SAFETY: the caller's for `y`; `x` holds the block (asserted above).
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // The CPU has AVX2 (`Isa::Avx2Fma`; AVX-512 machines have it too, as
+            // `is_available` checks).
+            Isa::Avx2Fma | Isa::Avx512 if isa.is_available() => {
+                x86::tiles(x, step, columns, len, y, y_step)
+            }
+            _ => scalar(x, step, (0, columns), (0, len), y, y_step),
+        }
     }
 }
 
-/// The values of columns `c.0..c.1` and rows `i.0..i.1`, one by one (`y`'s columns `len` apart).
-fn scalar(x: &[f32], step: usize, c: (usize, usize), i: (usize, usize), y: &mut [f32], len: usize) {
+/// The values of columns `c.0..c.1` and rows `i.0..i.1`, one by one (`y`'s columns `y_step`
+/// apart).
+///
+/// # Safety
+/// As `transpose_to`'s.
+unsafe fn scalar(
+    x: &[f32],
+    step: usize,
+    c: (usize, usize),
+    i: (usize, usize),
+    y: *mut f32,
+    y_step: usize,
+) {
     for column in c.0..c.1 {
         for row in i.0..i.1 {
-            y[column * len + row] = x[column + row * step];
+            // SAFETY: the caller's.
+            unsafe { *y.add(column * y_step + row) = x[column + row * step] };
         }
     }
 }
@@ -51,9 +106,16 @@ mod x86 {
     /// Whole 8 × 8 tiles, then the edges by [`super::scalar`].
     ///
     /// # Safety
-    /// The CPU has AVX2; `x` and `y` hold the block (as `transpose_block` asserts).
+    /// The CPU has AVX2; `x` holds the block (as `transpose_to` asserts), `y` as its caller's.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn tiles(x: &[f32], step: usize, columns: usize, len: usize, y: &mut [f32]) {
+    pub(super) unsafe fn tiles(
+        x: &[f32],
+        step: usize,
+        columns: usize,
+        len: usize,
+        y: *mut f32,
+        y_step: usize,
+    ) {
         let (c8, i8) = (columns / 8 * 8, len / 8 * 8);
         for c in (0..c8).step_by(8) {
             for i in (0..i8).step_by(8) {
@@ -64,15 +126,18 @@ mod x86 {
                     let r: [__m256; 8] =
                         std::array::from_fn(|k| _mm256_loadu_ps(src.add(k * step)));
                     let t = transpose8(r);
-                    let dst = y.as_mut_ptr().add(c * len + i);
+                    let dst = y.add(c * y_step + i);
                     for (k, v) in t.iter().enumerate() {
-                        _mm256_storeu_ps(dst.add(k * len), *v);
+                        _mm256_storeu_ps(dst.add(k * y_step), *v);
                     }
                 }
             }
         }
-        super::scalar(x, step, (0, c8), (i8, len), y, len);
-        super::scalar(x, step, (c8, columns), (0, len), y, len);
+        // SAFETY: the caller's.
+        unsafe {
+            super::scalar(x, step, (0, c8), (i8, len), y, y_step);
+            super::scalar(x, step, (c8, columns), (0, len), y, y_step);
+        }
     }
 
     /// Rows `r` of an 8 × 8 tile as its columns.
@@ -147,6 +212,24 @@ mod tests {
                     y[columns * len..].iter().all(|v| v.is_nan()),
                     "{isa}: wrote past"
                 );
+                // Into rows further apart: only each row's first `len` values written.
+                let y_step = len + rng.below(9);
+                let mut y = vec![f32::NAN; columns * y_step];
+                transpose_into(isa, &x, step, columns, len, &mut y, y_step);
+                for c in 0..columns {
+                    for i in 0..y_step {
+                        let got = y[c * y_step + i];
+                        if i < len {
+                            assert_eq!(
+                                got.to_bits(),
+                                x[c + i * step].to_bits(),
+                                "{isa}: ({c}, {i}) of rows {y_step} apart"
+                            );
+                        } else {
+                            assert!(got.is_nan(), "{isa}: wrote ({c}, {i}) past a row of {len}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -33,6 +33,15 @@ impl Depthwise {
 reidcam_op!(Depthwise, "ReidcamDepthwise3x3");
 
 impl Depthwise {
+    /// Its shape, taps `[9][channels]`, bias and activation, for `kernels::channels_last`.
+    pub(super) fn by_tap(&self) -> (depthwise::Shape, Floats, Floats, Act) {
+        let c = self.shape.channels;
+        let taps: Vec<f32> = (0..9 * c)
+            .map(|i| self.weights.0[(i % c) * 9 + i / c])
+            .collect();
+        (self.shape, Floats(taps.into()), self.bias.clone(), self.act)
+    }
+
     /// Multiply-adds per image.
     pub(super) fn work(&self) -> usize {
         let (oh, ow) = self.shape.output();

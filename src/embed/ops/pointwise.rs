@@ -8,7 +8,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use crate::embed::kernels::pointwise::MAX_PARTS;
-use crate::embed::kernels::{Act, Isa, block_floats, pack_weights, panel_width, pointwise};
+use crate::embed::kernels::{
+    Act, Isa, block_floats, pack_weights, panel_width, pointwise, unpack_weights,
+};
 
 use super::graph::*;
 use super::parallel::*;
@@ -71,6 +73,21 @@ impl Pointwise {
     /// Multiply-adds per image.
     pub(super) fn work(&self) -> usize {
         self.shape.inputs * self.shape.outputs * self.shape.pixels
+    }
+
+    /// Its input and output channels, weights `[inputs][outputs]`, bias and activation, for
+    /// `kernels::channels_last` (a layer that reads one tensor: see [`Pointwise::reads_one`]).
+    pub(super) fn by_input(&self) -> (usize, usize, Floats, Floats, Act) {
+        let (k, outputs) = (self.shape.inputs, self.shape.outputs);
+        let rows = unpack_weights(self.isa, &self.weights.0, outputs);
+        let by_k: Vec<f32> = (0..k * outputs)
+            .map(|i| rows[(i % outputs) * k + i / outputs])
+            .collect();
+        (k, outputs, Floats(by_k.into()), self.bias.clone(), self.act)
+    }
+
+    pub(super) fn isa(&self) -> Isa {
+        self.isa
     }
 
     pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {

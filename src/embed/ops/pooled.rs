@@ -52,33 +52,56 @@ impl Pooled {
     }
 
     pub(super) fn compute(&self, x: &[f32], y: &mut [f32]) {
-        let batch = self.batch;
-        let per_image = y.len() / batch;
-        let plane = x.len() / (batch * self.channels);
+        let per_image = y.len() / self.batch;
+        let plane = x.len() / (self.batch * self.channels);
+        let images = x.chunks_exact(self.channels * plane);
+        for (image, out) in images.zip(y.chunks_exact_mut(per_image)) {
+            self.chain(out, |v| match &self.spatial {
+                None => {
+                    for (a, p) in v.iter_mut().zip(image.chunks_exact(plane)) {
+                        *a = plane_sum(p);
+                    }
+                }
+                Some(w) => {
+                    let planes = image.chunks_exact(plane).zip(w.0.chunks_exact(plane));
+                    for (a, (p, w)) in v.iter_mut().zip(planes) {
+                        *a = lane_dot(p, w);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Whether its pooling is a plain sum (no learnt spatial weights): [`Pooled::of_sums`]
+    /// then gives what [`Pooled::compute`] gives.
+    pub(super) fn sums_only(&self) -> bool {
+        self.spatial.is_none()
+    }
+
+    /// Its channels.
+    pub(super) fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// One image's output from its channel sums (as `plane_sum` makes them), for a pooling
+    /// without spatial weights ([`Pooled::sums_only`]).
+    pub(super) fn of_sums(&self, sums: &[f32], out: &mut [f32]) {
+        debug_assert!(self.sums_only() && sums.len() == self.channels);
+        self.chain(out, |v| v.copy_from_slice(sums));
+    }
+
+    /// One image's chain: `pool` writes the channel sums into the vector it is given, then
+    /// the steps run on it and the result goes to `out`.
+    fn chain(&self, out: &mut [f32], pool: impl FnOnce(&mut [f32])) {
         let width = self.width();
         SCRATCH.with_borrow_mut(|scratch| {
             if scratch.len() < 2 * width {
                 scratch.resize(2 * width, 0.0);
             }
             let (mut v, mut next) = scratch[..2 * width].split_at_mut(width);
-            for (image, out) in x
-                .chunks_exact(self.channels * plane)
-                .zip(y.chunks_exact_mut(per_image))
             {
                 let mut len = self.channels;
-                match &self.spatial {
-                    None => {
-                        for (a, p) in v.iter_mut().zip(image.chunks_exact(plane)) {
-                            *a = plane_sum(p);
-                        }
-                    }
-                    Some(w) => {
-                        let planes = image.chunks_exact(plane).zip(w.0.chunks_exact(plane));
-                        for (a, (p, w)) in v.iter_mut().zip(planes) {
-                            *a = lane_dot(p, w);
-                        }
-                    }
-                }
+                pool(&mut v[..len]);
                 for step in &self.steps {
                     let live = &mut v[..len];
                     match step {
