@@ -12,14 +12,10 @@ use std::cell::RefCell;
 
 use tract_onnx::tract_core::internal::*;
 
-use crate::embed::kernels::channels_last::{self, Plane, Source};
-use crate::embed::kernels::transpose::transpose_to;
-use crate::embed::kernels::{Act, Isa};
-
 use super::conv::Depthwise;
 use super::gated_sum::GatedSum;
 use super::graph::*;
-use super::parallel::{PIXEL_ALIGN, fork, split_shared};
+use super::parallel::fork;
 use super::pointwise::Pointwise;
 use super::quant::QuantPointwise;
 use super::recycle::*;
@@ -100,201 +96,8 @@ pub struct Streams {
 
 reidcam_op!(Streams, "ReidcamStreams");
 
-/// A block's streams as `kernels::channels_last` runs them: each stream's planes pixel by pixel
-/// (`[y][x][c]`) from its first layer, which reads the block's NCHW input, to its gate; the
-/// gated sum writes NCHW again. The same values, bit for bit, as the NCHW layers (each kernel
-/// adds in their order), in less time where the planes are narrow: our default model's
-/// 32-channel 40×20 depthwise layer 10.1 → 6.6 µs, the 64-channel 10×5 one 2.5 → 1.3 µs (AVX2).
-/// Used on x86 (AVX2, AVX-512) when every stream is 1×1 and stride-1 depthwise float layers
-/// whose channels are whole vectors, starting with a 1×1 layer, and every gate a plain mean.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct InLanes {
-    isa: Isa,
-    height: usize,
-    width: usize,
-    streams: Vec<Vec<LaneStep>>,
-    /// Floats of the largest plane between two layers of a stream (its border included).
-    most: usize,
-}
-
-/// One layer of a stream in [`InLanes`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum LaneStep {
-    /// A 1×1 layer: weights `[inputs][outputs]`.
-    Pointwise {
-        inputs: usize,
-        outputs: usize,
-        weights: Floats,
-        bias: Floats,
-        act: Act,
-    },
-    /// A 3×3 stride-1 depthwise layer: taps `[9][channels]`.
-    Depthwise {
-        channels: usize,
-        taps: Floats,
-        bias: Floats,
-        act: Act,
-    },
-}
-
-impl LaneStep {
-    fn channels(&self) -> usize {
-        match self {
-            LaneStep::Pointwise { outputs, .. } => *outputs,
-            LaneStep::Depthwise { channels, .. } => *channels,
-        }
-    }
-}
-
-impl InLanes {
-    /// `streams` with channels in lanes, if they can run so (see [`InLanes`]); `shape` is the
-    /// block's output shape.
-    fn of(streams: &[Vec<Step>], sum: &GatedSum, shape: &[usize]) -> Option<InLanes> {
-        let Step::Pointwise(first) = streams.first()?.first()? else {
-            return None;
-        };
-        let isa = first.isa();
-        if !cfg!(target_arch = "x86_64") || isa == Isa::Baseline {
-            return None;
-        }
-        let &[_, channels, height, width] = shape else {
-            return None;
-        };
-        let n = channels_last::lanes(isa);
-        let gates_fit = sum.gates.iter().all(|g| {
-            g.as_ref()
-                .is_some_and(|g| g.sums_only() && g.channels() == channels)
-        });
-        if !gates_fit {
-            return None;
-        }
-        let mut lanes = Vec::with_capacity(streams.len());
-        let mut most = 0;
-        for stream in streams {
-            if !matches!(stream.first(), Some(Step::Pointwise(_))) {
-                return None;
-            }
-            let mut steps = Vec::with_capacity(stream.len());
-            for step in stream {
-                let lane = match step {
-                    Step::Pointwise(op) if op.isa() == isa => {
-                        let (inputs, outputs, weights, bias, act) = op.by_input();
-                        LaneStep::Pointwise {
-                            inputs,
-                            outputs,
-                            weights,
-                            bias,
-                            act,
-                        }
-                    }
-                    Step::Depthwise(op) => {
-                        let (shape, taps, bias, act) = op.by_tap();
-                        if shape.stride != 1
-                            || (shape.height, shape.width) != (height, width)
-                            || op.isa != isa
-                        {
-                            return None;
-                        }
-                        LaneStep::Depthwise {
-                            channels: shape.channels,
-                            taps,
-                            bias,
-                            act,
-                        }
-                    }
-                    _ => return None,
-                };
-                if lane.channels() % n != 0 {
-                    return None;
-                }
-                most = most.max((height + 2) * (width + 2) * lane.channels());
-                steps.push(lane);
-            }
-            if steps.last().map(LaneStep::channels) != Some(channels) {
-                return None;
-            }
-            lanes.push(steps);
-        }
-        Some(InLanes {
-            isa,
-            height,
-            width,
-            streams: lanes,
-            most,
-        })
-    }
-
-    /// The plane of `channels` between layers, with a border when a depthwise layer reads it.
-    fn plane(&self, channels: usize, pad: usize) -> Plane {
-        Plane {
-            height: self.height,
-            width: self.width,
-            channels,
-            pad,
-        }
-    }
-
-    /// Stream `s` on one image: from `x` (NCHW) to `term` (`[pixels][channels]`).
-    fn run(&self, s: usize, x: &[f32], term: &mut [f32]) {
-        let steps = &self.streams[s];
-        BETWEEN.with_borrow_mut(|between| {
-            at_least(between, 2 * self.most);
-            let (mut done, mut next) = between.split_at_mut(self.most);
-            let mut done_len = 0;
-            let mut k = 0;
-            for (i, step) in steps.iter().enumerate() {
-                let last = i + 1 == steps.len();
-                let pad = match steps.get(i + 1) {
-                    Some(LaneStep::Depthwise { .. }) => 1,
-                    _ => 0,
-                };
-                let plane = self.plane(step.channels(), pad);
-                let out: &mut [f32] = if last {
-                    &mut *term
-                } else {
-                    &mut next[..plane.len()]
-                };
-                match step {
-                    LaneStep::Pointwise {
-                        inputs,
-                        weights,
-                        bias,
-                        act,
-                        ..
-                    } => {
-                        let source = if i == 0 {
-                            Source::Planar(x)
-                        } else {
-                            Source::Packed(&done[..done_len])
-                        };
-                        debug_assert!(i == 0 || k == *inputs);
-                        channels_last::pointwise(
-                            self.isa, source, *inputs, &weights.0, &bias.0, *act, plane, out,
-                        );
-                    }
-                    LaneStep::Depthwise {
-                        taps, bias, act, ..
-                    } => {
-                        channels_last::depthwise(
-                            self.isa,
-                            &done[..done_len],
-                            &taps.0,
-                            &bias.0,
-                            *act,
-                            plane,
-                            out,
-                        );
-                    }
-                }
-                k = step.channels();
-                done_len = plane.len();
-                if !last {
-                    std::mem::swap(&mut done, &mut next);
-                }
-            }
-        });
-    }
-}
+mod lanes;
+use lanes::InLanes;
 
 thread_local! {
     /// The streams' outputs (the sum's terms), on the thread that runs the op: grown to the
@@ -304,10 +107,6 @@ thread_local! {
     static BETWEEN: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The terms' gate values, on the thread that runs the op (as `TERMS`).
     static GATES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The gated sum with channels in lanes, before it is moved to NCHW (as `TERMS`).
-    static SUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// A term's channel sums, on the thread that runs the stream.
-    static SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A buffer the parts of one fork write disjoint runs of (the terms, their gate values).
@@ -388,95 +187,6 @@ impl Streams {
                     views[s] = view;
                 }
                 self.sum.sum_gated(&views[..count], gates, y);
-            })
-        });
-    }
-}
-
-impl Streams {
-    /// [`Streams::compute`] with channels in lanes: each stream's thread runs it image by image
-    /// and makes its gate from the channel sums; the sum is made pixel by pixel, split between
-    /// the threads by pixels, each part moved into the NCHW output as it is done.
-    fn compute_in_lanes(&self, lanes: &InLanes, x: &[f32], y: &mut [f32]) {
-        let (count, len) = (self.streams.len(), y.len());
-        let (channels, pixels) = (self.sum.shape.channels, self.sum.shape.pixels);
-        let batch = len / (channels * pixels);
-        let (image, x_image) = (channels * pixels, x.len() / batch);
-        let planes = batch * channels;
-        TERMS.with_borrow_mut(|terms| {
-            GATES.with_borrow_mut(|gates| {
-                SUM.with_borrow_mut(|sum| {
-                    at_least(terms, count * len);
-                    at_least(gates, count * planes);
-                    at_least(sum, len);
-                    let (base, gate_base) = (Terms(terms.as_mut_ptr()), Terms(gates.as_mut_ptr()));
-                    fork(count, self.work * batch, |part, parts| {
-                        for s in 0..count {
-                            if usize::from(self.groups[parts - 1][s]) != part {
-                                continue;
-                            }
-                            // SAFETY: as in `compute`: each stream is run by exactly one part,
-                            // which alone writes its term and its gate values.
-                            let (out, gate) =
-                                unsafe { (base.term(s, len), gate_base.term(s, planes)) };
-                            for n in 0..batch {
-                                let term = &mut out[n * image..][..image];
-                                lanes.run(s, &x[n * x_image..][..x_image], term);
-                                let Some(pooled) = &self.sum.gates[s] else {
-                                    continue;
-                                };
-                                SUMS.with_borrow_mut(|sums| {
-                                    sums.resize(channels, 0.0);
-                                    channels_last::channel_sums(lanes.isa, term, channels, sums);
-                                    pooled.of_sums(sums, &mut gate[n * channels..][..channels]);
-                                });
-                            }
-                        }
-                    });
-                    let sum_base = Terms(sum.as_mut_ptr());
-                    let terms = &terms[..count * len];
-                    let gates = &gates[..count * planes];
-                    split_shared(y, pixels, PIXEL_ALIGN, len * count, |range, out| {
-                        let (y_base, _) = out.raw();
-                        let run = range.start * channels..range.end * channels;
-                        for n in 0..batch {
-                            let mut views: [&[f32]; MAX_STREAMS] = [&[]; MAX_STREAMS];
-                            let mut gate_views: [&[f32]; MAX_STREAMS] = [&[]; MAX_STREAMS];
-                            for s in 0..count {
-                                views[s] = &terms[s * len + n * image..][run.clone()];
-                                gate_views[s] = &gates[s * planes + n * channels..][..channels];
-                            }
-                            // SAFETY: `sum` holds `len` floats; the parts' pixel runs are
-                            // disjoint, each writes only its own.
-                            let part = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    sum_base.ptr().add(n * image + run.start),
-                                    run.len(),
-                                )
-                            };
-                            channels_last::gated_sum(
-                                lanes.isa,
-                                &views[..count],
-                                &gate_views[..count],
-                                channels,
-                                part,
-                            );
-                            // SAFETY: image `n`'s pixels `range` of every channel of `y`, which
-                            // only this part writes.
-                            unsafe {
-                                transpose_to(
-                                    lanes.isa,
-                                    part,
-                                    channels,
-                                    channels,
-                                    range.len(),
-                                    y_base.add(n * image + range.start),
-                                    pixels,
-                                )
-                            }
-                        }
-                    });
-                })
             })
         });
     }
@@ -606,13 +316,16 @@ pub(super) fn streams_patch(model: &TypedModel, id: usize) -> TractResult<Patch>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::kernels::Isa;
+    use crate::embed::kernels::qpointwise::Dot;
 
-    /// Every block of our default model with channels in lanes gives the NCHW layers' values,
-    /// bit for bit, on each x86 kernel set this CPU has, one image and two.
+    /// Every block of our default model, float and int8, with channels in lanes gives the NCHW
+    /// layers' values, bit for bit, on each x86 kernel set this CPU has (the int8 model with
+    /// that set's int8 product), one image and two.
     #[test]
     fn streams_in_lanes_give_the_planar_values() {
         use tract_onnx::prelude::*;
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.onnx");
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
         let isas: Vec<Isa> = Isa::available()
             .into_iter()
             .filter(|&isa| isa != Isa::Baseline)
@@ -625,10 +338,23 @@ mod tests {
         }
         let mut rng = crate::bench::XorShift::new(0x51ea);
         for isa in isas {
-            for batch in [1usize, 2] {
-                let mut model = tract_onnx::onnx()
-                    .model_for_path(&path)
-                    .unwrap()
+            // AVX2's int8 product (the one whose streams run in lanes: `InLanes::of`).
+            #[cfg(target_arch = "x86_64")]
+            let dot = Some(Dot::Avx2);
+            #[cfg(not(target_arch = "x86_64"))]
+            let dot: Option<Dot> = None;
+            for (file, batch) in [
+                ("default.onnx", 1usize),
+                ("default.onnx", 2),
+                ("default_int8.onnx", 1),
+                ("default_int8.onnx", 2),
+            ] {
+                let mut loaded = tract_onnx::onnx()
+                    .model_for_path(models.join(file))
+                    .unwrap();
+                // As `Embedder::load`: the export's declared shapes name a symbolic batch.
+                crate::embed::forget_declared_shapes(&mut loaded).unwrap();
+                let mut model = loaded
                     .with_input_fact(0, f32::fact([batch, 3, 160, 80]).into())
                     .unwrap()
                     .into_typed()
@@ -638,16 +364,44 @@ mod tests {
                     .passes
                     .retain(|pass| format!("{pass:?}") != "ChangeAxes");
                 declutter.optimize(&mut model).unwrap();
+                if crate::embed::int8::is_quantised(&model) {
+                    model = crate::embed::int8::float_edges(&model, dot)
+                        .unwrap()
+                        .expect("our int8 model translates")
+                        .0;
+                }
                 crate::embed::ops::use_reidcam_kernels(&mut model, isa).unwrap();
                 let mut blocks = 0;
                 for node in model.nodes() {
                     let Some(op) = node.op_as::<Streams>() else {
                         continue;
                     };
-                    assert!(op.lanes.is_some(), "{isa}: {} not in lanes", node.name);
+                    let what = format!("{isa} {file} batch {batch} {}", node.name);
+                    assert!(op.lanes.is_some(), "{what}: not in lanes");
                     let fact = model.outlet_fact(node.inputs[0]).unwrap();
                     let len: usize = fact.shape.as_concrete().unwrap().iter().product();
-                    let x: Vec<f32> = (0..len).map(|_| rng.signed_unit()).collect();
+                    // An int8 block may read the words a `QuantiseWords` made: make them so.
+                    let x: Vec<f32> = match model
+                        .node(node.inputs[0].node)
+                        .op_as::<super::super::quant::QuantiseWords>()
+                    {
+                        Some(words) => {
+                            let input: usize = model
+                                .outlet_fact(model.node(node.inputs[0].node).inputs[0])
+                                .unwrap()
+                                .shape
+                                .as_concrete()
+                                .unwrap()
+                                .iter()
+                                .product();
+                            let floats: Vec<f32> =
+                                (0..input).map(|_| 2.0 * rng.signed_unit()).collect();
+                            let mut y = vec![0.0; len];
+                            words.compute(&[&floats], &mut y);
+                            y
+                        }
+                        None => (0..len).map(|_| rng.signed_unit()).collect(),
+                    };
                     let out: usize = op.output.shape.iter().product();
                     let (mut lanes, mut planar) = (vec![f32::NAN; out], vec![f32::NAN; out]);
                     op.compute(&[&x], &mut lanes);
@@ -656,11 +410,13 @@ mod tests {
                         ..op.clone()
                     };
                     nchw.compute(&[&x], &mut planar);
-                    let what = format!("{isa} batch {batch} {}", node.name);
                     crate::embed::kernels::test_support::assert_same_bits(&lanes, &planar, &what);
                     blocks += 1;
                 }
-                assert_eq!(blocks, 6, "{isa}: our default model's six OSNet blocks");
+                assert_eq!(
+                    blocks, 6,
+                    "{isa} {file}: our default model's six OSNet blocks"
+                );
             }
         }
     }

@@ -597,6 +597,9 @@ macro_rules! with_store_variants {
     };
 }
 
+mod lanes;
+pub use lanes::{ByGroup, Steps, quantise_plane};
+
 mod portable;
 
 mod quantise;
