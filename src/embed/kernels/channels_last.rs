@@ -55,12 +55,12 @@ impl Plane {
     }
 
     /// Where pixel `(y, x)`'s channels start.
-    pub(super) fn at(&self, y: usize, x: usize) -> usize {
+    fn at(&self, y: usize, x: usize) -> usize {
         (y + self.pad) * self.row() + (x + self.pad) * self.channels
     }
 
     /// Zeroes the border of `data` (its first [`Plane::len`] floats); the pixels are left.
-    pub(super) fn zero_border(&self, data: &mut [f32]) {
+    fn zero_border(&self, data: &mut [f32]) {
         if self.pad == 0 {
             return;
         }

@@ -103,17 +103,6 @@ fn splits_by_outputs(dot: Dot) -> bool {
 }
 
 impl QuantPointwise {
-    /// Its int8 product, layer and ReLU, and whether it reads shared words (a
-    /// [`QuantiseWords`]'s) rather than the f32 tensor: for a stream run with channels in lanes.
-    pub(super) fn for_lanes(&self) -> (Dot, Arc<qpointwise::Layer>, bool, bool) {
-        (
-            self.dot,
-            Arc::clone(&self.layer),
-            self.relu,
-            self.words_input,
-        )
-    }
-
     /// Whether it reads one tensor only (no residual).
     pub(super) fn reads_one(&self) -> bool {
         !self.residual
@@ -309,7 +298,7 @@ impl QuantiseWords {
         )
     }
 
-    pub(super) fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
+    fn compute(&self, inputs: &[&[f32]], y: &mut [f32]) {
         let shape = self.layer.shape;
         let (x_len, w_len) = (shape.inputs * shape.pixels, self.layer.scratch_words());
         for (x, y) in inputs[0].chunks_exact(x_len).zip(y.chunks_exact_mut(w_len)) {
@@ -321,7 +310,7 @@ impl QuantiseWords {
 reidcam_op!(QuantiseWords, "ReidcamQuantise");
 
 /// Input words held in an f32 tensor (see [`QuantiseWords`]), as words.
-pub(super) fn words_of(x: &[f32]) -> &[u32] {
+fn words_of(x: &[f32]) -> &[u32] {
     // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is a valid u32.
     unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) }
 }

@@ -597,9 +597,6 @@ macro_rules! with_store_variants {
     };
 }
 
-mod lanes;
-pub use lanes::{ByGroup, Steps, quantise_plane};
-
 mod portable;
 
 mod quantise;

@@ -3,17 +3,13 @@
 
 use std::cell::RefCell;
 
-use tract_onnx::tract_core::internal::*;
-
 use crate::embed::kernels::channels_last::{self, Plane, Source};
-use crate::embed::kernels::qpointwise::{self, ByGroup, Dot, Steps, quantise_plane};
 use crate::embed::kernels::transpose::transpose_to;
 use crate::embed::kernels::{Act, Isa};
 
 use super::super::gated_sum::GatedSum;
 use super::super::graph::Floats;
 use super::super::parallel::{PIXEL_ALIGN, fork, split_shared};
-use super::super::quant::words_of;
 use super::{BETWEEN, GATES, MAX_STREAMS, Step, Streams, TERMS, Terms, at_least};
 
 thread_local! {
@@ -21,8 +17,6 @@ thread_local! {
     static SUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A term's channel sums, on the thread that runs the stream.
     static SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// An int8 layer's input words with channels in lanes, on the thread that runs the stream.
-    static LANE_WORDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A block's streams as `kernels::channels_last` runs them: each stream's planes pixel by pixel
@@ -30,11 +24,10 @@ thread_local! {
 /// gated sum writes NCHW again. The same values, bit for bit, as the NCHW layers (each kernel
 /// adds in their order), in less time where the planes are narrow: our default model's
 /// 32-channel 40×20 depthwise layer 10.1 → 6.6 µs, the 64-channel 10×5 one 2.5 → 1.3 µs (AVX2).
-/// Used on x86 (AVX2, AVX-512) when every stream is 1×1 layers (float, or int8 through AVX2's
-/// or VNNI's product with outputs in lanes, `qpointwise::Layer::product_lanes`) and stride-1
-/// float depthwise layers whose channels are whole vectors, starting with a 1×1 layer, and
-/// every gate a plain mean. An int8 layer after the first reads its input's codes in the
-/// plane's own order (`qpointwise::quantise_plane`: a pixel's four channels are one word).
+/// Used on x86 (AVX2, AVX-512) when every stream is 1×1 and stride-1 depthwise float layers
+/// whose channels are whole vectors, starting with a 1×1 layer, and every gate a plain mean.
+/// Not for int8 streams: an int8 product with its outputs in lanes was tried and made our
+/// default int8 model slower (docs/speed.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct InLanes {
     isa: Isa,
@@ -46,7 +39,7 @@ pub(super) struct InLanes {
 }
 
 /// One layer of a stream in [`InLanes`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum LaneStep {
     /// A 1×1 layer: weights `[inputs][outputs]`.
     Pointwise {
@@ -63,51 +56,14 @@ enum LaneStep {
         bias: Floats,
         act: Act,
     },
-    /// An int8 1×1 layer (`qpointwise::Layer::product_lanes`); the first of a stream reads the
-    /// block's input, or its words where a `QuantiseWords` made them (`words_input`).
-    Quant {
-        dot: Dot,
-        layer: Arc<qpointwise::Layer>,
-        by: Arc<ByGroup>,
-        relu: bool,
-        words_input: bool,
-    },
 }
-
-impl PartialEq for LaneStep {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            // Layers are made once per model node: the same layer or not.
-            (LaneStep::Quant { layer: a, .. }, LaneStep::Quant { layer: b, .. }) => {
-                Arc::ptr_eq(a, b)
-            }
-            (LaneStep::Quant { .. }, _) | (_, LaneStep::Quant { .. }) => false,
-            (a, b) => format!("{a:?}") == format!("{b:?}"),
-        }
-    }
-}
-
-impl Eq for LaneStep {}
 
 impl LaneStep {
     fn channels(&self) -> usize {
         match self {
             LaneStep::Pointwise { outputs, .. } => *outputs,
             LaneStep::Depthwise { channels, .. } => *channels,
-            LaneStep::Quant { layer, .. } => layer.shape.outputs,
         }
-    }
-}
-
-/// Whether an int8 stream gains from channels in lanes with `dot`'s product (see
-/// `InLanes::of`).
-fn lanes_pay(dot: Dot) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return dot == Dot::Avx2;
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = dot;
-        false
     }
 }
 
@@ -115,12 +71,10 @@ impl InLanes {
     /// `streams` with channels in lanes, if they can run so (see [`InLanes`]); `shape` is the
     /// block's output shape.
     pub(super) fn of(streams: &[Vec<Step>], sum: &GatedSum, shape: &[usize]) -> Option<InLanes> {
-        // The kernel set: the float layers' (an int8 stream's depthwise layers').
-        let isa = streams.iter().flatten().find_map(|step| match step {
-            Step::Pointwise(op) => Some(op.isa()),
-            Step::Depthwise(op) => Some(op.isa),
-            Step::Quant(_) => None,
-        })?;
+        let Step::Pointwise(first) = streams.first()?.first()? else {
+            return None;
+        };
+        let isa = first.isa();
         if !cfg!(target_arch = "x86_64") || isa == Isa::Baseline {
             return None;
         }
@@ -138,11 +92,11 @@ impl InLanes {
         let mut lanes = Vec::with_capacity(streams.len());
         let mut most = 0;
         for stream in streams {
-            if matches!(stream.first(), Some(Step::Depthwise(_)) | None) {
+            if !matches!(stream.first(), Some(Step::Pointwise(_))) {
                 return None;
             }
             let mut steps = Vec::with_capacity(stream.len());
-            for (i, step) in stream.iter().enumerate() {
+            for step in stream {
                 let lane = match step {
                     Step::Pointwise(op) if op.isa() == isa => {
                         let (inputs, outputs, weights, bias, act) = op.by_input();
@@ -167,30 +121,6 @@ impl InLanes {
                             taps,
                             bias,
                             act,
-                        }
-                    }
-                    Step::Quant(op) => {
-                        let (dot, layer, relu, words_input) = op.for_lanes();
-                        // A later layer reads a channels-last plane's codes: whole words.
-                        let whole = i == 0 || layer.shape.inputs.is_multiple_of(4);
-                        // AVX2's product only: VNNI's with pixels in lanes is faster than
-                        // with outputs in lanes (32 × 32 over 800 pixels: 5.5 against 11.4
-                        // µs), and our default int8 model's blocks took 1.03 → 1.07–1.2 ms
-                        // in lanes natively.
-                        if !layer.runs_in_lanes(dot)
-                            || !lanes_pay(dot)
-                            || !whole
-                            || (words_input && i > 0)
-                            || layer.shape.pixels != height * width
-                        {
-                            return None;
-                        }
-                        LaneStep::Quant {
-                            dot,
-                            by: Arc::new(layer.by_group()),
-                            layer,
-                            relu,
-                            words_input,
                         }
                     }
                     _ => return None,
@@ -276,48 +206,6 @@ impl InLanes {
                             out,
                         );
                     }
-                    LaneStep::Quant {
-                        dot,
-                        layer,
-                        by,
-                        relu,
-                        words_input,
-                    } => LANE_WORDS.with_borrow_mut(|scratch| {
-                        let pixels = self.height * self.width;
-                        let groups = layer.input_groups();
-                        // The block's input words (`[groups][pixels]`: shared, or made here
-                        // as every product makes them), or a plane's codes (`[pixels][groups]`).
-                        let (words, steps): (&[u32], Steps) = if i > 0 {
-                            let words = layer.words_for(scratch);
-                            quantise_plane(layer, *dot, &done[..done_len], words);
-                            (
-                                words,
-                                Steps {
-                                    pixel: groups,
-                                    group: 1,
-                                },
-                            )
-                        } else if *words_input {
-                            (
-                                words_of(x),
-                                Steps {
-                                    pixel: 1,
-                                    group: pixels,
-                                },
-                            )
-                        } else {
-                            let words = layer.words_for(scratch);
-                            layer.quantise_into(*dot, x, words);
-                            (
-                                words,
-                                Steps {
-                                    pixel: 1,
-                                    group: pixels,
-                                },
-                            )
-                        };
-                        layer.product_lanes(*dot, by, words, steps, *relu, plane, out);
-                    }),
                 }
                 k = step.channels();
                 done_len = plane.len();
