@@ -404,14 +404,7 @@ unsafe fn depthwise_step<V: Lanes, const P: usize, const L: usize, const SILU: b
         }
         let to = args.out.add(args.plane.at(y, x) + c);
         for (i, a) in acc.iter().enumerate() {
-            let a = if SILU {
-                a.silu()
-            } else if args.act == Act::Relu {
-                a.relu()
-            } else {
-                *a
-            };
-            a.store(to.add(i * channels));
+            a.activate::<SILU>(args.act).store(to.add(i * channels));
         }
     }
 }

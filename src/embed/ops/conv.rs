@@ -6,6 +6,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::embed::kernels::transpose::transpose_block;
 use crate::embed::kernels::{Act, Isa, conv, depthwise, pack_weights};
 
 use super::graph::*;
@@ -35,10 +36,15 @@ reidcam_op!(Depthwise, "ReidcamDepthwise3x3");
 impl Depthwise {
     /// Its shape, taps `[9][channels]`, bias and activation, for `kernels::channels_last`.
     pub(super) fn by_tap(&self) -> (depthwise::Shape, Floats, Floats, Act) {
-        let c = self.shape.channels;
-        let taps: Vec<f32> = (0..9 * c)
-            .map(|i| self.weights.0[(i % c) * 9 + i / c])
-            .collect();
+        let mut taps = vec![0.0; self.weights.0.len()];
+        transpose_block(
+            self.isa,
+            &self.weights.0,
+            9,
+            9,
+            self.shape.channels,
+            &mut taps,
+        );
         (self.shape, Floats(taps.into()), self.bias.clone(), self.act)
     }
 

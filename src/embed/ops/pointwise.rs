@@ -8,6 +8,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use crate::embed::kernels::pointwise::MAX_PARTS;
+use crate::embed::kernels::transpose::transpose_block;
 use crate::embed::kernels::{
     Act, Isa, block_floats, pack_weights, panel_width, pointwise, unpack_weights,
 };
@@ -80,9 +81,8 @@ impl Pointwise {
     pub(super) fn by_input(&self) -> (usize, usize, Floats, Floats, Act) {
         let (k, outputs) = (self.shape.inputs, self.shape.outputs);
         let rows = unpack_weights(self.isa, &self.weights.0, outputs);
-        let by_k: Vec<f32> = (0..k * outputs)
-            .map(|i| rows[(i % outputs) * k + i / outputs])
-            .collect();
+        let mut by_k = vec![0.0; rows.len()];
+        transpose_block(self.isa, &rows, k, k, outputs, &mut by_k);
         (k, outputs, Floats(by_k.into()), self.bias.clone(), self.act)
     }
 

@@ -99,31 +99,25 @@ impl Pooled {
                 scratch.resize(2 * width, 0.0);
             }
             let (mut v, mut next) = scratch[..2 * width].split_at_mut(width);
-            {
-                let mut len = self.channels;
-                pool(&mut v[..len]);
-                for step in &self.steps {
-                    let live = &mut v[..len];
-                    match step {
-                        Step::Scale(k) => {
-                            live.iter_mut().zip(k.0.iter()).for_each(|(a, k)| *a *= k)
+            let mut len = self.channels;
+            pool(&mut v[..len]);
+            for step in &self.steps {
+                let live = &mut v[..len];
+                match step {
+                    Step::Scale(k) => live.iter_mut().zip(k.0.iter()).for_each(|(a, k)| *a *= k),
+                    Step::Linear { outputs, weights } => {
+                        for (out, row) in next.iter_mut().zip(weights.0.chunks_exact(len)) {
+                            *out = lane_dot(row, live);
                         }
-                        Step::Linear { outputs, weights } => {
-                            for (out, row) in next.iter_mut().zip(weights.0.chunks_exact(len)) {
-                                *out = lane_dot(row, live);
-                            }
-                            std::mem::swap(&mut v, &mut next);
-                            len = *outputs;
-                        }
-                        Step::Bias(b) => live.iter_mut().zip(b.0.iter()).for_each(|(a, b)| *a += b),
-                        Step::Relu => live.iter_mut().for_each(|a| *a = a.max(0.0)),
-                        Step::Sigmoid => {
-                            live.iter_mut().for_each(|a| *a = 1.0 / (1.0 + (-*a).exp()))
-                        }
+                        std::mem::swap(&mut v, &mut next);
+                        len = *outputs;
                     }
+                    Step::Bias(b) => live.iter_mut().zip(b.0.iter()).for_each(|(a, b)| *a += b),
+                    Step::Relu => live.iter_mut().for_each(|a| *a = a.max(0.0)),
+                    Step::Sigmoid => live.iter_mut().for_each(|a| *a = 1.0 / (1.0 + (-*a).exp())),
                 }
-                out.copy_from_slice(&v[..len]);
             }
+            out.copy_from_slice(&v[..len]);
         });
     }
 }

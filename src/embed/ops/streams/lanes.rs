@@ -162,7 +162,6 @@ impl InLanes {
             at_least(between, 2 * self.most);
             let (mut done, mut next) = between.split_at_mut(self.most);
             let mut done_len = 0;
-            let mut k = 0;
             for (i, step) in steps.iter().enumerate() {
                 let last = i + 1 == steps.len();
                 let pad = match steps.get(i + 1) {
@@ -188,7 +187,7 @@ impl InLanes {
                         } else {
                             Source::Packed(&done[..done_len])
                         };
-                        debug_assert!(i == 0 || k == *inputs);
+                        debug_assert!(i == 0 || steps[i - 1].channels() == *inputs);
                         channels_last::pointwise(
                             self.isa, source, *inputs, &weights.0, &bias.0, *act, plane, out,
                         );
@@ -207,7 +206,6 @@ impl InLanes {
                         );
                     }
                 }
-                k = step.channels();
                 done_len = plane.len();
                 if !last {
                     std::mem::swap(&mut done, &mut next);
