@@ -553,10 +553,15 @@ impl Ks {
 /// bit. YOLOX's 256-row layers (each block's rows 32 KiB) ran at 52 (256→64 over 1,196 pixels)
 /// and 61 (256→256 over 299) G multiply-adds/s, where 64-row ones ran at 70; in chunks 65 and
 /// 73.5 (Intel Xeon model 207, AVX-512, SiLU layers alone). Chunks of 8 KiB made 128-row layers
-/// slower (55 → 47). ARM keeps whole blocks: no cache is counted under QEMU.
+/// slower (55 → 47). ARM keeps whole blocks: no cache is counted under QEMU. Nor does AVX2: its
+/// 8-float rows make a 512-row block 32 KiB, and in chunks of 256 rows YOLOX's SPP layer (512 →
+/// 256 over 299 pixels, four parts) ran at 18 G multiply-adds/s, whole at 34 (the same Xeon
+/// as an AVX2 machine: LLVM spills some of the chunked tile's 12 sums, AVX2 having 16 vector
+/// registers to AVX-512's 32).
 #[inline(always)]
 fn k_chunk<V: Lanes, const NV: usize>(p: &Product) -> usize {
     if cfg!(target_arch = "x86_64")
+        && V::N >= 16
         && NV * V::N * size_of::<f32>() * p.offsets.len() > K_CHUNK_BYTES
     {
         K_CHUNK_BYTES / (NV * V::N * size_of::<f32>())
