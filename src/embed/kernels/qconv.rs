@@ -103,7 +103,10 @@ impl ConvLayer {
         if ow.is_multiple_of(32) {
             1
         } else {
-            [4, 2].into_iter().find(|&r| oh.is_multiple_of(r)).unwrap_or(1)
+            [4, 2]
+                .into_iter()
+                .find(|&r| oh.is_multiple_of(r))
+                .unwrap_or(1)
         }
     }
 
