@@ -153,10 +153,13 @@ impl ConvLayer {
             Dot::Portable => quantise_bytes(layer, image, plain, flip),
         }
         let pad = layer.quantise(0.0) as u8 ^ flip;
-        // (Vectorised with AVX-512 where VNNI runs, which implies it.)
+        // (Vectorised with AVX-512 where VNNI runs, which implies it, and with AVX2 where the
+        // AVX2 product runs.)
         let isa = match dot {
             #[cfg(target_arch = "x86_64")]
             Dot::Vnni512 => super::Isa::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Dot::Avx2 if super::Isa::Avx2Fma.is_available() => super::Isa::Avx2Fma,
             _ => super::Isa::Baseline,
         };
         conv::phase_split_as(isa, g, plain, pad, |c| c, &mut scratch.phases)
