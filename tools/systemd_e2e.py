@@ -133,7 +133,17 @@ grep reidcam /sys/kernel/debug/gpio > $out/gpio.txt
 step "reload"
 systemctl reload reidcam
 echo "reload: exit $?"
-sleep 5
+# The daemon takes the SIGHUP between frames, says RELOADING=1, starts its new configuration
+# (the model loaded again: seconds under emulation) and says READY=1: until then the unit is
+# "reloading". A fixed pause of 5 s once read it mid-reload; wait for the journal's line and the
+# unit's return to "active" (as many polls as `wait_enter`).
+i=0
+while { ! log | grep -q 'configuration reloaded' || \
+        [ "$(systemctl show -p ActiveState --value reidcam)" = reloading ]; } && [ $i -lt 300 ]; do
+    sleep 1
+    i=$((i + 1))
+done
+step "reload done after $i polls"
 show > $out/after-reload.txt
 step "stop"
 log > $out/reidcam.log
