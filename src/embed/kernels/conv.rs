@@ -368,6 +368,7 @@ pub unsafe fn convolve_rows(
         res: None,
         res_after_act: false,
         act,
+        copy_rows: false,
     };
     for oy in rows {
         // SAFETY: as the caller promised (`run_shared` checks the bounds): this writes row

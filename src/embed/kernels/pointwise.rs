@@ -163,6 +163,7 @@ pub unsafe fn pointwise_pixels(
         res: residual,
         res_after_act: residual_after_act,
         act,
+        copy_rows: true,
     };
     // SAFETY: as the caller promised; `run_shared` checks the bounds.
     unsafe { product.run_shared(isa, range.start, range.start, range.len(), out, y_len) }
@@ -379,6 +380,11 @@ mod tests {
                 (64, 16, 2048),
                 (96, 24, 512),
                 (128, 32, 128),
+                // Rows that are not a whole number of vectors apart, in inputs large enough
+                // for the blocks to go through an aligned copy (`tile::copies_blocks`); the
+                // second in chunks of `k` on AVX-512.
+                (64, 64, 299),
+                (256, 24, 299),
             ] {
                 let shape = Shape {
                     inputs: i,
