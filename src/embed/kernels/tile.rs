@@ -25,7 +25,7 @@
 use super::simd::Lanes;
 #[cfg(not(target_arch = "aarch64"))]
 use super::simd::Portable;
-use super::{Act, Isa};
+use super::{Act, Isa, MAX_LANES};
 
 /// How a vector type takes the products of a tile: one `k` at a time, each weight broadcast
 /// (AVX-512 folds the broadcast into the FMA's memory operand, AVX2 loads it with
@@ -329,13 +329,103 @@ impl Product<'_> {
             }
         }
     }
+
+    /// `rows` runs of `len` pixels — a convolution's output rows: run `r` from `xb + r ·
+    /// x_step` in the input into `yb + r · len` of the output (the output's rows one after the
+    /// other) — as [`Product::run_shared`] runs each. With AVX-512, rows of 16 to [`GATHER_MAX`]
+    /// pixels that are not a whole number of a tile's blocks go [`GATHER_ROWS`] at a time through
+    /// a copy of their input rows side by side ([`gathered`]), so that the tiles run across them.
+    ///
+    /// Panics if any access would fall outside `x` or `y` (checked once, up front).
+    ///
+    /// # Safety
+    /// As `run_shared`, for those rows' pixels.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_rows(
+        &self,
+        isa: Isa,
+        xb: usize,
+        x_step: usize,
+        yb: usize,
+        len: usize,
+        rows: usize,
+        y: *mut f32,
+        y_len: usize,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        // Rows of at least a vector, so that a row alone would also run in vectors (the same
+        // sums, bit for bit, however the rows are grouped: threads cut them anywhere).
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = isa == Isa::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512 = false;
+        let gathers = avx512
+            && rows > 1
+            && self.x.len() == 1
+            && self.outputs() >= GATHER_MIN_OUTPUTS
+            && (MAX_LANES..=GATHER_MAX).contains(&len)
+            && !len.is_multiple_of(GATHERED_BLOCK);
+        if !gathers {
+            for r in 0..rows {
+                // SAFETY: forwarded; `run_shared` checks each row's bounds.
+                unsafe { self.run_shared(isa, xb + r * x_step, yb + r * len, len, y, y_len) };
+            }
+            return;
+        }
+        // The bounds of every row's reads and of all the rows' writes, as `run_shared` checks
+        // them for one run.
+        let k_len = self.offsets.len();
+        assert_eq!(
+            self.weights.len(),
+            self.outputs() * k_len,
+            "weights are outputs × k"
+        );
+        assert_eq!(self.parts, [k_len], "one input");
+        let last_x =
+            xb + (rows - 1) * x_step + self.offsets.iter().max().copied().unwrap_or(0) + len;
+        assert!(last_x <= self.x[0].len(), "x rows out of bounds");
+        let last_y = (self.outputs() - 1) * self.y_stride + yb + rows * len;
+        assert!(last_y <= y_len, "y rows out of bounds");
+        assert!(isa.is_available(), "{isa} is not available on this CPU");
+        // SAFETY: bounds checked above; the instruction set (AVX-512: `gathers`) is available.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            x86::avx512_rows(self, xb, x_step, yb, len, rows, y)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("gathered rows on AVX-512 only");
+    }
 }
+
+/// Rows a gathered run takes at a time ([`Product::run_rows`]): our default model's stem, 40
+/// pixels a row, then runs 160 — three whole blocks and a vector, where a row alone ran in
+/// single-vector tiles (8 FMAs for 9 loads) and its last vector overlapped the one before.
+/// Alone (Intel Xeon model 106, alternating in one process) that stem, 3 → 32 channels 7×7/2
+/// at 160×80, took 488 → 270 µs, 64 outputs at 256×128 1,562 → 1,315; the model 2.615 → 2.385
+/// ms a crop, the same bits. AVX2 (16-pixel blocks: 40 is two and a half) gained nothing
+/// (354 / 354 µs): it runs rows one by one.
+#[cfg(target_arch = "x86_64")]
+const GATHER_ROWS: usize = 4;
+
+/// The longest rows [`Product::run_rows`] gathers.
+const GATHER_MAX: usize = 128;
+
+/// The fewest outputs a gathered run has: four AVX-512 tiles' worth, over which the copy is
+/// spread (with 16, OSNet x0.25's stem, it took 386 → 431 µs).
+const GATHER_MIN_OUTPUTS: usize = 32;
+
+/// The floats of a full AVX-512 tile's block.
+const GATHERED_BLOCK: usize = 3 * MAX_LANES;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(GATHERED_BLOCK == AVX512_VECTORS * MAX_LANES);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{__m256, __m512};
 
-    use super::{AVX2_OB, AVX512_OB, AVX512_VECTORS, Product, TILE_VECTORS, drive};
+    use super::{AVX2_OB, AVX512_OB, AVX512_VECTORS, Product, TILE_VECTORS, drive, gathered};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
@@ -347,6 +437,98 @@ mod x86 {
     pub(super) unsafe fn avx512(p: &Product, xb: usize, yb: usize, len: usize, y: *mut f32) {
         // SAFETY: forwarded from `Product::run_shared`.
         unsafe { drive::<__m512, AVX512_OB, AVX512_VECTORS, true>(p, xb, yb, len, y) }
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn avx512_rows(
+        p: &Product,
+        xb: usize,
+        x_step: usize,
+        yb: usize,
+        len: usize,
+        rows: usize,
+        y: *mut f32,
+    ) {
+        // SAFETY: forwarded from `Product::run_rows`.
+        unsafe { gathered::<__m512, AVX512_OB, AVX512_VECTORS>(p, (xb, x_step), yb, len, rows, y) }
+    }
+}
+
+/// [`Product::run_rows`]' gathered runs: up to [`GATHER_ROWS`] rows at a time, each row `k` of
+/// those rows' input copied side by side into the thread's scratch ([`COPIED`]), then one run
+/// of tiles across them into the output rows, which follow one another. The same sums: each
+/// output's `k`s in the same order.
+///
+/// # Safety
+/// As `Product::run_rows` checked: every access in bounds, `V` supported; one input.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn gathered<V: Accumulate, const OB: usize, const NV: usize>(
+    p: &Product,
+    (xb, x_step): (usize, usize),
+    yb: usize,
+    len: usize,
+    rows: usize,
+    y: *mut f32,
+) {
+    let k_len = p.offsets.len();
+    let x = p.x[0].as_ptr();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = GATHER_ROWS.min(rows - r0);
+        let run = n * len;
+        // The scratch outside `with_borrow_mut`'s closure, as in `tiles`.
+        let (to, offsets) = COPIED.with_borrow_mut(|copied| {
+            let (to, offsets) = copied.get(k_len, run);
+            (to.as_mut_ptr(), offsets.as_ptr())
+        });
+        // SAFETY: the scratch holds `k_len · run` floats and lives as long as the thread;
+        // nothing else uses it meanwhile (the view below does not copy). Every read is inside
+        // `x` as `run_rows` checked.
+        unsafe {
+            for (k, &offset) in p.offsets.iter().enumerate() {
+                for r in 0..n {
+                    let from = x.add(xb + (r0 + r) * x_step + offset);
+                    copy_row::<V>(from, to.add(k * run + r * len), len);
+                }
+            }
+            let xs = [std::slice::from_raw_parts(to.cast_const(), k_len * run)];
+            let parts = [k_len];
+            let view = Product {
+                offsets: std::slice::from_raw_parts(offsets, k_len),
+                x: &xs,
+                parts: &parts,
+                copy_rows: false,
+                ..*p
+            };
+            drive::<V, OB, NV, true>(&view, 0, yb + r0 * len, run, y);
+        }
+        r0 += n;
+    }
+}
+
+/// Copies `len` floats from `from` to `to`: whole vectors, then the last vector ending where
+/// the row ends (or the lanes there are, for a row shorter than a vector).
+///
+/// # Safety
+/// Both ranges valid; `V` supported.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn copy_row<V: Lanes>(from: *const f32, to: *mut f32, len: usize) {
+    // SAFETY: the caller's.
+    unsafe {
+        let mut i = 0;
+        while i + V::N <= len {
+            V::load(from.add(i)).store(to.add(i));
+            i += V::N;
+        }
+        if i < len {
+            if len >= V::N {
+                V::load(from.add(len - V::N)).store(to.add(len - V::N));
+            } else {
+                V::load_n(from.add(i), len - i).store_n(to.add(i), len - i);
+            }
+        }
     }
 }
 
