@@ -28,7 +28,7 @@ use super::simd::Portable;
 use super::{Act, Isa};
 
 mod copy;
-use copy::{COPIED, copies_blocks, copy_block};
+use copy::{copies_blocks, copy_block, scratch};
 
 /// How a vector type takes the products of a tile: one `k` at a time, each weight broadcast
 /// (AVX-512 folds the broadcast into the FMA's memory operand, AVX2 loads it with
@@ -402,28 +402,25 @@ unsafe fn tiles<
     let outputs = p.outputs();
     let full_o = outputs / OB * OB;
     let mut i = 0;
-    let far = cfg!(target_arch = "x86_64")
-        && p.x.iter().map(|x| x.len()).sum::<usize>() * size_of::<f32>() >= PREFETCH_FROM_BYTES;
+    let input_bytes = p.x.iter().map(|x| x.len()).sum::<usize>() * size_of::<f32>();
+    let far = cfg!(target_arch = "x86_64") && input_bytes >= PREFETCH_FROM_BYTES;
     let chunk = k_chunk::<V, NV>(p);
     let floats = NV * V::N;
-    // SAFETY: as the caller's: `Product::run_shared` checked the bounds and the instruction set.
+    let k_len = p.offsets.len();
+    // The blocks' rows copied into the thread's scratch first, where `copies_blocks` says so.
+    let copied = (len >= floats && copies_blocks::<V>(p, xb, OB, input_bytes))
+        // SAFETY: used by this run only.
+        .then(|| unsafe { scratch(k_len, floats) });
+    let parts = [k_len];
+    // SAFETY: as the caller's: `Product::run_shared` checked the bounds and the instruction set;
+    // the scratch holds `k_len · floats` floats, and nothing else uses it while this runs (a
+    // product runs no other product).
     unsafe {
-        if len >= floats && copies_blocks::<V>(p, xb, OB) {
-            let k_len = p.offsets.len();
-            // The thread's scratch, outside `with_borrow_mut`'s closure: a closure does not
-            // take this function's target features, and the tiles in it ran 40× slower.
-            let (rows, offsets) = COPIED.with_borrow_mut(|copied| {
-                let (rows, offsets) = copied.get(k_len, floats);
-                (rows.as_mut_ptr(), offsets.as_ptr())
-            });
-            // SAFETY: the scratch lives as long as the thread and nothing else uses it while
-            // this runs (a product runs no other product).
-            let offsets = std::slice::from_raw_parts(offsets, k_len);
-            let parts = [k_len];
-            while i + floats <= len {
-                if far {
-                    prefetch_block::<V, NV>(p, xb + i + floats);
-                }
+        while i + floats <= len {
+            if far {
+                prefetch_block::<V, NV>(p, xb + i + floats);
+            }
+            if let Some((rows, offsets)) = copied {
                 copy_block::<V, NV>(p, xb + i, rows);
                 let xs = [std::slice::from_raw_parts(
                     rows.cast_const(),
@@ -436,14 +433,9 @@ unsafe fn tiles<
                     ..*p
                 };
                 block::<V, OB, NV, SILU, PANEL>(&view, 0, yb + i, y, chunk, full_o);
-                i += floats;
+            } else {
+                block::<V, OB, NV, SILU, PANEL>(p, xb + i, yb + i, y, chunk, full_o);
             }
-        }
-        while i + floats <= len {
-            if far {
-                prefetch_block::<V, NV>(p, xb + i + floats);
-            }
-            block::<V, OB, NV, SILU, PANEL>(p, xb + i, yb + i, y, chunk, full_o);
             i += floats;
         }
         let all = Ks::all(p);

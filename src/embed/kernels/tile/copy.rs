@@ -124,7 +124,7 @@ mod x86 {
 }
 
 /// [`Product::run_rows`]' gathered runs: up to [`GATHER_ROWS`] rows at a time, each row `k` of
-/// those rows' input copied side by side into the thread's scratch ([`COPIED`]), then one run
+/// those rows' input copied side by side into the thread's scratch ([`scratch`]), then one run
 /// of tiles across them into the output rows, which follow one another. The same sums: each
 /// output's `k`s in the same order.
 ///
@@ -146,14 +146,10 @@ unsafe fn gathered<V: Accumulate, const OB: usize, const NV: usize>(
     while r0 < rows {
         let n = GATHER_ROWS.min(rows - r0);
         let run = n * len;
-        // The scratch outside `with_borrow_mut`'s closure, as in `tiles`.
-        let (to, offsets) = COPIED.with_borrow_mut(|copied| {
-            let (to, offsets) = copied.get(k_len, run);
-            (to.as_mut_ptr(), offsets.as_ptr())
-        });
-        // SAFETY: the scratch holds `k_len · run` floats and lives as long as the thread;
-        // nothing else uses it meanwhile (the view below does not copy). Every read is inside
-        // `x` as `run_rows` checked.
+        // SAFETY: used in this iteration only.
+        let (to, offsets) = unsafe { scratch(k_len, run) };
+        // SAFETY: the scratch holds `k_len · run` floats and nothing else uses it meanwhile
+        // (the view below does not copy). Every read is inside `x` as `run_rows` checked.
         unsafe {
             for (k, &offset) in p.offsets.iter().enumerate() {
                 for r in 0..n {
@@ -164,7 +160,7 @@ unsafe fn gathered<V: Accumulate, const OB: usize, const NV: usize>(
             let xs = [std::slice::from_raw_parts(to.cast_const(), k_len * run)];
             let parts = [k_len];
             let view = Product {
-                offsets: std::slice::from_raw_parts(offsets, k_len),
+                offsets,
                 x: &xs,
                 parts: &parts,
                 copy_rows: false,
@@ -178,7 +174,7 @@ unsafe fn gathered<V: Accumulate, const OB: usize, const NV: usize>(
 
 /// Whether a run's blocks go through an aligned copy ([`copy_block`]): on x86, for a product
 /// that allows it (`Product::copy_rows`) with at least two full tiles of outputs and an input
-/// beyond the L1 cache ([`COPY_FROM_BYTES`]), where some row of a block does not start on a
+/// (`input_bytes`, all parts) beyond the L1 cache ([`COPY_FROM_BYTES`]), where some row of a block does not start on a
 /// whole vector — a 1×1 layer whose planes are not a whole number of vectors, YOLOX's 26×46 and
 /// 13×23. Unaligned, every AVX-512 load of a row there crossed two cache lines; copied, the
 /// tiles read one aligned, contiguous block. Alone (Intel Xeon model 106, alternating in one
@@ -188,11 +184,17 @@ unsafe fn gathered<V: Accumulate, const OB: usize, const NV: usize>(
 /// (its band op took 3.9 → 4.3 ms copied), nor for inputs within the L1 cache (OSNet's
 /// 48 × 200 and 64 × 50 layers took 4–8% more).
 #[inline(always)]
-pub(super) fn copies_blocks<V: Lanes>(p: &Product, xb: usize, ob: usize) -> bool {
-    if !cfg!(target_arch = "x86_64") || !p.copy_rows || p.outputs() < 2 * ob {
-        return false;
-    }
-    if p.x.iter().map(|x| x.len()).sum::<usize>() * size_of::<f32>() < COPY_FROM_BYTES {
+pub(super) fn copies_blocks<V: Lanes>(
+    p: &Product,
+    xb: usize,
+    ob: usize,
+    input_bytes: usize,
+) -> bool {
+    if !cfg!(target_arch = "x86_64")
+        || !p.copy_rows
+        || p.outputs() < 2 * ob
+        || input_bytes < COPY_FROM_BYTES
+    {
         return false;
     }
     let align = V::N * size_of::<f32>();
@@ -261,5 +263,23 @@ impl Copied {
 }
 
 thread_local! {
-    pub(super) static COPIED: std::cell::RefCell<Copied> = std::cell::RefCell::new(Copied::default());
+    static COPIED: std::cell::RefCell<Copied> = std::cell::RefCell::new(Copied::default());
+}
+
+/// The thread's scratch for `k_len` rows of `floats` ([`Copied::get`]), as a pointer to the
+/// rows and their offsets. Taken out of `with_borrow_mut`'s closure: a closure does not take
+/// its caller's target features, and tiles run inside one ran 40× slower.
+///
+/// # Safety
+/// The caller uses the results only until its next call on this thread (the offsets are not
+/// `'static`: the next call may move them): a product copies through them and runs no other
+/// product meanwhile.
+pub(super) unsafe fn scratch(k_len: usize, floats: usize) -> (*mut f32, &'static [usize]) {
+    COPIED.with_borrow_mut(|copied| {
+        let (rows, offsets) = copied.get(k_len, floats);
+        // SAFETY: the offsets live in the thread's scratch, which lives as long as the thread;
+        // they change only at the next call, before which the caller is done with them.
+        let offsets = unsafe { std::slice::from_raw_parts(offsets.as_ptr(), offsets.len()) };
+        (rows.as_mut_ptr(), offsets)
+    })
 }
